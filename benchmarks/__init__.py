@@ -1,0 +1,1 @@
+"""Benchmarks behind `dgan bench ...`: each prints a rich table and writes JSON."""

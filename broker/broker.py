@@ -1,0 +1,510 @@
+"""The dgan broker: routes messages between one generator and many nodes.
+
+Sockets (defaults in :class:`BrokerConfig`):
+
+* ``node`` ROUTER, port 5555: discriminator nodes connect DEALER sockets.
+* ``generator`` ROUTER, port 5556: the generator connects a DEALER socket.
+  Every message between broker and generator carries one routing frame in
+  front: the node's registered name (or ``b""`` for the broker itself / for
+  broadcasts).
+* ``pub`` XPUB, port 5557: status broadcasts, to nodes and read-only monitors.
+
+The broker keeps a tiny record per peer (Majordomo style) with an expiry time,
+validates everything it receives, answers bad input with an ERROR, and never
+drops a message silently: a message it cannot deliver goes back to its sender
+as an ERROR.  Node -> generator traffic is flow-controlled: while the
+generator's pipe is full the broker stops reading from nodes, so back-pressure
+reaches the senders instead of turning into loss.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from dgan import protocol as P
+from dgan.msglog import Direction, MessageLogWriter
+
+log = logging.getLogger("dgan.broker")
+
+BROKER_NAME = "broker"
+
+
+@dataclass
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    node_port: int = 5555
+    generator_port: int = 5556
+    pub_port: int = 5557
+    heartbeat_interval: float = 2.5
+    liveness: int = 3
+    hwm: int = 64
+    limits: P.Limits = field(default_factory=P.Limits)
+    record: Path | None = None
+    flush_interval: float = 0.5
+    drain_batch: int = 64
+
+    def endpoint(self, port: int) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{port}"
+
+    @property
+    def node_endpoint(self) -> str:
+        return self.endpoint(self.node_port)
+
+    @property
+    def generator_endpoint(self) -> str:
+        return self.endpoint(self.generator_port)
+
+    @property
+    def pub_endpoint(self) -> str:
+        return self.endpoint(self.pub_port)
+
+
+@dataclass
+class PeerRecord:
+    """What the broker knows of one peer."""
+
+    identity: bytes
+    name: str
+    role: str
+    expires_at: float
+    joined_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+    msgs_in: int = 0
+    msgs_out: int = 0
+    bytes_in: int = 0
+    errors: int = 0
+    hello: list[bytes] = field(default_factory=list)  # replayed to a generator that (re)joins
+
+
+class Broker:
+    """Single-threaded router; ``serve()`` runs until ``stop()`` or a signal."""
+
+    def __init__(self, config: BrokerConfig, context: zmq.Context | None = None) -> None:
+        self.config = config
+        self.ctx = context or zmq.Context.instance()
+        self.nodes: dict[bytes, PeerRecord] = {}  # by ZeroMQ identity
+        self.by_name: dict[str, bytes] = {}
+        self.generator: PeerRecord | None = None
+        self.counters: Counter[str] = Counter()
+        self.errors_by_code: Counter[str] = Counter()
+        self._pending: collections.deque[list[Any]] = collections.deque()  # to the generator, HWM full
+        self._stop = threading.Event()
+        self._expiry = config.heartbeat_interval * config.liveness
+        self.recorder: MessageLogWriter | None = None
+        self.started = threading.Event()
+        self._bind()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        s = self.ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, self.config.hwm)
+        s.setsockopt(zmq.RCVHWM, self.config.hwm)
+        s.setsockopt(zmq.MAXMSGSIZE, self.config.limits.max_message_bytes)
+        return s
+
+    def _bind(self) -> None:
+        cfg = self.config
+        self.node_sock = self._socket(zmq.ROUTER)
+        self.node_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.node_sock.setsockopt(zmq.SNDTIMEO, 0)
+        self.gen_sock = self._socket(zmq.ROUTER)
+        self.gen_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.gen_sock.setsockopt(zmq.SNDTIMEO, 0)
+        self.pub_sock = self._socket(zmq.XPUB)
+        self.pub_sock.setsockopt(zmq.SNDTIMEO, 0)
+        for sock, ep in ((self.node_sock, cfg.node_endpoint), (self.gen_sock, cfg.generator_endpoint),
+                         (self.pub_sock, cfg.pub_endpoint)):
+            if cfg.host != "127.0.0.1" and ":" in cfg.host:
+                sock.setsockopt(zmq.IPV6, 1)
+            sock.bind(ep)
+        if cfg.record is not None:
+            self.recorder = MessageLogWriter(cfg.record, flush_interval=cfg.flush_interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        for sock in (self.node_sock, self.gen_sock, self.pub_sock):
+            sock.close(linger=0)
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("signal %s: stopping", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    # ------------------------------------------------------------ sending
+
+    def _record(self, direction: Direction, peer: str, frames: list[Any]) -> None:
+        if self.recorder is not None:
+            self.recorder.append(direction, peer, frames)
+
+    def _send_node(self, identity: bytes, frames: list[Any]) -> bool:
+        try:
+            self.node_sock.send_multipart([identity, *frames], copy=False)
+        except zmq.Again:
+            self._count_error(P.ErrorCode.BACKPRESSURE)
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self._count_error(P.ErrorCode.UNREACHABLE)
+            return False
+        rec = self.nodes.get(identity)
+        if rec is not None:
+            rec.msgs_out += 1
+        return True
+
+    def _send_generator(self, route: bytes, frames: list[Any]) -> bool:
+        """To the generator; False if none is registered. Queues when its pipe is full."""
+        gen = self.generator
+        if gen is None:
+            return False
+        out = [gen.identity, route, *frames]
+        if self._pending:
+            self._pending.append(out)
+            return True
+        try:
+            self.gen_sock.send_multipart(out, copy=False)
+        except zmq.Again:
+            self._pending.append(out)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self._drop_generator("its connection is gone")
+            return False
+        gen.msgs_out += 1
+        return True
+
+    def _flush_pending(self) -> None:
+        while self._pending:
+            try:
+                self.gen_sock.send_multipart(self._pending[0], copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                self._drop_generator("its connection is gone")
+                return
+            self._pending.popleft()
+
+    def _reply_error(self, identity: bytes, to_generator: bool, code: P.ErrorCode, reason: str,
+                     reply_to: int = 0, peer: str = "?", **extra: Any) -> None:
+        self._count_error(code)
+        log.warning("error to %s %s: %s %s", "generator" if to_generator else "node", peer, code.name, reason)
+        frames = P.encode(P.error(BROKER_NAME, code, reason, reply_to=reply_to, **extra))
+        if to_generator:
+            self._record(Direction.TO_GENERATOR, peer, frames)
+            try:
+                self.gen_sock.send_multipart([identity, b"", *frames], copy=False)
+            except zmq.ZMQError:
+                self.counters["errors_undeliverable"] += 1
+        else:
+            self._record(Direction.TO_NODE, peer, frames)
+            if not self._send_node(identity, frames):
+                self.counters["errors_undeliverable"] += 1
+
+    def _count_error(self, code: P.ErrorCode) -> None:
+        self.counters["errors"] += 1
+        self.errors_by_code[code.name] += 1
+
+    def _publish(self, frames: list[Any]) -> None:
+        self._record(Direction.PUBLISHED, "*", frames)
+        try:
+            self.pub_sock.send_multipart([b"status", *frames], copy=False)
+            self.counters["published"] += 1
+        except zmq.Again:  # a PUB drops for slow subscribers by design; count it
+            self.counters["publish_dropped"] += 1
+
+    # ------------------------------------------------------------ peers
+
+    def _register_node(self, identity: bytes, msg: P.Message, frames: list[Any]) -> None:
+        now = time.time()
+        name = msg.sender
+        old_identity = self.by_name.get(name)
+        if old_identity is not None and old_identity != identity:
+            # The same name from a new connection: a restarted node. Newest wins.
+            log.info("node %s reconnected from a new connection; replacing the old one", name)
+            self._expire_node(old_identity, "replaced by a new connection")
+        rec = self.nodes.get(identity)
+        if rec is not None and rec.name != name:
+            self._reply_error(identity, False, P.ErrorCode.NAME_IN_USE,
+                              f"this connection is registered as {rec.name!r}; it cannot also be {name!r}",
+                              msg.msg_id, rec.name)
+            return
+        if rec is None:
+            rec = PeerRecord(identity, name, "node", now + self._expiry)
+            self.nodes[identity] = rec
+            self.by_name[name] = identity
+            log.info("node %s joined", name)
+        rec.hello = [bytes(P.frame_view(f)) for f in frames]
+        self.counters["node_joins"] += 1
+        if not self._send_generator(name.encode(), frames):
+            # No generator yet: it gets this HELLO when it registers.
+            log.info("node %s waits for a generator", name)
+
+    def _expire_node(self, identity: bytes, reason: str) -> None:
+        rec = self.nodes.pop(identity, None)
+        if rec is None:
+            return
+        if self.by_name.get(rec.name) == identity:
+            del self.by_name[rec.name]
+        self.counters["node_leaves"] += 1
+        log.info("node %s left (%s)", rec.name, reason)
+        note = P.encode(P.make(P.Kind.NODE_LEFT, BROKER_NAME, meta={"node": rec.name, "reason": reason}))
+        self._record(Direction.TO_GENERATOR, rec.name, note)
+        self._send_generator(rec.name.encode(), note)
+
+    def _register_generator(self, identity: bytes, msg: P.Message) -> None:
+        now = time.time()
+        if self.generator is not None and self.generator.identity != identity:
+            log.warning("a new generator %s replaces %s", msg.sender, self.generator.name)
+            self._pending.clear()
+        self.generator = PeerRecord(identity, msg.sender, "generator", now + self._expiry)
+        log.info("generator %s registered; %d node(s) known", msg.sender, len(self.nodes))
+        for rec in list(self.nodes.values()):  # tell it about every node already here
+            if rec.hello:
+                self._send_generator(rec.name.encode(), rec.hello)
+
+    def _drop_generator(self, reason: str) -> None:
+        if self.generator is not None:
+            log.warning("generator %s left (%s)", self.generator.name, reason)
+            self.generator = None
+            self._pending.clear()
+            self.counters["generator_leaves"] += 1
+
+    # ------------------------------------------------------------ handlers
+
+    def _on_node_message(self, frames: list[Any]) -> None:
+        identity = bytes(frames[0].buffer) if hasattr(frames[0], "buffer") else bytes(frames[0])
+        body = frames[1:]
+        rec = self.nodes.get(identity)
+        peer = rec.name if rec else identity.hex()[:12]
+        try:
+            msg = P.decode(body, self.config.limits)
+        except P.ProtocolError as exc:
+            self.counters["rejected_from_nodes"] += 1
+            if rec is not None:
+                rec.errors += 1
+            self._reply_error(identity, False, exc.code, exc.reason, peer=peer)
+            return
+        now = time.time()
+        self._record(Direction.FROM_NODE, rec.name if rec else msg.sender, body)
+        kind = msg.kind
+        if kind == P.Kind.HELLO:
+            if msg.meta.get("role") != "node":
+                self._reply_error(identity, False, P.ErrorCode.FORBIDDEN,
+                                  "the node port takes HELLO with role 'node' only", msg.msg_id, peer)
+                return
+            self._register_node(identity, msg, body)
+            return
+        if rec is None:
+            self._reply_error(identity, False, P.ErrorCode.NOT_REGISTERED,
+                              f"send HELLO before {kind.name}", msg.msg_id, peer)
+            return
+        rec.last_seen, rec.expires_at = now, now + self._expiry
+        rec.msgs_in += 1
+        rec.bytes_in += msg.nbytes()
+        if msg.sender != rec.name:
+            rec.errors += 1
+            self._reply_error(identity, False, P.ErrorCode.SPOOFED_SENDER,
+                              f"this connection is registered as {rec.name!r}, not {msg.sender!r}", msg.msg_id, peer)
+            return
+        if kind == P.Kind.HEARTBEAT:
+            return
+        if kind == P.Kind.GOODBYE:
+            self._send_generator(rec.name.encode(), body)
+            self.nodes.pop(identity, None)
+            self.by_name.pop(rec.name, None)
+            self.counters["node_leaves"] += 1
+            log.info("node %s said goodbye", rec.name)
+            return
+        if kind not in (P.Kind.MASKS, P.Kind.FAKE_REQUEST, P.Kind.FEEDBACK):
+            rec.errors += 1
+            self._reply_error(identity, False, P.ErrorCode.FORBIDDEN,
+                              f"nodes may not send {kind.name}", msg.msg_id, peer)
+            return
+        if not self._send_generator(rec.name.encode(), body):
+            self._reply_error(identity, False, P.ErrorCode.NO_GENERATOR,
+                              "no generator is connected; retry later", msg.msg_id, peer)
+            return
+        self.counters["routed_to_generator"] += 1
+
+    def _on_generator_message(self, frames: list[Any]) -> None:
+        identity = bytes(frames[0].buffer)
+        gen = self.generator
+        is_current = gen is not None and gen.identity == identity
+        if len(frames) < 2:
+            self._reply_error(identity, True, P.ErrorCode.BAD_FRAMES, "missing routing frame")
+            return
+        route = bytes(frames[1].buffer)
+        body = frames[2:]
+        try:
+            msg = P.decode(body, self.config.limits)
+        except P.ProtocolError as exc:
+            self.counters["rejected_from_generator"] += 1
+            self._reply_error(identity, True, exc.code, exc.reason, peer="generator")
+            return
+        now = time.time()
+        kind = msg.kind
+        self._record(Direction.FROM_GENERATOR, route.decode(errors="replace") or "*", body)
+        if kind == P.Kind.HELLO:
+            if msg.meta.get("role") != "generator":
+                self._reply_error(identity, True, P.ErrorCode.FORBIDDEN,
+                                  "the generator port takes HELLO with role 'generator' only", msg.msg_id)
+                return
+            self._register_generator(identity, msg)
+            return
+        if not is_current or gen is None:
+            self._reply_error(identity, True, P.ErrorCode.NOT_REGISTERED,
+                              f"send HELLO before {kind.name}", msg.msg_id)
+            return
+        gen.last_seen, gen.expires_at = now, now + self._expiry
+        gen.msgs_in += 1
+        if kind == P.Kind.HEARTBEAT:
+            return
+        if not route:
+            if kind in (P.Kind.STATUS, P.Kind.GOODBYE):
+                self._publish(body)
+            else:
+                self._reply_error(identity, True, P.ErrorCode.BAD_FRAMES,
+                                  f"{kind.name} needs a node name in the routing frame", msg.msg_id)
+            return
+        if kind not in (P.Kind.WELCOME, P.Kind.FAKES, P.Kind.ERROR, P.Kind.GOODBYE, P.Kind.STATUS):
+            self._reply_error(identity, True, P.ErrorCode.FORBIDDEN,
+                              f"the generator may not send {kind.name} to a node", msg.msg_id)
+            return
+        name = route.decode(errors="replace")
+        node_identity = self.by_name.get(name)
+        if node_identity is None:
+            self._reply_error(identity, True, P.ErrorCode.UNREACHABLE,
+                              f"node {name!r} is not connected", msg.msg_id, node=name)
+            return
+        if not self._send_node(node_identity, body):
+            self._reply_error(identity, True, P.ErrorCode.BACKPRESSURE,
+                              f"node {name!r} is not accepting messages (its queue is full or it is gone)",
+                              msg.msg_id, node=name)
+            return
+        self.counters["routed_to_nodes"] += 1
+
+    # ------------------------------------------------------------ heartbeats
+
+    def _heartbeat(self) -> None:
+        now = time.time()
+        for identity, rec in list(self.nodes.items()):
+            if rec.expires_at < now:
+                self._expire_node(identity, f"no message for {self._expiry:.1f} s")
+        gen = self.generator
+        if gen is not None and gen.expires_at < now:
+            self._drop_generator(f"no message for {self._expiry:.1f} s")
+        beat = P.encode(P.make(P.Kind.HEARTBEAT, BROKER_NAME))
+        for identity in list(self.nodes):
+            self._send_node(identity, beat)
+        if self.generator is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.gen_sock.send_multipart([self.generator.identity, b"", *beat])
+
+    def _extend_leases(self, seconds: float) -> None:
+        """While the broker was not reading from nodes, do not count it against them."""
+        for rec in self.nodes.values():
+            rec.expires_at += seconds
+
+    # ------------------------------------------------------------ loop
+
+    def serve(self) -> None:
+        cfg = self.config
+        poller = zmq.Poller()
+        poller.register(self.gen_sock, zmq.POLLIN)
+        poller.register(self.pub_sock, zmq.POLLIN)
+        node_polled = False
+        next_beat = time.monotonic() + cfg.heartbeat_interval
+        paused_at: float | None = None
+        self.started.set()
+        log.info("broker serving nodes on %s, generator on %s, broadcasts on %s",
+                 cfg.node_endpoint, cfg.generator_endpoint, cfg.pub_endpoint)
+        try:
+            while not self._stop.is_set():
+                # Back-pressure: read from nodes only while the generator can take more.
+                want_nodes = not self._pending
+                if want_nodes != node_polled:
+                    if want_nodes:
+                        poller.register(self.node_sock, zmq.POLLIN)
+                        if paused_at is not None:
+                            self._extend_leases(time.monotonic() - paused_at)
+                            paused_at = None
+                    else:
+                        poller.unregister(self.node_sock)
+                        paused_at = time.monotonic()
+                    node_polled = want_nodes
+                gen_flags = zmq.POLLIN | (zmq.POLLOUT if self._pending else 0)
+                poller.modify(self.gen_sock, gen_flags)
+                timeout = max(0.0, next_beat - time.monotonic())
+                events = dict(poller.poll(min(timeout, 0.25) * 1000))
+                if self.gen_sock in events:
+                    if events[self.gen_sock] & zmq.POLLOUT:
+                        self._flush_pending()
+                    if events[self.gen_sock] & zmq.POLLIN:
+                        self._drain(self.gen_sock, self._on_generator_message)
+                if self.node_sock in events:
+                    self._drain(self.node_sock, self._on_node_message)
+                if self.pub_sock in events:
+                    self._drain(self.pub_sock, self._on_subscription)
+                if time.monotonic() >= next_beat:
+                    if paused_at is not None:
+                        self._extend_leases(time.monotonic() - paused_at)
+                        paused_at = time.monotonic()
+                    self._heartbeat()
+                    next_beat = time.monotonic() + cfg.heartbeat_interval
+        finally:
+            log.info("broker stopping: %s", dict(self.counters))
+            self.close()
+
+    def _drain(self, sock: zmq.Socket, handler: Any) -> None:
+        for _ in range(self.config.drain_batch):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                handler(frames)
+            except Exception:  # one bad message must never stop the broker
+                self.counters["internal_errors"] += 1
+                log.exception("internal error while handling a message")
+            if sock is self.node_sock and self._pending:
+                return
+
+    def _on_subscription(self, frames: list[Any]) -> None:
+        data = bytes(frames[0].buffer) if frames else b""
+        if data[:1] == b"\x01":
+            self.counters["subscribers"] += 1
+            log.info("a subscriber joined the broadcast channel")
+        elif data[:1] == b"\x00":
+            self.counters["subscribers"] -= 1
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "counters": dict(self.counters),
+            "errors_by_code": dict(self.errors_by_code),
+            "nodes": {r.name: {"msgs_in": r.msgs_in, "msgs_out": r.msgs_out, "bytes_in": r.bytes_in,
+                               "errors": r.errors, "last_seen": r.last_seen} for r in self.nodes.values()},
+            "generator": self.generator.name if self.generator else None,
+        }

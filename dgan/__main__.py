@@ -1,0 +1,3 @@
+from dgan.cli import app
+
+app()

@@ -1,0 +1,353 @@
+"""The dgan wire protocol: one module that every process imports.
+
+A message on the wire is a ZeroMQ multipart message::
+
+    [PROTOCOL_VERSION, msgpack header, tensor frame 0, tensor frame 1, ...]
+
+The header names the kind, the run, the sender, ids, the generator step, a
+timestamp, small metadata (losses, config) and, for every tensor frame, its
+name, dtype, shape and byte length.  Tensor bytes never pass through msgpack:
+they travel as their own frames, zero-copy, and are decoded with
+``np.frombuffer`` straight on the received frame.
+
+Everything received from a peer goes through :func:`decode`, which validates it
+completely and raises :class:`ProtocolError` (a code and a sentence a person
+understands) instead of ever asserting.  Nothing here pickles.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = b"DGAN/1"
+
+WIRE_DTYPES: dict[str, np.dtype] = {
+    "uint8": np.dtype("|u1"),
+    "int64": np.dtype("<i8"),
+    "float16": np.dtype("<f2"),
+    "float32": np.dtype("<f4"),
+}
+_DTYPE_NAMES = {dt: name for name, dt in WIRE_DTYPES.items()}
+
+
+class Kind(enum.IntEnum):
+    """Message kinds. Codes are part of the wire format: never renumber."""
+
+    HELLO = 1  # peer -> broker (-> generator for nodes): register, with role
+    WELCOME = 2  # generator -> node: accepted, with the run config
+    MASKS = 3  # node -> generator: a chunk of the node's mask set
+    FAKE_REQUEST = 4  # node -> generator: masks to turn into fakes
+    FAKES = 5  # generator -> node: synthetic images for a request
+    FEEDBACK = 6  # node -> generator: d(loss)/d(fakes) and loss scalars
+    HEARTBEAT = 7  # both ways: liveness
+    STATUS = 8  # generator -> everyone (broadcast)
+    ERROR = 9  # anyone -> the sender of a bad or undeliverable message
+    GOODBYE = 10  # peer leaves (or generator ends the run)
+    NODE_JOINED = 11  # broker -> generator
+    NODE_LEFT = 12  # broker -> generator
+
+
+class ErrorCode(enum.IntEnum):
+    BAD_VERSION = 1
+    BAD_FRAMES = 2
+    BAD_HEADER = 3
+    BAD_TENSOR = 4
+    TOO_LARGE = 5
+    BAD_KIND = 6
+    NOT_REGISTERED = 7
+    NO_GENERATOR = 8
+    UNREACHABLE = 9
+    BACKPRESSURE = 10
+    NAME_IN_USE = 11
+    REJECTED = 12
+    SPOOFED_SENDER = 13
+    FORBIDDEN = 14
+    INTERNAL = 15
+
+
+ROLES = ("node", "generator", "monitor")
+
+# Which tensors each kind must carry, with the dtypes and ranks allowed.
+_TensorRule = tuple[tuple[str, ...], tuple[int, ...]]
+KIND_TENSORS: dict[Kind, dict[str, _TensorRule]] = {
+    Kind.MASKS: {"masks": (("uint8",), (3,))},
+    Kind.FAKE_REQUEST: {"masks": (("uint8",), (3,))},
+    Kind.FAKES: {"fakes": (("float16", "float32", "uint8"), (4,))},
+    Kind.FEEDBACK: {"grad": (("float16", "float32"), (4,))},
+}
+# Metadata keys each kind must carry, with their types.
+KIND_META: dict[Kind, dict[str, tuple[type, ...]]] = {
+    Kind.HELLO: {"role": (str,)},
+    Kind.ERROR: {"code": (int,), "reason": (str,)},
+    Kind.FEEDBACK: {"losses": (dict,)},
+    Kind.MASKS: {"chunk": (int,), "chunks": (int,)},
+    Kind.WELCOME: {"config": (dict,)},
+    Kind.NODE_JOINED: {"node": (str,)},
+    Kind.NODE_LEFT: {"node": (str,), "reason": (str,)},
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits applied to everything a peer sends."""
+
+    max_message_bytes: int = 256 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_tensors: int = 8
+    max_ndim: int = 5
+    max_name_len: int = 128
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class ProtocolError(Exception):
+    """A peer sent something invalid. Carries the code for the ERROR reply."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(f"{code.name}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Message:
+    """One decoded protocol message."""
+
+    kind: Kind
+    sender: str
+    run_id: str = ""
+    msg_id: int = 0
+    reply_to: int = 0
+    step: int = 0
+    sent_at: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        return sum(int(t.nbytes) for t in self.tensors.values())
+
+
+_ids = itertools.count(1)
+
+
+def next_id() -> int:
+    """Process-wide message id (unique per sender process)."""
+    return next(_ids)
+
+
+def make(kind: Kind, sender: str, *, run_id: str = "", reply_to: int = 0, step: int = 0,
+         meta: Mapping[str, Any] | None = None,
+         tensors: Mapping[str, np.ndarray] | None = None) -> Message:
+    """Build a message with a fresh id and the current wall time."""
+    return Message(kind=kind, sender=sender, run_id=run_id, msg_id=next_id(),
+                   reply_to=reply_to, step=step, sent_at=time.time(),
+                   meta=dict(meta or {}), tensors=dict(tensors or {}))
+
+
+def error(sender: str, code: ErrorCode, reason: str, *, reply_to: int = 0,
+          run_id: str = "", **extra: Any) -> Message:
+    """An ERROR message: a code and a sentence a person understands."""
+    return make(Kind.ERROR, sender, run_id=run_id, reply_to=reply_to,
+                meta={"code": int(code), "reason": reason, **extra})
+
+
+# --------------------------------------------------------------------- encode
+
+
+def encode(msg: Message) -> list[Any]:
+    """Frames for ``msg``: version, header, then one zero-copy frame per tensor.
+
+    Tensor frames are memoryviews of contiguous arrays: send them with
+    ``copy=False`` and keep the arrays alive until sent (pyzmq holds a
+    reference for zero-copy sends).
+    """
+    descs = []
+    frames: list[Any] = []
+    for name, arr in msg.tensors.items():
+        arr = np.ascontiguousarray(arr)
+        dtname = _DTYPE_NAMES.get(arr.dtype.newbyteorder("<"))
+        if dtname is None:
+            raise ValueError(f"tensor {name!r}: dtype {arr.dtype} is not a wire dtype {sorted(WIRE_DTYPES)}")
+        if arr.dtype != WIRE_DTYPES[dtname]:  # big-endian input: the wire is little-endian
+            arr = arr.astype(WIRE_DTYPES[dtname])
+        descs.append([name, dtname, list(arr.shape), int(arr.nbytes)])
+        frames.append(memoryview(arr).cast("B") if arr.nbytes else b"")
+    header = {
+        "kind": int(msg.kind),
+        "run": msg.run_id,
+        "sender": msg.sender,
+        "id": int(msg.msg_id),
+        "reply_to": int(msg.reply_to),
+        "step": int(msg.step),
+        "time": float(msg.sent_at),
+        "tensors": descs,
+        "meta": msg.meta,
+    }
+    return [PROTOCOL_VERSION, msgpack.packb(header, use_bin_type=True), *frames]
+
+
+# --------------------------------------------------------------------- decode
+
+
+def frame_view(frame: Any) -> memoryview:
+    """A read-only view of a frame's bytes (zmq.Frame, bytes or memoryview)."""
+    buf = getattr(frame, "buffer", frame)
+    return memoryview(buf)
+
+
+def peek_header(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Check the version and unpack the header only: what a router needs."""
+    if len(frames) < 2:
+        raise ProtocolError(ErrorCode.BAD_FRAMES,
+                            f"a message needs a version frame and a header frame, got {len(frames)} frame(s)")
+    version = frame_view(frames[0])
+    if version != PROTOCOL_VERSION:
+        shown = bytes(version[:16])
+        raise ProtocolError(ErrorCode.BAD_VERSION,
+                            f"protocol version {shown!r} is not supported; this peer speaks {PROTOCOL_VERSION!r}")
+    raw = frame_view(frames[1])
+    if len(raw) > limits.max_header_bytes:
+        raise ProtocolError(ErrorCode.TOO_LARGE,
+                            f"header of {len(raw)} bytes exceeds the limit of {limits.max_header_bytes}")
+    try:
+        n = limits.max_header_bytes
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True, max_str_len=n,
+                                 max_bin_len=n, max_array_len=n, max_map_len=n, max_ext_len=n)
+    except Exception as exc:  # msgpack raises many types on hostile input
+        raise ProtocolError(ErrorCode.BAD_HEADER, f"header is not valid msgpack ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(ErrorCode.BAD_HEADER, f"header must be a map, got {type(header).__name__}")
+    return header
+
+
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (int,), "run": (str,), "sender": (str,), "id": (int,), "reply_to": (int,),
+    "step": (int,), "time": (float, int), "tensors": (list,), "meta": (dict,),
+}
+
+
+def _check_meta_value(value: Any, depth: int = 0) -> bool:
+    if depth > 6:
+        return False
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, list):
+        return all(_check_meta_value(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _check_meta_value(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Validate ``frames`` completely and return the message.
+
+    Raises :class:`ProtocolError` for anything malformed, never another
+    exception type, whatever the bytes.
+    """
+    total = sum(len(frame_view(f)) for f in frames)
+    if total > limits.max_message_bytes:
+        raise ProtocolError(ErrorCode.TOO_LARGE,
+                            f"message of {total} bytes exceeds the limit of {limits.max_message_bytes}")
+    header = peek_header(frames, limits)
+    missing = [k for k in _HEADER_TYPES if k not in header]
+    if missing:
+        raise ProtocolError(ErrorCode.BAD_HEADER, f"header lacks field(s) {', '.join(missing)}")
+    extra = [str(k) for k in header if k not in _HEADER_TYPES]
+    if extra:
+        raise ProtocolError(ErrorCode.BAD_HEADER, f"header has unknown field(s) {', '.join(extra[:5])}")
+    for key, types in _HEADER_TYPES.items():
+        value = header[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ProtocolError(ErrorCode.BAD_HEADER,
+                                f"header field {key!r} must be {'/'.join(t.__name__ for t in types)}, "
+                                f"got {type(value).__name__}")
+    try:
+        kind = Kind(header["kind"])
+    except ValueError:
+        raise ProtocolError(ErrorCode.BAD_KIND, f"unknown message kind {header['kind']}") from None
+    for key in ("sender", "run"):
+        if len(header[key]) > limits.max_name_len:
+            raise ProtocolError(ErrorCode.BAD_HEADER, f"{key} longer than {limits.max_name_len} characters")
+    for key in ("id", "reply_to", "step"):
+        if not 0 <= header[key] < 2**63:
+            raise ProtocolError(ErrorCode.BAD_HEADER, f"header field {key!r} out of range")
+    if not math.isfinite(header["time"]):
+        raise ProtocolError(ErrorCode.BAD_HEADER, "header field 'time' is not finite")
+    meta = header["meta"]
+    if not _check_meta_value(meta):
+        raise ProtocolError(ErrorCode.BAD_HEADER, "meta holds a value that is not str/int/float/bool/None/list/map")
+    for key, types in KIND_META.get(kind, {}).items():
+        if not isinstance(meta.get(key), types):
+            raise ProtocolError(ErrorCode.BAD_HEADER,
+                                f"{kind.name} needs meta {key!r} of type {'/'.join(t.__name__ for t in types)}")
+    tensors = _decode_tensors(kind, header["tensors"], frames[2:], limits)
+    return Message(kind=kind, sender=header["sender"], run_id=header["run"], msg_id=header["id"],
+                   reply_to=header["reply_to"], step=header["step"], sent_at=float(header["time"]),
+                   meta=meta, tensors=tensors)
+
+
+def _decode_tensors(kind: Kind, descs: list[Any], frames: Sequence[Any], limits: Limits) -> dict[str, np.ndarray]:
+    if len(descs) > limits.max_tensors:
+        raise ProtocolError(ErrorCode.BAD_TENSOR, f"{len(descs)} tensors exceed the limit of {limits.max_tensors}")
+    if len(descs) != len(frames):
+        raise ProtocolError(ErrorCode.BAD_FRAMES,
+                            f"header describes {len(descs)} tensor(s) but {len(frames)} tensor frame(s) arrived")
+    out: dict[str, np.ndarray] = {}
+    for i, (desc, frame) in enumerate(zip(descs, frames, strict=True)):
+        if not (isinstance(desc, list) and len(desc) == 4):
+            raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor descriptor {i} must be [name, dtype, shape, nbytes]")
+        name, dtname, shape, nbytes = desc
+        if not isinstance(name, str) or not name or len(name) > limits.max_name_len or name in out:
+            raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor {i} has a missing, duplicate or overlong name")
+        if not isinstance(dtname, str) or dtname not in WIRE_DTYPES:
+            raise ProtocolError(ErrorCode.BAD_TENSOR,
+                                f"tensor {name!r}: dtype {dtname!r} is not one of {', '.join(WIRE_DTYPES)}")
+        if (not isinstance(shape, list) or len(shape) > limits.max_ndim
+                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)):
+            raise ProtocolError(ErrorCode.BAD_TENSOR,
+                                f"tensor {name!r}: shape must be a list of at most {limits.max_ndim} "
+                                "non-negative integers")
+        dtype = WIRE_DTYPES[dtname]
+        expected = math.prod(shape) * dtype.itemsize
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes != expected:
+            raise ProtocolError(ErrorCode.BAD_TENSOR,
+                                f"tensor {name!r}: declared {nbytes!r} bytes but {dtname}{shape} takes {expected}")
+        buf = frame_view(frame)
+        if len(buf) != expected:
+            raise ProtocolError(ErrorCode.BAD_TENSOR,
+                                f"tensor {name!r}: frame has {len(buf)} bytes, descriptor says {expected}")
+        out[name] = np.frombuffer(buf, dtype=dtype).reshape(shape) if expected else np.zeros(shape, dtype)
+    for name, (dtypes, ranks) in KIND_TENSORS.get(kind, {}).items():
+        arr = out.get(name)
+        if arr is None:
+            raise ProtocolError(ErrorCode.BAD_TENSOR, f"{kind.name} needs a tensor named {name!r}")
+        if _DTYPE_NAMES[arr.dtype] not in dtypes or arr.ndim not in ranks:
+            raise ProtocolError(ErrorCode.BAD_TENSOR,
+                                f"{kind.name} tensor {name!r} must be {'/'.join(dtypes)} with rank "
+                                f"{'/'.join(map(str, ranks))}, got {_DTYPE_NAMES[arr.dtype]}{list(arr.shape)}")
+    return out
+
+
+# ------------------------------------------------------------------- routing
+
+
+def stack_route(route: bytes, frames: Sequence[Any]) -> list[Any]:
+    """Put one routing frame in front of a message (Majordomo style)."""
+    return [route, *frames]
+
+
+def split_route(frames: Sequence[Any]) -> tuple[bytes, list[Any]]:
+    """Take the routing frame off the front of a message."""
+    if not frames:
+        raise ProtocolError(ErrorCode.BAD_FRAMES, "empty message")
+    return bytes(frame_view(frames[0])), list(frames[1:])

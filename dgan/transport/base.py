@@ -1,0 +1,36 @@
+"""The two interfaces training code sees."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from dgan.protocol import Message
+
+
+class NodeLink(Protocol):
+    """A discriminator node's connection to the generator."""
+
+    name: str
+
+    def send(self, msg: Message) -> None:
+        """Send to the generator."""
+
+    def recv(self, timeout: float) -> Message | None:
+        """The next message for this node, or None after ``timeout`` seconds."""
+
+    def close(self) -> None: ...
+
+
+class GeneratorLink(Protocol):
+    """The generator's connection to every node."""
+
+    def send(self, to: str, msg: Message) -> None:
+        """Send to one node, by name."""
+
+    def broadcast(self, msg: Message) -> None:
+        """Send to every node and monitor."""
+
+    def recv(self, timeout: float) -> tuple[str, Message] | None:
+        """The next (node name or "" for the broker, message), or None after ``timeout``."""
+
+    def close(self) -> None: ...

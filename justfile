@@ -1,0 +1,26 @@
+# dgan tasks. `just demo` and `just test` are the README's quick start.
+venv := ".venv"
+bin := venv / "bin"
+
+default: demo
+
+# Create or reuse .venv and install dgan into it (torch: the CPU wheel, skipped when importable).
+setup:
+    test -x {{bin}}/python || python3 -m venv {{venv}}
+    {{bin}}/python -c "import torch" 2>/dev/null || {{bin}}/python -m pip install -q torch==2.13.0
+    {{bin}}/python -m pip install -q -e ".[dev]"
+
+# Train on the built-in scenes with 4 nodes, synthesise, and evaluate.
+demo *ARGS: setup
+    {{bin}}/dgan demo {{ARGS}}
+
+# Lint, then the whole test suite.
+test *ARGS: setup
+    {{bin}}/ruff check .
+    {{bin}}/python -m pytest {{ARGS}}
+
+lint: setup
+    {{bin}}/ruff check .
+
+bench-transport *ARGS: setup
+    {{bin}}/dgan bench transport {{ARGS}}

@@ -1,0 +1,1 @@
+"""Node and generator processes: the programs behind `dgan node` and `dgan generator`."""

@@ -1,0 +1,72 @@
+"""Shared fixtures: free ports and a broker running in its own process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class BrokerProcess:
+    proc: subprocess.Popen[bytes]
+    node: str
+    generator: str
+    pub: str
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_broker(tmp_path: Path, *extra: str, heartbeat: float = 0.3,
+                 ports: list[int] | None = None) -> BrokerProcess:
+    node_port, gen_port, pub_port = ports or free_ports(3)
+    out = tmp_path / f"broker-{node_port}.log"
+    cmd = [sys.executable, "-m", "dgan", "broker", "--node-port", str(node_port), "--generator-port",
+           str(gen_port), "--pub-port", str(pub_port), "--heartbeat", str(heartbeat), "--log-format", "plain",
+           *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    bp = BrokerProcess(proc, f"tcp://127.0.0.1:{node_port}", f"tcp://127.0.0.1:{gen_port}",
+                       f"tcp://127.0.0.1:{pub_port}", out)
+    deadline = time.monotonic() + 30
+    while "broker serving" not in bp.output():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"broker did not start:\n{bp.output()}")
+        time.sleep(0.05)
+    return bp
+
+
+@pytest.fixture
+def broker_proc(tmp_path: Path) -> Iterator[BrokerProcess]:
+    bp = start_broker(tmp_path)
+    yield bp
+    if bp.proc.poll() is None:
+        bp.proc.terminate()
+        try:
+            bp.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            bp.proc.kill()

@@ -1,0 +1,241 @@
+"""The broker in its own process, over tcp://127.0.0.1, with fake peers."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from dgan import protocol as P
+from dgan.msglog import Direction, ReadReport, iter_records
+from dgan.transport.zmq_link import ZmqGeneratorLink, ZmqNodeLink
+from tests.conftest import BrokerProcess, start_broker
+
+FAST = {"heartbeat_interval": 0.3, "liveness": 3}
+
+
+def recv_kind(link, kind: P.Kind, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = link.recv(0.1)
+        if got is None:
+            continue
+        msg = got[1] if isinstance(got, tuple) else got
+        if msg.kind == kind:
+            return got
+    raise AssertionError(f"no {kind.name} within {timeout} s")
+
+
+def raw_dealer(endpoint: str) -> zmq.Socket:
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    return s
+
+
+def recv_error(sock: zmq.Socket, timeout_ms: int = 3000) -> P.Message:
+    deadline = time.monotonic() + timeout_ms / 1000
+    while time.monotonic() < deadline:
+        if sock.poll(100):
+            msg = P.decode(sock.recv_multipart())
+            if msg.kind == P.Kind.ERROR:
+                return msg
+    raise AssertionError("no ERROR reply")
+
+
+def echo_generator(link: ZmqGeneratorLink, stop: threading.Event, seen: dict[str, int]) -> None:
+    """Answers every FAKE_REQUEST with FAKES holding the request's masks as floats."""
+    while not stop.is_set():
+        got = link.recv(0.05)
+        if got is None:
+            continue
+        route, msg = got
+        if msg.kind == P.Kind.FAKE_REQUEST:
+            seen[route] = seen.get(route, 0) + 1
+            fakes = np.repeat(msg.tensors["masks"][:, None].astype(np.float32), 3, axis=1)
+            link.send(route, P.make(P.Kind.FAKES, "generator", reply_to=msg.msg_id, tensors={"fakes": fakes}))
+
+
+def test_broker_routes_requests_and_replies_between_generator_and_three_nodes(broker_proc: BrokerProcess) -> None:
+    gen = ZmqGeneratorLink(broker_proc.generator, **FAST)
+    stop, seen = threading.Event(), {}
+    t = threading.Thread(target=echo_generator, args=(gen, stop, seen), daemon=True)
+    t.start()
+    nodes = [ZmqNodeLink(broker_proc.node, f"node-{i}", **FAST) for i in range(3)]
+    per_node = 30
+    try:
+        sent: dict[str, dict[int, int]] = {n.name: {} for n in nodes}
+        for k in range(per_node):
+            for i, n in enumerate(nodes):
+                value = (i * 50 + k) % 256
+                masks = np.full((2, 16, 16), value, np.uint8)
+                msg = P.make(P.Kind.FAKE_REQUEST, n.name, tensors={"masks": masks})
+                n.send(msg)
+                sent[n.name][msg.msg_id] = value
+        for n in nodes:
+            got = 0
+            while got < per_node:
+                msg = recv_kind(n, P.Kind.FAKES)
+                expected = sent[n.name].pop(msg.reply_to)  # KeyError = misrouted or duplicated
+                assert np.all(msg.tensors["fakes"] == expected)
+                got += 1
+            assert sent[n.name] == {}
+        assert seen == {n.name: per_node for n in nodes}
+    finally:
+        stop.set()
+        t.join()
+        for n in nodes:
+            n.close()
+        gen.close()
+
+
+def test_silent_node_is_expired_and_generator_told(broker_proc: BrokerProcess) -> None:
+    gen = ZmqGeneratorLink(broker_proc.generator, **FAST)
+    silent = raw_dealer(broker_proc.node)
+    silent.send_multipart(P.encode(P.make(P.Kind.HELLO, "quiet", meta={"role": "node"})))
+    try:
+        route, hello = recv_kind(gen, P.Kind.HELLO)
+        assert route == "quiet" and hello.meta["role"] == "node"
+        t0 = time.monotonic()
+        route, left = recv_kind(gen, P.Kind.NODE_LEFT, timeout=5)
+        assert left.meta["node"] == "quiet" and route == "quiet"
+        assert time.monotonic() - t0 >= 0.5  # after 3 missed 0.3 s beats, not at once
+    finally:
+        silent.close()
+        gen.close()
+
+
+def test_garbage_from_one_peer_gets_an_error_and_others_keep_flowing(broker_proc: BrokerProcess) -> None:
+    gen = ZmqGeneratorLink(broker_proc.generator, **FAST)
+    stop, seen = threading.Event(), {}
+    t = threading.Thread(target=echo_generator, args=(gen, stop, seen), daemon=True)
+    t.start()
+    good = ZmqNodeLink(broker_proc.node, "good", **FAST)
+    bad = raw_dealer(broker_proc.node)
+    rng = np.random.default_rng(0)
+    try:
+        garbage = [[b"\x00"], [P.PROTOCOL_VERSION, b"\xc1\xc1"], [b"HTTP/1.1", b"GET /"],
+                   [P.PROTOCOL_VERSION, rng.bytes(50), rng.bytes(1000)], [b"DGAN/9", b"x"]]
+        for frames in garbage:
+            bad.send_multipart(frames)
+            err = recv_error(bad)
+            assert err.meta["code"] in {c.value for c in P.ErrorCode} and err.meta["reason"]
+            good.send(P.make(P.Kind.FAKE_REQUEST, "good", tensors={"masks": np.zeros((1, 8, 8), np.uint8)}))
+            recv_kind(good, P.Kind.FAKES)
+        # A valid message from a peer that never said HELLO is refused as well.
+        bad.send_multipart(P.encode(P.make(P.Kind.FAKE_REQUEST, "x", tensors={"masks": np.zeros((1, 4, 4),
+                                                                                                np.uint8)})))
+        assert recv_error(bad).meta["code"] == P.ErrorCode.NOT_REGISTERED
+        assert seen["good"] == len(garbage)
+        assert broker_proc.proc.poll() is None
+    finally:
+        stop.set()
+        t.join()
+        bad.close()
+        good.close()
+        gen.close()
+
+
+def test_spoofed_sender_and_forbidden_kinds_are_refused(broker_proc: BrokerProcess) -> None:
+    sock = raw_dealer(broker_proc.node)
+    try:
+        sock.send_multipart(P.encode(P.make(P.Kind.HELLO, "alice", meta={"role": "node"})))
+        sock.send_multipart(P.encode(P.make(P.Kind.FAKE_REQUEST, "bob",
+                                            tensors={"masks": np.zeros((1, 4, 4), np.uint8)})))
+        assert recv_error(sock).meta["code"] == P.ErrorCode.SPOOFED_SENDER
+        sock.send_multipart(P.encode(P.make(P.Kind.FAKES, "alice",
+                                            tensors={"fakes": np.zeros((1, 3, 4, 4), np.float32)})))
+        assert recv_error(sock).meta["code"] == P.ErrorCode.FORBIDDEN
+        sock.send_multipart(P.encode(P.make(P.Kind.HELLO, "mallory", meta={"role": "generator"})))
+        assert recv_error(sock).meta["code"] == P.ErrorCode.FORBIDDEN
+    finally:
+        sock.close()
+
+
+def test_requests_without_a_generator_get_no_generator_error(broker_proc: BrokerProcess) -> None:
+    node = ZmqNodeLink(broker_proc.node, "lonely", **FAST)
+    try:
+        node.send(P.make(P.Kind.FAKE_REQUEST, "lonely", tensors={"masks": np.zeros((1, 4, 4), np.uint8)}))
+        err = recv_kind(node, P.Kind.ERROR)
+        assert err.meta["code"] == P.ErrorCode.NO_GENERATOR
+    finally:
+        node.close()
+
+
+def test_generator_learns_of_nodes_that_joined_before_it(broker_proc: BrokerProcess) -> None:
+    node = ZmqNodeLink(broker_proc.node, "early", hello_meta={"dataset_size": 5}, **FAST)
+    time.sleep(0.3)
+    gen = ZmqGeneratorLink(broker_proc.generator, **FAST)
+    try:
+        route, hello = recv_kind(gen, P.Kind.HELLO)
+        assert route == "early" and hello.meta["dataset_size"] == 5
+    finally:
+        node.close()
+        gen.close()
+
+
+def test_message_to_unknown_node_comes_back_as_unreachable(broker_proc: BrokerProcess) -> None:
+    gen = ZmqGeneratorLink(broker_proc.generator, **FAST)
+    try:
+        time.sleep(0.2)
+        msg = P.make(P.Kind.FAKES, "generator", tensors={"fakes": np.zeros((1, 3, 4, 4), np.float32)})
+        gen.send("nobody", msg)
+        _, err = recv_kind(gen, P.Kind.ERROR)
+        assert err.meta["code"] == P.ErrorCode.UNREACHABLE and err.reply_to == msg.msg_id
+        assert err.meta["node"] == "nobody"
+    finally:
+        gen.close()
+
+
+def test_node_link_reregisters_after_broker_restart(tmp_path: Path) -> None:
+    bp = start_broker(tmp_path)
+    ports = [int(ep.rsplit(":", 1)[1]) for ep in (bp.node, bp.generator, bp.pub)]
+    node = ZmqNodeLink(bp.node, "phoenix", **FAST)
+    try:
+        bp.proc.kill()
+        bp.proc.wait()
+        bp2 = start_broker(tmp_path, ports=ports)
+        gen = ZmqGeneratorLink(bp2.generator, **FAST)
+        t0 = time.monotonic()
+        while True:
+            node.recv(0.1)  # drives heartbeats and re-registration
+            got = gen.recv(0.05)
+            if got is not None and got[1].kind == P.Kind.HELLO and got[0] == "phoenix":
+                break
+            assert time.monotonic() - t0 < 10, "node did not re-register within 10 s"
+        gen.close()
+        bp2.proc.terminate()
+        bp2.proc.wait(10)
+    finally:
+        node.close()
+
+
+def test_record_log_holds_every_routed_message_and_sigterm_flushes_it(tmp_path: Path) -> None:
+    log_path = tmp_path / "run.dgl"
+    bp = start_broker(tmp_path, "--record", str(log_path))
+    gen = ZmqGeneratorLink(bp.generator, **FAST)
+    stop, seen = threading.Event(), {}
+    t = threading.Thread(target=echo_generator, args=(gen, stop, seen), daemon=True)
+    t.start()
+    node = ZmqNodeLink(bp.node, "rec", **FAST)
+    try:
+        for _ in range(5):
+            node.send(P.make(P.Kind.FAKE_REQUEST, "rec", tensors={"masks": np.ones((2, 8, 8), np.uint8)}))
+            recv_kind(node, P.Kind.FAKES)
+    finally:
+        stop.set()
+        t.join()
+        node.close()
+        gen.close()
+    bp.proc.send_signal(signal.SIGTERM)
+    assert bp.proc.wait(10) == 0
+    report = ReadReport()
+    records = list(iter_records(log_path, report))
+    kinds = [(r.direction, P.decode(r.frames).kind) for r in records]
+    assert kinds.count((Direction.FROM_NODE, P.Kind.FAKE_REQUEST)) == 5
+    assert kinds.count((Direction.FROM_GENERATOR, P.Kind.FAKES)) == 5
+    assert report.truncated_at is None and report.corrupt_at is None

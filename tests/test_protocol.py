@@ -1,0 +1,171 @@
+"""The wire protocol: round trips, and hostile bytes always give a typed error."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dgan import protocol as P
+
+MASKS = np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8)
+TENSORS_FOR = {
+    P.Kind.MASKS: {"masks": MASKS},
+    P.Kind.FAKE_REQUEST: {"masks": MASKS},
+    P.Kind.FAKES: {"fakes": np.linspace(-1, 1, 2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8)},
+    P.Kind.FEEDBACK: {"grad": np.ones((2, 3, 8, 8), np.float16)},
+}
+META_FOR = {
+    P.Kind.HELLO: {"role": "node", "dataset_size": 10},
+    P.Kind.ERROR: {"code": 3, "reason": "bad"},
+    P.Kind.FEEDBACK: {"losses": {"d_real": 0.5, "g_l1": 0.1}},
+    P.Kind.MASKS: {"chunk": 0, "chunks": 1},
+    P.Kind.WELCOME: {"config": {"size": 128}},
+    P.Kind.NODE_JOINED: {"node": "a"},
+    P.Kind.NODE_LEFT: {"node": "a", "reason": "expired"},
+}
+
+
+def valid(kind: P.Kind) -> P.Message:
+    """A fixed valid message (fixed id and time, so hypothesis sees the same bytes every time)."""
+    return P.Message(kind, "node-1", run_id="run", msg_id=42, step=7, reply_to=3, sent_at=1.5e9,
+                     meta=dict(META_FOR.get(kind, {})), tensors=dict(TENSORS_FOR.get(kind, {})))
+
+
+def as_bytes(frames: list) -> list[bytes]:
+    return [bytes(P.frame_view(f)) for f in frames]
+
+
+@pytest.mark.parametrize("kind", list(P.Kind))
+def test_every_kind_round_trips(kind: P.Kind) -> None:
+    msg = valid(kind)
+    out = P.decode(as_bytes(P.encode(msg)))
+    assert (out.kind, out.sender, out.run_id, out.step, out.reply_to, out.msg_id) == (
+        kind, "node-1", "run", 7, 3, 42)
+    assert out.meta == msg.meta
+    assert out.tensors.keys() == msg.tensors.keys()
+    for name, arr in msg.tensors.items():
+        assert out.tensors[name].dtype == arr.dtype
+        np.testing.assert_array_equal(out.tensors[name], arr)
+
+
+@given(dtype=st.sampled_from(list(P.WIRE_DTYPES)),
+       shape=st.lists(st.integers(0, 5), min_size=0, max_size=4),
+       meta=st.dictionaries(st.text(max_size=8), st.one_of(st.integers(-2**40, 2**40), st.text(max_size=8),
+                                                           st.floats(allow_nan=False), st.booleans(), st.none()),
+                            max_size=4))
+def test_any_wire_tensor_and_meta_round_trip(dtype: str, shape: list[int], meta: dict) -> None:
+    arr = (np.arange(math.prod(shape)) % 7).astype(P.WIRE_DTYPES[dtype]).reshape(shape)
+    msg = P.make(P.Kind.STATUS, "g", meta=meta, tensors={"t": arr})
+    out = P.decode(as_bytes(P.encode(msg)))
+    np.testing.assert_array_equal(out.tensors["t"], arr)
+    assert out.meta == meta
+
+
+def test_tensors_decode_without_copy() -> None:
+    frames = as_bytes(P.encode(valid(P.Kind.FEEDBACK)))
+    out = P.decode(frames)
+    assert np.shares_memory(out.tensors["grad"], np.frombuffer(frames[2], np.uint8))
+
+
+def test_big_endian_input_is_sent_little_endian() -> None:
+    arr = np.arange(6, dtype=">f4").reshape(1, 1, 2, 3)
+    out = P.decode(as_bytes(P.encode(P.make(P.Kind.FEEDBACK, "n", meta={"losses": {}}, tensors={"grad": arr}))))
+    np.testing.assert_array_equal(out.tensors["grad"], arr)
+    assert out.tensors["grad"].dtype == np.dtype("<f4")
+
+
+def test_unsupported_dtype_is_refused_when_encoding() -> None:
+    with pytest.raises(ValueError, match="not a wire dtype"):
+        P.encode(P.make(P.Kind.STATUS, "g", tensors={"b": np.zeros(3, bool)}))
+
+
+def _header(frames: list[bytes]) -> dict:
+    return msgpack.unpackb(frames[1], raw=False)
+
+
+def _with_header(frames: list[bytes], **changes: object) -> list[bytes]:
+    h = _header(frames)
+    h.update(changes)
+    return [frames[0], msgpack.packb(h), *frames[2:]]
+
+
+@pytest.mark.parametrize(("mutate", "code"), [
+    (lambda f: [b"DGAN/0", *f[1:]], P.ErrorCode.BAD_VERSION),
+    (lambda f: f[:1], P.ErrorCode.BAD_FRAMES),
+    (lambda f: [f[0], b"\xc1garbage", *f[2:]], P.ErrorCode.BAD_HEADER),
+    (lambda f: [f[0], msgpack.packb([1, 2]), *f[2:]], P.ErrorCode.BAD_HEADER),
+    (lambda f: _with_header(f, kind=99), P.ErrorCode.BAD_KIND),
+    (lambda f: _with_header(f, sender=5), P.ErrorCode.BAD_HEADER),
+    (lambda f: _with_header(f, step=-1), P.ErrorCode.BAD_HEADER),
+    (lambda f: _with_header(f, extra=1), P.ErrorCode.BAD_HEADER),
+    (lambda f: _with_header(f, meta={"losses": {"x": b"bytes"}}), P.ErrorCode.BAD_HEADER),
+    (lambda f: _with_header(f, meta={}), P.ErrorCode.BAD_HEADER),
+    (lambda f: _with_header(f, tensors=[["grad", "float64", [2, 3, 8, 8], 3072]]), P.ErrorCode.BAD_TENSOR),
+    (lambda f: _with_header(f, tensors=[["grad", "float16", [2, 3, 8, 8], 10]]), P.ErrorCode.BAD_TENSOR),
+    (lambda f: _with_header(f, tensors=[["grad", "float16", [2**30, 2**30, 8, 8], 2**63]]), P.ErrorCode.BAD_TENSOR),
+    (lambda f: _with_header(f, tensors=[["grad", "float16", [2, 3, 8, 4], 384]]), P.ErrorCode.BAD_TENSOR),
+    (lambda f: _with_header(f, tensors=[["other", "float16", [2, 3, 8, 8], 768]]), P.ErrorCode.BAD_TENSOR),
+    (lambda f: _with_header(f, tensors=[["grad", "float16", [6, 8, 8], 768]]), P.ErrorCode.BAD_TENSOR),
+    (lambda f: [*f, b"extra"], P.ErrorCode.BAD_FRAMES),
+    (lambda f: [f[0], f[1], f[2][:-1]], P.ErrorCode.BAD_TENSOR),
+])
+def test_malformed_feedback_gets_the_right_error_code(mutate, code) -> None:
+    frames = as_bytes(P.encode(valid(P.Kind.FEEDBACK)))
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(mutate(frames))
+    assert err.value.code == code
+    assert err.value.reason  # a sentence for a person
+
+
+def test_size_limits_apply() -> None:
+    frames = as_bytes(P.encode(valid(P.Kind.FEEDBACK)))
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(frames, P.Limits(max_message_bytes=100))
+    assert err.value.code == P.ErrorCode.TOO_LARGE
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(frames, P.Limits(max_header_bytes=10))
+    assert err.value.code == P.ErrorCode.TOO_LARGE
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=200), max_size=6))
+def test_random_frames_only_ever_raise_protocol_error(frames: list[bytes]) -> None:
+    try:
+        P.decode(frames)
+    except P.ProtocolError as exc:
+        assert isinstance(exc.code, P.ErrorCode)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(list(P.Kind)), data=st.data())
+def test_mutated_valid_messages_decode_or_raise_protocol_error(kind: P.Kind, data: st.DataObject) -> None:
+    frames = as_bytes(P.encode(valid(kind)))
+    i = data.draw(st.integers(0, len(frames) - 1))
+    raw = bytearray(frames[i])
+    for _ in range(data.draw(st.integers(1, 4))):
+        if raw and data.draw(st.booleans()):
+            pos = data.draw(st.integers(0, len(raw) - 1))
+            raw[pos] = data.draw(st.integers(0, 255))
+        else:
+            cut = data.draw(st.integers(0, len(raw)))
+            raw = raw[:cut] + data.draw(st.binary(max_size=8))
+    frames[i] = bytes(raw)
+    try:
+        msg = P.decode(frames)
+    except P.ProtocolError as exc:
+        assert isinstance(exc.code, P.ErrorCode)
+    else:
+        assert isinstance(msg.kind, P.Kind)
+
+
+def test_routing_frames_stack_and_split() -> None:
+    frames = as_bytes(P.encode(valid(P.Kind.HEARTBEAT)))
+    route, rest = P.split_route(P.stack_route(b"node-a", frames))
+    assert route == b"node-a" and rest == frames
+    with pytest.raises(P.ProtocolError):
+        P.split_route([])
