@@ -38,6 +38,7 @@ from dgan.msglog import Direction, MessageLogWriter
 log = logging.getLogger("dgan.broker")
 
 BROKER_NAME = "broker"
+_POLLIN, _POLLOUT, _NOBLOCK = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK)  # plain ints: enum ops cost
 
 
 @dataclass
@@ -433,9 +434,10 @@ class Broker:
     def serve(self) -> None:
         cfg = self.config
         poller = zmq.Poller()
-        poller.register(self.gen_sock, zmq.POLLIN)
-        poller.register(self.pub_sock, zmq.POLLIN)
+        poller.register(self.gen_sock, _POLLIN)
+        poller.register(self.pub_sock, _POLLIN)
         node_polled = False
+        gen_flags = _POLLIN
         next_beat = time.monotonic() + cfg.heartbeat_interval
         paused_at: float | None = None
         self.started.set()
@@ -447,7 +449,7 @@ class Broker:
                 want_nodes = not self._pending
                 if want_nodes != node_polled:
                     if want_nodes:
-                        poller.register(self.node_sock, zmq.POLLIN)
+                        poller.register(self.node_sock, _POLLIN)
                         if paused_at is not None:
                             self._extend_leases(time.monotonic() - paused_at)
                             paused_at = None
@@ -455,14 +457,16 @@ class Broker:
                         poller.unregister(self.node_sock)
                         paused_at = time.monotonic()
                     node_polled = want_nodes
-                gen_flags = zmq.POLLIN | (zmq.POLLOUT if self._pending else 0)
-                poller.modify(self.gen_sock, gen_flags)
+                flags = (_POLLIN | _POLLOUT) if self._pending else _POLLIN
+                if flags != gen_flags:
+                    poller.modify(self.gen_sock, flags)
+                    gen_flags = flags
                 timeout = max(0.0, next_beat - time.monotonic())
                 events = dict(poller.poll(min(timeout, 0.25) * 1000))
                 if self.gen_sock in events:
-                    if events[self.gen_sock] & zmq.POLLOUT:
+                    if events[self.gen_sock] & _POLLOUT:
                         self._flush_pending()
-                    if events[self.gen_sock] & zmq.POLLIN:
+                    if events[self.gen_sock] & _POLLIN:
                         self._drain(self.gen_sock, self._on_generator_message)
                 if self.node_sock in events:
                     self._drain(self.node_sock, self._on_node_message)
@@ -481,7 +485,7 @@ class Broker:
     def _drain(self, sock: zmq.Socket, handler: Any) -> None:
         for _ in range(self.config.drain_batch):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = sock.recv_multipart(_NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:

@@ -234,17 +234,22 @@ _HEADER_TYPES: dict[str, tuple[type, ...]] = {
     "kind": (int,), "run": (str,), "sender": (str,), "id": (int,), "reply_to": (int,),
     "step": (int,), "time": (float, int), "tensors": (list,), "meta": (dict,),
 }
+_HEADER_KEYS = frozenset(_HEADER_TYPES)
+_HEADER_ITEMS = tuple(_HEADER_TYPES.items())
+_KINDS = {int(k): k for k in Kind}
+_SCALARS = (type(None), bool, int, float, str)
 
 
 def _check_meta_value(value: Any, depth: int = 0) -> bool:
+    t = type(value)
+    if t in _SCALARS:
+        return True
     if depth > 6:
         return False
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, list):
+    if t is list:
         return all(_check_meta_value(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _check_meta_value(v, depth + 1) for k, v in value.items())
+    if t is dict:
+        return all(type(k) is str and _check_meta_value(v, depth + 1) for k, v in value.items())
     return False
 
 
@@ -254,42 +259,43 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     Raises :class:`ProtocolError` for anything malformed, never another
     exception type, whatever the bytes.
     """
-    total = sum(len(frame_view(f)) for f in frames)
+    total = 0
+    for f in frames:
+        total += len(f)  # bytes, zmq.Frame and byte memoryviews all measure in bytes
     if total > limits.max_message_bytes:
         raise ProtocolError(ErrorCode.TOO_LARGE,
                             f"message of {total} bytes exceeds the limit of {limits.max_message_bytes}")
     header = peek_header(frames, limits)
-    missing = [k for k in _HEADER_TYPES if k not in header]
-    if missing:
-        raise ProtocolError(ErrorCode.BAD_HEADER, f"header lacks field(s) {', '.join(missing)}")
-    extra = [str(k) for k in header if k not in _HEADER_TYPES]
-    if extra:
+    if header.keys() != _HEADER_KEYS:
+        missing = sorted(_HEADER_KEYS - header.keys())
+        if missing:
+            raise ProtocolError(ErrorCode.BAD_HEADER, f"header lacks field(s) {', '.join(missing)}")
+        extra = sorted(str(k) for k in header.keys() - _HEADER_KEYS)
         raise ProtocolError(ErrorCode.BAD_HEADER, f"header has unknown field(s) {', '.join(extra[:5])}")
-    for key, types in _HEADER_TYPES.items():
-        value = header[key]
-        if not isinstance(value, types) or isinstance(value, bool):
+    for key, types in _HEADER_ITEMS:
+        if type(header[key]) not in types:  # exact types: a bool is not an int here
             raise ProtocolError(ErrorCode.BAD_HEADER,
                                 f"header field {key!r} must be {'/'.join(t.__name__ for t in types)}, "
-                                f"got {type(value).__name__}")
-    try:
-        kind = Kind(header["kind"])
-    except ValueError:
-        raise ProtocolError(ErrorCode.BAD_KIND, f"unknown message kind {header['kind']}") from None
-    for key in ("sender", "run"):
-        if len(header[key]) > limits.max_name_len:
-            raise ProtocolError(ErrorCode.BAD_HEADER, f"{key} longer than {limits.max_name_len} characters")
+                                f"got {type(header[key]).__name__}")
+    kind = _KINDS.get(header["kind"])
+    if kind is None:
+        raise ProtocolError(ErrorCode.BAD_KIND, f"unknown message kind {header['kind']}")
+    if len(header["sender"]) > limits.max_name_len or len(header["run"]) > limits.max_name_len:
+        raise ProtocolError(ErrorCode.BAD_HEADER, f"sender or run longer than {limits.max_name_len} characters")
     for key in ("id", "reply_to", "step"):
         if not 0 <= header[key] < 2**63:
             raise ProtocolError(ErrorCode.BAD_HEADER, f"header field {key!r} out of range")
     if not math.isfinite(header["time"]):
         raise ProtocolError(ErrorCode.BAD_HEADER, "header field 'time' is not finite")
     meta = header["meta"]
-    if not _check_meta_value(meta):
+    if meta and not _check_meta_value(meta):
         raise ProtocolError(ErrorCode.BAD_HEADER, "meta holds a value that is not str/int/float/bool/None/list/map")
-    for key, types in KIND_META.get(kind, {}).items():
-        if not isinstance(meta.get(key), types):
-            raise ProtocolError(ErrorCode.BAD_HEADER,
-                                f"{kind.name} needs meta {key!r} of type {'/'.join(t.__name__ for t in types)}")
+    rules = KIND_META.get(kind)
+    if rules:
+        for key, types in rules.items():
+            if type(meta.get(key)) not in types:
+                raise ProtocolError(ErrorCode.BAD_HEADER,
+                                    f"{kind.name} needs meta {key!r} of type {'/'.join(t.__name__ for t in types)}")
     tensors = _decode_tensors(kind, header["tensors"], frames[2:], limits)
     return Message(kind=kind, sender=header["sender"], run_id=header["run"], msg_id=header["id"],
                    reply_to=header["reply_to"], step=header["step"], sent_at=float(header["time"]),
@@ -304,7 +310,7 @@ def _decode_tensors(kind: Kind, descs: list[Any], frames: Sequence[Any], limits:
                             f"header describes {len(descs)} tensor(s) but {len(frames)} tensor frame(s) arrived")
     out: dict[str, np.ndarray] = {}
     for i, (desc, frame) in enumerate(zip(descs, frames, strict=True)):
-        if not (isinstance(desc, list) and len(desc) == 4):
+        if type(desc) is not list or len(desc) != 4:
             raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor descriptor {i} must be [name, dtype, shape, nbytes]")
         name, dtname, shape, nbytes = desc
         if not isinstance(name, str) or not name or len(name) > limits.max_name_len or name in out:
@@ -312,14 +318,14 @@ def _decode_tensors(kind: Kind, descs: list[Any], frames: Sequence[Any], limits:
         if not isinstance(dtname, str) or dtname not in WIRE_DTYPES:
             raise ProtocolError(ErrorCode.BAD_TENSOR,
                                 f"tensor {name!r}: dtype {dtname!r} is not one of {', '.join(WIRE_DTYPES)}")
-        if (not isinstance(shape, list) or len(shape) > limits.max_ndim
-                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)):
+        if (type(shape) is not list or len(shape) > limits.max_ndim
+                or not all(type(d) is int and 0 <= d < 2**31 for d in shape)):
             raise ProtocolError(ErrorCode.BAD_TENSOR,
                                 f"tensor {name!r}: shape must be a list of at most {limits.max_ndim} "
                                 "non-negative integers")
         dtype = WIRE_DTYPES[dtname]
         expected = math.prod(shape) * dtype.itemsize
-        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes != expected:
+        if type(nbytes) is not int or nbytes != expected:
             raise ProtocolError(ErrorCode.BAD_TENSOR,
                                 f"tensor {name!r}: declared {nbytes!r} bytes but {dtname}{shape} takes {expected}")
         buf = frame_view(frame)

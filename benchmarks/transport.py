@@ -1,0 +1,237 @@
+"""Transport benchmark: the dgan broker against zmq.proxy and a direct connection.
+
+Every path carries the same dgan messages over tcp loopback with the client,
+the echo server and the broker/proxy each in its own process:
+
+* ``direct``: client DEALER -> server ROUTER.
+* ``proxy``: client DEALER -> zmq.proxy(ROUTER, DEALER) -> server DEALER.
+* ``broker``: client DEALER (a node) -> dgan broker -> server DEALER (a generator).
+
+Throughput streams N one-way messages and times until the server acknowledges
+the last; round-trip latency sends one message and waits for its echo.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import zmq
+from rich.console import Console
+from rich.table import Table
+
+from dgan import protocol as P
+
+SIZES = [1024, 64 * 1024, 1024 * 1024, 4 * 1024 * 1024]
+HEARTBEAT = 2.5
+
+
+def _ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _request(payload: int, reply: bool) -> list[Any]:
+    masks = np.zeros((1, 1, payload), np.uint8)
+    return P.encode(P.Message(P.Kind.FAKE_REQUEST, "bench", msg_id=1, meta={"reply": reply},
+                              tensors={"masks": masks}))
+
+
+def _echo_server(path: str, endpoint: str) -> None:
+    """Echo server: replies FAKES carrying the request's bytes when asked to."""
+    ctx = zmq.Context()
+    if path == "direct":
+        sock = ctx.socket(zmq.ROUTER)
+        sock.bind(endpoint)
+    else:
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(endpoint)
+    sock.setsockopt(zmq.LINGER, 0)
+    beat = [b"", *P.encode(P.make(P.Kind.HEARTBEAT, "bench-server"))]
+    if path == "broker":
+        sock.send_multipart([b"", *P.encode(P.make(P.Kind.HELLO, "bench-server", meta={"role": "generator"}))])
+    last_beat = time.monotonic()
+    while True:
+        if path == "broker" and time.monotonic() - last_beat > HEARTBEAT / 2:
+            sock.send_multipart(beat)
+            last_beat = time.monotonic()
+        if not sock.poll(500):
+            continue
+        frames = sock.recv_multipart(copy=False)
+        envelope, body = frames[0], frames[1:]
+        if len(body) < 3:
+            if len(body) == 1 and body[0].bytes == b"STOP":
+                return
+            continue  # broker heartbeats, forwarded HELLOs
+        header = msgpack.unpackb(body[1].buffer)
+        if not header.get("meta", {}).get("reply"):
+            continue
+        data = body[2]
+        n = len(data.buffer)
+        reply_header = msgpack.packb({"kind": int(P.Kind.FAKES), "run": "", "sender": "bench-server", "id": 2,
+                                      "reply_to": header["id"], "step": 0, "time": 0.0,
+                                      "tensors": [["fakes", "uint8", [1, 1, 1, n], n]], "meta": {}})
+        sock.send_multipart([envelope, P.PROTOCOL_VERSION, reply_header, data], copy=False)
+
+
+def _proxy(front: str, back: str) -> None:
+    ctx = zmq.Context()
+    f = ctx.socket(zmq.ROUTER)
+    f.bind(front)
+    b = ctx.socket(zmq.DEALER)
+    b.bind(back)
+    zmq.proxy(f, b)
+
+
+def _broker(node_port: int, gen_port: int, pub_port: int, record: str | None) -> None:
+    from broker import Broker, BrokerConfig
+
+    cfg = BrokerConfig(node_port=node_port, generator_port=gen_port, pub_port=pub_port,
+                       heartbeat_interval=HEARTBEAT, record=Path(record) if record else None)
+    Broker(cfg).serve()
+
+
+def _stream_rate(sock: zmq.Socket, payload: int, n_stream: int) -> float:
+    stream = _request(payload, False)
+    last = _request(payload, True)
+    t0 = time.perf_counter()
+    for _ in range(n_stream - 1):
+        sock.send_multipart(stream, copy=False)
+    sock.send_multipart(last, copy=False)
+    _wait_reply(sock)
+    return n_stream / (time.perf_counter() - t0)
+
+
+def _rtts(sock: zmq.Socket, payload: int, n_rtt: int) -> list[float]:
+    req = _request(payload, True)
+    out = []
+    for _ in range(n_rtt):
+        t0 = time.perf_counter()
+        sock.send_multipart(req, copy=False)
+        _wait_reply(sock)
+        out.append((time.perf_counter() - t0) * 1e6)
+    return out
+
+
+def _wait_reply(sock: zmq.Socket) -> None:
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        if len(frames) >= 3 and msgpack.unpackb(frames[1].buffer)["kind"] == P.Kind.FAKES:
+            return
+
+
+def _counts(payload: int, quick: bool) -> tuple[int, int]:
+    budget_bytes = (64 if quick else 256) * 1024 * 1024
+    n_stream = int(min(20000 if quick else 50000, max(50, budget_bytes // payload)))
+    n_rtt = int(min(1000 if quick else 3000, max(50, budget_bytes // 4 // payload)))
+    return n_stream, n_rtt
+
+
+class _Path:
+    """One path's processes and the client socket that drives it."""
+
+    def __init__(self, path: str, record_dir: str | None = None) -> None:
+        self.label = "broker+record" if record_dir else path
+        ctx_mp = mp.get_context("spawn")
+        a, b, c = _ports(3)
+        client_ep = f"tcp://127.0.0.1:{a}"
+        back = f"tcp://127.0.0.1:{b}"
+        if path == "direct":
+            targets: list[tuple[Any, tuple[Any, ...]]] = [(_echo_server, (path, client_ep))]
+        elif path == "proxy":
+            targets = [(_proxy, (client_ep, back)), (_echo_server, (path, back))]
+        else:
+            record = str(Path(record_dir) / "bench.dgl") if record_dir else None
+            targets = [(_broker, (a, b, c, record)), (_echo_server, ("broker", back))]
+        self.procs = [ctx_mp.Process(target=t, args=args, daemon=True) for t, args in targets]
+        for p in self.procs:
+            p.start()
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(client_ep)
+        if path == "broker":
+            self.sock.send_multipart(P.encode(P.make(P.Kind.HELLO, "bench", meta={"role": "node"})))
+        warm = _request(1024, True)
+        deadline = time.monotonic() + 60
+        while True:  # wait until the whole path answers
+            self.sock.send_multipart(warm)
+            if self.sock.poll(1000):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{path}: no answer through the path")
+        while self.sock.poll(300):
+            self.sock.recv_multipart()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+        for p in self.procs:
+            p.terminate()
+            p.join(5)
+
+
+def measure(paths: list[_Path], sizes: list[int], quick: bool, repeats: int = 3) -> list[dict[str, Any]]:
+    """Round-robin over the paths for every repeat, so noise hits them alike."""
+    rows = []
+    for payload in sizes:
+        n_stream, n_rtt = _counts(payload, quick)
+        rates: dict[str, list[float]] = {p.label: [] for p in paths}
+        rtts: dict[str, list[float]] = {p.label: [] for p in paths}
+        for _ in range(repeats):
+            for p in paths:
+                rates[p.label].append(_stream_rate(p.sock, payload, n_stream))
+                rtts[p.label] += _rtts(p.sock, payload, max(10, n_rtt // repeats))
+        for p in paths:
+            rate = statistics.median(rates[p.label])
+            q = np.percentile(rtts[p.label], [50, 99])
+            rows.append({"path": p.label, "payload": payload, "msgs_per_s": rate, "gb_per_s": rate * payload / 1e9,
+                         "rtt_p50_us": float(q[0]), "rtt_p99_us": float(q[1])})
+    return rows
+
+
+def run_transport_benchmark(quick: bool = False, json_out: Path | None = None, with_record: bool = False,
+                            sizes: list[int] | None = None) -> dict[str, Any]:
+    sizes = sizes or SIZES
+    console = Console(width=max(120, Console().width))
+    with tempfile.TemporaryDirectory() as tmp, console.status("measuring…"):
+        paths = [_Path(name) for name in ("direct", "proxy", "broker")]
+        if with_record:
+            paths.append(_Path("broker", record_dir=tmp))
+        try:
+            rows = measure(paths, sizes, quick)
+        finally:
+            for p in paths:
+                p.close()
+    table = Table(title="dgan transport benchmark (tcp loopback, medians)")
+    for col in ("path", "payload", "msgs/s", "GB/s", "RTT p50 µs", "RTT p99 µs", "vs proxy (thr / p50)"):
+        table.add_column(col, justify="right")
+    proxy = {r["payload"]: r for r in rows if r["path"] == "proxy"}
+    for r in rows:
+        ref = proxy[r["payload"]]
+        table.add_row(r["path"], _size(r["payload"]), f"{r['msgs_per_s']:,.0f}", f"{r['gb_per_s']:.3f}",
+                      f"{r['rtt_p50_us']:.0f}", f"{r['rtt_p99_us']:.0f}",
+                      f"{r['msgs_per_s'] / ref['msgs_per_s']:.2f}x / {r['rtt_p50_us'] / ref['rtt_p50_us']:.2f}x")
+    console.print(table)
+    out = {"rows": rows, "quick": quick}
+    if json_out is not None:
+        json_out.write_text(json.dumps(out, indent=2))
+        console.print(f"wrote {json_out}")
+    return out
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n // 1024} KiB"
