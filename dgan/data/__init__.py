@@ -1,0 +1,1 @@
+"""Datasets: built-in procedural scenes and loaders for real data."""

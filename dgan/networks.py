@@ -1,0 +1,171 @@
+"""Generator, discriminator and GAN loss (pix2pix-style), sized for CPU by default.
+
+``define_G`` builds a conditional U-Net (mask -> RGB in [-1, 1]) whose decoder
+dropout is its noise source; ``define_D`` a PatchGAN on (mask, image).  No
+pretrained weights anywhere: everything is initialised from a seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 128
+    num_classes: int = 2  # 2 = binary masks (one input channel); C > 2 = one-hot
+    g_width: int = 32
+    g_depth: int = 5
+    dropout: float = 0.5
+    upsample: str = "bilinear"  # "bilinear" (resize-conv: no checkerboard) or "deconv"
+    d_width: int = 32
+    d_layers: int = 3
+    norm: str = "instance"
+    gan_mode: str = "vanilla"  # "vanilla" (BCE with logits) or "lsgan"
+    lambda_l1: float = 100.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def mask_channels(self) -> int:
+        return 1 if self.num_classes == 2 else self.num_classes
+
+
+def _norm(kind: str, ch: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm2d(ch, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm2d(ch)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r} (instance, batch or none)")
+
+
+class UNetGenerator(nn.Module):
+    """U-Net: strided-conv encoder, upsampling decoder with skips, dropout in the deepest decoder blocks."""
+
+    def __init__(self, in_ch: int, out_ch: int = 3, width: int = 32, depth: int = 5, dropout: float = 0.5,
+                 upsample: str = "bilinear", norm: str = "instance") -> None:
+        super().__init__()
+        chans = [width * min(2**i, 8) for i in range(depth)]
+        self.down = nn.ModuleList()
+        prev = in_ch
+        for i, ch in enumerate(chans):
+            layers: list[nn.Module] = [nn.Conv2d(prev, ch, 4, 2, 1, bias=norm == "none" or i == 0)]
+            if 0 < i < depth - 1:
+                layers.append(_norm(norm, ch))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            self.down.append(nn.Sequential(*layers))
+            prev = ch
+        self.up = nn.ModuleList()
+        for i in reversed(range(depth)):
+            out = chans[i - 1] if i > 0 else width
+            inp = chans[i] if i == depth - 1 else chans[i] * 2
+            if upsample == "deconv":
+                layers = [nn.ConvTranspose2d(inp, out, 4, 2, 1, bias=False)]
+            elif upsample == "bilinear":
+                layers = [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                          nn.Conv2d(inp, out, 3, 1, 1, bias=False)]
+            else:
+                raise ValueError(f"unknown upsample {upsample!r} (bilinear or deconv)")
+            layers += [_norm(norm, out), nn.ReLU(inplace=True)]
+            if dropout > 0 and i >= depth - 3 and i > 0:  # pix2pix: dropout in the innermost decoder blocks
+                layers.append(nn.Dropout(dropout))
+            self.up.append(nn.Sequential(*layers))
+        self.head = nn.Sequential(nn.Conv2d(width + in_ch, out_ch, 3, 1, 1), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        h = x
+        for block in self.down:
+            h = block(h)
+            skips.append(h)
+        skips.pop()
+        for block in self.up:
+            h = block(h)
+            if skips:
+                h = torch.cat([h, skips.pop()], 1)
+        return self.head(torch.cat([h, x], 1))
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: one logit per overlapping patch of (mask, image)."""
+
+    def __init__(self, in_ch: int, width: int = 32, n_layers: int = 3, norm: str = "instance") -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_ch, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        ch = width
+        for i in range(1, n_layers + 1):
+            out = width * min(2**i, 8)
+            stride = 2 if i < n_layers else 1
+            layers += [nn.Conv2d(ch, out, 4, stride, 1, bias=norm == "none"), _norm(norm, out),
+                       nn.LeakyReLU(0.2, True)]
+            ch = out
+        layers.append(nn.Conv2d(ch, 1, 4, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([mask, image], 1))
+
+
+class GANLoss(nn.Module):
+    """The adversarial loss against a real/fake target of the prediction's shape."""
+
+    def __init__(self, mode: str = "vanilla") -> None:
+        super().__init__()
+        if mode == "vanilla":
+            self.loss: nn.Module = nn.BCEWithLogitsLoss()
+        elif mode == "lsgan":
+            self.loss = nn.MSELoss()
+        else:
+            raise ValueError(f"unknown gan mode {mode!r} (vanilla or lsgan)")
+
+    def forward(self, prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+        target = torch.ones_like(prediction) if target_is_real else torch.zeros_like(prediction)
+        return self.loss(prediction, target)
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
+    """pix2pix's normal(0, 0.02) initialisation."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+def define_G(cfg: ModelConfig) -> UNetGenerator:
+    if cfg.image_size % (2**cfg.g_depth):
+        raise ValueError(f"image size {cfg.image_size} must be divisible by 2**depth = {2**cfg.g_depth}")
+    return init_weights(UNetGenerator(cfg.mask_channels, 3, cfg.g_width, cfg.g_depth, cfg.dropout, cfg.upsample,
+                                      cfg.norm))
+
+
+def define_D(cfg: ModelConfig) -> PatchDiscriminator:
+    return init_weights(PatchDiscriminator(cfg.mask_channels + 3, cfg.d_width, cfg.d_layers, cfg.norm))
+
+
+def masks_to_input(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Label maps (B, H, W) of class ids -> network input: binary in [-1, 1], else one-hot."""
+    if num_classes == 2:
+        return (masks > 0).float().unsqueeze(1) * 2 - 1
+    return nn.functional.one_hot(masks.long().clamp_(0, num_classes - 1), num_classes).permute(0, 3, 1, 2).float()
+
+
+def images_to_tensor(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def tensor_to_images(x: torch.Tensor) -> torch.Tensor:
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
+    return ((x.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)

@@ -1,0 +1,1 @@
+"""Training logic, independent of any transport."""

@@ -1,0 +1,221 @@
+"""The central generator's learning: make fakes, apply nodes' gradients later.
+
+Fakes are made by a forward pass through a *snapshot* of G's parameters (one
+per generator step), and the autograd graph is kept until that request's
+feedback arrives.  Feedback then backpropagates the node's gradient through
+the exact computation that made those fakes, even when G has stepped since
+(delayed-gradient SGD, with the staleness tracked and bounded).  With
+staleness 0 this is exactly a pix2pix G step.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from dgan.networks import ModelConfig, define_G, masks_to_input, tensor_to_images
+
+log = logging.getLogger("dgan.generator")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    lr: float = 2e-4
+    beta1: float = 0.5
+    mode: str = "async"  # "async" or "sync" (AsynDGAN/FedML-style rounds)
+    update_every: int = 1  # async: feedbacks per optimizer step
+    weighting: str = "size"  # "size" (by node dataset size) or "equal"
+    max_staleness: int = 8
+    max_inflight_per_node: int = 4
+    max_batch: int = 64
+    fake_dtype: str = "float16"
+    seed: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"
+    DROPPED_STALE = "dropped_stale"
+    UNKNOWN = "unknown"  # no such request in flight (released, duplicate, or never made)
+    REJECTED = "rejected"  # wrong shape, dtype or non-finite values
+
+
+@dataclass
+class InFlight:
+    node: str
+    step_made: int
+    fakes: torch.Tensor  # carries the graph back to ``params``
+    params: list[torch.Tensor]
+    created: float = field(default_factory=time.monotonic)
+
+
+class GeneratorTrainer:
+    def __init__(self, model: ModelConfig, train: TrainConfig) -> None:
+        self.model_cfg, self.cfg = model, train
+        self.device = torch.device(train.device)
+        torch.manual_seed(train.seed)
+        self.G = define_G(model).to(self.device)
+        self.G.train()  # dropout is the generator's noise, at training and synthesis alike
+        self.opt = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=(train.beta1, 0.999))
+        self.names = [n for n, _ in self.G.named_parameters()]
+        self.step = 0
+        self.inflight: dict[int, InFlight] = {}
+        self._snapshot: tuple[int, list[torch.Tensor]] | None = None
+        self._acc: list[torch.Tensor] | None = None
+        self.pending = 0  # feedbacks accumulated since the last step
+        self.samples_applied = 0
+
+    # ------------------------------------------------------------ fakes
+
+    def _params_now(self) -> list[torch.Tensor]:
+        if self._snapshot is None or self._snapshot[0] != self.step:
+            snap = [p.detach().clone().requires_grad_(True) for p in self.G.parameters()]
+            self._snapshot = (self.step, snap)
+        return self._snapshot[1]
+
+    def request_seed(self, key: int) -> int:
+        return (self.cfg.seed * 1_000_003 + key) % (2**62)
+
+    def generate(self, node: str, key: int, masks: np.ndarray) -> np.ndarray:
+        """Fakes for ``masks`` (B, H, W); remembered under ``key`` until feedback."""
+        params = self._params_now()
+        x = masks_to_input(torch.from_numpy(np.ascontiguousarray(masks)).to(self.device), self.model_cfg.num_classes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.request_seed(key))
+            fakes = functional_call(self.G, dict(zip(self.names, params, strict=True)), (x,))
+        self.inflight[key] = InFlight(node, self.step, fakes, params)
+        out = fakes.detach()
+        return out.cpu().numpy().astype(self.cfg.fake_dtype, copy=False)
+
+    def release(self, node: str) -> int:
+        """Forget a node's in-flight requests (it left or restarted)."""
+        keys = [k for k, f in self.inflight.items() if f.node == node]
+        for k in keys:
+            del self.inflight[k]
+        return len(keys)
+
+    def release_key(self, key: int) -> bool:
+        return self.inflight.pop(key, None) is not None
+
+    def inflight_for(self, node: str) -> int:
+        return sum(1 for f in self.inflight.values() if f.node == node)
+
+    # ------------------------------------------------------------ feedback
+
+    def apply_feedback(self, node: str, key: int, grad: np.ndarray, grad_scale: float = 1.0,
+                       weight: float = 1.0) -> tuple[Outcome, int, str]:
+        """Backpropagate a node's d(loss)/d(fakes); returns (outcome, staleness, reason)."""
+        inf = self.inflight.get(key)
+        if inf is None or inf.node != node:
+            return Outcome.UNKNOWN, -1, f"no request {key} from {node} is in flight"
+        if tuple(grad.shape) != tuple(inf.fakes.shape):
+            del self.inflight[key]
+            return Outcome.REJECTED, -1, f"gradient shape {list(grad.shape)} != fakes {list(inf.fakes.shape)}"
+        if not (np.isfinite(grad_scale) and grad_scale > 0):
+            del self.inflight[key]
+            return Outcome.REJECTED, -1, f"grad_scale {grad_scale!r} must be finite and positive"
+        g = torch.tensor(grad, dtype=torch.float32, device=self.device)
+        if not torch.isfinite(g).all():
+            del self.inflight[key]
+            return Outcome.REJECTED, -1, "gradient holds NaN or Inf"
+        del self.inflight[key]
+        staleness = self.step - inf.step_made
+        if staleness > self.cfg.max_staleness:
+            return Outcome.DROPPED_STALE, staleness, f"staleness {staleness} > {self.cfg.max_staleness}"
+        grads = torch.autograd.grad(inf.fakes, inf.params, grad_outputs=g * (weight / grad_scale))
+        if self._acc is None:
+            self._acc = list(grads)
+        else:
+            for a, b in zip(self._acc, grads, strict=True):
+                a.add_(b)
+        self.pending += 1
+        self.samples_applied += int(inf.fakes.shape[0])
+        return Outcome.APPLIED, staleness, ""
+
+    def update(self) -> bool:
+        """One optimizer step with the mean of the accumulated gradients."""
+        if self._acc is None or self.pending == 0:
+            return False
+        for p, a in zip(self.G.parameters(), self._acc, strict=True):
+            p.grad = a.div_(self.pending)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self._acc, self.pending = None, 0
+        self.step += 1
+        return True
+
+    # ------------------------------------------------------------ synthesis
+
+    @torch.no_grad()
+    def synthesize(self, masks: np.ndarray, batch: int = 32, seed: int = 12345) -> np.ndarray:
+        """uint8 images (N, H, W, 3) for label maps (N, H, W), dropout on as at training."""
+        out = np.empty((*masks.shape, 3), np.uint8)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for i in range(0, len(masks), batch):
+                m = torch.from_numpy(np.ascontiguousarray(masks[i:i + batch])).to(self.device)
+                out[i:i + batch] = tensor_to_images(self.G(masks_to_input(m, self.model_cfg.num_classes))).cpu()
+        return out
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict[str, Any]:
+        return {"G": self.G.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
+                "samples_applied": self.samples_applied, "model": self.model_cfg.to_dict(),
+                "train": self.cfg.to_dict(), "rng": {"torch": torch.get_rng_state(),
+                                                     "numpy": np.random.get_state(), "python": random.getstate()}}
+
+    def save(self, path: Path) -> None:
+        save_atomic(self.state(), path)
+
+    def load(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        self.G.load_state_dict(state["G"])
+        self.opt.load_state_dict(state["opt"])
+        self.step = int(state["step"])
+        self.samples_applied = int(state.get("samples_applied", 0))
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.inflight.clear()
+        self._snapshot, self._acc, self.pending = None, None, 0
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temp file, fsync, rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "G" not in state or "step" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a dgan generator checkpoint")
+    return state

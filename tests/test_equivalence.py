@@ -1,0 +1,91 @@
+"""One distributed step with staleness 0 equals one single-process pix2pix step."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from dgan.data.scenes import make_scenes
+from dgan.networks import GANLoss, ModelConfig, images_to_tensor, masks_to_input
+from dgan.training.discriminator import DiscriminatorTrainer
+from dgan.training.generator import GeneratorTrainer, Outcome, TrainConfig
+
+CFG = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
+
+
+def pix2pix_step(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.Optimizer,
+                 opt_d: torch.optim.Optimizer, masks: np.ndarray, reals: np.ndarray, dropout_seed: int) -> None:
+    """The reference: pix2pix's optimize_parameters, in one process."""
+    gan = GANLoss(CFG.gan_mode)
+    m = masks_to_input(torch.from_numpy(masks), CFG.num_classes)
+    real = images_to_tensor(torch.from_numpy(reals))
+    torch.manual_seed(dropout_seed)
+    fake = G(m)
+    opt_d.zero_grad()
+    loss_d = (gan(D(m, real), True) + gan(D(m, fake.detach()), False)) * 0.5
+    loss_d.backward()
+    opt_d.step()
+    for p in D.parameters():
+        p.requires_grad_(False)
+    opt_g.zero_grad()
+    loss_g = gan(D(m, fake), True) + CFG.lambda_l1 * torch.nn.functional.l1_loss(fake, real)
+    loss_g.backward()
+    opt_g.step()
+    for p in D.parameters():
+        p.requires_grad_(True)
+
+
+def test_distributed_step_equals_single_process_pix2pix_step() -> None:
+    reals, masks = make_scenes(range(4), 32)
+    gen = GeneratorTrainer(CFG, TrainConfig(seed=3, fake_dtype="float32"))
+    node = DiscriminatorTrainer(CFG, seed=5)
+    G_ref, D_ref = copy.deepcopy(gen.G), copy.deepcopy(node.D)
+    opt_g = torch.optim.Adam(G_ref.parameters(), lr=gen.cfg.lr, betas=(gen.cfg.beta1, 0.999))
+    opt_d = torch.optim.Adam(D_ref.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    for key in (1, 2):  # two steps, so the second one also starts from equal optimizer states
+        fakes = gen.generate("n0", key, masks)
+        scored = node.score(masks, reals, fakes, grad_dtype="float32")
+        outcome, staleness, _ = gen.apply_feedback("n0", key, scored.grad, scored.grad_scale)
+        assert (outcome, staleness) == (Outcome.APPLIED, 0)
+        assert gen.update()
+        pix2pix_step(G_ref, D_ref, opt_g, opt_d, masks, reals, gen.request_seed(key))
+        for (name, p), p_ref in zip(gen.G.named_parameters(), G_ref.parameters(), strict=True):
+            torch.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-6, msg=name)
+        for p, p_ref in zip(node.D.parameters(), D_ref.parameters(), strict=True):
+            torch.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-6)
+    # And the parameters really moved: the comparison is not of two untouched copies.
+    fresh = GeneratorTrainer(CFG, TrainConfig(seed=3))
+    assert any(not torch.equal(a, b) for a, b in zip(gen.G.parameters(), fresh.G.parameters(), strict=True))
+
+
+def test_stale_feedback_beyond_the_bound_is_dropped_and_counted() -> None:
+    reals, masks = make_scenes(range(2), 32)
+    gen = GeneratorTrainer(CFG, TrainConfig(max_staleness=1, fake_dtype="float32"))
+    node = DiscriminatorTrainer(CFG)
+    old = gen.generate("n0", 100, masks)
+    for key in (1, 2):
+        s = node.score(masks, reals, gen.generate("n0", key, masks))
+        gen.apply_feedback("n0", key, s.grad, s.grad_scale)
+        gen.update()
+    s = node.score(masks, reals, old)
+    outcome, staleness, _ = gen.apply_feedback("n0", 100, s.grad, s.grad_scale)
+    assert outcome == Outcome.DROPPED_STALE and staleness == 2
+    assert 100 not in gen.inflight
+
+
+def test_bad_feedback_is_rejected_not_applied() -> None:
+    _, masks = make_scenes(range(2), 32)
+    gen = GeneratorTrainer(CFG, TrainConfig())
+    before = [p.clone() for p in gen.G.parameters()]
+    fakes = gen.generate("n0", 1, masks)
+    assert gen.apply_feedback("n1", 1, np.zeros_like(fakes), 1.0)[0] == Outcome.UNKNOWN  # another node's request
+    bad = np.zeros_like(fakes, dtype=np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    assert gen.apply_feedback("n0", 1, bad, 1.0)[0] == Outcome.REJECTED
+    fakes = gen.generate("n0", 2, masks)
+    assert gen.apply_feedback("n0", 2, np.zeros((1, 3, 32, 32), np.float32), 1.0)[0] == Outcome.REJECTED
+    assert not gen.update()
+    assert all(torch.equal(a, b) for a, b in zip(before, gen.G.parameters(), strict=True))
+    assert gen.inflight == {}
