@@ -83,23 +83,26 @@ class _BrokerConnection:
         self.last_sent = time.monotonic()
         self.counters["sent"] += 1
 
-    def _tick(self) -> None:
-        now = time.monotonic()
-        if now - self.last_heard > self.heartbeat_interval * self.liveness:
-            self.reconnect(f"no word from the broker for {now - self.last_heard:.1f} s")
-            return
-        if now - self.last_sent > self.heartbeat_interval:
+    def _beat(self) -> None:
+        if time.monotonic() - self.last_sent > self.heartbeat_interval:
             self._send_frames(b"", P.encode(P.make(P.Kind.HEARTBEAT, self.name)))
+
+    def _check_broker(self) -> None:
+        """Called only when nothing is waiting to be read: a busy process is not a dead broker."""
+        silent = time.monotonic() - self.last_heard
+        if silent > self.heartbeat_interval * self.liveness:
+            self.reconnect(f"no word from the broker for {silent:.1f} s")
 
     def _recv(self, timeout: float) -> tuple[bytes, P.Message] | None:
         """Next application message; handles heartbeats and re-registration."""
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            self._tick()
+            self._beat()
             assert self.sock is not None
             left = deadline - time.monotonic()
             wait = min(max(left, 0.0), self.heartbeat_interval / 2)
             if not self.sock.poll(wait * 1000, zmq.POLLIN):
+                self._check_broker()
                 if time.monotonic() >= deadline:
                     return None
                 continue

@@ -1,0 +1,179 @@
+"""``dgan run``: broker, generator and N nodes as separate OS processes on this machine.
+
+Each process is the real CLI command (a fresh interpreter, as with the spawn
+start method) over tcp loopback.  The data is partitioned across the nodes
+through small shard files; everything lands under the output folder.  Every
+child is stopped on the way out, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dgan.data.shards import IMAGE_EXTS, scenes_spec
+
+log = logging.getLogger("dgan.run")
+
+HELDOUT_SEED_BASE = 50_000_000  # built-in scenes at or above this seed are never given to a node
+
+
+@dataclass
+class RunConfig:
+    nodes: int = 4
+    steps: int = 300
+    out: Path = Path("runs/latest")
+    data: Path | None = None
+    partition: str = "iid"
+    scenes: int = 800
+    record: Path | None = None
+    image_size: int = 128
+    g_width: int = 32
+    d_width: int = 32
+    batch_size: int = 8
+    pipeline: int = 2
+    mode: str = "async"
+    threads: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    delays: list[float] = field(default_factory=list)  # per node, seconds per batch
+    checkpoint_every: int = 100
+    sample_every: int = 50
+    synthesize: bool = True
+    heartbeat: float = 2.5
+    extra_generator_args: list[str] = field(default_factory=list)
+    timeout: float = 3600.0
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def partition_indices(n_items: int, n_nodes: int, how: str, seed: int) -> list[list[int]]:
+    """Split item indices across nodes: ``iid`` shuffled equal parts, ``size`` skewed sizes."""
+    if n_items < n_nodes:
+        raise ValueError(f"{n_items} items cannot be split across {n_nodes} nodes")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n_items)
+    if how == "iid":
+        return [sorted(int(i) for i in part) for part in np.array_split(order, n_nodes)]
+    if how == "size":
+        weights = np.geomspace(1, 4, n_nodes)
+        cuts = np.floor(np.cumsum(weights / weights.sum())[:-1] * n_items).astype(int)
+        return [sorted(int(i) for i in part) for part in np.split(order, cuts)]
+    raise ValueError(f"unknown partition {how!r} (iid or size)")
+
+
+def write_shards(cfg: RunConfig) -> list[Path]:
+    shard_dir = cfg.out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    specs: list[dict[str, Any]]
+    if cfg.data is None:
+        parts = partition_indices(cfg.scenes, cfg.nodes, cfg.partition, cfg.seed)
+        specs = [scenes_spec([cfg.seed * 1_000_000 + i for i in part], cfg.image_size) for part in parts]
+    else:
+        stems = sorted(p.stem for p in (cfg.data / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        parts = partition_indices(len(stems), cfg.nodes, cfg.partition, cfg.seed)
+        specs = [{"kind": "folder", "path": str(cfg.data.resolve()), "names": [stems[i] for i in part]}
+                 for part in parts]
+    paths = []
+    for i, spec in enumerate(specs):
+        p = shard_dir / f"node{i}.json"
+        p.write_text(json.dumps(spec))
+        paths.append(p)
+    return paths
+
+
+class ProcessGroup:
+    """Children started by ``dgan run``; ``stop_all`` leaves no orphan."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, args: list[str], threads: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads),
+               "MKL_NUM_THREADS": str(threads)}
+        with open(self.log_dir / f"{name}.log", "wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "dgan", *args], stdout=fh, stderr=subprocess.STDOUT,
+                                    env=env)
+        self.procs[name] = proc
+        return proc
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_local(cfg: RunConfig) -> dict[str, Any]:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    shards = write_shards(cfg)
+    node_port, gen_port, pub_port = free_ports(3)
+    group = ProcessGroup(cfg.out / "logs")
+    hb = str(cfg.heartbeat)
+    broker_args = ["broker", "--node-port", str(node_port), "--generator-port", str(gen_port), "--pub-port",
+                   str(pub_port), "--heartbeat", hb, "--log-format", "plain"]
+    if cfg.record is not None:
+        broker_args += ["--record", str(cfg.record)]
+    t0 = time.time()
+    try:
+        group.start("broker", broker_args, 1)
+        gen = group.start("generator", [
+            "generator", "--broker", f"tcp://127.0.0.1:{gen_port}", "--out", str(cfg.out), "--steps", str(cfg.steps),
+            "--mode", cfg.mode, "--image-size", str(cfg.image_size), "--g-width", str(cfg.g_width),
+            "--d-width", str(cfg.d_width), "--seed", str(cfg.seed), "--threads", str(cfg.threads),
+            "--device", cfg.device, "--checkpoint-every", str(cfg.checkpoint_every),
+            "--sample-every", str(cfg.sample_every), "--heartbeat", hb, "--log-format", "plain",
+            *([] if cfg.synthesize else ["--no-synthesize"]), *cfg.extra_generator_args], cfg.threads)
+        for i, shard in enumerate(shards):
+            delay = cfg.delays[i] if i < len(cfg.delays) else 0.0
+            group.start(f"node{i}", [
+                "node", "--name", f"node{i}", "--broker", f"tcp://127.0.0.1:{node_port}", "--data", str(shard),
+                "--batch-size", str(cfg.batch_size), "--pipeline", str(cfg.pipeline), "--seed", str(cfg.seed + i),
+                "--threads", str(cfg.threads), "--device", cfg.device, "--delay", str(delay),
+                "--heartbeat", hb, "--log-format", "plain"], cfg.threads)
+        while gen.poll() is None:
+            if time.time() - t0 > cfg.timeout:
+                raise TimeoutError(f"the run took longer than {cfg.timeout:.0f} s")
+            time.sleep(0.2)
+        if gen.returncode != 0:
+            raise RuntimeError(f"the generator exited with {gen.returncode}; see {cfg.out / 'logs' / 'generator.log'}")
+        for name, proc in group.procs.items():  # nodes got GOODBYE and end by themselves
+            if name.startswith("node"):
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop after the run; terminating it", name)
+    finally:
+        group.stop_all()
+    summary = json.loads((cfg.out / "run.json").read_text())
+    summary["total_wall_s"] = round(time.time() - t0, 2)
+    summary["out"] = str(cfg.out)
+    (cfg.out / "run.json").write_text(json.dumps(summary, indent=2))
+    return summary

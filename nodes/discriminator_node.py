@@ -1,0 +1,192 @@
+"""The discriminator node: private (image, mask) pairs, its own D, never waits for other nodes.
+
+Loop: request fakes for a batch of masks (keeping ``pipeline`` requests in
+flight so the generator works while this node trains), score the fakes that
+come back with one D step, send the gradient w.r.t. the fakes and the loss
+scalars.  Real images and D's weights never leave this object.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dgan import protocol as P
+from dgan.networks import ModelConfig
+from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
+from dgan.transport.base import NodeLink
+
+log = logging.getLogger("dgan.node")
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    batch_size: int = 8
+    pipeline: int = 2
+    grad_dtype: str = "float16"
+    delay: float = 0.0  # artificial seconds per batch, to emulate slow sites
+    seed: int = 0
+    device: str = "cpu"
+    lr: float = 2e-4
+    request_timeout: float = 60.0
+    mask_chunk: int = 256
+
+
+@dataclass
+class Outstanding:
+    masks: np.ndarray
+    reals: np.ndarray
+    sent: float
+
+
+@dataclass
+class NodeStats:
+    batches: int = 0
+    samples: int = 0
+    losses: dict[str, float] = field(default_factory=dict)
+    wait_s: float = 0.0  # blocked waiting for fakes
+    compute_s: float = 0.0  # D step and gradient
+    codec_s: float = 0.0  # encoding and sending, receiving and decoding
+    comm_s: float = 0.0  # round trip minus the generator's own time
+    wire_bytes: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+
+class DiscriminatorNode:
+    def __init__(self, link: NodeLink, images: np.ndarray, masks: np.ndarray, cfg: NodeConfig) -> None:
+        self.link, self.cfg = link, cfg
+        self.images, self.masks = images, masks
+        self.trainer: DiscriminatorTrainer | None = None
+        self.sampler: PairSampler | None = None
+        self.outstanding: dict[int, Outstanding] = {}
+        self.stats = NodeStats()
+        self.done = False
+        self.welcomed = False
+        self._retry_at = 0.0
+
+    @staticmethod
+    def hello_meta(images: np.ndarray) -> dict[str, Any]:
+        return {"dataset_size": len(images), "image_size": int(images.shape[1])}
+
+    def run(self, stop: threading.Event | None = None, max_batches: int | None = None) -> NodeStats:
+        log.info("node %s: %d private pairs; waiting for the generator", self.cfg.name, len(self.images))
+        while not self.done and not (stop is not None and stop.is_set()):
+            if max_batches is not None and self.stats.batches >= max_batches:
+                break
+            t0 = time.monotonic()
+            msg = self.link.recv(0.5)
+            self.stats.wait_s += time.monotonic() - t0
+            if msg is not None:
+                try:
+                    self._handle(msg)
+                except Exception:  # a bad message must not end the node
+                    self.stats.errors["internal"] += 1
+                    log.exception("node %s: error handling %s", self.cfg.name, msg.kind.name)
+            self._expire_requests()
+            self._fill_pipeline()
+        return self.stats
+
+    # ------------------------------------------------------------ handlers
+
+    def _handle(self, msg: P.Message) -> None:
+        if msg.kind == P.Kind.WELCOME:
+            self._on_welcome(msg)
+        elif msg.kind == P.Kind.FAKES:
+            self._on_fakes(msg)
+        elif msg.kind == P.Kind.ERROR:
+            self._on_error(msg)
+        elif msg.kind == P.Kind.GOODBYE:
+            log.info("node %s: the generator ended the run (%s)", self.cfg.name, msg.meta.get("reason", ""))
+            self.done = True
+
+    def _on_welcome(self, msg: P.Message) -> None:
+        config = msg.meta["config"]
+        model = ModelConfig(**config["model"])
+        if self.trainer is None or self.trainer.cfg != model:
+            self.trainer = DiscriminatorTrainer(model, lr=self.cfg.lr, seed=self.cfg.seed, device=self.cfg.device)
+            self.sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed)
+        self.run_id = msg.run_id
+        self.outstanding.clear()  # a (re)started generator knows none of them
+        self.welcomed = True
+        log.info("node %s: welcomed to run %s", self.cfg.name, msg.run_id)
+        if config.get("need_masks", True):
+            self._upload_masks(model.image_size)
+
+    def _upload_masks(self, size: int) -> None:
+        masks = self.masks[:, :size, :size]
+        chunks = max(1, -(-len(masks) // self.cfg.mask_chunk))
+        for c in range(chunks):
+            part = masks[c * self.cfg.mask_chunk:(c + 1) * self.cfg.mask_chunk]
+            self.link.send(P.make(P.Kind.MASKS, self.cfg.name, run_id=self.run_id,
+                                  meta={"chunk": c, "chunks": chunks}, tensors={"masks": part}))
+        log.info("node %s: uploaded %d masks in %d chunk(s)", self.cfg.name, len(masks), chunks)
+
+    def _fill_pipeline(self) -> None:
+        if not self.welcomed or self.done or self.sampler is None or time.monotonic() < self._retry_at:
+            return
+        while len(self.outstanding) < self.cfg.pipeline:
+            reals, masks = self.sampler.batch(self.cfg.batch_size)
+            t0 = time.monotonic()
+            msg = P.make(P.Kind.FAKE_REQUEST, self.cfg.name, run_id=self.run_id, tensors={"masks": masks})
+            self.link.send(msg)
+            self.stats.codec_s += time.monotonic() - t0
+            self.stats.wire_bytes += masks.nbytes
+            self.outstanding[msg.msg_id] = Outstanding(masks, reals, time.monotonic())
+
+    def _on_fakes(self, msg: P.Message) -> None:
+        req = self.outstanding.pop(msg.reply_to, None)
+        if req is None or self.trainer is None:
+            self.stats.errors["unexpected_fakes"] += 1
+            return
+        fakes = msg.tensors["fakes"]
+        if fakes.shape != (len(req.masks), 3, *req.masks.shape[1:]):
+            self.stats.errors["bad_fakes"] += 1
+            log.warning("node %s: fakes of shape %s do not match the request", self.cfg.name, fakes.shape)
+            return
+        rtt = time.monotonic() - req.sent
+        self.stats.comm_s += max(0.0, rtt - float(msg.meta.get("gen_s", 0.0)))
+        self.stats.wire_bytes += fakes.nbytes
+        t0 = time.monotonic()
+        scored = self.trainer.score(req.masks, req.reals, fakes, self.cfg.grad_dtype)
+        if self.cfg.delay > 0:
+            time.sleep(self.cfg.delay)
+        self.stats.compute_s += time.monotonic() - t0
+        t0 = time.monotonic()
+        self.link.send(P.make(P.Kind.FEEDBACK, self.cfg.name, run_id=self.run_id, reply_to=msg.msg_id,
+                              step=msg.step, meta={"losses": scored.losses, "grad_scale": scored.grad_scale},
+                              tensors={"grad": scored.grad}))
+        self.stats.codec_s += time.monotonic() - t0
+        self.stats.wire_bytes += scored.grad.nbytes
+        self.stats.batches += 1
+        self.stats.samples += len(req.masks)
+        self.stats.losses = scored.losses
+
+    def _on_error(self, msg: P.Message) -> None:
+        code = msg.meta.get("code")
+        name = P.ErrorCode(code).name if code in P.ErrorCode._value2member_map_ else str(code)
+        self.stats.errors[name] += 1
+        log.warning("node %s: error %s: %s", self.cfg.name, name, msg.meta.get("reason"))
+        if msg.reply_to in self.outstanding:
+            del self.outstanding[msg.reply_to]
+        if code == P.ErrorCode.NO_GENERATOR:
+            self.welcomed = False  # wait for a WELCOME from the next generator
+            self.outstanding.clear()
+        self._retry_at = time.monotonic() + 0.5
+
+    def _expire_requests(self) -> None:
+        now = time.monotonic()
+        lost = [k for k, r in self.outstanding.items() if now - r.sent > self.cfg.request_timeout]
+        for k in lost:
+            del self.outstanding[k]
+            self.stats.errors["request_timeout"] += 1
+        if lost:
+            log.warning("node %s: %d request(s) unanswered for %.0f s; asking again", self.cfg.name, len(lost),
+                        self.cfg.request_timeout)

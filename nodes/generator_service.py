@@ -1,0 +1,393 @@
+"""The generator process: serves fake requests as they come, applies feedback, ends the run.
+
+It only sees a :class:`~dgan.transport.base.GeneratorLink`, so the same code
+runs over ZeroMQ through the broker or in-process in tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dgan import protocol as P
+from dgan.training.generator import GeneratorTrainer, Outcome
+from dgan.transport.base import GeneratorLink
+
+log = logging.getLogger("dgan.generator")
+
+MAX_MASK_CHUNKS = 10_000
+
+
+@dataclass
+class ServiceConfig:
+    out: Path
+    run_id: str = "run"
+    checkpoint_every: int = 100
+    sample_every: int = 50
+    status_interval: float = 1.0
+    synthesize: bool = True
+    max_bad_messages: int = 50
+    idle_timeout: float = 0.0  # > 0: end the run when no node has been seen for this long
+
+
+@dataclass
+class NodeInfo:
+    name: str
+    dataset_size: int = 0
+    alive: bool = True
+    joined: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+    feedbacks: int = 0
+    samples: int = 0
+    losses: dict[str, float] = field(default_factory=dict)
+    staleness: list[int] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    mask_chunks: dict[int, np.ndarray] = field(default_factory=dict)
+    mask_total: int = 0
+    masks: np.ndarray | None = None
+    requested: bool = False
+
+
+class GeneratorService:
+    def __init__(self, link: GeneratorLink, trainer: GeneratorTrainer, cfg: ServiceConfig) -> None:
+        self.link, self.trainer, self.cfg = link, trainer, cfg
+        self.nodes: dict[str, NodeInfo] = {}
+        self.counters: Counter[str] = Counter()
+        self.sample_masks: np.ndarray | None = None
+        self.history: list[dict[str, Any]] = []
+        # sync mode: one request per node per round
+        self.served: set[str] = set()
+        self.fed_back: set[str] = set()
+        self.deferred: deque[tuple[str, P.Message]] = deque()
+        self.started = time.time()
+        self._last_status = 0.0
+        self._steps_at_status = trainer.step
+        self._start_step = trainer.step
+        self.out = Path(cfg.out)
+        (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.run_id = cfg.run_id
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self) -> dict[str, Any]:
+        steps = self.trainer.cfg.steps
+        log.info("generator: run %s, %s mode, from step %d to %d", self.run_id, self.trainer.cfg.mode,
+                 self.trainer.step, steps)
+        if self.trainer.step == 0:
+            self.trainer.save(self.out / "checkpoints" / "ckpt_000000.pt")
+        last_seen_any = time.monotonic()
+        while self.trainer.step < steps:
+            got = self.link.recv(0.2)
+            if got is not None:
+                last_seen_any = time.monotonic()
+                route, msg = got
+                try:
+                    self.handle(route, msg)
+                except Exception:  # never let one message end the run
+                    self.counters["internal_errors"] += 1
+                    log.exception("generator: error handling %s from %s", msg.kind.name, route)
+            elif self.cfg.idle_timeout and time.monotonic() - last_seen_any > self.cfg.idle_timeout:
+                log.warning("generator: no node for %.0f s; ending the run early", self.cfg.idle_timeout)
+                break
+            self._periodic()
+        return self.finish()
+
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        if now - self._last_status >= self.cfg.status_interval:
+            dt = now - self._last_status if self._last_status else 0.0
+            rate = (self.trainer.step - self._steps_at_status) / dt if dt else 0.0
+            status = self.status(rate)
+            self.history.append({"time": time.time() - self.started, **{k: status[k] for k in (
+                "step", "updates_per_s", "samples_applied")}, "nodes": {
+                n: {"losses": i.losses, "staleness": i.staleness[-1] if i.staleness else None}
+                for n, i in self.nodes.items()}})
+            self.link.broadcast(P.make(P.Kind.STATUS, "generator", run_id=self.run_id, step=self.trainer.step,
+                                       meta=status))
+            self._last_status, self._steps_at_status = now, self.trainer.step
+
+    def status(self, updates_per_s: float = 0.0) -> dict[str, Any]:
+        return {
+            "step": self.trainer.step, "steps": self.trainer.cfg.steps, "updates_per_s": round(updates_per_s, 3),
+            "samples_applied": self.trainer.samples_applied, "inflight": len(self.trainer.inflight),
+            "mode": self.trainer.cfg.mode, "dropped_stale": self.counters["dropped_stale"],
+            "nodes": {n: {"alive": i.alive, "batches": i.feedbacks, "losses": i.losses,
+                          "staleness": i.staleness[-1] if i.staleness else None,
+                          "last_seen": round(time.time() - i.last_seen, 1)} for n, i in self.nodes.items()},
+        }
+
+    # ------------------------------------------------------------ messages
+
+    def handle(self, route: str, msg: P.Message) -> None:
+        kind = msg.kind
+        if kind == P.Kind.ERROR:
+            self._on_error(msg)
+            return
+        if kind == P.Kind.NODE_LEFT:
+            self._node_left(msg.meta["node"], msg.meta["reason"])
+            return
+        if not route:
+            return
+        if kind == P.Kind.HELLO:
+            self._on_hello(route, msg)
+            return
+        node = self.nodes.get(route)
+        if node is None:
+            self._reject(route, msg, P.ErrorCode.NOT_REGISTERED, "say HELLO first")
+            return
+        node.last_seen = time.time()
+        if node.counts["bad"] >= self.cfg.max_bad_messages:
+            self.counters["ignored_banned"] += 1
+            return
+        if kind == P.Kind.MASKS:
+            self._on_masks(node, msg)
+        elif kind == P.Kind.FAKE_REQUEST:
+            self._on_request(node, msg)
+        elif kind == P.Kind.FEEDBACK:
+            self._on_feedback(node, msg)
+        elif kind == P.Kind.GOODBYE:
+            self._node_left(route, "said goodbye")
+        else:
+            self._reject(route, msg, P.ErrorCode.FORBIDDEN, f"the generator does not take {kind.name}")
+
+    def _reject(self, node: str, msg: P.Message, code: P.ErrorCode, reason: str) -> None:
+        info = self.nodes.get(node)
+        if info is not None:
+            info.counts["bad"] += 1
+            if info.counts["bad"] == self.cfg.max_bad_messages:
+                reason += f"; {self.cfg.max_bad_messages} bad messages: further messages are ignored"
+                log.warning("generator: node %s sent %d bad messages; ignoring it", node, self.cfg.max_bad_messages)
+        self.counters[f"rejected_{code.name.lower()}"] += 1
+        log.warning("generator: rejected %s from %s: %s", msg.kind.name, node, reason)
+        self.link.send(node, P.error("generator", code, reason, reply_to=msg.msg_id, run_id=self.run_id))
+
+    def _on_hello(self, name: str, msg: P.Message) -> None:
+        size = msg.meta.get("dataset_size", 0)
+        if type(size) is not int or size < 0:
+            self._reject(name, msg, P.ErrorCode.BAD_HEADER, "HELLO needs meta dataset_size, an integer >= 0")
+            return
+        old = self.nodes.get(name)
+        if old is not None:
+            released = self.trainer.release(name)
+            log.info("generator: node %s said hello again; released %d request(s) in flight", name, released)
+            self._forget_round(name)
+            old.alive, old.dataset_size = True, size
+        else:
+            self.nodes[name] = NodeInfo(name, dataset_size=size)
+            log.info("generator: node %s joined (%d pairs)", name, size)
+        node = self.nodes[name]
+        config = {"model": self.trainer.model_cfg.to_dict(), "fake_dtype": self.trainer.cfg.fake_dtype,
+                  "max_batch": self.trainer.cfg.max_batch, "need_masks": node.masks is None}
+        self.link.send(name, P.make(P.Kind.WELCOME, "generator", run_id=self.run_id, step=self.trainer.step,
+                                    meta={"config": config}))
+
+    def _node_left(self, name: str, reason: str) -> None:
+        node = self.nodes.get(name)
+        if node is None or not node.alive:
+            return
+        node.alive = False
+        released = self.trainer.release(name)
+        self.counters["node_departures"] += 1
+        log.warning("generator: node %s left (%s); released %d request(s) in flight", name, reason, released)
+        self._forget_round(name)
+
+    def _on_error(self, msg: P.Message) -> None:
+        code = msg.meta.get("code")
+        self.counters["errors_received"] += 1
+        if self.trainer.release_key(msg.reply_to):
+            self.counters["released_undeliverable"] += 1
+        log.warning("generator: error from broker: %s %s", code, msg.meta.get("reason"))
+
+    def _check_masks(self, node: NodeInfo, msg: P.Message) -> str:
+        masks = msg.tensors["masks"]
+        size = self.trainer.model_cfg.image_size
+        if masks.shape[1:] != (size, size):
+            return f"masks must be {size}x{size}, got {masks.shape[1]}x{masks.shape[2]}"
+        if masks.size and int(masks.max()) >= self.trainer.model_cfg.num_classes:
+            return f"mask values must be class ids below {self.trainer.model_cfg.num_classes}"
+        return ""
+
+    def _on_masks(self, node: NodeInfo, msg: P.Message) -> None:
+        chunk, chunks = msg.meta["chunk"], msg.meta["chunks"]
+        problem = self._check_masks(node, msg)
+        if not problem and not (0 <= chunk < chunks <= MAX_MASK_CHUNKS):
+            problem = f"chunk {chunk} of {chunks} is out of range (at most {MAX_MASK_CHUNKS} chunks)"
+        if problem:
+            self._reject(node.name, msg, P.ErrorCode.REJECTED, problem)
+            return
+        if node.mask_total != chunks:
+            node.mask_chunks, node.mask_total = {}, chunks
+        node.mask_chunks[chunk] = np.array(msg.tensors["masks"])  # a copy: the frame is the transport's
+        if len(node.mask_chunks) == chunks:
+            node.masks = np.concatenate([node.mask_chunks[i] for i in range(chunks)])
+            node.mask_chunks = {}
+            log.info("generator: %d masks from %s", len(node.masks), node.name)
+            if self.sample_masks is None:
+                self.sample_masks = node.masks[:8].copy()
+
+    def _on_request(self, node: NodeInfo, msg: P.Message) -> None:
+        problem = self._check_masks(node, msg)
+        if not problem and not 0 < len(msg.tensors["masks"]) <= self.trainer.cfg.max_batch:
+            problem = f"a request holds 1 to {self.trainer.cfg.max_batch} masks"
+        if problem:
+            self._reject(node.name, msg, P.ErrorCode.REJECTED, problem)
+            return
+        if self.trainer.inflight_for(node.name) >= self.trainer.cfg.max_inflight_per_node:
+            self._reject(node.name, msg, P.ErrorCode.BACKPRESSURE,
+                         f"{self.trainer.cfg.max_inflight_per_node} requests already in flight")
+            return
+        node.requested = True
+        if self.trainer.cfg.mode == "sync" and node.name in self.served:
+            self.deferred.append((node.name, msg))  # waits for the round's update
+            return
+        self._serve(node, msg)
+
+    def _serve(self, node: NodeInfo, msg: P.Message) -> None:
+        t0 = time.monotonic()
+        reply = P.make(P.Kind.FAKES, "generator", run_id=self.run_id, reply_to=msg.msg_id, step=self.trainer.step)
+        fakes = self.trainer.generate(node.name, reply.msg_id, msg.tensors["masks"])
+        reply.tensors["fakes"] = fakes
+        reply.meta["gen_s"] = time.monotonic() - t0
+        self.served.add(node.name)
+        self.link.send(node.name, reply)
+        self.counters["fakes_sent"] += 1
+
+    def _on_feedback(self, node: NodeInfo, msg: P.Message) -> None:
+        grad = msg.tensors["grad"]
+        scale = msg.meta.get("grad_scale", 1.0)
+        if type(scale) not in (int, float):
+            scale = float("nan")
+        mean = np.mean([n.dataset_size for n in self.nodes.values() if n.alive] or [1]) or 1.0
+        weight = node.dataset_size / mean if self.trainer.cfg.weighting == "size" and node.dataset_size else 1.0
+        outcome, staleness, reason = self.trainer.apply_feedback(node.name, msg.reply_to, grad, float(scale), weight)
+        if outcome == Outcome.REJECTED or outcome == Outcome.UNKNOWN:
+            node.counts[outcome.value] += 1
+            self._reject(node.name, msg, P.ErrorCode.REJECTED, reason)
+            return
+        self.fed_back.add(node.name)
+        if outcome == Outcome.DROPPED_STALE:
+            node.counts["dropped_stale"] += 1
+            self.counters["dropped_stale"] += 1
+        else:
+            node.feedbacks += 1
+            node.samples += int(grad.shape[0])
+            node.staleness.append(staleness)
+            losses = msg.meta.get("losses", {})
+            node.losses = {k: float(v) for k, v in losses.items() if type(v) in (int, float)}
+        if self.trainer.cfg.mode == "sync":
+            self._maybe_finish_round()
+        elif self.trainer.pending >= self.trainer.cfg.update_every:
+            self._update()
+
+    # ------------------------------------------------------------ sync rounds
+
+    def _active(self) -> set[str]:
+        return {n for n, i in self.nodes.items() if i.alive and i.requested}
+
+    def _forget_round(self, name: str) -> None:
+        self.served.discard(name)
+        self.fed_back.discard(name)
+        self.deferred = deque((n, m) for n, m in self.deferred if n != name)
+        if self.trainer.cfg.mode == "sync":
+            self._maybe_finish_round()
+
+    def _maybe_finish_round(self) -> None:
+        active = self._active()
+        if not active or not active <= self.fed_back:
+            return
+        self._update()
+        self.served.clear()
+        self.fed_back.clear()
+        waiting, self.deferred = self.deferred, deque()
+        for name, msg in waiting:
+            node = self.nodes.get(name)
+            if node is not None and node.alive:
+                self._on_request(node, msg)
+
+    # ------------------------------------------------------------ steps and end
+
+    def _update(self) -> None:
+        if not self.trainer.update():
+            return
+        step = self.trainer.step
+        if self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0:
+            self.checkpoint()
+        if self.cfg.sample_every and step % self.cfg.sample_every == 0:
+            self.save_samples()
+
+    def checkpoint(self) -> Path:
+        path = self.out / "checkpoints" / f"ckpt_{self.trainer.step:06d}.pt"
+        self.trainer.save(path)
+        self.trainer.save(self.out / "checkpoints" / "latest.pt")
+        return path
+
+    def save_samples(self) -> Path | None:
+        if self.sample_masks is None:
+            return None
+        fakes = self.trainer.synthesize(self.sample_masks, seed=0)
+        masks = np.repeat(self.sample_masks[..., None] * (255 // max(1, self.trainer.model_cfg.num_classes - 1)),
+                          3, axis=-1).astype(np.uint8)
+        grid = np.concatenate([np.concatenate([m, f], axis=1) for m, f in zip(masks, fakes, strict=True)], axis=0)
+        path = self.out / "samples" / f"step_{self.trainer.step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(path)
+        return path
+
+    def finish(self) -> dict[str, Any]:
+        for name, node in self.nodes.items():
+            if node.alive:
+                self.link.send(name, P.make(P.Kind.GOODBYE, "generator", run_id=self.run_id,
+                                            meta={"reason": "run complete"}))
+        self.link.broadcast(P.make(P.Kind.GOODBYE, "generator", run_id=self.run_id, meta={"reason": "run complete"}))
+        self.checkpoint()
+        self.save_samples()
+        synthetic = self.synthesize() if self.cfg.synthesize else 0
+        wall = time.time() - self.started
+        summary = {
+            "run_id": self.run_id, "steps": self.trainer.step, "wall_s": round(wall, 2),
+            "updates_per_s": round((self.trainer.step - self._start_step) / wall, 3) if wall else 0.0,
+            "samples_applied": self.trainer.samples_applied,
+            "samples_per_s": round(self.trainer.samples_applied / wall, 2) if wall else 0.0,
+            "synthetic_images": synthetic, "counters": dict(self.counters),
+            "model": self.trainer.model_cfg.to_dict(), "train": self.trainer.cfg.to_dict(),
+            "nodes": {n: {"dataset_size": i.dataset_size, "feedbacks": i.feedbacks, "samples": i.samples,
+                          "alive_at_end": i.alive, "losses": i.losses, "counts": dict(i.counts),
+                          "masks": 0 if i.masks is None else len(i.masks),
+                          "staleness_mean": float(np.mean(i.staleness)) if i.staleness else None,
+                          "staleness_max": max(i.staleness) if i.staleness else None}
+                      for n, i in self.nodes.items()},
+        }
+        (self.out / "run.json").write_text(json.dumps(summary, indent=2))
+        (self.out / "history.json").write_text(json.dumps(self.history))
+        log.info("generator: done at step %d in %.1f s; %d synthetic images", self.trainer.step, wall, synthetic)
+        return summary
+
+    def synthesize(self) -> int:
+        root = self.out / "synthetic"
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        rows = []
+        for name, node in self.nodes.items():
+            if node.masks is None:
+                continue
+            images = self.trainer.synthesize(node.masks)
+            for i, (im, m) in enumerate(zip(images, node.masks, strict=True)):
+                stem = f"{name}_{i:05d}"
+                Image.fromarray(im).save(root / "images" / f"{stem}.png")
+                Image.fromarray((m > 0).astype(np.uint8) * 255 if self.trainer.model_cfg.num_classes == 2 else m
+                                ).save(root / "masks" / f"{stem}.png")
+                rows.append((stem, name))
+        with open(root / "manifest.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "node"])
+            w.writerows(rows)
+        return len(rows)
