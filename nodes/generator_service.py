@@ -159,9 +159,10 @@ class GeneratorService:
         else:
             self._reject(route, msg, P.ErrorCode.FORBIDDEN, f"the generator does not take {kind.name}")
 
-    def _reject(self, node: str, msg: P.Message, code: P.ErrorCode, reason: str) -> None:
+    def _reject(self, node: str, msg: P.Message, code: P.ErrorCode, reason: str, hostile: bool = True) -> None:
+        """ERROR to the node; ``hostile`` messages (invalid content) count towards ignoring it."""
         info = self.nodes.get(node)
-        if info is not None:
+        if info is not None and hostile:
             info.counts["bad"] += 1
             if info.counts["bad"] == self.cfg.max_bad_messages:
                 reason += f"; {self.cfg.max_bad_messages} bad messages: further messages are ignored"
@@ -241,10 +242,10 @@ class GeneratorService:
         if problem:
             self._reject(node.name, msg, P.ErrorCode.REJECTED, problem)
             return
-        if self.trainer.inflight_for(node.name) >= self.trainer.cfg.max_inflight_per_node:
-            self._reject(node.name, msg, P.ErrorCode.BACKPRESSURE,
-                         f"{self.trainer.cfg.max_inflight_per_node} requests already in flight")
-            return
+        while self.trainer.inflight_for(node.name) >= self.trainer.cfg.max_inflight_per_node:
+            # Bounded state per node: a node over its bound has given up on its oldest request.
+            self.trainer.evict_oldest(node.name)
+            node.counts["evicted_inflight"] += 1
         node.requested = True
         if self.trainer.cfg.mode == "sync" and node.name in self.served:
             self.deferred.append((node.name, msg))  # waits for the round's update
@@ -271,7 +272,8 @@ class GeneratorService:
         outcome, staleness, reason = self.trainer.apply_feedback(node.name, msg.reply_to, grad, float(scale), weight)
         if outcome == Outcome.REJECTED or outcome == Outcome.UNKNOWN:
             node.counts[outcome.value] += 1
-            self._reject(node.name, msg, P.ErrorCode.REJECTED, reason)
+            # Unknown = released or evicted earlier (a restart, a timeout): benign, not hostile.
+            self._reject(node.name, msg, P.ErrorCode.REJECTED, reason, hostile=outcome == Outcome.REJECTED)
             return
         self.fed_back.add(node.name)
         if outcome == Outcome.DROPPED_STALE:

@@ -93,7 +93,8 @@ class GeneratorTrainer:
     def generate(self, node: str, key: int, masks: np.ndarray) -> np.ndarray:
         """Fakes for ``masks`` (B, H, W); remembered under ``key`` until feedback."""
         params = self._params_now()
-        x = masks_to_input(torch.from_numpy(np.ascontiguousarray(masks)).to(self.device), self.model_cfg.num_classes)
+        m = torch.from_numpy(np.array(masks, dtype=np.uint8))  # small copy: wire frames are read-only
+        x = masks_to_input(m.to(self.device), self.model_cfg.num_classes)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.request_seed(key))
             fakes = functional_call(self.G, dict(zip(self.names, params, strict=True)), (x,))
@@ -113,6 +114,15 @@ class GeneratorTrainer:
 
     def inflight_for(self, node: str) -> int:
         return sum(1 for f in self.inflight.values() if f.node == node)
+
+    def evict_oldest(self, node: str) -> int | None:
+        """Drop a node's oldest request in flight (it has evidently moved on); returns its key."""
+        keys = [k for k, f in self.inflight.items() if f.node == node]
+        if not keys:
+            return None
+        oldest = min(keys, key=lambda k: self.inflight[k].created)
+        del self.inflight[oldest]
+        return oldest
 
     # ------------------------------------------------------------ feedback
 

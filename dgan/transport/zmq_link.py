@@ -65,6 +65,7 @@ class _BrokerConnection:
         self._hello()
 
     def _hello(self) -> None:
+        self.last_hello = time.monotonic()
         meta = {"role": self.role, **self.hello_meta}
         self._send_frames(b"", P.encode(P.make(P.Kind.HELLO, self.name, meta=meta)))
         self.counters["hellos"] += 1
@@ -122,11 +123,14 @@ class _BrokerConnection:
             if msg.kind == P.Kind.HEARTBEAT:
                 continue
             if msg.kind == P.Kind.ERROR and msg.meta.get("code") == P.ErrorCode.NOT_REGISTERED:
-                log.warning("%s: the broker does not know us (restarted?); saying hello again", self.name)
-                self.counters["re_registrations"] += 1
-                self._hello()
-                if self.on_reconnect is not None:
-                    self.on_reconnect()
+                # Every message queued before the broker forgot us draws this error: one HELLO is enough.
+                if time.monotonic() - self.last_hello > self.heartbeat_interval:
+                    log.warning("%s: the broker does not know us (restarted, or we were silent); saying hello "
+                                "again", self.name)
+                    self.counters["re_registrations"] += 1
+                    self._hello()
+                    if self.on_reconnect is not None:
+                        self.on_reconnect()
                 continue
             self.counters["received"] += 1
             return route, msg

@@ -1,0 +1,92 @@
+"""Broker, generator and nodes as real processes over tcp://127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dgan.data.scenes import make_scenes
+from dgan.networks import ModelConfig, images_to_tensor, masks_to_input
+from dgan.run import HELDOUT_SEED_BASE, ProcessGroup, RunConfig, free_ports, run_local, write_shards
+from dgan.training.generator import GeneratorTrainer, TrainConfig
+
+SMALL = ["--image-size", "64", "--g-width", "16", "--d-width", "16"]
+
+
+def heldout_l1(checkpoint: Path) -> float:
+    state = torch.load(checkpoint, weights_only=False)
+    trainer = GeneratorTrainer(ModelConfig(**state["model"]), TrainConfig())
+    trainer.G.load_state_dict(state["G"])
+    images, masks = make_scenes(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 16), 64)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        fake = trainer.G(masks_to_input(torch.from_numpy(masks), 2))
+    return float((fake - images_to_tensor(torch.from_numpy(images))).abs().mean())
+
+
+def test_run_with_three_node_processes_trains_and_every_node_contributes(tmp_path: Path) -> None:
+    cfg = RunConfig(nodes=3, steps=40, out=tmp_path / "run", scenes=60, image_size=64, g_width=16, d_width=16,
+                    checkpoint_every=20, sample_every=20, timeout=240)
+    summary = run_local(cfg)
+    assert summary["steps"] == 40
+    assert set(summary["nodes"]) == {"node0", "node1", "node2"}
+    for name, node in summary["nodes"].items():
+        assert node["feedbacks"] > 0, name
+        assert node["masks"] == 20, name
+    assert summary["synthetic_images"] == 60
+    assert len(list((cfg.out / "synthetic" / "images").glob("*.png"))) == 60
+    assert (cfg.out / "samples" / "step_000040.png").exists()
+    start, end = heldout_l1(cfg.out / "checkpoints" / "ckpt_000000.pt"), heldout_l1(cfg.out / "checkpoints" /
+                                                                                     "latest.pt")
+    assert end < start * 0.9, (start, end)
+
+
+def _wait_for(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{path.read_text(errors='replace')[-3000:]}")
+
+
+def test_kill_9_of_a_node_mid_run_and_a_late_joiner(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = RunConfig(nodes=3, out=out, scenes=60, image_size=64)
+    shards = write_shards(cfg)
+    node_port, gen_port, pub_port = free_ports(3)
+    group = ProcessGroup(out / "logs")
+    hb = ["--heartbeat", "1.0", "--log-format", "plain"]
+    node_args = lambda i: ["node", "--name", f"node{i}", "--broker", f"tcp://127.0.0.1:{node_port}",  # noqa: E731
+                           "--data", str(shards[i]), "--batch-size", "4", "--image-size", "64", *hb]
+    try:
+        group.start("broker", ["broker", "--node-port", str(node_port), "--generator-port", str(gen_port),
+                               "--pub-port", str(pub_port), *hb], 1)
+        gen = group.start("generator", ["generator", "--broker", f"tcp://127.0.0.1:{gen_port}", "--out", str(out),
+                                        "--steps", "80", *SMALL, "--checkpoint-every", "10", *hb], 1)
+        victim = group.start("node0", node_args(0), 1)
+        group.start("node1", node_args(1), 1)
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "ckpt_000010.pt").exists():
+            assert time.monotonic() < deadline, "no progress before the kill"
+            time.sleep(0.2)
+        os.kill(victim.pid, signal.SIGKILL)
+        late = group.start("node2", node_args(2), 1)
+        assert gen.wait(180) == 0
+        assert late.wait(30) == 0
+    finally:
+        group.stop_all()
+    log = (out / "logs" / "generator.log").read_text()
+    assert "node node0 left" in log
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["steps"] == 80
+    assert summary["nodes"]["node0"]["alive_at_end"] is False
+    assert summary["nodes"]["node2"]["feedbacks"] > 0  # the late joiner was served
+    assert summary["nodes"]["node1"]["alive_at_end"] is True
+    assert np.isfinite(summary["samples_per_s"])
