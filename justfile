@@ -24,3 +24,9 @@ lint: setup
 
 bench-transport *ARGS: setup
     {{bin}}/dgan bench transport {{ARGS}}
+
+bench-training *ARGS: setup
+    {{bin}}/dgan bench training {{ARGS}}
+
+bench-straggler *ARGS: setup
+    {{bin}}/dgan bench straggler {{ARGS}}

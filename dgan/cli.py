@@ -174,6 +174,7 @@ def node(
     grad_dtype: Annotated[str, typer.Option(help="float16 or float32 on the wire.")] = "float16",
     delay: Annotated[float, typer.Option(help="Artificial seconds per batch (slow-site emulation).")] = 0.0,
     seed: int = 0,
+    stats: Annotated[Path | None, typer.Option(help="Write this node's timing and byte counts here (JSON).")] = None,
     heartbeat: Heartbeat = 2.5,
     threads: Threads = 1,
     device: Device = "cpu",
@@ -197,12 +198,17 @@ def node(
                                                           grad_dtype=grad_dtype, delay=delay, seed=seed,
                                                           device=device))
     try:
-        stats = n.run()
+        result = n.run()
     except KeyboardInterrupt:
-        stats = n.stats
+        result = n.stats
     finally:
         link.close()
-    log.info("node %s done: %d batches, %d samples", name, stats.batches, stats.samples)
+    log.info("node %s done: %d batches, %d samples", name, result.batches, result.samples)
+    if stats is not None:
+        import json
+
+        stats.parent.mkdir(parents=True, exist_ok=True)
+        stats.write_text(json.dumps(result.to_dict(), indent=2))
 
 
 def _print_summary(summary: dict) -> None:
@@ -285,6 +291,30 @@ def bench_transport(
 
     setup_logging("WARNING")
     run_transport_benchmark(quick=quick, json_out=json_out, with_record=record)
+
+
+@bench_app.command("training")
+def bench_training(
+    quick: Annotated[bool, typer.Option(help="Small images and few steps.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+) -> None:
+    """DGAN (4 node processes) vs centralized pix2pix: samples/s, communication share, wire bytes."""
+    from benchmarks.training import run_training_benchmark
+
+    setup_logging("WARNING")
+    run_training_benchmark(quick, json_out)
+
+
+@bench_app.command("straggler")
+def bench_straggler(
+    quick: Annotated[bool, typer.Option(help="Small images and few steps.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+) -> None:
+    """4 nodes, one 4x slower: applied samples/s in async vs sync mode."""
+    from benchmarks.training import run_straggler_benchmark
+
+    setup_logging("WARNING")
+    run_straggler_benchmark(quick, json_out)
 
 
 if __name__ == "__main__":

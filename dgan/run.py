@@ -157,6 +157,7 @@ def run_local(cfg: RunConfig) -> dict[str, Any]:
                 "node", "--name", f"node{i}", "--broker", f"tcp://127.0.0.1:{node_port}", "--data", str(shard),
                 "--batch-size", str(cfg.batch_size), "--pipeline", str(cfg.pipeline), "--seed", str(cfg.seed + i),
                 "--threads", str(cfg.threads), "--device", cfg.device, "--delay", str(delay),
+                "--stats", str(cfg.out / "nodes" / f"node{i}.json"), "--image-size", str(cfg.image_size),
                 "--heartbeat", hb, "--log-format", "plain"], cfg.threads)
         while gen.poll() is None:
             if time.time() - t0 > cfg.timeout:

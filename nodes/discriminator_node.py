@@ -59,6 +59,12 @@ class NodeStats:
     errors: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "samples": self.samples, "losses": self.losses, "wait_s": self.wait_s,
+                "compute_s": self.compute_s, "codec_s": self.codec_s, "comm_s": self.comm_s,
+                "wire_bytes": self.wire_bytes, "errors": dict(self.errors),
+                "wall_s": time.monotonic() - self.started}
+
 
 class DiscriminatorNode:
     def __init__(self, link: NodeLink, images: np.ndarray, masks: np.ndarray, cfg: NodeConfig) -> None:

@@ -78,5 +78,5 @@ def test_checkpoint_restores_step_optimizer_and_rng(tmp_path: Path) -> None:
 def test_corrupt_checkpoint_gives_an_error_naming_it(tmp_path: Path) -> None:
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="broken.pt"):
+    with pytest.raises(CheckpointError, match=r"broken\.pt"):
         load_checkpoint(bad)
