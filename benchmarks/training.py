@@ -26,8 +26,8 @@ from dgan.training.discriminator import DiscriminatorTrainer
 
 
 def _sizes(quick: bool) -> dict[str, int]:
-    return {"image_size": 64, "g_width": 16, "d_width": 16, "steps": 40} if quick else {
-        "image_size": 128, "g_width": 32, "d_width": 32, "steps": 120}
+    return {"image_size": 64, "g_width": 16, "d_width": 16, "steps": 15} if quick else {
+        "image_size": 128, "g_width": 32, "d_width": 32, "steps": 40}
 
 
 def applied_rate(out: Path) -> float:
@@ -86,9 +86,11 @@ def run_training_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, b
     model = ModelConfig(image_size=sz["image_size"], g_width=sz["g_width"], d_width=sz["d_width"])
     with tempfile.TemporaryDirectory() as tmp, console.status("DGAN run…"):
         out = Path(tmp) / "dgan"
+        # one G update per `nodes` feedbacks: the same total batch per G step as the centralized baseline
         run_local(RunConfig(nodes=nodes, steps=sz["steps"], out=out, scenes=nodes * 40, image_size=model.image_size,
                             g_width=model.g_width, d_width=model.d_width, batch_size=batch, synthesize=False,
-                            checkpoint_every=0, sample_every=0, timeout=1800))
+                            checkpoint_every=0, sample_every=0, timeout=1800,
+                            extra_generator_args=["--update-every", str(nodes)]))
         dgan_rate = applied_rate(out)
         tot = _node_totals(out)
     with console.status("centralized pix2pix…"):
@@ -140,7 +142,8 @@ def run_straggler_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, 
                 run_local(RunConfig(nodes=nodes, steps=sz["steps"], out=out, scenes=nodes * 40,
                                     image_size=model.image_size, g_width=model.g_width, d_width=model.d_width,
                                     batch_size=batch, mode=mode, delays=[delay] + [0.0] * (nodes - 1),
-                                    synthesize=False, checkpoint_every=0, sample_every=0, timeout=1800))
+                                    synthesize=False, checkpoint_every=0, sample_every=0, timeout=1800,
+                                    extra_generator_args=["--update-every", str(nodes)]))
                 rates[mode] = applied_rate(out)
     result = {"async_samples_per_s": rates["async"], "sync_samples_per_s": rates["sync"],
               "ratio": rates["async"] / rates["sync"], "slow_node_delay_s": delay, "quick": quick}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import socket
 import statistics
 import tempfile
 import time
@@ -29,19 +28,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dgan import protocol as P
+from dgan.run import free_ports
 
 SIZES = [1024, 64 * 1024, 1024 * 1024, 4 * 1024 * 1024]
 HEARTBEAT = 2.5
-
-
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _request(payload: int, reply: bool) -> list[Any]:
@@ -146,7 +136,7 @@ class _Path:
     def __init__(self, path: str, record_dir: str | None = None) -> None:
         self.label = "broker+record" if record_dir else path
         ctx_mp = mp.get_context("spawn")
-        a, b, c = _ports(3)
+        a, b, c = free_ports(3)
         client_ep = f"tcp://127.0.0.1:{a}"
         back = f"tcp://127.0.0.1:{b}"
         if path == "direct":

@@ -284,6 +284,7 @@ class Broker:
         log.info("generator %s registered; %d node(s) known", msg.sender, len(self.nodes))
         for rec in list(self.nodes.values()):  # tell it about every node already here
             if rec.hello:
+                self._record(Direction.TO_GENERATOR, rec.name, rec.hello)
                 self._send_generator(rec.name.encode(), rec.hello)
 
     def _drop_generator(self, reason: str) -> None:

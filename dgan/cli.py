@@ -75,6 +75,8 @@ def broker(
     b.serve()
 
 
+Quick = Annotated[bool, typer.Option(help="A short run (about a minute): small images, few steps.")]
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the result here.")]
 Heartbeat = Annotated[float, typer.Option(help="Heartbeat interval, seconds.")]
 Threads = Annotated[int, typer.Option(help="torch threads in this process.")]
 Device = Annotated[str, typer.Option(help="cpu or cuda.")]
@@ -280,10 +282,117 @@ def demo(
                   "the demo stops after synthesis[/yellow]")
 
 
+@app.command()
+def replay(
+    log_file: Annotated[Path, typer.Argument(metavar="LOG", help="A message log written by `dgan broker --record`.")],
+    verify: Annotated[bool, typer.Option(help="Check every record's CRC; non-zero exit on damage.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="One line per message (filters below).")] = False,
+    kind: Annotated[str | None, typer.Option(help="--list: only this kind (e.g. FEEDBACK).")] = None,
+    node: Annotated[str | None, typer.Option(help="--list: only this peer.")] = None,
+    since: Annotated[float | None, typer.Option(help="--list: from this many seconds after the start.")] = None,
+    until: Annotated[float | None, typer.Option(help="--list: up to this many seconds after the start.")] = None,
+    show: Annotated[int | None, typer.Option(help="Decode record N (tensors summarised).")] = None,
+    save_images: Annotated[Path | None, typer.Option(help="Write carried masks and fakes as PNG here.")] = None,
+    send: Annotated[str | None, typer.Option(help="Re-send node traffic to this broker node endpoint.")] = None,
+    speed: Annotated[str, typer.Option(help="--send pacing: a factor (1.0 = as recorded) or 'max'.")] = "1.0",
+    rebuild_generator: Annotated[bool, typer.Option(help="Re-apply recorded feedback to --from.")] = False,
+    from_ckpt: Annotated[Path | None, typer.Option("--from", help="Initial generator checkpoint.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where the rebuilt checkpoint goes.")] = None,
+    audit: Annotated[bool, typer.Option(help="Privacy audit of every tensor; non-zero exit on a violation.")] = False,
+    real_data: Annotated[Path | None, typer.Option(help="--audit: also look for near-copies of these images.")] = (
+        None),
+) -> None:
+    """Inspect, verify, re-send, rebuild from, or audit a message log (default: a summary)."""
+    import json
+
+    from dgan import replay as R
+    from dgan.msglog import LogFormatError, ReadReport
+
+    setup_logging("WARNING")
+    if not log_file.exists():
+        console.print(f"[red]no such log: {log_file}[/red]")
+        raise typer.Exit(2)
+    try:
+        if verify:
+            report = ReadReport()
+            for _ in R.iter_records(log_file, report):
+                pass
+            console.print(f"{report.records} complete records, {report.bytes:,} bytes")
+            if report.truncated_at is not None:
+                console.print(f"[yellow]truncated last record at byte {report.truncated_at}: {report.error}[/yellow]")
+            if report.corrupt_at is not None:
+                console.print(f"[red]corrupt record at byte {report.corrupt_at}: {report.error}[/red]")
+            raise typer.Exit(0 if report.truncated_at is None and report.corrupt_at is None else 1)
+        if list_:
+            table = Table("#", "t (s)", "direction", "peer", "kind", "id", "reply_to", "step", "bytes")
+            for r in R.list_messages(log_file, kind, node, since, until):
+                table.add_row(*(str(r[k]) if k != "t" else f"{r[k]:.3f}" for k in (
+                    "index", "t", "direction", "peer", "kind", "id", "reply_to", "step", "bytes")))
+            console.print(table)
+            return
+        if show is not None:
+            rec, msg = R.show(log_file, show)
+            console.print(f"record {show}: {rec.direction.name} {rec.peer}, {len(rec.frames)} frames")
+            console.print_json(json.dumps(R.describe(msg) if msg else {"undecodable": True}))
+            return
+        if save_images is not None:
+            n = R.save_images(log_file, save_images)
+            console.print(f"wrote {n} images to {save_images}")
+            return
+        if send is not None:
+            factor = None if speed == "max" else float(speed)
+            counts = R.send(log_file, send, factor)
+            console.print(f"sent {counts.get('sent', 0)} messages, {counts.get('replies', 0)} replies received")
+            return
+        if rebuild_generator:
+            if from_ckpt is None or out is None:
+                console.print("[red]--rebuild-generator needs --from CKPT and --out CKPT2[/red]")
+                raise typer.Exit(2)
+            step = R.rebuild_generator(log_file, from_ckpt, out)
+            console.print(f"rebuilt the generator to step {step}: {out}")
+            return
+        if audit:
+            real = None
+            if real_data is not None:
+                from dgan.data.shards import load_folder
+
+                real, _ = load_folder(real_data, R.fake_size(log_file) or 128)
+            rep = R.audit(log_file, real)
+            table = Table("direction kind tensor dtype rank", "count", title="tensors on the wire")
+            for k, v in sorted(rep.tensors.items()):
+                table.add_row(k, str(v))
+            console.print(table)
+            for v in rep.violations + rep.near_duplicates:
+                console.print(f"[red]FAIL[/red] {v}")
+            console.print("[green]audit passed[/green]" if rep.ok else
+                          f"[red]audit failed: {len(rep.violations)} violation(s), "
+                          f"{len(rep.near_duplicates)} near-duplicate(s) of real images[/red]")
+            raise typer.Exit(0 if rep.ok else 1)
+        s = R.summarize(log_file)
+        table = Table("kind", "messages", "bytes", title=f"{log_file}: run {s.header.get('run_id') or '?'}, "
+                      f"{s.span_s:.1f} s, {s.report.records} records")
+        for k in sorted(s.by_kind):
+            table.add_row(k, str(s.by_kind[k]), f"{s.bytes_by_kind[k]:,}")
+        console.print(table)
+        nodes = Table("peer", "messages", "bytes")
+        for k in sorted(s.by_node):
+            nodes.add_row(k, str(s.by_node[k]), f"{s.bytes_by_node[k]:,}")
+        console.print(nodes)
+        total = sum(s.bytes_by_kind.values())
+        console.print(f"throughput {total / max(s.span_s, 1e-9) / 1e6:.2f} MB/s; undecodable {s.undecodable}; "
+                      + (f"staleness mean {sum(s.staleness) / len(s.staleness):.2f}, max {max(s.staleness)}"
+                         if s.staleness else "no feedback"))
+        if s.report.truncated_at is not None or s.report.corrupt_at is not None:
+            console.print(f"[yellow]log damaged after {s.report.records} records: {s.report.error}[/yellow]")
+    except (LogFormatError, R.RebuildError, IndexError, OSError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
 @bench_app.command("transport")
 def bench_transport(
-    quick: Annotated[bool, typer.Option(help="A short run (about a minute).")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the rows here.")] = None,
+    quick: Quick = False,
+    json_out: JsonOut = None,
     record: Annotated[bool, typer.Option(help="Also measure the broker with --record on.")] = False,
 ) -> None:
     """Throughput and round-trip latency: dgan broker vs zmq.proxy vs direct."""
@@ -294,10 +403,7 @@ def bench_transport(
 
 
 @bench_app.command("training")
-def bench_training(
-    quick: Annotated[bool, typer.Option(help="Small images and few steps.")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
-) -> None:
+def bench_training(quick: Quick = False, json_out: JsonOut = None) -> None:
     """DGAN (4 node processes) vs centralized pix2pix: samples/s, communication share, wire bytes."""
     from benchmarks.training import run_training_benchmark
 
@@ -306,10 +412,7 @@ def bench_training(
 
 
 @bench_app.command("straggler")
-def bench_straggler(
-    quick: Annotated[bool, typer.Option(help="Small images and few steps.")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
-) -> None:
+def bench_straggler(quick: Quick = False, json_out: JsonOut = None) -> None:
     """4 nodes, one 4x slower: applied samples/s in async vs sync mode."""
     from benchmarks.training import run_straggler_benchmark
 

@@ -70,6 +70,7 @@ class GeneratorService:
         self.deferred: deque[tuple[str, P.Message]] = deque()
         self.started = time.time()
         self._last_status = 0.0
+        self._last_log = time.monotonic()
         self._steps_at_status = trainer.step
         self._start_step = trainer.step
         self.out = Path(cfg.out)
@@ -114,6 +115,12 @@ class GeneratorService:
             self.link.broadcast(P.make(P.Kind.STATUS, "generator", run_id=self.run_id, step=self.trainer.step,
                                        meta=status))
             self._last_status, self._steps_at_status = now, self.trainer.step
+            if now - self._last_log >= 10.0:
+                self._last_log = now
+                alive = sum(1 for i in self.nodes.values() if i.alive)
+                log.info("generator: step %d/%d, %.2f updates/s, %d samples applied, %d node(s) alive, "
+                         "%d dropped stale", self.trainer.step, self.trainer.cfg.steps, rate,
+                         self.trainer.samples_applied, alive, self.counters["dropped_stale"])
 
     def status(self, updates_per_s: float = 0.0) -> dict[str, Any]:
         return {
@@ -255,7 +262,7 @@ class GeneratorService:
     def _serve(self, node: NodeInfo, msg: P.Message) -> None:
         t0 = time.monotonic()
         reply = P.make(P.Kind.FAKES, "generator", run_id=self.run_id, reply_to=msg.msg_id, step=self.trainer.step)
-        fakes = self.trainer.generate(node.name, reply.msg_id, msg.tensors["masks"])
+        fakes = self.trainer.generate(node.name, reply.msg_id, msg.tensors["masks"], request_id=msg.msg_id)
         reply.tensors["fakes"] = fakes
         reply.meta["gen_s"] = time.monotonic() - t0
         self.served.add(node.name)

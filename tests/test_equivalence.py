@@ -45,12 +45,12 @@ def test_distributed_step_equals_single_process_pix2pix_step() -> None:
     opt_g = torch.optim.Adam(G_ref.parameters(), lr=gen.cfg.lr, betas=(gen.cfg.beta1, 0.999))
     opt_d = torch.optim.Adam(D_ref.parameters(), lr=2e-4, betas=(0.5, 0.999))
     for key in (1, 2):  # two steps, so the second one also starts from equal optimizer states
-        fakes = gen.generate("n0", key, masks)
+        fakes = gen.generate("n0", key, masks, request_id=key)
         scored = node.score(masks, reals, fakes, grad_dtype="float32")
         outcome, staleness, _ = gen.apply_feedback("n0", key, scored.grad, scored.grad_scale)
         assert (outcome, staleness) == (Outcome.APPLIED, 0)
         assert gen.update()
-        pix2pix_step(G_ref, D_ref, opt_g, opt_d, masks, reals, gen.request_seed(key))
+        pix2pix_step(G_ref, D_ref, opt_g, opt_d, masks, reals, gen.request_seed("n0", key))
         for (name, p), p_ref in zip(gen.G.named_parameters(), G_ref.parameters(), strict=True):
             torch.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-6, msg=name)
         for p, p_ref in zip(node.D.parameters(), D_ref.parameters(), strict=True):

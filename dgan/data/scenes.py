@@ -25,10 +25,31 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return y, x
 
 
+@lru_cache(maxsize=32)
+def _smooth_tile(size: int, cells: int, k: int) -> np.ndarray:
+    """A fixed value-noise tile (twice the scene size) to cut windows from."""
+    small = np.random.default_rng([size, cells, k]).random((2 * cells, 2 * cells), dtype=np.float32)
+    return np.asarray(Image.fromarray(small, mode="F").resize((2 * size, 2 * size), Image.BILINEAR))
+
+
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Value noise in [0, 1]: a small random grid upsampled bilinearly."""
-    small = rng.random((cells, cells), dtype=np.float32)
-    return np.asarray(Image.fromarray(small, mode="F").resize((size, size), Image.BILINEAR))
+    """Value noise in [0, 1] with about ``cells`` blobs across: a random window of one of 4 cached tiles,
+    randomly flipped and transposed, so scenes differ without resizing anything per scene."""
+    k, oy, ox, flip = rng.integers(0, [4, size, size, 8])
+    t = _smooth_tile(size, cells, int(k))[oy:oy + size, ox:ox + size]
+    if flip & 1:
+        t = t[::-1]
+    if flip & 2:
+        t = t[:, ::-1]
+    return t.T if flip & 4 else t
+
+
+def _paint(img: np.ndarray, where: np.ndarray, colour: np.ndarray | float) -> None:
+    """img[where] = colour, as arithmetic (much faster than boolean indexing on whole frames)."""
+    m = where.astype(np.float32)[..., None]
+    delta = colour - img
+    delta *= m
+    img += delta
 
 
 def _rect(y: np.ndarray, x: np.ndarray, cy: float, cx: float, h: float, w: float, angle: float) -> np.ndarray:
@@ -57,80 +78,101 @@ def make_scenes(seeds: list[int] | range, size: int = 128,
     return images, masks
 
 
+@lru_cache(maxsize=8)
+def _grain_tile(size: int) -> np.ndarray:
+    """Fixed per-pixel grain, twice the scene size; scenes take random windows of it."""
+    return np.random.default_rng(1234).normal(0, 1, (2 * size, 2 * size, 1)).astype(np.float32)
+
+
+def _grain(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    oy, ox = rng.integers(0, size, 2)
+    return _grain_tile(size)[oy:oy + size, ox:ox + size] * sigma
+
+
 def _buildings(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     y, x = _grid(size)
     scale = size / 128
     base = rng.uniform([150, 130, 100], [205, 185, 150]).astype(np.float32)  # sand to dry soil
     tex = _smooth_noise(rng, size, 6)[..., None]
-    img = base * (0.8 + 0.35 * tex) + rng.normal(0, 6, (size, size, 1)).astype(np.float32)
+    img = base * (0.8 + 0.35 * tex)
+    img += _grain(rng, size, 6.0)
     veg = _smooth_noise(rng, size, 5) > rng.uniform(0.55, 0.8)
     green = np.array([70, 105, 55], np.float32) * (0.8 + 0.4 * _smooth_noise(rng, size, 16)[..., None])
-    img = np.where(veg[..., None], green, img)
+    _paint(img, veg, green)
     blocked = veg.copy()
     if rng.random() < 0.3:
         water = _smooth_noise(rng, size, 3) > 0.72
-        img = np.where(water[..., None], np.array([40, 75, 105], np.float32) + 10 * tex, img)
+        _paint(img, water, np.array([40, 75, 105], np.float32) + 10 * tex)
         blocked |= water
     for _ in range(rng.integers(1, 4)):  # roads
         angle = rng.choice([0.0, np.pi / 2]) + rng.normal(0, 0.15)
         cy, cx = rng.uniform(0, size, 2)
         width = rng.uniform(4, 8) * scale
-        dist = np.abs(-(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle))
-        road = dist <= width / 2
-        img = np.where(road[..., None], np.array([95, 95, 98], np.float32) + rng.normal(0, 3), img)
+        road = np.abs((y - cy) * np.cos(angle) - (x - cx) * np.sin(angle)) <= width / 2
+        _paint(img, road, np.array([95, 95, 98], np.float32) + rng.normal(0, 3))
         blocked |= road
     mask = np.zeros((size, size), bool)
     shadow_dy, shadow_dx = rng.uniform(1.5, 4, 2) * scale
-    for _ in range(rng.integers(10, 30)):  # attempts; overlapping or blocked ones are skipped
-        h, w = rng.uniform(7, 24, 2) * scale
-        cy, cx = rng.uniform(0, size, 2)
-        angle = rng.choice([0.0, np.pi / 2]) + rng.normal(0, 0.3)
+    n_attempts = int(rng.integers(10, 30))
+    params = rng.uniform(0, 1, (n_attempts, 8))  # one draw for every attempt: cheaper than many small draws
+    for h, w, cy, cx, a, jitter, l_shape, roof_pick in params:
+        h, w = (7 + 17 * h) * scale, (7 + 17 * w) * scale
+        cy, cx = cy * size, cx * size
+        if blocked[int(cy), int(cx)] or mask[int(cy), int(cx)]:
+            continue  # the centre is already taken: skip before any array work
+        angle = (np.pi / 2 if a < 0.5 else 0.0) + (jitter - 0.5) * 0.6
         r = int(max(h, w)) + 6
         y0, y1, x0, x1 = max(0, int(cy) - r), min(size, int(cy) + r), max(0, int(cx) - r), min(size, int(cx) + r)
-        if y1 <= y0 or x1 <= x0:
-            continue
         ys, xs = y[y0:y1, x0:x1], x[y0:y1, x0:x1]
         shape = _rect(ys, xs, cy, cx, h, w, angle)
-        if rng.random() < 0.35:  # L-shape: a second wing at one end
+        if l_shape < 0.35:  # L-shape: a second wing at one end
             c, s = np.cos(angle), np.sin(angle)
             off = w / 2 - w / 6
             shape |= _rect(ys, xs, cy + off * s + h / 2 * c, cx + off * c - h / 2 * s, h, w / 3, angle)
-        if not shape.any() or (blocked[y0:y1, x0:x1] & shape).mean() > 0.02 or (mask[y0:y1, x0:x1] & shape).any():
+        taken = mask[y0:y1, x0:x1]
+        if (blocked[y0:y1, x0:x1] & shape).mean() > 0.02 or (taken & shape).any():
             continue
-        shadow = _rect(ys, xs, cy + shadow_dy, cx + shadow_dx, h, w, angle) & ~shape
+        shadow = _rect(ys, xs, cy + shadow_dy, cx + shadow_dx, h, w, angle) & ~shape & ~taken
         region = img[y0:y1, x0:x1]
-        region[shadow & ~mask[y0:y1, x0:x1]] *= 0.55
-        roof = ROOFS[rng.integers(len(ROOFS))] * rng.uniform(0.9, 1.1)
-        shade = 1 + 0.08 * ((xs - cx) * np.cos(angle) + (ys - cy) * np.sin(angle)) / max(w, 1)
-        region[shape] = roof * shade[shape][:, None]
-        mask[y0:y1, x0:x1] |= shape
-    return np.clip(img, 0, 255).astype(np.uint8), mask.astype(np.uint8)
+        region[shadow] *= 0.55
+        roof = ROOFS[int(roof_pick * len(ROOFS))] * (0.9 + 0.2 * jitter)
+        shade = 1 + 0.08 * ((xs[shape] - cx) * np.cos(angle) + (ys[shape] - cy) * np.sin(angle)) / max(w, 1)
+        region[shape] = roof * shade[:, None]
+        taken |= shape
+    np.clip(img, 0, 255, out=img)
+    return img.astype(np.uint8), mask.astype(np.uint8)
 
 
 def _ships(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     y, x = _grid(size)
     scale = size / 128
     tex = _smooth_noise(rng, size, 8)[..., None]
-    img = np.array([25, 60, 85], np.float32) * (0.8 + 0.4 * tex) + rng.normal(0, 3, (size, size, 1))
+    img = np.array([25, 60, 85], np.float32) * (0.8 + 0.4 * tex)
+    img += _grain(rng, size, 3.0)
     land = np.zeros((size, size), bool)
     if rng.random() < 0.4:
         land = _smooth_noise(rng, size, 3) > 0.7
-        img = np.where(land[..., None], np.array([150, 140, 110], np.float32) * (0.85 + 0.3 * tex), img)
+        _paint(img, land, np.array([150, 140, 110], np.float32) * (0.85 + 0.3 * tex))
     mask = np.zeros((size, size), bool)
     for _ in range(rng.integers(0, 6)):
         length, width = rng.uniform(10, 32) * scale, rng.uniform(3, 7) * scale
         cy, cx = rng.uniform(0, size, 2)
         angle = rng.uniform(0, np.pi)
+        r = int(2 * length) + 2  # the wake trails up to 2 lengths behind
+        y0, y1, x0, x1 = max(0, int(cy) - r), min(size, int(cy) + r), max(0, int(cx) - r), min(size, int(cx) + r)
+        ys, xs = y[y0:y1, x0:x1], x[y0:y1, x0:x1]
         c, s = np.cos(angle), np.sin(angle)
-        u = (x - cx) * c + (y - cy) * s
-        v = -(x - cx) * s + (y - cy) * c
+        u = (xs - cx) * c + (ys - cy) * s
+        v = -(xs - cx) * s + (ys - cy) * c
         taper = np.clip((length / 2 - u) / (length / 3), 0, 1)  # pointed bow
         hull = (np.abs(u) <= length / 2) & (np.abs(v) <= width / 2 * np.minimum(1, taper + 0.2))
-        if (hull & land).any() or (hull & mask).any():
+        taken = mask[y0:y1, x0:x1]
+        if (hull & land[y0:y1, x0:x1]).any() or (hull & taken).any():
             continue
-        wake = (u < -length / 2) & (u > -length * 2) & (np.abs(v) <= width * (0.5 - u / length / 2) / 2)
-        img = np.where((wake & ~mask)[..., None], img * 0.6 + 0.4 * 200, img)
-        colour = np.array([rng.uniform(180, 240)] * 3, np.float32) * rng.uniform(0.85, 1.0, 3)
-        img = np.where(hull[..., None], colour, img)
-        mask |= hull
-    return np.clip(img, 0, 255).astype(np.uint8), mask.astype(np.uint8)
+        region = img[y0:y1, x0:x1]
+        wake = (u < -length / 2) & (u > -length * 2) & (np.abs(v) <= width * (0.5 - u / length / 2) / 2) & ~taken
+        region[wake] = region[wake] * 0.6 + 0.4 * 200
+        region[hull] = np.array([rng.uniform(180, 240)] * 3, np.float32) * rng.uniform(0.85, 1.0, 3)
+        taken |= hull
+    np.clip(img, 0, 255, out=img)
+    return img.astype(np.uint8), mask.astype(np.uint8)

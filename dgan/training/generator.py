@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,16 +88,18 @@ class GeneratorTrainer:
             self._snapshot = (self.step, snap)
         return self._snapshot[1]
 
-    def request_seed(self, key: int) -> int:
-        return (self.cfg.seed * 1_000_003 + key) % (2**62)
+    def request_seed(self, node: str, request_id: int) -> int:
+        """Dropout seed of one request, from what the message log records (node name, request id),
+        so a generator rebuilt from the log draws the same noise."""
+        return (self.cfg.seed * 1_000_003 + zlib.crc32(node.encode()) * 2**32 + request_id) % (2**62)
 
-    def generate(self, node: str, key: int, masks: np.ndarray) -> np.ndarray:
+    def generate(self, node: str, key: int, masks: np.ndarray, request_id: int = 0) -> np.ndarray:
         """Fakes for ``masks`` (B, H, W); remembered under ``key`` until feedback."""
         params = self._params_now()
         m = torch.from_numpy(np.array(masks, dtype=np.uint8))  # small copy: wire frames are read-only
         x = masks_to_input(m.to(self.device), self.model_cfg.num_classes)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.request_seed(key))
+            torch.manual_seed(self.request_seed(node, request_id))
             fakes = functional_call(self.G, dict(zip(self.names, params, strict=True)), (x,))
         self.inflight[key] = InFlight(node, self.step, fakes, params)
         out = fakes.detach()

@@ -1,0 +1,83 @@
+"""The message log: write, read back, verify; truncation and corruption are reported, not fatal."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dgan import protocol as P
+from dgan.msglog import Direction, LogFormatError, MessageLogWriter, ReadReport, iter_records
+
+
+def write_log(path: Path, n: int = 5) -> list[list[bytes]]:
+    w = MessageLogWriter(path, run_id="r1")
+    written = []
+    for i in range(n):
+        msg = P.make(P.Kind.FAKE_REQUEST, f"node{i % 2}", tensors={"masks": np.full((1, 4, 4), i, np.uint8)})
+        frames = [bytes(P.frame_view(f)) for f in P.encode(msg)]
+        w.append(Direction.FROM_NODE, msg.sender, frames)
+        written.append(frames)
+    w.close()
+    return written
+
+
+def test_records_read_back_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "a.dgl"
+    written = write_log(path)
+    report = ReadReport()
+    records = list(iter_records(path, report))
+    assert [r.frames for r in records] == written
+    assert [r.peer for r in records] == ["node0", "node1", "node0", "node1", "node0"]
+    assert report.records == 5 and report.truncated_at is None and report.corrupt_at is None
+
+
+def test_truncation_at_every_byte_of_the_last_record_keeps_the_complete_ones(tmp_path: Path) -> None:
+    path = tmp_path / "a.dgl"
+    write_log(path, 3)
+    data = path.read_bytes()
+    offsets = [r.offset for r in iter_records(path)]
+    last = offsets[-1]
+    cut_path = tmp_path / "cut.dgl"
+    for cut in range(last, len(data)):
+        cut_path.write_bytes(data[:cut])
+        report = ReadReport()
+        assert len(list(iter_records(cut_path, report))) == 2
+        # cut exactly at the record boundary: a clean end; inside the record: a reported tail
+        assert report.truncated_at == (None if cut == last else last)
+        assert report.corrupt_at is None
+    rng = random.Random(0)
+    for cut in rng.sample(range(offsets[0], len(data)), 20):
+        cut_path.write_bytes(data[:cut])
+        expected = sum(1 for o in [*offsets[1:], len(data)] if o <= cut)
+        assert len(list(iter_records(cut_path, ReadReport()))) == expected
+
+
+def test_a_flipped_byte_is_reported_with_its_record_offset(tmp_path: Path) -> None:
+    path = tmp_path / "a.dgl"
+    write_log(path, 4)
+    offsets = [r.offset for r in iter_records(path)]
+    data = bytearray(path.read_bytes())
+    data[offsets[2] + 20] ^= 0xFF  # inside the body of record 2
+    path.write_bytes(bytes(data))
+    report = ReadReport()
+    assert len(list(iter_records(path, report))) == 2
+    assert report.corrupt_at == offsets[2] and "CRC" in report.error
+
+
+def test_not_a_log_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "x.dgl"
+    path.write_bytes(b"hello world, not a log")
+    with pytest.raises(LogFormatError, match="not a dgan message log"):
+        list(iter_records(path))
+    with pytest.raises(LogFormatError, match="not a dgan message log"):
+        MessageLogWriter(path)
+
+
+def test_appending_to_an_existing_log_keeps_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "a.dgl"
+    write_log(path, 2)
+    write_log(path, 3)
+    assert len(list(iter_records(path))) == 5
