@@ -53,6 +53,7 @@ class BrokerConfig:
     limits: P.Limits = field(default_factory=P.Limits)
     record: Path | None = None
     flush_interval: float = 0.5
+    rotate_bytes: int = 0
     drain_batch: int = 64
 
     def endpoint(self, port: int) -> str:
@@ -133,7 +134,8 @@ class Broker:
                 sock.setsockopt(zmq.IPV6, 1)
             sock.bind(ep)
         if cfg.record is not None:
-            self.recorder = MessageLogWriter(cfg.record, flush_interval=cfg.flush_interval)
+            self.recorder = MessageLogWriter(cfg.record, flush_interval=cfg.flush_interval,
+                                             rotate_bytes=cfg.rotate_bytes)
 
     def stop(self) -> None:
         self._stop.set()

@@ -47,6 +47,8 @@ def broker(
     hwm: Annotated[int, typer.Option(help="High-water mark per socket, messages.")] = 64,
     max_message_mb: Annotated[float, typer.Option(help="Largest message accepted, MiB.")] = 256.0,
     record: Annotated[Path | None, typer.Option(help="Append every routed message to this log.")] = None,
+    flush_interval: Annotated[float, typer.Option(help="--record: seconds between flushes.")] = 0.5,
+    rotate_mb: Annotated[float, typer.Option(help="--record: start a new file past this size (0 = never).")] = 0.0,
     log_level: LogLevel = "INFO",
     log_format: LogFormat = "rich",
 ) -> None:
@@ -57,7 +59,8 @@ def broker(
     setup_logging(log_level, log_format, "broker")
     cfg = BrokerConfig(host=host, node_port=node_port, generator_port=generator_port, pub_port=pub_port,
                        heartbeat_interval=heartbeat, liveness=liveness, hwm=hwm,
-                       limits=Limits(max_message_bytes=int(max_message_mb * 1024 * 1024)), record=record)
+                       limits=Limits(max_message_bytes=int(max_message_mb * 1024 * 1024)), record=record,
+                       flush_interval=flush_interval, rotate_bytes=int(rotate_mb * 1024 * 1024))
     try:
         b = Broker(cfg)
     except Exception as exc:
@@ -266,7 +269,7 @@ def run(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
-    steps: Annotated[int, typer.Option(help="Generator updates.")] = 400,
+    steps: Annotated[int, typer.Option(help="Generator updates.")] = 200,
     nodes: Annotated[int, typer.Option(help="Discriminator nodes.")] = 4,
 ) -> None:
     """`dgan run` on the built-in scenes with 4 nodes: train, synthesise, summarise."""
@@ -418,6 +421,15 @@ def bench_straggler(quick: Quick = False, json_out: JsonOut = None) -> None:
 
     setup_logging("WARNING")
     run_straggler_benchmark(quick, json_out)
+
+
+@bench_app.command("msglog")
+def bench_msglog(quick: Quick = False, json_out: JsonOut = None) -> None:
+    """Message-log write and read+verify speed, MB/s."""
+    from benchmarks.msglog import run_msglog_benchmark
+
+    setup_logging("WARNING")
+    run_msglog_benchmark(quick, json_out)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 
 import msgpack
 
-from dgan.protocol import PROTOCOL_VERSION
+from dgan.protocol import PROTOCOL_VERSION, frame_view
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +74,50 @@ class LogFormatError(Exception):
         self.reason = reason
 
 
-def _frame_view(frame: Any) -> memoryview:
-    return memoryview(getattr(frame, "buffer", frame)).cast("B")
-
-
 class MessageLogWriter:
-    """Appends records from any thread; a daemon thread does the I/O."""
+    """Appends records from any thread; a daemon thread does the I/O.
+
+    ``flush_interval``: seconds between flushes to the OS (and on close, an fsync).
+    ``rotate_bytes``: when the file passes this size it is renamed to
+    ``<path>.0001``, ``<path>.0002``, ... (oldest first) and a fresh ``<path>`` begins.
+    """
 
     def __init__(self, path: Path | str, run_id: str = "", flush_interval: float = 0.5,
-                 queue_size: int = 1024) -> None:
+                 queue_size: int = 1024, rotate_bytes: int = 0) -> None:
         self.path = Path(path)
+        self.run_id = run_id
         self.flush_interval = flush_interval
+        self.rotate_bytes = rotate_bytes
         self.records = 0
         self.bytes = 0
+        self.segments = 0
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=queue_size)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self._file: BinaryIO = open(self.path, "ab")  # noqa: SIM115 - closed in close()
-        if new:
-            meta = msgpack.packb({"format": FORMAT_VERSION, "protocol": PROTOCOL_VERSION.decode(),
-                                  "run_id": run_id, "created": time.time()})
-            self._file.write(_FILE_HEAD.pack(MAGIC, FORMAT_VERSION, len(meta)) + meta)
-        else:
+        if self.path.exists() and self.path.stat().st_size > 0:
             read_header(self.path)  # refuse to append to something that is not a log
+        self._file = self._open()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="msglog-writer", daemon=True)
         self._thread.start()
+
+    def _open(self) -> BinaryIO:
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        f: BinaryIO = open(self.path, "ab")  # noqa: SIM115 - closed on rotation and in close()
+        if new:
+            meta = msgpack.packb({"format": FORMAT_VERSION, "protocol": PROTOCOL_VERSION.decode(),
+                                  "run_id": self.run_id, "created": time.time()})
+            f.write(_FILE_HEAD.pack(MAGIC, FORMAT_VERSION, len(meta)) + meta)
+        return f
+
+    def _rotate(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        existing = sorted(self.path.parent.glob(f"{self.path.name}.[0-9][0-9][0-9][0-9]"))
+        n = int(existing[-1].suffix[1:]) + 1 if existing else 1
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.{n:04d}"))
+        self.segments += 1
+        self._file = self._open()
 
     def append(self, direction: Direction, peer: str, frames: Sequence[Any],
                wall: float | None = None, mono: float | None = None) -> None:
@@ -135,7 +153,7 @@ class MessageLogWriter:
     def _write(self, wall: float, mono: float, direction: int, peer: str, frames: list[Any]) -> None:
         peer_b = peer.encode()[:65535]
         head = _BODY_HEAD.pack(wall, mono, direction, len(peer_b)) + peer_b + _U16.pack(len(frames))
-        views = [_frame_view(f) for f in frames]
+        views = [frame_view(f).cast("B") for f in frames]
         parts: list[Any] = [head]
         for v in views:
             parts.append(_U32.pack(len(v)))
@@ -150,12 +168,21 @@ class MessageLogWriter:
             self._file.write(p)
         self.records += 1
         self.bytes += length + _REC_HEAD.size
+        if self.rotate_bytes and self._file.tell() >= self.rotate_bytes:
+            self._rotate()
 
     def close(self) -> None:
         """Write everything queued, fsync and close."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+
+
+def segments(path: Path | str) -> list[Path]:
+    """A rotated log's files, oldest first, the live file last."""
+    p = Path(path)
+    older = sorted(p.parent.glob(f"{p.name}.[0-9][0-9][0-9][0-9]"))
+    return [*older, p] if p.exists() else older
 
 
 def read_header(path: Path | str) -> dict[str, Any]:

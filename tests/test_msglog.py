@@ -81,3 +81,18 @@ def test_appending_to_an_existing_log_keeps_its_records(tmp_path: Path) -> None:
     write_log(path, 2)
     write_log(path, 3)
     assert len(list(iter_records(path))) == 5
+
+
+def test_rotation_by_size_splits_into_readable_segments(tmp_path: Path) -> None:
+    from dgan.msglog import segments
+
+    path = tmp_path / "r.dgl"
+    w = MessageLogWriter(path, rotate_bytes=600)
+    for i in range(12):
+        msg = P.make(P.Kind.FAKE_REQUEST, "n", tensors={"masks": np.full((1, 8, 8), i, np.uint8)})
+        w.append(Direction.FROM_NODE, "n", P.encode(msg))
+    w.close()
+    files = segments(path)
+    assert len(files) > 2 and files[-1] == path
+    values = [int(P.decode(r.frames).tensors["masks"][0, 0, 0]) for f in files for r in iter_records(f)]
+    assert values == list(range(12))  # every record, in order, across the segments

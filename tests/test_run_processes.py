@@ -90,3 +90,37 @@ def test_kill_9_of_a_node_mid_run_and_a_late_joiner(tmp_path: Path) -> None:
     assert summary["nodes"]["node2"]["feedbacks"] > 0  # the late joiner was served
     assert summary["nodes"]["node1"]["alive_at_end"] is True
     assert np.isfinite(summary["samples_per_s"])
+
+
+def test_generator_kill_9_and_resume_continues_from_its_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = RunConfig(nodes=2, out=out, scenes=20, image_size=64)
+    shards = write_shards(cfg)
+    node_port, gen_port, pub_port = free_ports(3)
+    group = ProcessGroup(out / "logs")
+    hb = ["--heartbeat", "0.5", "--log-format", "plain"]
+    gen_args = ["generator", "--broker", f"tcp://127.0.0.1:{gen_port}", "--out", str(out), "--steps", "40", *SMALL,
+                "--checkpoint-every", "10", *hb]
+    try:
+        group.start("broker", ["broker", "--node-port", str(node_port), "--generator-port", str(gen_port),
+                               "--pub-port", str(pub_port), *hb], 1)
+        first = group.start("generator", gen_args, 1)
+        for i in range(2):
+            group.start(f"node{i}", ["node", "--name", f"node{i}", "--broker", f"tcp://127.0.0.1:{node_port}",
+                                     "--data", str(shards[i]), "--batch-size", "4", "--image-size", "64", *hb], 1)
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "ckpt_000010.pt").exists():
+            assert time.monotonic() < deadline, "no checkpoint before the kill"
+            time.sleep(0.2)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        saved = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)["step"]
+        second = group.start("generator2", [*gen_args, "--resume"], 1)
+        assert second.wait(180) == 0
+    finally:
+        group.stop_all()
+    log = (out / "logs" / "generator2.log").read_text()
+    assert f"at step {saved}" in log
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["steps"] == 40
+    assert all(n["feedbacks"] > 0 for n in summary["nodes"].values())  # both nodes came back to the new generator
