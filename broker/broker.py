@@ -106,6 +106,7 @@ class Broker:
         self._expiry = config.heartbeat_interval * config.liveness
         self.recorder: MessageLogWriter | None = None
         self.started = threading.Event()
+        self._stats_at: tuple[float, int, int] | None = None  # (time, messages routed, bytes) at the last beat
         self._bind()
 
     # ------------------------------------------------------------ lifecycle
@@ -420,12 +421,27 @@ class Broker:
         gen = self.generator
         if gen is not None and gen.expires_at < now:
             self._drop_generator(f"no message for {self._expiry:.1f} s")
+        self._publish_stats()
         beat = P.encode(P.make(P.Kind.HEARTBEAT, BROKER_NAME))
         for identity in list(self.nodes):
             self._send_node(identity, beat)
         if self.generator is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self.gen_sock.send_multipart([self.generator.identity, b"", *beat])
+
+    def _publish_stats(self) -> None:
+        """The broker's own line of the live view: message and byte rates since the last beat."""
+        now = time.monotonic()
+        routed = self.counters["routed_to_generator"] + self.counters["routed_to_nodes"]
+        nbytes = sum(r.bytes_in for r in self.nodes.values())
+        last = self._stats_at
+        if last is not None:
+            dt = max(1e-9, now - last[0])
+            stats = {"msgs_per_s": (routed - last[1]) / dt, "mb_per_s": max(0, nbytes - last[2]) / dt / 1e6,
+                     "errors": self.counters["errors"], "nodes": len(self.nodes),
+                     "generator": self.generator.name if self.generator else None}
+            self._publish(P.encode(P.make(P.Kind.STATUS, BROKER_NAME, meta={"broker": stats})))
+        self._stats_at = (now, routed, nbytes)
 
     def _extend_leases(self, seconds: float) -> None:
         """While the broker was not reading from nodes, do not count it against them."""

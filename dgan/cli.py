@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -78,6 +78,7 @@ def broker(
     b.serve()
 
 
+Quiet = Annotated[bool, typer.Option(help="No live panel and no summary table.")]
 Quick = Annotated[bool, typer.Option(help="A short run (about a minute): small images, few steps.")]
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the result here.")]
 Heartbeat = Annotated[float, typer.Option(help="Heartbeat interval, seconds.")]
@@ -247,23 +248,40 @@ def run(
     threads: Threads = 1,
     device: Device = "cpu",
     seed: int = 0,
+    quiet: Quiet = False,
     log_level: LogLevel = "INFO",
     log_format: LogFormat = "rich",
 ) -> None:
     """Start broker, generator and N nodes as processes, train, synthesise, stop them all."""
-    from dgan.run import RunConfig, run_local
+    from dgan.run import RunConfig
 
     setup_logging(log_level, log_format, "run")
     cfg = RunConfig(nodes=nodes, steps=steps, out=out, data=data, partition=partition, scenes=scenes, record=record,
                     image_size=image_size, g_width=g_width, d_width=d_width, batch_size=batch_size, mode=mode,
                     threads=threads, device=device, seed=seed)
+    _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps")
+
+
+def _run_with_view(cfg: Any, quiet: bool, log_format: str, title: str) -> dict:
+    """run_local with the live panel on a terminal, JSON status lines with --log-format json, else quiet."""
+    from dgan.live import RunView
+    from dgan.run import run_local
+
+    mode = "quiet" if quiet else "json" if log_format == "json" else "live" if console.is_terminal else "quiet"
+    view = RunView(mode, title, console)
     try:
-        with console.status(f"training: {nodes} nodes, {steps} steps (logs in {out / 'logs'})"):
-            summary = run_local(cfg)
+        with view:
+            summary = run_local(cfg, view.watch)
     except (RuntimeError, TimeoutError, ValueError) as exc:
         console.print(f"[red]run failed:[/red] {exc}")
         raise typer.Exit(1) from None
-    _print_summary(summary)
+    if not quiet:
+        _print_summary(summary)
+    from dgan.report import write_report
+
+    report = write_report(cfg.out)
+    console.print(f"report: {report}")
+    return summary
 
 
 @app.command()
@@ -273,16 +291,41 @@ def demo(
     nodes: Annotated[int, typer.Option(help="Discriminator nodes.")] = 4,
 ) -> None:
     """`dgan run` on the built-in scenes with 4 nodes: train, synthesise, summarise."""
-    from dgan.run import RunConfig, run_local
+    from dgan.run import RunConfig
 
     setup_logging("INFO", "rich", "demo")
-    cfg = RunConfig(nodes=nodes, steps=steps, out=out, scenes=800, sample_every=100)
-    with console.status(f"demo: {nodes} nodes, {steps} generator steps on built-in scenes (logs in {out / 'logs'})"):
-        summary = run_local(cfg)
-    _print_summary(summary)
+    cfg = RunConfig(nodes=nodes, steps=steps, out=out, scenes=800, sample_every=50)
+    _run_with_view(cfg, False, "rich", f"dgan demo: {nodes} nodes, {steps} steps on built-in scenes")
     console.print(f"sample grids (mask | synthetic): {out / 'samples'}; synthetic set: {out / 'synthetic'}")
     console.print("[yellow]segmentation on the synthetic set arrives with the experiment issue; "
                   "the demo stops after synthesis[/yellow]")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A folder written by `dgan run` or `dgan experiment`.")],
+           out: Annotated[Path | None, typer.Option(help="Where to write (default RUN_DIR/report.html).")] = None,
+           ) -> None:
+    """Write one self-contained HTML report: config, curves, staleness, throughput, samples, results."""
+    from dgan.report import write_report
+
+    if not run_dir.is_dir():
+        console.print(f"[red]{run_dir} is not a folder[/red]")
+        raise typer.Exit(2)
+    console.print(f"report: {write_report(run_dir, out)}")
+
+
+@app.command("monitor")
+def monitor_cmd(
+    endpoint: Annotated[str, typer.Argument(help="The broker's broadcast endpoint, e.g. tcp://HOST:5557.")] = (
+        "tcp://127.0.0.1:5557"),
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+) -> None:
+    """Watch a running broker's broadcasts: the same live panel, read-only, from any host."""
+    from dgan.live import monitor
+
+    setup_logging("WARNING")
+    sub = monitor(endpoint, duration)
+    console.print(f"{sub.updates} status updates received" + (" (run ended)" if sub.ended else ""))
 
 
 @app.command()

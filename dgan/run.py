@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ class ProcessGroup:
                 proc.wait()
 
 
-def run_local(cfg: RunConfig) -> dict[str, Any]:
+def run_local(cfg: RunConfig, watch: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run everything; ``watch(pub_endpoint)`` is called a few times a second while training."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     shards = write_shards(cfg)
     node_port, gen_port, pub_port = free_ports(3)
@@ -159,9 +161,12 @@ def run_local(cfg: RunConfig) -> dict[str, Any]:
                 "--threads", str(cfg.threads), "--device", cfg.device, "--delay", str(delay),
                 "--stats", str(cfg.out / "nodes" / f"node{i}.json"), "--image-size", str(cfg.image_size),
                 "--heartbeat", hb, "--log-format", "plain"], cfg.threads)
+        pub = f"tcp://127.0.0.1:{pub_port}"
         while gen.poll() is None:
             if time.time() - t0 > cfg.timeout:
                 raise TimeoutError(f"the run took longer than {cfg.timeout:.0f} s")
+            if watch is not None:
+                watch(pub)
             time.sleep(0.2)
         if gen.returncode != 0:
             raise RuntimeError(f"the generator exited with {gen.returncode}; see {cfg.out / 'logs' / 'generator.log'}")

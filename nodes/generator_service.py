@@ -372,6 +372,7 @@ class GeneratorService:
                           "alive_at_end": i.alive, "losses": i.losses, "counts": dict(i.counts),
                           "masks": 0 if i.masks is None else len(i.masks),
                           "staleness_mean": float(np.mean(i.staleness)) if i.staleness else None,
+                          "staleness_hist": {str(k): v for k, v in sorted(Counter(i.staleness).items())},
                           "staleness_max": max(i.staleness) if i.staleness else None}
                       for n, i in self.nodes.items()},
         }

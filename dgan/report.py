@@ -1,0 +1,161 @@
+"""`dgan report RUN_DIR`: one self-contained HTML file (images embedded, no server, no network).
+
+Every section reads its own file; a missing file becomes a visible "missing"
+note rather than an error, so a half-finished or crashed run still reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+LOSSES = ("d_real", "d_fake", "g_adv", "g_l1")
+
+
+def _img(data: bytes, alt: str, mime: str = "image/png") -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
+
+
+def _fig(fig: Any, alt: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return _img(buf.getvalue(), alt)
+
+
+def _missing(what: str) -> str:
+    return f'<p class="missing">missing: {html.escape(what)}</p>'
+
+
+def _load(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _table(rows: list[list[Any]], head: list[str]) -> str:
+    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{sid}"><h2>{html.escape(title)}</h2>{body}</section>'
+
+
+def config_section(run: dict[str, Any] | None) -> str:
+    if not run:
+        return _section("config", "Run", _missing("run.json"))
+    rows = [[k, v] for k, v in run.items() if not isinstance(v, dict)]
+    for group in ("model", "train"):
+        rows += [[f"{group}.{k}", v] for k, v in run.get(group, {}).items()]
+    nodes = [[n, i.get("dataset_size"), i.get("feedbacks"), i.get("samples"), i.get("staleness_mean"),
+              i.get("alive_at_end")] for n, i in run.get("nodes", {}).items()]
+    return _section("config", "Run", _table(rows, ["setting", "value"]) + "<h3>Nodes</h3>" + _table(
+        nodes, ["node", "pairs", "feedbacks", "samples", "staleness mean", "alive at end"]))
+
+
+def curves_section(history: list[dict[str, Any]] | None) -> str:
+    if not history:
+        return _section("losses", "Losses per node", _missing("history.json (status over time)"))
+    nodes = sorted({n for h in history for n in h.get("nodes", {})})
+    fig, axes = plt.subplots(1, len(LOSSES), figsize=(4 * len(LOSSES), 3))
+    for ax, key in zip(axes, LOSSES, strict=True):
+        for n in nodes:
+            pts = [(h["time"], h["nodes"][n]["losses"][key]) for h in history
+                   if key in h.get("nodes", {}).get(n, {}).get("losses", {})]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), label=n)
+        ax.set_title(key)
+        ax.set_xlabel("seconds")
+    axes[0].legend(fontsize=7)
+    return _section("losses", "Losses per node", _fig(fig, "loss curves per node"))
+
+
+def throughput_section(history: list[dict[str, Any]] | None) -> str:
+    if not history or len(history) < 2:
+        return _section("throughput", "Throughput", _missing("history.json with two or more status entries"))
+    t = [h["time"] for h in history]
+    s = [h["samples_applied"] for h in history]
+    rate = [(s[i] - s[i - 1]) / max(1e-9, t[i] - t[i - 1]) for i in range(1, len(t))]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(t[1:], rate)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("samples applied / s")
+    return _section("throughput", "Throughput", _fig(fig, "throughput over time"))
+
+
+def staleness_section(run: dict[str, Any] | None) -> str:
+    hist = {n: i.get("staleness_hist") for n, i in (run or {}).get("nodes", {}).items() if i.get("staleness_hist")}
+    if not hist:
+        return _section("staleness", "Staleness", _missing("per-node staleness histogram in run.json"))
+    fig, ax = plt.subplots(figsize=(8, 3))
+    width = 0.8 / len(hist)
+    for k, (n, h) in enumerate(sorted(hist.items())):
+        xs = sorted(int(x) for x in h)
+        ax.bar([x + k * width for x in xs], [h[str(x)] for x in xs], width=width, label=n)
+    ax.set_xlabel("generator steps between making fakes and applying their feedback")
+    ax.set_ylabel("feedbacks")
+    ax.legend(fontsize=7)
+    return _section("staleness", "Staleness", _fig(fig, "staleness histogram"))
+
+
+def samples_section(run_dir: Path) -> str:
+    files = sorted((run_dir / "samples").glob("step_*.png"))
+    if not files:
+        return _section("samples", "Samples across training (mask | synthetic)", _missing("samples/step_*.png"))
+    if len(files) > 6:  # first, last and evenly spaced between
+        idx = sorted({round(i * (len(files) - 1) / 5) for i in range(6)})
+        files = [files[i] for i in idx]
+    cells = "".join(f'<figure>{_img(f.read_bytes(), f.stem)}<figcaption>{f.stem}</figcaption></figure>'
+                    for f in files)
+    return _section("samples", "Samples across training (mask | synthetic)", f'<div class="row">{cells}</div>')
+
+
+def experiment_section(run_dir: Path) -> str:
+    results = _load(run_dir / "results.json")
+    if not results:
+        return _section("experiment", "Experiment", _missing("results.json (run `dgan experiment`)"))
+    methods = results.get("methods", {})
+    keys = ["iou", "f1", "precision", "recall", "accuracy"]
+    rows = [[m, *(f"{v.get(k):.3f}" if isinstance(v.get(k), (int, float)) else "-" for k in keys)]
+            for m, v in methods.items()]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    names = list(methods)
+    ax.bar(names, [methods[m].get("iou", 0) for m in names],
+           yerr=[methods[m].get("iou_std", 0) for m in names], capsize=4)
+    ax.set_ylabel("building IoU (test)")
+    grids = "".join(f'<figure>{_img(f.read_bytes(), f.stem)}<figcaption>{f.stem}</figcaption></figure>'
+                    for f in sorted((run_dir / "predictions").glob("*.png")))
+    body = (_table(rows, ["method", *keys]) + _fig(fig, "IoU by method")
+            + (f'<div class="row">{grids}</div>' if grids else _missing("prediction grids (predictions/*.png)")))
+    return _section("experiment", "Experiment", body)
+
+
+CSS = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px}.missing{color:#a60;font-style:italic}
+.row{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}img{max-width:100%}figcaption{font-size:12px}"""
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> Path:
+    run_dir = Path(run_dir)
+    run = _load(run_dir / "run.json")
+    history = _load(run_dir / "history.json")
+    title = f"dgan report: {run_dir.name}" + (f" (run {run['run_id']})" if run else "")
+    body = "".join([config_section(run), curves_section(history), staleness_section(run),
+                    throughput_section(history), samples_section(run_dir), experiment_section(run_dir)])
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+    out = out or run_dir / "report.html"
+    out.write_text(page)
+    return out

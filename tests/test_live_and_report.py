@@ -1,0 +1,121 @@
+"""What people look at: the live panel under a real terminal, JSON status lines, and the HTML report in Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dgan.report import write_report
+from dgan.run import RunConfig, run_local
+from tests.conftest import ROOT
+
+ARTIFACTS = ROOT / "test-artifacts"
+SMALL = ["--image-size", "32", "--g-width", "8", "--d-width", "8", "--scenes", "12", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "run"
+    run_local(RunConfig(nodes=3, steps=30, out=out, scenes=12, image_size=32, g_width=8, d_width=8, batch_size=2,
+                        sample_every=10, checkpoint_every=0, timeout=240, extra_generator_args=["--g-depth", "3"]))
+    return out
+
+
+def test_report_renders_in_headless_chromium_with_every_image_loaded(small_run: Path, tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver_bin, "install Debian's chromium and chromium-driver (.ci/run and `just test` do)"
+    report = write_report(small_run)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-quic", "--window-size=1400,2400"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    try:
+        driver.get(report.as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+        sections = driver.execute_script("return Array.from(document.querySelectorAll('section')).map(s => s.id)")
+        missing = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.missing')).map(m => m.textContent)")
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "report.png"))
+    finally:
+        driver.quit()
+    assert sections == ["config", "losses", "staleness", "throughput", "samples", "experiment"]
+    assert len(images) >= 5  # loss curves, staleness, throughput, sample grids
+    assert all(complete and width > 0 for _, complete, width in images), images
+    assert missing == ["missing: results.json (run `dgan experiment`)"]  # shown as missing, not an error
+    assert errors == []
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_report_of_an_empty_folder_shows_every_piece_as_missing(tmp_path: Path) -> None:
+    text = write_report(tmp_path).read_text()
+    assert text.count('class="missing"') == 6
+
+
+def _strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", text)
+
+
+def test_live_panel_shows_every_node_under_a_terminal(tmp_path: Path) -> None:
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "LINES": "50", "TERM": "xterm-256color"}
+    cmd = [sys.executable, "-m", "dgan", "run", "--nodes", "3", "--steps", "40", "--out", str(tmp_path / "run"),
+           *SMALL]
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT, close_fds=True)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    proc.wait(30)
+    os.close(master)
+    screen = _strip_ansi(b"".join(chunks).decode(errors="replace"))
+    assert proc.returncode == 0, screen[-3000:]
+    panel_rows = [line for line in screen.splitlines() if re.search(r"node[0-2]\s*│\s*(yes|no)", line)]
+    assert {re.search(r"node[0-2]", r).group(0) for r in panel_rows} == {"node0", "node1", "node2"}
+    assert "updates/s" in screen and "broker" in screen
+
+
+def test_log_format_json_lines_parse(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "dgan", "run", "--nodes", "2", "--steps", "20", "--out", str(tmp_path / "run"),
+           "--log-format", "json", *SMALL]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines, bad = [], []
+    for line in res.stderr.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            bad.append(line)
+    assert bad == [], f"lines on stderr that are not JSON: {bad[:5]}"
+    statuses = [json.loads(rec["message"]) for rec in lines if rec["logger"] == "dgan.status"]
+    assert statuses and set(statuses[-1]["generator"]["nodes"]) == {"node0", "node1"}
