@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -59,38 +60,44 @@ def config_section(run: dict[str, Any] | None) -> str:
     rows = [[k, v] for k, v in run.items() if not isinstance(v, dict)]
     for group in ("model", "train"):
         rows += [[f"{group}.{k}", v] for k, v in run.get(group, {}).items()]
-    nodes = [[n, i.get("dataset_size"), i.get("feedbacks"), i.get("samples"), i.get("staleness_mean"),
-              i.get("alive_at_end")] for n, i in run.get("nodes", {}).items()]
+    nodes = [[n, i.get("dataset_size"), i.get("feedbacks"), i.get("samples"),
+              "-" if i.get("staleness_mean") is None else f"{i['staleness_mean']:.2f}", i.get("alive_at_end")]
+             for n, i in sorted(run.get("nodes", {}).items())]
     return _section("config", "Run", _table(rows, ["setting", "value"]) + "<h3>Nodes</h3>" + _table(
         nodes, ["node", "pairs", "feedbacks", "samples", "staleness mean", "alive at end"]))
 
 
-def curves_section(history: list[dict[str, Any]] | None) -> str:
-    if not history:
-        return _section("losses", "Losses per node", _missing("history.json (status over time)"))
-    nodes = sorted({n for h in history for n in h.get("nodes", {})})
+def curves_section(feedback: dict[str, Any] | None) -> str:
+    rows = (feedback or {}).get("rows")
+    if not rows:
+        return _section("losses", "Losses per node", _missing("feedback.json (one row per applied feedback)"))
+    cols = feedback["columns"]  # type: ignore[index]
+    nodes = sorted({r[cols.index("node")] for r in rows})
     fig, axes = plt.subplots(1, len(LOSSES), figsize=(4 * len(LOSSES), 3))
     for ax, key in zip(axes, LOSSES, strict=True):
+        k = cols.index(key)
         for n in nodes:
-            pts = [(h["time"], h["nodes"][n]["losses"][key]) for h in history
-                   if key in h.get("nodes", {}).get(n, {}).get("losses", {})]
+            pts = [(r[cols.index("step")], r[k]) for r in rows if r[cols.index("node")] == n and r[k] is not None]
             if pts:
-                ax.plot(*zip(*pts, strict=True), label=n)
+                ax.plot(*zip(*pts, strict=True), ".-", markersize=3, linewidth=0.8, label=n)
         ax.set_title(key)
-        ax.set_xlabel("seconds")
+        ax.set_xlabel("generator step")
     axes[0].legend(fontsize=7)
     return _section("losses", "Losses per node", _fig(fig, "loss curves per node"))
 
 
-def throughput_section(history: list[dict[str, Any]] | None) -> str:
-    if not history or len(history) < 2:
-        return _section("throughput", "Throughput", _missing("history.json with two or more status entries"))
-    t = [h["time"] for h in history]
-    s = [h["samples_applied"] for h in history]
-    rate = [(s[i] - s[i - 1]) / max(1e-9, t[i] - t[i - 1]) for i in range(1, len(t))]
+def throughput_section(feedback: dict[str, Any] | None) -> str:
+    rows = (feedback or {}).get("rows")
+    if not rows or len(rows) < 2:
+        return _section("throughput", "Throughput", _missing("feedback.json with two or more feedbacks"))
+    cols = feedback["columns"]  # type: ignore[index]
+    t = np.array([r[cols.index("time")] for r in rows], float)
+    n = np.array([r[cols.index("samples")] for r in rows], float)
+    bins = np.linspace(t.min(), t.max() + 1e-9, min(40, len(rows)) + 1)
+    per_bin, _ = np.histogram(t, bins=bins, weights=n)
     fig, ax = plt.subplots(figsize=(8, 3))
-    ax.plot(t[1:], rate)
-    ax.set_xlabel("seconds")
+    ax.plot((bins[:-1] + bins[1:]) / 2, per_bin / np.diff(bins), ".-")
+    ax.set_xlabel("seconds since the generator started")
     ax.set_ylabel("samples applied / s")
     return _section("throughput", "Throughput", _fig(fig, "throughput over time"))
 
@@ -150,10 +157,10 @@ td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px}.missing{color:#a60;f
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     run_dir = Path(run_dir)
     run = _load(run_dir / "run.json")
-    history = _load(run_dir / "history.json")
     title = f"dgan report: {run_dir.name}" + (f" (run {run['run_id']})" if run else "")
-    body = "".join([config_section(run), curves_section(history), staleness_section(run),
-                    throughput_section(history), samples_section(run_dir), experiment_section(run_dir)])
+    feedback = _load(run_dir / "feedback.json")
+    body = "".join([config_section(run), curves_section(feedback), staleness_section(run),
+                    throughput_section(feedback), samples_section(run_dir), experiment_section(run_dir)])
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
     out = out or run_dir / "report.html"

@@ -25,6 +25,7 @@ from dgan.transport.base import GeneratorLink
 log = logging.getLogger("dgan.generator")
 
 MAX_MASK_CHUNKS = 10_000
+FEEDBACK_COLUMNS = ["time", "node", "step", "staleness", "samples", "d_real", "d_fake", "g_adv", "g_l1"]
 
 
 @dataclass
@@ -64,6 +65,7 @@ class GeneratorService:
         self.counters: Counter[str] = Counter()
         self.sample_masks: np.ndarray | None = None
         self.history: list[dict[str, Any]] = []
+        self.feedback_log: list[list[Any]] = []  # one row per applied feedback: FEEDBACK_COLUMNS
         # sync mode: one request per node per round
         self.served: set[str] = set()
         self.fed_back: set[str] = set()
@@ -292,6 +294,8 @@ class GeneratorService:
             node.staleness.append(staleness)
             losses = msg.meta.get("losses", {})
             node.losses = {k: float(v) for k, v in losses.items() if type(v) in (int, float)}
+            self.feedback_log.append([round(time.time() - self.started, 3), node.name, self.trainer.step, staleness,
+                                      int(grad.shape[0]), *(node.losses.get(k) for k in FEEDBACK_COLUMNS[5:])])
         if self.trainer.cfg.mode == "sync":
             self._maybe_finish_round()
         elif self.trainer.pending >= self.trainer.cfg.update_every:
@@ -378,6 +382,7 @@ class GeneratorService:
         }
         (self.out / "run.json").write_text(json.dumps(summary, indent=2))
         (self.out / "history.json").write_text(json.dumps(self.history))
+        (self.out / "feedback.json").write_text(json.dumps({"columns": FEEDBACK_COLUMNS, "rows": self.feedback_log}))
         log.info("generator: done at step %d in %.1f s; %d synthetic images", self.trainer.step, wall, synthetic)
         return summary
 
