@@ -54,6 +54,8 @@ class BrokerConfig:
     record: Path | None = None
     flush_interval: float = 0.5
     rotate_bytes: int = 0
+    secret_key: Path | None = None  # CURVE: the broker's .key_secret
+    authorized_keys: Path | None = None  # CURVE: folder of allowed public keys (role + name each)
     drain_batch: int = 64
 
     def endpoint(self, port: int) -> str:
@@ -121,6 +123,19 @@ class Broker:
 
     def _bind(self) -> None:
         cfg = self.config
+        self.allowlist: dict[bytes, Any] | None = None
+        self.auth: Any = None
+        if (cfg.secret_key is None) != (cfg.authorized_keys is None):
+            raise ValueError("CURVE needs both --secret-key and --authorized-keys")
+        if cfg.secret_key is not None and cfg.authorized_keys is not None:
+            from dgan.security import load_allowlist, start_authenticator
+
+            self.allowlist = load_allowlist(cfg.authorized_keys)
+            self.auth = start_authenticator(self.ctx, self.allowlist)
+            log.info("CURVE on: %d authorized key(s)", len(self.allowlist))
+        else:
+            log.warning("no CURVE keys: traffic is neither encrypted nor authenticated; use this on one machine "
+                        "or a trusted network only")
         self.node_sock = self._socket(zmq.ROUTER)
         self.node_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.node_sock.setsockopt(zmq.SNDTIMEO, 0)
@@ -133,6 +148,10 @@ class Broker:
                          (self.pub_sock, cfg.pub_endpoint)):
             if cfg.host != "127.0.0.1" and ":" in cfg.host:
                 sock.setsockopt(zmq.IPV6, 1)
+            if cfg.secret_key is not None:
+                from dgan.security import server_setup
+
+                server_setup(sock, cfg.secret_key)
             sock.bind(ep)
         if cfg.record is not None:
             self.recorder = MessageLogWriter(cfg.record, flush_interval=cfg.flush_interval,
@@ -144,6 +163,8 @@ class Broker:
     def close(self) -> None:
         for sock in (self.node_sock, self.gen_sock, self.pub_sock):
             sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
         if self.recorder is not None:
             self.recorder.close()
 
@@ -299,6 +320,18 @@ class Broker:
 
     # ------------------------------------------------------------ handlers
 
+    def _key_problem(self, frame: Any, role: str, sender: str | None) -> tuple[P.ErrorCode, str] | None:
+        """With CURVE: the authenticated key must hold ``role`` and, for nodes, the sender's name."""
+        if self.allowlist is None:
+            return None
+        user = frame.get("User-Id") if hasattr(frame, "get") else None
+        who = self.allowlist.get(user.encode()) if user else None
+        if who is None or who.role != role:
+            return P.ErrorCode.FORBIDDEN, f"this key may not act as a {role}"
+        if sender is not None and sender != who.name:
+            return P.ErrorCode.SPOOFED_SENDER, f"this key belongs to {who.name!r}, not {sender!r}"
+        return None
+
     def _on_node_message(self, frames: list[Any]) -> None:
         identity = bytes(frames[0].buffer) if hasattr(frames[0], "buffer") else bytes(frames[0])
         body = frames[1:]
@@ -315,6 +348,10 @@ class Broker:
         now = time.time()
         self._record(Direction.FROM_NODE, rec.name if rec else msg.sender, body)
         kind = msg.kind
+        problem = self._key_problem(frames[-1], "node", msg.sender)
+        if problem:
+            self._reply_error(identity, False, problem[0], problem[1], msg.msg_id, peer)
+            return
         if kind == P.Kind.HELLO:
             if msg.meta.get("role") != "node":
                 self._reply_error(identity, False, P.ErrorCode.FORBIDDEN,
@@ -372,6 +409,10 @@ class Broker:
         now = time.time()
         kind = msg.kind
         self._record(Direction.FROM_GENERATOR, route.decode(errors="replace") or "*", body)
+        problem = self._key_problem(frames[-1], "generator", None)
+        if problem:
+            self._reply_error(identity, True, problem[0], problem[1], msg.msg_id)
+            return
         if kind == P.Kind.HELLO:
             if msg.meta.get("role") != "generator":
                 self._reply_error(identity, True, P.ErrorCode.FORBIDDEN,

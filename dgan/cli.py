@@ -17,6 +17,8 @@ app = typer.Typer(help="dgan: distributed asynchronous discriminator GAN for rem
                   no_args_is_help=True, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks that print a table and write JSON.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+keys_app = typer.Typer(help="CURVE keys for encrypted, authenticated runs.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console()
 log = logging.getLogger("dgan")
 
@@ -49,6 +51,8 @@ def broker(
     record: Annotated[Path | None, typer.Option(help="Append every routed message to this log.")] = None,
     flush_interval: Annotated[float, typer.Option(help="--record: seconds between flushes.")] = 0.5,
     rotate_mb: Annotated[float, typer.Option(help="--record: start a new file past this size (0 = never).")] = 0.0,
+    secret_key: Annotated[Path | None, typer.Option(help="CURVE: the broker's .key_secret file.")] = None,
+    authorized_keys: Annotated[Path | None, typer.Option(help="CURVE: folder of allowed public .key files.")] = None,
     log_level: LogLevel = "INFO",
     log_format: LogFormat = "rich",
 ) -> None:
@@ -60,7 +64,8 @@ def broker(
     cfg = BrokerConfig(host=host, node_port=node_port, generator_port=generator_port, pub_port=pub_port,
                        heartbeat_interval=heartbeat, liveness=liveness, hwm=hwm,
                        limits=Limits(max_message_bytes=int(max_message_mb * 1024 * 1024)), record=record,
-                       flush_interval=flush_interval, rotate_bytes=int(rotate_mb * 1024 * 1024))
+                       flush_interval=flush_interval, rotate_bytes=int(rotate_mb * 1024 * 1024),
+                       secret_key=secret_key, authorized_keys=authorized_keys)
     try:
         b = Broker(cfg)
     except Exception as exc:
@@ -73,9 +78,50 @@ def broker(
     table.add_row("generator (ROUTER)", cfg.generator_endpoint)
     table.add_row("broadcast (XPUB)", cfg.pub_endpoint)
     table.add_row("record", str(record) if record else "off")
+    table.add_row("security", f"CURVE, {len(b.allowlist or {})} authorized keys" if secret_key else
+                  "[yellow]plain TCP: not encrypted, not authenticated[/yellow]")
     console.print(table)
     b.install_signal_handlers()
     b.serve()
+
+
+KeyFile = Annotated[Path | None, typer.Option("--key", help="CURVE: this process's .key_secret file.")]
+BrokerKey = Annotated[Path | None, typer.Option("--broker-key", help="CURVE: the broker's public .key file.")]
+
+
+def _curve(key: Path | None, broker_key: Path | None) -> Any:
+    """socket_setup for a link, or None for plain TCP; a clear exit on bad key files."""
+    if key is None and broker_key is None:
+        return None
+    if key is None or broker_key is None:
+        console.print("[red]CURVE needs both --key and --broker-key[/red]")
+        raise typer.Exit(2)
+    from dgan.security import KeyError_, client_setup
+
+    try:
+        return client_setup(key, broker_key)
+    except KeyError_ as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@keys_app.command("generate")
+def keys_generate(
+    name: Annotated[str, typer.Argument(help="Whose key: a node name, 'generator', 'broker', ...")],
+    role: Annotated[str, typer.Option(help="node, generator, monitor or broker.")] = "node",
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write NAME.key and NAME.key_secret.")] = Path(
+        "keys"),
+) -> None:
+    """Write a CURVE key pair; copy NAME.key into the broker's --authorized-keys folder."""
+    from dgan.security import generate_keys
+
+    try:
+        public, secret = generate_keys(directory, name, role)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"public: {public}  (give to the broker's --authorized-keys folder)\n"
+                  f"secret: {secret}  (keep on this machine only)")
 
 
 Quiet = Annotated[bool, typer.Option(help="No live panel and no summary table.")]
@@ -117,6 +163,8 @@ def generator(
     synthesize: Annotated[bool, typer.Option(help="Synthesise every uploaded mask at the end.")] = True,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/latest.pt.")] = False,
     idle_timeout: Annotated[float, typer.Option(help="End early after this long with no node (0 = never).")] = 0.0,
+    key: KeyFile = None,
+    broker_key: BrokerKey = None,
     heartbeat: Heartbeat = 2.5,
     threads: Threads = 1,
     device: Device = "cpu",
@@ -152,7 +200,7 @@ def generator(
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
         log.info("resumed from %s at step %d", latest, trainer.step)
-    link = ZmqGeneratorLink(broker, heartbeat_interval=heartbeat)
+    link = ZmqGeneratorLink(broker, heartbeat_interval=heartbeat, socket_setup=_curve(key, broker_key))
     service = GeneratorService(link, trainer, ServiceConfig(out=out, run_id=run_id, checkpoint_every=checkpoint_every,
                                                             sample_every=sample_every, synthesize=synthesize,
                                                             idle_timeout=idle_timeout))
@@ -181,6 +229,8 @@ def node(
     delay: Annotated[float, typer.Option(help="Artificial seconds per batch (slow-site emulation).")] = 0.0,
     seed: int = 0,
     stats: Annotated[Path | None, typer.Option(help="Write this node's timing and byte counts here (JSON).")] = None,
+    key: KeyFile = None,
+    broker_key: BrokerKey = None,
     heartbeat: Heartbeat = 2.5,
     threads: Threads = 1,
     device: Device = "cpu",
@@ -199,7 +249,8 @@ def node(
     except DataError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    link = ZmqNodeLink(broker, name, hello_meta=DiscriminatorNode.hello_meta(images), heartbeat_interval=heartbeat)
+    link = ZmqNodeLink(broker, name, hello_meta=DiscriminatorNode.hello_meta(images), heartbeat_interval=heartbeat,
+                       socket_setup=_curve(key, broker_key))
     n = DiscriminatorNode(link, images, masks, NodeConfig(name=name, batch_size=batch_size, pipeline=pipeline,
                                                           grad_dtype=grad_dtype, delay=delay, seed=seed,
                                                           device=device))
@@ -319,12 +370,14 @@ def monitor_cmd(
     endpoint: Annotated[str, typer.Argument(help="The broker's broadcast endpoint, e.g. tcp://HOST:5557.")] = (
         "tcp://127.0.0.1:5557"),
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    key: KeyFile = None,
+    broker_key: BrokerKey = None,
 ) -> None:
     """Watch a running broker's broadcasts: the same live panel, read-only, from any host."""
     from dgan.live import monitor
 
     setup_logging("WARNING")
-    sub = monitor(endpoint, duration)
+    sub = monitor(endpoint, duration, socket_setup=_curve(key, broker_key))
     console.print(f"{sub.updates} status updates received" + (" (run ended)" if sub.ended else ""))
 
 

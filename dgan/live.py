@@ -8,6 +8,7 @@ broker its own counters; any process, on any host, can subscribe read-only
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -22,10 +23,13 @@ from dgan import protocol as P
 class StatusSubscriber:
     """A SUB socket on the broadcast channel keeping the latest generator and broker status."""
 
-    def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, context: zmq.Context | None = None,
+                 socket_setup: Callable[[zmq.Socket], None] | None = None) -> None:
         self.endpoint = endpoint
         self.sock = (context or zmq.Context.instance()).socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if socket_setup is not None:
+            socket_setup(self.sock)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"status")
         self.sock.connect(endpoint)
         self.generator: dict[str, Any] = {}
@@ -97,12 +101,13 @@ def render(generator: dict[str, Any], broker: dict[str, Any], title: str = "dgan
     return Panel(Group(*parts), title=title)
 
 
-def monitor(endpoint: str, duration: float | None = None, once: bool = False) -> StatusSubscriber:
+def monitor(endpoint: str, duration: float | None = None, once: bool = False,
+            socket_setup: Callable[[zmq.Socket], None] | None = None) -> StatusSubscriber:
     """Attach to a broker's broadcast channel and show the live panel until the run ends."""
     from rich.console import Console
     from rich.live import Live
 
-    sub = StatusSubscriber(endpoint)
+    sub = StatusSubscriber(endpoint, socket_setup=socket_setup)
     console = Console()
     start = time.monotonic()
     try:

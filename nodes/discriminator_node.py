@@ -142,7 +142,9 @@ class DiscriminatorNode:
             reals, masks = self.sampler.batch(self.cfg.batch_size)
             t0 = time.monotonic()
             msg = P.make(P.Kind.FAKE_REQUEST, self.cfg.name, run_id=self.run_id, tensors={"masks": masks})
-            self.link.send(msg)
+            if not self.link.send(msg):
+                self._retry_at = time.monotonic() + 1.0  # no broker to take it: try again shortly
+                return
             self.stats.codec_s += time.monotonic() - t0
             self.stats.wire_bytes += masks.nbytes
             self.outstanding[msg.msg_id] = Outstanding(masks, reals, time.monotonic())

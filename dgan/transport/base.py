@@ -12,8 +12,8 @@ class NodeLink(Protocol):
 
     name: str
 
-    def send(self, msg: Message) -> None:
-        """Send to the generator."""
+    def send(self, msg: Message) -> bool:
+        """Send to the generator; False if it could not leave this process (nothing was sent)."""
 
     def recv(self, timeout: float) -> Message | None:
         """The next message for this node, or None after ``timeout`` seconds."""
@@ -24,11 +24,11 @@ class NodeLink(Protocol):
 class GeneratorLink(Protocol):
     """The generator's connection to every node."""
 
-    def send(self, to: str, msg: Message) -> None:
-        """Send to one node, by name."""
+    def send(self, to: str, msg: Message) -> bool:
+        """Send to one node, by name; False if it could not leave this process."""
 
-    def broadcast(self, msg: Message) -> None:
-        """Send to every node and monitor."""
+    def broadcast(self, msg: Message) -> bool:
+        """Send to every node and monitor; False if it could not leave this process."""
 
     def recv(self, timeout: float) -> tuple[str, Message] | None:
         """The next (node name or "" for the broker, message), or None after ``timeout``."""

@@ -51,9 +51,10 @@ class InProcessNodeLink:
         self.hub = hub
         self.name = name
 
-    def send(self, msg: P.Message) -> None:
+    def send(self, msg: P.Message) -> bool:
         msg.sender = self.name
         self.hub._to_generator.put((self.name, _through_wire(msg, self.hub.wire)))
+        return True
 
     def recv(self, timeout: float) -> P.Message | None:
         q = self.hub._to_node.get(self.name)
@@ -72,18 +73,20 @@ class InProcessGeneratorLink:
     def __init__(self, hub: InProcessHub) -> None:
         self.hub = hub
 
-    def send(self, to: str, msg: P.Message) -> None:
+    def send(self, to: str, msg: P.Message) -> bool:
         q = self.hub._to_node.get(to)
         if q is None:
             err = P.error("broker", P.ErrorCode.UNREACHABLE, f"node {to!r} is not connected",
                           reply_to=msg.msg_id, node=to)
             self.hub._to_generator.put(("", err))
-            return
+            return True  # it left this process; the hub answered as the broker would
         q.put(_through_wire(msg, self.hub.wire))
+        return True
 
-    def broadcast(self, msg: P.Message) -> None:
+    def broadcast(self, msg: P.Message) -> bool:
         # As over ZeroMQ, broadcasts reach monitors, not nodes: keep them for inspection.
         self.hub.broadcasts.append(_through_wire(msg, self.hub.wire))
+        return True
 
     def recv(self, timeout: float) -> tuple[str, P.Message] | None:
         try:

@@ -31,7 +31,7 @@ class _BrokerConnection:
     def __init__(self, endpoint: str, name: str, role: str, hello_meta: dict[str, Any] | None = None,
                  heartbeat_interval: float = 2.5, liveness: int = 3, limits: P.Limits = P.DEFAULT_LIMITS,
                  hwm: int = 64, context: zmq.Context | None = None,
-                 socket_setup: Callable[[zmq.Socket], None] | None = None) -> None:
+                 socket_setup: Callable[[zmq.Socket], None] | None = None, send_timeout: float = 2.0) -> None:
         self.endpoint = endpoint
         self.name = name
         self.role = role
@@ -42,6 +42,7 @@ class _BrokerConnection:
         self.hwm = hwm
         self.ctx = context or zmq.Context.instance()
         self.socket_setup = socket_setup
+        self.send_timeout = send_timeout
         self.counters: Counter[str] = Counter()
         self.on_reconnect: Callable[[], None] | None = None
         self.sock: zmq.Socket | None = None
@@ -55,6 +56,8 @@ class _BrokerConnection:
         s.setsockopt(zmq.SNDHWM, self.hwm)
         s.setsockopt(zmq.RCVHWM, self.hwm)
         s.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        # Never block forever: with no broker (or a refused handshake) a DEALER has nowhere to queue.
+        s.setsockopt(zmq.SNDTIMEO, int(self.send_timeout * 1000))
         if self.socket_setup is not None:
             self.socket_setup(s)
         s.connect(self.endpoint)
@@ -77,12 +80,20 @@ class _BrokerConnection:
         if self.on_reconnect is not None:
             self.on_reconnect()
 
-    def _send_frames(self, route: bytes, frames: list[Any]) -> None:
+    def _send_frames(self, route: bytes, frames: list[Any]) -> bool:
+        """False if the message could not leave within ``send_timeout`` (no broker to take it)."""
         assert self.sock is not None  # internal invariant, not peer input
         out = [route, *frames] if self.routed else frames
-        self.sock.send_multipart(out, copy=False)
+        try:
+            self.sock.send_multipart(out, copy=False)
+        except zmq.Again:
+            self.counters["send_timeouts"] += 1
+            log.warning("%s: the broker did not take a message within %.1f s; it was not sent", self.name,
+                        self.send_timeout)
+            return False
         self.last_sent = time.monotonic()
         self.counters["sent"] += 1
+        return True
 
     def _beat(self) -> None:
         if time.monotonic() - self.last_sent > self.heartbeat_interval:
@@ -137,6 +148,7 @@ class _BrokerConnection:
 
     def close(self) -> None:
         if self.sock is not None:
+            self.sock.setsockopt(zmq.SNDTIMEO, 100)
             with contextlib.suppress(zmq.ZMQError):
                 self._send_frames(b"", P.encode(P.make(P.Kind.GOODBYE, self.name)))
             self.sock.close(linger=100)
@@ -149,9 +161,9 @@ class ZmqNodeLink(_BrokerConnection):
     def __init__(self, endpoint: str, name: str, **kwargs: Any) -> None:
         super().__init__(endpoint, name, "node", **kwargs)
 
-    def send(self, msg: P.Message) -> None:
+    def send(self, msg: P.Message) -> bool:
         msg.sender = self.name
-        self._send_frames(b"", P.encode(msg))
+        return self._send_frames(b"", P.encode(msg))
 
     def recv(self, timeout: float) -> P.Message | None:
         got = self._recv(timeout)
@@ -166,13 +178,13 @@ class ZmqGeneratorLink(_BrokerConnection):
     def __init__(self, endpoint: str, name: str = "generator", **kwargs: Any) -> None:
         super().__init__(endpoint, name, "generator", **kwargs)
 
-    def send(self, to: str, msg: P.Message) -> None:
+    def send(self, to: str, msg: P.Message) -> bool:
         msg.sender = self.name
-        self._send_frames(to.encode(), P.encode(msg))
+        return self._send_frames(to.encode(), P.encode(msg))
 
-    def broadcast(self, msg: P.Message) -> None:
+    def broadcast(self, msg: P.Message) -> bool:
         msg.sender = self.name
-        self._send_frames(b"", P.encode(msg))
+        return self._send_frames(b"", P.encode(msg))
 
     def recv(self, timeout: float) -> tuple[str, P.Message] | None:
         got = self._recv(timeout)
