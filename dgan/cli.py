@@ -204,12 +204,16 @@ def generator(
     service = GeneratorService(link, trainer, ServiceConfig(out=out, run_id=run_id, checkpoint_every=checkpoint_every,
                                                             sample_every=sample_every, synthesize=synthesize,
                                                             idle_timeout=idle_timeout))
+    import signal
+
+    def stop(signum: int, _frame: Any) -> None:
+        log.warning("%s: finishing the run at step %d", signal.Signals(signum).name, trainer.step)
+        service.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         summary = service.run()
-    except KeyboardInterrupt:
-        log.warning("interrupted: writing a checkpoint at step %d", trainer.step)
-        service.checkpoint()
-        raise typer.Exit(130) from None
     finally:
         link.close()
     console.print(f"generator done: {summary['steps']} steps, {summary['synthetic_images']} synthetic images in {out}")
@@ -526,6 +530,33 @@ def bench_msglog(quick: Quick = False, json_out: JsonOut = None) -> None:
 
     setup_logging("WARNING")
     run_msglog_benchmark(quick, json_out)
+
+
+@bench_app.command("chaos")
+def bench_chaos(
+    minutes: Annotated[float, typer.Option(help="How long to soak.")] = 1.0,
+    json_out: JsonOut = None,
+) -> None:
+    """Kill and restart nodes at random while training; duplicate updates and crashes must be 0."""
+    from benchmarks.chaos import run_chaos_benchmark
+
+    setup_logging("WARNING")
+    res = run_chaos_benchmark(minutes, json_out)
+    if res["duplicate_updates"] or res["process_crashes"]:
+        raise typer.Exit(1)
+
+
+@bench_app.command("fuzz")
+def bench_fuzz(
+    count: Annotated[int, typer.Option(help="Malformed or hostile messages to send.")] = 10_000,
+    seconds: Annotated[float, typer.Option(help="Stop after this long at most.")] = 300.0,
+    json_out: JsonOut = None,
+) -> None:
+    """Hostile input at a live broker and generator (benchmarks/fuzz_broker.py)."""
+    from benchmarks.fuzz_broker import main as fuzz_main
+
+    raise typer.Exit(fuzz_main(["--count", str(count), "--seconds", str(seconds),
+                                *(["--json", str(json_out)] if json_out else [])]))
 
 
 if __name__ == "__main__":

@@ -78,6 +78,8 @@ class GeneratorService:
         self.out = Path(cfg.out)
         (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         self.run_id = cfg.run_id
+        self.stop_requested = False
+        self.applied_keys: set[int] = set()  # FAKES ids whose feedback was applied: an update twice is a bug
 
     # ------------------------------------------------------------ main loop
 
@@ -88,7 +90,7 @@ class GeneratorService:
         if self.trainer.step == 0:
             self.trainer.save(self.out / "checkpoints" / "ckpt_000000.pt")
         last_seen_any = time.monotonic()
-        while self.trainer.step < steps:
+        while self.trainer.step < steps and not self.stop_requested:
             got = self.link.recv(0.2)
             if got is not None:
                 last_seen_any = time.monotonic()
@@ -103,6 +105,10 @@ class GeneratorService:
                 break
             self._periodic()
         return self.finish()
+
+    def request_stop(self) -> None:
+        """End the run at the next message boundary (SIGTERM): checkpoint and summary as usual."""
+        self.stop_requested = True
 
     def _periodic(self) -> None:
         now = time.monotonic()
@@ -285,6 +291,10 @@ class GeneratorService:
             self._reject(node.name, msg, P.ErrorCode.REJECTED, reason, hostile=outcome == Outcome.REJECTED)
             return
         self.fed_back.add(node.name)
+        if outcome == Outcome.APPLIED:
+            if msg.reply_to in self.applied_keys:
+                self.counters["duplicate_updates"] += 1
+            self.applied_keys.add(msg.reply_to)
         if outcome == Outcome.DROPPED_STALE:
             node.counts["dropped_stale"] += 1
             self.counters["dropped_stale"] += 1
