@@ -14,8 +14,14 @@ setup:
 demo *ARGS: setup
     {{bin}}/dgan demo {{ARGS}}
 
+# Debian's Chromium and ChromeDriver for the report's browser test (root, as on these machines).
+browser:
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) || \
+        (echo "install Debian's chromium and chromium-driver (as root) for the browser test" && exit 1)
+
 # Lint, then the whole test suite.
-test *ARGS: setup
+test *ARGS: setup browser
     {{bin}}/ruff check .
     {{bin}}/python -m pytest {{ARGS}}
 

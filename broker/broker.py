@@ -303,7 +303,7 @@ class Broker:
         now = time.time()
         if self.generator is not None and self.generator.identity != identity:
             log.warning("a new generator %s replaces %s", msg.sender, self.generator.name)
-            self._pending.clear()
+            self._fail_pending("the generator was replaced before this message reached it; retry later")
         self.generator = PeerRecord(identity, msg.sender, "generator", now + self._expiry)
         log.info("generator %s registered; %d node(s) known", msg.sender, len(self.nodes))
         for rec in list(self.nodes.values()):  # tell it about every node already here
@@ -315,8 +315,22 @@ class Broker:
         if self.generator is not None:
             log.warning("generator %s left (%s)", self.generator.name, reason)
             self.generator = None
-            self._pending.clear()
+            self._fail_pending(f"the generator left ({reason}) before this message reached it; retry later")
             self.counters["generator_leaves"] += 1
+
+    def _fail_pending(self, reason: str) -> None:
+        """Messages parked for a generator that is gone: each goes back to its sender as an ERROR."""
+        while self._pending:
+            _, route, *body = self._pending.popleft()
+            identity = self.by_name.get(bytes(route).decode(errors="replace"))
+            if identity is None:
+                continue  # a broker notice (NODE_LEFT) about a node that is itself gone
+            try:
+                msg_id = P.peek_header(body).get("id", 0)
+            except P.ProtocolError:
+                msg_id = 0
+            self._reply_error(identity, False, P.ErrorCode.NO_GENERATOR, reason,
+                              msg_id if isinstance(msg_id, int) else 0, bytes(route).decode(errors="replace"))
 
     # ------------------------------------------------------------ handlers
 

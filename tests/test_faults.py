@@ -1,0 +1,259 @@
+"""Faults with real processes: the broker killed and restarted, several hosts with a cut link, a slow consumer."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from dgan import protocol as P
+from dgan.run import ProcessGroup, RunConfig, free_ports, write_shards
+from tests.conftest import ROOT, start_broker
+
+SMALL = ["--image-size", "32", "--g-width", "8", "--g-depth", "3", "--d-width", "8"]
+
+
+def _wait(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_broker_kill_9_and_restart_everyone_reregisters_and_training_continues(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shards = write_shards(RunConfig(nodes=2, out=out, scenes=8, image_size=32))
+    node_port, gen_port, pub_port = free_ports(3)
+    group = ProcessGroup(out / "logs")
+    hb = ["--heartbeat", "0.5", "--log-format", "plain"]
+    broker_args = ["broker", "--node-port", str(node_port), "--generator-port", str(gen_port), "--pub-port",
+                   str(pub_port), *hb]
+    try:
+        broker = group.start("broker", broker_args, 1)
+        gen = group.start("generator", ["generator", "--broker", f"tcp://127.0.0.1:{gen_port}", "--out", str(out),
+                                        "--steps", "400", *SMALL, "--checkpoint-every", "20", "--no-synthesize",
+                                        *hb], 1)
+        for i in range(2):
+            group.start(f"node{i}", ["node", "--name", f"node{i}", "--broker", f"tcp://127.0.0.1:{node_port}",
+                                     "--data", str(shards[i]), "--image-size", "32", "--batch-size", "2", *hb], 1)
+        _wait(lambda: (out / "checkpoints" / "ckpt_000020.pt").exists(), 120, "progress before the kill")
+        os.kill(broker.pid, signal.SIGKILL)
+        broker.wait()
+        killed_at = time.monotonic()
+        time.sleep(1.0)
+        group.start("broker2", broker_args, 1)
+        # both nodes say hello to the new broker, which passes them to the re-registered generator
+        _wait(lambda: _text(out / "logs" / "broker2.log").count("joined") >= 2, 10, "re-registration")
+        assert time.monotonic() - killed_at < 12
+        reached = max(int(p.stem.split("_")[1]) for p in (out / "checkpoints").glob("ckpt_*.pt"))
+        _wait(lambda: (out / "checkpoints" / f"ckpt_{reached + 40:06d}.pt").exists(), 120,
+              "training to continue after the restart")
+        gen.send_signal(signal.SIGTERM)
+        assert gen.wait(60) == 0
+    finally:
+        group.stop_all()
+    assert "generator" in _text(out / "logs" / "broker2.log")  # the generator registered again by itself
+
+
+# --------------------------------------------------------------------------- several hosts
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def hosts() -> Iterator[dict[str, str]]:
+    """Four hosts (broker, generator, node1, node2) in their own network namespaces on one bridge."""
+    tag = uuid.uuid4().hex[:4]
+    names = {h: f"dg{tag}{h}" for h in ("b", "g", "n1", "n2")}
+    switch = f"dg{tag}sw"
+    try:
+        _ip("netns", "add", switch)
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        pytest.skip(f"network namespaces cannot be made here ({exc}); this test needs root and iproute2")
+    made = [switch]
+    try:
+        _ip("-n", switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", switch, "link", "set", "br0", "up")
+        addrs = {}
+        for k, (h, ns) in enumerate(names.items(), start=1):
+            _ip("netns", "add", ns)
+            made.append(ns)
+            _ip("link", "add", f"{ns}a", "type", "veth", "peer", "name", f"{ns}b")
+            _ip("link", "set", f"{ns}a", "netns", ns)
+            _ip("link", "set", f"{ns}b", "netns", switch)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "addr", "add", f"10.231.7.{k}/24", "dev", f"{ns}a")
+            _ip("-n", ns, "link", "set", f"{ns}a", "up")
+            _ip("-n", switch, "link", "set", f"{ns}b", "master", "br0")
+            _ip("-n", switch, "link", "set", f"{ns}b", "up")
+            addrs[h] = f"10.231.7.{k}"
+        yield {**{f"ns_{h}": ns for h, ns in names.items()}, **addrs, "switch": switch}
+    finally:
+        for ns in made:
+            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_four_hosts_train_and_a_node_rejoins_after_its_link_is_cut(hosts: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shards = write_shards(RunConfig(nodes=2, out=out, scenes=8, image_size=32))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    hb = ["--heartbeat", "0.5", "--log-format", "plain"]
+    b = hosts["b"]
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(name: str, ns: str, args: list[str]) -> subprocess.Popen[bytes]:
+        with open(out / "logs" / f"{name}.log", "wb") as fh:
+            procs[name] = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "dgan", *args],
+                                           stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        return procs[name]
+
+    try:
+        start("broker", hosts["ns_b"], ["broker", "--host", b, *hb])
+        gen = start("generator", hosts["ns_g"], ["generator", "--broker", f"tcp://{b}:5556", "--out", str(out),
+                                                 "--steps", "150", *SMALL, "--checkpoint-every", "10",
+                                                 "--no-synthesize", *hb])
+        for i, h in ((1, "n1"), (2, "n2")):
+            start(f"node{i}", hosts[f"ns_{h}"], ["node", "--name", f"node{i}", "--broker", f"tcp://{b}:5555",
+                                                 "--data", str(shards[i - 1]), "--image-size", "32",
+                                                 "--batch-size", "2", *hb])
+        _wait(lambda: (out / "checkpoints" / "ckpt_000020.pt").exists(), 120, "training across hosts")
+        link = f"{hosts['ns_n2']}b"
+        _ip("-n", hosts["switch"], "link", "set", link, "down")
+        _wait(lambda: "node node2 left" in _text(out / "logs" / "generator.log"), 20, "the cut node to expire")
+        cut_step = max(int(p.stem.split("_")[1]) for p in (out / "checkpoints").glob("ckpt_*.pt"))
+        _ip("-n", hosts["switch"], "link", "set", link, "up")
+        _wait(lambda: "node node2 said hello again" in _text(out / "logs" / "generator.log"), 30, "node2 to rejoin")
+        assert gen.wait(240) == 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["steps"] == 150 and cut_step < 150  # training went on through the cut
+    assert summary["nodes"]["node2"]["alive_at_end"] and summary["nodes"]["node1"]["feedbacks"] > 0
+    rejoined = [r for r in json.loads((out / "feedback.json").read_text())["rows"] if r[1] == "node2"
+                and r[2] > cut_step]
+    assert rejoined, "node2 contributed nothing after it rejoined"
+
+
+# --------------------------------------------------------------------------- slow consumer
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_slow_generator_bounds_broker_memory_and_loses_nothing_accepted(tmp_path: Path) -> None:
+    bp = start_broker(tmp_path)
+    ctx = zmq.Context.instance()
+    gen = ctx.socket(zmq.DEALER)
+    gen.setsockopt(zmq.RCVHWM, 4)
+    gen.setsockopt(zmq.LINGER, 0)
+    gen.connect(bp.generator)
+    gen.send_multipart([b"", *P.encode(P.make(P.Kind.HELLO, "g", meta={"role": "generator"}))])
+    node = ctx.socket(zmq.DEALER)
+    node.setsockopt(zmq.SNDHWM, 16)
+    node.setsockopt(zmq.LINGER, 0)
+    node.connect(bp.node)
+    node.send_multipart(P.encode(P.make(P.Kind.HELLO, "flood", meta={"role": "node"})))
+    time.sleep(0.5)
+    base = rss_mb(bp.proc.pid)
+    payload = np.zeros((1, 512, 1024), np.uint8)  # 512 KiB per message
+    accepted = 0
+    try:
+        beat = [b"", *P.encode(P.make(P.Kind.HEARTBEAT, "g"))]
+        deadline = time.monotonic() + 5
+        last_beat = 0.0
+        while time.monotonic() < deadline:  # the generator is alive (heartbeats) but reads nothing
+            if time.monotonic() - last_beat > 0.1:
+                gen.send_multipart(beat)
+                last_beat = time.monotonic()
+            try:
+                node.send_multipart(P.encode(P.make(P.Kind.FAKE_REQUEST, "flood", tensors={"masks": payload})),
+                                    flags=zmq.NOBLOCK)
+                accepted += 1
+            except zmq.Again:
+                time.sleep(0.01)  # back-pressure reached the sender
+        peak = rss_mb(bp.proc.pid)
+        assert accepted < 400, "the sender was never held back"
+        assert peak - base < 200, (base, peak)  # bounded by high-water marks, not by what was offered
+        got, errors = 0, 0
+        end = time.monotonic() + 20
+        while got + errors < accepted and time.monotonic() < end:
+            if gen.poll(500):
+                frames = gen.recv_multipart()
+                kind = P.decode(frames[1:]).kind
+                got += kind == P.Kind.FAKE_REQUEST
+            while node.poll(0):
+                errors += P.decode(node.recv_multipart()).kind == P.Kind.ERROR
+        assert got + errors == accepted and errors == 0, (accepted, got, errors)  # every message arrived
+    finally:
+        gen.close()
+        node.close()
+        bp.proc.terminate()
+        bp.proc.wait(10)
+
+
+def test_messages_parked_for_a_generator_that_dies_go_back_to_their_sender(tmp_path: Path) -> None:
+    bp = start_broker(tmp_path)  # heartbeat 0.3 s: a silent generator expires after 0.9 s
+    ctx = zmq.Context.instance()
+    gen = ctx.socket(zmq.DEALER)
+    gen.setsockopt(zmq.RCVHWM, 1)
+    gen.setsockopt(zmq.LINGER, 0)
+    gen.connect(bp.generator)
+    gen.send_multipart([b"", *P.encode(P.make(P.Kind.HELLO, "g", meta={"role": "generator"}))])
+    node = ctx.socket(zmq.DEALER)
+    node.setsockopt(zmq.LINGER, 0)
+    node.connect(bp.node)
+    node.send_multipart(P.encode(P.make(P.Kind.HELLO, "n", meta={"role": "node"})))
+    time.sleep(0.2)
+    payload = np.zeros((1, 1024, 1024), np.uint8)
+    try:
+        for _ in range(200):  # more than the pipes hold: some must park at the broker
+            try:
+                node.send_multipart(P.encode(P.make(P.Kind.FAKE_REQUEST, "n", tensors={"masks": payload})),
+                                    flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        reasons = []
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not any("left" in r for r in reasons):
+            if node.poll(200):
+                msg = P.decode(node.recv_multipart())
+                if msg.kind == P.Kind.ERROR:
+                    reasons.append(msg.meta["reason"])
+        assert any("the generator left" in r and "before this message reached it" in r for r in reasons), reasons
+    finally:
+        gen.close()
+        node.close()
+        bp.proc.terminate()
+        bp.proc.wait(10)
