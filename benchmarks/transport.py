@@ -153,8 +153,8 @@ class _Path:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(client_ep)
-        if path == "broker":
-            self.sock.send_multipart(P.encode(P.make(P.Kind.HELLO, "bench", meta={"role": "node"})))
+        self.is_broker = path == "broker"
+        self.hello()
         warm = _request(1024, True)
         deadline = time.monotonic() + 60
         while True:  # wait until the whole path answers
@@ -165,6 +165,11 @@ class _Path:
                 raise RuntimeError(f"{path}: no answer through the path")
         while self.sock.poll(300):
             self.sock.recv_multipart()
+
+    def hello(self) -> None:
+        """Register with the broker (again): an idle node expires after 3 heartbeats, as any node would."""
+        if self.is_broker:
+            self.sock.send_multipart(P.encode(P.make(P.Kind.HELLO, "bench", meta={"role": "node"})))
 
     def close(self) -> None:
         self.sock.close()
@@ -183,6 +188,7 @@ def measure(paths: list[_Path], sizes: list[int], quick: bool, repeats: int = 3)
         rtts: dict[str, list[float]] = {p.label: [] for p in paths}
         for _ in range(repeats):
             for p in paths:
+                p.hello()
                 rates[p.label].append(_stream_rate(p.sock, payload, n_stream))
                 rtts[p.label] += _rtts(p.sock, payload, max(10, n_rtt // repeats))
         for p in paths:

@@ -457,9 +457,9 @@ def replay(
         if audit:
             real = None
             if real_data is not None:
-                from dgan.data.shards import load_folder
+                from dgan.data.loaders import load_pairs_folder
 
-                real, _ = load_folder(real_data, R.fake_size(log_file) or 128)
+                real = load_pairs_folder(real_data, R.fake_size(log_file) or 128).images
             rep = R.audit(log_file, real)
             table = Table("direction kind tensor dtype rank", "count", title="tensors on the wire")
             for k, v in sorted(rep.tensors.items()):

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from dgan.data.partition import partition
 from dgan.data.shards import IMAGE_EXTS, scenes_spec
 
 log = logging.getLogger("dgan.run")
@@ -54,6 +53,7 @@ class RunConfig:
     synthesize: bool = True
     heartbeat: float = 2.5
     extra_generator_args: list[str] = field(default_factory=list)
+    shards: list[dict[str, Any]] | None = None  # explicit per-node data specs (overrides data/partition)
     timeout: float = 3600.0
 
 
@@ -67,31 +67,18 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def partition_indices(n_items: int, n_nodes: int, how: str, seed: int) -> list[list[int]]:
-    """Split item indices across nodes: ``iid`` shuffled equal parts, ``size`` skewed sizes."""
-    if n_items < n_nodes:
-        raise ValueError(f"{n_items} items cannot be split across {n_nodes} nodes")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n_items)
-    if how == "iid":
-        return [sorted(int(i) for i in part) for part in np.array_split(order, n_nodes)]
-    if how == "size":
-        weights = np.geomspace(1, 4, n_nodes)
-        cuts = np.floor(np.cumsum(weights / weights.sum())[:-1] * n_items).astype(int)
-        return [sorted(int(i) for i in part) for part in np.split(order, cuts)]
-    raise ValueError(f"unknown partition {how!r} (iid or size)")
-
-
 def write_shards(cfg: RunConfig) -> list[Path]:
     shard_dir = cfg.out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     specs: list[dict[str, Any]]
-    if cfg.data is None:
-        parts = partition_indices(cfg.scenes, cfg.nodes, cfg.partition, cfg.seed)
+    if cfg.shards is not None:
+        specs = cfg.shards
+    elif cfg.data is None:
+        parts = partition(cfg.scenes, cfg.nodes, cfg.partition, cfg.seed)
         specs = [scenes_spec([cfg.seed * 1_000_000 + i for i in part], cfg.image_size) for part in parts]
     else:
         stems = sorted(p.stem for p in (cfg.data / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        parts = partition_indices(len(stems), cfg.nodes, cfg.partition, cfg.seed)
+        parts = partition(len(stems), cfg.nodes, cfg.partition, cfg.seed)
         specs = [{"kind": "folder", "path": str(cfg.data.resolve()), "names": [stems[i] for i in part]}
                  for part in parts]
     paths = []
