@@ -356,6 +356,113 @@ def demo(
                   "the demo stops after synthesis[/yellow]")
 
 
+segment_app = typer.Typer(help="Segmentation: train a U-Net on pairs, evaluate on real data.", no_args_is_help=True)
+app.add_typer(segment_app, name="segment")
+
+
+@segment_app.command("train")
+def segment_train(
+    data: Annotated[Path, typer.Option(help="Folder with images/ and masks/ (real or a run's synthetic/).")],
+    out: Annotated[Path, typer.Option(help="Where to save the model (.pt).")],
+    val: Annotated[Path | None, typer.Option(help="Validation pairs: the model kept is the best here.")] = None,
+    size: int = 128,
+    steps: int = 1000,
+    batch_size: int = 8,
+    width: int = 16,
+    seed: int = 0,
+    threads: Threads = 2,
+) -> None:
+    """Train a segmentation U-Net."""
+    from dgan.data.loaders import load_pairs_folder
+    from dgan.data.shards import DataError
+    from dgan.segment import SegConfig, save_model, train_segmenter
+
+    setup_logging("INFO")
+    _threads(threads)
+    try:
+        train = load_pairs_folder(data, size)
+        val_set = load_pairs_folder(val, size) if val else None
+    except DataError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    cfg = SegConfig(width=width, steps=steps, batch_size=batch_size, seed=seed)
+    model, info = train_segmenter(train.images, train.masks, cfg,
+                                  val=(val_set.images, val_set.masks) if val_set else None)
+    save_model(model, cfg, out)
+    console.print(f"saved {out}: {info['train_seconds']:.0f} s, best step {info['best_step']}, "
+                  f"val IoU {info['best_val_iou']}")
+
+
+@segment_app.command("eval")
+def segment_eval(
+    model: Annotated[Path, typer.Option(help="A model from `dgan segment train`.")],
+    data: Annotated[Path, typer.Option(help="Real test pairs (images/ and masks/).")],
+    size: int = 128,
+    grid: Annotated[Path | None, typer.Option(help="Save an image | truth | prediction grid here.")] = None,
+    json_out: JsonOut = None,
+) -> None:
+    """Building IoU, F1, precision, recall and pixel accuracy on real test data."""
+    import json
+
+    from dgan.data.loaders import load_pairs_folder
+    from dgan.data.shards import DataError
+    from dgan.segment import load_model, metrics, predict, prediction_grid
+    from dgan.training.generator import CheckpointError
+
+    try:
+        net, _ = load_model(model)
+        test = load_pairs_folder(data, size)
+    except (DataError, CheckpointError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    probs = predict(net, test.images)
+    m = metrics(probs > 0.5, test.masks)
+    table = Table("metric", "value", title=f"{model} on {data} ({len(test)} pairs)")
+    for k, v in m.items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+    if grid:
+        prediction_grid(test.images, test.masks, probs, grid)
+    if json_out:
+        json_out.write_text(json.dumps(m, indent=2))
+
+
+@app.command()
+def experiment(
+    out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md, predictions/).")] = Path(
+        "runs/experiment"),
+    data: Annotated[Path | None, typer.Option(help="Pairs folder with a manifest 'tile' column (default: "
+                                                   "built-in scenes).")] = None,
+    partition: Annotated[str, typer.Option(help="group (by tile) or iid; dirichlet/size also work.")] = "group",
+    nodes: int = 4,
+    size: Annotated[int, typer.Option(help="Resolution.")] = 128,
+    gan_steps: Annotated[int, typer.Option(help="Generator updates for each GAN (batch 8 each).")] = 1500,
+    seg_steps: Annotated[int, typer.Option(help="Steps for every segmentation training.")] = 800,
+    seeds: Annotated[int, typer.Option(help="Repeat each segmentation training with this many seeds.")] = 2,
+    samples_per_mask: Annotated[int, typer.Option(help="Synthetic images per training mask.")] = 2,
+    with_sync: Annotated[bool, typer.Option(help="Also run DGAN in sync mode.")] = False,
+    quick: Annotated[bool, typer.Option(help="A smoke run of the whole pipeline in a few minutes.")] = False,
+) -> None:
+    """Compare real_all, real_partial, central_gan and dgan segmentation on the real test split."""
+    from dgan.experiment import ExperimentConfig, run_experiment
+    from dgan.report import write_report
+    from dgan.segment import SegConfig
+
+    setup_logging("INFO", "rich", "experiment")
+    if quick:
+        cfg = ExperimentConfig(out=out, data=data, partition=partition, nodes=nodes, size=64, gan_steps=30,
+                               g_width=16, d_width=16, seg=SegConfig(steps=60, eval_every=20), seeds=1,
+                               samples_per_mask=1, scenes=96, quick=True, with_sync=with_sync)
+    else:
+        cfg = ExperimentConfig(out=out, data=data, partition=partition, nodes=nodes, size=size, gan_steps=gan_steps,
+                               seg=SegConfig(steps=seg_steps), seeds=seeds, samples_per_mask=samples_per_mask,
+                               with_sync=with_sync)
+    results = run_experiment(cfg)
+    console.print((out / "results.md").read_text())
+    console.print(f"report: {write_report(out)}")
+    del results
+
+
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A folder written by `dgan run` or `dgan experiment`.")],
            out: Annotated[Path | None, typer.Option(help="Where to write (default RUN_DIR/report.html).")] = None,

@@ -50,7 +50,7 @@ class UNetGenerator(nn.Module):
     """U-Net: strided-conv encoder, upsampling decoder with skips, dropout in the deepest decoder blocks."""
 
     def __init__(self, in_ch: int, out_ch: int = 3, width: int = 32, depth: int = 5, dropout: float = 0.5,
-                 upsample: str = "bilinear", norm: str = "instance") -> None:
+                 upsample: str = "bilinear", norm: str = "instance", final: str = "tanh") -> None:
         super().__init__()
         chans = [width * min(2**i, 8) for i in range(depth)]
         self.down = nn.ModuleList()
@@ -77,7 +77,10 @@ class UNetGenerator(nn.Module):
             if dropout > 0 and i >= depth - 3 and i > 0:  # pix2pix: dropout in the innermost decoder blocks
                 layers.append(nn.Dropout(dropout))
             self.up.append(nn.Sequential(*layers))
-        self.head = nn.Sequential(nn.Conv2d(width + in_ch, out_ch, 3, 1, 1), nn.Tanh())
+        head: list[nn.Module] = [nn.Conv2d(width + in_ch, out_ch, 3, 1, 1)]
+        if final == "tanh":  # images in [-1, 1]; "none" leaves logits (segmentation)
+            head.append(nn.Tanh())
+        self.head = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

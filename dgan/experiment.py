@@ -1,0 +1,283 @@
+"""`dgan experiment`: does segmentation trained on DGAN's synthetic images hold up?
+
+Methods, all evaluated on the same real test split, read once at the end:
+
+* ``real_all``: segmentation on every node's real training pairs pooled (needs data sharing);
+* ``real_partial``: segmentation on each single node's real pairs (per node, and the mean);
+* ``central_gan``: one pix2pix on the pooled pairs, synthesise every training mask, segment;
+* ``dgan``: the distributed run (broker + N node processes), synthesise, segment;
+* ``dgan_sync`` (``--with-sync``): the same in AsynDGAN's synchronous mode.
+
+Model selection uses a validation split carved from the training tiles, never the test tiles.
+``real_all`` and ``central_gan`` do not depend on the partition and are cached by data, config and seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dgan.data.loaders import PairSet, load_pairs_folder
+from dgan.data.partition import partition, summary
+from dgan.data.scenes import make_scenes
+from dgan.networks import ModelConfig
+from dgan.run import HELDOUT_SEED_BASE, RunConfig, run_local
+from dgan.segment import SegConfig, metrics, pair_grid, predict, prediction_grid, train_segmenter
+from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
+from dgan.training.generator import GeneratorTrainer, TrainConfig
+
+log = logging.getLogger("dgan.experiment")
+
+# The Dubai protocol: tile 8 is the test set; nodes hold whole tiles.
+DUBAI_TEST_TILE = "8"
+DUBAI_GROUPS = [["7"], ["2", "4"], ["5"], ["1", "3", "6"]]
+METRICS = ("iou", "f1", "precision", "recall", "accuracy")
+
+
+@dataclass
+class ExperimentConfig:
+    out: Path
+    data: Path | None = None  # None: built-in scenes
+    partition: str = "group"
+    nodes: int = 4
+    size: int = 128
+    gan_steps: int = 1500
+    batch_size: int = 8
+    g_width: int = 32
+    d_width: int = 32
+    seg: SegConfig = field(default_factory=lambda: SegConfig(steps=800))
+    seeds: int = 2
+    with_sync: bool = False
+    samples_per_mask: int = 2
+    scenes: int = 600
+    quick: bool = False
+    cache: Path | None = None
+    threads: int = 2
+
+    def model(self) -> ModelConfig:
+        return ModelConfig(image_size=self.size, g_width=self.g_width, d_width=self.d_width)
+
+
+@dataclass
+class Splits:
+    train: PairSet
+    val: PairSet
+    test: PairSet
+    node_parts: list[list[int]]  # indices into train
+    description: dict[str, Any]
+
+
+def make_splits(cfg: ExperimentConfig) -> Splits:
+    if cfg.data is None:
+        n = cfg.scenes
+        ims, ms = make_scenes(range(n), cfg.size)
+        train = PairSet(ims, ms, [f"s{i}" for i in range(n)], {"group": [str(i % 8) for i in range(n)]})
+        vi, vm = make_scenes(range(20_000_000, 20_000_000 + max(16, n // 8)), cfg.size)
+        ti, tm = make_scenes(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + max(32, n // 4)), cfg.size)
+        val = PairSet(vi, vm, [f"v{i}" for i in range(len(vi))])
+        test = PairSet(ti, tm, [f"t{i}" for i in range(len(ti))])
+        how = cfg.partition if cfg.partition != "group" else "dirichlet"
+        parts = partition(len(train), cfg.nodes, how, seed=0, stat=[float(m.mean()) for m in ms])
+        desc = {"dataset": "scenes", "train": "seeds 0..", "val": "seeds 20M..", "test": f"seeds {HELDOUT_SEED_BASE}.."}
+        return Splits(train, val, test, parts, {**desc, "partition": how})
+    pairs = load_pairs_folder(cfg.data, cfg.size)
+    if "tile" not in pairs.columns:
+        raise ValueError(f"{cfg.data}/manifest.csv needs a 'tile' column for the tile-wise split")
+    tiles = pairs.columns["tile"]
+    test_idx = [i for i, t in enumerate(tiles) if t == DUBAI_TEST_TILE]
+    pool = [i for i, t in enumerate(tiles) if t != DUBAI_TEST_TILE]
+    # Validation: whole source images (not single patches) from the training tiles, 15% of them.
+    sources = sorted({pairs.columns.get("source_image", pairs.names)[i] for i in pool})
+    rng = np.random.default_rng(0)
+    val_sources = set(rng.choice(sources, max(1, len(sources) * 15 // 100), replace=False).tolist())
+    src = pairs.columns.get("source_image", pairs.names)
+    val_idx = [i for i in pool if src[i] in val_sources]
+    train_idx = [i for i in pool if src[i] not in val_sources]
+    if cfg.quick:
+        train_idx = sorted(np.random.default_rng(1).choice(train_idx, min(len(train_idx), 160), replace=False))
+        val_idx, test_idx = val_idx[:48], test_idx[:64]
+    train = pairs.subset(train_idx)
+    if cfg.partition == "group":
+        groups = DUBAI_GROUPS if cfg.nodes == 4 else None
+        parts = partition(len(train), cfg.nodes, "group", groups=train.columns["tile"], node_groups=groups)
+    else:
+        parts = partition(len(train), cfg.nodes, cfg.partition, seed=0,
+                          stat=[float(m.mean()) for m in train.masks])
+    desc = {"dataset": str(cfg.data), "test": f"tile {DUBAI_TEST_TILE}", "val": f"{len(val_sources)} source images "
+            "of tiles 1-7", "partition": cfg.partition,
+            "node_tiles": [sorted(set(train.columns["tile"][i] for i in p)) for p in parts]}
+    return Splits(train, pairs.subset(val_idx), pairs.subset(test_idx), parts, desc)
+
+
+# ------------------------------------------------------------------ GANs
+
+
+def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int) -> GeneratorTrainer:
+    """pix2pix with one discriminator on the pooled pairs: the same G, D, batch and images seen as DGAN."""
+    model = cfg.model()
+    gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, seed=seed, fake_dtype="float32"))
+    disc = DiscriminatorTrainer(model, seed=seed)
+    sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed)
+    for step in range(cfg.gan_steps):
+        reals, masks = sampler.batch(cfg.batch_size)
+        fakes = gen.generate("central", step, masks, request_id=step)
+        scored = disc.score(masks, reals, fakes, "float32")
+        gen.apply_feedback("central", step, scored.grad, scored.grad_scale)
+        gen.update()
+    return gen
+
+
+def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: int) -> PairSet:
+    """Several samples per mask: dropout makes each one different."""
+    ims = [gen.synthesize(masks, seed=1000 + k) for k in range(samples_per_mask)]
+    all_masks = np.concatenate([masks] * samples_per_mask)
+    return PairSet(np.concatenate(ims), all_masks, [f"syn{i}" for i in range(len(all_masks))])
+
+
+def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int) -> GeneratorTrainer:
+    out = cfg.out / f"dgan_{mode}_seed{seed}"
+    if cfg.data is None:
+        shards = [{"kind": "scenes", "seeds": [int(i) for i in p], "size": cfg.size} for p in splits.node_parts]
+    else:
+        shards = [{"kind": "folder", "path": str(cfg.data.resolve()), "names": [splits.train.names[i] for i in p]}
+                  for p in splits.node_parts]
+    run_local(RunConfig(nodes=cfg.nodes, steps=cfg.gan_steps, out=out, image_size=cfg.size, g_width=cfg.g_width,
+                        d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
+                        synthesize=False, checkpoint_every=0, sample_every=max(1, cfg.gan_steps // 4),
+                        timeout=4 * 3600))
+    state = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    gen = GeneratorTrainer(ModelConfig(**state["model"]), TrainConfig(**state["train"]))
+    gen.load(out / "checkpoints" / "latest.pt")
+    return gen
+
+
+# ------------------------------------------------------------------ segmentation
+
+
+def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits, seed: int,
+                          grid: Path | None = None) -> dict[str, Any]:
+    seg = SegConfig(**{**cfg.seg.to_dict(), "seed": seed})
+    model, info = train_segmenter(train.images, train.masks, seg, val=(splits.val.images, splits.val.masks))
+    probs = predict(model, splits.test.images)
+    result = {**metrics(probs > 0.5, splits.test.masks), "train_seconds": info["train_seconds"],
+              "best_step": info["best_step"], "best_val_iou": info["best_val_iou"], "train_pairs": len(train)}
+    if grid is not None:
+        prediction_grid(splits.test.images, splits.test.masks, probs, grid)
+    return result
+
+
+def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"seeds": runs}
+    for k in (*METRICS, "iou_per_image", "train_seconds"):
+        vals = [r[k] for r in runs]
+        out[k] = float(np.mean(vals))
+        out[f"{k}_std"] = float(np.std(vals))
+    return out
+
+
+def _cache_key(cfg: ExperimentConfig, splits: Splits, method: str) -> str:
+    blob = json.dumps({"method": method, "data": str(cfg.data), "size": cfg.size, "seg": cfg.seg.to_dict(),
+                       "gan_steps": cfg.gan_steps, "batch": cfg.batch_size, "g": cfg.g_width, "d": cfg.d_width,
+                       "seeds": cfg.seeds, "samples": cfg.samples_per_mask, "train": splits.train.names,
+                       "val": splits.val.names, "test": splits.test.names}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
+    torch.set_num_threads(cfg.threads)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    cache = cfg.cache or cfg.out.parent / "experiment-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    splits = make_splits(cfg)
+    log.info("splits: train %d, val %d, test %d; nodes %s", len(splits.train), len(splits.val), len(splits.test),
+             [len(p) for p in splits.node_parts])
+    seeds = list(range(cfg.seeds))
+    methods: dict[str, Any] = {}
+    grids = cfg.out / "predictions"
+    t0 = time.time()
+
+    def cached(method: str, compute: Any) -> dict[str, Any]:
+        path = cache / f"{method}-{_cache_key(cfg, splits, method)}.json"
+        if path.exists():
+            log.info("%s: from cache %s", method, path)
+            return json.loads(path.read_text())
+        result = compute()
+        path.write_text(json.dumps(result))
+        return result
+
+    methods["real_all"] = cached("real_all", lambda: _aggregate([
+        evaluate_training_set(cfg, splits.train, splits, s, grids / "real_all.png" if s == 0 else None)
+        for s in seeds]))
+    per_node = {}
+    for k, part in enumerate(splits.node_parts):
+        per_node[f"node{k}"] = _aggregate([evaluate_training_set(cfg, splits.train.subset(part), splits, s,
+                                                                 grids / f"real_node{k}.png" if s == 0 else None)
+                                           for s in seeds])
+    methods["real_partial"] = {**{k: float(np.mean([v[k] for v in per_node.values()])) for k in METRICS},
+                               "per_node": per_node}
+
+    def gan_method(name: str, make: Any) -> dict[str, Any]:
+        runs = []
+        for s in seeds:
+            gen = make(s)
+            synthetic = synthesize_set(gen, splits.train.masks, cfg.samples_per_mask)
+            if s == 0:
+                pair_grid(synthetic.images, synthetic.masks, grids / f"{name}_synthetic.png")
+            runs.append(evaluate_training_set(cfg, synthetic, splits, s, grids / f"{name}.png" if s == 0 else None))
+        return _aggregate(runs)
+
+    methods["central_gan"] = cached("central_gan", lambda: gan_method(
+        "central_gan", lambda s: central_gan(cfg, splits.train, s)))
+    methods["dgan"] = gan_method("dgan", lambda s: dgan_run(cfg, splits, "async", s))
+    if cfg.with_sync:
+        methods["dgan_sync"] = gan_method("dgan_sync", lambda s: dgan_run(cfg, splits, "sync", s))
+    results = {
+        "dataset": splits.description["dataset"], "partition": splits.description["partition"],
+        "resolution": cfg.size, "splits": splits.description,
+        "sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "nodes": summary(splits.node_parts, splits.train.masks),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "methods": methods, "wall_seconds": time.time() - t0,
+        "claims": claims(methods),
+    }
+    (cfg.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (cfg.out / "results.md").write_text(markdown(results))
+    return results
+
+
+def claims(methods: dict[str, Any]) -> dict[str, Any]:
+    d, c, a, p = (methods[k]["iou"] for k in ("dgan", "central_gan", "real_all", "real_partial"))
+    return {"dgan_vs_central": {"ratio": d / c if c else float("nan"), "target": 0.95,
+                                "met": bool(c and d / c >= 0.95)},
+            "dgan_vs_partial_mean": {"dgan": d, "partial": p, "met": bool(d > p)},
+            "dgan_vs_real_all": {"ratio": d / a if a else float("nan"), "target": 0.85,
+                                 "met": bool(a and d / a >= 0.85)}}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"# {results['dataset']}, partition {results['partition']}, {results['resolution']} px", "",
+             "| method | IoU | F1 | precision | recall | accuracy |", "|---|---|---|---|---|---|"]
+    for name, m in results["methods"].items():
+        sd = f" ± {m['iou_std']:.3f}" if "iou_std" in m else ""
+        lines.append(f"| {name} | {m['iou']:.3f}{sd} | {m['f1']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} "
+                     f"| {m['accuracy']:.3f} |")
+    for name, m in results["methods"]["real_partial"]["per_node"].items():
+        lines.append(f"| real_partial {name} | {m['iou']:.3f} ± {m['iou_std']:.3f} | {m['f1']:.3f} "
+                     f"| {m['precision']:.3f} | {m['recall']:.3f} | {m['accuracy']:.3f} |")
+    cl = results["claims"]
+    lines += ["", f"- IoU(dgan) / IoU(central_gan) = {cl['dgan_vs_central']['ratio']:.3f} (target >= 0.95: "
+              f"{'met' if cl['dgan_vs_central']['met'] else 'missed'})",
+              f"- IoU(dgan) {cl['dgan_vs_partial_mean']['dgan']:.3f} vs real_partial mean "
+              f"{cl['dgan_vs_partial_mean']['partial']:.3f} "
+              f"({'met' if cl['dgan_vs_partial_mean']['met'] else 'missed'})",
+              f"- IoU(dgan) / IoU(real_all) = {cl['dgan_vs_real_all']['ratio']:.3f} (target >= 0.85: "
+              f"{'met' if cl['dgan_vs_real_all']['met'] else 'missed'})"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""Segmentation metrics and training, and the experiment pipeline end to end on a tiny budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dgan.data.scenes import make_scenes
+from dgan.experiment import ExperimentConfig, claims, run_experiment
+from dgan.segment import SegConfig, metrics, predict, train_segmenter
+
+
+def test_metrics_are_computed_over_all_pixels() -> None:
+    truth = np.zeros((2, 4, 4), np.uint8)
+    truth[0, :2] = 1  # 8 building pixels
+    pred = np.zeros((2, 4, 4), bool)
+    pred[0, :1] = True  # 4 hit
+    pred[1, 0, 0] = True  # 1 false positive
+    m = metrics(pred, truth)
+    assert m["iou"] == pytest.approx(4 / 9) and m["precision"] == pytest.approx(4 / 5)
+    assert m["recall"] == pytest.approx(4 / 8) and m["f1"] == pytest.approx(8 / 13)
+    assert m["accuracy"] == pytest.approx(27 / 32)
+    assert m["iou_per_image"] == pytest.approx((4 / 8 + 0) / 2)
+
+
+def test_segmenter_learns_buildings_and_keeps_the_best_validation_model() -> None:
+    ims, ms = make_scenes(range(64), 32)
+    vi, vm = make_scenes(range(1000, 1016), 32)
+    model, info = train_segmenter(ims, ms, SegConfig(width=8, depth=3, steps=120, eval_every=40, lr=3e-3),
+                                  val=(vi, vm))
+    assert [h["step"] for h in info["history"]] == [40, 80, 120]
+    assert info["best_val_iou"] == max(h["val_iou"] for h in info["history"])
+    ti, tm = make_scenes(range(2000, 2016), 32)
+    iou = metrics(predict(model, ti) > 0.5, tm)["iou"]
+    everything = metrics(np.ones_like(tm, bool), tm)["iou"]  # predicting all-building
+    assert iou > 2 * everything, (iou, everything)
+
+
+def test_claims_compare_the_right_numbers() -> None:
+    c = claims({"dgan": {"iou": 0.5}, "central_gan": {"iou": 0.5}, "real_all": {"iou": 0.6},
+                "real_partial": {"iou": 0.45}})
+    assert c["dgan_vs_central"]["met"] and c["dgan_vs_partial_mean"]["met"]
+    assert not c["dgan_vs_real_all"]["met"] and c["dgan_vs_real_all"]["ratio"] == pytest.approx(0.5 / 0.6)
+
+
+def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -> None:
+    cfg = ExperimentConfig(out=tmp_path / "exp", size=32, gan_steps=6, g_width=8, d_width=8, nodes=2,
+                           seg=SegConfig(width=8, depth=3, steps=20, eval_every=10), seeds=1, samples_per_mask=1,
+                           scenes=24, quick=True, partition="iid", threads=1)
+    results = run_experiment(cfg)
+    assert set(results["methods"]) == {"real_all", "real_partial", "central_gan", "dgan"}
+    assert set(results["methods"]["real_partial"]["per_node"]) == {"node0", "node1"}
+    on_disk = json.loads((tmp_path / "exp" / "results.json").read_text())
+    assert on_disk["methods"]["dgan"]["iou"] == results["methods"]["dgan"]["iou"]
+    assert 0 <= on_disk["methods"]["dgan"]["iou"] <= 1
+    assert (tmp_path / "exp" / "predictions" / "dgan.png").exists()
+    assert "| dgan |" in (tmp_path / "exp" / "results.md").read_text()
+    cache = list((tmp_path / "experiment-cache").glob("*.json"))
+    assert {p.name.split("-")[0] for p in cache} == {"real_all", "central_gan"}
+    again = run_experiment(cfg)  # cached methods come back identical
+    assert again["methods"]["real_all"] == results["methods"]["real_all"]
+
+
+DUBAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "dubai_aerial_buildings"
+
+
+@pytest.mark.skipif(not DUBAI.exists(), reason="the shared Dubai patches are not beside this checkout")
+def test_dubai_split_keeps_tile_8_for_test_and_nodes_hold_whole_tiles(tmp_path: Path) -> None:
+    from dgan.experiment import make_splits
+
+    s = make_splits(ExperimentConfig(out=tmp_path, data=DUBAI, size=32))
+    assert set(s.test.columns["tile"]) == {"8"} and len(s.test) == 360
+    assert "8" not in set(s.train.columns["tile"]) | set(s.val.columns["tile"])
+    assert not set(s.train.columns["source_image"]) & set(s.val.columns["source_image"])  # no shared source
+    assert s.description["node_tiles"] == [["7"], ["2", "4"], ["5"], ["1", "3", "6"]]
