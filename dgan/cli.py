@@ -163,6 +163,8 @@ def generator(
     synthesize: Annotated[bool, typer.Option(help="Synthesise every uploaded mask at the end.")] = True,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/latest.pt.")] = False,
     idle_timeout: Annotated[float, typer.Option(help="End early after this long with no node (0 = never).")] = 0.0,
+    tensorboard: Annotated[Path | None, typer.Option(help="Also write scalars and sample grids for "
+                                                          "TensorBoard here.")] = None,
     key: KeyFile = None,
     broker_key: BrokerKey = None,
     heartbeat: Heartbeat = 2.5,
@@ -200,10 +202,18 @@ def generator(
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
         log.info("resumed from %s at step %d", latest, trainer.step)
+    writer = None
+    if tensorboard is not None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            console.print("[red]--tensorboard needs the tensorboard package: pip install tensorboard[/red]")
+            raise typer.Exit(2) from None
+        writer = SummaryWriter(str(tensorboard))
     link = ZmqGeneratorLink(broker, heartbeat_interval=heartbeat, socket_setup=_curve(key, broker_key))
     service = GeneratorService(link, trainer, ServiceConfig(out=out, run_id=run_id, checkpoint_every=checkpoint_every,
                                                             sample_every=sample_every, synthesize=synthesize,
-                                                            idle_timeout=idle_timeout))
+                                                            idle_timeout=idle_timeout, tensorboard=writer))
     import signal
 
     def stop(signum: int, _frame: Any) -> None:
@@ -216,6 +226,8 @@ def generator(
         summary = service.run()
     finally:
         link.close()
+        if writer is not None:
+            writer.close()
     console.print(f"generator done: {summary['steps']} steps, {summary['synthetic_images']} synthetic images in {out}")
 
 
@@ -233,6 +245,9 @@ def node(
     delay: Annotated[float, typer.Option(help="Artificial seconds per batch (slow-site emulation).")] = 0.0,
     seed: int = 0,
     stats: Annotated[Path | None, typer.Option(help="Write this node's timing and byte counts here (JSON).")] = None,
+    save_samples: Annotated[Path | None, typer.Option(help="Save mask | real | synthetic grids here (stays "
+                                                           "local).")] = None,
+    sample_every: Annotated[int, typer.Option(help="Batches between saved grids.")] = 50,
     key: KeyFile = None,
     broker_key: BrokerKey = None,
     heartbeat: Heartbeat = 2.5,
@@ -257,7 +272,8 @@ def node(
                        socket_setup=_curve(key, broker_key))
     n = DiscriminatorNode(link, images, masks, NodeConfig(name=name, batch_size=batch_size, pipeline=pipeline,
                                                           grad_dtype=grad_dtype, delay=delay, seed=seed,
-                                                          device=device))
+                                                          device=device, samples_dir=save_samples,
+                                                          sample_every=sample_every))
     try:
         result = n.run()
     except KeyboardInterrupt:

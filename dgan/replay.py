@@ -254,8 +254,12 @@ class _ReplayLink:
         pass
 
 
-def rebuild_generator(path: Path, from_ckpt: Path, out_ckpt: Path, threads: int = 1) -> int:
-    """Re-apply the recorded traffic, in order, to the initial checkpoint; returns the step reached."""
+def rebuild_generator(path: Path, from_ckpt: Path, out_ckpt: Path, threads: int | None = None) -> int:
+    """Re-apply the recorded traffic, in order, to the initial checkpoint; returns the step reached.
+
+    Uses the run's own torch thread count (kept in the checkpoint) unless told otherwise: CPU kernels
+    may sum in another order with another count, and the rebuild is meant to be bitwise.
+    """
     import tempfile
 
     import torch
@@ -264,8 +268,8 @@ def rebuild_generator(path: Path, from_ckpt: Path, out_ckpt: Path, threads: int 
     from dgan.training.generator import GeneratorTrainer, TrainConfig, load_checkpoint
     from nodes.generator_service import GeneratorService, ServiceConfig
 
-    torch.set_num_threads(threads)
     state = load_checkpoint(from_ckpt)
+    torch.set_num_threads(threads or int(state.get("threads", 1)))
     trainer = GeneratorTrainer(ModelConfig(**state["model"]), TrainConfig(**state["train"]))
     trainer.load(from_ckpt)
     inputs, fakes_for = generator_inputs(path)

@@ -44,7 +44,8 @@ class RunConfig:
     batch_size: int = 8
     pipeline: int = 2
     mode: str = "async"
-    threads: int = 1
+    threads: int = 1  # torch threads per node process
+    generator_threads: int = 0  # 0: min(2, cores); the generator does most of the FLOPs (G forward + backward)
     seed: int = 0
     device: str = "cpu"
     delays: list[float] = field(default_factory=list)  # per node, seconds per batch
@@ -130,16 +131,17 @@ def run_local(cfg: RunConfig, watch: Callable[[str], None] | None = None) -> dic
                    str(pub_port), "--heartbeat", hb, "--log-format", "plain"]
     if cfg.record is not None:
         broker_args += ["--record", str(cfg.record)]
+    gen_threads = cfg.generator_threads or min(2, os.cpu_count() or 1)
     t0 = time.time()
     try:
         group.start("broker", broker_args, 1)
         gen = group.start("generator", [
             "generator", "--broker", f"tcp://127.0.0.1:{gen_port}", "--out", str(cfg.out), "--steps", str(cfg.steps),
             "--mode", cfg.mode, "--image-size", str(cfg.image_size), "--g-width", str(cfg.g_width),
-            "--d-width", str(cfg.d_width), "--seed", str(cfg.seed), "--threads", str(cfg.threads),
+            "--d-width", str(cfg.d_width), "--seed", str(cfg.seed), "--threads", str(gen_threads),
             "--device", cfg.device, "--checkpoint-every", str(cfg.checkpoint_every),
             "--sample-every", str(cfg.sample_every), "--heartbeat", hb, "--log-format", "plain",
-            *([] if cfg.synthesize else ["--no-synthesize"]), *cfg.extra_generator_args], cfg.threads)
+            *([] if cfg.synthesize else ["--no-synthesize"]), *cfg.extra_generator_args], gen_threads)
         for i, shard in enumerate(shards):
             delay = cfg.delays[i] if i < len(cfg.delays) else 0.0
             group.start(f"node{i}", [

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,8 @@ class NodeConfig:
     lr: float = 2e-4
     request_timeout: float = 60.0
     mask_chunk: int = 256
+    samples_dir: Path | None = None  # save (mask | real | synthetic) grids here; they never leave the node
+    sample_every: int = 50  # batches
 
 
 @dataclass
@@ -176,6 +179,21 @@ class DiscriminatorNode:
         self.stats.batches += 1
         self.stats.samples += len(req.masks)
         self.stats.losses = scored.losses
+        if self.cfg.samples_dir is not None and self.stats.batches % self.cfg.sample_every == 1:
+            self._save_grid(req.masks, req.reals, fakes)
+
+    def _save_grid(self, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray) -> None:
+        """Rows of mask | real | synthetic, kept on this node's disk (real images stay local)."""
+        from PIL import Image
+
+        fake = fakes if fakes.dtype == np.uint8 else ((fakes.astype(np.float32).clip(-1, 1) + 1) * 127.5).round()
+        fake = np.transpose(fake.astype(np.uint8), (0, 2, 3, 1))
+        m = np.repeat((masks > 0)[..., None] * 255, 3, -1).astype(np.uint8)
+        rows = [np.concatenate([m[i], reals[i], fake[i]], axis=1) for i in range(min(4, len(masks)))]
+        assert self.cfg.samples_dir is not None
+        self.cfg.samples_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate(rows, axis=0)).save(self.cfg.samples_dir /
+                                                           f"{self.cfg.name}_batch{self.stats.batches:06d}.png")
 
     def _on_error(self, msg: P.Message) -> None:
         code = msg.meta.get("code")

@@ -38,6 +38,7 @@ class ServiceConfig:
     synthesize: bool = True
     max_bad_messages: int = 50
     idle_timeout: float = 0.0  # > 0: end the run when no node has been seen for this long
+    tensorboard: Any = None  # a torch.utils.tensorboard SummaryWriter, or None
 
 
 @dataclass
@@ -304,6 +305,10 @@ class GeneratorService:
             node.staleness.append(staleness)
             losses = msg.meta.get("losses", {})
             node.losses = {k: float(v) for k, v in losses.items() if type(v) in (int, float)}
+            if self.cfg.tensorboard is not None:
+                for k, v in node.losses.items():
+                    self.cfg.tensorboard.add_scalar(f"{node.name}/{k}", v, self.trainer.step)
+                self.cfg.tensorboard.add_scalar(f"{node.name}/staleness", staleness, self.trainer.step)
             self.feedback_log.append([round(time.time() - self.started, 3), node.name, self.trainer.step, staleness,
                                       int(grad.shape[0]), *(node.losses.get(k) for k in FEEDBACK_COLUMNS[5:])])
         if self.trainer.cfg.mode == "sync":
@@ -363,6 +368,8 @@ class GeneratorService:
         path = self.out / "samples" / f"step_{self.trainer.step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(path)
+        if self.cfg.tensorboard is not None:
+            self.cfg.tensorboard.add_image("samples/mask_synthetic", grid, self.trainer.step, dataformats="HWC")
         return path
 
     def finish(self) -> dict[str, Any]:

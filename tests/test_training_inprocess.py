@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dgan import protocol as P
 from dgan.data.scenes import make_scenes
@@ -20,7 +21,8 @@ from nodes.generator_service import GeneratorService, ServiceConfig
 MODEL = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
 
 
-def run_inprocess(tmp_path: Path, mode: str, steps: int, delays: tuple[float, ...] = (0.0, 0.0)) -> GeneratorService:
+def run_inprocess(tmp_path: Path, mode: str, steps: int, delays: tuple[float, ...] = (0.0, 0.0),
+                  samples_dir: Path | None = None) -> GeneratorService:
     hub = InProcessHub()
     trainer = GeneratorTrainer(MODEL, TrainConfig(steps=steps, mode=mode, fake_dtype="float32"))
     service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(out=tmp_path, sample_every=0,
@@ -31,7 +33,8 @@ def run_inprocess(tmp_path: Path, mode: str, steps: int, delays: tuple[float, ..
         images, masks = make_scenes(range(i * 100, i * 100 + 6), 32)
         link = hub.node_link(f"n{i}")
         link.send(P.make(P.Kind.HELLO, f"n{i}", meta={"role": "node", **DiscriminatorNode.hello_meta(images)}))
-        node = DiscriminatorNode(link, images, masks, NodeConfig(f"n{i}", batch_size=2, delay=delay, seed=i))
+        node = DiscriminatorNode(link, images, masks, NodeConfig(f"n{i}", batch_size=2, delay=delay, seed=i,
+                                                                 samples_dir=samples_dir, sample_every=5))
         threads.append(threading.Thread(target=node.run, args=(stop,), daemon=True))
     for t in threads:
         t.start()
@@ -51,8 +54,10 @@ def test_sync_mode_updates_once_per_round_with_every_node(tmp_path: Path) -> Non
 
 
 def test_async_mode_lets_a_fast_node_run_ahead_of_a_slow_one(tmp_path: Path) -> None:
-    service = run_inprocess(tmp_path, "async", steps=12, delays=(0.0, 0.5))
+    service = run_inprocess(tmp_path, "async", steps=12, delays=(0.0, 0.5), samples_dir=tmp_path / "local")
     fast, slow = service.nodes["n0"].feedbacks, service.nodes["n1"].feedbacks
+    grids = sorted((tmp_path / "local").glob("n0_batch*.png"))  # mask | real | synthetic, on the node's disk
+    assert grids and Image.open(grids[0]).size == (3 * 32, 2 * 32)
     assert fast > 2 * slow, (fast, slow)
     summary = (tmp_path / "run.json").read_text()
     assert '"synthetic_images": 12' in summary  # 6 masks uploaded by each node
@@ -80,3 +85,16 @@ def test_corrupt_checkpoint_gives_an_error_naming_it(tmp_path: Path) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"broken\.pt"):
         load_checkpoint(bad)
+
+
+def test_tensorboard_without_the_package_says_how_to_install_it(tmp_path: Path) -> None:
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here; the message is for machines without it")
+    res = CliRunner().invoke(app, ["generator", "--out", str(tmp_path), "--tensorboard", str(tmp_path / "tb")])
+    assert res.exit_code == 2 and "pip install tensorboard" in res.output

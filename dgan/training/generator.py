@@ -189,7 +189,8 @@ class GeneratorTrainer:
     def state(self) -> dict[str, Any]:
         return {"G": self.G.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
                 "samples_applied": self.samples_applied, "model": self.model_cfg.to_dict(),
-                "train": self.cfg.to_dict(), "rng": {"torch": torch.get_rng_state(),
+                "train": self.cfg.to_dict(), "threads": torch.get_num_threads(),  # for a bitwise rebuild
+                "rng": {"torch": torch.get_rng_state(),
                                                      "numpy": np.random.get_state(), "python": random.getstate()}}
 
     def save(self, path: Path) -> None:
