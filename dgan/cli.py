@@ -170,6 +170,7 @@ def generator(
     heartbeat: Heartbeat = 2.5,
     threads: Threads = 1,
     device: Device = "cpu",
+    quiet: Quiet = False,
     log_level: LogLevel = "INFO",
     log_format: LogFormat = "rich",
 ) -> None:
@@ -210,10 +211,19 @@ def generator(
             console.print("[red]--tensorboard needs the tensorboard package: pip install tensorboard[/red]")
             raise typer.Exit(2) from None
         writer = SummaryWriter(str(tensorboard))
+    from dgan.live import render
+
+    live = None
+    if console.is_terminal and not quiet and log_format == "rich":
+        from rich.live import Live
+
+        live = Live(render({}, {}, f"dgan generator {run_id}"), console=console, refresh_per_second=4)
+        live.start()
     link = ZmqGeneratorLink(broker, heartbeat_interval=heartbeat, socket_setup=_curve(key, broker_key))
-    service = GeneratorService(link, trainer, ServiceConfig(out=out, run_id=run_id, checkpoint_every=checkpoint_every,
-                                                            sample_every=sample_every, synthesize=synthesize,
-                                                            idle_timeout=idle_timeout, tensorboard=writer))
+    service = GeneratorService(link, trainer, ServiceConfig(
+        out=out, run_id=run_id, checkpoint_every=checkpoint_every, sample_every=sample_every, synthesize=synthesize,
+        idle_timeout=idle_timeout, tensorboard=writer,
+        on_status=(lambda st: live.update(render(st, {}, f"dgan generator {run_id}"))) if live else None))
     import signal
 
     def stop(signum: int, _frame: Any) -> None:
@@ -228,6 +238,8 @@ def generator(
         link.close()
         if writer is not None:
             writer.close()
+        if live is not None:
+            live.stop()
     console.print(f"generator done: {summary['steps']} steps, {summary['synthetic_images']} synthetic images in {out}")
 
 

@@ -94,6 +94,10 @@ def render(generator: dict[str, Any], broker: dict[str, Any], title: str = "dgan
                       _fmt(d_loss), _fmt(losses.get("g_adv")), _fmt(losses.get("g_l1")),
                       _fmt(n.get("staleness")), f"{_fmt(n.get('last_seen'), '.1f')} s ago")
     parts: list[Any] = [head, table]
+    if generator.get("phase") == "synthesis":
+        done, total = generator.get("phase_done", 0), max(1, generator.get("phase_total", 1))
+        bar = "█" * int(30 * done / total) + "░" * (30 - int(30 * done / total))
+        parts.append(Text.assemble(("synthesis ", "bold"), f"{bar} {done}/{total} images"))
     if broker:
         parts.append(Text.assemble(("broker ", "bold"), f"{_fmt(broker.get('msgs_per_s'), '.1f')} msg/s, "
                                    f"{_fmt(broker.get('mb_per_s'), '.2f')} MB/s, errors {broker.get('errors', 0)}, "

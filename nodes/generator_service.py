@@ -39,6 +39,7 @@ class ServiceConfig:
     max_bad_messages: int = 50
     idle_timeout: float = 0.0  # > 0: end the run when no node has been seen for this long
     tensorboard: Any = None  # a torch.utils.tensorboard SummaryWriter, or None
+    on_status: Any = None  # called with each status dict (the generator's own live panel)
 
 
 @dataclass
@@ -121,8 +122,7 @@ class GeneratorService:
                 "step", "updates_per_s", "samples_applied")}, "nodes": {
                 n: {"losses": i.losses, "staleness": i.staleness[-1] if i.staleness else None}
                 for n, i in self.nodes.items()}})
-            self.link.broadcast(P.make(P.Kind.STATUS, "generator", run_id=self.run_id, step=self.trainer.step,
-                                       meta=status))
+            self._broadcast_status(status)
             self._last_status, self._steps_at_status = now, self.trainer.step
             if now - self._last_log >= 10.0:
                 self._last_log = now
@@ -131,11 +131,19 @@ class GeneratorService:
                          "%d dropped stale", self.trainer.step, self.trainer.cfg.steps, rate,
                          self.trainer.samples_applied, alive, self.counters["dropped_stale"])
 
-    def status(self, updates_per_s: float = 0.0) -> dict[str, Any]:
+    def _broadcast_status(self, status: dict[str, Any]) -> None:
+        self.link.broadcast(P.make(P.Kind.STATUS, "generator", run_id=self.run_id, step=self.trainer.step,
+                                   meta=status))
+        if self.cfg.on_status is not None:
+            self.cfg.on_status(status)
+
+    def status(self, updates_per_s: float = 0.0, phase: str = "training", done: int = 0,
+               total: int = 0) -> dict[str, Any]:
         return {
             "step": self.trainer.step, "steps": self.trainer.cfg.steps, "updates_per_s": round(updates_per_s, 3),
             "samples_applied": self.trainer.samples_applied, "inflight": len(self.trainer.inflight),
             "mode": self.trainer.cfg.mode, "dropped_stale": self.counters["dropped_stale"],
+            "phase": phase, "phase_done": done, "phase_total": total,
             "nodes": {n: {"alive": i.alive, "batches": i.feedbacks, "losses": i.losses,
                           "staleness": i.staleness[-1] if i.staleness else None,
                           "last_seen": round(time.time() - i.last_seen, 1)} for n, i in self.nodes.items()},
@@ -408,9 +416,11 @@ class GeneratorService:
         (root / "images").mkdir(parents=True, exist_ok=True)
         (root / "masks").mkdir(parents=True, exist_ok=True)
         rows = []
+        total = sum(len(n.masks) for n in self.nodes.values() if n.masks is not None)
         for name, node in self.nodes.items():
             if node.masks is None:
                 continue
+            self._broadcast_status(self.status(phase="synthesis", done=len(rows), total=total))
             images = self.trainer.synthesize(node.masks)
             for i, (im, m) in enumerate(zip(images, node.masks, strict=True)):
                 stem = f"{name}_{i:05d}"
@@ -418,6 +428,7 @@ class GeneratorService:
                 Image.fromarray((m > 0).astype(np.uint8) * 255 if self.trainer.model_cfg.num_classes == 2 else m
                                 ).save(root / "masks" / f"{stem}.png")
                 rows.append((stem, name))
+        self._broadcast_status(self.status(phase="synthesis", done=len(rows), total=total))
         with open(root / "manifest.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["name", "node"])

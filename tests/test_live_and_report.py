@@ -119,3 +119,15 @@ def test_log_format_json_lines_parse(tmp_path: Path) -> None:
     assert bad == [], f"lines on stderr that are not JSON: {bad[:5]}"
     statuses = [json.loads(rec["message"]) for rec in lines if rec["logger"] == "dgan.status"]
     assert statuses and set(statuses[-1]["generator"]["nodes"]) == {"node0", "node1"}
+
+
+def test_demo_segmentation_stage_tests_on_held_out_scenes_and_the_report_shows_it(small_run: Path) -> None:
+    from dgan.demo import segment_synthetic
+
+    result = segment_synthetic(small_run, size=32, steps=20, test_scenes=8, threads=1)
+    assert 0.0 <= result["iou"] <= 1.0 and result["train_pairs"] == 12 and result["test_scenes"] == 8
+    saved = json.loads((small_run / "results.json").read_text())
+    assert saved["methods"]["dgan"]["iou"] == result["iou"] and "all_building_baseline" in saved["methods"]
+    text = write_report(small_run).read_text()
+    assert 'id="experiment"' in text and "missing: results.json" not in text
+    assert (small_run / "predictions" / "dgan.png").exists()
