@@ -56,15 +56,14 @@ class NodeStats:
     losses: dict[str, float] = field(default_factory=dict)
     wait_s: float = 0.0  # blocked waiting for fakes
     compute_s: float = 0.0  # D step and gradient
-    codec_s: float = 0.0  # encoding and sending, receiving and decoding
-    comm_s: float = 0.0  # round trip minus the generator's own time
+    codec_s: float = 0.0  # encoding and sending requests and feedback
     wire_bytes: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
     def to_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "samples": self.samples, "losses": self.losses, "wait_s": self.wait_s,
-                "compute_s": self.compute_s, "codec_s": self.codec_s, "comm_s": self.comm_s,
+                "compute_s": self.compute_s, "codec_s": self.codec_s,
                 "wire_bytes": self.wire_bytes, "errors": dict(self.errors),
                 "wall_s": time.monotonic() - self.started}
 
@@ -162,8 +161,6 @@ class DiscriminatorNode:
             self.stats.errors["bad_fakes"] += 1
             log.warning("node %s: fakes of shape %s do not match the request", self.cfg.name, fakes.shape)
             return
-        rtt = time.monotonic() - req.sent
-        self.stats.comm_s += max(0.0, rtt - float(msg.meta.get("gen_s", 0.0)))
         self.stats.wire_bytes += fakes.nbytes
         t0 = time.monotonic()
         scored = self.trainer.score(req.masks, req.reals, fakes, self.cfg.grad_dtype)
