@@ -22,7 +22,6 @@ from rich.table import Table
 from dgan.data.scenes import make_scenes
 from dgan.networks import GANLoss, ModelConfig, define_D, define_G, images_to_tensor, masks_to_input
 from dgan.run import RunConfig, run_local
-from dgan.training.discriminator import DiscriminatorTrainer
 
 
 def _sizes(quick: bool) -> dict[str, int]:
@@ -113,27 +112,32 @@ def run_training_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, b
     return result
 
 
-def step_seconds(model: ModelConfig, batch: int) -> float:
-    """One node's D step + gradient on this machine, one thread (median of 5)."""
-    torch.set_num_threads(1)
-    images, masks = make_scenes(range(batch), model.image_size)
-    d = DiscriminatorTrainer(model)
-    fakes = np.zeros((batch, 3, model.image_size, model.image_size), np.float32)
-    times = []
-    for _ in range(6):
-        t0 = time.perf_counter()
-        d.score(masks, images, fakes)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+def node_period(out: Path) -> float:
+    """Median seconds between one node's consecutive feedbacks, over all nodes of a run."""
+    fb = json.loads((out / "feedback.json").read_text())
+    cols, rows = fb["columns"], fb["rows"]
+    gaps: list[float] = []
+    for node in {r[cols.index("node")] for r in rows}:
+        times = sorted(r[cols.index("time")] for r in rows if r[cols.index("node")] == node)
+        gaps += list(np.diff(times[len(times) // 3:]))  # after warm-up
+    return float(statistics.median(gaps))
 
 
 def run_straggler_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, batch: int = 8) -> dict[str, Any]:
     console = Console(width=max(100, Console().width))
     sz = _sizes(quick)
     model = ModelConfig(image_size=sz["image_size"], g_width=sz["g_width"], d_width=sz["d_width"])
-    delay = 3 * step_seconds(model, batch)  # the slow node takes ~4x a normal step
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
+        # Calibrate: how long a node's batch really takes here (D step + waiting for the shared generator).
+        with console.status("calibration run without a slow node…"):
+            calib = Path(tmp) / "calibration"
+            run_local(RunConfig(nodes=nodes, steps=max(8, sz["steps"] // 2), out=calib, scenes=nodes * 40,
+                                image_size=model.image_size, g_width=model.g_width, d_width=model.d_width,
+                                batch_size=batch, synthesize=False, checkpoint_every=0, sample_every=0,
+                                timeout=1800, extra_generator_args=["--update-every", str(nodes)]))
+            period = node_period(calib)
+        delay = 3 * period  # the slow node then takes ~4x as long per batch as the others
         for mode in ("async", "sync"):
             with console.status(f"{mode} run with one slow node…"):
                 out = Path(tmp) / mode
@@ -144,7 +148,8 @@ def run_straggler_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, 
                                     extra_generator_args=["--update-every", str(nodes)]))
                 rates[mode] = applied_rate(out)
     result = {"async_samples_per_s": rates["async"], "sync_samples_per_s": rates["sync"],
-              "ratio": rates["async"] / rates["sync"], "slow_node_delay_s": delay, "quick": quick}
+              "ratio": rates["async"] / rates["sync"], "node_batch_period_s": period, "slow_node_delay_s": delay,
+              "quick": quick}
     table = Table(title=f"one node slowed by {delay:.2f} s per batch (~4x): applied samples/s")
     for k in ("async_samples_per_s", "sync_samples_per_s", "ratio"):
         table.add_row(k, f"{result[k]:.3f}")
