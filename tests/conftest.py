@@ -17,6 +17,14 @@ from dgan.run import free_ports
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def wait_until(pred, timeout: float, what: str) -> None:
+    """Poll ``pred`` every 0.2 s; fail the test with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 @dataclass
 class BrokerProcess:
     proc: subprocess.Popen[bytes]

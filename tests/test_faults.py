@@ -17,18 +17,12 @@ import numpy as np
 import pytest
 import zmq
 
+from benchmarks.fuzz_broker import rss_mb
 from dgan import protocol as P
 from dgan.run import ProcessGroup, RunConfig, free_ports, write_shards
-from tests.conftest import ROOT, start_broker
+from tests.conftest import ROOT, start_broker, wait_until
 
 SMALL = ["--image-size", "32", "--g-width", "8", "--g-depth", "3", "--d-width", "8"]
-
-
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def _text(path: Path) -> str:
@@ -51,17 +45,17 @@ def test_broker_kill_9_and_restart_everyone_reregisters_and_training_continues(t
         for i in range(2):
             group.start(f"node{i}", ["node", "--name", f"node{i}", "--broker", f"tcp://127.0.0.1:{node_port}",
                                      "--data", str(shards[i]), "--image-size", "32", "--batch-size", "2", *hb], 1)
-        _wait(lambda: (out / "checkpoints" / "ckpt_000020.pt").exists(), 120, "progress before the kill")
+        wait_until(lambda: (out / "checkpoints" / "ckpt_000020.pt").exists(), 120, "progress before the kill")
         os.kill(broker.pid, signal.SIGKILL)
         broker.wait()
         killed_at = time.monotonic()
         time.sleep(1.0)
         group.start("broker2", broker_args, 1)
         # both nodes say hello to the new broker, which passes them to the re-registered generator
-        _wait(lambda: _text(out / "logs" / "broker2.log").count("joined") >= 2, 10, "re-registration")
+        wait_until(lambda: _text(out / "logs" / "broker2.log").count("joined") >= 2, 10, "re-registration")
         assert time.monotonic() - killed_at < 12
         reached = max(int(p.stem.split("_")[1]) for p in (out / "checkpoints").glob("ckpt_*.pt"))
-        _wait(lambda: (out / "checkpoints" / f"ckpt_{reached + 40:06d}.pt").exists(), 120,
+        wait_until(lambda: (out / "checkpoints" / f"ckpt_{reached + 40:06d}.pt").exists(), 120,
               "training to continue after the restart")
         gen.send_signal(signal.SIGTERM)
         assert gen.wait(60) == 0
@@ -137,13 +131,14 @@ def test_four_hosts_train_and_a_node_rejoins_after_its_link_is_cut(hosts: dict[s
             start(f"node{i}", hosts[f"ns_{h}"], ["node", "--name", f"node{i}", "--broker", f"tcp://{b}:5555",
                                                  "--data", str(shards[i - 1]), "--image-size", "32",
                                                  "--batch-size", "2", *hb])
-        _wait(lambda: (out / "checkpoints" / "ckpt_000020.pt").exists(), 120, "training across hosts")
+        wait_until(lambda: (out / "checkpoints" / "ckpt_000020.pt").exists(), 120, "training across hosts")
         link = f"{hosts['ns_n2']}b"
         _ip("-n", hosts["switch"], "link", "set", link, "down")
-        _wait(lambda: "node node2 left" in _text(out / "logs" / "generator.log"), 20, "the cut node to expire")
+        wait_until(lambda: "node node2 left" in _text(out / "logs" / "generator.log"), 20, "the cut node to expire")
         cut_step = max(int(p.stem.split("_")[1]) for p in (out / "checkpoints").glob("ckpt_*.pt"))
         _ip("-n", hosts["switch"], "link", "set", link, "up")
-        _wait(lambda: "node node2 said hello again" in _text(out / "logs" / "generator.log"), 30, "node2 to rejoin")
+        wait_until(lambda: "node node2 said hello again" in _text(out / "logs" / "generator.log"), 30,
+                   "node2 to rejoin")
         assert gen.wait(240) == 0
     finally:
         for p in procs.values():
@@ -163,13 +158,6 @@ def test_four_hosts_train_and_a_node_rejoins_after_its_link_is_cut(hosts: dict[s
 
 
 # --------------------------------------------------------------------------- slow consumer
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def test_slow_generator_bounds_broker_memory_and_loses_nothing_accepted(tmp_path: Path) -> None:

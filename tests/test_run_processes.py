@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from dgan.data.scenes import make_scenes
 from dgan.networks import ModelConfig, images_to_tensor, masks_to_input
 from dgan.run import HELDOUT_SEED_BASE, ProcessGroup, RunConfig, free_ports, run_local, write_shards
 from dgan.training.generator import GeneratorTrainer, TrainConfig
+from tests.conftest import wait_until
 
 SMALL = ["--image-size", "64", "--g-width", "16", "--d-width", "16"]
 
@@ -47,15 +47,6 @@ def test_run_with_three_node_processes_trains_and_every_node_contributes(tmp_pat
     assert end < start * 0.9, (start, end)
 
 
-def _wait_for(path: Path, text: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{path.read_text(errors='replace')[-3000:]}")
-
-
 def test_kill_9_of_a_node_mid_run_and_a_late_joiner(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = RunConfig(nodes=3, out=out, scenes=60, image_size=64)
@@ -72,10 +63,7 @@ def test_kill_9_of_a_node_mid_run_and_a_late_joiner(tmp_path: Path) -> None:
                                         "--steps", "80", *SMALL, "--checkpoint-every", "10", *hb], 1)
         victim = group.start("node0", node_args(0), 1)
         group.start("node1", node_args(1), 1)
-        deadline = time.monotonic() + 120
-        while not (out / "checkpoints" / "ckpt_000010.pt").exists():
-            assert time.monotonic() < deadline, "no progress before the kill"
-            time.sleep(0.2)
+        wait_until((out / "checkpoints" / "ckpt_000010.pt").exists, 120, "progress before the kill")
         os.kill(victim.pid, signal.SIGKILL)
         late = group.start("node2", node_args(2), 1)
         assert gen.wait(180) == 0
@@ -108,10 +96,7 @@ def test_generator_kill_9_and_resume_continues_from_its_checkpoint(tmp_path: Pat
         for i in range(2):
             group.start(f"node{i}", ["node", "--name", f"node{i}", "--broker", f"tcp://127.0.0.1:{node_port}",
                                      "--data", str(shards[i]), "--batch-size", "4", "--image-size", "64", *hb], 1)
-        deadline = time.monotonic() + 120
-        while not (out / "checkpoints" / "ckpt_000010.pt").exists():
-            assert time.monotonic() < deadline, "no checkpoint before the kill"
-            time.sleep(0.2)
+        wait_until((out / "checkpoints" / "ckpt_000010.pt").exists, 120, "a checkpoint before the kill")
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         saved = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)["step"]
