@@ -125,7 +125,7 @@ def test_four_hosts_train_and_a_node_rejoins_after_its_link_is_cut(hosts: dict[s
     try:
         start("broker", hosts["ns_b"], ["broker", "--host", b, *hb])
         gen = start("generator", hosts["ns_g"], ["generator", "--broker", f"tcp://{b}:5556", "--out", str(out),
-                                                 "--steps", "150", *SMALL, "--checkpoint-every", "10",
+                                                 "--steps", "1000000", *SMALL, "--checkpoint-every", "10",
                                                  "--no-synthesize", *hb])
         for i, h in ((1, "n1"), (2, "n2")):
             start(f"node{i}", hosts[f"ns_{h}"], ["node", "--name", f"node{i}", "--broker", f"tcp://{b}:5555",
@@ -139,7 +139,9 @@ def test_four_hosts_train_and_a_node_rejoins_after_its_link_is_cut(hosts: dict[s
         _ip("-n", hosts["switch"], "link", "set", link, "up")
         wait_until(lambda: "node node2 said hello again" in _text(out / "logs" / "generator.log"), 30,
                    "node2 to rejoin")
-        assert gen.wait(240) == 0
+        time.sleep(3)  # let it train again
+        gen.send_signal(signal.SIGTERM)  # the generator ends the run, writing run.json and feedback.json
+        assert gen.wait(60) == 0
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -150,7 +152,7 @@ def test_four_hosts_train_and_a_node_rejoins_after_its_link_is_cut(hosts: dict[s
             except subprocess.TimeoutExpired:
                 p.kill()
     summary = json.loads((out / "run.json").read_text())
-    assert summary["steps"] == 150 and cut_step < 150  # training went on through the cut
+    assert summary["steps"] > cut_step + 20  # training went on through the cut and after it
     assert summary["nodes"]["node2"]["alive_at_end"] and summary["nodes"]["node1"]["feedbacks"] > 0
     rejoined = [r for r in json.loads((out / "feedback.json").read_text())["rows"] if r[1] == "node2"
                 and r[2] > cut_step]
