@@ -165,6 +165,7 @@ def generator(
     idle_timeout: Annotated[float, typer.Option(help="End early after this long with no node (0 = never).")] = 0.0,
     tensorboard: Annotated[Path | None, typer.Option(help="Also write scalars and sample grids for "
                                                           "TensorBoard here.")] = None,
+    max_bad_messages: Annotated[int, typer.Option(help="Ignore a node after this many invalid messages.")] = 50,
     key: KeyFile = None,
     broker_key: BrokerKey = None,
     heartbeat: Heartbeat = 2.5,
@@ -222,7 +223,7 @@ def generator(
     link = ZmqGeneratorLink(broker, heartbeat_interval=heartbeat, socket_setup=_curve(key, broker_key))
     service = GeneratorService(link, trainer, ServiceConfig(
         out=out, run_id=run_id, checkpoint_every=checkpoint_every, sample_every=sample_every, synthesize=synthesize,
-        idle_timeout=idle_timeout, tensorboard=writer,
+        idle_timeout=idle_timeout, tensorboard=writer, max_bad_messages=max_bad_messages,
         on_status=(lambda st: live.update(render(st, {}, f"dgan generator {run_id}"))) if live else None))
     import signal
 

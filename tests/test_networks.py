@@ -49,3 +49,21 @@ def test_generator_service_rejects_masks_of_the_wrong_size_or_classes(tmp_path) 
         assert err.kind == P.Kind.ERROR and err.meta["code"] == P.ErrorCode.REJECTED
     service.handle("n", P.make(P.Kind.FAKE_REQUEST, "n", tensors={"masks": np.ones((1, 32, 32), np.uint8)}))
     assert link.recv(1).kind == P.Kind.FAKES
+
+
+def test_a_node_that_keeps_sending_bad_messages_is_ignored_after_the_limit(tmp_path) -> None:
+    hub = InProcessHub()
+    cfg = ModelConfig(image_size=32, g_width=8, g_depth=3)
+    service = GeneratorService(hub.generator_link(), GeneratorTrainer(cfg, TrainConfig()),
+                               ServiceConfig(out=tmp_path, max_bad_messages=3))
+    link = hub.node_link("pest")
+    service.handle("pest", P.make(P.Kind.HELLO, "pest", meta={"role": "node", "dataset_size": 1}))
+    assert link.recv(1).kind == P.Kind.WELCOME
+    bad = np.zeros((1, 8, 8), np.uint8)  # the wrong size
+    reasons = []
+    for _ in range(3):
+        service.handle("pest", P.make(P.Kind.FAKE_REQUEST, "pest", tensors={"masks": bad}))
+        reasons.append(link.recv(1).meta["reason"])
+    assert "further messages are ignored" in reasons[-1] and "ignored" not in reasons[0]
+    service.handle("pest", P.make(P.Kind.FAKE_REQUEST, "pest", tensors={"masks": np.ones((1, 32, 32), np.uint8)}))
+    assert link.recv(0.2) is None and service.counters["ignored_banned"] == 1  # even valid ones now
