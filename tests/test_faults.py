@@ -162,19 +162,25 @@ def test_four_hosts_train_and_a_node_rejoins_after_its_link_is_cut(hosts: dict[s
 # --------------------------------------------------------------------------- slow consumer
 
 
-def test_slow_generator_bounds_broker_memory_and_loses_nothing_accepted(tmp_path: Path) -> None:
-    bp = start_broker(tmp_path)
+def raw_peers(bp, gen_rcvhwm: int, node_sndhwm: int = 1000) -> tuple[zmq.Socket, zmq.Socket]:
+    """A bare generator DEALER that reads only when told, and a registered node DEALER."""
     ctx = zmq.Context.instance()
     gen = ctx.socket(zmq.DEALER)
-    gen.setsockopt(zmq.RCVHWM, 4)
+    gen.setsockopt(zmq.RCVHWM, gen_rcvhwm)
     gen.setsockopt(zmq.LINGER, 0)
     gen.connect(bp.generator)
     gen.send_multipart([b"", *P.encode(P.make(P.Kind.HELLO, "g", meta={"role": "generator"}))])
     node = ctx.socket(zmq.DEALER)
-    node.setsockopt(zmq.SNDHWM, 16)
+    node.setsockopt(zmq.SNDHWM, node_sndhwm)
     node.setsockopt(zmq.LINGER, 0)
     node.connect(bp.node)
-    node.send_multipart(P.encode(P.make(P.Kind.HELLO, "flood", meta={"role": "node"})))
+    node.send_multipart(P.encode(P.make(P.Kind.HELLO, "n", meta={"role": "node"})))
+    return gen, node
+
+
+def test_slow_generator_bounds_broker_memory_and_loses_nothing_accepted(tmp_path: Path) -> None:
+    bp = start_broker(tmp_path)
+    gen, node = raw_peers(bp, gen_rcvhwm=4, node_sndhwm=16)
     time.sleep(0.5)
     base = rss_mb(bp.proc.pid)
     payload = np.zeros((1, 512, 1024), np.uint8)  # 512 KiB per message
@@ -188,7 +194,7 @@ def test_slow_generator_bounds_broker_memory_and_loses_nothing_accepted(tmp_path
                 gen.send_multipart(beat)
                 last_beat = time.monotonic()
             try:
-                node.send_multipart(P.encode(P.make(P.Kind.FAKE_REQUEST, "flood", tensors={"masks": payload})),
+                node.send_multipart(P.encode(P.make(P.Kind.FAKE_REQUEST, "n", tensors={"masks": payload})),
                                     flags=zmq.NOBLOCK)
                 accepted += 1
             except zmq.Again:
@@ -215,16 +221,7 @@ def test_slow_generator_bounds_broker_memory_and_loses_nothing_accepted(tmp_path
 
 def test_messages_parked_for_a_generator_that_dies_go_back_to_their_sender(tmp_path: Path) -> None:
     bp = start_broker(tmp_path)  # heartbeat 0.3 s: a silent generator expires after 0.9 s
-    ctx = zmq.Context.instance()
-    gen = ctx.socket(zmq.DEALER)
-    gen.setsockopt(zmq.RCVHWM, 1)
-    gen.setsockopt(zmq.LINGER, 0)
-    gen.connect(bp.generator)
-    gen.send_multipart([b"", *P.encode(P.make(P.Kind.HELLO, "g", meta={"role": "generator"}))])
-    node = ctx.socket(zmq.DEALER)
-    node.setsockopt(zmq.LINGER, 0)
-    node.connect(bp.node)
-    node.send_multipart(P.encode(P.make(P.Kind.HELLO, "n", meta={"role": "node"})))
+    gen, node = raw_peers(bp, gen_rcvhwm=1)
     time.sleep(0.2)
     payload = np.zeros((1, 1024, 1024), np.uint8)
     try:
