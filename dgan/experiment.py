@@ -163,14 +163,16 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int) -> Gen
 
 
 def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits, seed: int,
-                          grid: Path | None = None) -> dict[str, Any]:
+                          grid: Path | None = None, label: str = "") -> dict[str, Any]:
     seg = SegConfig(**{**cfg.seg.to_dict(), "seed": seed})
+    log.info("%s seed %d: segmentation on %d pairs", label, seed, len(train))
     model, info = train_segmenter(train.images, train.masks, seg, val=(splits.val.images, splits.val.masks))
     probs = predict(model, splits.test.images)
     result = {**metrics(probs > 0.5, splits.test.masks), "train_seconds": info["train_seconds"],
               "best_step": info["best_step"], "best_val_iou": info["best_val_iou"], "train_pairs": len(train)}
     if grid is not None:
         prediction_grid(splits.test.images, splits.test.masks, probs, grid)
+    log.info("%s seed %d: test IoU %.3f (%.0f s)", label, seed, result["iou"], result["train_seconds"])
     return result
 
 
@@ -214,24 +216,26 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         return result
 
     methods["real_all"] = cached("real_all", lambda: _aggregate([
-        evaluate_training_set(cfg, splits.train, splits, s, grids / "real_all.png" if s == 0 else None)
+        evaluate_training_set(cfg, splits.train, splits, s, grids / "real_all.png" if s == 0 else None, "real_all")
         for s in seeds]))
     per_node = {}
     for k, part in enumerate(splits.node_parts):
         per_node[f"node{k}"] = _aggregate([evaluate_training_set(cfg, splits.train.subset(part), splits, s,
-                                                                 grids / f"real_node{k}.png" if s == 0 else None)
-                                           for s in seeds])
+                                                                 grids / f"real_node{k}.png" if s == 0 else None,
+                                                                 f"real_partial node{k}") for s in seeds])
     methods["real_partial"] = {**{k: float(np.mean([v[k] for v in per_node.values()])) for k in METRICS},
                                "per_node": per_node}
 
     def gan_method(name: str, make: Any) -> dict[str, Any]:
         runs = []
         for s in seeds:
+            log.info("%s seed %d: training the GAN (%d steps)", name, s, cfg.gan_steps)
             gen = make(s)
             synthetic = synthesize_set(gen, splits.train.masks, cfg.samples_per_mask)
             if s == 0:
                 pair_grid(synthetic.images, synthetic.masks, grids / f"{name}_synthetic.png")
-            runs.append(evaluate_training_set(cfg, synthetic, splits, s, grids / f"{name}.png" if s == 0 else None))
+            runs.append(evaluate_training_set(cfg, synthetic, splits, s, grids / f"{name}.png" if s == 0 else None,
+                                              name))
         return _aggregate(runs)
 
     methods["central_gan"] = cached("central_gan", lambda: gan_method(
