@@ -277,11 +277,9 @@ class GeneratorService:
         self._serve(node, msg)
 
     def _serve(self, node: NodeInfo, msg: P.Message) -> None:
-        t0 = time.monotonic()
         reply = P.make(P.Kind.FAKES, "generator", run_id=self.run_id, reply_to=msg.msg_id, step=self.trainer.step)
         fakes = self.trainer.generate(node.name, reply.msg_id, msg.tensors["masks"], request_id=msg.msg_id)
         reply.tensors["fakes"] = fakes
-        reply.meta["gen_s"] = time.monotonic() - t0
         self.served.add(node.name)
         self.link.send(node.name, reply)
         self.counters["fakes_sent"] += 1

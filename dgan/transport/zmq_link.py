@@ -44,7 +44,6 @@ class _BrokerConnection:
         self.socket_setup = socket_setup
         self.send_timeout = send_timeout
         self.counters: Counter[str] = Counter()
-        self.on_reconnect: Callable[[], None] | None = None
         self.sock: zmq.Socket | None = None
         self._connect()
 
@@ -77,8 +76,6 @@ class _BrokerConnection:
         log.warning("%s: %s; reconnecting to %s", self.name, why, self.endpoint)
         self.counters["reconnects"] += 1
         self._connect()
-        if self.on_reconnect is not None:
-            self.on_reconnect()
 
     def _send_frames(self, route: bytes, frames: list[Any]) -> bool:
         """False if the message could not leave within ``send_timeout`` (no broker to take it)."""
@@ -140,8 +137,6 @@ class _BrokerConnection:
                                 "again", self.name)
                     self.counters["re_registrations"] += 1
                     self._hello()
-                    if self.on_reconnect is not None:
-                        self.on_reconnect()
                 continue
             self.counters["received"] += 1
             return route, msg
