@@ -36,3 +36,10 @@ bench-training *ARGS: setup
 
 bench-straggler *ARGS: setup
     {{bin}}/dgan bench straggler {{ARGS}}
+
+bench-precision *ARGS: setup
+    {{bin}}/dgan bench precision {{ARGS}}
+
+# the issue-4 experiment on the Dubai patches (needs ../shared); PARTITION is group or iid
+experiment PARTITION="group" *ARGS: setup
+    {{bin}}/dgan experiment --data ../shared/data/dubai_aerial_buildings --partition {{PARTITION}} {{ARGS}}

@@ -40,8 +40,8 @@ def applied_rate(out: Path) -> float:
     return (b["samples_applied"] - a["samples_applied"]) / max(1e-9, b["time"] - a["time"])
 
 
-def central_rate(cfg: ModelConfig, batch: int, steps: int, threads: int) -> float:
-    """Samples/s of one pix2pix process doing G and D work on ``batch`` per step."""
+def central_rate(cfg: ModelConfig, batch: int, steps: int, threads: int, autocast: torch.dtype | None = None) -> float:
+    """Samples/s of one pix2pix process doing G and D work on ``batch`` per step (optionally under CPU autocast)."""
     torch.set_num_threads(threads)
     images, masks = make_scenes(range(batch), cfg.image_size)
     G, D = define_G(cfg), define_D(cfg)
@@ -53,15 +53,16 @@ def central_rate(cfg: ModelConfig, batch: int, steps: int, threads: int) -> floa
     times = []
     for i in range(steps + 2):
         t0 = time.perf_counter()
-        fake = G(m)
-        opt_d.zero_grad()
-        ((gan(D(m, real), True) + gan(D(m, fake.detach()), False)) * 0.5).backward()
-        opt_d.step()
-        for p in D.parameters():
-            p.requires_grad_(False)
-        opt_g.zero_grad()
-        (gan(D(m, fake), True) + cfg.lambda_l1 * torch.nn.functional.l1_loss(fake, real)).backward()
-        opt_g.step()
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            fake = G(m)
+            opt_d.zero_grad()
+            ((gan(D(m, real), True) + gan(D(m, fake.detach()), False)) * 0.5).backward()
+            opt_d.step()
+            for p in D.parameters():
+                p.requires_grad_(False)
+            opt_g.zero_grad()
+            (gan(D(m, fake), True) + cfg.lambda_l1 * torch.nn.functional.l1_loss(fake.float(), real)).backward()
+            opt_g.step()
         for p in D.parameters():
             p.requires_grad_(True)
         if i >= 2:  # warm-up

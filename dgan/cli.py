@@ -472,9 +472,15 @@ def experiment(
     partition: Annotated[str, typer.Option(help="group (by tile) or iid; dirichlet/size also work.")] = "group",
     nodes: int = 4,
     size: Annotated[int, typer.Option(help="Resolution.")] = 128,
-    gan_steps: Annotated[int, typer.Option(help="Generator updates for each GAN (batch 8 each).")] = 1500,
-    seg_steps: Annotated[int, typer.Option(help="Steps for every segmentation training.")] = 800,
+    gan_steps: Annotated[int, typer.Option(help="Generator updates for each GAN (batch 8 each).")] = 800,
+    seg_steps: Annotated[int, typer.Option(help="Steps for every segmentation training.")] = 700,
     seeds: Annotated[int, typer.Option(help="Repeat each segmentation training with this many seeds.")] = 2,
+    gan_seeds: Annotated[int, typer.Option(help="GAN trainings per GAN method (segmentation seed s uses GAN "
+                                                "s mod this); 1 shares one GAN across the seeds.")] = 1,
+    lambda_l1: Annotated[float, typer.Option(help="Weight of the GANs' L1 loss.")] = 100.0,
+    seg_standardize: Annotated[bool, typer.Option(help="Segmenter standardises each image first.")] = False,
+    seg_photometric: Annotated[float, typer.Option(help="Brightness/contrast/colour/blur jitter while training "
+                                                        "the segmenter (0 = off).")] = 0.0,
     samples_per_mask: Annotated[int, typer.Option(help="Synthetic images per training mask.")] = 2,
     with_sync: Annotated[bool, typer.Option(help="Also run DGAN in sync mode.")] = False,
     quick: Annotated[bool, typer.Option(help="A smoke run of the whole pipeline in a few minutes.")] = False,
@@ -490,9 +496,10 @@ def experiment(
                                g_width=16, d_width=16, seg=SegConfig(steps=60, eval_every=20), seeds=1,
                                samples_per_mask=1, scenes=96, quick=True, with_sync=with_sync)
     else:
+        seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric)
         cfg = ExperimentConfig(out=out, data=data, partition=partition, nodes=nodes, size=size, gan_steps=gan_steps,
-                               seg=SegConfig(steps=seg_steps), seeds=seeds, samples_per_mask=samples_per_mask,
-                               with_sync=with_sync)
+                               seg=seg, seeds=seeds, gan_seeds=gan_seeds, lambda_l1=lambda_l1,
+                               samples_per_mask=samples_per_mask, with_sync=with_sync)
     results = run_experiment(cfg)
     console.print((out / "results.md").read_text())
     console.print(f"report: {write_report(out)}")
@@ -664,6 +671,15 @@ def bench_straggler(quick: Quick = False, json_out: JsonOut = None) -> None:
 
     setup_logging("WARNING")
     run_straggler_benchmark(quick, json_out)
+
+
+@bench_app.command("precision")
+def bench_precision(quick: Quick = False, json_out: JsonOut = None) -> None:
+    """bf16 autocast vs fp32 for one pix2pix step on this CPU (decides whether training uses bf16)."""
+    from benchmarks.precision import run_precision_benchmark
+
+    setup_logging("WARNING")
+    run_precision_benchmark(quick, json_out)
 
 
 @bench_app.command("msglog")

@@ -49,12 +49,14 @@ class ExperimentConfig:
     partition: str = "group"
     nodes: int = 4
     size: int = 128
-    gan_steps: int = 1500
+    gan_steps: int = 800
     batch_size: int = 8
     g_width: int = 32
     d_width: int = 32
-    seg: SegConfig = field(default_factory=lambda: SegConfig(steps=800))
+    lambda_l1: float = 100.0
+    seg: SegConfig = field(default_factory=lambda: SegConfig(steps=700))
     seeds: int = 2
+    gan_seeds: int = 1  # GAN trainings per GAN method; segmentation seed s trains on GAN s % gan_seeds
     with_sync: bool = False
     samples_per_mask: int = 2
     scenes: int = 600
@@ -63,7 +65,7 @@ class ExperimentConfig:
     threads: int = 2
 
     def model(self) -> ModelConfig:
-        return ModelConfig(image_size=self.size, g_width=self.g_width, d_width=self.d_width)
+        return ModelConfig(image_size=self.size, g_width=self.g_width, d_width=self.d_width, lambda_l1=self.lambda_l1)
 
 
 @dataclass
@@ -152,7 +154,7 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int) -> Gen
     run_local(RunConfig(nodes=cfg.nodes, steps=cfg.gan_steps, out=out, image_size=cfg.size, g_width=cfg.g_width,
                         d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
                         synthesize=False, checkpoint_every=0, sample_every=max(1, cfg.gan_steps // 4),
-                        timeout=4 * 3600))
+                        timeout=4 * 3600, extra_generator_args=["--lambda-l1", str(cfg.lambda_l1)]))
     state = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
     gen = GeneratorTrainer(ModelConfig(**state["model"]), TrainConfig(**state["train"]))
     gen.load(out / "checkpoints" / "latest.pt")
@@ -186,11 +188,14 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cache_key(cfg: ExperimentConfig, splits: Splits, method: str) -> str:
-    blob = json.dumps({"method": method, "data": str(cfg.data), "size": cfg.size, "seg": cfg.seg.to_dict(),
-                       "gan_steps": cfg.gan_steps, "batch": cfg.batch_size, "g": cfg.g_width, "d": cfg.d_width,
-                       "seeds": cfg.seeds, "samples": cfg.samples_per_mask, "train": splits.train.names,
-                       "val": splits.val.names, "test": splits.test.names}, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+    """What the method's result depends on: data, splits and segmentation always; the GAN only for GAN methods."""
+    key: dict[str, Any] = {"method": method, "data": str(cfg.data), "size": cfg.size, "seg": cfg.seg.to_dict(),
+                           "seeds": cfg.seeds, "train": splits.train.names, "val": splits.val.names,
+                           "test": splits.test.names}
+    if method != "real_all":
+        key.update(gan_steps=cfg.gan_steps, batch=cfg.batch_size, model=cfg.model().to_dict(),
+                   gan_seeds=cfg.gan_seeds, samples=cfg.samples_per_mask)
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -227,16 +232,20 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                                "per_node": per_node}
 
     def gan_method(name: str, make: Any) -> dict[str, Any]:
+        sets, gan_seconds = [], []
+        for g in range(max(1, min(cfg.gan_seeds, cfg.seeds))):
+            log.info("%s GAN seed %d: training (%d steps)", name, g, cfg.gan_steps)
+            t = time.time()
+            gen = make(g)
+            gan_seconds.append(time.time() - t)
+            sets.append(synthesize_set(gen, splits.train.masks, cfg.samples_per_mask))
+            pair_grid(sets[-1].images, sets[-1].masks, grids / f"{name}_synthetic_gan{g}.png")
         runs = []
         for s in seeds:
-            log.info("%s seed %d: training the GAN (%d steps)", name, s, cfg.gan_steps)
-            gen = make(s)
-            synthetic = synthesize_set(gen, splits.train.masks, cfg.samples_per_mask)
-            if s == 0:
-                pair_grid(synthetic.images, synthetic.masks, grids / f"{name}_synthetic.png")
-            runs.append(evaluate_training_set(cfg, synthetic, splits, s, grids / f"{name}.png" if s == 0 else None,
-                                              name))
-        return _aggregate(runs)
+            run = evaluate_training_set(cfg, sets[s % len(sets)], splits, s, grids / f"{name}.png" if s == 0 else None,
+                                        name)
+            runs.append({**run, "gan_seed": s % len(sets)})
+        return {**_aggregate(runs), "gan_seconds": gan_seconds}
 
     methods["central_gan"] = cached("central_gan", lambda: gan_method(
         "central_gan", lambda s: central_gan(cfg, splits.train, s)))

@@ -30,13 +30,34 @@ class SegConfig:
     eval_every: int = 100
     seed: int = 0
     device: str = "cpu"
+    standardize: bool = False  # per-image, per-channel standardisation inside the model
+    photometric: float = 0.0  # strength of brightness/contrast/colour/blur jitter at training (0 = off)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+class Segmenter(nn.Module):
+    """U-Net on images in [-1, 1]; optionally standardises each image first.
+
+    Standardising per image removes the global brightness, contrast and colour cast that
+    separate a GAN's images from real ones, which the segmenter should not have to learn."""
+
+    def __init__(self, cfg: SegConfig) -> None:
+        super().__init__()
+        self.standardize = cfg.standardize
+        self.net = UNetGenerator(3, 1, cfg.width, cfg.depth, dropout=0.0, norm="batch", final="none")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardize:
+            mean = x.mean(dim=(2, 3), keepdim=True)
+            std = x.std(dim=(2, 3), keepdim=True)
+            x = (x - mean) / (std + 0.05)
+        return self.net(x)
+
+
 def define_segmenter(cfg: SegConfig) -> nn.Module:
-    return UNetGenerator(3, 1, cfg.width, cfg.depth, dropout=0.0, norm="batch", final="none")
+    return Segmenter(cfg)
 
 
 def _augment(rng: np.random.Generator, ims: np.ndarray, ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +66,20 @@ def _augment(rng: np.random.Generator, ims: np.ndarray, ms: np.ndarray) -> tuple
     if rng.random() < 0.5:
         ims, ms = ims[:, :, ::-1], ms[:, :, ::-1]
     return np.ascontiguousarray(ims), np.ascontiguousarray(ms)
+
+
+def _photometric(rng: np.random.Generator, x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Random brightness, contrast, per-channel gain and blur per image, so appearance cues that
+    differ between synthetic and real images cannot carry the segmentation."""
+    if strength <= 0:
+        return x
+    n = x.shape[0]
+    u = lambda *shape: torch.from_numpy(rng.uniform(-1, 1, (n, *shape)).astype(np.float32))  # noqa: E731
+    x = x * (1 + strength * u(1, 1, 1)) * (1 + 0.5 * strength * u(3, 1, 1)) + 0.5 * strength * u(1, 1, 1)
+    blur = torch.from_numpy(rng.random(n) < 0.5 * strength)
+    if blur.any():
+        x = torch.where(blur[:, None, None, None], nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False), x)
+    return x.clamp(-1.5, 1.5)
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -98,7 +133,7 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
         model.train()
         idx = rng.integers(0, len(images), cfg.batch_size)
         ims, ms = _augment(rng, images[idx], masks[idx])
-        x = images_to_tensor(torch.from_numpy(ims)).to(cfg.device)
+        x = _photometric(rng, images_to_tensor(torch.from_numpy(ims)), cfg.photometric).to(cfg.device)
         y = torch.from_numpy((ms > 0).astype(np.float32))[:, None].to(cfg.device)
         loss = _loss(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -131,9 +166,10 @@ def prediction_grid(images: np.ndarray, masks: np.ndarray, probs: np.ndarray, pa
 
 
 def pair_grid(images: np.ndarray, masks: np.ndarray, path: Path, n: int = 6) -> Path:
-    """Rows of mask | image (e.g. a synthetic training set)."""
+    """Rows of mask | image (e.g. a synthetic training set), for the n masks with the most buildings."""
+    order = np.argsort(-(masks > 0).reshape(len(masks), -1).sum(1), kind="stable")[:n]
     rows = [np.concatenate([np.repeat((masks[i] > 0)[..., None] * 255, 3, -1).astype(np.uint8), images[i]], axis=1)
-            for i in range(min(n, len(images)))]
+            for i in order]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
     return path

@@ -39,6 +39,53 @@ def test_segmenter_learns_buildings_and_keeps_the_best_validation_model() -> Non
     assert iou > 2 * everything, (iou, everything)
 
 
+def test_standardizing_segmenter_ignores_a_colour_cast_and_mostly_ignores_contrast() -> None:
+    import torch
+
+    from dgan.segment import define_segmenter
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32) - 0.5
+    seg = define_segmenter(SegConfig(width=8, depth=3, standardize=True)).eval()
+    plain = define_segmenter(SegConfig(width=8, depth=3)).eval()
+    plain.load_state_dict(seg.state_dict())  # same weights, only the standardisation differs
+    cast = torch.tensor([0.2, -0.1, 0.3]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(seg(x), seg(x + cast), atol=1e-4)
+        assert not torch.allclose(plain(x), plain(x + cast), atol=1e-2)
+        # a 30% contrast cut moves the output by a few percent (the std floor keeps flat patches from being
+        # blown up, so it is not exactly invariant)
+        moved = float((seg(0.7 * x) - seg(x)).abs().mean())
+        assert moved < 0.1 * float(seg(x).abs().mean())
+
+
+def test_photometric_jitter_is_off_at_zero_and_changes_appearance_not_shape() -> None:
+    import torch
+
+    from dgan.segment import _photometric
+
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    assert _photometric(np.random.default_rng(0), x, 0.0) is x
+    y = _photometric(np.random.default_rng(0), x, 0.3)
+    assert y.shape == x.shape and not torch.allclose(y, x) and float(y.abs().max()) <= 1.5
+    means = y.mean(dim=(1, 2, 3)) - x.mean(dim=(1, 2, 3))
+    assert float(means.std()) > 0  # each image gets its own jitter
+
+
+def test_pair_grid_shows_the_masks_with_the_most_buildings_first(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from dgan.segment import pair_grid
+
+    masks = np.zeros((5, 8, 8), np.uint8)
+    for i in range(5):
+        masks[i, : 2 * i] = 1  # mask i has 16 * i building pixels
+    images = np.zeros((5, 8, 8, 3), np.uint8)
+    grid = np.asarray(Image.open(pair_grid(images, masks, tmp_path / "g.png", n=2)))
+    assert grid.shape == (16, 16, 3)
+    assert (grid[:8, :8, 0] > 0).sum() == 64 and (grid[8:, :8, 0] > 0).sum() == 48  # masks 4 then 3
+
+
 def test_claims_compare_the_right_numbers() -> None:
     c = claims({"dgan": {"iou": 0.5}, "central_gan": {"iou": 0.5}, "real_all": {"iou": 0.6},
                 "real_partial": {"iou": 0.45}})
@@ -62,6 +109,17 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     assert {p.name.split("-")[0] for p in cache} == {"real_all", "central_gan"}
     again = run_experiment(cfg)  # cached methods come back identical
     assert again["methods"]["real_all"] == results["methods"]["real_all"]
+
+
+def test_segmentation_seeds_share_one_gan_unless_gan_seeds_asks_for_more(tmp_path: Path) -> None:
+    cfg = ExperimentConfig(out=tmp_path / "exp", size=32, gan_steps=4, g_width=8, d_width=8, nodes=2,
+                           seg=SegConfig(width=8, depth=3, steps=10, eval_every=10), seeds=2, samples_per_mask=1,
+                           scenes=24, quick=True, partition="iid", threads=1)
+    central = run_experiment(cfg)["methods"]["central_gan"]
+    assert [r["gan_seed"] for r in central["seeds"]] == [0, 0] and len(central["gan_seconds"]) == 1
+    cfg.gan_seeds = 2
+    central = run_experiment(cfg)["methods"]["central_gan"]  # a new cache key: the GAN differs
+    assert [r["gan_seed"] for r in central["seeds"]] == [0, 1] and len(central["gan_seconds"]) == 2
 
 
 DUBAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "dubai_aerial_buildings"

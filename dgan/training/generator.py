@@ -103,7 +103,7 @@ class GeneratorTrainer:
             fakes = functional_call(self.G, dict(zip(self.names, params, strict=True)), (x,))
         self.inflight[key] = InFlight(node, self.step, fakes, params)
         out = fakes.detach()
-        return out.cpu().numpy().astype(self.cfg.fake_dtype, copy=False)
+        return out.float().cpu().numpy().astype(self.cfg.fake_dtype, copy=False)
 
     def release(self, node: str) -> int:
         """Forget a node's in-flight requests (it left or restarted)."""
