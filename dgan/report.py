@@ -144,7 +144,11 @@ def experiment_section(run_dir: Path) -> str:
     ax.set_ylabel("building IoU (test)")
     grids = "".join(f'<figure>{_img(f.read_bytes(), f.stem)}<figcaption>{f.stem}</figcaption></figure>'
                     for f in sorted((run_dir / "predictions").glob("*.png")))
-    body = (_table(rows, ["method", *keys]) + _fig(fig, "IoU by method")
+    claims = [[name, f"{c['ratio']:.3f} (target {c['target']})" if "ratio" in c else
+               f"{c['dgan']:.3f} vs {c['partial']:.3f}", "met" if c["met"] else "missed"]
+              for name, c in results.get("claims", {}).items()]
+    body = (_table(rows, ["method", *keys]) + (_table(claims, ["claim", "figure", ""]) if claims else "")
+            + _fig(fig, "IoU by method")
             + (f'<div class="row">{grids}</div>' if grids else _missing("prediction grids (predictions/*.png)")))
     return _section("experiment", "Experiment", body)
 

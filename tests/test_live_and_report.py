@@ -131,3 +131,15 @@ def test_demo_segmentation_stage_tests_on_held_out_scenes_and_the_report_shows_i
     text = write_report(small_run).read_text()
     assert 'id="experiment"' in text and "missing: results.json" not in text
     assert (small_run / "predictions" / "dgan.png").exists()
+
+
+def test_report_lists_the_experiment_claims_as_met_or_missed(tmp_path: Path) -> None:
+    from dgan.experiment import claims
+
+    methods = {"real_all": {"iou": 0.6}, "real_partial": {"iou": 0.5}, "central_gan": {"iou": 0.4},
+               "dgan": {"iou": 0.45}}
+    (tmp_path / "results.json").write_text(json.dumps({"methods": methods, "claims": claims(methods)}))
+    text = write_report(tmp_path).read_text()
+    assert "<td>dgan_vs_central</td><td>1.125 (target 0.95)</td><td>met</td>" in text
+    assert "<td>dgan_vs_partial_mean</td><td>0.450 vs 0.500</td><td>missed</td>" in text
+    assert "<td>dgan_vs_real_all</td><td>0.750 (target 0.85)</td><td>missed</td>" in text
