@@ -32,7 +32,7 @@ from dgan.networks import ModelConfig
 from dgan.run import HELDOUT_SEED_BASE, RunConfig, run_local
 from dgan.segment import SegConfig, metrics, pair_grid, predict, prediction_grid, train_segmenter
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
-from dgan.training.generator import GeneratorTrainer, TrainConfig
+from dgan.training.generator import GeneratorTrainer, TrainConfig, load_checkpoint
 
 log = logging.getLogger("dgan.experiment")
 
@@ -155,7 +155,7 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int) -> Gen
                         d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
                         synthesize=False, checkpoint_every=0, sample_every=max(1, cfg.gan_steps // 4),
                         timeout=4 * 3600, extra_generator_args=["--lambda-l1", str(cfg.lambda_l1)]))
-    state = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    state = load_checkpoint(out / "checkpoints" / "latest.pt")
     gen = GeneratorTrainer(ModelConfig(**state["model"]), TrainConfig(**state["train"]))
     gen.load(out / "checkpoints" / "latest.pt")
     return gen

@@ -32,12 +32,12 @@ def test_rebuilt_generator_equals_the_runs_final_weights_bitwise(recorded_run: t
     out, log = recorded_run
     rebuilt = tmp_path / "rebuilt.pt"
     step = R.rebuild_generator(log, out / "checkpoints" / "ckpt_000000.pt", rebuilt)
-    final = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    final = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
     assert step == final["step"] == 12
-    mine = torch.load(rebuilt, weights_only=False)
+    mine = torch.load(rebuilt, weights_only=True)
     for name, tensor in final["G"].items():
         assert torch.equal(tensor, mine["G"][name]), name
-    initial = torch.load(out / "checkpoints" / "ckpt_000000.pt", weights_only=False)
+    initial = torch.load(out / "checkpoints" / "ckpt_000000.pt", weights_only=True)
     assert not all(torch.equal(initial["G"][k], v) for k, v in final["G"].items())  # training moved it
 
 

@@ -21,7 +21,7 @@ SMALL = ["--image-size", "64", "--g-width", "16", "--d-width", "16"]
 
 
 def heldout_l1(checkpoint: Path) -> float:
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=True)
     trainer = GeneratorTrainer(ModelConfig(**state["model"]), TrainConfig())
     trainer.G.load_state_dict(state["G"])
     images, masks = make_scenes(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 16), 64)
@@ -103,7 +103,7 @@ def test_generator_kill_9_and_resume_continues_from_its_checkpoint(tmp_path: Pat
         wait_until((out / "checkpoints" / "ckpt_000010.pt").exists, 120, "a checkpoint before the kill")
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
-        saved = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)["step"]
+        saved = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["step"]
         second = group.start("generator2", [*gen_args, "--resume"], 1)
         assert second.wait(180) == 0
     finally:

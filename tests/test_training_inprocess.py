@@ -98,3 +98,31 @@ def test_tensorboard_without_the_package_says_how_to_install_it(tmp_path: Path) 
         pytest.skip("tensorboard is installed here; the message is for machines without it")
     res = CliRunner().invoke(app, ["generator", "--out", str(tmp_path), "--tensorboard", str(tmp_path / "tb")])
     assert res.exit_code == 2 and "pip install tensorboard" in res.output
+
+
+def test_checkpoint_restores_numpy_and_python_rng_too(tmp_path: Path) -> None:
+    import random
+
+    a = GeneratorTrainer(MODEL, TrainConfig(fake_dtype="float32"))
+    np.random.seed(5)
+    random.seed(3)
+    a.save(tmp_path / "c.pt")
+    expected = (np.random.rand(), random.random())
+    np.random.seed(1)
+    random.seed(1)
+    a.load(tmp_path / "c.pt")
+    assert (np.random.rand(), random.random()) == expected
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple:
+        return (print, ("this ran at load time",))
+
+
+def test_a_checkpoint_that_would_run_code_at_load_is_refused(tmp_path: Path) -> None:
+    GeneratorTrainer(MODEL, TrainConfig()).save(tmp_path / "good.pt")
+    state = torch.load(tmp_path / "good.pt", weights_only=True)
+    state["extra"] = _RunsCode()
+    torch.save(state, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match=r"crafted\.pt"):
+        load_checkpoint(tmp_path / "crafted.pt")

@@ -190,8 +190,7 @@ class GeneratorTrainer:
         return {"G": self.G.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
                 "samples_applied": self.samples_applied, "model": self.model_cfg.to_dict(),
                 "train": self.cfg.to_dict(), "threads": torch.get_num_threads(),  # for a bitwise rebuild
-                "rng": {"torch": torch.get_rng_state(),
-                                                     "numpy": np.random.get_state(), "python": random.getstate()}}
+                "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()}}
 
     def save(self, path: Path) -> None:
         save_atomic(self.state(), path)
@@ -203,7 +202,7 @@ class GeneratorTrainer:
         self.step = int(state["step"])
         self.samples_applied = int(state.get("samples_applied", 0))
         torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
+        _set_numpy_rng_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         self.inflight.clear()
         self._snapshot, self._acc, self.pending = None, None, 0
@@ -225,9 +224,22 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state as tensors and ints, so checkpoints load with ``weights_only=True``."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _set_numpy_rng_state(state: dict[str, Any]) -> None:
+    key = state["key"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], key, state["pos"], state["has_gauss"], state["gauss"]))
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Tensors and plain values only (``weights_only``): a crafted checkpoint cannot run code."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or "G" not in state or "step" not in state:
