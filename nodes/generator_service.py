@@ -359,9 +359,10 @@ class GeneratorService:
             self.save_samples()
 
     def checkpoint(self) -> Path:
+        """latest.pt first: once ckpt_N exists, --resume finds step N even if the process dies right after."""
         path = self.out / "checkpoints" / f"ckpt_{self.trainer.step:06d}.pt"
-        self.trainer.save(path)
         self.trainer.save(self.out / "checkpoints" / "latest.pt")
+        self.trainer.save(path)
         return path
 
     def save_samples(self) -> Path | None:
