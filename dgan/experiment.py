@@ -155,10 +155,7 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int) -> Gen
                         d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
                         synthesize=False, checkpoint_every=0, sample_every=max(1, cfg.gan_steps // 4),
                         timeout=4 * 3600, extra_generator_args=["--lambda-l1", str(cfg.lambda_l1)]))
-    state = load_checkpoint(out / "checkpoints" / "latest.pt")
-    gen = GeneratorTrainer(ModelConfig(**state["model"]), TrainConfig(**state["train"]))
-    gen.load(out / "checkpoints" / "latest.pt")
-    return gen
+    return GeneratorTrainer.from_state(load_checkpoint(out / "checkpoints" / "latest.pt"))
 
 
 # ------------------------------------------------------------------ segmentation

@@ -264,14 +264,12 @@ def rebuild_generator(path: Path, from_ckpt: Path, out_ckpt: Path, threads: int 
 
     import torch
 
-    from dgan.networks import ModelConfig
-    from dgan.training.generator import GeneratorTrainer, TrainConfig, load_checkpoint
+    from dgan.training.generator import GeneratorTrainer, load_checkpoint
     from nodes.generator_service import GeneratorService, ServiceConfig
 
     state = load_checkpoint(from_ckpt)
     torch.set_num_threads(threads or int(state.get("threads", 1)))
-    trainer = GeneratorTrainer(ModelConfig(**state["model"]), TrainConfig(**state["train"]))
-    trainer.load(from_ckpt)
+    trainer = GeneratorTrainer.from_state(state)
     inputs, fakes_for = generator_inputs(path)
     link = _ReplayLink(fakes_for)
     with tempfile.TemporaryDirectory() as tmp:

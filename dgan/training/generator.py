@@ -196,7 +196,16 @@ class GeneratorTrainer:
         save_atomic(self.state(), path)
 
     def load(self, path: Path) -> None:
-        state = load_checkpoint(path)
+        self.restore(load_checkpoint(path))
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> GeneratorTrainer:
+        """A trainer built with a checkpoint's own model and training config, then restored from it."""
+        trainer = cls(ModelConfig(**state["model"]), TrainConfig(**state["train"]))
+        trainer.restore(state)
+        return trainer
+
+    def restore(self, state: dict[str, Any]) -> None:
         self.G.load_state_dict(state["G"])
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
