@@ -152,9 +152,14 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
     return model, info
 
 
+def _most_buildings(masks: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n masks with the most building pixels: the grids worth looking at."""
+    return np.argsort(-(masks > 0).reshape(len(masks), -1).sum(1), kind="stable")[:n]
+
+
 def prediction_grid(images: np.ndarray, masks: np.ndarray, probs: np.ndarray, path: Path, n: int = 6) -> Path:
     """Rows of image | truth | prediction, for the n test images with the most buildings."""
-    order = np.argsort(-masks.reshape(len(masks), -1).sum(1))[:n]
+    order = _most_buildings(masks, n)
     rows = []
     for i in order:
         truth = np.repeat((masks[i] > 0)[..., None] * 255, 3, -1).astype(np.uint8)
@@ -167,7 +172,7 @@ def prediction_grid(images: np.ndarray, masks: np.ndarray, probs: np.ndarray, pa
 
 def pair_grid(images: np.ndarray, masks: np.ndarray, path: Path, n: int = 6) -> Path:
     """Rows of mask | image (e.g. a synthetic training set), for the n masks with the most buildings."""
-    order = np.argsort(-(masks > 0).reshape(len(masks), -1).sum(1), kind="stable")[:n]
+    order = _most_buildings(masks, n)
     rows = [np.concatenate([np.repeat((masks[i] > 0)[..., None] * 255, 3, -1).astype(np.uint8), images[i]], axis=1)
             for i in order]
     path.parent.mkdir(parents=True, exist_ok=True)
