@@ -37,6 +37,9 @@ bench-training *ARGS: setup
 bench-straggler *ARGS: setup
     {{bin}}/dgan bench straggler {{ARGS}}
 
+bench-privacy *ARGS: setup
+    {{bin}}/dgan bench privacy {{ARGS}}
+
 bench-precision *ARGS: setup
     {{bin}}/dgan bench precision {{ARGS}}
 

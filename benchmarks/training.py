@@ -23,6 +23,8 @@ from dgan.data.scenes import make_scenes
 from dgan.networks import GANLoss, ModelConfig, define_D, define_G, images_to_tensor, masks_to_input
 from dgan.run import RunConfig, run_local
 
+LAMBDA_L1 = 100.0  # the central baseline is pix2pix, so the DGAN runs here use feedback l1 (like for like)
+
 
 def _sizes(quick: bool) -> dict[str, int]:
     return {"image_size": 64, "g_width": 16, "d_width": 16, "steps": 15} if quick else {
@@ -61,7 +63,7 @@ def central_rate(cfg: ModelConfig, batch: int, steps: int, threads: int, autocas
             for p in D.parameters():
                 p.requires_grad_(False)
             opt_g.zero_grad()
-            (gan(D(m, fake), True) + cfg.lambda_l1 * torch.nn.functional.l1_loss(fake.float(), real)).backward()
+            (gan(D(m, fake), True) + LAMBDA_L1 * torch.nn.functional.l1_loss(fake.float(), real)).backward()
             opt_g.step()
         for p in D.parameters():
             p.requires_grad_(True)
@@ -89,7 +91,7 @@ def run_training_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, b
         # one G update per `nodes` feedbacks: the same total batch per G step as the centralized baseline
         run_local(RunConfig(nodes=nodes, steps=sz["steps"], out=out, scenes=nodes * 40, image_size=model.image_size,
                             g_width=model.g_width, d_width=model.d_width, batch_size=batch, synthesize=False,
-                            checkpoint_every=0, sample_every=0, timeout=1800,
+                            checkpoint_every=0, sample_every=0, timeout=1800, feedback="l1",
                             extra_generator_args=["--update-every", str(nodes)]))
         dgan_rate = applied_rate(out)
         tot = _node_totals(out)

@@ -11,12 +11,15 @@ from rich.console import Console
 from rich.table import Table
 
 from dgan import __version__
+from dgan.cli_attack import attack_app
+from dgan.feedback import DEFAULT_MODE, FeedbackMode
 from dgan.logs import setup_logging
 
 app = typer.Typer(help="dgan: distributed asynchronous discriminator GAN for remote-sensing segmentation.",
                   no_args_is_help=True, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks that print a table and write JSON.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(attack_app, name="attack")
 keys_app = typer.Typer(help="CURVE keys for encrypted, authenticated runs.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 console = Console()
@@ -24,6 +27,10 @@ log = logging.getLogger("dgan")
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="rich, plain or json.")]
+Feedback = Annotated[FeedbackMode, typer.Option(
+    "--feedback", help="What a node's gradient is of: segmentation (OASIS; private), adversarial (private) or l1 "
+    "(the paper's pix2pix L1; reveals the node's images, see docs/security.md).")]
+LambdaL1 = Annotated[float, typer.Option("--lambda-l1", help="Weight of the L1 term (--feedback l1 only).")]
 
 
 def _version(value: bool) -> None:
@@ -151,8 +158,8 @@ def generator(
     g_depth: Annotated[int, typer.Option(help="Generator depth (down-samplings).")] = 5,
     d_width: Annotated[int, typer.Option(help="Discriminator width (sent to nodes).")] = 32,
     gan_mode: Annotated[str, typer.Option(help="vanilla or lsgan.")] = "vanilla",
-    lambda_l1: Annotated[float, typer.Option(help="Weight of the L1 loss.")] = 100.0,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-4,
+    beta1: Annotated[float, typer.Option(help="Adam beta1 (OASIS uses 0).")] = 0.5,
     update_every: Annotated[int, typer.Option(help="async: feedbacks per update.")] = 1,
     weighting: Annotated[str, typer.Option(help="size or equal.")] = "size",
     max_staleness: Annotated[int, typer.Option(help="Drop feedback staler than this.")] = 8,
@@ -186,8 +193,8 @@ def generator(
     setup_logging(log_level, log_format, "generator")
     _threads(threads)
     model = ModelConfig(image_size=image_size, num_classes=num_classes, g_width=g_width, g_depth=g_depth,
-                        d_width=d_width, gan_mode=gan_mode, lambda_l1=lambda_l1)
-    train = TrainConfig(steps=steps, lr=lr, mode=mode, update_every=update_every, weighting=weighting,
+                        d_width=d_width, gan_mode=gan_mode)
+    train = TrainConfig(steps=steps, lr=lr, beta1=beta1, mode=mode, update_every=update_every, weighting=weighting,
                         max_staleness=max_staleness, fake_dtype=fake_dtype, seed=seed, device=device)
     if mode not in ("async", "sync"):
         raise typer.BadParameter("--mode must be async or sync")
@@ -256,6 +263,12 @@ def node(
     pipeline: Annotated[int, typer.Option(help="Requests kept in flight.")] = 2,
     grad_dtype: Annotated[str, typer.Option(help="float16 or float32 on the wire.")] = "float16",
     delay: Annotated[float, typer.Option(help="Artificial seconds per batch (slow-site emulation).")] = 0.0,
+    feedback: Feedback = DEFAULT_MODE,
+    lambda_l1: LambdaL1 = 100.0,
+    label_mix: Annotated[float, typer.Option(help="--feedback segmentation: LabelMix weight (OASIS: 10; 0 = "
+                                                  "off).")] = 0.0,
+    d_lr: Annotated[float, typer.Option(help="Discriminator Adam learning rate (OASIS: 4e-4).")] = 2e-4,
+    d_beta1: Annotated[float, typer.Option(help="Discriminator Adam beta1 (OASIS: 0).")] = 0.5,
     seed: int = 0,
     stats: Annotated[Path | None, typer.Option(help="Write this node's timing and byte counts here (JSON).")] = None,
     save_samples: Annotated[Path | None, typer.Option(help="Save mask | real | synthetic grids here (stays "
@@ -271,21 +284,27 @@ def node(
 ) -> None:
     """Run a discriminator node on private data; only gradients and losses leave it."""
     from dgan.data.shards import DataError, resolve_data
+    from dgan.feedback import FeedbackConfig
     from dgan.transport.zmq_link import ZmqNodeLink
     from nodes.discriminator_node import DiscriminatorNode, NodeConfig
 
     setup_logging(log_level, log_format, name)
     _threads(threads)
     try:
+        recipe = FeedbackConfig(feedback, lambda_l1=lambda_l1, label_mix=label_mix, lr=d_lr, beta1=d_beta1)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
         images, masks = resolve_data(data, image_size, count=count, seed=seed)
     except DataError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    link = ZmqNodeLink(broker, name, hello_meta=DiscriminatorNode.hello_meta(images), heartbeat_interval=heartbeat,
+    link = ZmqNodeLink(broker, name, hello_meta=DiscriminatorNode.hello_meta(images, recipe),
+                       heartbeat_interval=heartbeat,
                        socket_setup=_curve(key, broker_key))
     n = DiscriminatorNode(link, images, masks, NodeConfig(name=name, batch_size=batch_size, pipeline=pipeline,
                                                           grad_dtype=grad_dtype, delay=delay, seed=seed,
-                                                          device=device, samples_dir=save_samples,
+                                                          device=device, feedback=recipe, samples_dir=save_samples,
                                                           sample_every=sample_every))
     try:
         result = n.run()
@@ -329,6 +348,8 @@ def run(
     d_width: int = 32,
     batch_size: int = 8,
     mode: Annotated[str, typer.Option(help="async or sync.")] = "async",
+    feedback: Feedback = DEFAULT_MODE,
+    lambda_l1: LambdaL1 = 100.0,
     threads: Threads = 1,
     device: Device = "cpu",
     seed: int = 0,
@@ -342,8 +363,8 @@ def run(
     setup_logging(log_level, log_format, "run")
     cfg = RunConfig(nodes=nodes, steps=steps, out=out, data=data, partition=partition, scenes=scenes, record=record,
                     image_size=image_size, g_width=g_width, d_width=d_width, batch_size=batch_size, mode=mode,
-                    threads=threads, device=device, seed=seed)
-    _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps")
+                    threads=threads, device=device, seed=seed, feedback=feedback.value, lambda_l1=lambda_l1)
+    _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps, feedback {feedback.value}")
 
 
 def _run_with_view(cfg: Any, quiet: bool, log_format: str, title: str, report: bool = True) -> dict:
@@ -373,6 +394,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
     steps: Annotated[int, typer.Option(help="Generator updates.")] = 200,
     nodes: Annotated[int, typer.Option(help="Discriminator nodes.")] = 4,
+    feedback: Feedback = DEFAULT_MODE,
 ) -> None:
     """`dgan run` on the built-in scenes with 4 nodes: train, synthesise, summarise."""
     from dgan.demo import segment_synthetic
@@ -380,7 +402,7 @@ def demo(
     from dgan.run import RunConfig
 
     setup_logging("INFO", "rich", "demo")
-    cfg = RunConfig(nodes=nodes, steps=steps, out=out, scenes=800, sample_every=50)
+    cfg = RunConfig(nodes=nodes, steps=steps, out=out, scenes=800, sample_every=50, feedback=feedback.value)
     _run_with_view(cfg, False, "rich", f"dgan demo: {nodes} nodes, {steps} steps on built-in scenes", report=False)
     console.print(f"sample grids (mask | synthetic): {out / 'samples'}; synthetic set: {out / 'synthetic'}")
     with console.status(f"segmentation: a U-Net trained on the {len(list((out / 'synthetic' / 'images').glob('*')))}"
@@ -477,7 +499,12 @@ def experiment(
     seeds: Annotated[int, typer.Option(help="Repeat each segmentation training with this many seeds.")] = 2,
     gan_seeds: Annotated[int, typer.Option(help="GAN trainings per GAN method (segmentation seed s uses GAN "
                                                 "s mod this); 1 shares one GAN across the seeds.")] = 1,
-    lambda_l1: Annotated[float, typer.Option(help="Weight of the GANs' L1 loss.")] = 100.0,
+    feedback: Annotated[list[FeedbackMode] | None, typer.Option(
+        "--feedback", help="The GANs' feedback mode, for DGAN and the central GAN alike; repeat it to compare "
+        "modes in one run (the first is `dgan`/`central_gan`, the others `dgan_MODE`/`central_gan_MODE`).")] = None,
+    lambda_l1: LambdaL1 = 100.0,
+    label_mix: Annotated[float, typer.Option(help="--feedback segmentation: OASIS LabelMix weight (0 = off).")] = 0.0,
+    oasis_optim: Annotated[bool, typer.Option(help="OASIS optimisers: D lr 4e-4, G lr 1e-4, beta1 0.")] = False,
     seg_standardize: Annotated[bool, typer.Option(help="Segmenter standardises each image first.")] = False,
     seg_photometric: Annotated[float, typer.Option(help="Brightness/contrast/colour/blur jitter while training "
                                                         "the segmenter (0 = off).")] = 0.0,
@@ -491,14 +518,17 @@ def experiment(
     from dgan.segment import SegConfig
 
     setup_logging("INFO", "rich", "experiment")
+    modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
     if quick:
         cfg = ExperimentConfig(out=out, data=data, partition=partition, nodes=nodes, size=64, gan_steps=30,
                                g_width=16, d_width=16, seg=SegConfig(steps=60, eval_every=20), seeds=1,
-                               samples_per_mask=1, scenes=96, quick=True, with_sync=with_sync)
+                               samples_per_mask=1, scenes=96, quick=True, with_sync=with_sync, feedback=modes,
+                               lambda_l1=lambda_l1)
     else:
         seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric)
         cfg = ExperimentConfig(out=out, data=data, partition=partition, nodes=nodes, size=size, gan_steps=gan_steps,
-                               seg=seg, seeds=seeds, gan_seeds=gan_seeds, lambda_l1=lambda_l1,
+                               seg=seg, seeds=seeds, gan_seeds=gan_seeds, lambda_l1=lambda_l1, feedback=modes,
+                               label_mix=label_mix, oasis_optim=oasis_optim,
                                samples_per_mask=samples_per_mask, with_sync=with_sync)
     results = run_experiment(cfg)
     console.print((out / "results.md").read_text())
@@ -552,8 +582,9 @@ def replay(
     from_ckpt: Annotated[Path | None, typer.Option("--from", help="Initial generator checkpoint.")] = None,
     out: Annotated[Path | None, typer.Option(help="Where the rebuilt checkpoint goes.")] = None,
     audit: Annotated[bool, typer.Option(help="Privacy audit of every tensor; non-zero exit on a violation.")] = False,
-    real_data: Annotated[Path | None, typer.Option(help="--audit: also look for near-copies of these images.")] = (
-        None),
+    real_data: Annotated[Path | None, typer.Option(help="--audit: the nodes' real pairs (folder or shard .json): "
+                                                        "look for near-copies and for gradients that carry them.")
+                         ] = None,
 ) -> None:
     """Inspect, verify, re-send, rebuild from, or audit a message log (default: a summary)."""
     import json
@@ -605,16 +636,21 @@ def replay(
             console.print(f"rebuilt the generator to step {step}: {out}")
             return
         if audit:
-            real = None
+            real, real_masks = None, None
             if real_data is not None:
-                from dgan.data.loaders import load_pairs_folder
+                from dgan.data.shards import DataError, resolve_real_data
 
-                real = load_pairs_folder(real_data, R.fake_size(log_file) or 128).images
-            rep = R.audit(log_file, real)
+                try:
+                    real, real_masks = resolve_real_data(str(real_data), R.fake_size(log_file) or 128)
+                except DataError as exc:
+                    console.print(f"[red]{exc}[/red]")
+                    raise typer.Exit(2) from None
+            rep = R.audit(log_file, real, real_masks=real_masks)
             table = Table("direction kind tensor dtype rank", "count", title="tensors on the wire")
             for k, v in sorted(rep.tensors.items()):
                 table.add_row(k, str(v))
             console.print(table)
+            _print_audit_modes(rep)
             for v in rep.violations + rep.near_duplicates:
                 console.print(f"[red]FAIL[/red] {v}")
             console.print("[green]audit passed[/green]" if rep.ok else
@@ -640,6 +676,20 @@ def replay(
     except (LogFormatError, R.RebuildError, IndexError, OSError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+
+
+def _print_audit_modes(rep: Any) -> None:
+    modes = Table("node", "feedback mode", "feedbacks with g_l1", "matched", "sign agreement (control)",
+                  "|corr| (control)", title="feedback per node")
+    for node in sorted(set(rep.modes) | set(rep.leakage)):
+        lk = rep.leakage.get(node, {})
+        modes.add_row(node, rep.modes.get(node, "?"), str(rep.pixel_losses.get(node, 0)), str(lk.get("matched", "-")),
+                      f"{lk['sign_agreement']:.3f} ({lk['control_sign_agreement']:.3f})" if lk.get("matched") else "-",
+                      f"{lk['abs_corr']:.3f} ({lk['control_abs_corr']:.3f})" if lk.get("matched") else "-")
+    console.print(modes)
+    if not rep.leakage:
+        console.print("[dim]no gradient compared with a real image: pass the nodes' pairs with --real-data (their "
+                      "masks identify which feedback belongs to which image)[/dim]")
 
 
 @bench_app.command("transport")
@@ -720,3 +770,18 @@ def bench_fuzz(
 
 if __name__ == "__main__":
     app()
+
+
+@bench_app.command("privacy")
+def bench_privacy(
+    quick: Quick = False,
+    json_out: JsonOut = None,
+    data: Annotated[Path | None, typer.Option(help="Pairs folder to draw the 8 victim images from (default: the "
+                                                   "Dubai patches in ../shared if present, else built-in scenes).")
+                    ] = None,
+) -> None:
+    """Active (bisection) and passive reconstruction attacks against a real node, for every feedback mode."""
+    from benchmarks.privacy import run_privacy_benchmark
+
+    setup_logging("WARNING", "rich", "bench")
+    run_privacy_benchmark(quick, json_out, data)

@@ -8,6 +8,9 @@ Methods, all evaluated on the same real test split, read once at the end:
 * ``dgan``: the distributed run (broker + N node processes), synthesise, segment;
 * ``dgan_sync`` (``--with-sync``): the same in AsynDGAN's synchronous mode.
 
+Both GANs use the same feedback mode (``dgan.feedback``), so the comparison is like for like;
+with several modes, each extra one adds ``central_gan_MODE`` and ``dgan_MODE``.
+
 Model selection uses a validation split carved from the training tiles, never the test tiles.
 ``real_all`` and ``central_gan`` do not depend on the partition and are cached by data, config and seed.
 """
@@ -28,6 +31,7 @@ import torch
 from dgan.data.loaders import PairSet, load_pairs_folder
 from dgan.data.partition import partition, summary
 from dgan.data.scenes import make_scenes
+from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
 from dgan.networks import ModelConfig
 from dgan.run import HELDOUT_SEED_BASE, RunConfig, run_local
 from dgan.segment import SegConfig, metrics, pair_grid, predict, prediction_grid, train_segmenter
@@ -53,7 +57,10 @@ class ExperimentConfig:
     batch_size: int = 8
     g_width: int = 32
     d_width: int = 32
-    lambda_l1: float = 100.0
+    lambda_l1: float = 100.0  # feedback mode l1 only
+    feedback: tuple[str, ...] = (DEFAULT_MODE.value,)  # the first is `dgan`/`central_gan`
+    label_mix: float = 0.0  # segmentation feedback: OASIS LabelMix weight
+    oasis_optim: bool = False  # OASIS optimisers: D lr 4e-4, G lr 1e-4, beta1 0 for both
     seg: SegConfig = field(default_factory=lambda: SegConfig(steps=700))
     seeds: int = 2
     gan_seeds: int = 1  # GAN trainings per GAN method; segmentation seed s trains on GAN s % gan_seeds
@@ -65,7 +72,16 @@ class ExperimentConfig:
     threads: int = 2
 
     def model(self) -> ModelConfig:
-        return ModelConfig(image_size=self.size, g_width=self.g_width, d_width=self.d_width, lambda_l1=self.lambda_l1)
+        return ModelConfig(image_size=self.size, g_width=self.g_width, d_width=self.d_width)
+
+    def recipe(self, mode: str) -> FeedbackConfig:
+        d_lr, beta1 = (4e-4, 0.0) if self.oasis_optim else (2e-4, 0.5)
+        return FeedbackConfig(FeedbackMode(mode), lambda_l1=self.lambda_l1, label_mix=self.label_mix, lr=d_lr,
+                              beta1=beta1)
+
+    def generator_optim(self) -> tuple[float, float]:
+        """(lr, beta1) of the generator's Adam."""
+        return (1e-4, 0.0) if self.oasis_optim else (2e-4, 0.5)
 
 
 @dataclass
@@ -122,11 +138,12 @@ def make_splits(cfg: ExperimentConfig) -> Splits:
 # ------------------------------------------------------------------ GANs
 
 
-def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int) -> GeneratorTrainer:
-    """pix2pix with one discriminator on the pooled pairs: the same G, D, batch and images seen as DGAN."""
+def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> GeneratorTrainer:
+    """One discriminator on the pooled pairs: the same G, D, loss, batch and images seen as DGAN."""
     model = cfg.model()
-    gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, seed=seed, fake_dtype="float32"))
-    disc = DiscriminatorTrainer(model, seed=seed)
+    lr, beta1 = cfg.generator_optim()
+    gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, lr=lr, beta1=beta1, seed=seed, fake_dtype="float32"))
+    disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed)
     sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed)
     for step in range(cfg.gan_steps):
         reals, masks = sampler.batch(cfg.batch_size)
@@ -144,8 +161,10 @@ def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: i
     return PairSet(np.concatenate(ims), all_masks, [f"syn{i}" for i in range(len(all_masks))])
 
 
-def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int) -> GeneratorTrainer:
-    out = cfg.out / f"dgan_{mode}_seed{seed}"
+def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedback: str) -> GeneratorTrainer:
+    out = cfg.out / f"dgan_{mode}_{feedback}_seed{seed}"
+    lr, beta1 = cfg.generator_optim()
+    recipe = cfg.recipe(feedback)
     if cfg.data is None:
         shards = [{"kind": "scenes", "seeds": [int(i) for i in p], "size": cfg.size} for p in splits.node_parts]
     else:
@@ -154,7 +173,10 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int) -> Gen
     run_local(RunConfig(nodes=cfg.nodes, steps=cfg.gan_steps, out=out, image_size=cfg.size, g_width=cfg.g_width,
                         d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
                         synthesize=False, checkpoint_every=0, sample_every=max(1, cfg.gan_steps // 4),
-                        timeout=4 * 3600, extra_generator_args=["--lambda-l1", str(cfg.lambda_l1)]))
+                        timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1,
+                        extra_generator_args=["--lr", str(lr), "--beta1", str(beta1)],
+                        node_args=["--label-mix", str(recipe.label_mix), "--d-lr", str(recipe.lr),
+                                   "--d-beta1", str(recipe.beta1)]))
     return GeneratorTrainer.from_state(load_checkpoint(out / "checkpoints" / "latest.pt"))
 
 
@@ -184,14 +206,18 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _cache_key(cfg: ExperimentConfig, splits: Splits, method: str) -> str:
+def _cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = "") -> str:
     """What the method's result depends on: data, splits and segmentation always; the GAN only for GAN methods."""
     key: dict[str, Any] = {"method": method, "data": str(cfg.data), "size": cfg.size, "seg": cfg.seg.to_dict(),
                            "seeds": cfg.seeds, "train": splits.train.names, "val": splits.val.names,
                            "test": splits.test.names}
-    if method != "real_all":
+    if method == "real_partial":
+        key["nodes"] = [[splits.train.names[i] for i in p] for p in splits.node_parts]
+    if method not in ("real_all", "real_partial"):
         key.update(gan_steps=cfg.gan_steps, batch=cfg.batch_size, model=cfg.model().to_dict(),
-                   gan_seeds=cfg.gan_seeds, samples=cfg.samples_per_mask)
+                   gan_seeds=cfg.gan_seeds, samples=cfg.samples_per_mask, feedback=cfg.recipe(mode).to_dict())
+        if cfg.oasis_optim:
+            key["g_optim"] = cfg.generator_optim()
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -208,8 +234,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     grids = cfg.out / "predictions"
     t0 = time.time()
 
-    def cached(method: str, compute: Any) -> dict[str, Any]:
-        path = cache / f"{method}-{_cache_key(cfg, splits, method)}.json"
+    def cached(method: str, compute: Any, mode: str = "") -> dict[str, Any]:
+        path = cache / f"{method}-{_cache_key(cfg, splits, method, mode)}.json"
         if path.exists():
             log.info("%s: from cache %s", method, path)
             return json.loads(path.read_text())
@@ -220,13 +246,13 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     methods["real_all"] = cached("real_all", lambda: _aggregate([
         evaluate_training_set(cfg, splits.train, splits, s, grids / "real_all.png" if s == 0 else None, "real_all")
         for s in seeds]))
-    per_node = {}
-    for k, part in enumerate(splits.node_parts):
-        per_node[f"node{k}"] = _aggregate([evaluate_training_set(cfg, splits.train.subset(part), splits, s,
-                                                                 grids / f"real_node{k}.png" if s == 0 else None,
-                                                                 f"real_partial node{k}") for s in seeds])
-    methods["real_partial"] = {**{k: float(np.mean([v[k] for v in per_node.values()])) for k in METRICS},
-                               "per_node": per_node}
+    def partial() -> dict[str, Any]:
+        per_node = {f"node{k}": _aggregate([evaluate_training_set(
+            cfg, splits.train.subset(part), splits, s, grids / f"real_node{k}.png" if s == 0 else None,
+            f"real_partial node{k}") for s in seeds]) for k, part in enumerate(splits.node_parts)}
+        return {**{k: float(np.mean([v[k] for v in per_node.values()])) for k in METRICS}, "per_node": per_node}
+
+    methods["real_partial"] = cached("real_partial", partial)
 
     def gan_method(name: str, make: Any) -> dict[str, Any]:
         sets, gan_seconds = [], []
@@ -244,18 +270,22 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             runs.append({**run, "gan_seed": s % len(sets)})
         return {**_aggregate(runs), "gan_seconds": gan_seconds}
 
-    methods["central_gan"] = cached("central_gan", lambda: gan_method(
-        "central_gan", lambda s: central_gan(cfg, splits.train, s)))
-    methods["dgan"] = gan_method("dgan", lambda s: dgan_run(cfg, splits, "async", s))
+    for i, fb in enumerate(cfg.feedback):
+        suffix = "" if i == 0 else f"_{fb}"
+        methods[f"central_gan{suffix}"] = {**cached("central_gan", lambda fb=fb, suffix=suffix: gan_method(
+            f"central_gan{suffix}", lambda s: central_gan(cfg, splits.train, s, fb)), fb), "feedback": fb}
+        methods[f"dgan{suffix}"] = {**gan_method(f"dgan{suffix}", lambda s, fb=fb: dgan_run(cfg, splits, "async", s,
+                                                                                             fb)), "feedback": fb}
     if cfg.with_sync:
-        methods["dgan_sync"] = gan_method("dgan_sync", lambda s: dgan_run(cfg, splits, "sync", s))
+        methods["dgan_sync"] = {**gan_method("dgan_sync", lambda s: dgan_run(cfg, splits, "sync", s, cfg.feedback[0])),
+                                "feedback": cfg.feedback[0]}
     results = {
         "dataset": splits.description["dataset"], "partition": splits.description["partition"],
         "resolution": cfg.size, "splits": splits.description,
         "sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         "nodes": summary(splits.node_parts, splits.train.masks),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "methods": methods, "wall_seconds": time.time() - t0,
+        "methods": methods, "wall_seconds": time.time() - t0, "feedback": list(cfg.feedback),
         "claims": claims(methods),
     }
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -274,13 +304,17 @@ def claims(methods: dict[str, Any]) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# {results['dataset']}, partition {results['partition']}, {results['resolution']} px", "",
-             "| method | IoU | F1 | precision | recall | accuracy |", "|---|---|---|---|---|---|"]
+             f"Feedback modes: {', '.join(results.get('feedback', []))} (the first is `dgan`/`central_gan`).", "",
+             "| method | feedback | test IoU | val IoU | F1 | precision | recall | accuracy |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, m in results["methods"].items():
         sd = f" ± {m['iou_std']:.3f}" if "iou_std" in m else ""
-        lines.append(f"| {name} | {m['iou']:.3f}{sd} | {m['f1']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} "
-                     f"| {m['accuracy']:.3f} |")
+        val = [r.get("best_val_iou") for r in m.get("seeds", []) if r.get("best_val_iou") is not None]
+        lines.append(f"| {name} | {m.get('feedback', '-')} | {m['iou']:.3f}{sd} | "
+                     f"{f'{np.mean(val):.3f}' if val else '-'} | {m['f1']:.3f} | {m['precision']:.3f} "
+                     f"| {m['recall']:.3f} | {m['accuracy']:.3f} |")
     for name, m in results["methods"]["real_partial"]["per_node"].items():
-        lines.append(f"| real_partial {name} | {m['iou']:.3f} ± {m['iou_std']:.3f} | {m['f1']:.3f} "
+        lines.append(f"| real_partial {name} | - | {m['iou']:.3f} ± {m['iou_std']:.3f} | - | {m['f1']:.3f} "
                      f"| {m['precision']:.3f} | {m['recall']:.3f} | {m['accuracy']:.3f} |")
     cl = results["claims"]
     lines += ["", f"- IoU(dgan) / IoU(central_gan) = {cl['dgan_vs_central']['ratio']:.3f} (target >= 0.95: "

@@ -85,12 +85,14 @@ def render(generator: dict[str, Any], broker: dict[str, Any], title: str = "dgan
         ("  mode ", "bold"), str(generator.get("mode", "?")),
         ("  dropped stale ", "bold"), str(generator.get("dropped_stale", 0)))
     table = Table(expand=True)
-    for col in ("node", "alive", "batches", "D loss", "G adv", "L1", "staleness", "last seen"):
+    for col in ("node", "feedback", "alive", "batches", "D loss", "G adv", "L1", "staleness", "last seen"):
         table.add_column(col, justify="right" if col != "node" else "left")
     for name, n in sorted(generator.get("nodes", {}).items()):
         losses = n.get("losses", {})
         d_loss = (losses["d_real"] + losses["d_fake"]) / 2 if "d_real" in losses and "d_fake" in losses else None
-        table.add_row(name, "[green]yes[/green]" if n.get("alive") else "[red]no[/red]", str(n.get("batches", 0)),
+        mode = str(n.get("feedback", "?"))
+        table.add_row(name, f"[red]{mode} (leaks)[/red]" if mode == "l1" else mode,
+                      "[green]yes[/green]" if n.get("alive") else "[red]no[/red]", str(n.get("batches", 0)),
                       _fmt(d_loss), _fmt(losses.get("g_adv")), _fmt(losses.get("g_l1")),
                       _fmt(n.get("staleness")), f"{_fmt(n.get('last_seen'), '.1f')} s ago")
     parts: list[Any] = [head, table]

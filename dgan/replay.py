@@ -301,6 +301,9 @@ class AuditReport:
     tensors: Counter[str] = field(default_factory=Counter)  # "direction kind name dtype rank" -> count
     violations: list[str] = field(default_factory=list)
     near_duplicates: list[str] = field(default_factory=list)
+    modes: dict[str, str] = field(default_factory=dict)  # node -> feedback mode announced at HELLO
+    pixel_losses: Counter[str] = field(default_factory=Counter)  # node -> feedbacks that carried g_l1
+    leakage: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> gradient/real-image statistics
 
     @property
     def ok(self) -> bool:
@@ -331,14 +334,19 @@ def _fingerprint(images: np.ndarray, side: int = 16) -> np.ndarray:
 
 
 def audit(path: Path, real_images: np.ndarray | None = None, threshold: float = 0.97,
-          num_classes: int | None = None) -> AuditReport:
-    """Every tensor that crossed the wire, and anything that is not a mask, fake, gradient or scalar."""
+          num_classes: int | None = None, real_masks: np.ndarray | None = None) -> AuditReport:
+    """Every tensor that crossed the wire, anything that is not a mask, fake, gradient or scalar, pixel losses
+    against real images, and (with the real pairs) gradients that carry the real images (``dgan.leakage``)."""
     report = AuditReport()
     real_fp = _fingerprint(real_images) if real_images is not None and len(real_images) else None
     classes = num_classes
     for i, rec, msg in decoded(path):
         if msg is None:
             continue  # undecodable frames were refused by the broker; they carried nothing onward
+        if rec.direction == Direction.FROM_NODE and msg.kind == P.Kind.HELLO:
+            report.modes[rec.peer] = str(msg.meta.get("feedback", "unknown"))
+        if rec.direction == Direction.FROM_NODE and msg.kind == P.Kind.FEEDBACK and "g_l1" in msg.meta["losses"]:
+            report.pixel_losses[rec.peer] += 1
         if msg.kind == P.Kind.WELCOME and classes is None:
             classes = int(msg.meta.get("config", {}).get("model", {}).get("num_classes", 2))
         for name, t in msg.tensors.items():
@@ -352,9 +360,18 @@ def audit(path: Path, real_images: np.ndarray | None = None, threshold: float = 
                 report.violations.append(f"{where}: values up to {int(t.max())} are not class ids below "
                                          f"{classes or 2}: not a mask")
             if real_fp is not None and t.ndim == 4 and t.size:  # image-shaped: fakes and gradients
-                sims = _fingerprint(t.astype(np.float32)) @ real_fp.T
+                # absolute: a sign-coded leak (the L1 gradient) is anti-correlated with the image
+                sims = np.abs(_fingerprint(t.astype(np.float32)) @ real_fp.T)
                 best = sims.max(axis=1)
                 for j in np.nonzero(best >= threshold)[0]:
-                    report.near_duplicates.append(f"{where} item {j}: cosine {best[j]:.3f} to real image "
+                    report.near_duplicates.append(f"{where} item {j}: |cosine| {best[j]:.3f} to real image "
                                                   f"{int(sims[j].argmax())}")
+    for node, n in sorted(report.pixel_losses.items()):
+        report.violations.append(f"node {node}: {n} feedback(s) carried g_l1, a pixel loss against its real images")
+    if real_images is not None and real_masks is not None:
+        from dgan.leakage import gradient_leakage
+
+        for node, stats in gradient_leakage(path, real_images, real_masks).items():
+            report.leakage[node] = stats.summary()
+            report.violations += [f"node {node}: {problem}" for problem in stats.leaks()]
     return report

@@ -60,11 +60,11 @@ def config_section(run: dict[str, Any] | None) -> str:
     rows = [[k, v] for k, v in run.items() if not isinstance(v, dict)]
     for group in ("model", "train"):
         rows += [[f"{group}.{k}", v] for k, v in run.get(group, {}).items()]
-    nodes = [[n, i.get("dataset_size"), i.get("feedbacks"), i.get("samples"),
+    nodes = [[n, i.get("feedback", "unknown"), i.get("dataset_size"), i.get("feedbacks"), i.get("samples"),
               "-" if i.get("staleness_mean") is None else f"{i['staleness_mean']:.2f}", i.get("alive_at_end")]
              for n, i in sorted(run.get("nodes", {}).items())]
     return _section("config", "Run", _table(rows, ["setting", "value"]) + "<h3>Nodes</h3>" + _table(
-        nodes, ["node", "pairs", "feedbacks", "samples", "staleness mean", "alive at end"]))
+        nodes, ["node", "feedback mode", "pairs", "feedbacks", "samples", "staleness mean", "alive at end"]))
 
 
 def curves_section(feedback: dict[str, Any] | None) -> str:
@@ -135,19 +135,20 @@ def experiment_section(run_dir: Path) -> str:
         return _section("experiment", "Experiment", _missing("results.json (run `dgan experiment`)"))
     methods = results.get("methods", {})
     keys = ["iou", "f1", "precision", "recall", "accuracy"]
-    rows = [[m, *(f"{v.get(k):.3f}" if isinstance(v.get(k), (int, float)) else "-" for k in keys)]
-            for m, v in methods.items()]
+    rows = [[m, v.get("feedback", "-"), *(f"{v.get(k):.3f}" if isinstance(v.get(k), (int, float)) else "-"
+                                           for k in keys)] for m, v in methods.items()]
     fig, ax = plt.subplots(figsize=(6, 3))
     names = list(methods)
     ax.bar(names, [methods[m].get("iou", 0) for m in names],
            yerr=[methods[m].get("iou_std", 0) for m in names], capsize=4)
     ax.set_ylabel("building IoU (test)")
+    ax.tick_params(axis="x", labelrotation=30)
     grids = "".join(f'<figure>{_img(f.read_bytes(), f.stem)}<figcaption>{f.stem}</figcaption></figure>'
                     for f in sorted((run_dir / "predictions").glob("*.png")))
     claims = [[name, f"{c['ratio']:.3f} (target {c['target']})" if "ratio" in c else
                f"{c['dgan']:.3f} vs {c['partial']:.3f}", "met" if c["met"] else "missed"]
               for name, c in results.get("claims", {}).items()]
-    body = (_table(rows, ["method", *keys]) + (_table(claims, ["claim", "figure", ""]) if claims else "")
+    body = (_table(rows, ["method", "feedback mode", *keys]) + (_table(claims, ["claim", "figure", ""]) if claims else "")
             + _fig(fig, "IoU by method")
             + (f'<div class="row">{grids}</div>' if grids else _missing("prediction grids (predictions/*.png)")))
     return _section("experiment", "Experiment", body)

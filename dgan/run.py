@@ -23,6 +23,7 @@ from typing import Any
 
 from dgan.data.partition import partition
 from dgan.data.shards import IMAGE_EXTS, scenes_spec
+from dgan.feedback import DEFAULT_MODE
 
 log = logging.getLogger("dgan.run")
 
@@ -44,6 +45,9 @@ class RunConfig:
     batch_size: int = 8
     pipeline: int = 2
     mode: str = "async"
+    feedback: str = DEFAULT_MODE.value  # every node's --feedback
+    lambda_l1: float = 100.0  # with feedback l1
+    node_args: list[str] = field(default_factory=list)  # more options for every node
     threads: int = 1  # torch threads per node process
     generator_threads: int = 0  # 0: min(2, cores); the generator does most of the FLOPs (G forward + backward)
     seed: int = 0
@@ -149,7 +153,8 @@ def run_local(cfg: RunConfig, watch: Callable[[str], None] | None = None) -> dic
                 "--batch-size", str(cfg.batch_size), "--pipeline", str(cfg.pipeline), "--seed", str(cfg.seed + i),
                 "--threads", str(cfg.threads), "--device", cfg.device, "--delay", str(delay),
                 "--stats", str(cfg.out / "nodes" / f"node{i}.json"), "--image-size", str(cfg.image_size),
-                "--heartbeat", hb, "--log-format", "plain"], cfg.threads)
+                "--heartbeat", hb, "--log-format", "plain", "--feedback", cfg.feedback,
+                "--lambda-l1", str(cfg.lambda_l1), *cfg.node_args], cfg.threads)
         pub = f"tcp://127.0.0.1:{pub_port}"
         while gen.poll() is None:
             if time.time() - t0 > cfg.timeout:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dgan import protocol as P
+from dgan.feedback import L1_WARNING, FeedbackConfig
 from dgan.networks import ModelConfig
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.transport.base import NodeLink
@@ -35,7 +36,7 @@ class NodeConfig:
     delay: float = 0.0  # artificial seconds per batch, to emulate slow sites
     seed: int = 0
     device: str = "cpu"
-    lr: float = 2e-4
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)  # the operator's choice, never the generator's
     request_timeout: float = 60.0
     mask_chunk: int = 256
     samples_dir: Path | None = None  # save (mask | real | synthetic) grids here; they never leave the node
@@ -81,11 +82,16 @@ class DiscriminatorNode:
         self._retry_at = 0.0
 
     @staticmethod
-    def hello_meta(images: np.ndarray) -> dict[str, Any]:
-        return {"dataset_size": len(images), "image_size": int(images.shape[1])}
+    def hello_meta(images: np.ndarray, feedback: FeedbackConfig | None = None) -> dict[str, Any]:
+        """What HELLO announces: the data size and the feedback mode this node enforces."""
+        return {"dataset_size": len(images), "image_size": int(images.shape[1]),
+                "feedback": (feedback or FeedbackConfig()).mode.value}
 
     def run(self, stop: threading.Event | None = None, max_batches: int | None = None) -> NodeStats:
-        log.info("node %s: %d private pairs; waiting for the generator", self.cfg.name, len(self.images))
+        log.info("node %s: %d private pairs, feedback mode %s; waiting for the generator", self.cfg.name,
+                 len(self.images), self.cfg.feedback.mode.value)
+        if self.cfg.feedback.leaks:
+            log.warning("node %s: %s", self.cfg.name, L1_WARNING)
         while not self.done and not (stop is not None and stop.is_set()):
             if max_batches is not None and self.stats.batches >= max_batches:
                 break
@@ -117,9 +123,10 @@ class DiscriminatorNode:
 
     def _on_welcome(self, msg: P.Message) -> None:
         config = msg.meta["config"]
-        model = ModelConfig(**config["model"])
+        # Architecture only: the loss (and so what the gradient reveals) stays this node's own setting.
+        model = ModelConfig.from_dict(config["model"])
         if self.trainer is None or self.trainer.cfg != model:
-            self.trainer = DiscriminatorTrainer(model, lr=self.cfg.lr, seed=self.cfg.seed, device=self.cfg.device)
+            self.trainer = DiscriminatorTrainer(model, self.cfg.feedback, seed=self.cfg.seed, device=self.cfg.device)
             self.sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed)
         self.run_id = msg.run_id
         self.outstanding.clear()  # a (re)started generator knows none of them

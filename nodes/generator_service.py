@@ -19,12 +19,14 @@ import numpy as np
 from PIL import Image
 
 from dgan import protocol as P
+from dgan.feedback import FeedbackMode
 from dgan.training.generator import GeneratorTrainer, Outcome
 from dgan.transport.base import GeneratorLink
 
 log = logging.getLogger("dgan.generator")
 
 MAX_MASK_CHUNKS = 10_000
+FEEDBACK_NAMES = frozenset({m.value for m in FeedbackMode} | {"unknown"})  # "unknown": a node that predates modes
 FEEDBACK_COLUMNS = ["time", "node", "step", "staleness", "samples", "d_real", "d_fake", "g_adv", "g_l1"]
 
 
@@ -46,6 +48,7 @@ class ServiceConfig:
 class NodeInfo:
     name: str
     dataset_size: int = 0
+    feedback: str = "unknown"  # the mode the node announced at HELLO (the node enforces it)
     alive: bool = True
     joined: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
@@ -144,7 +147,7 @@ class GeneratorService:
             "samples_applied": self.trainer.samples_applied, "inflight": len(self.trainer.inflight),
             "mode": self.trainer.cfg.mode, "dropped_stale": self.counters["dropped_stale"],
             "phase": phase, "phase_done": done, "phase_total": total,
-            "nodes": {n: {"alive": i.alive, "batches": i.feedbacks, "losses": i.losses,
+            "nodes": {n: {"alive": i.alive, "feedback": i.feedback, "batches": i.feedbacks, "losses": i.losses,
                           "staleness": i.staleness[-1] if i.staleness else None,
                           "last_seen": round(time.time() - i.last_seen, 1)} for n, i in self.nodes.items()},
         }
@@ -200,15 +203,20 @@ class GeneratorService:
         if type(size) is not int or size < 0:
             self._reject(name, msg, P.ErrorCode.BAD_HEADER, "HELLO needs meta dataset_size, an integer >= 0")
             return
+        feedback = msg.meta.get("feedback", "unknown")
+        if type(feedback) is not str or feedback not in FEEDBACK_NAMES:
+            self._reject(name, msg, P.ErrorCode.BAD_HEADER, f"HELLO meta feedback must be one of "
+                         f"{sorted(FEEDBACK_NAMES)}, got {str(feedback)[:40]!r}")
+            return
         old = self.nodes.get(name)
         if old is not None:
             released = self.trainer.release(name)
             log.info("generator: node %s said hello again; released %d request(s) in flight", name, released)
             self._forget_round(name)
-            old.alive, old.dataset_size = True, size
+            old.alive, old.dataset_size, old.feedback = True, size, feedback
         else:
-            self.nodes[name] = NodeInfo(name, dataset_size=size)
-            log.info("generator: node %s joined (%d pairs)", name, size)
+            self.nodes[name] = NodeInfo(name, dataset_size=size, feedback=feedback)
+            log.info("generator: node %s joined (%d pairs, feedback %s)", name, size, feedback)
         node = self.nodes[name]
         config = {"model": self.trainer.model_cfg.to_dict(), "fake_dtype": self.trainer.cfg.fake_dtype,
                   "max_batch": self.trainer.cfg.max_batch, "need_masks": node.masks is None}
@@ -396,7 +404,8 @@ class GeneratorService:
             "samples_per_s": round(self.trainer.samples_applied / wall, 2) if wall else 0.0,
             "synthetic_images": synthetic, "counters": dict(self.counters),
             "model": self.trainer.model_cfg.to_dict(), "train": self.trainer.cfg.to_dict(),
-            "nodes": {n: {"dataset_size": i.dataset_size, "feedbacks": i.feedbacks, "samples": i.samples,
+            "nodes": {n: {"dataset_size": i.dataset_size, "feedback": i.feedback, "feedbacks": i.feedbacks,
+                          "samples": i.samples,
                           "alive_at_end": i.alive, "losses": i.losses, "counts": dict(i.counts),
                           "masks": 0 if i.masks is None else len(i.masks),
                           "staleness_mean": float(np.mean(i.staleness)) if i.staleness else None,

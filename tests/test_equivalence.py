@@ -8,11 +8,13 @@ import numpy as np
 import torch
 
 from dgan.data.scenes import make_scenes
+from dgan.feedback import FeedbackConfig, FeedbackMode
 from dgan.networks import GANLoss, ModelConfig, images_to_tensor, masks_to_input
 from dgan.training.discriminator import DiscriminatorTrainer
 from dgan.training.generator import GeneratorTrainer, Outcome, TrainConfig
 
 CFG = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
+L1 = FeedbackConfig(FeedbackMode.L1, lambda_l1=100.0)
 
 
 def pix2pix_step(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.Optimizer,
@@ -30,7 +32,7 @@ def pix2pix_step(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.Opti
     for p in D.parameters():
         p.requires_grad_(False)
     opt_g.zero_grad()
-    loss_g = gan(D(m, fake), True) + CFG.lambda_l1 * torch.nn.functional.l1_loss(fake, real)
+    loss_g = gan(D(m, fake), True) + L1.lambda_l1 * torch.nn.functional.l1_loss(fake, real)
     loss_g.backward()
     opt_g.step()
     for p in D.parameters():
@@ -40,7 +42,7 @@ def pix2pix_step(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.Opti
 def test_distributed_step_equals_single_process_pix2pix_step() -> None:
     reals, masks = make_scenes(range(4), 32)
     gen = GeneratorTrainer(CFG, TrainConfig(seed=3, fake_dtype="float32"))
-    node = DiscriminatorTrainer(CFG, seed=5)
+    node = DiscriminatorTrainer(CFG, L1, seed=5)
     G_ref, D_ref = copy.deepcopy(gen.G), copy.deepcopy(node.D)
     opt_g = torch.optim.Adam(G_ref.parameters(), lr=gen.cfg.lr, betas=(gen.cfg.beta1, 0.999))
     opt_d = torch.optim.Adam(D_ref.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -63,7 +65,7 @@ def test_distributed_step_equals_single_process_pix2pix_step() -> None:
 def test_stale_feedback_beyond_the_bound_is_dropped_and_counted() -> None:
     reals, masks = make_scenes(range(2), 32)
     gen = GeneratorTrainer(CFG, TrainConfig(max_staleness=1, fake_dtype="float32"))
-    node = DiscriminatorTrainer(CFG)
+    node = DiscriminatorTrainer(CFG, L1)
     old = gen.generate("n0", 100, masks)
     for key in (1, 2):
         s = node.score(masks, reals, gen.generate("n0", key, masks))

@@ -22,7 +22,7 @@ SMALL = ["--image-size", "64", "--g-width", "16", "--d-width", "16"]
 
 def heldout_l1(checkpoint: Path) -> float:
     state = torch.load(checkpoint, weights_only=True)
-    trainer = GeneratorTrainer(ModelConfig(**state["model"]), TrainConfig())
+    trainer = GeneratorTrainer(ModelConfig.from_dict(state["model"]), TrainConfig())
     trainer.G.load_state_dict(state["G"])
     images, masks = make_scenes(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 16), 64)
     with torch.no_grad():

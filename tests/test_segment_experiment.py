@@ -96,9 +96,14 @@ def test_claims_compare_the_right_numbers() -> None:
 def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -> None:
     cfg = ExperimentConfig(out=tmp_path / "exp", size=32, gan_steps=6, g_width=8, d_width=8, nodes=2,
                            seg=SegConfig(width=8, depth=3, steps=20, eval_every=10), seeds=1, samples_per_mask=1,
-                           scenes=24, quick=True, partition="iid", threads=1)
+                           scenes=24, quick=True, partition="iid", threads=1, feedback=("segmentation", "l1"))
     results = run_experiment(cfg)
-    assert set(results["methods"]) == {"real_all", "real_partial", "central_gan", "dgan"}
+    assert set(results["methods"]) == {"real_all", "real_partial", "central_gan", "dgan", "central_gan_l1", "dgan_l1"}
+    # like for like: each central GAN trains with the loss of the DGAN it is compared with
+    assert {k: m.get("feedback") for k, m in results["methods"].items() if "gan" in k} == {
+        "central_gan": "segmentation", "dgan": "segmentation", "central_gan_l1": "l1", "dgan_l1": "l1"}
+    nodes = json.loads((tmp_path / "exp" / "dgan_async_l1_seed0" / "run.json").read_text())["nodes"]
+    assert {n["feedback"] for n in nodes.values()} == {"l1"}
     assert set(results["methods"]["real_partial"]["per_node"]) == {"node0", "node1"}
     on_disk = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert on_disk["methods"]["dgan"]["iou"] == results["methods"]["dgan"]["iou"]
@@ -106,7 +111,7 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     assert (tmp_path / "exp" / "predictions" / "dgan.png").exists()
     assert "| dgan |" in (tmp_path / "exp" / "results.md").read_text()
     cache = list((tmp_path / "experiment-cache").glob("*.json"))
-    assert {p.name.split("-")[0] for p in cache} == {"real_all", "central_gan"}
+    assert sorted(p.name.split("-")[0] for p in cache) == ["central_gan", "central_gan", "real_all", "real_partial"]
     again = run_experiment(cfg)  # cached methods come back identical
     assert again["methods"]["real_all"] == results["methods"]["real_all"]
 

@@ -54,3 +54,13 @@ def resolve_data(data: str, size: int, count: int = 200, seed: int = 0) -> tuple
         pairs = load_pairs_folder(path, size)
         return pairs.images, pairs.masks
     raise DataError(f"--data {data!r}: not 'scenes', a shard .json, or a folder")
+
+
+def resolve_real_data(spec: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``--real-data``: what ``resolve_data`` takes, or a run's ``shards/`` folder (every node's shard together)."""
+    path = Path(spec)
+    shards = sorted(path.glob("*.json")) if path.is_dir() and not (path / "images").is_dir() else []
+    if not shards:
+        return resolve_data(spec, size)
+    parts = [resolve_data(str(p), size) for p in shards]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -1,17 +1,22 @@
 """What a node does with fakes: one D step, then the generator's loss and its gradient.
 
 Only the gradient w.r.t. the fake images and loss scalars leave this class;
-the real images and D's weights stay inside it.
+the real images and D's weights stay inside it.  Which loss the gradient is of
+is the node's own :class:`~dgan.feedback.FeedbackConfig`, never the generator's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from dgan.networks import GANLoss, ModelConfig, define_D, images_to_tensor, masks_to_input
+from dgan.feedback import FeedbackConfig, FeedbackMode, class_balanced_ce, class_labels, label_mix
+from dgan.networks import GANLoss, ModelConfig, define_D, define_seg_D, images_to_tensor, masks_to_input
+
+F16_SAFE = 32_768.0  # largest scaled gradient sent as float16 (its max is 65,504)
 
 
 @dataclass
@@ -54,48 +59,91 @@ class PairSampler:
 
 
 class DiscriminatorTrainer:
-    """A node's discriminator and its optimiser."""
+    """A node's discriminator, its optimiser and its feedback recipe (``FeedbackConfig``, the node's own)."""
 
-    def __init__(self, cfg: ModelConfig, lr: float = 2e-4, beta1: float = 0.5, seed: int = 0,
+    def __init__(self, cfg: ModelConfig, feedback: FeedbackConfig | None = None, seed: int = 0,
                  device: str = "cpu") -> None:
         self.cfg = cfg
+        self.feedback = feedback or FeedbackConfig()
         self.device = torch.device(device)
         torch.manual_seed(seed)
-        self.D = define_D(cfg).to(self.device)
-        self.opt = torch.optim.Adam(self.D.parameters(), lr=lr, betas=(beta1, 0.999))
+        self.segmenting = self.feedback.mode == FeedbackMode.SEGMENTATION
+        self.D: torch.nn.Module = define_seg_D(cfg) if self.segmenting else define_D(cfg)
+        self.D.to(self.device)
+        self.opt = torch.optim.Adam(self.D.parameters(), lr=self.feedback.lr, betas=(self.feedback.beta1, 0.999))
         self.gan_loss = GANLoss(cfg.gan_mode)
+        self.mix_rng = torch.Generator().manual_seed(seed)
         self.steps = 0
 
     def score(self, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray,
               grad_dtype: str = "float32") -> Scored:
-        """D step on (mask, real) vs (mask, fake), then G's loss on these fakes and d(loss)/d(fakes)."""
+        """One D step on reals vs these fakes, then G's loss on the same fakes and d(loss)/d(fakes)."""
         dev = self.device
-        m = masks_to_input(torch.from_numpy(np.ascontiguousarray(masks)).to(dev), self.cfg.num_classes)
+        mask_t = torch.from_numpy(np.ascontiguousarray(masks)).to(dev)
         real = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals)).to(dev))
         fake = torch.tensor(fakes, dtype=torch.float32, device=dev)  # a copy: wire frames are read-only
         if fakes.dtype == np.uint8:
             fake = fake / 127.5 - 1
         self.D.train()
-        # 1. discriminator step
+        if self.segmenting:
+            losses, g_total = self._segmentation_losses(mask_t, real, fake)
+        else:
+            losses, g_total = self._patch_losses(mask_t, real, fake)
+        self.steps += 1
+        (grad,) = torch.autograd.grad(g_total, fake)
+        scale = float(grad.numel())
+        peak = float(grad.abs().max()) * scale
+        if grad_dtype == "float16" and peak > F16_SAFE:  # keep the scaled gradient finite in float16
+            scale *= F16_SAFE / peak
+        return Scored((grad * scale).cpu().numpy().astype(grad_dtype, copy=False), losses, scale)
+
+    def _generator_loss(self, fn: Any) -> torch.Tensor:
+        """G's loss with D frozen (pix2pix order: after the D step)."""
+        for p in self.D.parameters():
+            p.requires_grad_(False)
+        try:
+            return fn()
+        finally:
+            for p in self.D.parameters():
+                p.requires_grad_(True)
+
+    def _patch_losses(self, mask_t: torch.Tensor, real: torch.Tensor,
+                      fake: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+        m = masks_to_input(mask_t, self.cfg.num_classes)
         self.opt.zero_grad(set_to_none=True)
         d_real = self.gan_loss(self.D(m, real), True)
         d_fake = self.gan_loss(self.D(m, fake), False)
         ((d_real + d_fake) * 0.5).backward()
         self.opt.step()
-        # 2. generator's loss on the same fakes, with the updated D (pix2pix order)
         fake.requires_grad_(True)
-        for p in self.D.parameters():
-            p.requires_grad_(False)
-        try:
-            g_adv = self.gan_loss(self.D(m, fake), True)
+        g_adv = self._generator_loss(lambda: self.gan_loss(self.D(m, fake), True))
+        losses = {"d_real": d_real, "d_fake": d_fake, "g_adv": g_adv}
+        g_total = g_adv
+        if self.feedback.mode == FeedbackMode.L1:  # the only mode with a pixel loss against the real image
             g_l1 = torch.nn.functional.l1_loss(fake, real)
-            g_total = g_adv + self.cfg.lambda_l1 * g_l1
-            (grad,) = torch.autograd.grad(g_total, fake)
-        finally:
-            for p in self.D.parameters():
-                p.requires_grad_(True)
-        self.steps += 1
-        losses = {k: float(v.detach()) for k, v in
-                  (("d_real", d_real), ("d_fake", d_fake), ("g_adv", g_adv), ("g_l1", g_l1), ("g_total", g_total))}
-        scale = float(grad.numel())
-        return Scored((grad * scale).cpu().numpy().astype(grad_dtype, copy=False), losses, scale)
+            g_total = g_adv + self.feedback.lambda_l1 * g_l1
+            losses["g_l1"] = g_l1
+        losses["g_total"] = g_total
+        return {k: float(v.detach()) for k, v in losses.items()}, g_total
+
+    def _segmentation_losses(self, mask_t: torch.Tensor, real: torch.Tensor,
+                             fake: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+        c = self.cfg.num_classes
+        labels = class_labels(mask_t, c)
+        self.opt.zero_grad(set_to_none=True)
+        out_real, out_fake = self.D(real), self.D(fake)
+        d_real = class_balanced_ce(out_real, labels, c, real=True)
+        d_fake = class_balanced_ce(out_fake, labels, c, real=False)
+        d_total = d_real + d_fake
+        losses = {"d_real": d_real, "d_fake": d_fake}
+        if self.feedback.label_mix > 0:
+            mixed, mix = label_mix(labels, real, fake, c, self.mix_rng)
+            lm = torch.nn.functional.mse_loss(self.D(mixed), mix * out_real + (1 - mix) * out_fake)
+            d_total = d_total + self.feedback.label_mix * lm
+            losses["d_labelmix"] = lm
+        d_total.backward()
+        self.opt.step()
+        fake.requires_grad_(True)
+        g_adv = self._generator_loss(lambda: class_balanced_ce(self.D(fake), labels, c, real=True))
+        losses.update(g_adv=g_adv, g_total=g_adv)
+        return {k: float(v.detach()) for k, v in losses.items()}, g_adv

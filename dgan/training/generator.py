@@ -201,7 +201,7 @@ class GeneratorTrainer:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> GeneratorTrainer:
         """A trainer built with a checkpoint's own model and training config, then restored from it."""
-        trainer = cls(ModelConfig(**state["model"]), TrainConfig(**state["train"]))
+        trainer = cls(ModelConfig.from_dict(state["model"]), TrainConfig(**state["train"]))
         trainer.restore(state)
         return trainer
 

@@ -1,0 +1,212 @@
+"""`dgan bench privacy`: a curious generator against a real node, for every feedback mode.
+
+The victim is the real :class:`~nodes.discriminator_node.DiscriminatorNode` (its
+own sampler, flips, D step, float16 gradient, wire codec) over the in-process
+transport; the attacker plays the generator's side of the protocol and knows
+only what a generator knows: the masks (uploads and requests) and the feedback.
+
+* active: bisection.  Each "fake" is the midpoint of the attacker's per-pixel
+  interval for the image the request's mask identifies; the gradient's sign
+  halves the interval.  Baseline: each image's mean colour.
+* passive: honest fakes from a real generator that trains on the feedback;
+  the attacker intersects the half-intervals.  Baseline: the fakes themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from dgan import protocol as P
+from dgan.attacks import IntervalEstimate, canonical, flip, score, to_uint8, to_unit
+from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
+from dgan.networks import ModelConfig
+from dgan.training.generator import GeneratorTrainer, TrainConfig
+from dgan.transport.inproc import InProcessHub
+from nodes.discriminator_node import DiscriminatorNode, NodeConfig
+
+DUBAI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dubai_aerial_buildings"
+
+
+def victim_data(size: int, count: int = 8, data: Path | None = None,
+                scenes: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
+    """``count`` pairs whose masks identify them (no symmetric or repeated masks, 5-60% buildings)."""
+    if data is None and DUBAI.is_dir() and not scenes:
+        data = DUBAI
+    if data is not None:
+        from dgan.data.loaders import load_pairs_folder
+
+        pairs = load_pairs_folder(data, size)
+        images, masks, source = pairs.images, pairs.masks, f"{data.name} ({len(pairs)} patches)"
+    else:
+        from dgan.data.scenes import make_scenes
+
+        images, masks = make_scenes(range(200), size)
+        source = "built-in scenes"
+    picked: list[int] = []
+    keys: set[bytes] = set()
+    for i, m in enumerate(masks):
+        canon = canonical(m)
+        if canon is None or canon[0] in keys or not 0.05 <= float((m > 0).mean()) <= 0.6:
+            continue
+        keys.add(canon[0])
+        picked.append(i)
+        if len(picked) == count:
+            break
+    if len(picked) < count:
+        raise ValueError(f"only {len(picked)} identifiable pairs in {source}")
+    return images[picked], masks[picked], source
+
+
+@dataclass
+class AttackResult:
+    estimates: dict[bytes, IntervalEstimate]
+    agree: list[float]  # per update: share of pixels with sign(grad) == sign(fake - real)
+    batches: int
+
+
+def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
+           active: bool, seed: int = 0, timeout: float = 60.0) -> AttackResult:
+    """Play the generator against a real node until every image has had ``queries`` feedbacks."""
+    hub = InProcessHub()
+    gen_link, node_link = hub.generator_link(), hub.node_link("victim")
+    recipe = FeedbackConfig(mode)
+    node_link.send(P.make(P.Kind.HELLO, "victim", meta={"role": "node", **DiscriminatorNode.hello_meta(images,
+                                                                                                     recipe)}))
+    node = DiscriminatorNode(node_link, images, masks, NodeConfig("victim", batch_size=8, pipeline=2, seed=seed,
+                                                                  feedback=recipe))
+    stop = threading.Event()
+    thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
+    thread.start()
+    honest = None if active else GeneratorTrainer(model, TrainConfig(seed=seed, fake_dtype="float32"))
+    # What the bench (not the attacker) knows: the real image behind each mask key, to score sign agreement.
+    truth = {canonical(m)[0]: np.ascontiguousarray(flip(im.transpose(2, 0, 1) / 127.5 - 1, canonical(m)[1]))
+             for im, m in zip(images, masks, strict=True)}
+    known: set[bytes] = set()  # the attacker's own index: the node's uploaded masks
+    estimates: dict[bytes, IntervalEstimate] = {}
+    sent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    agree: list[float] = []
+    batches = 0
+    max_batches = 8 * queries * len(images) // 8 + 40
+    try:
+        gen_link.send("victim", P.make(P.Kind.WELCOME, "generator", run_id="attack", meta={"config": {
+            "model": model.to_dict(), "fake_dtype": "float32", "max_batch": 64, "need_masks": True}}))
+        while batches < max_batches and (len(estimates) < len(known) or not known or
+                                         min(e.queries for e in estimates.values()) < queries):
+            got = gen_link.recv(timeout)
+            if got is None:
+                raise TimeoutError(f"the node sent nothing for {timeout:.0f} s")
+            msg = got[1]
+            if msg.kind == P.Kind.MASKS:
+                known.update(c[0] for c in map(canonical, msg.tensors["masks"]) if c is not None)
+            elif msg.kind == P.Kind.FAKE_REQUEST:
+                req = np.array(msg.tensors["masks"])
+                reply = P.make(P.Kind.FAKES, "generator", run_id="attack", reply_to=msg.msg_id)
+                if honest is not None:
+                    fakes = honest.generate("victim", reply.msg_id, req, request_id=msg.msg_id)
+                else:
+                    fakes = np.zeros((len(req), 3, *req.shape[1:]), np.float32)
+                    for j, m in enumerate(req):
+                        canon = canonical(m)
+                        if canon is not None and canon[0] in known:
+                            est = estimates.setdefault(canon[0], IntervalEstimate((3, *req.shape[1:])))
+                            fakes[j] = flip(est.midpoint(), canon[1])
+                sent[reply.msg_id] = (req, fakes)
+                reply.tensors["fakes"] = fakes
+                gen_link.send("victim", reply)
+            elif msg.kind == P.Kind.FEEDBACK and msg.reply_to in sent:
+                req, fakes = sent.pop(msg.reply_to)
+                grads = msg.tensors["grad"].astype(np.float32)
+                batches += 1
+                if honest is not None:
+                    honest.apply_feedback("victim", msg.reply_to, grads, float(msg.meta["grad_scale"]))
+                    honest.update()
+                for m, f, g in zip(req, to_unit(fakes), grads, strict=True):
+                    canon = canonical(m)
+                    if canon is None or canon[0] not in known:
+                        continue
+                    est = estimates.setdefault(canon[0], IntervalEstimate(f.shape))
+                    if est.queries >= queries:
+                        continue
+                    fc, gc = flip(f, canon[1]), flip(g, canon[1])
+                    nz = gc != 0
+                    agree.append(float((np.sign(gc) == np.sign(fc - truth[canon[0]]))[nz].mean()) if nz.any()
+                                 else 0.5)
+                    est.update(fc, gc)
+    finally:
+        stop.set()
+        thread.join(30)
+    return AttackResult(estimates, agree, batches)
+
+
+def attack_row(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
+               active: bool, seed: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    res = attack(mode, images, masks, model, queries, active, seed)
+    real = {canonical(m)[0]: np.ascontiguousarray(flip(im.transpose(2, 0, 1), canonical(m)[1]).transpose(1, 2, 0))
+            for im, m in zip(images, masks, strict=True)}
+    rows = [(to_uint8(e.midpoint() if active else e.passive()), to_uint8(e.mean_fake()), real[k], e.queries,
+             e.consistency()) for k, e in res.estimates.items() if e.queries]
+    s = score(rows)
+    baseline = s.mean_colour_psnr_db if active else s.fakes_psnr_db
+    return {"mode": mode.value, "attack": "active" if active else "passive", "queries": queries,
+            "psnr_db": s.psnr_db, "ssim": s.ssim, "baseline_psnr_db": baseline,
+            "baseline": "mean colour" if active else "the fakes", "mean_colour_psnr_db": s.mean_colour_psnr_db,
+            "fakes_psnr_db": s.fakes_psnr_db, "fakes_ssim": s.fakes_ssim,
+            "sign_agreement": float(np.mean(res.agree)) if res.agree else float("nan"), "images": s.images,
+            "node_batches": res.batches, "seconds": time.perf_counter() - t0}
+
+
+def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets, for the default mode: active <= mean colour + 1 dB; passive <= the fakes."""
+    out = {}
+    for r in rows:
+        if r["mode"] != DEFAULT_MODE.value:
+            continue
+        limit = r["baseline_psnr_db"] + (1.0 if r["attack"] == "active" else 0.0)
+        out[f"{r['attack']}_q{r['queries']}"] = {"psnr_db": r["psnr_db"], "limit_db": limit,
+                                                 "met": bool(r["psnr_db"] <= limit)}
+    return out
+
+
+def run_privacy_benchmark(quick: bool, json_out: Path | None, data: Path | None = None,
+                          seed: int = 0) -> dict[str, Any]:
+    console = Console(width=max(120, Console().width))
+    torch.set_num_threads(2)
+    size, width = (64, 16) if quick else (128, 32)
+    model = ModelConfig(image_size=size, g_width=width, d_width=width)
+    images, masks, source = victim_data(size, data=data)
+    plans = [(8, True), (8, False)] if quick else [(8, True), (32, True), (8, False)]
+    rows = []
+    for mode in FeedbackMode:
+        for queries, active in plans:
+            with console.status(f"{mode.value}: {'active' if active else 'passive'} attack, {queries} queries/image…"):
+                rows.append(attack_row(mode, images, masks, model, queries, active, seed))
+    result = {"image_size": size, "width": width, "images": len(images), "data": source, "quick": quick,
+              "default_mode": DEFAULT_MODE.value, "rows": rows, "targets": targets(rows)}
+    table = Table(title=f"Reconstruction by a curious generator: {len(images)} private images at {size} px "
+                        f"({source})")
+    for col in ("mode", "attack", "queries/image", "PSNR dB", "SSIM", "baseline", "baseline dB", "sign agreement",
+                "s"):
+        table.add_column(col, justify="left" if col in ("mode", "attack", "baseline") else "right")
+    for r in rows:
+        style = "red" if r["psnr_db"] > r["baseline_psnr_db"] + 1 else ""
+        table.add_row(r["mode"], r["attack"], str(r["queries"]), f"[{style}]{r['psnr_db']:.1f}[/{style}]" if style
+                      else f"{r['psnr_db']:.1f}", f"{r['ssim']:.3f}", r["baseline"], f"{r['baseline_psnr_db']:.1f}",
+                      f"{r['sign_agreement']:.3f}", f"{r['seconds']:.0f}")
+    console.print(table)
+    for name, t in result["targets"].items():
+        console.print(f"default mode {DEFAULT_MODE.value}, {name}: {t['psnr_db']:.1f} dB vs limit {t['limit_db']:.1f}"
+                      f" dB: {'met' if t['met'] else 'MISSED'}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,249 @@
+"""Privacy is measured: the attacks work where the feedback leaks and fail where it does not."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from benchmarks.privacy import attack_row, victim_data
+from dgan import protocol as P
+from dgan import replay as R
+from dgan.attacks import IntervalEstimate, canonical, flip, index_real, mean_colour, psnr, to_uint8
+from dgan.cli import app
+from dgan.feedback import FeedbackConfig, FeedbackMode, class_balanced_ce, label_mix
+from dgan.networks import ModelConfig
+from dgan.run import RunConfig, run_local
+from dgan.training.discriminator import F16_SAFE, DiscriminatorTrainer
+from dgan.training.generator import GeneratorTrainer, TrainConfig
+from dgan.transport.inproc import InProcessHub
+from nodes.discriminator_node import DiscriminatorNode, NodeConfig
+from nodes.generator_service import GeneratorService, ServiceConfig
+
+TINY = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
+
+# ------------------------------------------------------------------ the attack code on known answers
+
+
+def test_bisection_with_a_truthful_sign_oracle_recovers_the_image_to_one_grey_level() -> None:
+    real = np.random.default_rng(0).uniform(-1, 1, (3, 16, 16)).astype(np.float32)
+    est = IntervalEstimate(real.shape)
+    for _ in range(8):
+        fake = est.midpoint()
+        est.update(fake, np.sign(fake - real))  # d|fake - real|/d fake: what the L1 term sends
+    assert est.queries == 8
+    assert np.abs(est.midpoint() - real).max() <= 2 / 2**8 + 1e-6  # the interval halves with each query
+    real_u8 = to_uint8(real)
+    assert psnr(to_uint8(est.midpoint()), real_u8) > 45
+
+
+def test_bisection_with_a_sign_that_knows_nothing_lands_below_the_mean_colour() -> None:
+    rng = np.random.default_rng(1)
+    real = rng.uniform(-1, 1, (3, 16, 16)).astype(np.float32)
+    est = IntervalEstimate(real.shape)
+    for _ in range(8):
+        est.update(est.midpoint(), rng.choice([-1.0, 1.0], real.shape))
+    real_u8 = to_uint8(real)
+    assert psnr(to_uint8(est.midpoint()), real_u8) < psnr(mean_colour(real_u8), real_u8)
+
+
+def test_passive_projection_only_moves_fakes_towards_the_truth_of_a_truthful_oracle() -> None:
+    rng = np.random.default_rng(2)
+    real = rng.uniform(-1, 1, (3, 8, 8)).astype(np.float32)
+    est = IntervalEstimate(real.shape)
+    for _ in range(6):
+        fake = np.clip(real + rng.normal(0, 0.4, real.shape), -1, 1).astype(np.float32)
+        est.update(fake, np.sign(fake - real))
+    assert est.consistency() == 1.0
+    assert np.all(np.abs(est.passive() - real) <= np.abs(est.mean_fake() - real) + 1e-6)
+    assert np.abs(est.passive() - real).mean() < 0.7 * np.abs(est.mean_fake() - real).mean()
+
+
+def test_canonical_undoes_every_flip_and_refuses_masks_that_hide_their_orientation() -> None:
+    mask = np.zeros((8, 8), np.uint8)
+    mask[1:3, 2:7] = 1
+    mask[5, 1] = 1
+    key, code = canonical(mask)
+    for c in range(4):
+        k, c2 = canonical(np.ascontiguousarray(flip(mask, c)))
+        assert k == key and np.array_equal(flip(flip(mask, c), c2), flip(mask, code))
+    assert canonical(np.zeros((8, 8), np.uint8)) is None  # empty: every flip looks the same
+    sym = np.zeros((8, 8), np.uint8)
+    sym[3:5, 3:5] = 1
+    assert canonical(sym) is None
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    assert index_real(images, np.stack([mask, mask])) == {}  # a shared mask identifies neither image
+
+
+# ------------------------------------------------------------------ the losses
+
+
+def test_class_balanced_ce_of_uniform_logits_is_log_of_classes_plus_one() -> None:
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, :2, :3] = 1  # a rare class: its weight is larger, the weighted mean stays log(C + 1)
+    logits = torch.zeros(2, 3, 8, 8)
+    for real in (True, False):
+        torch.testing.assert_close(class_balanced_ce(logits, labels, 2, real), torch.tensor(np.log(3.0)).float())
+    confident = torch.zeros(2, 3, 8, 8)
+    confident.scatter_(1, (labels + 1).unsqueeze(1), 20.0)
+    assert class_balanced_ce(confident, labels, 2, real=True) < 1e-6 < class_balanced_ce(confident, labels, 2,
+                                                                                         real=False)
+
+
+def test_label_mix_takes_each_class_region_whole_from_real_or_fake() -> None:
+    labels = torch.zeros(4, 8, 8, dtype=torch.long)
+    labels[:, 2:6, 2:6] = 1
+    real, fake = torch.ones(4, 3, 8, 8), -torch.ones(4, 3, 8, 8)
+    mixed, mix = label_mix(labels, real, fake, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(mixed, (mix * 2 - 1).expand_as(mixed))
+    for b in range(4):
+        for c in (0, 1):
+            assert len(torch.unique(mix[b, 0][labels[b] == c])) == 1
+
+
+def test_node_losses_hold_a_pixel_loss_only_in_l1_mode() -> None:
+    images, masks, _ = victim_data(32, count=4, scenes=True)
+    fakes = np.zeros((4, 3, 32, 32), np.float32)
+    for mode in FeedbackMode:
+        scored = DiscriminatorTrainer(TINY, FeedbackConfig(mode)).score(masks, images, fakes)
+        assert ("g_l1" in scored.losses) == (mode == FeedbackMode.L1), mode
+        assert np.isfinite(scored.grad).all() and np.abs(scored.grad).sum() > 0
+
+
+def test_a_float16_gradient_that_would_overflow_is_sent_with_a_smaller_scale() -> None:
+    images, masks, _ = victim_data(32, count=4, scenes=True)
+    d = DiscriminatorTrainer(TINY, FeedbackConfig(FeedbackMode.L1, lambda_l1=1e6))  # |grad| * numel ~ 1e6
+    scored = d.score(masks, images, np.zeros((4, 3, 32, 32), np.float32), grad_dtype="float16")
+    assert scored.grad.dtype == np.float16 and np.isfinite(scored.grad).all()
+    assert np.abs(scored.grad).max() <= F16_SAFE and scored.grad_scale < scored.grad.size
+    ref = d.score(masks, images, np.zeros((4, 3, 32, 32), np.float32), grad_dtype="float32")
+    assert np.sign(scored.grad).tolist() == np.sign(ref.grad).tolist()
+
+
+# ------------------------------------------------------------------ the node owns its mode
+
+
+def test_the_generator_cannot_change_a_nodes_feedback_mode() -> None:
+    images, masks, _ = victim_data(32, count=4, scenes=True)
+    hub = InProcessHub()
+    gen, link = hub.generator_link(), hub.node_link("dept")
+    recipe = FeedbackConfig(FeedbackMode.ADVERSARIAL)
+    hello = DiscriminatorNode.hello_meta(images, recipe)
+    assert hello["feedback"] == "adversarial"
+    node = DiscriminatorNode(link, images, masks, NodeConfig("dept", batch_size=2, pipeline=1, feedback=recipe))
+    stop = threading.Event()
+    thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        # A generator that asks for the paper's L1 recipe, old-style and new-style.
+        config = {"model": {**TINY.to_dict(), "lambda_l1": 100.0}, "feedback": "l1", "lambda_l1": 100.0,
+                  "need_masks": False}
+        gen.send("dept", P.make(P.Kind.WELCOME, "generator", meta={"config": config}))
+        _, req = gen.recv(10)
+        while req.kind != P.Kind.FAKE_REQUEST:
+            _, req = gen.recv(10)
+        reply = P.make(P.Kind.FAKES, "generator", reply_to=req.msg_id,
+                       tensors={"fakes": np.zeros((len(req.tensors["masks"]), 3, 32, 32), np.float32)})
+        gen.send("dept", reply)
+        _, fb = gen.recv(30)
+        while fb.kind != P.Kind.FEEDBACK:
+            _, fb = gen.recv(30)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert node.trainer is not None and node.trainer.feedback.mode == FeedbackMode.ADVERSARIAL
+    assert "g_l1" not in fb.meta["losses"]
+
+
+def test_generator_shows_each_nodes_announced_mode_and_refuses_an_unknown_one(tmp_path: Path) -> None:
+    hub = InProcessHub()
+    service = GeneratorService(hub.generator_link(), GeneratorTrainer(TINY, TrainConfig()), ServiceConfig(out=tmp_path))
+    links = {n: hub.node_link(n) for n in ("a", "b", "c")}
+    service.handle("a", P.make(P.Kind.HELLO, "a", meta={"role": "node", "dataset_size": 3, "feedback": "l1"}))
+    service.handle("b", P.make(P.Kind.HELLO, "b", meta={"role": "node", "dataset_size": 3,
+                                                         "feedback": "segmentation"}))
+    service.handle("c", P.make(P.Kind.HELLO, "c", meta={"role": "node", "dataset_size": 3, "feedback": ["l1"]}))
+    assert links["a"].recv(1).kind == links["b"].recv(1).kind == P.Kind.WELCOME
+    err = links["c"].recv(1)
+    assert err.kind == P.Kind.ERROR and err.meta["code"] == P.ErrorCode.BAD_HEADER and "feedback" in err.meta["reason"]
+    status = service.status()
+    assert {n: v["feedback"] for n, v in status["nodes"].items()} == {"a": "l1", "b": "segmentation"}
+    service.cfg.synthesize = False
+    run = service.finish()
+    assert json.loads((tmp_path / "run.json").read_text())["nodes"]["a"]["feedback"] == run["nodes"]["a"]["feedback"]
+
+
+# ------------------------------------------------------------------ attacks against the real node
+
+
+@pytest.mark.parametrize("mode", list(FeedbackMode))
+def test_active_and_passive_attacks_succeed_on_l1_and_fail_on_private_modes(mode: FeedbackMode) -> None:
+    torch.set_num_threads(1)
+    images, masks, _ = victim_data(32, count=6, scenes=True)
+    active = attack_row(mode, images, masks, TINY, queries=8, active=True, seed=0)
+    passive = attack_row(mode, images, masks, TINY, queries=8, active=False, seed=0)
+    assert active["images"] == passive["images"] == 6
+    if mode == FeedbackMode.L1:
+        assert active["psnr_db"] > active["mean_colour_psnr_db"] + 8
+        assert active["sign_agreement"] > 0.9
+        assert passive["psnr_db"] > passive["fakes_psnr_db"] + 0.5
+    else:
+        assert active["psnr_db"] <= active["mean_colour_psnr_db"] + 1.0
+        assert abs(active["sign_agreement"] - 0.5) < 0.05
+        assert passive["psnr_db"] <= passive["fakes_psnr_db"] + 0.25
+
+
+# ------------------------------------------------------------------ recorded runs: the audit and the CLI
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("privacy")
+    runs = {}
+    for mode in ("l1", "segmentation"):
+        out = root / mode
+        run_local(RunConfig(nodes=2, steps=16, out=out, scenes=12, image_size=32, g_width=8, d_width=8, batch_size=4,
+                            record=out / "broker.dgl", checkpoint_every=0, sample_every=0, synthesize=False,
+                            timeout=240, feedback=mode, extra_generator_args=["--g-depth", "3"]))
+        runs[mode] = out
+    return runs
+
+
+def test_audit_fails_on_an_l1_log_and_passes_a_segmentation_log(recorded: dict[str, Path]) -> None:
+    from dgan.data.shards import resolve_real_data
+
+    l1, seg = recorded["l1"], recorded["segmentation"]
+    images, masks = resolve_real_data(str(l1 / "shards"), 32)
+    blind = R.audit(l1 / "broker.dgl")  # without the real data: the pixel-loss scalar still gives it away
+    assert not blind.ok and any("g_l1" in v for v in blind.violations) and blind.modes == {"node0": "l1",
+                                                                                            "node1": "l1"}
+    rep = R.audit(l1 / "broker.dgl", images, real_masks=masks)
+    assert any("sign(grad) agrees" in v for v in rep.violations)
+    assert all(s["sign_agreement"] > 0.9 and s["matched"] > 0 for s in rep.leakage.values())
+    rep = R.audit(seg / "broker.dgl", images, real_masks=masks)
+    assert rep.ok, rep.violations
+    assert rep.leakage and all(abs(s["sign_agreement"] - 0.5) < 0.05 for s in rep.leakage.values())
+    result = CliRunner().invoke(app, ["replay", str(l1 / "broker.dgl"), "--audit", "--real-data",
+                                      str(l1 / "shards")])
+    assert result.exit_code == 1 and "carries the real image" in result.output.replace("\n", " ")
+
+
+def test_attack_reconstruct_cli_beats_the_fakes_on_l1_only(recorded: dict[str, Path], tmp_path: Path) -> None:
+    scores = {}
+    for mode, out in recorded.items():
+        js = tmp_path / f"{mode}.json"
+        result = CliRunner().invoke(app, ["attack", "reconstruct", str(out / "broker.dgl"), "--real-data",
+                                          str(out / "shards"), "--json", str(js), "--out",
+                                          str(tmp_path / f"{mode}.png")])
+        assert result.exit_code == 0, result.output
+        scores[mode] = json.loads(js.read_text())
+        assert scores[mode]["images"] > 0
+    assert scores["l1"]["psnr_db"] > scores["l1"]["fakes_psnr_db"] + 0.5
+    assert scores["segmentation"]["psnr_db"] <= scores["segmentation"]["fakes_psnr_db"] + 0.25
+    bad = CliRunner().invoke(app, ["attack", "reconstruct", str(tmp_path / "missing.dgl"), "--real-data", "x"])
+    assert bad.exit_code == 2 and "no such log" in bad.output
