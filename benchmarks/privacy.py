@@ -8,6 +8,10 @@ only what a generator knows: the masks (uploads and requests) and the feedback.
 * active: bisection.  Each "fake" is the midpoint of the attacker's per-pixel
   interval for the image the request's mask identifies; the gradient's sign
   halves the interval.  Baseline: each image's mean colour.
+* active-descent: the generator's own game against one image, without the
+  sign assumption: each "fake" follows the returned gradient (normalised steps,
+  shrinking).  It finds whatever the discriminator has learnt of the image
+  behind a mask.  Baseline: each image's mean colour.
 * passive: honest fakes from a real generator that trains on the feedback;
   the attacker intersects the half-intervals.  Baseline: the fakes themselves.
 """
@@ -27,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dgan import protocol as P
-from dgan.attacks import IntervalEstimate, canonical, flip, score, to_uint8, to_unit
+from dgan.attacks import DescentEstimate, IntervalEstimate, canonical, flip, score, to_uint8, to_unit
 from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
 from dgan.networks import ModelConfig
 from dgan.training.generator import GeneratorTrainer, TrainConfig
@@ -67,15 +71,19 @@ def victim_data(size: int, count: int = 8, data: Path | None = None,
     return images[picked], masks[picked], source
 
 
+STRATEGIES = ("active", "active-descent", "passive")
+
+
 @dataclass
 class AttackResult:
     estimates: dict[bytes, IntervalEstimate]
+    descents: dict[bytes, DescentEstimate]
     agree: list[float]  # per update: share of pixels with sign(grad) == sign(fake - real)
     batches: int
 
 
 def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
-           active: bool, seed: int = 0, timeout: float = 60.0) -> AttackResult:
+           strategy: str, seed: int = 0, timeout: float = 60.0) -> AttackResult:
     """Play the generator against a real node until every image has had ``queries`` feedbacks."""
     hub = InProcessHub()
     gen_link, node_link = hub.generator_link(), hub.node_link("victim")
@@ -87,12 +95,15 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
     stop = threading.Event()
     thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
     thread.start()
-    honest = None if active else GeneratorTrainer(model, TrainConfig(seed=seed, fake_dtype="float32"))
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown attack {strategy!r}: one of {STRATEGIES}")
+    honest = GeneratorTrainer(model, TrainConfig(seed=seed, fake_dtype="float32")) if strategy == "passive" else None
     # What the bench (not the attacker) knows: the real image behind each mask key, to score sign agreement.
     truth = {canonical(m)[0]: np.ascontiguousarray(flip(im.transpose(2, 0, 1) / 127.5 - 1, canonical(m)[1]))
              for im, m in zip(images, masks, strict=True)}
     known: set[bytes] = set()  # the attacker's own index: the node's uploaded masks
     estimates: dict[bytes, IntervalEstimate] = {}
+    descents: dict[bytes, DescentEstimate] = {}
     sent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     agree: list[float] = []
     batches = 0
@@ -119,7 +130,9 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
                         canon = canonical(m)
                         if canon is not None and canon[0] in known:
                             est = estimates.setdefault(canon[0], IntervalEstimate((3, *req.shape[1:])))
-                            fakes[j] = flip(est.midpoint(), canon[1])
+                            walk = descents.setdefault(canon[0], DescentEstimate((3, *req.shape[1:])))
+                            fakes[j] = flip(walk.current if strategy == "active-descent" else est.midpoint(),
+                                            canon[1])
                 sent[reply.msg_id] = (req, fakes)
                 reply.tensors["fakes"] = fakes
                 gen_link.send("victim", reply)
@@ -142,23 +155,28 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
                     agree.append(float((np.sign(gc) == np.sign(fc - truth[canon[0]]))[nz].mean()) if nz.any()
                                  else 0.5)
                     est.update(fc, gc)
+                    if canon[0] in descents:
+                        descents[canon[0]].update(gc)
     finally:
         stop.set()
         thread.join(30)
-    return AttackResult(estimates, agree, batches)
+    return AttackResult(estimates, descents, agree, batches)
 
 
 def attack_row(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
-               active: bool, seed: int) -> dict[str, Any]:
+               strategy: str, seed: int) -> dict[str, Any]:
     t0 = time.perf_counter()
-    res = attack(mode, images, masks, model, queries, active, seed)
+    res = attack(mode, images, masks, model, queries, strategy, seed)
     real = {canonical(m)[0]: np.ascontiguousarray(flip(im.transpose(2, 0, 1), canonical(m)[1]).transpose(1, 2, 0))
             for im, m in zip(images, masks, strict=True)}
-    rows = [(to_uint8(e.midpoint() if active else e.passive()), to_uint8(e.mean_fake()), real[k], e.queries,
-             e.consistency()) for k, e in res.estimates.items() if e.queries]
+    guess = {"active": lambda k, e: e.midpoint(), "passive": lambda k, e: e.passive(),
+             "active-descent": lambda k, e: res.descents[k].current}[strategy]
+    rows = [(to_uint8(guess(k, e)), to_uint8(e.mean_fake()), real[k], e.queries, e.consistency())
+            for k, e in res.estimates.items() if e.queries]
     s = score(rows)
+    active = strategy != "passive"
     baseline = s.mean_colour_psnr_db if active else s.fakes_psnr_db
-    return {"mode": mode.value, "attack": "active" if active else "passive", "queries": queries,
+    return {"mode": mode.value, "attack": strategy, "queries": queries,
             "psnr_db": s.psnr_db, "ssim": s.ssim, "baseline_psnr_db": baseline,
             "baseline": "mean colour" if active else "the fakes", "mean_colour_psnr_db": s.mean_colour_psnr_db,
             "fakes_psnr_db": s.fakes_psnr_db, "fakes_ssim": s.fakes_ssim,
@@ -172,7 +190,7 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for r in rows:
         if r["mode"] != DEFAULT_MODE.value:
             continue
-        limit = r["baseline_psnr_db"] + (1.0 if r["attack"] == "active" else 0.0)
+        limit = r["baseline_psnr_db"] + (1.0 if r["attack"] != "passive" else 0.0)
         out[f"{r['attack']}_q{r['queries']}"] = {"psnr_db": r["psnr_db"], "limit_db": limit,
                                                  "met": bool(r["psnr_db"] <= limit)}
     return out
@@ -185,12 +203,13 @@ def run_privacy_benchmark(quick: bool, json_out: Path | None, data: Path | None 
     size, width = (64, 16) if quick else (128, 32)
     model = ModelConfig(image_size=size, g_width=width, d_width=width)
     images, masks, source = victim_data(size, data=data)
-    plans = [(8, True), (8, False)] if quick else [(8, True), (32, True), (8, False)]
+    plans = ([(8, "active"), (8, "passive")] if quick else
+             [(8, "active"), (32, "active"), (32, "active-descent"), (8, "passive")])
     rows = []
     for mode in FeedbackMode:
-        for queries, active in plans:
-            with console.status(f"{mode.value}: {'active' if active else 'passive'} attack, {queries} queries/image…"):
-                rows.append(attack_row(mode, images, masks, model, queries, active, seed))
+        for queries, strategy in plans:
+            with console.status(f"{mode.value}: {strategy} attack, {queries} queries/image…"):
+                rows.append(attack_row(mode, images, masks, model, queries, strategy, seed))
     result = {"image_size": size, "width": width, "images": len(images), "data": source, "quick": quick,
               "default_mode": DEFAULT_MODE.value, "rows": rows, "targets": targets(rows)}
     table = Table(title=f"Reconstruction by a curious generator: {len(images)} private images at {size} px "

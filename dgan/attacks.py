@@ -106,6 +106,29 @@ class IntervalEstimate:
         return float((self.lo <= self.hi).mean())
 
 
+@dataclass
+class DescentEstimate:
+    """The generator's own game played against one image: follow the (normalised) gradient, shrinking steps.
+
+    Where the gradient only knows the node's data distribution, this walks to what the discriminator takes
+    for a real image with this mask; where it knows the image (the L1 term), to the image.
+    """
+
+    shape: tuple[int, ...]
+    current: np.ndarray = field(init=False)
+    queries: int = 0
+
+    def __post_init__(self) -> None:
+        self.current = np.zeros(self.shape, np.float32)
+
+    def update(self, grad: np.ndarray) -> None:
+        rms = float(np.sqrt(np.mean(grad.astype(np.float64) ** 2)))
+        if rms > 0:
+            step = 0.2 * 0.9**self.queries  # the steps sum to at most 2: the whole [-1, 1] range
+            self.current = np.clip(self.current - step * grad / rms, -1, 1).astype(np.float32)
+        self.queries += 1
+
+
 # ------------------------------------------------------------------ metrics
 
 

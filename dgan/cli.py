@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +31,13 @@ LogFormat = Annotated[str, typer.Option("--log-format", help="rich, plain or jso
 Feedback = Annotated[FeedbackMode, typer.Option(
     "--feedback", help="What a node's gradient is of: segmentation (OASIS; private), adversarial (private) or l1 "
     "(the paper's pix2pix L1; reveals the node's images, see docs/security.md).")]
+
+
+class GanMethod(str, enum.Enum):
+    central_gan = "central_gan"
+    dgan = "dgan"
+
+
 LambdaL1 = Annotated[float, typer.Option("--lambda-l1", help="Weight of the L1 term (--feedback l1 only).")]
 
 
@@ -322,12 +330,14 @@ def node(
 
 def _print_summary(summary: dict) -> None:
     table = Table(title=f"dgan run {summary['run_id']}: {summary['steps']} steps in {summary['wall_s']} s")
-    for col in ("node", "pairs", "feedbacks", "samples", "staleness mean/max", "last losses"):
+    for col in ("node", "feedback", "pairs", "feedbacks", "samples", "staleness mean/max", "last losses"):
         table.add_column(col)
     for name, n in summary["nodes"].items():
-        losses = ", ".join(f"{k}={v:.3f}" for k, v in n["losses"].items() if k in ("d_real", "d_fake", "g_l1"))
+        losses = ", ".join(f"{k}={v:.3f}" for k, v in n["losses"].items() if k in ("d_real", "d_fake", "g_adv",
+                                                                                   "g_l1"))
         sm = "-" if n["staleness_mean"] is None else f"{n['staleness_mean']:.2f}/{n['staleness_max']}"
-        table.add_row(name, str(n["dataset_size"]), str(n["feedbacks"]), str(n["samples"]), sm, losses)
+        table.add_row(name, n.get("feedback", "?"), str(n["dataset_size"]), str(n["feedbacks"]), str(n["samples"]),
+                      sm, losses)
     console.print(table)
     console.print(f"samples/s {summary['samples_per_s']}, updates/s {summary['updates_per_s']}, "
                   f"synthetic images {summary['synthetic_images']}, out {summary['out']}")
@@ -505,6 +515,9 @@ def experiment(
     lambda_l1: LambdaL1 = 100.0,
     label_mix: Annotated[float, typer.Option(help="--feedback segmentation: OASIS LabelMix weight (0 = off).")] = 0.0,
     oasis_optim: Annotated[bool, typer.Option(help="OASIS optimisers: D lr 4e-4, G lr 1e-4, beta1 0.")] = False,
+    gan_methods: Annotated[list[GanMethod] | None, typer.Option(
+        "--gan-method", help="Train only these GAN methods (repeat; default: both). real_all and real_partial "
+        "always run, from the cache when they can.")] = None,
     seg_standardize: Annotated[bool, typer.Option(help="Segmenter standardises each image first.")] = False,
     seg_photometric: Annotated[float, typer.Option(help="Brightness/contrast/colour/blur jitter while training "
                                                         "the segmenter (0 = off).")] = 0.0,
@@ -519,6 +532,7 @@ def experiment(
 
     setup_logging("INFO", "rich", "experiment")
     modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
+    methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
     if quick:
         cfg = ExperimentConfig(out=out, data=data, partition=partition, nodes=nodes, size=64, gan_steps=30,
                                g_width=16, d_width=16, seg=SegConfig(steps=60, eval_every=20), seeds=1,
@@ -528,7 +542,7 @@ def experiment(
         seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric)
         cfg = ExperimentConfig(out=out, data=data, partition=partition, nodes=nodes, size=size, gan_steps=gan_steps,
                                seg=seg, seeds=seeds, gan_seeds=gan_seeds, lambda_l1=lambda_l1, feedback=modes,
-                               label_mix=label_mix, oasis_optim=oasis_optim,
+                               label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods,
                                samples_per_mask=samples_per_mask, with_sync=with_sync)
     results = run_experiment(cfg)
     console.print((out / "results.md").read_text())

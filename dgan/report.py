@@ -148,7 +148,8 @@ def experiment_section(run_dir: Path) -> str:
     claims = [[name, f"{c['ratio']:.3f} (target {c['target']})" if "ratio" in c else
                f"{c['dgan']:.3f} vs {c['partial']:.3f}", "met" if c["met"] else "missed"]
               for name, c in results.get("claims", {}).items()]
-    body = (_table(rows, ["method", "feedback mode", *keys]) + (_table(claims, ["claim", "figure", ""]) if claims else "")
+    body = (_table(rows, ["method", "feedback mode", *keys])
+            + (_table(claims, ["claim", "figure", ""]) if claims else "")
             + _fig(fig, "IoU by method")
             + (f'<div class="row">{grids}</div>' if grids else _missing("prediction grids (predictions/*.png)")))
     return _section("experiment", "Experiment", body)

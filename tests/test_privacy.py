@@ -185,8 +185,8 @@ def test_generator_shows_each_nodes_announced_mode_and_refuses_an_unknown_one(tm
 def test_active_and_passive_attacks_succeed_on_l1_and_fail_on_private_modes(mode: FeedbackMode) -> None:
     torch.set_num_threads(1)
     images, masks, _ = victim_data(32, count=6, scenes=True)
-    active = attack_row(mode, images, masks, TINY, queries=8, active=True, seed=0)
-    passive = attack_row(mode, images, masks, TINY, queries=8, active=False, seed=0)
+    active = attack_row(mode, images, masks, TINY, queries=8, strategy="active", seed=0)
+    passive = attack_row(mode, images, masks, TINY, queries=8, strategy="passive", seed=0)
     assert active["images"] == passive["images"] == 6
     if mode == FeedbackMode.L1:
         assert active["psnr_db"] > active["mean_colour_psnr_db"] + 8
