@@ -517,7 +517,7 @@ def experiment(
     oasis_optim: Annotated[bool, typer.Option(help="OASIS optimisers: D lr 4e-4, G lr 1e-4, beta1 0.")] = False,
     gan_methods: Annotated[list[GanMethod] | None, typer.Option(
         "--gan-method", help="Train only these GAN methods (repeat; default: both). real_all and real_partial "
-        "always run, from the cache when they can.")] = None,
+        "always run, from the cache when they can; a central GAN not asked for is still shown if cached.")] = None,
     seg_standardize: Annotated[bool, typer.Option(help="Segmenter standardises each image first.")] = False,
     seg_photometric: Annotated[float, typer.Option(help="Brightness/contrast/colour/blur jitter while training "
                                                         "the segmenter (0 = off).")] = 0.0,

@@ -20,7 +20,12 @@ from tests.conftest import wait_until
 SMALL = ["--image-size", "64", "--g-width", "16", "--d-width", "16"]
 
 
-def heldout_l1(checkpoint: Path) -> float:
+def heldout_contrast(checkpoint: Path) -> tuple[float, float]:
+    """Building-vs-ground colour contrast of the fakes and of the real images, on held-out scenes.
+
+    The default feedback (segmentation) has no pixel loss, so learning shows as fakes whose buildings
+    stand out from the ground as the real ones do, not as a falling L1 distance.
+    """
     state = torch.load(checkpoint, weights_only=True)
     trainer = GeneratorTrainer(ModelConfig.from_dict(state["model"]), TrainConfig())
     trainer.G.load_state_dict(state["G"])
@@ -28,7 +33,14 @@ def heldout_l1(checkpoint: Path) -> float:
     with torch.no_grad():
         torch.manual_seed(0)
         fake = trainer.G(masks_to_input(torch.from_numpy(masks), 2))
-    return float((fake - images_to_tensor(torch.from_numpy(images))).abs().mean())
+    inside = torch.from_numpy(masks > 0).unsqueeze(1).float()
+
+    def contrast(x: torch.Tensor) -> float:
+        fg = (x * inside).sum((0, 2, 3)) / inside.sum()
+        bg = (x * (1 - inside)).sum((0, 2, 3)) / (1 - inside).sum()
+        return float((fg - bg).abs().mean())
+
+    return contrast(fake), contrast(images_to_tensor(torch.from_numpy(images)))
 
 
 def test_run_with_three_node_processes_trains_and_every_node_contributes(tmp_path: Path) -> None:
@@ -43,9 +55,8 @@ def test_run_with_three_node_processes_trains_and_every_node_contributes(tmp_pat
     assert summary["synthetic_images"] == 60
     assert len(list((cfg.out / "synthetic" / "images").glob("*.png"))) == 60
     assert (cfg.out / "samples" / "step_000040.png").exists()
-    start, end = heldout_l1(cfg.out / "checkpoints" / "ckpt_000000.pt"), heldout_l1(cfg.out / "checkpoints" /
-                                                                                     "latest.pt")
-    assert end < start * 0.9, (start, end)
+    (start, real), (end, _) = (heldout_contrast(cfg.out / "checkpoints" / f) for f in ("ckpt_000000.pt", "latest.pt"))
+    assert abs(end - real) < 0.7 * abs(start - real), (start, end, real)  # measured: 0.09 -> 0.18, real 0.28
 
 
 def test_kill_9_of_a_node_mid_run_and_a_late_joiner(tmp_path: Path) -> None:
