@@ -194,7 +194,8 @@ def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits,
               "best_step": info["best_step"], "best_val_iou": info["best_val_iou"], "train_pairs": len(train)}
     if grid is not None:
         prediction_grid(splits.test.images, splits.test.masks, probs, grid)
-    log.info("%s seed %d: test IoU %.3f (%.0f s)", label, seed, result["iou"], result["train_seconds"])
+    log.info("%s seed %d: test IoU %.3f, best validation IoU %.3f (%.0f s)", label, seed, result["iou"],
+             result["best_val_iou"], result["train_seconds"])
     return result
 
 

@@ -114,6 +114,11 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     assert sorted(p.name.split("-")[0] for p in cache) == ["central_gan", "central_gan", "real_all", "real_partial"]
     again = run_experiment(cfg)  # cached methods come back identical
     assert again["methods"]["real_all"] == results["methods"]["real_all"]
+    assert again["methods"]["real_partial"] == results["methods"]["real_partial"]
+    cfg.feedback, cfg.gan_methods = ("segmentation",), ("dgan",)  # train DGAN only: the central GAN comes cached
+    only = run_experiment(cfg)
+    assert set(only["methods"]) == {"real_all", "real_partial", "central_gan", "dgan"}
+    assert only["methods"]["central_gan"]["iou"] == results["methods"]["central_gan"]["iou"]
 
 
 def test_segmentation_seeds_share_one_gan_unless_gan_seeds_asks_for_more(tmp_path: Path) -> None:
