@@ -537,7 +537,7 @@ def experiment(
         cfg = ExperimentConfig(out=out, data=data, partition=partition, nodes=nodes, size=64, gan_steps=30,
                                g_width=16, d_width=16, seg=SegConfig(steps=60, eval_every=20), seeds=1,
                                samples_per_mask=1, scenes=96, quick=True, with_sync=with_sync, feedback=modes,
-                               lambda_l1=lambda_l1)
+                               lambda_l1=lambda_l1, label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods)
     else:
         seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric)
         cfg = ExperimentConfig(out=out, data=data, partition=partition, nodes=nodes, size=size, gan_steps=gan_steps,
@@ -782,10 +782,6 @@ def bench_fuzz(
                                 *(["--json", str(json_out)] if json_out else [])]))
 
 
-if __name__ == "__main__":
-    app()
-
-
 @bench_app.command("privacy")
 def bench_privacy(
     quick: Quick = False,
@@ -799,3 +795,8 @@ def bench_privacy(
 
     setup_logging("WARNING", "rich", "bench")
     run_privacy_benchmark(quick, json_out, data)
+
+
+if __name__ == "__main__":
+    app()
+

@@ -17,6 +17,7 @@ cannot change it.  The modes differ in what the gradient sent back can carry:
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ class FeedbackMode(str, enum.Enum):
     SEGMENTATION = "segmentation"
 
 
-# Chosen on the validation split (docs/results/privacy.md): the non-leaking mode with the best IoU.
+# The non-leaking mode with the best validation IoU (docs/results/privacy.md).
 DEFAULT_MODE = FeedbackMode.SEGMENTATION
 LEAKING_MODES = frozenset({FeedbackMode.L1})
 
@@ -52,7 +53,9 @@ class FeedbackConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", FeedbackMode(self.mode))
-        if self.lambda_l1 < 0 or self.label_mix < 0 or self.lr <= 0 or not 0 <= self.beta1 < 1:
+        values = (self.lambda_l1, self.label_mix, self.lr, self.beta1)
+        if not all(math.isfinite(v) for v in values) or self.lambda_l1 < 0 or self.label_mix < 0 or self.lr <= 0 \
+                or not 0 <= self.beta1 < 1:
             raise ValueError(f"invalid feedback settings {self}")
 
     @property

@@ -1,17 +1,19 @@
 """Does a log's feedback carry the nodes' real images?  Statistics for ``dgan replay --audit``.
 
 For every recorded feedback whose mask identifies a real image (``--real-data``),
-compare the gradient with that image, and with another real image as a control:
+compare the gradient with that image, and with a control that knows the mask
+but not the image: each class's mean colour over the real images, painted onto
+this mask.
 
 * sign agreement between ``sign(grad)`` and ``sign(fake - real)``: 1.0 for the
   L1 term, 0.5 for a gradient that knows nothing of this image;
 * absolute Pearson correlation between the gradient and the real image (any
   sign: the L1 leak is anti-correlated with the image).
 
-A statistic counts as a leak when the matched image beats the control by a
-margin.  The control (the same fake against another node image) removes what
-the gradient knows about images in general, which is what a discriminator is
-for; what is left is what it knows about this one image.
+A statistic counts as a leak when the real image beats the control by a
+margin.  The control removes what a discriminator is for (what buildings and
+ground look like, where this mask puts them); what is left is what the
+gradient knows about this one image.
 """
 
 from __future__ import annotations
@@ -49,9 +51,14 @@ class NodeLeakage:
         out = []
         if s["matched"] and s["sign_agreement"] - s["control_sign_agreement"] >= AGREEMENT_MARGIN:
             out.append(f"sign(grad) agrees with sign(fake - real) on {s['sign_agreement']:.1%} of pixels "
-                       f"(control {s['control_sign_agreement']:.1%}): the gradient carries the real image")
+                       f"(class-colour control {s['control_sign_agreement']:.1%}): the gradient carries the real "
+                       "image")
         if s["matched"] and s["abs_corr"] - s["control_abs_corr"] >= CORRELATION_MARGIN:
-            out.append(f"|corr(grad, real)| = {s['abs_corr']:.3f} (control {s['control_abs_corr']:.3f})")
+            out.append(f"|corr(grad, real)| = {s['abs_corr']:.3f} (class-colour control "
+                       f"{s['control_abs_corr']:.3f})")
+        if s["samples"] and not s["matched"]:
+            out.append(f"none of its {s['samples']} feedback samples matched a real image by mask, so its gradients "
+                       "went unchecked: is --real-data this node's data at the run's size?")
         return out
 
 
@@ -63,26 +70,34 @@ def _stats(grad: np.ndarray, fake: np.ndarray, real: np.ndarray) -> tuple[float,
     return agree, abs(float(g @ r) / denom) if denom > 0 else 0.0
 
 
+def class_colours(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(classes, 3) mean colour in [-1, 1] of each class's pixels over all the real pairs."""
+    labels = masks.astype(np.int64).ravel()
+    pixels = images.reshape(-1, 3).astype(np.float64) / 127.5 - 1
+    n = int(labels.max(initial=0)) + 1
+    counts = np.bincount(labels, minlength=n).clip(min=1)
+    return np.stack([np.bincount(labels, pixels[:, c], minlength=n) / counts for c in range(3)], 1)
+
+
 def gradient_leakage(path: Path, images: np.ndarray, masks: np.ndarray,
                      max_samples: int = 2000) -> dict[str, NodeLeakage]:
-    """Per node: sign agreement and |correlation| of recorded gradients with the matched real images."""
+    """Per node: sign agreement and |correlation| of recorded gradients with the matched real images, and with
+    the class-colour control; at most ``max_samples`` matched samples per node."""
     real = {k: np.transpose(v, (2, 0, 1)).astype(np.float32) / 127.5 - 1 for k, v in index_real(images, masks).items()}
-    keys = sorted(real)
+    colours = class_colours(images, masks).astype(np.float32)
     out: dict[str, NodeLeakage] = {}
-    seen = 0
     for node, batch_masks, fakes, grads in feedback_samples(path):
         stats = out.setdefault(node, NodeLeakage())
         for mask, fake, grad in zip(batch_masks, fakes, grads, strict=True):
             stats.samples += 1
             canon = canonical(mask)
-            if canon is None or canon[0] not in real or len(keys) < 2 or seen >= max_samples:
+            if canon is None or canon[0] not in real or len(stats.agreement) >= max_samples:
                 continue
-            seen += 1
             key, code = canon
+            m = np.ascontiguousarray(flip(mask, code)).astype(np.int64).clip(0, len(colours) - 1)
             f, g = flip(fake, code), flip(grad, code)
             agree, corr = _stats(g, f, real[key])
-            other = keys[(keys.index(key) + 1 + seen % (len(keys) - 1)) % len(keys)]
-            c_agree, c_corr = _stats(g, f, real[other])
+            c_agree, c_corr = _stats(g, f, np.transpose(colours[m], (2, 0, 1)))
             stats.agreement.append(agree)
             stats.abs_corr.append(corr)
             stats.control_agreement.append(c_agree)

@@ -171,8 +171,8 @@ def define_seg_D(cfg: ModelConfig) -> UNetGenerator:
     per batch at 128 px on a CPU (measured), instead of 6x at full width.
     """
     depth = cfg.d_layers + 2
-    if cfg.image_size % (2**depth):
-        raise ValueError(f"image size {cfg.image_size} must be divisible by 2**(d_layers + 2) = {2**depth}")
+    while depth > 2 and cfg.image_size % (2**depth):  # any size the generator accepts works here too
+        depth -= 1
     return init_weights(UNetGenerator(3, cfg.num_classes + 1, max(8, cfg.d_width // 2), depth, dropout=0.0,
                                       upsample=cfg.upsample, norm=cfg.norm, final="none"))
 

@@ -126,7 +126,12 @@ class DiscriminatorNode:
         # Architecture only: the loss (and so what the gradient reveals) stays this node's own setting.
         model = ModelConfig.from_dict(config["model"])
         if self.trainer is None or self.trainer.cfg != model:
-            self.trainer = DiscriminatorTrainer(model, self.cfg.feedback, seed=self.cfg.seed, device=self.cfg.device)
+            if self.trainer is not None:
+                log.warning("node %s: the generator changed the model; a new discriminator, from fresh random "
+                            "weights", self.cfg.name)
+            # D's initial weights come from the OS, not from --seed: a generator that could compute them would
+            # learn more from each gradient (and could force a reset with a changed WELCOME).
+            self.trainer = DiscriminatorTrainer(model, self.cfg.feedback, seed=None, device=self.cfg.device)
             self.sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed)
         self.run_id = msg.run_id
         self.outstanding.clear()  # a (re)started generator knows none of them

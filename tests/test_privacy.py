@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from benchmarks.privacy import attack_row, victim_data
 from dgan import protocol as P
 from dgan import replay as R
-from dgan.attacks import IntervalEstimate, canonical, flip, index_real, mean_colour, psnr, to_uint8
+from dgan.attacks import DescentEstimate, IntervalEstimate, canonical, flip, index_real, mean_colour, psnr, to_uint8
 from dgan.cli import app
 from dgan.feedback import FeedbackConfig, FeedbackMode, class_balanced_ce, label_mix
 from dgan.networks import ModelConfig
@@ -62,6 +62,14 @@ def test_passive_projection_only_moves_fakes_towards_the_truth_of_a_truthful_ora
     assert est.consistency() == 1.0
     assert np.all(np.abs(est.passive() - real) <= np.abs(est.mean_fake() - real) + 1e-6)
     assert np.abs(est.passive() - real).mean() < 0.7 * np.abs(est.mean_fake() - real).mean()
+
+
+def test_following_a_truthful_sign_converges_on_the_image() -> None:
+    real = np.random.default_rng(3).uniform(-0.9, 0.9, (3, 8, 8)).astype(np.float32)
+    walk = DescentEstimate(real.shape)
+    for _ in range(32):
+        walk.update(np.sign(walk.current - real))
+    assert np.abs(walk.current - real).max() < 0.1
 
 
 def test_canonical_undoes_every_flip_and_refuses_masks_that_hide_their_orientation() -> None:
@@ -115,6 +123,17 @@ def test_node_losses_hold_a_pixel_loss_only_in_l1_mode() -> None:
         assert np.isfinite(scored.grad).all() and np.abs(scored.grad).sum() > 0
 
 
+def test_label_mix_adds_a_consistency_loss_to_the_segmentation_discriminator() -> None:
+    images, masks, _ = victim_data(32, count=4, scenes=True)
+    fakes = np.zeros((4, 3, 32, 32), np.float32)
+    plain = DiscriminatorTrainer(TINY, FeedbackConfig(FeedbackMode.SEGMENTATION)).score(masks, images, fakes)
+    mixed = DiscriminatorTrainer(TINY, FeedbackConfig(FeedbackMode.SEGMENTATION, label_mix=10.0)).score(
+        masks, images, fakes)
+    assert "d_labelmix" not in plain.losses and mixed.losses["d_labelmix"] >= 0
+    with pytest.raises(ValueError):
+        FeedbackConfig(FeedbackMode.L1, lambda_l1=float("nan"))
+
+
 def test_a_float16_gradient_that_would_overflow_is_sent_with_a_smaller_scale() -> None:
     images, masks, _ = victim_data(32, count=4, scenes=True)
     d = DiscriminatorTrainer(TINY, FeedbackConfig(FeedbackMode.L1, lambda_l1=1e6))  # |grad| * numel ~ 1e6
@@ -156,8 +175,15 @@ def test_the_generator_cannot_change_a_nodes_feedback_mode() -> None:
     finally:
         stop.set()
         thread.join(10)
-    assert node.trainer is not None and node.trainer.feedback.mode == FeedbackMode.ADVERSARIAL
     assert "g_l1" not in fb.meta["losses"]
+    # What the gradient itself says: its sign agrees with fake - real (fakes are 0 here) at chance, not near 1.
+    real = index_real(images, masks)
+    agree = []
+    for m, g in zip(req.tensors["masks"], fb.tensors["grad"].astype(np.float32), strict=True):
+        key, code = canonical(m)
+        r = flip(real[key].transpose(2, 0, 1).astype(np.float32) / 127.5 - 1, code)
+        agree.append(float((np.sign(g) == np.sign(0 - r))[g != 0].mean()))
+    assert 0.3 < np.mean(agree) < 0.7, agree
 
 
 def test_generator_shows_each_nodes_announced_mode_and_refuses_an_unknown_one(tmp_path: Path) -> None:
@@ -225,9 +251,18 @@ def test_audit_fails_on_an_l1_log_and_passes_a_segmentation_log(recorded: dict[s
     rep = R.audit(l1 / "broker.dgl", images, real_masks=masks)
     assert any("sign(grad) agrees" in v for v in rep.violations)
     assert all(s["sign_agreement"] > 0.9 and s["matched"] > 0 for s in rep.leakage.values())
+    images, masks = resolve_real_data(str(seg / "shards"), 32)
     rep = R.audit(seg / "broker.dgl", images, real_masks=masks)
     assert rep.ok, rep.violations
     assert rep.leakage and all(abs(s["sign_agreement"] - 0.5) < 0.05 for s in rep.leakage.values())
+    # every node is checked, however many samples the first one sent
+    from dgan.leakage import gradient_leakage
+
+    capped = gradient_leakage(l1 / "broker.dgl", *resolve_real_data(str(l1 / "shards"), 32), max_samples=3)
+    assert set(capped) == {"node0", "node1"} and all(len(v.agreement) == 3 for v in capped.values())
+    # real data that matches nothing is no pass
+    other = R.audit(seg / "broker.dgl", images[:0], real_masks=masks[:0])
+    assert not other.ok and all("unchecked" in v for v in other.violations)
     result = CliRunner().invoke(app, ["replay", str(l1 / "broker.dgl"), "--audit", "--real-data",
                                       str(l1 / "shards")])
     assert result.exit_code == 1 and "carries the real image" in result.output.replace("\n", " ")

@@ -7,6 +7,7 @@ is the node's own :class:`~dgan.feedback.FeedbackConfig`, never the generator's.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,11 +62,14 @@ class PairSampler:
 class DiscriminatorTrainer:
     """A node's discriminator, its optimiser and its feedback recipe (``FeedbackConfig``, the node's own)."""
 
-    def __init__(self, cfg: ModelConfig, feedback: FeedbackConfig | None = None, seed: int = 0,
+    def __init__(self, cfg: ModelConfig, feedback: FeedbackConfig | None = None, seed: int | None = 0,
                  device: str = "cpu") -> None:
+        """``seed=None`` draws D's initial weights from the OS: nobody else can compute them (a node's default)."""
         self.cfg = cfg
         self.feedback = feedback or FeedbackConfig()
         self.device = torch.device(device)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
         torch.manual_seed(seed)
         self.segmenting = self.feedback.mode == FeedbackMode.SEGMENTATION
         self.D: torch.nn.Module = define_seg_D(cfg) if self.segmenting else define_D(cfg)
