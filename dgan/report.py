@@ -146,7 +146,8 @@ def experiment_section(run_dir: Path) -> str:
     grids = "".join(f'<figure>{_img(f.read_bytes(), f.stem)}<figcaption>{f.stem}</figcaption></figure>'
                     for f in sorted((run_dir / "predictions").glob("*.png")))
     claims = [[name, f"{c['ratio']:.3f} (target {c['target']})" if "ratio" in c else
-               f"{c['dgan']:.3f} vs {c['partial']:.3f}", "met" if c["met"] else "missed"]
+               f"{c['dgan']:.3f} vs {c.get('partial', c.get('other', float('nan'))):.3f}",
+               "met" if c["met"] else "missed"]
               for name, c in results.get("claims", {}).items()]
     body = (_table(rows, ["method", "feedback mode", *keys])
             + (_table(claims, ["claim", "figure", ""]) if claims else "")

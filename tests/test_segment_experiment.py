@@ -91,6 +91,11 @@ def test_claims_compare_the_right_numbers() -> None:
                 "real_partial": {"iou": 0.45}})
     assert c["dgan_vs_central"]["met"] and c["dgan_vs_partial_mean"]["met"]
     assert not c["dgan_vs_real_all"]["met"] and c["dgan_vs_real_all"]["ratio"] == pytest.approx(0.5 / 0.6)
+    modes = claims({"dgan": {"iou": 0.5}, "central_gan": {"iou": 0.5}, "real_all": {"iou": 0.6},
+                    "real_partial": {"iou": 0.45}, "dgan_l1": {"iou": 0.52}, "dgan_adversarial": {"iou": 0.1},
+                    "dgan_sync": {"iou": 0.9}})
+    assert not modes["dgan_vs_dgan_l1"]["met"] and modes["dgan_vs_dgan_adversarial"]["met"]
+    assert "dgan_vs_dgan_sync" not in modes  # sync is a schedule, not a feedback mode
 
 
 def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -> None:
