@@ -277,6 +277,8 @@ def node(
                                                   "off).")] = 0.0,
     d_lr: Annotated[float, typer.Option(help="Discriminator Adam learning rate (OASIS: 4e-4).")] = 2e-4,
     d_beta1: Annotated[float, typer.Option(help="Discriminator Adam beta1 (OASIS: 0).")] = 0.5,
+    d_warmup: Annotated[int, typer.Option(help="--feedback segmentation: steps that train the segmenter on this "
+                                               "node's own pairs before its first feedback.")] = 100,
     seed: int = 0,
     stats: Annotated[Path | None, typer.Option(help="Write this node's timing and byte counts here (JSON).")] = None,
     save_samples: Annotated[Path | None, typer.Option(help="Save mask | real | synthetic grids here (stays "
@@ -299,7 +301,8 @@ def node(
     setup_logging(log_level, log_format, name)
     _threads(threads)
     try:
-        recipe = FeedbackConfig(feedback, lambda_l1=lambda_l1, label_mix=label_mix, lr=d_lr, beta1=d_beta1)
+        recipe = FeedbackConfig(feedback, lambda_l1=lambda_l1, label_mix=label_mix, lr=d_lr, beta1=d_beta1,
+                                warmup=d_warmup)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:

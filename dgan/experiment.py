@@ -146,6 +146,9 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, lr=lr, beta1=beta1, seed=seed, fake_dtype="float32"))
     disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed)
     sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed)
+    for _ in range(disc.warmup_steps):  # as a node does before its first feedback
+        reals, masks = sampler.batch(cfg.batch_size)
+        disc.warm_up(masks, reals)
     for step in range(cfg.gan_steps):
         reals, masks = sampler.batch(cfg.batch_size)
         fakes = gen.generate("central", step, masks, request_id=step)
@@ -177,7 +180,7 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
                         timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1,
                         extra_generator_args=["--lr", str(lr), "--beta1", str(beta1)],
                         node_args=["--label-mix", str(recipe.label_mix), "--d-lr", str(recipe.lr),
-                                   "--d-beta1", str(recipe.beta1)]))
+                                   "--d-beta1", str(recipe.beta1), "--d-warmup", str(recipe.warmup)]))
     return GeneratorTrainer.from_state(load_checkpoint(out / "checkpoints" / "latest.pt"))
 
 

@@ -50,12 +50,13 @@ class FeedbackConfig:
     label_mix: float = 0.0  # segmentation mode: LabelMix consistency weight (OASIS uses 10)
     lr: float = 2e-4  # the discriminator's Adam (OASIS: 4e-4)
     beta1: float = 0.5  # (OASIS: 0.0)
+    warmup: int = 100  # segmentation mode: D steps on the node's own real pairs before its first feedback
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", FeedbackMode(self.mode))
         values = (self.lambda_l1, self.label_mix, self.lr, self.beta1)
         if not all(math.isfinite(v) for v in values) or self.lambda_l1 < 0 or self.label_mix < 0 or self.lr <= 0 \
-                or not 0 <= self.beta1 < 1:
+                or not 0 <= self.beta1 < 1 or self.warmup < 0:
             raise ValueError(f"invalid feedback settings {self}")
 
     @property

@@ -79,6 +79,7 @@ class DiscriminatorNode:
         self.stats = NodeStats()
         self.done = False
         self.welcomed = False
+        self.warmup_left = 0  # local D steps still to do before requesting fakes
         self._retry_at = 0.0
 
     @staticmethod
@@ -96,7 +97,7 @@ class DiscriminatorNode:
             if max_batches is not None and self.stats.batches >= max_batches:
                 break
             t0 = time.monotonic()
-            msg = self.link.recv(0.5)
+            msg = self.link.recv(0.0 if self.warmup_left and self.welcomed else 0.5)
             self.stats.wait_s += time.monotonic() - t0
             if msg is not None:
                 try:
@@ -132,6 +133,10 @@ class DiscriminatorNode:
             # D's initial weights come from the OS, not from --seed: a generator that could compute them would
             # learn more from each gradient (and could force a reset with a changed WELCOME).
             self.trainer = DiscriminatorTrainer(model, self.cfg.feedback, seed=None, device=self.cfg.device)
+            self.warmup_left = self.trainer.warmup_steps
+            if self.warmup_left:
+                log.info("node %s: training its segmenter on its own pairs for %d steps before the first feedback",
+                         self.cfg.name, self.warmup_left)
             self.sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed)
         self.run_id = msg.run_id
         self.outstanding.clear()  # a (re)started generator knows none of them
@@ -151,6 +156,13 @@ class DiscriminatorNode:
 
     def _fill_pipeline(self) -> None:
         if not self.welcomed or self.done or self.sampler is None or time.monotonic() < self._retry_at:
+            return
+        if self.warmup_left and self.trainer is not None:  # one step per loop pass: heartbeats keep flowing
+            reals, masks = self.sampler.batch(self.cfg.batch_size)
+            t0 = time.monotonic()
+            self.trainer.warm_up(masks, reals)
+            self.stats.compute_s += time.monotonic() - t0
+            self.warmup_left -= 1
             return
         while len(self.outstanding) < self.cfg.pipeline:
             reals, masks = self.sampler.batch(self.cfg.batch_size)

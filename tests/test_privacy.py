@@ -282,3 +282,27 @@ def test_attack_reconstruct_cli_beats_the_fakes_on_l1_only(recorded: dict[str, P
     assert scores["segmentation"]["psnr_db"] <= scores["segmentation"]["fakes_psnr_db"] + 0.25
     bad = CliRunner().invoke(app, ["attack", "reconstruct", str(tmp_path / "missing.dgl"), "--real-data", "x"])
     assert bad.exit_code == 2 and "no such log" in bad.output
+
+
+def test_a_segmentation_node_trains_its_segmenter_locally_before_its_first_request() -> None:
+    images, masks, _ = victim_data(32, count=6, scenes=True)
+    d = DiscriminatorTrainer(TINY, FeedbackConfig(FeedbackMode.SEGMENTATION, lr=1e-3))
+    losses = [d.warm_up(masks, images) for _ in range(30)]
+    assert d.warmup_steps == 100 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert DiscriminatorTrainer(TINY, FeedbackConfig(FeedbackMode.L1)).warmup_steps == 0
+    hub = InProcessHub()
+    gen, link = hub.generator_link(), hub.node_link("dept")
+    node = DiscriminatorNode(link, images, masks, NodeConfig("dept", batch_size=2, pipeline=1, feedback=FeedbackConfig(
+        FeedbackMode.SEGMENTATION, warmup=12)))
+    stop = threading.Event()
+    thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        gen.send("dept", P.make(P.Kind.WELCOME, "generator", meta={"config": {"model": TINY.to_dict(),
+                                                                              "need_masks": False}}))
+        got = gen.recv(30)
+        assert got is not None and got[1].kind == P.Kind.FAKE_REQUEST
+        assert node.warmup_left == 0 and node.trainer is not None and node.stats.compute_s > 0
+    finally:
+        stop.set()
+        thread.join(10)

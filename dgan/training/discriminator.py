@@ -79,6 +79,26 @@ class DiscriminatorTrainer:
         self.mix_rng = torch.Generator().manual_seed(seed)
         self.steps = 0
 
+    @property
+    def warmup_steps(self) -> int:
+        """Steps :meth:`warm_up` wants before the first feedback (segmentation mode only)."""
+        return self.feedback.warmup if self.segmenting else 0
+
+    def warm_up(self, masks: np.ndarray, reals: np.ndarray) -> float:
+        """One step of the segmenting D on real pairs alone (local: nothing is sent).
+
+        A D that already tells building from ground gives the generator a label-alignment signal from its
+        first feedback; one that starts from scratch spends the first hundreds of steps at chance.
+        """
+        labels = class_labels(torch.from_numpy(np.ascontiguousarray(masks)).to(self.device), self.cfg.num_classes)
+        real = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals)).to(self.device))
+        self.D.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = class_balanced_ce(self.D(real), labels, self.cfg.num_classes, real=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
     def score(self, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray,
               grad_dtype: str = "float32") -> Scored:
         """One D step on reals vs these fakes, then G's loss on the same fakes and d(loss)/d(fakes)."""
