@@ -48,6 +48,11 @@ def run_chaos(minutes: float = 1.0, nodes: int = 4, seed: int = 0, size: int = 3
             "--image-size", str(size), "--g-width", "8", "--g-depth", "3", "--d-width", "8",
             "--checkpoint-every", "0", "--sample-every", "0", "--no-synthesize", *common], 1)
         live = {i: start_node(i) for i in range(nodes)}
+        ready = time.monotonic() + 120  # on a loaded machine, starting torch takes a while: soak a running generator
+        while "generator: run" not in (out / "logs" / "generator.log").read_text(errors="replace"):
+            if time.monotonic() > ready or gen.poll() is not None:
+                raise RuntimeError(f"the generator did not start; see {out / 'logs' / 'generator.log'}")
+            time.sleep(0.2)
         end = time.monotonic() + minutes * 60
         while time.monotonic() < end:
             time.sleep(rng.uniform(1.0, 4.0))

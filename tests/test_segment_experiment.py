@@ -98,6 +98,7 @@ def test_claims_compare_the_right_numbers() -> None:
     assert "dgan_vs_dgan_sync" not in modes  # sync is a schedule, not a feedback mode
 
 
+@pytest.mark.timeout(900)  # three DGAN process runs: minutes on a loaded 2-core machine
 def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -> None:
     cfg = ExperimentConfig(out=tmp_path / "exp", size=32, gan_steps=6, g_width=8, d_width=8, nodes=2,
                            seg=SegConfig(width=8, depth=3, steps=20, eval_every=10), seeds=1, samples_per_mask=1,
