@@ -12,6 +12,7 @@ from PIL import Image
 
 from dgan import protocol as P
 from dgan.data.scenes import make_scenes
+from dgan.feedback import FeedbackConfig
 from dgan.networks import ModelConfig
 from dgan.training.generator import CheckpointError, GeneratorTrainer, TrainConfig, load_checkpoint
 from dgan.transport.inproc import InProcessHub
@@ -34,7 +35,8 @@ def run_inprocess(tmp_path: Path, mode: str, steps: int, delays: tuple[float, ..
         link = hub.node_link(f"n{i}")
         link.send(P.make(P.Kind.HELLO, f"n{i}", meta={"role": "node", **DiscriminatorNode.hello_meta(images)}))
         node = DiscriminatorNode(link, images, masks, NodeConfig(f"n{i}", batch_size=2, delay=delay, seed=i,
-                                                                 samples_dir=samples_dir, sample_every=5))
+                                                                 samples_dir=samples_dir, sample_every=5,
+                                                                 feedback=FeedbackConfig(warmup=0)))  # scheduling
         threads.append(threading.Thread(target=node.run, args=(stop,), daemon=True))
     for t in threads:
         t.start()
