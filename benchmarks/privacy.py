@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dgan import protocol as P
-from dgan.attacks import DescentEstimate, IntervalEstimate, canonical, flip, psnr, score, to_uint8, to_unit
+from dgan.attacks import DescentEstimate, IntervalEstimate, canonical, flip, index_real, psnr, score, to_uint8, to_unit
 from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
 from dgan.leakage import class_colours
 from dgan.networks import ModelConfig
@@ -105,8 +105,7 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
         raise ValueError(f"unknown attack {strategy!r}: one of {STRATEGIES}")
     honest = GeneratorTrainer(model, TrainConfig(seed=seed, fake_dtype="float32")) if strategy == "passive" else None
     # What the bench (not the attacker) knows: the real image behind each mask key, to score sign agreement.
-    truth = {canonical(m)[0]: np.ascontiguousarray(flip(im.transpose(2, 0, 1) / 127.5 - 1, canonical(m)[1]))
-             for im, m in zip(images, masks, strict=True)}
+    truth = {k: v.transpose(2, 0, 1) / 127.5 - 1 for k, v in index_real(images, masks).items()}
     known: set[bytes] = set()  # the attacker's own index: the node's uploaded masks
     estimates: dict[bytes, IntervalEstimate] = {}
     descents: dict[bytes, DescentEstimate] = {}
@@ -173,8 +172,7 @@ def attack_row(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model:
                strategy: str, seed: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = attack(mode, images, masks, model, queries, strategy, seed)
-    real = {canonical(m)[0]: np.ascontiguousarray(flip(im.transpose(2, 0, 1), canonical(m)[1]).transpose(1, 2, 0))
-            for im, m in zip(images, masks, strict=True)}
+    real = index_real(images, masks)  # victim_data's masks are identifying: every pair is indexed
     guess = {"active": lambda k, e: e.midpoint(), "passive": lambda k, e: e.passive(),
              "active-descent": lambda k, e: res.descents[k].current}[strategy]
     rows = [(to_uint8(guess(k, e)), to_uint8(e.mean_fake()), real[k], e.queries, e.consistency())
