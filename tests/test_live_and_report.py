@@ -27,7 +27,8 @@ SMALL = ["--image-size", "32", "--g-width", "8", "--d-width", "8", "--scenes", "
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report") / "run"
     run_local(RunConfig(nodes=3, steps=30, out=out, scenes=12, image_size=32, g_width=8, d_width=8, batch_size=2,
-                        sample_every=10, checkpoint_every=0, timeout=240, extra_generator_args=["--g-depth", "3"]))
+                        sample_every=10, checkpoint_every=0, timeout=240, extra_generator_args=["--g-depth", "3"],
+                        node_args=["--d-warmup", "0"]))  # every node feeds back within 30 steps
     return out
 
 

@@ -23,7 +23,8 @@ def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     log = out / "broker.dgl"
     run_local(RunConfig(nodes=2, steps=12, out=out, scenes=16, image_size=32, g_width=8, d_width=8,
                         batch_size=2, record=log, checkpoint_every=0, sample_every=0, timeout=240,
-                        extra_generator_args=["--g-depth", "3"]))
+                        extra_generator_args=["--g-depth", "3"],
+                        node_args=["--d-warmup", "0"]))  # both nodes feed back within 12 steps
     return out, log
 
 
