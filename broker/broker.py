@@ -445,6 +445,8 @@ class Broker:
         if not route:
             if kind in (P.Kind.STATUS, P.Kind.GOODBYE):
                 self._publish(body)
+                if kind == P.Kind.GOODBYE and msg.meta.get("leaving") is True:  # its link closes, not a timeout
+                    self._drop_generator("said goodbye")
             else:
                 self._reply_error(identity, True, P.ErrorCode.BAD_FRAMES,
                                   f"{kind.name} needs a node name in the routing frame", msg.msg_id)

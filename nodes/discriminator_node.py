@@ -38,6 +38,7 @@ class NodeConfig:
     device: str = "cpu"
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)  # the operator's choice, never the generator's
     request_timeout: float = 60.0
+    feedback_retry: float = 10.0  # seconds a FEEDBACK that could not leave is retried before it is given up
     mask_chunk: int = 256
     samples_dir: Path | None = None  # save (mask | real | synthetic) grids here; they never leave the node
     sample_every: int = 50  # batches
@@ -81,6 +82,7 @@ class DiscriminatorNode:
         self.welcomed = False
         self.warmup_left = 0  # local D steps still to do before requesting fakes
         self._retry_at = 0.0
+        self.unsent: list[tuple[float, P.Message]] = []  # FEEDBACK that could not leave: (first try, message)
 
     @staticmethod
     def hello_meta(images: np.ndarray, feedback: FeedbackConfig | None = None) -> dict[str, Any]:
@@ -106,6 +108,7 @@ class DiscriminatorNode:
                     self.stats.errors["internal"] += 1
                     log.exception("node %s: error handling %s", self.cfg.name, msg.kind.name)
             self._expire_requests()
+            self._resend_feedback()
             self._fill_pipeline()
         return self.stats
 
@@ -192,9 +195,13 @@ class DiscriminatorNode:
             time.sleep(self.cfg.delay)
         self.stats.compute_s += time.monotonic() - t0
         t0 = time.monotonic()
-        self.link.send(P.make(P.Kind.FEEDBACK, self.cfg.name, run_id=self.run_id, reply_to=msg.msg_id,
-                              step=msg.step, meta={"losses": scored.losses, "grad_scale": scored.grad_scale},
-                              tensors={"grad": scored.grad}))
+        feedback = P.make(P.Kind.FEEDBACK, self.cfg.name, run_id=self.run_id, reply_to=msg.msg_id,
+                          step=msg.step, meta={"losses": scored.losses, "grad_scale": scored.grad_scale},
+                          tensors={"grad": scored.grad})
+        if not self.link.send(feedback):
+            self.unsent.append((time.monotonic(), feedback))
+            log.warning("node %s: feedback for request %d could not leave; retrying for up to %.0f s",
+                        self.cfg.name, msg.reply_to, self.cfg.feedback_retry)
         self.stats.codec_s += time.monotonic() - t0
         self.stats.wire_bytes += scored.grad.nbytes
         self.stats.batches += 1
@@ -227,6 +234,20 @@ class DiscriminatorNode:
             self.welcomed = False  # wait for a WELCOME from the next generator
             self.outstanding.clear()
         self._retry_at = time.monotonic() + 0.5
+
+    def _resend_feedback(self) -> None:
+        """Retry FEEDBACK that could not leave; after ``feedback_retry`` s it is too stale to help: report it."""
+        keep: list[tuple[float, P.Message]] = []
+        for first, msg in self.unsent:
+            if time.monotonic() - first > self.cfg.feedback_retry:
+                self.stats.errors["feedback_unsent"] += 1
+                log.warning("node %s: gave up on the feedback for request %d after %.0f s; the broker never took it",
+                            self.cfg.name, msg.reply_to, self.cfg.feedback_retry)
+            elif self.link.send(msg):
+                self.stats.errors["feedback_resent"] += 1
+            else:
+                keep.append((first, msg))
+        self.unsent = keep
 
     def _expire_requests(self) -> None:
         now = time.monotonic()

@@ -424,6 +424,7 @@ class GeneratorService:
         (root / "images").mkdir(parents=True, exist_ok=True)
         (root / "masks").mkdir(parents=True, exist_ok=True)
         rows = []
+        t0 = time.monotonic()
         total = sum(len(n.masks) for n in self.nodes.values() if n.masks is not None)
         for name, node in self.nodes.items():
             if node.masks is None:
@@ -441,4 +442,5 @@ class GeneratorService:
             w = csv.writer(f)
             w.writerow(["name", "node"])
             w.writerows(rows)
+        log.info("generator: synthesised %d images in %.1f s", len(rows), time.monotonic() - t0)
         return len(rows)

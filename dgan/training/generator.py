@@ -29,6 +29,11 @@ from dgan.networks import ModelConfig, define_G, masks_to_input, tensor_to_image
 log = logging.getLogger("dgan.generator")
 
 
+TRAIN_MODES = ("async", "sync")
+WEIGHTINGS = ("size", "equal")
+FAKE_DTYPES = ("float16", "float32", "uint8")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 300
@@ -43,6 +48,11 @@ class TrainConfig:
     fake_dtype: str = "float16"
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("mode", TRAIN_MODES), ("weighting", WEIGHTINGS), ("fake_dtype", FAKE_DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,8 +112,7 @@ class GeneratorTrainer:
             torch.manual_seed(self.request_seed(node, request_id))
             fakes = functional_call(self.G, dict(zip(self.names, params, strict=True)), (x,))
         self.inflight[key] = InFlight(node, self.step, fakes, params)
-        out = fakes.detach()
-        return out.float().cpu().numpy().astype(self.cfg.fake_dtype, copy=False)
+        return fakes_to_wire(fakes.detach().float().cpu(), self.cfg.fake_dtype)
 
     def release(self, node: str) -> int:
         """Forget a node's in-flight requests (it left or restarted)."""
@@ -215,6 +224,13 @@ class GeneratorTrainer:
         random.setstate(state["rng"]["python"])
         self.inflight.clear()
         self._snapshot, self._acc, self.pending = None, None, 0
+
+
+def fakes_to_wire(fakes: torch.Tensor, dtype: str) -> np.ndarray:
+    """Fakes in [-1, 1] as the wire dtype; uint8 is 256 levels over [-1, 1] (the node maps q to q / 127.5 - 1)."""
+    if dtype == "uint8":
+        return ((fakes.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    return fakes.numpy().astype(dtype, copy=False)
 
 
 class CheckpointError(Exception):

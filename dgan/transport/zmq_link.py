@@ -1,19 +1,29 @@
 """ZeroMQ links to the broker, for nodes and for the generator.
 
-ZeroMQ reconnects sockets by itself but not registrations: each link sends
-HELLO on connect, heartbeats when it has been quiet, watches the broker's
-heartbeats, and when the broker has been silent for ``liveness`` intervals (or
-says NOT_REGISTERED, as a restarted broker does) it opens a fresh socket and
-says HELLO again.
+Liveness is kept apart from compute: each link owns an I/O thread that alone
+touches the DEALER socket. It says HELLO on connect, sends heartbeats when the
+link has been quiet, watches the broker's heartbeats, and re-registers when the
+broker has been silent for ``liveness`` intervals (or says NOT_REGISTERED, as a
+restarted broker does). A D step, a synthesis or a checkpoint write in the
+caller's thread therefore never makes this peer look dead; torch releases the
+GIL in its kernels, so the thread runs while they do.
+
+The caller hands outgoing messages to the thread and waits (bounded) for the
+verdict; incoming messages wait in a bounded inbox. While the inbox is full the
+thread stops reading, so ZeroMQ's high-water marks push back on the sender.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -22,9 +32,23 @@ from dgan import protocol as P
 
 log = logging.getLogger("dgan.transport")
 
+_link_ids = itertools.count()
+
+
+class LinkClosed(RuntimeError):
+    """The link's I/O thread has stopped (closed, or failed: the reason is chained)."""
+
+
+@dataclass
+class _Outgoing:
+    route: bytes
+    frames: list[Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    sent: bool = False
+
 
 class _BrokerConnection:
-    """A DEALER socket to the broker with registration and liveness."""
+    """A DEALER socket to the broker, owned by its own I/O thread, with registration and liveness."""
 
     routed: bool = False  # the generator side carries a routing frame
 
@@ -44,8 +68,99 @@ class _BrokerConnection:
         self.socket_setup = socket_setup
         self.send_timeout = send_timeout
         self.counters: Counter[str] = Counter()
-        self.sock: zmq.Socket | None = None
-        self._connect()
+        self.sock: zmq.Socket | None = None  # touched only by the I/O thread
+        self._inbox: queue.Queue[tuple[bytes, P.Message]] = queue.Queue(maxsize=max(1, hwm))
+        self._outbox: queue.Queue[_Outgoing] = queue.Queue()
+        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        wake = f"inproc://dgan-link-{next(_link_ids)}-{id(self):x}"
+        self._wake_rx = self.ctx.socket(zmq.PAIR)
+        self._wake_rx.bind(wake)
+        self._wake_tx = self.ctx.socket(zmq.PAIR)
+        self._wake_tx.connect(wake)
+        self._wake_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._io_main, name=f"dgan-link-{name}", daemon=True)
+        self._thread.start()
+        self._ready.wait(10.0)
+
+    # ------------------------------------------------------------ caller's side
+
+    def _submit(self, route: bytes, frames: list[Any]) -> bool:
+        """Hand a message to the I/O thread; False if it could not leave within ``send_timeout``."""
+        if self._stop.is_set() or not self._thread.is_alive():
+            raise LinkClosed(f"{self.name}: the link to {self.endpoint} is closed") from self._failure
+        item = _Outgoing(route, frames)
+        self._outbox.put(item)
+        self._wake()
+        if not item.done.wait(self.send_timeout + 1.0):
+            self.counters["send_timeouts"] += 1
+            return False
+        return item.sent
+
+    def _wake(self) -> None:
+        with self._wake_lock, contextlib.suppress(zmq.ZMQError):
+            self._wake_tx.send(b"", zmq.NOBLOCK)
+
+    def _recv(self, timeout: float) -> tuple[bytes, P.Message] | None:
+        """Next application message, or None after ``timeout`` seconds."""
+        try:
+            return self._inbox.get(timeout=max(0.0, timeout)) if timeout > 0 else self._inbox.get_nowait()
+        except queue.Empty:
+            if self._failure is not None:
+                raise LinkClosed(f"{self.name}: the link's I/O thread failed") from self._failure
+            return None
+
+    def close(self) -> None:
+        """GOODBYE to the broker (best effort), then stop the I/O thread and close its sockets."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._wake()
+            self._thread.join(max(2.0, self.send_timeout + 1.0))
+        with self._wake_lock:
+            self._wake_tx.close(linger=0)
+
+    # ------------------------------------------------------------ the I/O thread
+
+    def _io_main(self) -> None:
+        try:
+            self._connect()
+            self._ready.set()
+            self._io_loop()
+        except BaseException as exc:  # the caller sees it as LinkClosed at its next send or recv
+            self._failure = exc
+            log.exception("%s: the link's I/O thread failed", self.name)
+        finally:
+            self._ready.set()
+            self._shutdown()
+
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._wake_rx, zmq.POLLIN)
+        while not self._stop.is_set():
+            self._flush_outbox()
+            self._beat()
+            assert self.sock is not None  # internal invariant, not peer input
+            inbox_full = self._inbox.full()
+            if not inbox_full:
+                poller.register(self.sock, zmq.POLLIN)
+            ready = dict(poller.poll(self.heartbeat_interval / 4 * 1000))
+            if not inbox_full:
+                poller.unregister(self.sock)
+            if self._wake_rx in ready:
+                with contextlib.suppress(zmq.Again):
+                    while True:
+                        self._wake_rx.recv(zmq.NOBLOCK)
+            if inbox_full:
+                # The caller is busy, not the broker dead: what waits unread proves the broker talks.
+                if self.sock.poll(0, zmq.POLLIN):
+                    self.last_heard = time.monotonic()
+                else:
+                    self._check_broker()
+            elif self.sock in ready:
+                self._read_some()
+            else:
+                self._check_broker()
 
     def _connect(self) -> None:
         if self.sock is not None:
@@ -61,8 +176,7 @@ class _BrokerConnection:
             self.socket_setup(s)
         s.connect(self.endpoint)
         self.sock = s
-        now = time.monotonic()
-        self.last_heard = now
+        self.last_heard = time.monotonic()
         self.last_sent = 0.0
         self._hello()
 
@@ -72,10 +186,19 @@ class _BrokerConnection:
         self._send_frames(b"", P.encode(P.make(P.Kind.HELLO, self.name, meta=meta)))
         self.counters["hellos"] += 1
 
-    def reconnect(self, why: str) -> None:
+    def _reconnect(self, why: str) -> None:
         log.warning("%s: %s; reconnecting to %s", self.name, why, self.endpoint)
         self.counters["reconnects"] += 1
         self._connect()
+
+    def _flush_outbox(self) -> None:
+        while True:
+            try:
+                item = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            item.sent = self._send_frames(item.route, item.frames)
+            item.done.set()
 
     def _send_frames(self, route: bytes, frames: list[Any]) -> bool:
         """False if the message could not leave within ``send_timeout`` (no broker to take it)."""
@@ -95,27 +218,23 @@ class _BrokerConnection:
     def _beat(self) -> None:
         if time.monotonic() - self.last_sent > self.heartbeat_interval:
             self._send_frames(b"", P.encode(P.make(P.Kind.HEARTBEAT, self.name)))
+            self.counters["heartbeats"] += 1
 
     def _check_broker(self) -> None:
-        """Called only when nothing is waiting to be read: a busy process is not a dead broker."""
         silent = time.monotonic() - self.last_heard
         if silent > self.heartbeat_interval * self.liveness:
-            self.reconnect(f"no word from the broker for {silent:.1f} s")
+            self._reconnect(f"no word from the broker for {silent:.1f} s")
 
-    def _recv(self, timeout: float) -> tuple[bytes, P.Message] | None:
-        """Next application message; handles heartbeats and re-registration."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            self._beat()
-            assert self.sock is not None
-            left = deadline - time.monotonic()
-            wait = min(max(left, 0.0), self.heartbeat_interval / 2)
-            if not self.sock.poll(wait * 1000, zmq.POLLIN):
-                self._check_broker()
-                if time.monotonic() >= deadline:
-                    return None
-                continue
-            frames = self.sock.recv_multipart(copy=False)
+    def _read_some(self, most: int = 64) -> None:
+        """Read what is waiting (at most ``most``) into the inbox; heartbeats and re-registration end here."""
+        assert self.sock is not None
+        for _ in range(most):
+            if self._inbox.full():
+                return
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
             self.last_heard = time.monotonic()
             route = b""
             if self.routed:
@@ -139,15 +258,23 @@ class _BrokerConnection:
                     self._hello()
                 continue
             self.counters["received"] += 1
-            return route, msg
+            self._inbox.put_nowait((route, msg))
 
-    def close(self) -> None:
+    def _shutdown(self) -> None:
         if self.sock is not None:
+            self._flush_outbox()
             self.sock.setsockopt(zmq.SNDTIMEO, 100)
-            with contextlib.suppress(zmq.ZMQError):
-                self._send_frames(b"", P.encode(P.make(P.Kind.GOODBYE, self.name)))
+            with contextlib.suppress(zmq.ZMQError):  # "leaving": the peer is gone (a generator's end-of-run
+                # broadcast GOODBYE comes before its synthesis and is not a departure)
+                self._send_frames(b"", P.encode(P.make(P.Kind.GOODBYE, self.name, meta={"leaving": True})))
             self.sock.close(linger=100)
             self.sock = None
+        self._wake_rx.close(linger=0)
+        while True:  # a caller still waiting on a send learns it did not leave
+            try:
+                self._outbox.get_nowait().done.set()
+            except queue.Empty:
+                break
 
 
 class ZmqNodeLink(_BrokerConnection):
@@ -158,7 +285,7 @@ class ZmqNodeLink(_BrokerConnection):
 
     def send(self, msg: P.Message) -> bool:
         msg.sender = self.name
-        return self._send_frames(b"", P.encode(msg))
+        return self._submit(b"", P.encode(msg))
 
     def recv(self, timeout: float) -> P.Message | None:
         got = self._recv(timeout)
@@ -175,11 +302,11 @@ class ZmqGeneratorLink(_BrokerConnection):
 
     def send(self, to: str, msg: P.Message) -> bool:
         msg.sender = self.name
-        return self._send_frames(to.encode(), P.encode(msg))
+        return self._submit(to.encode(), P.encode(msg))
 
     def broadcast(self, msg: P.Message) -> bool:
         msg.sender = self.name
-        return self._send_frames(b"", P.encode(msg))
+        return self._submit(b"", P.encode(msg))
 
     def recv(self, timeout: float) -> tuple[str, P.Message] | None:
         got = self._recv(timeout)

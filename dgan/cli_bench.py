@@ -1,0 +1,114 @@
+"""`dgan bench ...`: each benchmark prints a table and writes its JSON."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dgan.cli_app import (
+    JsonOut,
+    Quick,
+    app,
+    bench_app,
+)
+from dgan.logs import setup_logging
+
+log = logging.getLogger("dgan")
+
+
+@bench_app.command("transport")
+def bench_transport(
+    quick: Quick = False,
+    json_out: JsonOut = None,
+    record: Annotated[bool, typer.Option(help="Also measure the broker with --record on.")] = False,
+) -> None:
+    """Throughput and round-trip latency: dgan broker vs zmq.proxy vs direct."""
+    from benchmarks.transport import run_transport_benchmark
+
+    setup_logging("WARNING")
+    run_transport_benchmark(quick=quick, json_out=json_out, with_record=record)
+
+
+@bench_app.command("training")
+def bench_training(quick: Quick = False, json_out: JsonOut = None) -> None:
+    """DGAN (4 node processes) vs centralized pix2pix: samples/s, communication share, wire bytes."""
+    from benchmarks.training import run_training_benchmark
+
+    setup_logging("WARNING")
+    run_training_benchmark(quick, json_out)
+
+
+@bench_app.command("straggler")
+def bench_straggler(quick: Quick = False, json_out: JsonOut = None) -> None:
+    """4 nodes, one 4x slower: applied samples/s in async vs sync mode."""
+    from benchmarks.training import run_straggler_benchmark
+
+    setup_logging("WARNING")
+    run_straggler_benchmark(quick, json_out)
+
+
+@bench_app.command("precision")
+def bench_precision(quick: Quick = False, json_out: JsonOut = None) -> None:
+    """bf16 autocast vs fp32 for one pix2pix step on this CPU (decides whether training uses bf16)."""
+    from benchmarks.precision import run_precision_benchmark
+
+    setup_logging("WARNING")
+    run_precision_benchmark(quick, json_out)
+
+
+@bench_app.command("msglog")
+def bench_msglog(quick: Quick = False, json_out: JsonOut = None) -> None:
+    """Message-log write and read+verify speed, MB/s."""
+    from benchmarks.msglog import run_msglog_benchmark
+
+    setup_logging("WARNING")
+    run_msglog_benchmark(quick, json_out)
+
+
+@bench_app.command("chaos")
+def bench_chaos(
+    minutes: Annotated[float, typer.Option(help="How long to soak.")] = 1.0,
+    json_out: JsonOut = None,
+) -> None:
+    """Kill and restart nodes at random while training; duplicate updates and crashes must be 0."""
+    from benchmarks.chaos import run_chaos_benchmark
+
+    setup_logging("WARNING")
+    res = run_chaos_benchmark(minutes, json_out)
+    if res["duplicate_updates"] or res["process_crashes"]:
+        raise typer.Exit(1)
+
+
+@bench_app.command("fuzz")
+def bench_fuzz(
+    count: Annotated[int, typer.Option(help="Malformed or hostile messages to send.")] = 10_000,
+    seconds: Annotated[float, typer.Option(help="Stop after this long at most.")] = 300.0,
+    json_out: JsonOut = None,
+) -> None:
+    """Hostile input at a live broker and generator (benchmarks/fuzz_broker.py)."""
+    from benchmarks.fuzz_broker import main as fuzz_main
+
+    raise typer.Exit(fuzz_main(["--count", str(count), "--seconds", str(seconds),
+                                *(["--json", str(json_out)] if json_out else [])]))
+
+
+@bench_app.command("privacy")
+def bench_privacy(
+    quick: Quick = False,
+    json_out: JsonOut = None,
+    data: Annotated[Path | None, typer.Option(help="Pairs folder to draw the 8 victim images from (default: the "
+                                                   "Dubai patches in ../shared if present, else built-in scenes).")
+                    ] = None,
+) -> None:
+    """Active (bisection) and passive reconstruction attacks against a real node, for every feedback mode."""
+    from benchmarks.privacy import run_privacy_benchmark
+
+    setup_logging("WARNING", "rich", "bench")
+    run_privacy_benchmark(quick, json_out, data)
+
+
+if __name__ == "__main__":
+    app()

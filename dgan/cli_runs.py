@@ -1,0 +1,269 @@
+"""Whole runs from one command: run, demo, segment, experiment, report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from dgan.cli_app import (
+    Device,
+    Feedback,
+    GanMethod,
+    JsonOut,
+    LambdaL1,
+    LogFormat,
+    LogLevel,
+    Partition,
+    Quiet,
+    RunPartition,
+    Threads,
+    TrainMode,
+    app,
+    console,
+    segment_app,
+    set_torch_threads,
+)
+from dgan.feedback import DEFAULT_MODE, FeedbackMode
+from dgan.logs import setup_logging
+
+log = logging.getLogger("dgan")
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"dgan run {summary['run_id']}: {summary['steps']} steps in {summary['wall_s']} s")
+    for col in ("node", "feedback", "pairs", "feedbacks", "samples", "staleness mean/max", "last losses"):
+        table.add_column(col)
+    for name, n in summary["nodes"].items():
+        losses = ", ".join(f"{k}={v:.3f}" for k, v in n["losses"].items() if k in ("d_real", "d_fake", "g_adv",
+                                                                                   "g_l1"))
+        sm = "-" if n["staleness_mean"] is None else f"{n['staleness_mean']:.2f}/{n['staleness_max']}"
+        table.add_row(name, n.get("feedback", "?"), str(n["dataset_size"]), str(n["feedbacks"]), str(n["samples"]),
+                      sm, losses)
+    console.print(table)
+    console.print(f"samples/s {summary['samples_per_s']}, updates/s {summary['updates_per_s']}, "
+                  f"synthetic images {summary['synthetic_images']}, out {summary['out']}")
+
+
+@app.command()
+def run(
+    nodes: Annotated[int, typer.Option(help="Discriminator nodes to start.")] = 4,
+    steps: Annotated[int, typer.Option(help="Generator updates.")] = 300,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/latest"),
+    data: Annotated[Path | None, typer.Option(help="Folder with images/ and masks/ (default: built-in scenes).")] = (
+        None),
+    partition: Annotated[RunPartition, typer.Option(help="How the scenes are split across nodes.")] = (
+        RunPartition.iid),
+    scenes: Annotated[int, typer.Option(help="Built-in scenes to split across the nodes.")] = 800,
+    record: Annotated[Path | None, typer.Option(help="Broker message log.")] = None,
+    image_size: int = 128,
+    g_width: int = 32,
+    d_width: int = 32,
+    batch_size: int = 8,
+    mode: Annotated[TrainMode, typer.Option(help="async, or sync rounds.")] = TrainMode.async_,
+    feedback: Feedback = DEFAULT_MODE,
+    lambda_l1: LambdaL1 = 100.0,
+    threads: Threads = 1,
+    device: Device = "cpu",
+    seed: int = 0,
+    quiet: Quiet = False,
+    log_level: LogLevel = "INFO",
+    log_format: LogFormat = "rich",
+) -> None:
+    """Start broker, generator and N nodes as processes, train, synthesise, stop them all."""
+    from dgan.run import RunConfig
+
+    setup_logging(log_level, log_format, "run")
+    cfg = RunConfig(nodes=nodes, steps=steps, out=out, data=data, partition=partition.value, scenes=scenes,
+                    record=record, image_size=image_size, g_width=g_width, d_width=d_width, batch_size=batch_size,
+                    mode=mode.value,
+                    threads=threads, device=device, seed=seed, feedback=feedback.value, lambda_l1=lambda_l1)
+    _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps, feedback {feedback.value}")
+
+
+def _run_with_view(cfg: Any, quiet: bool, log_format: str, title: str, report: bool = True) -> dict:
+    """run_local with the live panel on a terminal, JSON status lines with --log-format json, else quiet."""
+    from dgan.live import RunView
+    from dgan.run import run_local
+
+    mode = "quiet" if quiet else "json" if log_format == "json" else "live" if console.is_terminal else "quiet"
+    view = RunView(mode, title, console)
+    try:
+        with view:
+            summary = run_local(cfg, view.watch)
+    except (RuntimeError, TimeoutError, ValueError) as exc:
+        console.print(f"[red]run failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if not quiet:
+        _print_summary(summary)
+    if report:
+        from dgan.report import write_report
+
+        console.print(f"report: {write_report(cfg.out)}")
+    return summary
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+    steps: Annotated[int, typer.Option(help="Generator updates.")] = 200,
+    nodes: Annotated[int, typer.Option(help="Discriminator nodes.")] = 4,
+    feedback: Feedback = DEFAULT_MODE,
+) -> None:
+    """`dgan run` on the built-in scenes with 4 nodes: train, synthesise, summarise."""
+    from dgan.demo import segment_synthetic
+    from dgan.report import write_report
+    from dgan.run import RunConfig
+
+    setup_logging("INFO", "rich", "demo")
+    cfg = RunConfig(nodes=nodes, steps=steps, out=out, scenes=800, sample_every=50, feedback=feedback.value)
+    _run_with_view(cfg, False, "rich", f"dgan demo: {nodes} nodes, {steps} steps on built-in scenes", report=False)
+    console.print(f"sample grids (mask | synthetic): {out / 'samples'}; synthetic set: {out / 'synthetic'}")
+    with console.status(f"segmentation: a U-Net trained on the {len(list((out / 'synthetic' / 'images').glob('*')))}"
+                        " synthetic images only…"):
+        seg = segment_synthetic(out)
+    console.print(f"building IoU on 64 held-out scenes no node saw: [bold]{seg['iou']:.3f}[/bold] "
+                  f"(F1 {seg['f1']:.3f}, precision {seg['precision']:.3f}, recall {seg['recall']:.3f}); "
+                  f"predictions: {out / 'predictions' / 'dgan.png'}")
+    console.print(f"report: {write_report(out)}")
+
+
+
+@segment_app.command("train")
+def segment_train(
+    data: Annotated[Path, typer.Option(help="Folder with images/ and masks/ (real or a run's synthetic/).")],
+    out: Annotated[Path, typer.Option(help="Where to save the model (.pt).")],
+    val: Annotated[Path | None, typer.Option(help="Validation pairs: the model kept is the best here.")] = None,
+    size: int = 128,
+    steps: int = 1000,
+    batch_size: int = 8,
+    width: int = 16,
+    seed: int = 0,
+    threads: Threads = 2,
+) -> None:
+    """Train a segmentation U-Net."""
+    from dgan.data.loaders import load_pairs_folder
+    from dgan.data.shards import DataError
+    from dgan.segment import SegConfig, save_model, train_segmenter
+
+    setup_logging("INFO")
+    set_torch_threads(threads)
+    try:
+        train = load_pairs_folder(data, size)
+        val_set = load_pairs_folder(val, size) if val else None
+    except DataError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    cfg = SegConfig(width=width, steps=steps, batch_size=batch_size, seed=seed)
+    model, info = train_segmenter(train.images, train.masks, cfg,
+                                  val=(val_set.images, val_set.masks) if val_set else None)
+    save_model(model, cfg, out)
+    console.print(f"saved {out}: {info['train_seconds']:.0f} s, best step {info['best_step']}, "
+                  f"val IoU {info['best_val_iou']}")
+
+
+@segment_app.command("eval")
+def segment_eval(
+    model: Annotated[Path, typer.Option(help="A model from `dgan segment train`.")],
+    data: Annotated[Path, typer.Option(help="Real test pairs (images/ and masks/).")],
+    size: int = 128,
+    grid: Annotated[Path | None, typer.Option(help="Save an image | truth | prediction grid here.")] = None,
+    json_out: JsonOut = None,
+) -> None:
+    """Building IoU, F1, precision, recall and pixel accuracy on real test data."""
+    import json
+
+    from dgan.data.loaders import load_pairs_folder
+    from dgan.data.shards import DataError
+    from dgan.segment import load_model, metrics, predict, prediction_grid
+    from dgan.training.generator import CheckpointError
+
+    try:
+        net, _ = load_model(model)
+        test = load_pairs_folder(data, size)
+    except (DataError, CheckpointError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    probs = predict(net, test.images)
+    m = metrics(probs > 0.5, test.masks)
+    table = Table("metric", "value", title=f"{model} on {data} ({len(test)} pairs)")
+    for k, v in m.items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+    if grid:
+        prediction_grid(test.images, test.masks, probs, grid)
+    if json_out:
+        json_out.write_text(json.dumps(m, indent=2))
+
+
+@app.command()
+def experiment(
+    out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md, predictions/).")] = Path(
+        "runs/experiment"),
+    data: Annotated[Path | None, typer.Option(help="Pairs folder with a manifest 'tile' column (default: "
+                                                   "built-in scenes).")] = None,
+    partition: Annotated[Partition, typer.Option(help="group (by tile) or iid; dirichlet/size also work.")] = (
+        Partition.group),
+    nodes: int = 4,
+    size: Annotated[int, typer.Option(help="Resolution.")] = 128,
+    gan_steps: Annotated[int, typer.Option(help="Generator updates for each GAN (batch 8 each).")] = 800,
+    seg_steps: Annotated[int, typer.Option(help="Steps for every segmentation training.")] = 700,
+    seeds: Annotated[int, typer.Option(help="Repeat each segmentation training with this many seeds.")] = 2,
+    gan_seeds: Annotated[int, typer.Option(help="GAN trainings per GAN method (segmentation seed s uses GAN "
+                                                "s mod this); 1 shares one GAN across the seeds.")] = 1,
+    feedback: Annotated[list[FeedbackMode] | None, typer.Option(
+        "--feedback", help="The GANs' feedback mode, for DGAN and the central GAN alike; repeat it to compare "
+        "modes in one run (the first is `dgan`/`central_gan`, the others `dgan_MODE`/`central_gan_MODE`).")] = None,
+    lambda_l1: LambdaL1 = 100.0,
+    label_mix: Annotated[float, typer.Option(help="--feedback segmentation: OASIS LabelMix weight (0 = off).")] = 0.0,
+    oasis_optim: Annotated[bool, typer.Option(help="OASIS optimisers: D lr 4e-4, G lr 1e-4, beta1 0.")] = False,
+    gan_methods: Annotated[list[GanMethod] | None, typer.Option(
+        "--gan-method", help="Train only these GAN methods (repeat; default: both). real_all and real_partial "
+        "always run, from the cache when they can; a central GAN not asked for is still shown if cached.")] = None,
+    seg_standardize: Annotated[bool, typer.Option(help="Segmenter standardises each image first.")] = False,
+    seg_photometric: Annotated[float, typer.Option(help="Brightness/contrast/colour/blur jitter while training "
+                                                        "the segmenter (0 = off).")] = 0.0,
+    samples_per_mask: Annotated[int, typer.Option(help="Synthetic images per training mask.")] = 2,
+    with_sync: Annotated[bool, typer.Option(help="Also run DGAN in sync mode.")] = False,
+    quick: Annotated[bool, typer.Option(help="A smoke run of the whole pipeline in a few minutes.")] = False,
+) -> None:
+    """Compare real_all, real_partial, central_gan and dgan segmentation on the real test split."""
+    from dgan.experiment import ExperimentConfig, run_experiment
+    from dgan.report import write_report
+    from dgan.segment import SegConfig
+
+    setup_logging("INFO", "rich", "experiment")
+    modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
+    methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
+    if quick:
+        cfg = ExperimentConfig(out=out, data=data, partition=partition.value, nodes=nodes, size=64, gan_steps=30,
+                               g_width=16, d_width=16, seg=SegConfig(steps=60, eval_every=20), seeds=1,
+                               samples_per_mask=1, scenes=96, quick=True, with_sync=with_sync, feedback=modes,
+                               lambda_l1=lambda_l1, label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods)
+    else:
+        seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric)
+        cfg = ExperimentConfig(out=out, data=data, partition=partition.value, nodes=nodes, size=size,
+                               gan_steps=gan_steps, seg=seg, seeds=seeds, gan_seeds=gan_seeds, lambda_l1=lambda_l1,
+                               feedback=modes,
+                               label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods,
+                               samples_per_mask=samples_per_mask, with_sync=with_sync)
+    results = run_experiment(cfg)
+    console.print((out / "results.md").read_text())
+    console.print(f"report: {write_report(out)}")
+    del results
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A folder written by `dgan run` or `dgan experiment`.")],
+           out: Annotated[Path | None, typer.Option(help="Where to write (default RUN_DIR/report.html).")] = None,
+           ) -> None:
+    """Write one self-contained HTML report: config, curves, staleness, throughput, samples, results."""
+    from dgan.report import write_report
+
+    if not run_dir.is_dir():
+        console.print(f"[red]{run_dir} is not a folder[/red]")
+        raise typer.Exit(2)
+    console.print(f"report: {write_report(run_dir, out)}")
