@@ -26,12 +26,11 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import zmq
 
+from broker.records import BrokerConfig, PeerRecord, RecordingFailed
 from dgan import protocol as P
 from dgan.msglog import Direction, MessageLogWriter
 
@@ -39,57 +38,6 @@ log = logging.getLogger("dgan.broker")
 
 BROKER_NAME = "broker"
 _POLLIN, _POLLOUT, _NOBLOCK = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK)  # plain ints: enum ops cost
-
-
-@dataclass
-class BrokerConfig:
-    host: str = "127.0.0.1"
-    node_port: int = 5555
-    generator_port: int = 5556
-    pub_port: int = 5557
-    heartbeat_interval: float = 2.5
-    liveness: int = 3
-    hwm: int = 64
-    limits: P.Limits = field(default_factory=P.Limits)
-    record: Path | None = None
-    flush_interval: float = 0.5
-    rotate_bytes: int = 0
-    secret_key: Path | None = None  # CURVE: the broker's .key_secret
-    authorized_keys: Path | None = None  # CURVE: folder of allowed public keys (role + name each)
-    drain_batch: int = 64
-
-    def endpoint(self, port: int) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp://{host}:{port}"
-
-    @property
-    def node_endpoint(self) -> str:
-        return self.endpoint(self.node_port)
-
-    @property
-    def generator_endpoint(self) -> str:
-        return self.endpoint(self.generator_port)
-
-    @property
-    def pub_endpoint(self) -> str:
-        return self.endpoint(self.pub_port)
-
-
-@dataclass
-class PeerRecord:
-    """What the broker knows of one peer."""
-
-    identity: bytes
-    name: str
-    role: str
-    expires_at: float
-    joined_at: float = field(default_factory=time.time)
-    last_seen: float = field(default_factory=time.time)
-    msgs_in: int = 0
-    msgs_out: int = 0
-    bytes_in: int = 0
-    errors: int = 0
-    hello: list[bytes] = field(default_factory=list)  # replayed to a generator that (re)joins
 
 
 class Broker:
@@ -180,7 +128,10 @@ class Broker:
 
     def _record(self, direction: Direction, peer: str, frames: list[Any]) -> None:
         if self.recorder is not None:
-            self.recorder.append(direction, peer, frames)
+            try:
+                self.recorder.append(direction, peer, frames)
+            except RuntimeError as exc:  # the writer thread failed (disk full, I/O error): see RecordingFailed
+                raise RecordingFailed(str(exc)) from None
 
     def _send_node(self, identity: bytes, frames: list[Any]) -> bool:
         try:
@@ -554,6 +505,11 @@ class Broker:
                         paused_at = time.monotonic()
                     self._heartbeat()
                     next_beat = time.monotonic() + cfg.heartbeat_interval
+        except RecordingFailed as exc:
+            log.critical("the message log failed (%s): the broker stops, since a run that asked to be recorded must "
+                         "not go on unrecorded. Free the disk and start the broker again with the same --record: "
+                         "peers re-register by themselves and the log goes on in a new segment.", exc)
+            raise
         finally:
             log.info("broker stopping: %s", dict(self.counters))
             self.close()
@@ -566,11 +522,23 @@ class Broker:
                 return
             try:
                 handler(frames)
-            except Exception:  # one bad message must never stop the broker
+            except RecordingFailed:
+                raise
+            except Exception as exc:  # one bad message must never stop the broker, nor go unanswered
                 self.counters["internal_errors"] += 1
                 log.exception("internal error while handling a message")
+                self._reply_internal(sock, frames, exc)
             if sock is self.node_sock and self._pending:
                 return
+
+    def _reply_internal(self, sock: zmq.Socket, frames: list[Any], exc: Exception) -> None:
+        """An ERROR for a message whose handling failed inside the broker (a bug here, not the peer's fault)."""
+        if sock is self.pub_sock or not frames:
+            return
+        identity = bytes(P.frame_view(frames[0]))
+        with contextlib.suppress(Exception):
+            self._reply_error(identity, sock is self.gen_sock, P.ErrorCode.INTERNAL,
+                              f"the broker failed on this message ({type(exc).__name__}); it was not delivered")
 
     def _on_subscription(self, frames: list[Any]) -> None:
         data = bytes(frames[0].buffer) if frames else b""

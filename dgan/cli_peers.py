@@ -80,8 +80,14 @@ def broker(
     table.add_row("security", f"CURVE, {len(b.allowlist or {})} authorized keys" if secret_key else
                   "[yellow]plain TCP: not encrypted, not authenticated[/yellow]")
     console.print(table)
+    from broker.records import RecordingFailed
+
     b.install_signal_handlers()
-    b.serve()
+    try:
+        b.serve()
+    except RecordingFailed as exc:
+        console.print(f"[red]the message log failed, so the broker stopped:[/red] {exc}")
+        raise typer.Exit(3) from None
 
 
 
@@ -246,11 +252,14 @@ def node(
     log_format: LogFormat = "rich",
 ) -> None:
     """Run a discriminator node on private data; only gradients and losses leave it."""
+    from dgan import protocol as P
     from dgan.data.shards import DataError, resolve_data
     from dgan.feedback import FeedbackConfig
     from dgan.transport.zmq_link import ZmqNodeLink
     from nodes.discriminator_node import DiscriminatorNode, NodeConfig
 
+    if not P.valid_name(name):
+        raise typer.BadParameter(f"{name!r}: a node needs {P.NAME_RULE}", param_hint="--name")
     setup_logging(log_level, log_format, name)
     set_torch_threads(threads)
     try:

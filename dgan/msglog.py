@@ -121,11 +121,17 @@ class MessageLogWriter:
 
     def append(self, direction: Direction, peer: str, frames: Sequence[Any],
                wall: float | None = None, mono: float | None = None) -> None:
-        """Queue one message; blocks (never drops) when the writer is behind."""
-        if self._error is not None:
-            raise RuntimeError(f"message log {self.path} failed: {self._error}")
-        self._queue.put((time.time() if wall is None else wall, time.monotonic() if mono is None else mono,
-                         int(direction), peer, list(frames)))
+        """Queue one message; blocks (never drops) when the writer is behind, and raises once the writer failed."""
+        item = (time.time() if wall is None else wall, time.monotonic() if mono is None else mono,
+                int(direction), peer, list(frames))
+        while True:
+            if self._error is not None:
+                raise RuntimeError(f"message log {self.path} failed: {self._error}")
+            try:
+                self._queue.put(item, timeout=0.25)  # bounded: a dead writer must not hang the caller
+                return
+            except queue.Full:
+                continue
 
     def _run(self) -> None:
         last_flush = time.monotonic()
@@ -146,9 +152,13 @@ class MessageLogWriter:
             self._error = exc
             log.exception("message log writer failed")
         finally:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            except OSError as exc:  # the disk that failed the write may fail this too; the error is kept above
+                self._error = self._error or exc
+            finally:
+                self._file.close()
 
     def _write(self, wall: float, mono: float, direction: int, peer: str, frames: list[Any]) -> None:
         peer_b = peer.encode()[:65535]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,24 @@ class ErrorCode(enum.IntEnum):
 
 
 ROLES = ("node", "generator", "monitor")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def valid_name(name: object) -> bool:
+    """Peer names become parts of file names: a short word of [A-Za-z0-9_.-], never "." or ".."."""
+    return type(name) is str and NAME_PATTERN.fullmatch(name) is not None and name not in (".", "..")
+
+
+def file_stem(name: str) -> str:
+    """``name`` if it is a valid peer name, else a digest of it: names from logs or peers never steer a path."""
+    if valid_name(name):
+        return name
+    import hashlib
+
+    return "peer-" + hashlib.sha256(name.encode("utf-8", "replace")).hexdigest()[:12]
+
+
+NAME_RULE = "a name of 1 to 64 characters from A-Z a-z 0-9 _ . - (not '.' or '..')"
 
 # Which tensors each kind must carry, with the dtypes and ranks allowed.
 _TensorRule = tuple[tuple[str, ...], tuple[int, ...]]
@@ -257,8 +276,22 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     """Validate ``frames`` completely and return the message.
 
     Raises :class:`ProtocolError` for anything malformed, never another
-    exception type, whatever the bytes.
+    exception type, whatever the bytes: a check this module forgot still
+    becomes an ERROR for the sender, not a traceback in the receiver.
     """
+    if len(frames) > limits.max_tensors + 2:  # before touching any frame
+        raise ProtocolError(ErrorCode.BAD_FRAMES,
+                            f"{len(frames)} frames exceed the limit of {limits.max_tensors + 2} (version, header, "
+                            f"{limits.max_tensors} tensors)")
+    try:
+        return _decode(frames, limits)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(ErrorCode.BAD_FRAMES, f"undecodable message ({type(exc).__name__})") from None
+
+
+def _decode(frames: Sequence[Any], limits: Limits) -> Message:
     total = 0
     for f in frames:
         total += len(f)  # bytes, zmq.Frame and byte memoryviews all measure in bytes
@@ -282,6 +315,8 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
         raise ProtocolError(ErrorCode.BAD_KIND, f"unknown message kind {header['kind']}")
     if len(header["sender"]) > limits.max_name_len or len(header["run"]) > limits.max_name_len:
         raise ProtocolError(ErrorCode.BAD_HEADER, f"sender or run longer than {limits.max_name_len} characters")
+    if kind == Kind.HELLO and not valid_name(header["sender"]):
+        raise ProtocolError(ErrorCode.BAD_HEADER, f"HELLO from {header['sender'][:64]!r}: a peer needs {NAME_RULE}")
     for key in ("id", "reply_to", "step"):
         if not 0 <= header[key] < 2**63:
             raise ProtocolError(ErrorCode.BAD_HEADER, f"header field {key!r} out of range")
@@ -332,7 +367,10 @@ def _decode_tensors(kind: Kind, descs: list[Any], frames: Sequence[Any], limits:
         if len(buf) != expected:
             raise ProtocolError(ErrorCode.BAD_TENSOR,
                                 f"tensor {name!r}: frame has {len(buf)} bytes, descriptor says {expected}")
-        out[name] = np.frombuffer(buf, dtype=dtype).reshape(shape) if expected else np.zeros(shape, dtype)
+        try:
+            out[name] = np.frombuffer(buf, dtype=dtype).reshape(shape) if expected else np.zeros(shape, dtype)
+        except (ValueError, MemoryError):  # e.g. an empty tensor whose other dimensions overflow numpy
+            raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor {name!r}: shape {shape} cannot be an array") from None
     for name, (dtypes, ranks) in KIND_TENSORS.get(kind, {}).items():
         arr = out.get(name)
         if arr is None:

@@ -127,13 +127,15 @@ def save_images(path: Path, out: Path) -> int:
         if msg.kind in (P.Kind.FAKE_REQUEST, P.Kind.MASKS):
             for j, m in enumerate(msg.tensors["masks"]):
                 scale = 255 if int(m.max(initial=0)) <= 1 else 1
-                Image.fromarray((m * scale).astype(np.uint8)).save(out / f"{i:06d}_{rec.peer}_mask{j:03d}.png")
+                stem = f"{i:06d}_{P.file_stem(rec.peer)}"
+                Image.fromarray((m * scale).astype(np.uint8)).save(out / f"{stem}_mask{j:03d}.png")
                 n += 1
         elif msg.kind == P.Kind.FAKES:
             fakes = msg.tensors["fakes"]
             ims = fakes if fakes.dtype == np.uint8 else ((fakes.astype(np.float32).clip(-1, 1) + 1) * 127.5).round()
             for j, im in enumerate(ims.astype(np.uint8)):
-                Image.fromarray(np.transpose(im, (1, 2, 0))).save(out / f"{i:06d}_{rec.peer}_fake{j:03d}.png")
+                stem = f"{i:06d}_{P.file_stem(rec.peer)}"
+                Image.fromarray(np.transpose(im, (1, 2, 0))).save(out / f"{stem}_fake{j:03d}.png")
                 n += 1
     return n
 

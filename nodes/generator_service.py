@@ -432,7 +432,7 @@ class GeneratorService:
             self._broadcast_status(self.status(phase="synthesis", done=len(rows), total=total))
             images = self.trainer.synthesize(node.masks)
             for i, (im, m) in enumerate(zip(images, node.masks, strict=True)):
-                stem = f"{name}_{i:05d}"
+                stem = f"{P.file_stem(name)}_{i:05d}"
                 Image.fromarray(im).save(root / "images" / f"{stem}.png")
                 Image.fromarray((m > 0).astype(np.uint8) * 255 if self.trainer.model_cfg.num_classes == 2 else m
                                 ).save(root / "masks" / f"{stem}.png")

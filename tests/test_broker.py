@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import zmq
 
@@ -118,8 +119,14 @@ def test_garbage_from_one_peer_gets_an_error_and_others_keep_flowing(broker_proc
     bad = raw_dealer(broker_proc.node)
     rng = np.random.default_rng(0)
     try:
+        huge_empty = P.encode(P.make(P.Kind.FAKE_REQUEST, "bad", tensors={"masks": np.zeros((1, 4, 4), np.uint8)}))
+        header = msgpack.unpackb(huge_empty[1])
+        header["tensors"] = [["masks", "uint8", [0, 2**31 - 1, 2**31 - 1, 2**31 - 1], 0]]
+        huge_empty = [P.PROTOCOL_VERSION, msgpack.packb(header), b""]  # np.zeros of it raises ValueError
+        hello = P.encode(P.make(P.Kind.HELLO, "../../etc", meta={"role": "node", "dataset_size": 1}))
         garbage = [[b"\x00"], [P.PROTOCOL_VERSION, b"\xc1\xc1"], [b"HTTP/1.1", b"GET /"],
-                   [P.PROTOCOL_VERSION, rng.bytes(50), rng.bytes(1000)], [b"DGAN/9", b"x"]]
+                   [P.PROTOCOL_VERSION, rng.bytes(50), rng.bytes(1000)], [b"DGAN/9", b"x"], huge_empty,
+                   [P.PROTOCOL_VERSION] + [b"x"] * 5000, hello]
         for frames in garbage:
             bad.send_multipart(frames)
             err = recv_error(bad)
@@ -239,3 +246,39 @@ def test_record_log_holds_every_routed_message_and_sigterm_flushes_it(tmp_path: 
     assert kinds.count((Direction.FROM_NODE, P.Kind.FAKE_REQUEST)) == 5
     assert kinds.count((Direction.FROM_GENERATOR, P.Kind.FAKES)) == 5
     assert report.truncated_at is None and report.corrupt_at is None
+
+
+def test_a_failing_message_log_stops_the_broker_with_a_clear_error(tmp_path: Path) -> None:
+    from broker import Broker, BrokerConfig
+    from broker.records import RecordingFailed
+    from dgan.run import free_ports
+
+    node_port, gen_port, pub_port = free_ports(3)
+    b = Broker(BrokerConfig(node_port=node_port, generator_port=gen_port, pub_port=pub_port,
+                            record=tmp_path / "log.dgl", heartbeat_interval=0.2))
+
+    def disk_full(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    b.recorder._write = disk_full  # the next record fails as a full disk would
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            b.serve()
+        except BaseException as exc:
+            failure.append(exc)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert b.started.wait(5)
+    sock = raw_dealer(f"tcp://127.0.0.1:{node_port}")
+    try:
+        for _ in range(3):  # the first record fails in the writer; the next append sees it
+            sock.send_multipart(P.encode(P.make(P.Kind.HELLO, "n0", meta={"role": "node", "dataset_size": 1})))
+            time.sleep(0.2)
+        t.join(10)
+    finally:
+        sock.close()
+    assert not t.is_alive(), "the broker went on routing without its log"
+    assert failure and isinstance(failure[0], RecordingFailed) and "No space left" in str(failure[0])

@@ -163,6 +163,36 @@ def test_mutated_valid_messages_decode_or_raise_protocol_error(kind: P.Kind, dat
         assert isinstance(msg.kind, P.Kind)
 
 
+def test_an_empty_tensor_with_overflowing_dimensions_is_a_protocol_error() -> None:
+    frames = as_bytes(P.encode(valid(P.Kind.FEEDBACK)))
+    header = msgpack.unpackb(frames[1])
+    header["tensors"] = [["grad", "float16", [0, 2**31 - 1, 2**31 - 1, 2**31 - 1], 0]]
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode([frames[0], msgpack.packb(header), b""])
+    assert err.value.code == P.ErrorCode.BAD_TENSOR
+
+
+def test_too_many_frames_are_refused_before_any_is_read() -> None:
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode([P.PROTOCOL_VERSION] + [b""] * (P.DEFAULT_LIMITS.max_tensors + 2))
+    assert err.value.code == P.ErrorCode.BAD_FRAMES and "frames exceed" in err.value.reason
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "", "x" * 65, "ünïcode", "a b", "node\x00"])
+def test_hello_names_that_could_steer_a_path_are_refused(name: str) -> None:
+    msg = valid(P.Kind.HELLO)
+    msg.sender = name
+    with pytest.raises(P.ProtocolError, match="a peer needs a name"):
+        P.decode(as_bytes(P.encode(msg)))
+
+
+def test_file_stems_come_from_valid_names_only() -> None:
+    assert P.file_stem("node-1.a_b") == "node-1.a_b"
+    for hostile in ("../x", "..", "a/b", "x" * 200):
+        stem = P.file_stem(hostile)
+        assert stem.startswith("peer-") and "/" not in stem and stem != P.file_stem(hostile + "y")
+
+
 def test_routing_frames_stack_and_split() -> None:
     frames = as_bytes(P.encode(valid(P.Kind.HEARTBEAT)))
     route, rest = P.split_route(P.stack_route(b"node-a", frames))
