@@ -10,7 +10,7 @@ import csv
 import json
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,10 @@ from PIL import Image
 
 from dgan import protocol as P
 from dgan.feedback import FeedbackMode
+from dgan.rowstream import RowStream
 from dgan.training.generator import GeneratorTrainer, Outcome
 from dgan.transport.base import GeneratorLink
+from nodes.round_policy import Action, RoundPolicy
 
 log = logging.getLogger("dgan.generator")
 
@@ -55,12 +57,12 @@ class NodeInfo:
     feedbacks: int = 0
     samples: int = 0
     losses: dict[str, float] = field(default_factory=dict)
-    staleness: list[int] = field(default_factory=list)
+    staleness: Counter[int] = field(default_factory=Counter)  # a histogram: bounded, however long the run
+    staleness_last: int | None = None
     counts: Counter[str] = field(default_factory=Counter)
     mask_chunks: dict[int, np.ndarray] = field(default_factory=dict)
     mask_total: int = 0
     masks: np.ndarray | None = None
-    requested: bool = False
 
 
 class GeneratorService:
@@ -69,22 +71,19 @@ class GeneratorService:
         self.nodes: dict[str, NodeInfo] = {}
         self.counters: Counter[str] = Counter()
         self.sample_masks: np.ndarray | None = None
-        self.history: list[dict[str, Any]] = []
-        self.feedback_log: list[list[Any]] = []  # one row per applied feedback: FEEDBACK_COLUMNS
-        # sync mode: one request per node per round
-        self.served: set[str] = set()
-        self.fed_back: set[str] = set()
-        self.deferred: deque[tuple[str, P.Message]] = deque()
+        self.out = Path(cfg.out)
+        resumed = trainer.step > 0
+        self.history = RowStream(self.out / "history.jsonl", append=resumed)  # one row per status interval
+        self.feedback_log = RowStream(self.out / "feedback.jsonl", append=resumed)  # one row per applied feedback
+        self.policy = RoundPolicy(trainer.cfg.mode, trainer.cfg.update_every)  # who is served when; when G steps
         self.started = time.time()
         self._last_status = 0.0
         self._last_log = time.monotonic()
         self._steps_at_status = trainer.step
         self._start_step = trainer.step
-        self.out = Path(cfg.out)
         (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         self.run_id = cfg.run_id
         self.stop_requested = False
-        self.applied_keys: set[int] = set()  # FAKES ids whose feedback was applied: an update twice is a bug
 
     # ------------------------------------------------------------ main loop
 
@@ -123,7 +122,7 @@ class GeneratorService:
             status = self.status(rate)
             self.history.append({"time": time.time() - self.started, **{k: status[k] for k in (
                 "step", "updates_per_s", "samples_applied")}, "nodes": {
-                n: {"losses": i.losses, "staleness": i.staleness[-1] if i.staleness else None}
+                n: {"losses": i.losses, "staleness": i.staleness_last}
                 for n, i in self.nodes.items()}})
             self._broadcast_status(status)
             self._last_status, self._steps_at_status = now, self.trainer.step
@@ -148,7 +147,7 @@ class GeneratorService:
             "mode": self.trainer.cfg.mode, "dropped_stale": self.counters["dropped_stale"],
             "phase": phase, "phase_done": done, "phase_total": total,
             "nodes": {n: {"alive": i.alive, "feedback": i.feedback, "batches": i.feedbacks, "losses": i.losses,
-                          "staleness": i.staleness[-1] if i.staleness else None,
+                          "staleness": i.staleness_last,
                           "last_seen": round(time.time() - i.last_seen, 1)} for n, i in self.nodes.items()},
         }
 
@@ -194,6 +193,7 @@ class GeneratorService:
             if info.counts["bad"] == self.cfg.max_bad_messages:
                 reason += f"; {self.cfg.max_bad_messages} bad messages: further messages are ignored"
                 log.warning("generator: node %s sent %d bad messages; ignoring it", node, self.cfg.max_bad_messages)
+                self._leave_round(node)
         self.counters[f"rejected_{code.name.lower()}"] += 1
         log.warning("generator: rejected %s from %s: %s", msg.kind.name, node, reason)
         self.link.send(node, P.error("generator", code, reason, reply_to=msg.msg_id, run_id=self.run_id))
@@ -212,7 +212,7 @@ class GeneratorService:
         if old is not None:
             released = self.trainer.release(name)
             log.info("generator: node %s said hello again; released %d request(s) in flight", name, released)
-            self._forget_round(name)
+            self._leave_round(name)
             old.alive, old.dataset_size, old.feedback = True, size, feedback
         else:
             self.nodes[name] = NodeInfo(name, dataset_size=size, feedback=feedback)
@@ -231,13 +231,16 @@ class GeneratorService:
         released = self.trainer.release(name)
         self.counters["node_departures"] += 1
         log.warning("generator: node %s left (%s); released %d request(s) in flight", name, reason, released)
-        self._forget_round(name)
+        self._leave_round(name)
 
     def _on_error(self, msg: P.Message) -> None:
         code = msg.meta.get("code")
         self.counters["errors_received"] += 1
-        if self.trainer.release_key(msg.reply_to):
+        lost = self.trainer.inflight.get(msg.reply_to)
+        if lost is not None and self.trainer.release_key(msg.reply_to):
+            # Fakes that never reached their node: it cannot answer them, so it leaves this round.
             self.counters["released_undeliverable"] += 1
+            self._leave_round(lost.node)
         log.warning("generator: error from broker: %s %s", code, msg.meta.get("reason"))
 
     def _check_masks(self, node: NodeInfo, msg: P.Message) -> str:
@@ -278,17 +281,18 @@ class GeneratorService:
             # Bounded state per node: a node over its bound has given up on its oldest request.
             self.trainer.evict_oldest(node.name)
             node.counts["evicted_inflight"] += 1
-        node.requested = True
-        if self.trainer.cfg.mode == "sync" and node.name in self.served:
-            self.deferred.append((node.name, msg))  # waits for the round's update
-            return
-        self._serve(node, msg)
+        action = self.policy.request(node.name, msg)
+        if action == Action.SERVE:
+            self._serve(node, msg)
+        elif action == Action.REFUSE:
+            self._reject(node.name, msg, P.ErrorCode.BACKPRESSURE, "this round's queue is full; ask again after "
+                         "your feedback", hostile=False)
 
     def _serve(self, node: NodeInfo, msg: P.Message) -> None:
         reply = P.make(P.Kind.FAKES, "generator", run_id=self.run_id, reply_to=msg.msg_id, step=self.trainer.step)
         fakes = self.trainer.generate(node.name, reply.msg_id, msg.tensors["masks"], request_id=msg.msg_id)
         reply.tensors["fakes"] = fakes
-        self.served.add(node.name)
+        self.policy.was_served(node.name)
         self.link.send(node.name, reply)
         self.counters["fakes_sent"] += 1
 
@@ -304,19 +308,16 @@ class GeneratorService:
             node.counts[outcome.value] += 1
             # Unknown = released or evicted earlier (a restart, a timeout): benign, not hostile.
             self._reject(node.name, msg, P.ErrorCode.REJECTED, reason, hostile=outcome == Outcome.REJECTED)
+            self._leave_round(node.name)  # its answer for this round will not come
             return
-        self.fed_back.add(node.name)
-        if outcome == Outcome.APPLIED:
-            if msg.reply_to in self.applied_keys:
-                self.counters["duplicate_updates"] += 1
-            self.applied_keys.add(msg.reply_to)
         if outcome == Outcome.DROPPED_STALE:
             node.counts["dropped_stale"] += 1
             self.counters["dropped_stale"] += 1
         else:
             node.feedbacks += 1
             node.samples += int(grad.shape[0])
-            node.staleness.append(staleness)
+            node.staleness[staleness] += 1
+            node.staleness_last = staleness
             losses = msg.meta.get("losses", {})
             node.losses = {k: float(v) for k, v in losses.items() if type(v) in (int, float)}
             if self.cfg.tensorboard is not None:
@@ -325,35 +326,23 @@ class GeneratorService:
                 self.cfg.tensorboard.add_scalar(f"{node.name}/staleness", staleness, self.trainer.step)
             self.feedback_log.append([round(time.time() - self.started, 3), node.name, self.trainer.step, staleness,
                                       int(grad.shape[0]), *(node.losses.get(k) for k in FEEDBACK_COLUMNS[5:])])
-        if self.trainer.cfg.mode == "sync":
-            self._maybe_finish_round()
-        elif self.trainer.pending >= self.trainer.cfg.update_every:
-            self._update()
+        if self.policy.feedback(node.name, self.trainer.pending):
+            self._step()
 
-    # ------------------------------------------------------------ sync rounds
+    # ------------------------------------------------------------ rounds
 
-    def _active(self) -> set[str]:
-        return {n for n, i in self.nodes.items() if i.alive and i.requested}
+    def _leave_round(self, name: str) -> None:
+        if self.policy.leave(name):
+            self._step()
 
-    def _forget_round(self, name: str) -> None:
-        self.served.discard(name)
-        self.fed_back.discard(name)
-        self.deferred = deque((n, m) for n, m in self.deferred if n != name)
-        if self.trainer.cfg.mode == "sync":
-            self._maybe_finish_round()
-
-    def _maybe_finish_round(self) -> None:
-        active = self._active()
-        if not active or not active <= self.fed_back:
-            return
+    def _step(self) -> None:
+        """Step G; in sync mode this closes the round, and the requests that waited for it are handled."""
         self._update()
-        self.served.clear()
-        self.fed_back.clear()
-        waiting, self.deferred = self.deferred, deque()
-        for name, msg in waiting:
-            node = self.nodes.get(name)
-            if node is not None and node.alive:
-                self._on_request(node, msg)
+        if self.policy.sync:
+            for name, msg in self.policy.next_round():
+                node = self.nodes.get(name)
+                if node is not None and node.alive:
+                    self._on_request(node, msg)
 
     # ------------------------------------------------------------ steps and end
 
@@ -408,14 +397,17 @@ class GeneratorService:
                           "samples": i.samples,
                           "alive_at_end": i.alive, "losses": i.losses, "counts": dict(i.counts),
                           "masks": 0 if i.masks is None else len(i.masks),
-                          "staleness_mean": float(np.mean(i.staleness)) if i.staleness else None,
-                          "staleness_hist": {str(k): v for k, v in sorted(Counter(i.staleness).items())},
+                          "staleness_mean": (sum(k * v for k, v in i.staleness.items()) / i.staleness.total()
+                                             if i.staleness else None),
+                          "staleness_hist": {str(k): v for k, v in sorted(i.staleness.items())},
                           "staleness_max": max(i.staleness) if i.staleness else None}
                       for n, i in self.nodes.items()},
         }
         (self.out / "run.json").write_text(json.dumps(summary, indent=2))
-        (self.out / "history.json").write_text(json.dumps(self.history))
-        (self.out / "feedback.json").write_text(json.dumps({"columns": FEEDBACK_COLUMNS, "rows": self.feedback_log}))
+        self.history.write_document(self.out / "history.json")
+        self.feedback_log.write_document(self.out / "feedback.json", {"columns": FEEDBACK_COLUMNS})
+        self.history.close()
+        self.feedback_log.close()
         log.info("generator: done at step %d in %.1f s; %d synthetic images", self.trainer.step, wall, synthetic)
         return summary
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from dgan.data.scenes import make_scenes
@@ -91,3 +92,44 @@ def test_bad_feedback_is_rejected_not_applied() -> None:
     assert not gen.update()
     assert all(torch.equal(a, b) for a, b in zip(before, gen.G.parameters(), strict=True))
     assert gen.inflight == {}
+
+
+@pytest.mark.parametrize("staleness", [1, 3])
+def test_stale_feedback_is_applied_through_the_snapshot_that_made_its_fakes(staleness: int) -> None:
+    """Delayed-gradient SGD, by hand: grad through θ_k (the fakes' snapshot), Adam step from θ_{k+s}."""
+    reals, masks = make_scenes(range(2), 32)
+    gen = GeneratorTrainer(CFG, TrainConfig(fake_dtype="float32", max_staleness=8))
+    node = DiscriminatorTrainer(CFG, FeedbackConfig(warmup=0), seed=1)
+    g_then = copy.deepcopy(gen.G)
+    old = gen.generate("n0", 100, masks, request_id=100)
+    for key in range(1, staleness + 1):  # the generator moves on with other feedback
+        s = node.score(masks, reals, gen.generate("n0", key, masks, request_id=key), "float32")
+        gen.apply_feedback("n0", key, s.grad, s.grad_scale)
+        assert gen.update()
+    late = node.score(masks, reals, old, "float32")
+    grad_out = torch.from_numpy(late.grad) / late.grad_scale
+
+    x = masks_to_input(torch.from_numpy(masks), CFG.num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(gen.request_seed("n0", 100))
+        fakes_then = g_then(x)
+    np.testing.assert_array_equal(fakes_then.detach().numpy(), old)  # the snapshot made exactly these fakes
+    grad_then = torch.autograd.grad(fakes_then, list(g_then.parameters()), grad_out)
+    with torch.random.fork_rng(devices=[]):  # the same gradient through today's θ differs: the test can tell
+        torch.manual_seed(gen.request_seed("n0", 100))
+        g_now = copy.deepcopy(gen.G)
+        grad_now = torch.autograd.grad(g_now(x), list(g_now.parameters()), grad_out)
+    assert max(float((a - b).abs().max()) for a, b in zip(grad_then, grad_now, strict=True)) > 1e-6
+
+    g_ref = copy.deepcopy(gen.G)
+    opt_ref = torch.optim.Adam(g_ref.parameters(), lr=gen.cfg.lr, betas=(gen.cfg.beta1, 0.999))
+    opt_ref.load_state_dict(copy.deepcopy(gen.opt.state_dict()))
+    for p, g in zip(g_ref.parameters(), grad_then, strict=True):
+        p.grad = g.clone()
+    opt_ref.step()
+
+    outcome, got, _ = gen.apply_feedback("n0", 100, late.grad, late.grad_scale)
+    assert (outcome, got) == (Outcome.APPLIED, staleness)
+    assert gen.update()
+    for (name, p), p_ref in zip(gen.G.named_parameters(), g_ref.parameters(), strict=True):
+        torch.testing.assert_close(p, p_ref, rtol=1e-6, atol=1e-7, msg=name)

@@ -1,0 +1,48 @@
+"""Rows that grow with the run go to disk as they come: memory stays bounded however long the run.
+
+A :class:`RowStream` appends one JSON value per line to ``NAME.jsonl`` and, at
+the end, writes the JSON document the report and benchmarks read, line by
+line, without loading the rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO, Any
+
+
+class RowStream:
+    def __init__(self, path: Path, append: bool = False, flush_every: int = 64) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = open(self.path, "a" if append else "w")  # noqa: SIM115 - closed in close()
+        self.flush_every = flush_every
+        self.rows = 0
+
+    def append(self, row: Any) -> None:
+        self._file.write(json.dumps(row, separators=(",", ":")) + "\n")
+        self.rows += 1
+        if self.rows % self.flush_every == 0:
+            self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def write_document(self, out: Path, head: dict[str, Any] | None = None, key: str = "rows") -> None:
+        """``out`` = ``{**head, key: [rows...]}``, or a bare list without ``head``; streamed from the file."""
+        self._file.flush()
+        with open(self.path) as rows, open(out, "w") as f:
+            if head is None:
+                f.write("[")
+            else:
+                f.write(json.dumps(head)[:-1] + (", " if head else "") + json.dumps(key) + ": [")
+            first = True
+            for line in rows:
+                line = line.strip()
+                if not line:
+                    continue
+                f.write(line if first else "," + line)
+                first = False
+            f.write("]" if head is None else "]}")

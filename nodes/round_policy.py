@@ -1,0 +1,94 @@
+"""Who is served when, and when the generator steps: the async/sync round policy, as pure logic.
+
+The generator service asks this object what to do with each event and does
+it; nothing here knows messages, sockets or torch, so every case is tested
+in-process (``tests/test_round_policy.py``).
+
+* **async**: every request is served at once; the generator steps after every
+  ``update_every`` applied feedbacks.
+* **sync** (AsynDGAN/FedML-style rounds): each member node is served once per
+  round; a second request from it waits in a bounded queue for the next round.
+  The round closes when every member has fed back. A member is a node that
+  has asked for fakes and not left since: a node that departs, is ignored for
+  bad messages, whose fakes could not be delivered, or whose feedback was
+  refused *leaves the round*, so the round never waits for an answer that
+  cannot come. It rejoins with its next request.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Action(enum.Enum):
+    SERVE = "serve"  # make fakes now
+    DEFER = "defer"  # sync: already served this round; queued for the next
+    REFUSE = "refuse"  # the deferred queue is full: tell the node to ask again later
+
+
+@dataclass
+class RoundPolicy:
+    mode: str = "async"  # "async" or "sync"
+    update_every: int = 1  # async: applied feedbacks per generator step
+    max_deferred: int = 256  # sync: requests waiting for the next round, all nodes together
+    max_deferred_per_node: int = 4
+    members: set[str] = field(default_factory=set)
+    served: set[str] = field(default_factory=set)
+    fed_back: set[str] = field(default_factory=set)
+    deferred: deque[tuple[str, Any]] = field(default_factory=deque)
+    rounds: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("async", "sync"):
+            raise ValueError(f"round policy mode must be async or sync, got {self.mode!r}")
+        if self.update_every < 1 or self.max_deferred < 0 or self.max_deferred_per_node < 0:
+            raise ValueError("update_every must be >= 1 and the deferred bounds >= 0")
+
+    @property
+    def sync(self) -> bool:
+        return self.mode == "sync"
+
+    def request(self, node: str, item: Any) -> Action:
+        """A node asks for fakes; ``item`` is what to hand back with :meth:`next_round` if it must wait."""
+        self.members.add(node)
+        if not self.sync or node not in self.served:
+            return Action.SERVE
+        mine = sum(1 for n, _ in self.deferred if n == node)
+        if len(self.deferred) >= self.max_deferred or mine >= self.max_deferred_per_node:
+            return Action.REFUSE
+        self.deferred.append((node, item))
+        return Action.DEFER
+
+    def was_served(self, node: str) -> None:
+        self.served.add(node)
+
+    def feedback(self, node: str, pending: int) -> bool:
+        """A feedback was taken (applied, or dropped as stale); ``pending``: feedbacks since the last step.
+        True: step the generator now (async), or close the round (sync)."""
+        if not self.sync:
+            return pending >= self.update_every
+        self.fed_back.add(node)
+        return self.round_complete()
+
+    def leave(self, node: str) -> bool:
+        """``node`` leaves the round (and the membership, until its next request).
+        True: in sync mode, the round it held open is now complete."""
+        self.members.discard(node)
+        self.served.discard(node)
+        self.fed_back.discard(node)
+        self.deferred = deque((n, it) for n, it in self.deferred if n != node)
+        return self.sync and self.round_complete()
+
+    def round_complete(self) -> bool:
+        return bool(self.members) and self.members <= self.fed_back
+
+    def next_round(self) -> list[tuple[str, Any]]:
+        """Close the round; returns the deferred requests, oldest first, to be handled again."""
+        self.rounds += 1
+        self.served.clear()
+        self.fed_back.clear()
+        waiting, self.deferred = list(self.deferred), deque()
+        return waiting

@@ -1,0 +1,136 @@
+"""The async/sync round policy, case by case, in-process: no round waits for an answer that cannot come."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dgan import protocol as P
+from dgan.networks import ModelConfig
+from dgan.training.generator import GeneratorTrainer, TrainConfig
+from dgan.transport.inproc import InProcessHub
+from nodes.generator_service import GeneratorService, ServiceConfig
+from nodes.round_policy import Action, RoundPolicy
+
+
+def test_async_serves_every_request_and_steps_every_update_every_feedbacks() -> None:
+    p = RoundPolicy("async", update_every=2)
+    assert all(p.request("a", i) == Action.SERVE for i in range(5))
+    assert not p.feedback("a", pending=1) and p.feedback("b", pending=2)
+
+
+def test_sync_serves_each_member_once_per_round_and_closes_when_all_fed_back() -> None:
+    p = RoundPolicy("sync")
+    for n in "ab":
+        assert p.request(n, f"{n}1") == Action.SERVE
+        p.was_served(n)
+    assert p.request("a", "a2") == Action.DEFER  # a second request waits for the next round
+    assert not p.feedback("a", pending=1)
+    assert p.feedback("b", pending=2)
+    assert p.next_round() == [("a", "a2")] and p.rounds == 1 and not p.served
+
+
+@pytest.mark.parametrize("why", ["departed", "ignored after bad messages", "fakes undeliverable",
+                                 "feedback refused"])
+def test_sync_a_member_that_cannot_answer_leaves_the_round_and_the_round_closes(why: str) -> None:
+    p = RoundPolicy("sync")
+    for n in "abc":
+        p.request(n, n)
+        p.was_served(n)
+    p.request("c", "c2")  # deferred: leaving drops it too
+    assert not p.feedback("a", pending=1) and not p.feedback("b", pending=2)
+    assert p.leave("c"), why  # the service calls leave() for each of these reasons
+    assert p.next_round() == []
+    assert p.request("c", "c3") == Action.SERVE  # it rejoins with its next request
+
+
+def test_sync_a_round_with_no_member_left_does_not_close_on_nothing() -> None:
+    p = RoundPolicy("sync")
+    p.request("a", 1)
+    p.was_served("a")
+    assert not p.leave("a") and not p.round_complete()
+
+
+def test_sync_the_deferred_queue_is_bounded_in_total_and_per_node() -> None:
+    p = RoundPolicy("sync", max_deferred=3, max_deferred_per_node=2)
+    for n in "abc":
+        p.request(n, 0)
+        p.was_served(n)
+    assert [p.request("a", i) for i in range(3)] == [Action.DEFER, Action.DEFER, Action.REFUSE]
+    assert p.request("b", 0) == Action.DEFER
+    assert p.request("c", 0) == Action.REFUSE  # 3 waiting in all
+    assert len(p.deferred) == 3
+
+
+def test_async_leaving_never_steps() -> None:
+    p = RoundPolicy("async")
+    p.request("a", 1)
+    assert not p.leave("a")
+
+
+def test_unknown_modes_and_bounds_are_refused() -> None:
+    with pytest.raises(ValueError):
+        RoundPolicy("rounds")
+    with pytest.raises(ValueError):
+        RoundPolicy("sync", update_every=0)
+
+
+# ---- the same cases through the real GeneratorService (in-process transport, scripted nodes)
+
+def _sync_service(tmp_path: Path, names: tuple[str, ...] = ("a", "b"), max_bad: int = 50,
+                  ) -> tuple[GeneratorService, dict[str, P.Message]]:
+    from dgan import protocol as P
+    hub = InProcessHub()
+    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
+                               TrainConfig(steps=100, mode="sync", fake_dtype="float32"))
+    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(out=tmp_path, sample_every=0,
+                                                                            checkpoint_every=0,
+                                                                            max_bad_messages=max_bad))
+    links = {n: hub.node_link(n) for n in names}
+    masks = np.zeros((1, 16, 16), np.uint8)
+    fakes = {}
+    for n, link in links.items():
+        service.handle(n, P.make(P.Kind.HELLO, n, meta={"role": "node", "dataset_size": 1}))
+        assert link.recv(1).kind == P.Kind.WELCOME
+        service.handle(n, P.make(P.Kind.FAKE_REQUEST, n, tensors={"masks": masks}))
+        fakes[n] = link.recv(1)
+        assert fakes[n].kind == P.Kind.FAKES
+    return service, fakes
+
+
+def _feedback(fakes: P.Message, good: bool = True) -> P.Message:
+    shape = fakes.tensors["fakes"].shape if good else (1, 3, 2, 2)
+    return P.make(P.Kind.FEEDBACK, "x", reply_to=fakes.msg_id, meta={"losses": {}},
+                  tensors={"grad": np.full(shape, 1e-3, np.float32)})
+
+
+def test_service_sync_round_closes_when_a_members_feedback_is_refused(tmp_path: Path) -> None:
+    service, fakes = _sync_service(tmp_path)
+    service.handle("a", _feedback(fakes["a"]))
+    assert service.trainer.step == 0
+    service.handle("b", _feedback(fakes["b"], good=False))  # wrong shape: REJECTED, b leaves the round
+    assert service.trainer.step == 1
+
+
+def test_service_sync_round_closes_when_a_members_fakes_were_undeliverable(tmp_path: Path) -> None:
+    service, fakes = _sync_service(tmp_path)
+    service.handle("a", _feedback(fakes["a"]))
+    service.handle("", P.error("broker", P.ErrorCode.UNREACHABLE, "gone", reply_to=fakes["b"].msg_id, node="b"))
+    assert service.trainer.step == 1 and service.counters["released_undeliverable"] == 1
+
+
+def test_service_sync_round_closes_when_a_member_is_ignored_for_bad_messages(tmp_path: Path) -> None:
+    service, fakes = _sync_service(tmp_path, max_bad=2)
+    service.handle("a", _feedback(fakes["a"]))
+    for _ in range(2):  # masks of the wrong size: hostile
+        service.handle("b", P.make(P.Kind.FAKE_REQUEST, "b", tensors={"masks": np.zeros((1, 8, 8), np.uint8)}))
+    assert service.trainer.step == 1
+
+
+def test_service_sync_round_closes_when_a_member_departs(tmp_path: Path) -> None:
+    service, fakes = _sync_service(tmp_path)
+    service.handle("a", _feedback(fakes["a"]))
+    service.handle("b", P.make(P.Kind.NODE_LEFT, "broker", meta={"node": "b", "reason": "expired"}))
+    assert service.trainer.step == 1
