@@ -1,8 +1,12 @@
-"""Chaos soak: nodes are killed (SIGKILL) and restarted at random while training runs.
+"""Chaos soak: nodes, the broker and the generator are killed (SIGKILL) and restarted at random while training.
 
-Bounded in time; loopback only. Writes
-``{"updates_applied", "feedback_dropped_stale", "duplicate_updates", "process_crashes", "nodes_killed"}``;
-duplicate_updates and process_crashes must be 0.
+The broker records every message; the generator restarts with ``--resume``.
+After the soak the generator must reach its step count, and the exchange
+invariants are checked from the message log and the applied-feedback rows
+(:mod:`dgan.invariants`): every FAKES answered at most once, only by its node,
+each answer applied at most once. Writes ``{"invariants", "steps_reached",
+"process_crashes", "kills", ...}``; the run passes when the invariants hold,
+the steps are reached and nothing crashed.
 """
 
 from __future__ import annotations
@@ -20,71 +24,108 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dgan.run import ProcessGroup, RunConfig, free_ports, write_shards
+from dgan.commands import Ports, broker_args, generator_args, node_args
+from dgan.invariants import applied_rows, check_exchanges
+from dgan.run import ProcessGroup, RunConfig, write_shards
+
+HEARTBEAT = 0.5
 
 
-def run_chaos(minutes: float = 1.0, nodes: int = 4, seed: int = 0, size: int = 32) -> dict[str, Any]:
+def run_chaos(minutes: float = 1.0, nodes: int = 4, seed: int = 0, size: int = 32, steps: int | None = None,
+              kill_services: bool = True, finish_timeout: float = 300.0) -> dict[str, Any]:
+    """``steps``: the generator's target (default: 1 step per soak second, reachable on 2 cores)."""
     rng = random.Random(seed)
+    steps = steps or max(20, int(minutes * 60))
     out = Path(tempfile.mkdtemp(prefix="dgan-chaos-")) / "run"
     shards = write_shards(RunConfig(nodes=nodes, out=out, scenes=nodes * 8, image_size=size))
-    node_port, gen_port, pub_port = free_ports(3)
+    ports = Ports.free()
     group = ProcessGroup(out / "logs")
-    common = ["--heartbeat", "0.5", "--log-format", "plain"]
+    log = out / "broker.dgl"
+    starts: dict[str, int] = {}
     killed: set[int] = set()
-    kills = 0
-    restarts: dict[str, int] = {}
+    kills: dict[str, int] = {"node": 0, "broker": 0, "generator": 0}
+
+    def start(role: str, args: list[str]) -> subprocess.Popen[bytes]:
+        starts[role] = starts.get(role, -1) + 1
+        return group.start(f"{role}-{starts[role]}", args, 1)
+
+    def start_broker() -> subprocess.Popen[bytes]:
+        return start("broker", broker_args(ports, record=log, heartbeat=HEARTBEAT))
+
+    def start_generator() -> subprocess.Popen[bytes]:
+        resume = (out / "checkpoints" / "latest.pt").exists()
+        return start("generator", generator_args(
+            ports, out, steps, image_size=size, g_width=8, d_width=8, resume=resume, synthesize=False,
+            checkpoint_every=5, sample_every=0, heartbeat=HEARTBEAT, extra=["--g-depth", "3"]))
 
     def start_node(i: int) -> subprocess.Popen[bytes]:
-        restarts[f"node{i}"] = restarts.get(f"node{i}", -1) + 1
-        return group.start(f"node{i}-{restarts[f'node{i}']}", [
-            "node", "--name", f"node{i}", "--broker", f"tcp://127.0.0.1:{node_port}", "--data", str(shards[i]),
-            "--image-size", str(size), "--batch-size", "2", *common], 1)
+        return start(f"node{i}", node_args(ports, f"node{i}", shards[i], image_size=size, batch_size=2,
+                                           heartbeat=HEARTBEAT, extra=["--d-warmup", "0"]))
 
+    def kill(proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed.add(proc.pid)
+
+    reached = False
     try:
-        group.start("broker", ["broker", "--node-port", str(node_port), "--generator-port", str(gen_port),
-                               "--pub-port", str(pub_port), *common], 1)
-        gen = group.start("generator", [
-            "generator", "--broker", f"tcp://127.0.0.1:{gen_port}", "--out", str(out), "--steps", "100000000",
-            "--image-size", str(size), "--g-width", "8", "--g-depth", "3", "--d-width", "8",
-            "--checkpoint-every", "0", "--sample-every", "0", "--no-synthesize", *common], 1)
-        live = {i: start_node(i) for i in range(nodes)}
+        live: dict[str, subprocess.Popen[bytes]] = {"broker": start_broker(), "generator": start_generator()}
+        live.update({f"node{i}": start_node(i) for i in range(nodes)})
         ready = time.monotonic() + 120  # on a loaded machine, starting torch takes a while: soak a running generator
-        while "generator: run" not in (out / "logs" / "generator.log").read_text(errors="replace"):
-            if time.monotonic() > ready or gen.poll() is not None:
-                raise RuntimeError(f"the generator did not start; see {out / 'logs' / 'generator.log'}")
+        while "generator: run" not in (out / "logs" / "generator-0.log").read_text(errors="replace"):
+            if time.monotonic() > ready or live["generator"].poll() is not None:
+                raise RuntimeError(f"the generator did not start; see {out / 'logs' / 'generator-0.log'}")
             time.sleep(0.2)
+        victims = [f"node{i}" for i in range(nodes)] + (["broker", "generator"] if kill_services else [])
         end = time.monotonic() + minutes * 60
-        while time.monotonic() < end:
+        while time.monotonic() < end and live["generator"].poll() is None:
             time.sleep(rng.uniform(1.0, 4.0))
-            i = rng.randrange(nodes)
-            proc = live[i]
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                killed.add(proc.pid)
-                kills += 1
+            who = rng.choice(victims)
+            kill(live[who])
+            kills["node" if who.startswith("node") else who] += 1
             time.sleep(rng.uniform(0.2, 1.5))
-            live[i] = start_node(i)
-        gen.send_signal(signal.SIGTERM)
-        gen.wait(60)
+            live[who] = (start_broker() if who == "broker" else start_generator() if who == "generator"
+                         else start_node(int(who[4:])))
+        gen = live["generator"]
+        if gen.poll() is None and not (out / "run.json").exists():
+            try:  # no more kills: the run must now reach its step count by itself
+                gen.wait(finish_timeout)
+            except subprocess.TimeoutExpired:
+                gen.send_signal(signal.SIGTERM)
+                gen.wait(60)
+        summary = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+        reached = summary.get("steps", 0) >= steps
     finally:
         crashes = [name for name, p in group.procs.items()
                    if p.poll() is not None and p.pid not in killed and p.returncode not in (0, -signal.SIGTERM)]
         group.stop_all()
-    summary = json.loads((out / "run.json").read_text())
-    counters = summary["counters"]
-    return {"updates_applied": summary["steps"], "samples_applied": summary["samples_applied"],
-            "feedback_dropped_stale": counters.get("dropped_stale", 0),
-            "duplicate_updates": counters.get("duplicate_updates", 0), "process_crashes": len(crashes),
-            "crashed": crashes, "nodes_killed": kills, "minutes": minutes, "out": str(out)}
+    feedback = out / "feedback.jsonl"
+    check = check_exchanges(log, applied_rows(feedback) if feedback.exists() else ())
+    return {"invariants": check.to_dict(), "invariants_ok": check.ok, "steps_target": steps,
+            "steps_reached": summary.get("steps", 0), "reached": reached,
+            "samples_applied": summary.get("samples_applied", 0),
+            "feedback_dropped_stale": summary.get("counters", {}).get("dropped_stale", 0),
+            "process_crashes": len(crashes), "crashed": crashes, "kills": kills,
+            "nodes_killed": kills["node"], "minutes": minutes, "out": str(out),
+            "ok": check.ok and reached and not crashes}
 
 
 def run_chaos_benchmark(minutes: float, json_out: Path | None) -> dict[str, Any]:
     res = run_chaos(minutes)
-    table = Table(title=f"chaos soak: {minutes} min, nodes killed -9 and restarted at random")
-    for k in ("updates_applied", "samples_applied", "feedback_dropped_stale", "duplicate_updates",
-              "process_crashes", "nodes_killed"):
-        table.add_row(k, str(res[k]))
+    table = Table(title=f"chaos soak: {minutes} min; nodes, broker and generator killed -9 and restarted")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    inv = res["invariants"]
+    for k, v in (("steps reached / target", f"{res['steps_reached']} / {res['steps_target']}"),
+                 ("kills (node / broker / generator)",
+                  f"{res['kills']['node']} / {res['kills']['broker']} / {res['kills']['generator']}"),
+                 ("FAKES sent / answered / applied", f"{inv['fakes']} / {inv['answers']} / {inv['applied']}"),
+                 ("answers to FAKES lost from the log (crash)", str(inv["unmatched_answers"])),
+                 ("invariant violations", str(inv["violation_count"])),
+                 ("process crashes", str(res["process_crashes"])),
+                 ("feedback dropped stale", str(res["feedback_dropped_stale"]))):
+        table.add_row(k, v)
     Console().print(table)
     if json_out is not None:
         json_out.write_text(json.dumps(res, indent=2))

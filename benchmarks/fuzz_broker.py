@@ -26,7 +26,8 @@ import numpy as np
 import zmq
 
 from dgan import protocol as P
-from dgan.run import ProcessGroup, free_ports
+from dgan.commands import Ports, broker_args, generator_args, node_args
+from dgan.run import ProcessGroup
 
 
 def rss_mb(pid: int) -> float:
@@ -73,6 +74,10 @@ def mutations(rng: np.random.Generator, sender: str, size: int) -> list[tuple[st
         ("spoofed_sender", _header(good_req, sender="honest"), True),
         ("wrong_mask_size", _valid(P.Kind.FAKE_REQUEST, sender, size // 2), True),
         ("feedback_unknown_request", _header(good_fb, reply_to=int(rng.integers(1, 2**40))), True),
+        ("frame_flood", [*good_req[:2], *([b"x" * 64] * 2000)], False),
+        ("masks_chunk_lie", [bytes(P.frame_view(f)) for f in P.encode(P.make(
+            P.Kind.MASKS, sender, meta={"chunk": 0, "chunks": 10**6},
+            tensors={"masks": np.zeros((4, size, size), np.uint8)}))], True),
     ]
 
 
@@ -80,7 +85,7 @@ def _nan_feedback_exchange(sock: zmq.Socket, name: str, size: int) -> tuple[bool
     """Ask for real fakes, answer with a NaN gradient: the generator must refuse it with an ERROR."""
     sock.send_multipart(_valid(P.Kind.FAKE_REQUEST, name, size))
     end = time.monotonic() + 10
-    fakes_id = None
+    fakes_id, run_id = None, ""
     while fakes_id is None and time.monotonic() < end:
         if sock.poll(200):
             try:
@@ -88,10 +93,10 @@ def _nan_feedback_exchange(sock: zmq.Socket, name: str, size: int) -> tuple[bool
             except P.ProtocolError:
                 continue
             if msg.kind == P.Kind.FAKES:
-                fakes_id = msg.msg_id
+                fakes_id, run_id = msg.msg_id, msg.run_id
     if fakes_id is None:
         return False, "no fakes"
-    nan = P.make(P.Kind.FEEDBACK, name, reply_to=fakes_id, meta={"losses": {}},
+    nan = P.make(P.Kind.FEEDBACK, name, run_id=run_id, reply_to=fakes_id, meta={"losses": {}},
                  tensors={"grad": np.full((2, 3, size, size), np.nan, np.float32)})
     sock.send_multipart(P.encode(nan))
     while time.monotonic() < end:
@@ -106,28 +111,25 @@ def _nan_feedback_exchange(sock: zmq.Socket, name: str, size: int) -> tuple[bool
 
 
 def run_fuzz(count: int = 10_000, seconds: float = 300.0, memory_bound_mb: float = 400.0,
-             size: int = 32) -> dict[str, Any]:
+             size: int = 32, baseline_s: float = 10.0) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="dgan-fuzz-"))
-    node_port, gen_port, pub_port = free_ports(3)
+    ports = Ports.free()
     group = ProcessGroup(tmp / "logs")
-    hb = ["--heartbeat", "1.0", "--log-format", "plain", "--log-level", "ERROR"]
-    small = ["--image-size", str(size), "--g-width", "8", "--g-depth", "3", "--d-width", "8"]
+    quiet = ["--log-level", "ERROR"]
     shard = tmp / "honest.json"
     shard.write_text(json.dumps({"kind": "scenes", "seeds": list(range(8)), "size": size}))
     result: dict[str, Any] = {"sent": 0, "errors_received": 0, "by_category": {}, "missing_errors": 0}
     ctx = zmq.Context.instance()
     try:
-        broker = group.start("broker", ["broker", "--node-port", str(node_port), "--generator-port", str(gen_port),
-                                        "--pub-port", str(pub_port), *hb], 1)
-        gen = group.start("generator", ["generator", "--broker", f"tcp://127.0.0.1:{gen_port}", "--out",
-                                        str(tmp / "run"), "--steps", "1000000", *small, "--checkpoint-every", "0",
-                                        "--sample-every", "0", "--no-synthesize", *hb], 1)
-        honest = group.start("honest", ["node", "--name", "honest", "--broker", f"tcp://127.0.0.1:{node_port}",
-                                        "--data", str(shard), "--image-size", str(size), "--batch-size", "2",
-                                        "--stats", str(tmp / "honest.json.stats"), *hb], 1)
+        broker = group.start("broker", broker_args(ports, heartbeat=1.0, extra=quiet), 1)
+        gen = group.start("generator", generator_args(
+            ports, tmp / "run", 1_000_000, image_size=size, g_width=8, d_width=8, synthesize=False,
+            checkpoint_every=0, sample_every=0, heartbeat=1.0, extra=["--g-depth", "3", *quiet]), 1)
+        honest = group.start("honest", node_args(ports, "honest", shard, image_size=size, batch_size=2, heartbeat=1.0,
+                                                 extra=["--stats", str(tmp / "honest.json.stats"), *quiet]), 1)
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"status")
-        sub.connect(f"tcp://127.0.0.1:{pub_port}")
+        sub.connect(ports.pub_endpoint)
 
         def honest_batches() -> int:
             latest = -1
@@ -148,19 +150,24 @@ def run_fuzz(count: int = 10_000, seconds: float = 300.0, memory_bound_mb: float
             if time.monotonic() > deadline:
                 raise RuntimeError("the honest node never trained")
             time.sleep(0.2)
+        t_base, base_start = time.monotonic(), before
+        while time.monotonic() - t_base < baseline_s:  # the honest rate with no fuzzer
+            before = max(before, honest_batches())
+            time.sleep(0.2)
+        base_rate = (before - base_start) / (time.monotonic() - t_base)
         rng = np.random.default_rng(0)
         by_cat: Counter[str] = Counter()
         errors: Counter[str] = Counter()
         start = time.monotonic()
-        peak_rss = rss_mb(broker.pid)
+        peak_rss, gen_peak_rss = rss_mb(broker.pid), rss_mb(gen.pid)
         fuzz_round = 0
         while result["sent"] < count and time.monotonic() - start < seconds:
-            name = f"fuzz{fuzz_round % 200}"  # few bad messages per name: under the generator's ignore limit
+            name = f"fuzz{fuzz_round}"  # a fresh name each round: many names, and few bad messages per name
             fuzz_round += 1
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDTIMEO, 2000)
-            sock.connect(f"tcp://127.0.0.1:{node_port}")
+            sock.connect(ports.node_endpoint)
             sock.send_multipart(_valid(P.Kind.HELLO, name, size, role="node", dataset_size=1))
             expected = 0
             for cat, frames, _ in mutations(rng, name, size):
@@ -191,15 +198,21 @@ def run_fuzz(count: int = 10_000, seconds: float = 300.0, memory_bound_mb: float
                     result["missing_errors"] += 1
             sock.close()
             peak_rss = max(peak_rss, rss_mb(broker.pid))
+            gen_peak_rss = max(gen_peak_rss, rss_mb(gen.pid))
             for name_, proc in (("broker", broker), ("generator", gen), ("honest", honest)):
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name_} exited with {proc.returncode} during the fuzz")
+        fuzz_s = time.monotonic() - start
         time.sleep(2.5)
         after = honest_batches()
+        fuzz_rate = (after - before) / (fuzz_s + 2.5)
         result.update({
             "errors_received": sum(errors.values()), "errors_by_code": dict(errors), "by_category": dict(by_cat),
             "seconds": round(time.monotonic() - start, 1), "honest_batches_before": before,
             "honest_batches_after": after, "broker_peak_rss_mb": round(peak_rss, 1),
+            "generator_peak_rss_mb": round(gen_peak_rss, 1), "honest_batches_per_s_baseline": round(base_rate, 3),
+            "honest_batches_per_s_fuzzed": round(fuzz_rate, 3),
+            "honest_throughput_ratio": round(fuzz_rate / base_rate, 3) if base_rate else None,
             "memory_bound_mb": memory_bound_mb,
             "crashed": [n for n, p in group.procs.items() if p.poll() is not None],
         })
@@ -225,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     res = run_fuzz(args.count, args.seconds, args.memory_mb)
     table = Table(title="fuzz: broker + generator + one honest node")
     for k in ("sent", "errors_received", "missing_errors", "honest_batches_before", "honest_batches_after",
-              "broker_peak_rss_mb", "crashed", "seconds", "ok"):
+              "honest_batches_per_s_baseline", "honest_batches_per_s_fuzzed", "honest_throughput_ratio",
+              "broker_peak_rss_mb", "generator_peak_rss_mb", "crashed", "seconds", "ok"):
         table.add_row(k, str(res.get(k)))
     Console().print(table)
     Console().print(res.get("errors_by_code"))

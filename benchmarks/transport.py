@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dgan import protocol as P
-from dgan.run import free_ports
+from dgan.commands import free_ports
 
 SIZES = [1024, 64 * 1024, 1024 * 1024, 4 * 1024 * 1024]
 HEARTBEAT = 2.5

@@ -103,7 +103,7 @@ class Broker:
             sock.bind(ep)
         if cfg.record is not None:
             self.recorder = MessageLogWriter(cfg.record, flush_interval=cfg.flush_interval,
-                                             rotate_bytes=cfg.rotate_bytes)
+                                             rotate_bytes=cfg.rotate_bytes, new_segment=True)
 
     def stop(self) -> None:
         self._stop.set()
@@ -227,6 +227,11 @@ class Broker:
                               f"this connection is registered as {rec.name!r}; it cannot also be {name!r}",
                               msg.msg_id, rec.name)
             return
+        if rec is None and len(self.nodes) >= self.config.max_nodes:
+            self._reply_error(identity, False, P.ErrorCode.BACKPRESSURE,
+                              f"this broker serves at most {self.config.max_nodes} nodes; try again later",
+                              msg.msg_id, name)
+            return
         if rec is None:
             rec = PeerRecord(identity, name, "node", now + self._expiry)
             self.nodes[identity] = rec
@@ -250,12 +255,21 @@ class Broker:
         self._record(Direction.TO_GENERATOR, rec.name, note)
         self._send_generator(rec.name.encode(), note)
 
-    def _register_generator(self, identity: bytes, msg: P.Message) -> None:
+    def _register_generator(self, identity: bytes, msg: P.Message, key: str | None = None) -> None:
         now = time.time()
-        if self.generator is not None and self.generator.identity != identity:
-            log.warning("a new generator %s replaces %s", msg.sender, self.generator.name)
+        current = self.generator
+        # One generator at a time: every node's masks and gradients go to it. Only the same (pinned) key may take
+        # over a live registration, as a generator restarted before its old connection expired.
+        taken = current is not None and current.identity != identity and current.expires_at >= now
+        if taken and (key is None or key != current.key):
+            self._reply_error(identity, True, P.ErrorCode.NAME_IN_USE,
+                              f"generator {current.name!r} is registered and alive; a second generator is "
+                              "refused until it leaves or expires", msg.msg_id)
+            return
+        if current is not None and current.identity != identity:
+            log.warning("a new generator %s replaces %s", msg.sender, current.name)
             self._fail_pending("the generator was replaced before this message reached it; retry later")
-        self.generator = PeerRecord(identity, msg.sender, "generator", now + self._expiry)
+        self.generator = PeerRecord(identity, msg.sender, "generator", now + self._expiry, key=key)
         log.info("generator %s registered; %d node(s) known", msg.sender, len(self.nodes))
         for rec in list(self.nodes.values()):  # tell it about every node already here
             if rec.hello:
@@ -383,7 +397,8 @@ class Broker:
                 self._reply_error(identity, True, P.ErrorCode.FORBIDDEN,
                                   "the generator port takes HELLO with role 'generator' only", msg.msg_id)
                 return
-            self._register_generator(identity, msg)
+            user = frames[-1].get("User-Id") if self.allowlist is not None and hasattr(frames[-1], "get") else None
+            self._register_generator(identity, msg, user or None)
             return
         if not is_current or gen is None:
             self._reply_error(identity, True, P.ErrorCode.NOT_REGISTERED,

@@ -28,8 +28,9 @@ class BrokerConfig:
     flush_interval: float = 0.5
     rotate_bytes: int = 0
     secret_key: Path | None = None  # CURVE: the broker's .key_secret
-    authorized_keys: Path | None = None  # CURVE: folder of allowed public keys (role + name each)
+    authorized_keys: Path | None = None  # CURVE: the operator's allowlist file (role, name, key per line)
     drain_batch: int = 64
+    max_nodes: int = 1024  # registered nodes at once: bounds the broker's peer table (and names, in plain TCP)
 
     def endpoint(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -63,5 +64,6 @@ class PeerRecord:
     bytes_in: int = 0
     errors: int = 0
     hello: list[bytes] = field(default_factory=list)  # replayed to a generator that (re)joins
+    key: str | None = None  # CURVE: the z85 public key this connection authenticated with
 
 

@@ -73,12 +73,13 @@ def bench_chaos(
     minutes: Annotated[float, typer.Option(help="How long to soak.")] = 1.0,
     json_out: JsonOut = None,
 ) -> None:
-    """Kill and restart nodes at random while training; duplicate updates and crashes must be 0."""
+    """Kill -9 and restart nodes, broker and generator at random; the log invariants must hold, the run must
+    reach its steps, and nothing may crash."""
     from benchmarks.chaos import run_chaos_benchmark
 
     setup_logging("WARNING")
     res = run_chaos_benchmark(minutes, json_out)
-    if res["duplicate_updates"] or res["process_crashes"]:
+    if not res["ok"]:
         raise typer.Exit(1)
 
 

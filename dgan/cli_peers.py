@@ -51,7 +51,8 @@ def broker(
     flush_interval: Annotated[float, typer.Option(help="--record: seconds between flushes.")] = 0.5,
     rotate_mb: Annotated[float, typer.Option(help="--record: start a new file past this size (0 = never).")] = 0.0,
     secret_key: Annotated[Path | None, typer.Option(help="CURVE: the broker's .key_secret file.")] = None,
-    authorized_keys: Annotated[Path | None, typer.Option(help="CURVE: folder of allowed public .key files.")] = None,
+    authorized_keys: Annotated[Path | None, typer.Option(
+        help="CURVE: the operator's allowlist file (`dgan keys authorize`): role, name and key per line.")] = None,
     log_level: LogLevel = "INFO",
     log_format: LogFormat = "rich",
 ) -> None:
@@ -93,12 +94,13 @@ def broker(
 
 @keys_app.command("generate")
 def keys_generate(
-    name: Annotated[str, typer.Argument(help="Whose key: a node name, 'generator', 'broker', ...")],
-    role: Annotated[str, typer.Option(help="node, generator, monitor or broker.")] = "node",
+    name: Annotated[str, typer.Argument(help="A label for the files: NAME.key and NAME.key_secret.")],
+    role: Annotated[str, typer.Option(help="node, generator, monitor or broker (a label only: the broker's operator "
+                                           "decides with `dgan keys authorize`).")] = "node",
     directory: Annotated[Path, typer.Option("--dir", help="Where to write NAME.key and NAME.key_secret.")] = Path(
         "keys"),
 ) -> None:
-    """Write a CURVE key pair; copy NAME.key into the broker's --authorized-keys folder."""
+    """Write a CURVE key pair; give NAME.key to the broker's operator to authorize."""
     from dgan.security import generate_keys
 
     try:
@@ -106,8 +108,27 @@ def keys_generate(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    console.print(f"public: {public}  (give to the broker's --authorized-keys folder)\n"
+    console.print(f"public: {public}  (give it to the broker's operator: `dgan keys authorize {public.name} "
+                  f"--role {role} --name {name} --allowlist FILE`)\n"
                   f"secret: {secret}  (keep on this machine only)")
+
+
+@keys_app.command("authorize")
+def keys_authorize(
+    key_file: Annotated[Path, typer.Argument(help="The peer's public NAME.key file.")],
+    role: Annotated[str, typer.Option(help="The role you grant: node, generator or monitor.")],
+    name: Annotated[str, typer.Option(help="The name this key may use (nodes: its --name).")],
+    allowlist: Annotated[Path, typer.Option(help="The broker's --authorized-keys file.")] = Path("authorized_keys"),
+) -> None:
+    """Operator: let one public key in, with the role and name you decide (its own metadata is ignored)."""
+    from dgan.security import KeyError_, authorize
+
+    try:
+        who = authorize(allowlist, key_file, role, name)
+    except KeyError_ as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"{allowlist}: {key_file.name} may connect as {who.role} {who.name!r}")
 
 
 

@@ -52,9 +52,14 @@ def replay(
     try:
         if verify:
             report = ReadReport()
-            for _ in R.iter_records(log_file, report):
+            for _ in R.iter_log(log_file, report):
                 pass
-            console.print(f"{report.records} complete records, {report.bytes:,} bytes")
+            from dgan.msglog import segments
+
+            console.print(f"{report.records} complete records, {report.bytes:,} bytes, "
+                          f"{len(segments(log_file))} segment(s)")
+            for gap in report.gaps:
+                console.print(f"[yellow]an older segment ends in a partial record (a crash): {gap}[/yellow]")
             if report.truncated_at is not None:
                 console.print(f"[yellow]truncated last record at byte {report.truncated_at}: {report.error}[/yellow]")
             if report.corrupt_at is not None:

@@ -26,7 +26,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -83,7 +83,7 @@ class MessageLogWriter:
     """
 
     def __init__(self, path: Path | str, run_id: str = "", flush_interval: float = 0.5,
-                 queue_size: int = 1024, rotate_bytes: int = 0) -> None:
+                 queue_size: int = 1024, rotate_bytes: int = 0, new_segment: bool = False) -> None:
         self.path = Path(path)
         self.run_id = run_id
         self.flush_interval = flush_interval
@@ -95,6 +95,8 @@ class MessageLogWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
             read_header(self.path)  # refuse to append to something that is not a log
+            if new_segment:  # a restarted broker: whatever a crash left at the old tail stays in its own segment
+                self._move_to_segment()
         self._file = self._open()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="msglog-writer", daemon=True)
@@ -113,11 +115,14 @@ class MessageLogWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        self._move_to_segment()
+        self._file = self._open()
+
+    def _move_to_segment(self) -> None:
         existing = sorted(self.path.parent.glob(f"{self.path.name}.[0-9][0-9][0-9][0-9]"))
         n = int(existing[-1].suffix[1:]) + 1 if existing else 1
         os.replace(self.path, self.path.with_name(f"{self.path.name}.{n:04d}"))
         self.segments += 1
-        self._file = self._open()
 
     def append(self, direction: Direction, peer: str, frames: Sequence[Any],
                wall: float | None = None, mono: float | None = None) -> None:
@@ -195,6 +200,21 @@ def segments(path: Path | str) -> list[Path]:
     return [*older, p] if p.exists() else older
 
 
+def iter_log(path: Path | str, report: ReadReport | None = None) -> Iterator[Record]:
+    """Every record of a log and its rotated segments, oldest first; stops at the first damaged segment
+    (``report`` names it)."""
+    report = report if report is not None else ReadReport()
+    files = segments(path) or [Path(path)]
+    for i, seg in enumerate(files):
+        yield from iter_records(seg, report)
+        if report.truncated_at is not None and i < len(files) - 1:  # a crash ended that segment: go on
+            report.gaps.append(f"{Path(seg).name}: {report.error} (byte {report.truncated_at})")
+            report.truncated_at, report.error = None, ""
+        elif report.truncated_at is not None or report.corrupt_at is not None:
+            report.error = f"{Path(seg).name}: {report.error}"
+            return
+
+
 def read_header(path: Path | str) -> dict[str, Any]:
     with open(path, "rb") as f:
         meta, _ = _read_file_header(f, path)
@@ -229,6 +249,7 @@ class ReadReport:
     truncated_at: int | None = None  # offset of an incomplete last record
     corrupt_at: int | None = None  # offset of the first record that failed its CRC or parse
     error: str = ""
+    gaps: list[str] = field(default_factory=list)  # truncated tails of older segments (a crash, then a restart)
 
 
 def iter_records(path: Path | str, report: ReadReport | None = None) -> Iterator[Record]:

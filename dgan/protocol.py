@@ -21,6 +21,7 @@ import enum
 import itertools
 import math
 import re
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -156,12 +157,21 @@ class Message:
         return sum(int(t.nbytes) for t in self.tensors.values())
 
 
+# Ids are unique per process *start*: a random epoch in the high bits, a counter below. A FEEDBACK that
+# outlives a generator restart can then never match a request of the new process, and logs that span
+# restarts still match replies to requests by id.
+EPOCH = secrets.randbelow(2**30) + 1
 _ids = itertools.count(1)
 
 
 def next_id() -> int:
-    """Process-wide message id (unique per sender process)."""
-    return next(_ids)
+    """Process-wide message id: ``EPOCH << 32`` plus a counter (< 2**62)."""
+    return (EPOCH << 32) + (next(_ids) & 0xFFFFFFFF)
+
+
+def epoch_of(msg_id: int) -> int:
+    """The process start an id was made in (0 for ids from before epochs)."""
+    return msg_id >> 32
 
 
 def make(kind: Kind, sender: str, *, run_id: str = "", reply_to: int = 0, step: int = 0,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from dgan import protocol as P
-from dgan.msglog import Direction, ReadReport, Record, iter_records, read_header
+from dgan.msglog import Direction, ReadReport, Record, iter_log, read_header
 
 log = logging.getLogger("dgan.replay")
 
@@ -26,7 +26,7 @@ NODE_KINDS = (P.Kind.HELLO, P.Kind.MASKS, P.Kind.FAKE_REQUEST, P.Kind.FEEDBACK, 
 
 def decoded(path: Path, report: ReadReport | None = None) -> Iterator[tuple[int, Record, P.Message | None]]:
     """(index, record, message or None if the recorded frames do not decode)."""
-    for i, rec in enumerate(iter_records(path, report)):
+    for i, rec in enumerate(iter_log(path, report)):
         try:
             msg = P.decode(rec.frames)
         except P.ProtocolError:
@@ -157,7 +157,7 @@ def send(path: Path, endpoint: str, speed: float | None = 1.0, timeout: float = 
     start_wall = time.monotonic()
     t0: float | None = None
     try:
-        for rec in iter_records(path):
+        for rec in iter_log(path):
             if rec.direction != Direction.FROM_NODE:
                 continue
             t0 = rec.mono if t0 is None else t0
@@ -200,11 +200,12 @@ class RebuildError(Exception):
     pass
 
 
-def generator_inputs(path: Path) -> tuple[list[tuple[str, P.Message]], dict[tuple[str, int], int]]:
-    """What the generator received, in order, and which FAKES id answered each (node, request id)."""
+def generator_inputs(path: Path) -> tuple[list[tuple[str, P.Message]], dict[tuple[str, int], int], str]:
+    """What the generator received, in order; which FAKES id answered each (node, request id); the run id."""
     undelivered: set[tuple[str, int]] = set()
     fakes_for: dict[tuple[str, int], int] = {}
     sessions = 0
+    run_id = ""
     for _, rec, msg in decoded(path):
         if msg is None:
             continue
@@ -212,6 +213,7 @@ def generator_inputs(path: Path) -> tuple[list[tuple[str, P.Message]], dict[tupl
             if msg.meta.get("code") == P.ErrorCode.NO_GENERATOR:
                 undelivered.add((rec.peer, msg.reply_to))
         elif rec.direction == Direction.FROM_GENERATOR:
+            run_id = run_id or msg.run_id
             if msg.kind == P.Kind.HELLO:
                 sessions += 1
             elif msg.kind == P.Kind.FAKES:
@@ -230,7 +232,7 @@ def generator_inputs(path: Path) -> tuple[list[tuple[str, P.Message]], dict[tupl
         elif (rec.direction == Direction.FROM_NODE and generator_up and msg.kind in NODE_KINDS
               and (rec.peer, msg.msg_id) not in undelivered):
             inputs.append((rec.peer, msg))
-    return inputs, fakes_for
+    return inputs, fakes_for, run_id
 
 
 class _ReplayLink:
@@ -256,8 +258,11 @@ class _ReplayLink:
         pass
 
 
-def rebuild_generator(path: Path, from_ckpt: Path, out_ckpt: Path, threads: int | None = None) -> int:
+def rebuild_generator(path: Path, from_ckpt: Path, out_ckpt: Path, threads: int | None = None,
+                      until_step: int | None = None) -> int:
     """Re-apply the recorded traffic, in order, to the initial checkpoint; returns the step reached.
+
+    ``until_step``: stop there (a run ended by a signal leaves messages in the log that it never read).
 
     Uses the run's own torch thread count (kept in the checkpoint) unless told otherwise: CPU kernels
     may sum in another order with another count, and the rebuild is meant to be bitwise.
@@ -272,13 +277,13 @@ def rebuild_generator(path: Path, from_ckpt: Path, out_ckpt: Path, threads: int 
     state = load_checkpoint(from_ckpt)
     torch.set_num_threads(threads or int(state.get("threads", 1)))
     trainer = GeneratorTrainer.from_state(state)
-    inputs, fakes_for = generator_inputs(path)
+    inputs, fakes_for, run_id = generator_inputs(path)
     link = _ReplayLink(fakes_for)
     with tempfile.TemporaryDirectory() as tmp:
-        service = GeneratorService(link, trainer, ServiceConfig(out=Path(tmp), checkpoint_every=0, sample_every=0,
-                                                                synthesize=False))
+        service = GeneratorService(link, trainer, ServiceConfig(out=Path(tmp), run_id=run_id, checkpoint_every=0,
+                                                                sample_every=0, synthesize=False))
         for route, msg in inputs:
-            if trainer.step >= trainer.cfg.steps:
+            if trainer.step >= min(trainer.cfg.steps, until_step or trainer.cfg.steps):
                 break
             if msg.kind == P.Kind.FEEDBACK or (msg.kind == P.Kind.ERROR and msg.reply_to):
                 msg.reply_to = link.recorded_to_new.get(msg.reply_to, -1 if msg.kind == P.Kind.FEEDBACK else 0)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.data.partition import partition
 from dgan.data.shards import IMAGE_EXTS, scenes_spec
 from dgan.feedback import DEFAULT_MODE
@@ -60,16 +60,6 @@ class RunConfig:
     extra_generator_args: list[str] = field(default_factory=list)
     shards: list[dict[str, Any]] | None = None  # explicit per-node data specs (overrides data/partition)
     timeout: float = 3600.0
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def write_shards(cfg: RunConfig) -> list[Path]:
@@ -128,34 +118,27 @@ def run_local(cfg: RunConfig, watch: Callable[[str], None] | None = None) -> dic
     """Run everything; ``watch(pub_endpoint)`` is called a few times a second while training."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     shards = write_shards(cfg)
-    node_port, gen_port, pub_port = free_ports(3)
+    ports = Ports.free()
     group = ProcessGroup(cfg.out / "logs")
-    hb = str(cfg.heartbeat)
-    broker_args = ["broker", "--node-port", str(node_port), "--generator-port", str(gen_port), "--pub-port",
-                   str(pub_port), "--heartbeat", hb, "--log-format", "plain"]
-    if cfg.record is not None:
-        broker_args += ["--record", str(cfg.record)]
+    hb = cfg.heartbeat
     gen_threads = cfg.generator_threads or min(2, os.cpu_count() or 1)
     t0 = time.time()
     try:
-        group.start("broker", broker_args, 1)
-        gen = group.start("generator", [
-            "generator", "--broker", f"tcp://127.0.0.1:{gen_port}", "--out", str(cfg.out), "--steps", str(cfg.steps),
-            "--mode", cfg.mode, "--image-size", str(cfg.image_size), "--g-width", str(cfg.g_width),
-            "--d-width", str(cfg.d_width), "--seed", str(cfg.seed), "--threads", str(gen_threads),
-            "--device", cfg.device, "--checkpoint-every", str(cfg.checkpoint_every),
-            "--sample-every", str(cfg.sample_every), "--heartbeat", hb, "--log-format", "plain",
-            *([] if cfg.synthesize else ["--no-synthesize"]), *cfg.extra_generator_args], gen_threads)
+        group.start("broker", broker_args(ports, record=cfg.record, heartbeat=hb), 1)
+        gen = group.start("generator", generator_args(
+            ports, cfg.out, cfg.steps, image_size=cfg.image_size, g_width=cfg.g_width, d_width=cfg.d_width,
+            synthesize=cfg.synthesize, checkpoint_every=cfg.checkpoint_every, sample_every=cfg.sample_every,
+            heartbeat=hb, extra=["--mode", cfg.mode, "--seed", str(cfg.seed), "--threads", str(gen_threads),
+                                 "--device", cfg.device, *cfg.extra_generator_args]), gen_threads)
         for i, shard in enumerate(shards):
             delay = cfg.delays[i] if i < len(cfg.delays) else 0.0
-            group.start(f"node{i}", [
-                "node", "--name", f"node{i}", "--broker", f"tcp://127.0.0.1:{node_port}", "--data", str(shard),
-                "--batch-size", str(cfg.batch_size), "--pipeline", str(cfg.pipeline), "--seed", str(cfg.seed + i),
-                "--threads", str(cfg.threads), "--device", cfg.device, "--delay", str(delay),
-                "--stats", str(cfg.out / "nodes" / f"node{i}.json"), "--image-size", str(cfg.image_size),
-                "--heartbeat", hb, "--log-format", "plain", "--feedback", cfg.feedback,
-                "--lambda-l1", str(cfg.lambda_l1), *cfg.node_args], cfg.threads)
-        pub = f"tcp://127.0.0.1:{pub_port}"
+            group.start(f"node{i}", node_args(
+                ports, f"node{i}", shard, image_size=cfg.image_size, batch_size=cfg.batch_size, heartbeat=hb,
+                extra=["--pipeline", str(cfg.pipeline), "--seed", str(cfg.seed + i), "--threads", str(cfg.threads),
+                       "--device", cfg.device, "--delay", str(delay), "--stats",
+                       str(cfg.out / "nodes" / f"node{i}.json"), "--feedback", cfg.feedback,
+                       "--lambda-l1", str(cfg.lambda_l1), *cfg.node_args]), cfg.threads)
+        pub = ports.pub_endpoint
         while gen.poll() is None:
             if time.time() - t0 > cfg.timeout:
                 raise TimeoutError(f"the run took longer than {cfg.timeout:.0f} s")

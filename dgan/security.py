@@ -1,9 +1,16 @@
-"""CURVE keys: encryption and an allowlist that ties each public key to one role and one name.
+"""CURVE keys: encryption, and an allowlist in which the broker's operator ties each key to a role and a name.
 
-`dgan keys generate NAME --role node` writes NAME.key (public, with the role and
-name as metadata) and NAME.key_secret (keep it private).  The broker loads every
-public key of its `--authorized-keys` folder; ZeroMQ's ZAP handshake refuses any
-other key, and the broker then checks each message against the key's role and name.
+`dgan keys generate NAME` writes NAME.key (public) and NAME.key_secret (keep it
+private). The metadata in a key file is only its holder's claim and carries no
+authority: the broker's operator decides who a key is, with
+`dgan keys authorize NAME.key --role node --name dept-a --allowlist FILE`, in a
+file only the operator writes. The broker loads that file (`--authorized-keys
+FILE`); ZeroMQ's ZAP handshake refuses any other key, and the broker checks each
+message against the role and name the operator gave the key.
+
+Allowlist format, one key per line (a line starting with ``#`` is a comment)::
+
+    <role> <name> <z85 public key, 40 characters>
 """
 
 from __future__ import annotations
@@ -90,17 +97,65 @@ def load_public(path: Path) -> bytes:
     return public
 
 
-def load_allowlist(directory: Path) -> dict[bytes, Identity]:
-    """Every public key in ``directory`` with its role and name."""
-    if not directory.is_dir():
-        raise KeyError_(f"authorized-keys folder {directory} does not exist")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_Z85 = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
+
+
+def _check_entry(role: str, name: str, key: str, where: str) -> None:
+    if role not in ROLES:
+        raise KeyError_(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
+    if not _NAME.fullmatch(name) or name in (".", ".."):
+        raise KeyError_(f"{where}: name {name!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+    if not _Z85.fullmatch(key):
+        raise KeyError_(f"{where}: {key[:12]!r}... is not a 40-character z85 CURVE public key")
+
+
+def load_allowlist(path: Path) -> dict[bytes, Identity]:
+    """The operator's allowlist: public key -> (role, name). Key-file metadata is never consulted."""
+    if path.is_dir():
+        raise KeyError_(f"{path} is a folder: key files name their own role, so they are not trusted any more. "
+                        "Write an allowlist with `dgan keys authorize KEY.key --role ROLE --name NAME "
+                        "--allowlist FILE` and pass that file")
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise KeyError_(f"cannot read the allowlist {path}: {exc}") from None
     out: dict[bytes, Identity] = {}
-    for path in sorted(directory.glob("*.key")):
-        meta = read_metadata(path)
-        if meta.get("role") not in ROLES or not meta.get("name"):
-            raise KeyError_(f"{path} has no dgan role/name metadata (make keys with `dgan keys generate`)")
-        out[load_public(path)] = Identity(meta["role"], meta["name"])
+    names: set[tuple[str, str]] = set()
+    for i, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):  # whole-line comments only: '#' is a z85 character
+            continue
+        parts = line.split()
+        if len(parts) != 3:
+            raise KeyError_(f"{path}:{i}: expected '<role> <name> <public key>', got {len(parts)} field(s)")
+        role, name, key = parts
+        _check_entry(role, name, key, f"{path}:{i}")
+        if key.encode() in out or (role, name) in names:
+            raise KeyError_(f"{path}:{i}: the key or the {role} name {name!r} is listed twice")
+        out[key.encode()] = Identity(role, name)
+        names.add((role, name))
     return out
+
+
+def authorize(allowlist: Path, key_file: Path, role: str, name: str) -> Identity:
+    """Add one public key to the operator's allowlist (created with mode 0600 if new)."""
+    key = load_public(key_file).decode()
+    _check_entry(role, name, key, str(key_file))
+    existing = load_allowlist(allowlist) if allowlist.exists() else {}
+    if key.encode() in existing:
+        raise KeyError_(f"{key_file}: this key is already authorized as {existing[key.encode()]}")
+    if any(i.role == role and i.name == name for i in existing.values()):
+        raise KeyError_(f"{allowlist}: a {role} named {name!r} is already authorized")
+    allowlist.parent.mkdir(parents=True, exist_ok=True)
+    new = not allowlist.exists()
+    with open(allowlist, "a") as f:
+        if new:
+            f.write("# dgan broker allowlist, written by its operator: <role> <name> <public key>\n")
+        f.write(f"{role} {name} {key}\n")
+    if new:
+        allowlist.chmod(0o600)
+    return Identity(role, name)
 
 
 def client_setup(secret_file: Path, broker_public_file: Path) -> Callable[[zmq.Socket], None]:

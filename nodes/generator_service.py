@@ -28,8 +28,9 @@ from nodes.round_policy import Action, RoundPolicy
 log = logging.getLogger("dgan.generator")
 
 MAX_MASK_CHUNKS = 10_000
+STATUS_NODES = 64  # STATUS lists the alive nodes and the most recently seen others, up to this many
 FEEDBACK_NAMES = frozenset({m.value for m in FeedbackMode} | {"unknown"})  # "unknown": a node that predates modes
-FEEDBACK_COLUMNS = ["time", "node", "step", "staleness", "samples", "d_real", "d_fake", "g_adv", "g_l1"]
+FEEDBACK_COLUMNS = ["time", "node", "step", "staleness", "samples", "d_real", "d_fake", "g_adv", "g_l1", "request"]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ServiceConfig:
     status_interval: float = 1.0
     synthesize: bool = True
     max_bad_messages: int = 50
+    max_mask_bytes: int = 256 * 1024 * 1024  # one node's uploaded masks, all chunks together (bounded memory)
     idle_timeout: float = 0.0  # > 0: end the run when no node has been seen for this long
     tensorboard: Any = None  # a torch.utils.tensorboard SummaryWriter, or None
     on_status: Any = None  # called with each status dict (the generator's own live panel)
@@ -148,8 +150,14 @@ class GeneratorService:
             "phase": phase, "phase_done": done, "phase_total": total,
             "nodes": {n: {"alive": i.alive, "feedback": i.feedback, "batches": i.feedbacks, "losses": i.losses,
                           "staleness": i.staleness_last,
-                          "last_seen": round(time.time() - i.last_seen, 1)} for n, i in self.nodes.items()},
+                          "last_seen": round(time.time() - i.last_seen, 1)} for n, i in self._status_nodes()},
+            "nodes_total": len(self.nodes), "nodes_alive": sum(1 for i in self.nodes.values() if i.alive),
         }
+
+    def _status_nodes(self) -> list[tuple[str, NodeInfo]]:
+        """What STATUS lists: bounded however many nodes the run has seen (alive and most recent first)."""
+        ranked = sorted(self.nodes.items(), key=lambda kv: (not kv[1].alive, -kv[1].last_seen))
+        return ranked[:STATUS_NODES]
 
     # ------------------------------------------------------------ messages
 
@@ -232,6 +240,8 @@ class GeneratorService:
         self.counters["node_departures"] += 1
         log.warning("generator: node %s left (%s); released %d request(s) in flight", name, reason, released)
         self._leave_round(name)
+        if node.feedbacks == 0 and node.masks is None:
+            del self.nodes[name]  # it gave nothing to keep: a stream of passing names never grows this table
 
     def _on_error(self, msg: P.Message) -> None:
         code = msg.meta.get("code")
@@ -257,6 +267,9 @@ class GeneratorService:
         problem = self._check_masks(node, msg)
         if not problem and not (0 <= chunk < chunks <= MAX_MASK_CHUNKS):
             problem = f"chunk {chunk} of {chunks} is out of range (at most {MAX_MASK_CHUNKS} chunks)"
+        held = sum(c.nbytes for k, c in node.mask_chunks.items() if k != chunk) if node.mask_total == chunks else 0
+        if not problem and held + msg.tensors["masks"].nbytes > self.cfg.max_mask_bytes:
+            problem = f"masks over {self.cfg.max_mask_bytes // 2**20} MiB from one node are refused"
         if problem:
             self._reject(node.name, msg, P.ErrorCode.REJECTED, problem)
             return
@@ -297,6 +310,14 @@ class GeneratorService:
         self.counters["fakes_sent"] += 1
 
     def _on_feedback(self, node: NodeInfo, msg: P.Message) -> None:
+        if msg.run_id != self.run_id or P.epoch_of(msg.reply_to) != P.EPOCH:
+            # An answer to fakes made by another run, or by this run before a restart: never this process's.
+            node.counts["other_run"] += 1
+            self._reject(node.name, msg, P.ErrorCode.REJECTED, f"feedback for run {msg.run_id[:40]!r}, epoch "
+                         f"{P.epoch_of(msg.reply_to)}: this generator is run {self.run_id!r}, epoch {P.EPOCH}",
+                         hostile=False)
+            self._leave_round(node.name)
+            return
         grad = msg.tensors["grad"]
         scale = msg.meta.get("grad_scale", 1.0)
         if type(scale) not in (int, float):
@@ -325,7 +346,8 @@ class GeneratorService:
                     self.cfg.tensorboard.add_scalar(f"{node.name}/{k}", v, self.trainer.step)
                 self.cfg.tensorboard.add_scalar(f"{node.name}/staleness", staleness, self.trainer.step)
             self.feedback_log.append([round(time.time() - self.started, 3), node.name, self.trainer.step, staleness,
-                                      int(grad.shape[0]), *(node.losses.get(k) for k in FEEDBACK_COLUMNS[5:])])
+                                      int(grad.shape[0]), *(node.losses.get(k) for k in FEEDBACK_COLUMNS[5:-1]),
+                                      msg.reply_to])
         if self.policy.feedback(node.name, self.trainer.pending):
             self._step()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dgan.run import free_ports
+from dgan.commands import Ports, broker_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,11 +39,10 @@ class BrokerProcess:
 
 def start_broker(tmp_path: Path, *extra: str, heartbeat: float = 0.3,
                  ports: list[int] | None = None) -> BrokerProcess:
-    node_port, gen_port, pub_port = ports or free_ports(3)
+    where = Ports(*ports) if ports else Ports.free()
+    node_port, gen_port, pub_port = where.node, where.generator, where.pub
     out = tmp_path / f"broker-{node_port}.log"
-    cmd = [sys.executable, "-m", "dgan", "broker", "--node-port", str(node_port), "--generator-port",
-           str(gen_port), "--pub-port", str(pub_port), "--heartbeat", str(heartbeat), "--log-format", "plain",
-           *extra]
+    cmd = [sys.executable, "-m", "dgan", *broker_args(where, heartbeat=heartbeat, extra=list(extra))]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(out, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)

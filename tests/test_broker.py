@@ -251,7 +251,7 @@ def test_record_log_holds_every_routed_message_and_sigterm_flushes_it(tmp_path: 
 def test_a_failing_message_log_stops_the_broker_with_a_clear_error(tmp_path: Path) -> None:
     from broker import Broker, BrokerConfig
     from broker.records import RecordingFailed
-    from dgan.run import free_ports
+    from dgan.commands import free_ports
 
     node_port, gen_port, pub_port = free_ports(3)
     b = Broker(BrokerConfig(node_port=node_port, generator_port=gen_port, pub_port=pub_port,
@@ -282,3 +282,22 @@ def test_a_failing_message_log_stops_the_broker_with_a_clear_error(tmp_path: Pat
         sock.close()
     assert not t.is_alive(), "the broker went on routing without its log"
     assert failure and isinstance(failure[0], RecordingFailed) and "No space left" in str(failure[0])
+
+
+def test_a_second_generator_is_refused_while_the_first_is_alive(broker_proc: BrokerProcess) -> None:
+    gen = ZmqGeneratorLink(broker_proc.generator, **FAST)
+    node = ZmqNodeLink(broker_proc.node, "n1", **FAST)
+    intruder = raw_dealer(broker_proc.generator)
+    try:
+        recv_kind(gen, P.Kind.HELLO)  # the first generator is registered and knows n1
+        intruder.send_multipart([b"", *P.encode(P.make(P.Kind.HELLO, "intruder", meta={"role": "generator"}))])
+        assert intruder.poll(3000)
+        err = P.decode(intruder.recv_multipart()[1:])
+        assert err.kind == P.Kind.ERROR and err.meta["code"] == P.ErrorCode.NAME_IN_USE
+        node.send(P.make(P.Kind.FAKE_REQUEST, "n1", tensors={"masks": np.zeros((1, 8, 8), np.uint8)}))
+        recv_kind(gen, P.Kind.FAKE_REQUEST)  # the node's masks still go to the first generator only
+        assert not intruder.poll(500)
+    finally:
+        intruder.close()
+        node.close()
+        gen.close()

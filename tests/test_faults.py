@@ -19,7 +19,8 @@ import zmq
 
 from benchmarks.fuzz_broker import rss_mb
 from dgan import protocol as P
-from dgan.run import ProcessGroup, RunConfig, free_ports, write_shards
+from dgan.commands import Ports, broker_args, generator_args, node_args
+from dgan.run import ProcessGroup, RunConfig, write_shards
 from tests.conftest import ROOT, start_broker, wait_until
 
 SMALL = ["--image-size", "32", "--g-width", "8", "--g-depth", "3", "--d-width", "8"]
@@ -32,25 +33,21 @@ def _text(path: Path) -> str:
 def test_broker_kill_9_and_restart_everyone_reregisters_and_training_continues(tmp_path: Path) -> None:
     out = tmp_path / "run"
     shards = write_shards(RunConfig(nodes=2, out=out, scenes=8, image_size=32))
-    node_port, gen_port, pub_port = free_ports(3)
+    ports = Ports.free()
     group = ProcessGroup(out / "logs")
-    hb = ["--heartbeat", "0.5", "--log-format", "plain"]
-    broker_args = ["broker", "--node-port", str(node_port), "--generator-port", str(gen_port), "--pub-port",
-                   str(pub_port), *hb]
     try:
-        broker = group.start("broker", broker_args, 1)
-        gen = group.start("generator", ["generator", "--broker", f"tcp://127.0.0.1:{gen_port}", "--out", str(out),
-                                        "--steps", "400", *SMALL, "--checkpoint-every", "20", "--no-synthesize",
-                                        *hb], 1)
+        broker = group.start("broker", broker_args(ports, heartbeat=0.5), 1)
+        gen = group.start("generator", generator_args(ports, out, 400, checkpoint_every=20, synthesize=False,
+                                                      heartbeat=0.5, extra=SMALL), 1)
         for i in range(2):
-            group.start(f"node{i}", ["node", "--name", f"node{i}", "--broker", f"tcp://127.0.0.1:{node_port}",
-                                     "--data", str(shards[i]), "--image-size", "32", "--batch-size", "2", *hb], 1)
+            group.start(f"node{i}", node_args(ports, f"node{i}", shards[i], image_size=32, batch_size=2,
+                                              heartbeat=0.5), 1)
         wait_until(lambda: (out / "checkpoints" / "ckpt_000020.pt").exists(), 120, "progress before the kill")
         os.kill(broker.pid, signal.SIGKILL)
         broker.wait()
         killed_at = time.monotonic()
         time.sleep(1.0)
-        group.start("broker2", broker_args, 1)
+        group.start("broker2", broker_args(ports, heartbeat=0.5), 1)
         # both nodes say hello to the new broker, which passes them to the re-registered generator
         wait_until(lambda: _text(out / "logs" / "broker2.log").count("joined") >= 2, 10, "re-registration")
         assert time.monotonic() - killed_at < 12
@@ -112,8 +109,8 @@ def test_four_hosts_train_and_a_node_rejoins_after_its_link_is_cut(hosts: dict[s
     shards = write_shards(RunConfig(nodes=2, out=out, scenes=8, image_size=32))
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    hb = ["--heartbeat", "0.5", "--log-format", "plain"]
     b = hosts["b"]
+    ports = Ports(5555, 5556, 5557, host=b)
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(name: str, ns: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -123,14 +120,12 @@ def test_four_hosts_train_and_a_node_rejoins_after_its_link_is_cut(hosts: dict[s
         return procs[name]
 
     try:
-        start("broker", hosts["ns_b"], ["broker", "--host", b, *hb])
-        gen = start("generator", hosts["ns_g"], ["generator", "--broker", f"tcp://{b}:5556", "--out", str(out),
-                                                 "--steps", "1000000", *SMALL, "--checkpoint-every", "10",
-                                                 "--no-synthesize", *hb])
+        start("broker", hosts["ns_b"], broker_args(ports, heartbeat=0.5))
+        gen = start("generator", hosts["ns_g"], generator_args(ports, out, 1_000_000, checkpoint_every=10,
+                                                               synthesize=False, heartbeat=0.5, extra=SMALL))
         for i, h in ((1, "n1"), (2, "n2")):
-            start(f"node{i}", hosts[f"ns_{h}"], ["node", "--name", f"node{i}", "--broker", f"tcp://{b}:5555",
-                                                 "--data", str(shards[i - 1]), "--image-size", "32",
-                                                 "--batch-size", "2", *hb])
+            start(f"node{i}", hosts[f"ns_{h}"], node_args(ports, f"node{i}", shards[i - 1], image_size=32,
+                                                          batch_size=2, heartbeat=0.5))
         wait_until(lambda: (out / "checkpoints" / "ckpt_000020.pt").exists(), 120, "training across hosts")
         link = f"{hosts['ns_n2']}b"
         _ip("-n", hosts["switch"], "link", "set", link, "down")

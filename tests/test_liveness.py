@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 
 from dgan import protocol as P
+from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.data.scenes import make_scenes
 from dgan.feedback import FeedbackConfig
 from dgan.networks import ModelConfig
-from dgan.run import ProcessGroup, RunConfig, free_ports, write_shards
+from dgan.run import ProcessGroup, RunConfig, write_shards
 from dgan.transport.inproc import InProcessHub
 from nodes.discriminator_node import DiscriminatorNode, NodeConfig
 
@@ -25,19 +26,16 @@ def test_a_node_slower_than_the_expiry_feeds_back_every_batch_and_a_long_synthes
         tmp_path: Path) -> None:
     out = tmp_path / "run"
     shards = write_shards(RunConfig(nodes=1, out=out, scenes=240, image_size=64))
-    node_port, gen_port, pub_port = free_ports(3)
+    ports = Ports.free()
     group = ProcessGroup(out / "logs")
-    hb = ["--heartbeat", str(HEARTBEAT), "--log-format", "plain"]
     steps, delay = 4, 2.0  # each D step takes 3x longer than a silent peer may live
     try:
-        group.start("broker", ["broker", "--node-port", str(node_port), "--generator-port", str(gen_port),
-                               "--pub-port", str(pub_port), *hb], 1)
-        gen = group.start("generator", ["generator", "--broker", f"tcp://127.0.0.1:{gen_port}", "--out", str(out),
-                                        "--steps", str(steps), "--image-size", "64", "--g-width", "32",
-                                        "--checkpoint-every", "0", *hb], 1)
-        node = group.start("slow", ["node", "--name", "slow", "--broker", f"tcp://127.0.0.1:{node_port}",
-                                    "--data", str(shards[0]), "--batch-size", "2", "--image-size", "64",
-                                    "--pipeline", "1", "--d-warmup", "0", "--delay", str(delay), *hb], 1)
+        group.start("broker", broker_args(ports, heartbeat=HEARTBEAT), 1)
+        gen = group.start("generator", generator_args(ports, out, steps, image_size=64, g_width=32,
+                                                      checkpoint_every=0, heartbeat=HEARTBEAT), 1)
+        node = group.start("slow", node_args(ports, "slow", shards[0], image_size=64, batch_size=2,
+                                             heartbeat=HEARTBEAT,
+                                             extra=["--pipeline", "1", "--d-warmup", "0", "--delay", str(delay)]), 1)
         assert gen.wait(240) == 0
         assert node.wait(60) == 0
     finally:

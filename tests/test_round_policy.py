@@ -102,7 +102,7 @@ def _sync_service(tmp_path: Path, names: tuple[str, ...] = ("a", "b"), max_bad: 
 
 def _feedback(fakes: P.Message, good: bool = True) -> P.Message:
     shape = fakes.tensors["fakes"].shape if good else (1, 3, 2, 2)
-    return P.make(P.Kind.FEEDBACK, "x", reply_to=fakes.msg_id, meta={"losses": {}},
+    return P.make(P.Kind.FEEDBACK, "x", run_id=fakes.run_id, reply_to=fakes.msg_id, meta={"losses": {}},
                   tensors={"grad": np.full(shape, 1e-3, np.float32)})
 
 
@@ -134,3 +134,15 @@ def test_service_sync_round_closes_when_a_member_departs(tmp_path: Path) -> None
     service.handle("a", _feedback(fakes["a"]))
     service.handle("b", P.make(P.Kind.NODE_LEFT, "broker", meta={"node": "b", "reason": "expired"}))
     assert service.trainer.step == 1
+
+
+def test_feedback_for_another_run_or_process_start_is_refused_and_leaves_the_round(tmp_path: Path) -> None:
+    service, fakes = _sync_service(tmp_path)
+    other_run = _feedback(fakes["a"])
+    other_run.run_id = "an-older-run"
+    service.handle("a", other_run)
+    other_epoch = _feedback(fakes["b"])
+    other_epoch.reply_to = ((P.EPOCH % (2**30 - 1)) + 1 << 32) + (fakes["b"].msg_id & 0xFFFFFFFF)
+    service.handle("b", other_epoch)
+    assert service.nodes["a"].counts["other_run"] == 1 and service.nodes["b"].counts["other_run"] == 1
+    assert service.trainer.samples_applied == 0 and len(service.trainer.inflight) == 2

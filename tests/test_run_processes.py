@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dgan import replay as R
+from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.data.scenes import make_scenes
 from dgan.networks import ModelConfig, images_to_tensor, masks_to_input
-from dgan.run import HELDOUT_SEED_BASE, ProcessGroup, RunConfig, free_ports, run_local, write_shards
+from dgan.run import HELDOUT_SEED_BASE, ProcessGroup, RunConfig, run_local, write_shards
 from dgan.training.generator import GeneratorTrainer, TrainConfig
 from tests.conftest import wait_until
 
@@ -61,59 +62,70 @@ def test_run_with_three_node_processes_trains_and_every_node_contributes(tmp_pat
     assert end - start > 0.5 * (real - start), (start, end, real)
 
 
-def test_kill_9_of_a_node_mid_run_and_a_late_joiner(tmp_path: Path) -> None:
+def test_kill_9_of_a_node_its_restart_and_a_late_joiner_and_the_log_still_rebuilds_g_bitwise(
+        tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = RunConfig(nodes=3, out=out, scenes=60, image_size=64)
     shards = write_shards(cfg)
-    node_port, gen_port, pub_port = free_ports(3)
+    ports = Ports.free()
     group = ProcessGroup(out / "logs")
-    hb = ["--heartbeat", "1.0", "--log-format", "plain"]
-    node_args = lambda i: ["node", "--name", f"node{i}", "--broker", f"tcp://127.0.0.1:{node_port}",  # noqa: E731
-                           "--data", str(shards[i]), "--batch-size", "4", "--image-size", "64",
-                           "--d-warmup", "0", *hb]  # joining and leaving is what this test is about
+    log = out / "broker.dgl"
+
+    def node(i: int) -> list[str]:  # joining and leaving is what this test is about: no segmenter warm-up
+        return node_args(ports, f"node{i}", shards[i], image_size=64, batch_size=4, heartbeat=1.0,
+                         extra=["--d-warmup", "0"])
+
     try:
-        group.start("broker", ["broker", "--node-port", str(node_port), "--generator-port", str(gen_port),
-                               "--pub-port", str(pub_port), *hb], 1)
-        gen = group.start("generator", ["generator", "--broker", f"tcp://127.0.0.1:{gen_port}", "--out", str(out),
-                                        "--steps", "1000000", *SMALL, "--checkpoint-every", "10", *hb], 1)
-        victim = group.start("node0", node_args(0), 1)
-        group.start("node1", node_args(1), 1)
+        group.start("broker", broker_args(ports, record=log, heartbeat=1.0), 1)
+        gen = group.start("generator", generator_args(ports, out, 1_000_000, checkpoint_every=10, heartbeat=1.0,
+                                                      synthesize=False, extra=SMALL), 1)
+        victim = group.start("node0", node(0), 1)
+        group.start("node1", node(1), 1)
         wait_until((out / "checkpoints" / "ckpt_000010.pt").exists, 120, "progress before the kill")
         os.kill(victim.pid, signal.SIGKILL)
-        late = group.start("node2", node_args(2), 1)
-        wait_until(lambda: "welcomed" in (out / "logs" / "node2.log").read_text(), 60, "the late node's welcome")
-        time.sleep(3)  # let it train
+        late = group.start("node2", node(2), 1)
+        wait_until(lambda: "node node0 left" in (out / "logs" / "generator.log").read_text(), 30, "the expiry")
+        group.start("node0-again", node(0), 1)  # the same name, a new process: new message-id epoch
+
+        def rows() -> list[list]:
+            return [json.loads(line) for line in (out / "feedback.jsonl").read_text().splitlines() if line]
+
+        def both_back() -> bool:  # rows are flushed every 64: a few batches after both joined
+            got = rows()
+            first_late = next((i for i, r in enumerate(got) if r[1] == "node2"), None)
+            return first_late is not None and any(r[1] == "node0" for r in got[first_late:])
+
+        wait_until(both_back, 180, "the late joiner and the restarted node0 to contribute")
         gen.send_signal(signal.SIGTERM)  # the generator ends the run and tells the nodes
         assert gen.wait(120) == 0
         assert late.wait(30) == 0
     finally:
         group.stop_all()
-    log = (out / "logs" / "generator.log").read_text()
-    assert "node node0 left" in log
     summary = json.loads((out / "run.json").read_text())
-    assert summary["steps"] > 10
-    assert summary["nodes"]["node0"]["alive_at_end"] is False
-    assert summary["nodes"]["node2"]["feedbacks"] > 0  # the late joiner was served
-    assert summary["nodes"]["node1"]["alive_at_end"] is True
+    assert summary["nodes"]["node2"]["feedbacks"] > 0 and summary["nodes"]["node0"]["alive_at_end"] is True
+    assert "node node0 said hello again" in (out / "logs" / "generator.log").read_text()
     assert np.isfinite(summary["samples_per_s"])
+    rebuilt = tmp_path / "rebuilt.pt"
+    final_step = summary["steps"]
+    assert R.rebuild_generator(log, out / "checkpoints" / "ckpt_000000.pt", rebuilt, until_step=final_step) == (
+        final_step)
+    final, mine = (torch.load(p, weights_only=True)["G"] for p in (out / "checkpoints" / "latest.pt", rebuilt))
+    assert all(torch.equal(t, mine[k]) for k, t in final.items())
 
 
 def test_generator_kill_9_and_resume_continues_from_its_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = RunConfig(nodes=2, out=out, scenes=20, image_size=64)
     shards = write_shards(cfg)
-    node_port, gen_port, pub_port = free_ports(3)
+    ports = Ports.free()
     group = ProcessGroup(out / "logs")
-    hb = ["--heartbeat", "0.5", "--log-format", "plain"]
-    gen_args = ["generator", "--broker", f"tcp://127.0.0.1:{gen_port}", "--out", str(out), "--steps", "40", *SMALL,
-                "--checkpoint-every", "10", *hb]
+    gen_args = generator_args(ports, out, 40, checkpoint_every=10, heartbeat=0.5, extra=SMALL)
     try:
-        group.start("broker", ["broker", "--node-port", str(node_port), "--generator-port", str(gen_port),
-                               "--pub-port", str(pub_port), *hb], 1)
+        group.start("broker", broker_args(ports, heartbeat=0.5), 1)
         first = group.start("generator", gen_args, 1)
         for i in range(2):
-            group.start(f"node{i}", ["node", "--name", f"node{i}", "--broker", f"tcp://127.0.0.1:{node_port}",
-                                     "--data", str(shards[i]), "--batch-size", "4", "--image-size", "64", *hb], 1)
+            group.start(f"node{i}", node_args(ports, f"node{i}", shards[i], image_size=64, batch_size=4,
+                                              heartbeat=0.5), 1)
         wait_until((out / "checkpoints" / "ckpt_000010.pt").exists, 120, "a checkpoint before the kill")
         os.kill(first.pid, signal.SIGKILL)
         first.wait()

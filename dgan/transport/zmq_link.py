@@ -41,9 +41,15 @@ class LinkClosed(RuntimeError):
 
 @dataclass
 class _Outgoing:
+    """One message handed to the I/O thread. ``taken`` and ``cancelled`` decide, under ``lock``, who owns it:
+    a caller that gave up never sees it leave later (so "not sent" is safe to retry)."""
+
     route: bytes
     frames: list[Any]
     done: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    taken: bool = False
+    cancelled: bool = False
     sent: bool = False
 
 
@@ -94,8 +100,12 @@ class _BrokerConnection:
         self._outbox.put(item)
         self._wake()
         if not item.done.wait(self.send_timeout + 1.0):
-            self.counters["send_timeouts"] += 1
-            return False
+            with item.lock:
+                if not item.taken:
+                    item.cancelled = True
+                    self.counters["send_timeouts"] += 1
+                    return False
+            item.done.wait(self.send_timeout + 1.0)  # the thread holds it: at most one more SNDTIMEO
         return item.sent
 
     def _wake(self) -> None:
@@ -197,6 +207,10 @@ class _BrokerConnection:
                 item = self._outbox.get_nowait()
             except queue.Empty:
                 return
+            with item.lock:
+                if item.cancelled:
+                    continue
+                item.taken = True
             item.sent = self._send_frames(item.route, item.frames)
             item.done.set()
 
