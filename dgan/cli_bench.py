@@ -50,6 +50,16 @@ def bench_straggler(quick: Quick = False, json_out: JsonOut = None) -> None:
     run_straggler_benchmark(quick, json_out)
 
 
+@bench_app.command("slow-node")
+def bench_slow_node(quick: Quick = False, json_out: JsonOut = None) -> None:
+    """A node at 20 s per batch beside a fast one: it must feed back every batch and never re-register."""
+    from benchmarks.liveness import run_slow_node_benchmark
+
+    setup_logging("WARNING")
+    if not run_slow_node_benchmark(quick, json_out)["ok"]:
+        raise typer.Exit(1)
+
+
 @bench_app.command("precision")
 def bench_precision(quick: Quick = False, json_out: JsonOut = None) -> None:
     """bf16 autocast vs fp32 for one pix2pix step on this CPU (decides whether training uses bf16)."""

@@ -251,6 +251,7 @@ def node(
     pipeline: Annotated[int, typer.Option(help="Requests kept in flight.")] = 2,
     grad_dtype: Annotated[GradDtype, typer.Option(help="Gradients on the wire.")] = GradDtype.float16,
     delay: Annotated[float, typer.Option(help="Artificial seconds per batch (slow-site emulation).")] = 0.0,
+    max_batches: Annotated[int, typer.Option(help="Leave after this many batches (0 = stay until the run ends).")] = 0,
     feedback: Feedback = DEFAULT_MODE,
     lambda_l1: LambdaL1 = 100.0,
     label_mix: Annotated[float, typer.Option(help="--feedback segmentation: LabelMix weight (OASIS: 10; 0 = "
@@ -301,7 +302,7 @@ def node(
                                                           device=device, feedback=recipe, samples_dir=save_samples,
                                                           sample_every=sample_every))
     try:
-        result = n.run()
+        result = n.run(max_batches=max_batches or None)
     except KeyboardInterrupt:
         result = n.stats
     finally:
@@ -311,7 +312,7 @@ def node(
         import json
 
         stats.parent.mkdir(parents=True, exist_ok=True)
-        stats.write_text(json.dumps(result.to_dict(), indent=2))
+        stats.write_text(json.dumps({**result.to_dict(), "link": dict(link.counters)}, indent=2))
 
 
 
