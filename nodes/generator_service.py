@@ -6,8 +6,6 @@ runs over ZeroMQ through the broker or in-process in tests.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import time
 from collections import Counter
@@ -16,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from dgan import protocol as P
 from dgan.feedback import FeedbackMode
@@ -24,13 +21,13 @@ from dgan.rowstream import RowStream
 from dgan.training.generator import GeneratorTrainer, Outcome
 from dgan.transport.base import GeneratorLink
 from nodes.round_policy import Action, RoundPolicy
+from nodes.run_outputs import FEEDBACK_COLUMNS, RunOutputs
 
 log = logging.getLogger("dgan.generator")
 
 MAX_MASK_CHUNKS = 10_000
 STATUS_NODES = 64  # STATUS lists the alive nodes and the most recently seen others, up to this many
 FEEDBACK_NAMES = frozenset({m.value for m in FeedbackMode} | {"unknown"})  # "unknown": a node that predates modes
-FEEDBACK_COLUMNS = ["time", "node", "step", "staleness", "samples", "d_real", "d_fake", "g_adv", "g_l1", "request"]
 
 
 @dataclass
@@ -67,7 +64,7 @@ class NodeInfo:
     masks: np.ndarray | None = None
 
 
-class GeneratorService:
+class GeneratorService(RunOutputs):
     def __init__(self, link: GeneratorLink, trainer: GeneratorTrainer, cfg: ServiceConfig) -> None:
         self.link, self.trainer, self.cfg = link, trainer, cfg
         self.nodes: dict[str, NodeInfo] = {}
@@ -376,85 +373,3 @@ class GeneratorService:
             self.checkpoint()
         if self.cfg.sample_every and step % self.cfg.sample_every == 0:
             self.save_samples()
-
-    def checkpoint(self) -> Path:
-        """latest.pt first: once ckpt_N exists, --resume finds step N even if the process dies right after."""
-        path = self.out / "checkpoints" / f"ckpt_{self.trainer.step:06d}.pt"
-        self.trainer.save(self.out / "checkpoints" / "latest.pt")
-        self.trainer.save(path)
-        return path
-
-    def save_samples(self) -> Path | None:
-        if self.sample_masks is None:
-            return None
-        fakes = self.trainer.synthesize(self.sample_masks, seed=0)
-        masks = np.repeat(self.sample_masks[..., None] * (255 // max(1, self.trainer.model_cfg.num_classes - 1)),
-                          3, axis=-1).astype(np.uint8)
-        grid = np.concatenate([np.concatenate([m, f], axis=1) for m, f in zip(masks, fakes, strict=True)], axis=0)
-        path = self.out / "samples" / f"step_{self.trainer.step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).save(path)
-        if self.cfg.tensorboard is not None:
-            self.cfg.tensorboard.add_image("samples/mask_synthetic", grid, self.trainer.step, dataformats="HWC")
-        return path
-
-    def finish(self) -> dict[str, Any]:
-        for name, node in self.nodes.items():
-            if node.alive:
-                self.link.send(name, P.make(P.Kind.GOODBYE, "generator", run_id=self.run_id,
-                                            meta={"reason": "run complete"}))
-        self.link.broadcast(P.make(P.Kind.GOODBYE, "generator", run_id=self.run_id, meta={"reason": "run complete"}))
-        self.checkpoint()
-        self.save_samples()
-        synthetic = self.synthesize() if self.cfg.synthesize else 0
-        wall = time.time() - self.started
-        summary = {
-            "run_id": self.run_id, "steps": self.trainer.step, "wall_s": round(wall, 2),
-            "updates_per_s": round((self.trainer.step - self._start_step) / wall, 3) if wall else 0.0,
-            "samples_applied": self.trainer.samples_applied,
-            "samples_per_s": round(self.trainer.samples_applied / wall, 2) if wall else 0.0,
-            "synthetic_images": synthetic, "counters": dict(self.counters),
-            "model": self.trainer.model_cfg.to_dict(), "train": self.trainer.cfg.to_dict(),
-            "nodes": {n: {"dataset_size": i.dataset_size, "feedback": i.feedback, "feedbacks": i.feedbacks,
-                          "samples": i.samples,
-                          "alive_at_end": i.alive, "losses": i.losses, "counts": dict(i.counts),
-                          "masks": 0 if i.masks is None else len(i.masks),
-                          "staleness_mean": (sum(k * v for k, v in i.staleness.items()) / i.staleness.total()
-                                             if i.staleness else None),
-                          "staleness_hist": {str(k): v for k, v in sorted(i.staleness.items())},
-                          "staleness_max": max(i.staleness) if i.staleness else None}
-                      for n, i in self.nodes.items()},
-        }
-        (self.out / "run.json").write_text(json.dumps(summary, indent=2))
-        self.history.write_document(self.out / "history.json")
-        self.feedback_log.write_document(self.out / "feedback.json", {"columns": FEEDBACK_COLUMNS})
-        self.history.close()
-        self.feedback_log.close()
-        log.info("generator: done at step %d in %.1f s; %d synthetic images", self.trainer.step, wall, synthetic)
-        return summary
-
-    def synthesize(self) -> int:
-        root = self.out / "synthetic"
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "masks").mkdir(parents=True, exist_ok=True)
-        rows = []
-        t0 = time.monotonic()
-        total = sum(len(n.masks) for n in self.nodes.values() if n.masks is not None)
-        for name, node in self.nodes.items():
-            if node.masks is None:
-                continue
-            self._broadcast_status(self.status(phase="synthesis", done=len(rows), total=total))
-            images = self.trainer.synthesize(node.masks)
-            for i, (im, m) in enumerate(zip(images, node.masks, strict=True)):
-                stem = f"{P.file_stem(name)}_{i:05d}"
-                Image.fromarray(im).save(root / "images" / f"{stem}.png")
-                Image.fromarray((m > 0).astype(np.uint8) * 255 if self.trainer.model_cfg.num_classes == 2 else m
-                                ).save(root / "masks" / f"{stem}.png")
-                rows.append((stem, name))
-        self._broadcast_status(self.status(phase="synthesis", done=len(rows), total=total))
-        with open(root / "manifest.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["name", "node"])
-            w.writerows(rows)
-        log.info("generator: synthesised %d images in %.1f s", len(rows), time.monotonic() - t0)
-        return len(rows)
