@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -31,11 +32,12 @@ from dgan.run import ProcessGroup, RunConfig, write_shards
 HEARTBEAT = 0.5
 
 
-def run_chaos(minutes: float = 1.0, nodes: int = 4, seed: int = 0, size: int = 32, steps: int | None = None,
+def run_chaos(minutes: float = 1.0, nodes: int = 4, seed: int = 0, size: int = 32, finish_steps: int = 30,
               kill_services: bool = True, finish_timeout: float = 300.0) -> dict[str, Any]:
-    """``steps``: the generator's target (default: 1 step per soak second, reachable on 2 cores)."""
+    """Soak for ``minutes`` (the generator's target is out of reach meanwhile); then the generator is restarted
+    with ``--resume`` and a target ``finish_steps`` past its checkpoint, which it must reach with no more kills."""
     rng = random.Random(seed)
-    steps = steps or max(20, int(minutes * 60))
+    steps = 10**8
     out = Path(tempfile.mkdtemp(prefix="dgan-chaos-")) / "run"
     shards = write_shards(RunConfig(nodes=nodes, out=out, scenes=nodes * 8, image_size=size))
     ports = Ports.free()
@@ -87,13 +89,16 @@ def run_chaos(minutes: float = 1.0, nodes: int = 4, seed: int = 0, size: int = 3
             time.sleep(rng.uniform(0.2, 1.5))
             live[who] = (start_broker() if who == "broker" else start_generator() if who == "generator"
                          else start_node(int(who[4:])))
-        gen = live["generator"]
-        if gen.poll() is None and not (out / "run.json").exists():
-            try:  # no more kills: the run must now reach its step count by itself
-                gen.wait(finish_timeout)
-            except subprocess.TimeoutExpired:
-                gen.send_signal(signal.SIGTERM)
-                gen.wait(60)
+        kill(live["generator"])  # the last kill: a resumed generator must now finish the run by itself
+        kills["generator"] += 1
+        saved = int(torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["step"])
+        steps = saved + finish_steps
+        gen = live["generator"] = start_generator()
+        try:
+            gen.wait(finish_timeout)
+        except subprocess.TimeoutExpired:
+            gen.send_signal(signal.SIGTERM)
+            gen.wait(60)
         summary = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
         reached = summary.get("steps", 0) >= steps
     finally:

@@ -90,9 +90,11 @@ class PeerHandlers:
         now = time.time()
         current = self.generator
         # One generator at a time: every node's masks and gradients go to it. Only the same (pinned) key may take
-        # over a live registration, as a generator restarted before its old connection expired.
+        # over a registration not yet expired, and only once the old connection has gone quiet (a restart).
         taken = current is not None and current.identity != identity and current.expires_at >= now
-        if taken and (key is None or key != current.key):
+        # A restart is silent on its old connection; two live processes sharing a key would swap forever.
+        restarted = current is not None and now - current.last_seen > self.config.heartbeat_interval
+        if taken and (key is None or key != current.key or not restarted):
             self._reply_error(identity, True, P.ErrorCode.NAME_IN_USE,
                               f"generator {current.name!r} is registered and alive; a second generator is "
                               "refused until it leaves or expires", msg.msg_id)

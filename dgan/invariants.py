@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dgan import protocol as P
-from dgan.msglog import Direction
+from dgan.msglog import Direction, ReadReport
 
 
 @dataclass
@@ -30,6 +30,7 @@ class ExchangeCheck:
     applied: int = 0
     unmatched_answers: int = 0  # answers to FAKES the log does not hold
     violations: list[str] = field(default_factory=list)
+    log_gaps: list[str] = field(default_factory=list)  # segment tails torn by a broker kill
 
     @property
     def ok(self) -> bool:
@@ -37,7 +38,8 @@ class ExchangeCheck:
 
     def to_dict(self) -> dict[str, object]:
         return {"fakes": self.fakes, "answers": self.answers, "applied": self.applied,
-                "unmatched_answers": self.unmatched_answers, "violations": self.violations[:20],
+                "unmatched_answers": self.unmatched_answers, "log_gaps": self.log_gaps,
+                "violations": self.violations[:20],
                 "violation_count": len(self.violations), "ok": self.ok}
 
 
@@ -46,10 +48,14 @@ def applied_rows(path: Path) -> Iterator[tuple[str, int]]:
     with open(path) as f:
         for line in f:
             line = line.strip()
-            if line:
+            if not line:
+                continue
+            try:
                 row = json.loads(line)
-                if len(row) >= 10 and isinstance(row[9], int):
-                    yield str(row[1]), row[9]
+            except ValueError:  # a row torn by a kill -9: that feedback's application died with the process
+                continue
+            if isinstance(row, list) and len(row) >= 10 and isinstance(row[9], int):
+                yield str(row[1]), row[9]
 
 
 def check_exchanges(log: Path, applied: Iterable[tuple[str, int]] = ()) -> ExchangeCheck:
@@ -59,7 +65,8 @@ def check_exchanges(log: Path, applied: Iterable[tuple[str, int]] = ()) -> Excha
     fakes_to: dict[int, str] = {}
     feedbacks: list[tuple[str, int, int]] = []  # (node, feedback id, FAKES id)
     refused: set[int] = set()  # ids the broker answered with an ERROR instead of delivering
-    for _, rec, msg in decoded(log):
+    report = ReadReport()
+    for _, rec, msg in decoded(log, report):
         if msg is None:
             continue
         if rec.direction == Direction.FROM_GENERATOR and msg.kind == P.Kind.FAKES:
@@ -69,6 +76,9 @@ def check_exchanges(log: Path, applied: Iterable[tuple[str, int]] = ()) -> Excha
         elif rec.direction == Direction.TO_NODE and msg.kind == P.Kind.ERROR and msg.reply_to:
             refused.add(msg.reply_to)
     res.fakes = len(fakes_to)
+    res.log_gaps = list(report.gaps) + ([f"last segment: {report.error}"] if report.truncated_at is not None else [])
+    if report.corrupt_at is not None:
+        res.violations.append(f"the log is corrupt ({report.error}): the check is incomplete")
     answered: Counter[int] = Counter()
     for node, fid, fakes_id in feedbacks:
         if fid in refused:

@@ -16,6 +16,8 @@ class RowStream:
     def __init__(self, path: Path, append: bool = False, flush_every: int = 64) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if append and self.path.exists():
+            _cut_torn_tail(self.path)
         self._file: IO[str] = open(self.path, "a" if append else "w")  # noqa: SIM115 - closed in close()
         self.flush_every = flush_every
         self.rows = 0
@@ -25,6 +27,9 @@ class RowStream:
         self.rows += 1
         if self.rows % self.flush_every == 0:
             self._file.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
 
     def close(self) -> None:
         if not self._file.closed:
@@ -41,8 +46,38 @@ class RowStream:
             first = True
             for line in rows:
                 line = line.strip()
-                if not line:
+                if not line or not _parses(line):
                     continue
                 f.write(line if first else "," + line)
                 first = False
             f.write("]" if head is None else "]}")
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """A process killed mid-write can leave half a line: drop it, so appended rows start on a line of their own."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            return
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return
+        pos = size
+        while pos > 0:
+            step = min(4096, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                f.truncate(pos - step + cut + 1)
+                return
+            pos -= step
+        f.truncate(0)

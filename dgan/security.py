@@ -15,6 +15,7 @@ Allowlist format, one key per line (a line starting with ``#`` is a comment)::
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,9 +118,13 @@ def load_allowlist(path: Path) -> dict[bytes, Identity]:
                         "Write an allowlist with `dgan keys authorize KEY.key --role ROLE --name NAME "
                         "--allowlist FILE` and pass that file")
     try:
+        mode = path.stat().st_mode
         lines = path.read_text().splitlines()
     except OSError as exc:
         raise KeyError_(f"cannot read the allowlist {path}: {exc}") from None
+    if mode & 0o022:
+        raise KeyError_(f"{path} is writable by others (mode {mode & 0o777:o}): only the operator may write the "
+                        f"allowlist; chmod 600 it")
     out: dict[bytes, Identity] = {}
     names: set[tuple[str, str]] = set()
     for i, line in enumerate(lines, 1):
@@ -149,12 +154,11 @@ def authorize(allowlist: Path, key_file: Path, role: str, name: str) -> Identity
         raise KeyError_(f"{allowlist}: a {role} named {name!r} is already authorized")
     allowlist.parent.mkdir(parents=True, exist_ok=True)
     new = not allowlist.exists()
-    with open(allowlist, "a") as f:
+    fd = os.open(allowlist, os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_EXCL if new else 0), 0o600)
+    with os.fdopen(fd, "a") as f:  # created 0600 from the start, never readable by others in between
         if new:
             f.write("# dgan broker allowlist, written by its operator: <role> <name> <public key>\n")
         f.write(f"{role} {name} {key}\n")
-    if new:
-        allowlist.chmod(0o600)
     return Identity(role, name)
 
 

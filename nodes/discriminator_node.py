@@ -22,7 +22,7 @@ from dgan import protocol as P
 from dgan.feedback import L1_WARNING, FeedbackConfig
 from dgan.networks import ModelConfig
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
-from dgan.transport.base import NodeLink
+from dgan.transport.base import LinkClosed, NodeLink
 
 log = logging.getLogger("dgan.node")
 
@@ -99,7 +99,11 @@ class DiscriminatorNode:
             if max_batches is not None and self.stats.batches >= max_batches:
                 break
             t0 = time.monotonic()
-            msg = self.link.recv(0.0 if self.warmup_left and self.welcomed else 0.5)
+            try:
+                msg = self.link.recv(0.0 if self.warmup_left and self.welcomed else 0.5)
+            except LinkClosed:
+                log.exception("node %s: the link to the broker failed; stopping", self.cfg.name)
+                break
             self.stats.wait_s += time.monotonic() - t0
             if msg is not None:
                 try:

@@ -19,7 +19,7 @@ from dgan import protocol as P
 from dgan.feedback import FeedbackMode
 from dgan.rowstream import RowStream
 from dgan.training.generator import GeneratorTrainer, Outcome
-from dgan.transport.base import GeneratorLink
+from dgan.transport.base import GeneratorLink, LinkClosed
 from nodes.round_policy import Action, RoundPolicy
 from nodes.run_outputs import FEEDBACK_COLUMNS, RunOutputs
 
@@ -39,6 +39,7 @@ class ServiceConfig:
     status_interval: float = 1.0
     synthesize: bool = True
     max_bad_messages: int = 50
+    round_timeout: float = 300.0  # sync: a member silent this long after its fakes leaves the round
     max_mask_bytes: int = 256 * 1024 * 1024  # one node's uploaded masks, all chunks together (bounded memory)
     idle_timeout: float = 0.0  # > 0: end the run when no node has been seen for this long
     tensorboard: Any = None  # a torch.utils.tensorboard SummaryWriter, or None
@@ -94,7 +95,12 @@ class GeneratorService(RunOutputs):
             self.trainer.save(self.out / "checkpoints" / "ckpt_000000.pt")
         last_seen_any = time.monotonic()
         while self.trainer.step < steps and not self.stop_requested:
-            got = self.link.recv(0.2)
+            try:
+                got = self.link.recv(0.2)
+            except LinkClosed:  # nothing more can arrive: end as a finished run would (checkpoint, run.json)
+                log.exception("generator: the link to the broker failed; ending the run at step %d",
+                              self.trainer.step)
+                break
             if got is not None:
                 last_seen_any = time.monotonic()
                 route, msg = got
@@ -115,6 +121,12 @@ class GeneratorService(RunOutputs):
 
     def _periodic(self) -> None:
         now = time.monotonic()
+        for name in self.policy.overdue(now, self.cfg.round_timeout):
+            released = self.trainer.release(name)
+            self.counters["round_timeouts"] += 1
+            log.warning("generator: node %s has not answered this round's fakes for %.0f s; it leaves the round "
+                        "(%d request(s) released)", name, self.cfg.round_timeout, released)
+            self._leave_round(name)
         if now - self._last_status >= self.cfg.status_interval:
             dt = now - self._last_status if self._last_status else 0.0
             rate = (self.trainer.step - self._steps_at_status) / dt if dt else 0.0
@@ -302,8 +314,12 @@ class GeneratorService(RunOutputs):
         reply = P.make(P.Kind.FAKES, "generator", run_id=self.run_id, reply_to=msg.msg_id, step=self.trainer.step)
         fakes = self.trainer.generate(node.name, reply.msg_id, msg.tensors["masks"], request_id=msg.msg_id)
         reply.tensors["fakes"] = fakes
-        self.policy.was_served(node.name)
-        self.link.send(node.name, reply)
+        self.policy.was_served(node.name, time.monotonic())
+        if not self.link.send(node.name, reply):  # never left this process: no answer can come
+            self.trainer.release_key(reply.msg_id)
+            self.counters["fakes_unsent"] += 1
+            self._leave_round(node.name)
+            return
         self.counters["fakes_sent"] += 1
 
     def _on_feedback(self, node: NodeInfo, msg: P.Message) -> None:
@@ -313,7 +329,7 @@ class GeneratorService(RunOutputs):
             self._reject(node.name, msg, P.ErrorCode.REJECTED, f"feedback for run {msg.run_id[:40]!r}, epoch "
                          f"{P.epoch_of(msg.reply_to)}: this generator is run {self.run_id!r}, epoch {P.EPOCH}",
                          hostile=False)
-            self._leave_round(node.name)
+            self._leave_round_if_unanswerable(node.name)
             return
         grad = msg.tensors["grad"]
         scale = msg.meta.get("grad_scale", 1.0)
@@ -326,7 +342,7 @@ class GeneratorService(RunOutputs):
             node.counts[outcome.value] += 1
             # Unknown = released or evicted earlier (a restart, a timeout): benign, not hostile.
             self._reject(node.name, msg, P.ErrorCode.REJECTED, reason, hostile=outcome == Outcome.REJECTED)
-            self._leave_round(node.name)  # its answer for this round will not come
+            self._leave_round_if_unanswerable(node.name)
             return
         if outcome == Outcome.DROPPED_STALE:
             node.counts["dropped_stale"] += 1
@@ -349,6 +365,11 @@ class GeneratorService(RunOutputs):
             self._step()
 
     # ------------------------------------------------------------ rounds
+
+    def _leave_round_if_unanswerable(self, name: str) -> None:
+        """A refused answer: the node leaves the round only if no fakes of its are still in flight to answer."""
+        if self.trainer.inflight_for(name) == 0:
+            self._leave_round(name)
 
     def _leave_round(self, name: str) -> None:
         if self.policy.leave(name):

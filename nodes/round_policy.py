@@ -12,7 +12,9 @@ in-process (``tests/test_round_policy.py``).
   has asked for fakes and not left since: a node that departs, is ignored for
   bad messages, whose fakes could not be delivered, or whose feedback was
   refused *leaves the round*, so the round never waits for an answer that
-  cannot come. It rejoins with its next request.
+  cannot come. It rejoins with its next request. A member served but silent
+  for ``round_timeout`` seconds is overdue (the service releases and drops
+  it): no round waits without bound.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class RoundPolicy:
     served: set[str] = field(default_factory=set)
     fed_back: set[str] = field(default_factory=set)
     deferred: deque[tuple[str, Any]] = field(default_factory=deque)
+    served_at: dict[str, float] = field(default_factory=dict)  # sync: when each member was served this round
     rounds: int = 0
 
     def __post_init__(self) -> None:
@@ -62,15 +65,17 @@ class RoundPolicy:
         self.deferred.append((node, item))
         return Action.DEFER
 
-    def was_served(self, node: str) -> None:
+    def was_served(self, node: str, now: float = 0.0) -> None:
         self.served.add(node)
+        self.served_at.setdefault(node, now)
 
     def feedback(self, node: str, pending: int) -> bool:
         """A feedback was taken (applied, or dropped as stale); ``pending``: feedbacks since the last step.
         True: step the generator now (async), or close the round (sync)."""
         if not self.sync:
             return pending >= self.update_every
-        self.fed_back.add(node)
+        if node in self.served:  # an answer to an earlier round's fakes does not answer this round's
+            self.fed_back.add(node)
         return self.round_complete()
 
     def leave(self, node: str) -> bool:
@@ -79,8 +84,15 @@ class RoundPolicy:
         self.members.discard(node)
         self.served.discard(node)
         self.fed_back.discard(node)
+        self.served_at.pop(node, None)
         self.deferred = deque((n, it) for n, it in self.deferred if n != node)
         return self.sync and self.round_complete()
+
+    def overdue(self, now: float, timeout: float) -> list[str]:
+        """Sync: members served this round more than ``timeout`` seconds ago that have not answered."""
+        if not self.sync or timeout <= 0:
+            return []
+        return [n for n, t in self.served_at.items() if n not in self.fed_back and now - t > timeout]
 
     def round_complete(self) -> bool:
         return bool(self.members) and self.members <= self.fed_back
@@ -90,5 +102,6 @@ class RoundPolicy:
         self.rounds += 1
         self.served.clear()
         self.fed_back.clear()
+        self.served_at.clear()
         waiting, self.deferred = list(self.deferred), deque()
         return waiting

@@ -48,6 +48,8 @@ class RunOutputs:
     def checkpoint(self) -> Path:
         """latest.pt first: once ckpt_N exists, --resume finds step N even if the process dies right after."""
         path = self.out / "checkpoints" / f"ckpt_{self.trainer.step:06d}.pt"
+        self.feedback_log.flush()  # rows up to a checkpoint survive a kill -9 as the checkpoint does
+        self.history.flush()
         self.trainer.save(self.out / "checkpoints" / "latest.pt")
         self.trainer.save(path)
         return path

@@ -20,7 +20,7 @@ def test_fuzzed_broker_and_generator_answer_every_bad_message_and_keep_training(
 
 
 def test_chaos_soak_with_broker_and_generator_kills_keeps_the_log_invariants_and_reaches_its_steps() -> None:
-    res = run_chaos(minutes=0.4, nodes=3, seed=1, steps=40)
+    res = run_chaos(minutes=0.4, nodes=3, seed=1, finish_steps=20)
     assert sum(res["kills"].values()) >= 3, res["kills"]
     assert res["invariants_ok"], res["invariants"]
     assert res["invariants"]["answers"] > 0 and res["invariants"]["applied"] > 0

@@ -112,3 +112,30 @@ def test_feedback_that_never_leaves_is_given_up_after_its_retry_time_and_reporte
     node._resend_feedback()
     assert not node.unsent and node.stats.errors["feedback_unsent"] == 1 and gen.recv(0.05) is None
     assert node.stats.batches == 1  # the batch was done; only its feedback was lost, and that is counted
+
+
+def test_a_link_whose_io_thread_died_refuses_sends_and_ends_the_generator_run_with_its_outputs(
+        tmp_path: Path) -> None:
+    from dgan.training.generator import GeneratorTrainer, TrainConfig
+    from dgan.transport.base import LinkClosed
+    from dgan.transport.zmq_link import ZmqGeneratorLink
+    from nodes.generator_service import GeneratorService, ServiceConfig
+
+    ports = Ports.free()  # nobody listens: the link just keeps trying
+    link = ZmqGeneratorLink(ports.generator_endpoint, heartbeat_interval=0.1)
+    link._failure = RuntimeError("simulated I/O failure")
+    link._stop.set()  # the thread ends as a failed one would
+    link._wake()
+    link._thread.join(5)
+    assert not link._thread.is_alive()
+    assert link.send("n", P.make(P.Kind.STATUS, "generator")) is False  # "could not leave", never an exception
+    try:
+        link.recv(0.1)
+        raise AssertionError("recv on a failed link must raise")
+    except LinkClosed:
+        pass
+    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4), TrainConfig(steps=5))
+    summary = GeneratorService(link, trainer, ServiceConfig(out=tmp_path, sample_every=0, checkpoint_every=0)).run()
+    assert summary["steps"] == 0 and (tmp_path / "run.json").exists()
+    assert (tmp_path / "checkpoints" / "latest.pt").exists()
+    link.close()

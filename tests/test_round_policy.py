@@ -32,18 +32,39 @@ def test_sync_serves_each_member_once_per_round_and_closes_when_all_fed_back() -
     assert p.next_round() == [("a", "a2")] and p.rounds == 1 and not p.served
 
 
-@pytest.mark.parametrize("why", ["departed", "ignored after bad messages", "fakes undeliverable",
-                                 "feedback refused"])
-def test_sync_a_member_that_cannot_answer_leaves_the_round_and_the_round_closes(why: str) -> None:
+def test_sync_a_member_that_leaves_closes_the_round_and_rejoins_with_its_next_request() -> None:
     p = RoundPolicy("sync")
     for n in "abc":
         p.request(n, n)
         p.was_served(n)
     p.request("c", "c2")  # deferred: leaving drops it too
     assert not p.feedback("a", pending=1) and not p.feedback("b", pending=2)
-    assert p.leave("c"), why  # the service calls leave() for each of these reasons
+    assert p.leave("c")  # the service calls leave() for each reason: see the GeneratorService tests below
     assert p.next_round() == []
     assert p.request("c", "c3") == Action.SERVE  # it rejoins with its next request
+
+
+def test_sync_an_answer_to_an_earlier_rounds_fakes_does_not_answer_this_round() -> None:
+    p = RoundPolicy("sync")
+    for n in "ab":
+        p.request(n, n)
+        p.was_served(n)
+    assert not p.feedback("a", 1) and p.feedback("b", 2)
+    p.next_round()
+    p.request("a", "a2")
+    p.was_served("a")
+    assert not p.feedback("b", 1)  # b was not served this round: a late or duplicate answer
+    assert p.fed_back == set()
+
+
+def test_sync_a_member_served_and_silent_past_the_timeout_is_overdue() -> None:
+    p = RoundPolicy("sync")
+    for n in "ab":
+        p.request(n, n)
+        p.was_served(n, now=100.0)
+    p.feedback("a", 1)
+    assert p.overdue(150.0, timeout=60.0) == [] and p.overdue(161.0, timeout=60.0) == ["b"]
+    assert RoundPolicy("async").overdue(1e9, 1.0) == []
 
 
 def test_sync_a_round_with_no_member_left_does_not_close_on_nothing() -> None:
@@ -136,7 +157,8 @@ def test_service_sync_round_closes_when_a_member_departs(tmp_path: Path) -> None
     assert service.trainer.step == 1
 
 
-def test_feedback_for_another_run_or_process_start_is_refused_and_leaves_the_round(tmp_path: Path) -> None:
+def test_feedback_for_another_run_or_process_start_is_refused_but_the_round_waits_for_the_real_answer(
+        tmp_path: Path) -> None:
     service, fakes = _sync_service(tmp_path)
     other_run = _feedback(fakes["a"])
     other_run.run_id = "an-older-run"
@@ -146,3 +168,32 @@ def test_feedback_for_another_run_or_process_start_is_refused_and_leaves_the_rou
     service.handle("b", other_epoch)
     assert service.nodes["a"].counts["other_run"] == 1 and service.nodes["b"].counts["other_run"] == 1
     assert service.trainer.samples_applied == 0 and len(service.trainer.inflight) == 2
+    assert service.policy.members == {"a", "b"}  # their real answers are still due: they stay in the round
+    service.handle("a", _feedback(fakes["a"]))
+    service.handle("b", _feedback(fakes["b"]))
+    assert service.trainer.step == 1
+
+
+def test_service_sync_round_closes_when_a_member_never_answers_within_the_round_timeout(tmp_path: Path) -> None:
+    import time
+
+    service, fakes = _sync_service(tmp_path)
+    service.cfg.round_timeout = 60.0
+    service.handle("a", _feedback(fakes["a"]))  # b dropped its request (say, after its own timeout): silence
+    service.policy.served_at["b"] = time.monotonic() - 59.0
+    service._periodic()
+    assert service.trainer.step == 0
+    service.policy.served_at["b"] = time.monotonic() - 61.0  # as if a minute had passed
+    service._periodic()
+    assert service.trainer.step == 1 and service.counters["round_timeouts"] == 1 and not service.trainer.inflight
+
+
+def test_service_sync_round_closes_when_fakes_could_not_leave_the_process(tmp_path: Path) -> None:
+    service, fakes = _sync_service(tmp_path, names=("a",))
+    real_send = service.link.send
+    service.link.send = lambda to, msg: False if msg.kind == P.Kind.FAKES else real_send(to, msg)
+    service.handle("b", P.make(P.Kind.HELLO, "b", meta={"role": "node", "dataset_size": 1}))
+    service.handle("b", P.make(P.Kind.FAKE_REQUEST, "b", tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
+    assert service.counters["fakes_unsent"] == 1 and "b" not in service.policy.members
+    service.handle("a", _feedback(fakes["a"]))
+    assert service.trainer.step == 1

@@ -133,12 +133,14 @@ def test_bad_key_files_and_allowlists_give_clear_errors(tmp_path: Path) -> None:
     for text, why in (("node alice\n", "expected"), ("root alice " + "a" * 40 + "\n", "role"),
                       ("node ../x " + "a" * 40 + "\n", "name"), ("node alice short\n", "z85")):
         bad.write_text(text)
+        bad.chmod(0o600)  # whatever the umask: the check under test is the content
         with pytest.raises(KeyError_, match=why):
             load_allowlist(bad)
     public, _ = generate_keys(tmp_path / "k", "n1", "node")
     authorize(tmp_path / "list", public, "node", "n1")
     hashed = "#" * 40  # '#' is a z85 character: a key may hold it anywhere
     (tmp_path / "hash").write_text(f"# comment\nnode h {hashed}\n")
+    (tmp_path / "hash").chmod(0o600)
     assert list(load_allowlist(tmp_path / "hash")) == [hashed.encode()]
     with pytest.raises(KeyError_, match="already authorized"):
         authorize(tmp_path / "list", public, "node", "n2")
@@ -146,6 +148,9 @@ def test_bad_key_files_and_allowlists_give_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(KeyError_, match="already authorized"):
         authorize(tmp_path / "list", other, "node", "n1")
     assert (tmp_path / "list").stat().st_mode & 0o077 == 0  # only the operator reads and writes it
+    (tmp_path / "list").chmod(0o664)
+    with pytest.raises(KeyError_, match="writable by others"):
+        load_allowlist(tmp_path / "list")
     public, _secret = generate_keys(tmp_path, "n1", "node")
     with pytest.raises(KeyError_, match="no secret key"):
         client_setup(public, public)

@@ -7,6 +7,10 @@ from typing import Protocol
 from dgan.protocol import Message
 
 
+class LinkClosed(RuntimeError):
+    """The link can carry nothing more (closed, or its I/O failed: the reason is chained)."""
+
+
 class NodeLink(Protocol):
     """A discriminator node's connection to the generator."""
 

@@ -29,14 +29,12 @@ from typing import Any
 import zmq
 
 from dgan import protocol as P
+from dgan.transport.base import LinkClosed
 
 log = logging.getLogger("dgan.transport")
 
 _link_ids = itertools.count()
-
-
-class LinkClosed(RuntimeError):
-    """The link's I/O thread has stopped (closed, or failed: the reason is chained)."""
+__all__ = ["LinkClosed", "ZmqGeneratorLink", "ZmqNodeLink"]
 
 
 @dataclass
@@ -95,7 +93,8 @@ class _BrokerConnection:
     def _submit(self, route: bytes, frames: list[Any]) -> bool:
         """Hand a message to the I/O thread; False if it could not leave within ``send_timeout``."""
         if self._stop.is_set() or not self._thread.is_alive():
-            raise LinkClosed(f"{self.name}: the link to {self.endpoint} is closed") from self._failure
+            self.counters["sent_after_close"] += 1  # nothing can leave: the contract's False, not an exception
+            return False
         item = _Outgoing(route, frames)
         self._outbox.put(item)
         self._wake()
@@ -105,7 +104,9 @@ class _BrokerConnection:
                     item.cancelled = True
                     self.counters["send_timeouts"] += 1
                     return False
-            item.done.wait(self.send_timeout + 1.0)  # the thread holds it: at most one more SNDTIMEO
+            while not item.done.wait(1.0):  # the thread holds it: its SNDTIMEO ends the wait
+                if not self._thread.is_alive():
+                    break
         return item.sent
 
     def _wake(self) -> None:
@@ -115,7 +116,11 @@ class _BrokerConnection:
     def _recv(self, timeout: float) -> tuple[bytes, P.Message] | None:
         """Next application message, or None after ``timeout`` seconds."""
         try:
-            return self._inbox.get(timeout=max(0.0, timeout)) if timeout > 0 else self._inbox.get_nowait()
+            was_full = self._inbox.full()
+            got = self._inbox.get(timeout=max(0.0, timeout)) if timeout > 0 else self._inbox.get_nowait()
+            if was_full:
+                self._wake()  # the thread stopped reading while the inbox was full: room again
+            return got
         except queue.Empty:
             if self._failure is not None:
                 raise LinkClosed(f"{self.name}: the link's I/O thread failed") from self._failure
@@ -211,8 +216,10 @@ class _BrokerConnection:
                 if item.cancelled:
                     continue
                 item.taken = True
-            item.sent = self._send_frames(item.route, item.frames)
-            item.done.set()
+            try:
+                item.sent = self._send_frames(item.route, item.frames)
+            finally:
+                item.done.set()
 
     def _send_frames(self, route: bytes, frames: list[Any]) -> bool:
         """False if the message could not leave within ``send_timeout`` (no broker to take it)."""
@@ -270,25 +277,34 @@ class _BrokerConnection:
                                 "again", self.name)
                     self.counters["re_registrations"] += 1
                     self._hello()
+                self.counters["refused_unregistered"] += 1
+                if msg.reply_to:  # the caller learns which message was refused (the generator releases its fakes)
+                    self._inbox.put_nowait((route, msg))
                 continue
             self.counters["received"] += 1
             self._inbox.put_nowait((route, msg))
 
     def _shutdown(self) -> None:
-        if self.sock is not None:
-            self._flush_outbox()
-            self.sock.setsockopt(zmq.SNDTIMEO, 100)
-            with contextlib.suppress(zmq.ZMQError):  # "leaving": the peer is gone (a generator's end-of-run
-                # broadcast GOODBYE comes before its synthesis and is not a departure)
+        try:
+            if self.sock is not None:
+                self._flush_outbox()
+                self.sock.setsockopt(zmq.SNDTIMEO, 100)
+                # "leaving": the peer is gone (a generator's end-of-run GOODBYE comes before its synthesis)
                 self._send_frames(b"", P.encode(P.make(P.Kind.GOODBYE, self.name, meta={"leaving": True})))
-            self.sock.close(linger=100)
-            self.sock = None
-        self._wake_rx.close(linger=0)
-        while True:  # a caller still waiting on a send learns it did not leave
-            try:
-                self._outbox.get_nowait().done.set()
-            except queue.Empty:
-                break
+        except Exception:  # a failing socket must not keep waiting callers from being told
+            log.debug("%s: could not say goodbye", self.name, exc_info=True)
+        finally:
+            if self.sock is not None:
+                with contextlib.suppress(Exception):
+                    self.sock.close(linger=100)
+                self.sock = None
+            with contextlib.suppress(Exception):
+                self._wake_rx.close(linger=0)
+            while True:  # a caller still waiting on a send learns it did not leave
+                try:
+                    self._outbox.get_nowait().done.set()
+                except queue.Empty:
+                    break
 
 
 class ZmqNodeLink(_BrokerConnection):
