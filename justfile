@@ -43,6 +43,15 @@ bench-privacy *ARGS: setup
 bench-precision *ARGS: setup
     {{bin}}/dgan bench precision {{ARGS}}
 
+bench-slow-node *ARGS: setup
+    {{bin}}/dgan bench slow-node {{ARGS}}
+
+bench-chaos *ARGS: setup
+    {{bin}}/dgan bench chaos {{ARGS}}
+
+bench-fuzz *ARGS: setup
+    {{bin}}/dgan bench fuzz {{ARGS}}
+
 # the issue-4 experiment on the Dubai patches (needs ../shared); PARTITION is group or iid
 experiment PARTITION="group" *ARGS: setup
     {{bin}}/dgan experiment --data ../shared/data/dubai_aerial_buildings --partition {{PARTITION}} {{ARGS}}
