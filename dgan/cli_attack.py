@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dgan.cli_checks import require_log
 from dgan.logs import setup_logging
 
 attack_app = typer.Typer(help="Attacks a curious generator can run on what it receives: measured privacy.",
@@ -36,9 +37,7 @@ def reconstruct(
     from dgan.msglog import LogFormatError
 
     setup_logging("WARNING")
-    if not log_file.exists():
-        console.print(f"[red]no such log: {log_file}[/red]")
-        raise typer.Exit(2)
+    require_log(log_file, console)
     try:
         size = R.fake_size(log_file)
         if size is None:

@@ -13,6 +13,7 @@ from dgan.cli_app import (
     app,
     console,
 )
+from dgan.cli_checks import require_log
 from dgan.logs import setup_logging
 
 log = logging.getLogger("dgan")
@@ -46,9 +47,7 @@ def replay(
     from dgan.msglog import LogFormatError, ReadReport
 
     setup_logging("WARNING")
-    if not log_file.exists():
-        console.print(f"[red]no such log: {log_file}[/red]")
-        raise typer.Exit(2)
+    require_log(log_file, console)
     try:
         if verify:
             report = ReadReport()

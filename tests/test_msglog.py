@@ -24,6 +24,16 @@ def write_log(path: Path, n: int = 5) -> list[list[bytes]]:
     return written
 
 
+def write_rotated_log(path: Path, n: int = 12) -> Path:
+    """``n`` FAKE_REQUESTs whose masks hold 0..n-1, rotated every 600 bytes."""
+    w = MessageLogWriter(path, rotate_bytes=600)
+    for i in range(n):
+        msg = P.make(P.Kind.FAKE_REQUEST, "n", tensors={"masks": np.full((1, 8, 8), i, np.uint8)})
+        w.append(Direction.FROM_NODE, "n", P.encode(msg))
+    w.close()
+    return path
+
+
 def test_records_read_back_exactly(tmp_path: Path) -> None:
     path = tmp_path / "a.dgl"
     written = write_log(path)
@@ -86,12 +96,7 @@ def test_appending_to_an_existing_log_keeps_its_records(tmp_path: Path) -> None:
 def test_rotation_by_size_splits_into_readable_segments(tmp_path: Path) -> None:
     from dgan.msglog import segments
 
-    path = tmp_path / "r.dgl"
-    w = MessageLogWriter(path, rotate_bytes=600)
-    for i in range(12):
-        msg = P.make(P.Kind.FAKE_REQUEST, "n", tensors={"masks": np.full((1, 8, 8), i, np.uint8)})
-        w.append(Direction.FROM_NODE, "n", P.encode(msg))
-    w.close()
+    path = write_rotated_log(tmp_path / "r.dgl")
     files = segments(path)
     assert len(files) > 2 and files[-1] == path
     values = [int(P.decode(r.frames).tensors["masks"][0, 0, 0]) for f in files for r in iter_records(f)]
@@ -102,12 +107,7 @@ def test_replay_reads_a_rotated_log_through_every_segment(tmp_path: Path) -> Non
     from dgan import replay as R
     from dgan.msglog import iter_log, segments
 
-    path = tmp_path / "r.dgl"
-    w = MessageLogWriter(path, rotate_bytes=600)
-    for i in range(12):
-        msg = P.make(P.Kind.FAKE_REQUEST, "n", tensors={"masks": np.full((1, 8, 8), i, np.uint8)})
-        w.append(Direction.FROM_NODE, "n", P.encode(msg))
-    w.close()
+    path = write_rotated_log(tmp_path / "r.dgl")
     assert len(segments(path)) > 2
     assert [int(P.decode(r.frames).tensors["masks"][0, 0, 0]) for r in iter_log(path)] == list(range(12))
     assert R.summarize(path).report.records == 12
