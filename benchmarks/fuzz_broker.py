@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +29,15 @@ import zmq
 from dgan import protocol as P
 from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.run import ProcessGroup
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (from /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def rss_mb(pid: int) -> float:
@@ -160,6 +170,9 @@ def run_fuzz(count: int = 10_000, seconds: float = 300.0, memory_bound_mb: float
         errors: Counter[str] = Counter()
         start = time.monotonic()
         peak_rss, gen_peak_rss = rss_mb(broker.pid), rss_mb(gen.pid)
+        gen_rss_before = gen_peak_rss
+        cpu0 = {"fuzzer": time.process_time(), "broker": cpu_s(broker.pid), "generator": cpu_s(gen.pid),
+                "honest": cpu_s(honest.pid)}
         fuzz_round = 0
         while result["sent"] < count and time.monotonic() - start < seconds:
             name = f"fuzz{fuzz_round}"  # a fresh name each round: many names, and few bad messages per name
@@ -203,6 +216,8 @@ def run_fuzz(count: int = 10_000, seconds: float = 300.0, memory_bound_mb: float
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name_} exited with {proc.returncode} during the fuzz")
         fuzz_s = time.monotonic() - start
+        cpu1 = {"fuzzer": time.process_time(), "broker": cpu_s(broker.pid), "generator": cpu_s(gen.pid),
+                "honest": cpu_s(honest.pid)}
         time.sleep(2.5)
         after = honest_batches()
         fuzz_rate = (after - before) / (fuzz_s + 2.5)
@@ -210,7 +225,9 @@ def run_fuzz(count: int = 10_000, seconds: float = 300.0, memory_bound_mb: float
             "errors_received": sum(errors.values()), "errors_by_code": dict(errors), "by_category": dict(by_cat),
             "seconds": round(time.monotonic() - start, 1), "honest_batches_before": before,
             "honest_batches_after": after, "broker_peak_rss_mb": round(peak_rss, 1),
-            "generator_peak_rss_mb": round(gen_peak_rss, 1), "honest_batches_per_s_baseline": round(base_rate, 3),
+            "generator_peak_rss_mb": round(gen_peak_rss, 1), "generator_rss_before_mb": round(gen_rss_before, 1),
+            "cpu_cores_used_during_fuzz": {k: round((cpu1[k] - cpu0[k]) / fuzz_s, 2) for k in cpu0},
+            "honest_batches_per_s_baseline": round(base_rate, 3),
             "honest_batches_per_s_fuzzed": round(fuzz_rate, 3),
             "honest_throughput_ratio": round(fuzz_rate / base_rate, 3) if base_rate else None,
             "memory_bound_mb": memory_bound_mb,

@@ -242,14 +242,15 @@ class _ReplayLink:
         self.fakes_for = fakes_for
         self.recorded_to_new: dict[int, int] = {}
 
-    def send(self, to: str, msg: P.Message) -> None:
+    def send(self, to: str, msg: P.Message) -> bool:
         if msg.kind == P.Kind.FAKES:
             recorded = self.fakes_for.get((to, msg.reply_to))
             if recorded is not None:
                 self.recorded_to_new[recorded] = msg.msg_id
+        return True  # as the recorded run's sends did: the log holds what came back
 
-    def broadcast(self, msg: P.Message) -> None:
-        pass
+    def broadcast(self, msg: P.Message) -> bool:
+        return True
 
     def recv(self, timeout: float) -> None:
         return None

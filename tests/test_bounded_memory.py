@@ -64,3 +64,12 @@ def test_rows_of_a_long_run_stream_to_disk_and_become_the_same_json_document(tmp
     again.write_document(tmp_path / "h.json")
     again.close()
     assert len(json.loads((tmp_path / "h.json").read_text())) == 1001
+
+
+def test_the_command_line_and_the_broker_load_without_torch() -> None:
+    """The broker routes bytes: it must not carry torch's few hundred MB (the fuzz benchmark measures its RSS)."""
+    import subprocess
+    import sys
+
+    code = "import sys, dgan.cli, broker.broker, dgan.feedback; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0

@@ -16,10 +16,11 @@ from dgan import protocol as P
 from dgan import replay as R
 from dgan.attacks import DescentEstimate, IntervalEstimate, canonical, flip, index_real, mean_colour, psnr, to_uint8
 from dgan.cli import app
-from dgan.feedback import FeedbackConfig, FeedbackMode, class_balanced_ce, label_mix
+from dgan.feedback import FeedbackConfig, FeedbackMode
 from dgan.networks import ModelConfig
 from dgan.run import RunConfig, run_local
 from dgan.training.discriminator import F16_SAFE, DiscriminatorTrainer
+from dgan.training.feedback_losses import class_balanced_ce, label_mix
 from dgan.training.generator import GeneratorTrainer, TrainConfig
 from dgan.transport.inproc import InProcessHub
 from nodes.discriminator_node import DiscriminatorNode, NodeConfig

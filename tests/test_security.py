@@ -103,25 +103,33 @@ def test_a_node_key_cannot_act_as_the_generator(keys: Path, tmp_path: Path, key:
         bp.proc.wait(10)
 
 
-def test_only_one_generator_at_a_time_unless_the_same_key_takes_over(keys: Path, tmp_path: Path) -> None:
+def test_only_one_generator_at_a_time_unless_the_same_key_takes_over_after_a_restart(keys: Path,
+                                                                                        tmp_path: Path) -> None:
     bp = start_broker(tmp_path, "--secret-key", str(keys / "broker.key_secret"), "--authorized-keys",
-                      str(tmp_path / "authorized"))
-    gen = ZmqGeneratorLink(bp.generator, socket_setup=_setup(keys, "generator"), **FAST)
+                      str(tmp_path / "authorized"), heartbeat=2.0)  # expiry after 6 s
     alice = ZmqNodeLink(bp.node, "alice", socket_setup=_setup(keys, "alice"), **FAST)
+    crashed = zmq.Context.instance().socket(zmq.DEALER)  # registers, then falls silent as a kill -9 would
+    crashed.setsockopt(zmq.LINGER, 0)
+    _setup(keys, "generator")(crashed)
+    crashed.connect(bp.generator)
     try:
-        assert _recv(gen, P.Kind.HELLO, 5) is not None  # registered, and told of alice
+        time.sleep(0.5)  # alice is registered first
+        crashed.send_multipart([b"", *P.encode(P.make(P.Kind.HELLO, "gen", meta={"role": "generator"}))])
+        assert crashed.poll(3000)  # registered: the broker passes on alice's HELLO
+        assert P.decode(crashed.recv_multipart()[1:]).kind == P.Kind.HELLO
         second = _generator_hello(keys, "gen2", bp.generator)  # another authorized generator key
         assert second is not None and second.meta["code"] == P.ErrorCode.NAME_IN_USE
-        alice.send(P.make(P.Kind.FAKE_REQUEST, "alice", tensors={"masks": np.zeros((1, 4, 4), np.uint8)}))
-        assert _recv(gen, P.Kind.FAKE_REQUEST, 5) is not None  # the first generator still gets the traffic
-        again = _generator_hello(keys, "generator", bp.generator)  # the pinned key from a new connection
+        twin = _generator_hello(keys, "generator", bp.generator)  # the same key while the first still talks
+        assert twin is not None and twin.meta["code"] == P.ErrorCode.NAME_IN_USE
+        time.sleep(2.6)  # the first has been silent past one heartbeat, not yet expired: a restart
+        again = _generator_hello(keys, "generator", bp.generator)
         assert again is not None and again.kind == P.Kind.HELLO and again.sender == "alice"  # accepted, told of alice
     finally:
-        for link in (gen, alice):
-            link.close()
+        crashed.close()
+        alice.close()
         bp.proc.terminate()
         bp.proc.wait(10)
-    assert "a new generator gen replaces generator" in bp.output()
+    assert "a new generator gen replaces gen" in bp.output()
 
 
 def test_bad_key_files_and_allowlists_give_clear_errors(tmp_path: Path) -> None:

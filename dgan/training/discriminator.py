@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dgan.feedback import FeedbackConfig, FeedbackMode, class_balanced_ce, class_labels, label_mix
+from dgan.feedback import FeedbackConfig, FeedbackMode
 from dgan.networks import GANLoss, ModelConfig, define_D, define_seg_D, images_to_tensor, masks_to_input
+from dgan.training.feedback_losses import class_balanced_ce, class_labels, label_mix
 
 F16_SAFE = 32_768.0  # largest scaled gradient sent as float16 (its max is 65,504)
 
