@@ -142,7 +142,7 @@ class _BrokerConnection:
             self._connect()
             self._ready.set()
             self._io_loop()
-        except BaseException as exc:  # the caller sees it as LinkClosed at its next send or recv
+        except BaseException as exc:  # the caller sees it: recv raises LinkClosed, send returns False
             self._failure = exc
             log.exception("%s: the link's I/O thread failed", self.name)
         finally:
