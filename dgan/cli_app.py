@@ -36,45 +36,6 @@ class GanMethod(str, enum.Enum):
     dgan = "dgan"
 
 
-# Every fixed set of choices is an enum: typer then names the valid values in its error.
-class TrainMode(str, enum.Enum):
-    async_ = "async"
-    sync = "sync"
-
-
-class GanMode(str, enum.Enum):
-    vanilla = "vanilla"
-    lsgan = "lsgan"
-
-
-class Weighting(str, enum.Enum):
-    size = "size"
-    equal = "equal"
-
-
-class FakeDtype(str, enum.Enum):
-    float16 = "float16"
-    float32 = "float32"
-    uint8 = "uint8"
-
-
-class GradDtype(str, enum.Enum):
-    float16 = "float16"
-    float32 = "float32"
-
-
-class RunPartition(str, enum.Enum):
-    iid = "iid"
-    size = "size"
-
-
-class Partition(str, enum.Enum):
-    iid = "iid"
-    size = "size"
-    group = "group"
-    dirichlet = "dirichlet"
-
-
 LambdaL1 = Annotated[float, typer.Option("--lambda-l1", help="Weight of the L1 term (--feedback l1 only).")]
 
 

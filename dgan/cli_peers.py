@@ -9,13 +9,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from dgan.choices import FakeDtype, GanMode, GradDtype, TrainMode, Weighting
 from dgan.cli_app import (
     BrokerKey,
     Device,
-    FakeDtype,
     Feedback,
-    GanMode,
-    GradDtype,
     Heartbeat,
     KeyFile,
     LambdaL1,
@@ -23,8 +21,6 @@ from dgan.cli_app import (
     LogLevel,
     Quiet,
     Threads,
-    TrainMode,
-    Weighting,
     app,
     console,
     curve_socket_setup,

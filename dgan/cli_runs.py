@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from dgan.choices import Partition, RunPartition, TrainMode
 from dgan.cli_app import (
     Device,
     Feedback,
@@ -17,11 +18,8 @@ from dgan.cli_app import (
     LambdaL1,
     LogFormat,
     LogLevel,
-    Partition,
     Quiet,
-    RunPartition,
     Threads,
-    TrainMode,
     app,
     console,
     segment_app,

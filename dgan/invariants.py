@@ -13,7 +13,6 @@ those fakes went.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from dgan import protocol as P
 from dgan.msglog import Direction, ReadReport
+from dgan.rowstream import read_rows
 
 
 @dataclass
@@ -44,18 +44,12 @@ class ExchangeCheck:
 
 
 def applied_rows(path: Path) -> Iterator[tuple[str, int]]:
-    """(node, FAKES id) of each applied feedback, from the generator's ``feedback.jsonl``."""
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:  # a row torn by a kill -9: that feedback's application died with the process
-                continue
-            if isinstance(row, list) and len(row) >= 10 and isinstance(row[9], int):
-                yield str(row[1]), row[9]
+    """(node, FAKES id) of each applied feedback, from the generator's ``feedback.jsonl``.
+
+    A row torn by a kill -9 is skipped: that feedback's application died with the process."""
+    for row in read_rows(path):
+        if isinstance(row, list) and len(row) >= 10 and isinstance(row[9], int):
+            yield str(row[1]), row[9]
 
 
 def check_exchanges(log: Path, applied: Iterable[tuple[str, int]] = ()) -> ExchangeCheck:

@@ -8,6 +8,7 @@ line, without loading the rows.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,7 +24,7 @@ class RowStream:
         self.rows = 0
 
     def append(self, row: Any) -> None:
-        self._file.write(json.dumps(row, separators=(",", ":")) + "\n")
+        self._file.write(_dumps(row) + "\n")
         self.rows += 1
         if self.rows % self.flush_every == 0:
             self._file.flush()
@@ -38,27 +39,31 @@ class RowStream:
     def write_document(self, out: Path, head: dict[str, Any] | None = None, key: str = "rows") -> None:
         """``out`` = ``{**head, key: [rows...]}``, or a bare list without ``head``; streamed from the file."""
         self._file.flush()
-        with open(self.path) as rows, open(out, "w") as f:
+        with open(out, "w") as f:
             if head is None:
                 f.write("[")
             else:
                 f.write(json.dumps(head)[:-1] + (", " if head else "") + json.dumps(key) + ": [")
-            first = True
-            for line in rows:
-                line = line.strip()
-                if not line or not _parses(line):
-                    continue
-                f.write(line if first else "," + line)
-                first = False
+            for i, row in enumerate(read_rows(self.path)):
+                f.write(("," if i else "") + _dumps(row))
             f.write("]" if head is None else "]}")
 
 
-def _parses(line: str) -> bool:
-    try:
-        json.loads(line)
-    except ValueError:
-        return False
-    return True
+def read_rows(path: Path) -> Iterator[Any]:
+    """The rows of a ``.jsonl`` file, one at a time; a line torn by a kill -9 is skipped."""
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+
+def _dumps(row: Any) -> str:
+    return json.dumps(row, separators=(",", ":"))
 
 
 def _cut_torn_tail(path: Path) -> None:

@@ -62,6 +62,7 @@ class NodeInfo:
     counts: Counter[str] = field(default_factory=Counter)
     mask_chunks: dict[int, np.ndarray] = field(default_factory=dict)
     mask_total: int = 0
+    mask_bytes: int = 0  # bytes held in mask_chunks: kept as they come, not summed again per chunk
     masks: np.ndarray | None = None
 
 
@@ -276,18 +277,21 @@ class GeneratorService(RunOutputs):
         problem = self._check_masks(node, msg)
         if not problem and not (0 <= chunk < chunks <= MAX_MASK_CHUNKS):
             problem = f"chunk {chunk} of {chunks} is out of range (at most {MAX_MASK_CHUNKS} chunks)"
-        held = sum(c.nbytes for k, c in node.mask_chunks.items() if k != chunk) if node.mask_total == chunks else 0
+        same_upload = node.mask_total == chunks
+        replaced = node.mask_chunks[chunk].nbytes if same_upload and chunk in node.mask_chunks else 0
+        held = node.mask_bytes - replaced if same_upload else 0
         if not problem and held + msg.tensors["masks"].nbytes > self.cfg.max_mask_bytes:
             problem = f"masks over {self.cfg.max_mask_bytes // 2**20} MiB from one node are refused"
         if problem:
             self._reject(node.name, msg, P.ErrorCode.REJECTED, problem)
             return
-        if node.mask_total != chunks:
+        if not same_upload:
             node.mask_chunks, node.mask_total = {}, chunks
         node.mask_chunks[chunk] = np.array(msg.tensors["masks"])  # a copy: the frame is the transport's
+        node.mask_bytes = held + node.mask_chunks[chunk].nbytes
         if len(node.mask_chunks) == chunks:
             node.masks = np.concatenate([node.mask_chunks[i] for i in range(chunks)])
-            node.mask_chunks = {}
+            node.mask_chunks, node.mask_bytes = {}, 0
             log.info("generator: %d masks from %s", len(node.masks), node.name)
             if self.sample_masks is None:
                 self.sample_masks = node.masks[:8].copy()

@@ -14,6 +14,7 @@ from dgan import replay as R
 from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.data.scenes import make_scenes
 from dgan.networks import ModelConfig, images_to_tensor, masks_to_input
+from dgan.rowstream import read_rows
 from dgan.run import HELDOUT_SEED_BASE, ProcessGroup, RunConfig, run_local, write_shards
 from dgan.training.generator import GeneratorTrainer, TrainConfig
 from tests.conftest import wait_until
@@ -88,7 +89,7 @@ def test_kill_9_of_a_node_its_restart_and_a_late_joiner_and_the_log_still_rebuil
         group.start("node0-again", node(0), 1)  # the same name, a new process: new message-id epoch
 
         def rows() -> list[list]:
-            return [json.loads(line) for line in (out / "feedback.jsonl").read_text().splitlines() if line]
+            return list(read_rows(out / "feedback.jsonl"))
 
         def both_back() -> bool:  # rows are flushed every 64: a few batches after both joined
             got = rows()

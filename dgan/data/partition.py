@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-PARTITIONS = ("iid", "dirichlet", "size", "group")
+from dgan.choices import Partition, values
+
+PARTITIONS = values(Partition)
 
 
 def partition(n_items: int, n_nodes: int, how: str, seed: int = 0, stat: Sequence[float] | None = None,

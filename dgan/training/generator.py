@@ -24,14 +24,15 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from dgan.choices import FakeDtype, TrainMode, Weighting, values
 from dgan.networks import ModelConfig, define_G, masks_to_input, tensor_to_images
 
 log = logging.getLogger("dgan.generator")
 
 
-TRAIN_MODES = ("async", "sync")
-WEIGHTINGS = ("size", "equal")
-FAKE_DTYPES = ("float16", "float32", "uint8")
+TRAIN_MODES = values(TrainMode)
+WEIGHTINGS = values(Weighting)
+FAKE_DTYPES = values(FakeDtype)
 
 
 @dataclass

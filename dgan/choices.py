@@ -1,0 +1,52 @@
+"""The fixed sets of choices, once: the command line offers them as enums, the configs validate against them.
+
+Torch-free, so the command line (and the broker) can import it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class TrainMode(str, enum.Enum):
+    async_ = "async"
+    sync = "sync"
+
+
+class GanMode(str, enum.Enum):
+    vanilla = "vanilla"
+    lsgan = "lsgan"
+
+
+class Weighting(str, enum.Enum):
+    size = "size"
+    equal = "equal"
+
+
+class FakeDtype(str, enum.Enum):
+    float16 = "float16"
+    float32 = "float32"
+    uint8 = "uint8"
+
+
+class GradDtype(str, enum.Enum):
+    float16 = "float16"
+    float32 = "float32"
+
+
+class Partition(str, enum.Enum):
+    iid = "iid"
+    dirichlet = "dirichlet"
+    size = "size"
+    group = "group"
+
+
+class RunPartition(str, enum.Enum):
+    """What `dgan run` can split the built-in scenes by (they carry no group column)."""
+
+    iid = "iid"
+    size = "size"
+
+
+def values(choice: type[enum.Enum]) -> tuple[str, ...]:
+    return tuple(m.value for m in choice)
