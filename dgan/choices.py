@@ -48,5 +48,12 @@ class RunPartition(str, enum.Enum):
     size = "size"
 
 
+class LocalHow(str, enum.Enum):
+    """How a department's own segmenter uses the shared synthetic set beside its own real pairs."""
+
+    mixed = "mixed"
+    finetune = "finetune"
+
+
 def values(choice: type[enum.Enum]) -> tuple[str, ...]:
     return tuple(m.value for m in choice)

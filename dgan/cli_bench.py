@@ -121,5 +121,35 @@ def bench_privacy(
     run_privacy_benchmark(quick, json_out, data)
 
 
+@bench_app.command("update-rule")
+def bench_update_rule(
+    quick: Quick = False,
+    json_out: JsonOut = None,
+    data: Annotated[Path | None, typer.Option(help="Pairs folder with tile and source_image columns (Dubai); "
+                                                   "default: built-in scenes.")] = None,
+    rule: Annotated[list[str] | None, typer.Option(help="Rules to compare (repeat): async, async-p1, buffered, "
+                                                        "buffered-lr2, sync, central.")] = None,
+    tile: Annotated[list[str] | None, typer.Option(help="Test tiles, one split each (repeat).")] = None,
+    gan_seeds: Annotated[int, typer.Option(help="GAN trainings per rule and split.")] = 2,
+    feedbacks: Annotated[int, typer.Option(help="Node answers per training (the same for every rule).")] = 500,
+    feedback: Annotated[str, typer.Option(help="The nodes' feedback mode.")] = "adversarial",
+    size: Annotated[int, typer.Option(help="Image size.")] = 64,
+    speed: Annotated[list[float] | None, typer.Option(help="Seconds per batch of each node (repeat; cycled).")
+                     ] = None,
+    ema: Annotated[float, typer.Option(help="EMA decay of the generator weights compared with the raw ones.")
+                   ] = 0.999,
+    jobs: Annotated[int, typer.Option(help="Trainings at a time (each on one thread).")] = 2,
+) -> None:
+    """Generator update rules (async, buffered, sync, central) at an equal feedback budget, simulated in one
+    process with the real trainers: segmentation validation IoU, staleness."""
+    from benchmarks.update_rule import run_update_rule_benchmark
+
+    setup_logging("WARNING", "rich", "bench")
+    if quick:
+        feedbacks = min(feedbacks, 120)
+    run_update_rule_benchmark(data, quick, json_out, rule or ["async", "buffered", "sync", "central"], tile or ["8"],
+                              gan_seeds, feedbacks, feedback, size, speed or [1.0], ema, jobs)
+
+
 if __name__ == "__main__":
     app()

@@ -144,7 +144,10 @@ def generator(
     gan_mode: Annotated[GanMode, typer.Option(help="The adversarial term's form.")] = GanMode.vanilla,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-4,
     beta1: Annotated[float, typer.Option(help="Adam beta1 (OASIS uses 0).")] = 0.5,
-    update_every: Annotated[int, typer.Option(help="async: feedbacks per update.")] = 1,
+    update_every: Annotated[int, typer.Option(help="async: feedbacks per update; 0 = one per node alive "
+                                                   "(buffered async).")] = 1,
+    ema: Annotated[float, typer.Option(help="Decay of the moving average of G's weights that synthesis and "
+                                            "samples use (0 = off).")] = 0.0,
     weighting: Annotated[Weighting, typer.Option(help="Feedback weight: by node dataset size, or equal.")] = (
         Weighting.size),
     max_staleness: Annotated[int, typer.Option(help="Drop feedback staler than this.")] = 8,
@@ -179,9 +182,13 @@ def generator(
     set_torch_threads(threads)
     model = ModelConfig(image_size=image_size, num_classes=num_classes, g_width=g_width, g_depth=g_depth,
                         d_width=d_width, gan_mode=gan_mode.value)
-    train = TrainConfig(steps=steps, lr=lr, beta1=beta1, mode=mode.value, update_every=update_every,
-                        weighting=weighting.value, max_staleness=max_staleness, fake_dtype=fake_dtype.value, seed=seed,
-                        device=device)
+    try:
+        train = TrainConfig(steps=steps, lr=lr, beta1=beta1, mode=mode.value, update_every=update_every, ema=ema,
+                            weighting=weighting.value, max_staleness=max_staleness, fake_dtype=fake_dtype.value,
+                            seed=seed, device=device)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     trainer = GeneratorTrainer(model, train)
     run_id = uuid.uuid4().hex[:12]
     latest = out / "checkpoints" / "latest.pt"

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dgan.choices import Partition, RunPartition, TrainMode
+from dgan.choices import LocalHow, Partition, RunPartition, TrainMode
 from dgan.cli_app import (
     Device,
     Feedback,
@@ -134,6 +134,12 @@ def demo(
 def segment_train(
     data: Annotated[Path, typer.Option(help="Folder with images/ and masks/ (real or a run's synthetic/).")],
     out: Annotated[Path, typer.Option(help="Where to save the model (.pt).")],
+    synthetic: Annotated[Path | None, typer.Option(help="A synthetic set (a run's synthetic/) to train on beside "
+                                                        "--data, your own pairs: your department's model.")] = None,
+    how: Annotated[LocalHow, typer.Option(help="With --synthetic: mixed batches, or synthetic first and then "
+                                               "fine-tuned on --data.")] = LocalHow.mixed,
+    real_share: Annotated[float, typer.Option(help="With --synthetic, mixed: share of each batch from --data.")
+                          ] = 0.5,
     val: Annotated[Path | None, typer.Option(help="Validation pairs: the model kept is the best here.")] = None,
     size: int = 128,
     steps: int = 1000,
@@ -142,22 +148,30 @@ def segment_train(
     seed: int = 0,
     threads: Threads = 2,
 ) -> None:
-    """Train a segmentation U-Net."""
+    """Train a segmentation U-Net: on one set, or on a shared synthetic set plus your own pairs."""
     from dgan.data.loaders import load_pairs_folder
     from dgan.data.shards import DataError
-    from dgan.segment import SegConfig, save_model, train_segmenter
+    from dgan.segment import SegConfig, save_model, train_local, train_segmenter
 
     setup_logging("INFO")
     set_torch_threads(threads)
+    if synthetic is not None and not 0 < real_share < 1:
+        console.print(f"[red]--real-share must be between 0 and 1, got {real_share}[/red]")
+        raise typer.Exit(2)
     try:
         train = load_pairs_folder(data, size)
+        syn = load_pairs_folder(synthetic, size) if synthetic else None
         val_set = load_pairs_folder(val, size) if val else None
     except DataError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     cfg = SegConfig(width=width, steps=steps, batch_size=batch_size, seed=seed)
-    model, info = train_segmenter(train.images, train.masks, cfg,
-                                  val=(val_set.images, val_set.masks) if val_set else None)
+    val_pairs = (val_set.images, val_set.masks) if val_set else None
+    if syn is None:
+        model, info = train_segmenter(train.images, train.masks, cfg, val=val_pairs)
+    else:
+        model, info = train_local((syn.images, syn.masks), (train.images, train.masks), cfg, val=val_pairs,
+                                  how=how.value, real_share=real_share)
     save_model(model, cfg, out)
     console.print(f"saved {out}: {info['train_seconds']:.0f} s, best step {info['best_step']}, "
                   f"val IoU {info['best_val_iou']}")
@@ -226,29 +240,48 @@ def experiment(
                                                         "the segmenter (0 = off).")] = 0.0,
     samples_per_mask: Annotated[int, typer.Option(help="Synthetic images per training mask.")] = 2,
     with_sync: Annotated[bool, typer.Option(help="Also run DGAN in sync mode.")] = False,
+    test_tile: Annotated[str, typer.Option(help="The tile held out for the test (another tile: another split; "
+                                                "nodes then get the other tiles dealt largest first).")] = "8",
+    update_every: Annotated[int, typer.Option(help="DGAN async: feedbacks per generator step (0 = one per node, "
+                                                   "buffered).")] = 1,
+    ema: Annotated[float, typer.Option(help="Both GANs synthesise from a moving average of G's weights with "
+                                            "this decay (0 = the last weights).")] = 0.0,
+    local: Annotated[list[LocalHow] | None, typer.Option(
+        "--local", help="dgan_local: each department's segmenter on the synthetic set plus its own real pairs, "
+        "in mixed batches or fine-tuned (repeat to compare; the first is `dgan_local`).")] = None,
+    local_share: Annotated[float, typer.Option(help="dgan_local mixed: share of each batch from the "
+                                                    "department's own pairs.")] = 0.5,
     quick: Annotated[bool, typer.Option(help="A smoke run of the whole pipeline in a few minutes.")] = False,
 ) -> None:
     """Compare real_all, real_partial, central_gan and dgan segmentation on the real test split."""
-    from dgan.experiment import ExperimentConfig, run_experiment
+    from dgan.experiment import ExperimentConfig, SplitError, run_experiment
     from dgan.report import write_report
     from dgan.segment import SegConfig
 
     setup_logging("INFO", "rich", "experiment")
     modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
     methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
+    hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.mixed])))
     if quick:
         cfg = ExperimentConfig(out=out, data=data, partition=partition.value, nodes=nodes, size=64, gan_steps=30,
                                g_width=16, d_width=16, seg=SegConfig(steps=60, eval_every=20), seeds=1,
                                samples_per_mask=1, scenes=96, quick=True, with_sync=with_sync, feedback=modes,
-                               lambda_l1=lambda_l1, label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods)
+                               lambda_l1=lambda_l1, label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods,
+                               test_tile=test_tile, update_every=update_every, ema=ema, local=hows,
+                               local_share=local_share)
     else:
         seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric)
         cfg = ExperimentConfig(out=out, data=data, partition=partition.value, nodes=nodes, size=size,
                                gan_steps=gan_steps, seg=seg, seeds=seeds, gan_seeds=gan_seeds, lambda_l1=lambda_l1,
                                feedback=modes,
                                label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods,
-                               samples_per_mask=samples_per_mask, with_sync=with_sync)
-    results = run_experiment(cfg)
+                               samples_per_mask=samples_per_mask, with_sync=with_sync, test_tile=test_tile,
+                               update_every=update_every, ema=ema, local=hows, local_share=local_share)
+    try:
+        results = run_experiment(cfg)
+    except SplitError as exc:  # one line, not a traceback
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     console.print((out / "results.md").read_text())
     console.print(f"report: {write_report(out)}")
     del results

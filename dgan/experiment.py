@@ -31,10 +31,11 @@ import torch
 from dgan.data.loaders import PairSet, load_pairs_folder
 from dgan.data.partition import partition, summary
 from dgan.data.scenes import make_scenes
+from dgan.experiment_tables import claims, markdown
 from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
 from dgan.networks import ModelConfig
 from dgan.run import HELDOUT_SEED_BASE, RunConfig, run_local
-from dgan.segment import SegConfig, metrics, pair_grid, predict, prediction_grid, train_segmenter
+from dgan.segment import SegConfig, metrics, pair_grid, predict, prediction_grid, train_local, train_segmenter
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.training.generator import GeneratorTrainer, TrainConfig, load_checkpoint
 
@@ -46,11 +47,16 @@ DUBAI_GROUPS = [["7"], ["2", "4"], ["5"], ["1", "3", "6"]]
 METRICS = ("iou", "f1", "precision", "recall", "accuracy")
 
 
+class SplitError(ValueError):
+    """The data cannot be split as asked (no such test tile, no tile column)."""
+
+
 @dataclass
 class ExperimentConfig:
     out: Path
     data: Path | None = None  # None: built-in scenes
     partition: str = "group"
+    test_tile: str = DUBAI_TEST_TILE  # the tile held out for the test (other tiles give other splits)
     nodes: int = 4
     size: int = 128
     gan_steps: int = 800
@@ -66,6 +72,10 @@ class ExperimentConfig:
     seeds: int = 2
     gan_seeds: int = 1  # GAN trainings per GAN method; segmentation seed s trains on GAN s % gan_seeds
     with_sync: bool = False
+    update_every: int = 1  # DGAN's async rule: feedbacks per generator step (0 = one per node: buffered)
+    ema: float = 0.0  # both GANs synthesise from this moving average of G's weights (0 = the last weights)
+    local: tuple[str, ...] = ("mixed",)  # dgan_local: each department's synthetic + own real pairs ("finetune")
+    local_share: float = 0.5  # dgan_local mixed: the share of each batch from the department's real pairs
     samples_per_mask: int = 2
     scenes: int = 600
     quick: bool = False
@@ -109,10 +119,13 @@ def make_splits(cfg: ExperimentConfig) -> Splits:
         return Splits(train, val, test, parts, {**desc, "partition": how})
     pairs = load_pairs_folder(cfg.data, cfg.size)
     if "tile" not in pairs.columns:
-        raise ValueError(f"{cfg.data}/manifest.csv needs a 'tile' column for the tile-wise split")
+        raise SplitError(f"{cfg.data}/manifest.csv needs a 'tile' column for the tile-wise split")
     tiles = pairs.columns["tile"]
-    test_idx = [i for i, t in enumerate(tiles) if t == DUBAI_TEST_TILE]
-    pool = [i for i, t in enumerate(tiles) if t != DUBAI_TEST_TILE]
+    if cfg.test_tile not in set(tiles):
+        raise SplitError(f"test tile {cfg.test_tile!r} is not in {cfg.data}/manifest.csv (tiles: "
+                         f"{', '.join(sorted(set(tiles)))})")
+    test_idx = [i for i, t in enumerate(tiles) if t == cfg.test_tile]
+    pool = [i for i, t in enumerate(tiles) if t != cfg.test_tile]
     # Validation: whole source images (not single patches) from the training tiles, 15% of them.
     sources = sorted({pairs.columns.get("source_image", pairs.names)[i] for i in pool})
     rng = np.random.default_rng(0)
@@ -125,13 +138,13 @@ def make_splits(cfg: ExperimentConfig) -> Splits:
         val_idx, test_idx = val_idx[:48], test_idx[:64]
     train = pairs.subset(train_idx)
     if cfg.partition == "group":
-        groups = DUBAI_GROUPS if cfg.nodes == 4 else None
+        groups = DUBAI_GROUPS if cfg.nodes == 4 and cfg.test_tile == DUBAI_TEST_TILE else None
         parts = partition(len(train), cfg.nodes, "group", groups=train.columns["tile"], node_groups=groups)
     else:
         parts = partition(len(train), cfg.nodes, cfg.partition, seed=0,
                           stat=[float(m.mean()) for m in train.masks])
-    desc = {"dataset": str(cfg.data), "test": f"tile {DUBAI_TEST_TILE}", "val": f"{len(val_sources)} source images "
-            "of tiles 1-7", "partition": cfg.partition,
+    desc = {"dataset": str(cfg.data), "test": f"tile {cfg.test_tile}", "val": f"{len(val_sources)} source images "
+            "of the other tiles", "partition": cfg.partition,
             "node_tiles": [sorted(set(train.columns["tile"][i] for i in p)) for p in parts]}
     return Splits(train, pairs.subset(val_idx), pairs.subset(test_idx), parts, desc)
 
@@ -143,7 +156,8 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     """One discriminator on the pooled pairs: the same G, D, loss, batch and images seen as DGAN."""
     model = cfg.model()
     lr, beta1 = cfg.generator_optim()
-    gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, lr=lr, beta1=beta1, seed=seed, fake_dtype="float32"))
+    gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, lr=lr, beta1=beta1, seed=seed, fake_dtype="float32",
+                                              ema=cfg.ema))
     disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed)
     sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed)
     for _ in range(disc.warmup_steps):  # as a node does before its first feedback
@@ -158,9 +172,9 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     return gen
 
 
-def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: int) -> PairSet:
+def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: int, ema: bool = True) -> PairSet:
     """Several samples per mask: dropout makes each one different."""
-    ims = [gen.synthesize(masks, seed=1000 + k) for k in range(samples_per_mask)]
+    ims = [gen.synthesize(masks, seed=1000 + k, ema=ema) for k in range(samples_per_mask)]
     all_masks = np.concatenate([masks] * samples_per_mask)
     return PairSet(np.concatenate(ims), all_masks, [f"syn{i}" for i in range(len(all_masks))])
 
@@ -178,7 +192,8 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
                         d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
                         synthesize=False, checkpoint_every=0, sample_every=max(1, cfg.gan_steps // 4),
                         timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1,
-                        extra_generator_args=["--lr", str(lr), "--beta1", str(beta1)],
+                        extra_generator_args=["--lr", str(lr), "--beta1", str(beta1), "--ema", str(cfg.ema),
+                                              "--update-every", str(cfg.update_every)],
                         node_args=["--label-mix", str(recipe.label_mix), "--d-lr", str(recipe.lr),
                                    "--d-beta1", str(recipe.beta1), "--d-warmup", str(recipe.warmup)]))
     return GeneratorTrainer.from_state(load_checkpoint(out / "checkpoints" / "latest.pt"))
@@ -188,13 +203,22 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
 
 
 def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits, seed: int,
-                          grid: Path | None = None, label: str = "") -> dict[str, Any]:
+                          grid: Path | None = None, label: str = "", own: PairSet | None = None,
+                          how: str = "mixed") -> dict[str, Any]:
+    """Train a segmenter on ``train`` (plus a department's ``own`` real pairs, ``how``), test it once."""
     seg = SegConfig(**{**cfg.seg.to_dict(), "seed": seed})
-    log.info("%s seed %d: segmentation on %d pairs", label, seed, len(train))
-    model, info = train_segmenter(train.images, train.masks, seg, val=(splits.val.images, splits.val.masks))
+    val = (splits.val.images, splits.val.masks)
+    log.info("%s seed %d: segmentation on %d pairs%s", label, seed, len(train),
+             f" and {len(own)} own real pairs ({how})" if own is not None else "")
+    if own is None:
+        model, info = train_segmenter(train.images, train.masks, seg, val=val)
+    else:
+        model, info = train_local((train.images, train.masks), (own.images, own.masks), seg, val=val, how=how,
+                                  real_share=cfg.local_share)
     probs = predict(model, splits.test.images)
     result = {**metrics(probs > 0.5, splits.test.masks), "train_seconds": info["train_seconds"],
-              "best_step": info["best_step"], "best_val_iou": info["best_val_iou"], "train_pairs": len(train)}
+              "best_step": info["best_step"], "best_val_iou": info["best_val_iou"],
+              "train_pairs": len(train) + (len(own) if own is not None else 0)}
     if grid is not None:
         prediction_grid(splits.test.images, splits.test.masks, probs, grid)
     log.info("%s seed %d: test IoU %.3f, best validation IoU %.3f (%.0f s)", label, seed, result["iou"],
@@ -223,6 +247,8 @@ def _cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = "
                    gan_seeds=cfg.gan_seeds, samples=cfg.samples_per_mask, feedback=cfg.recipe(mode).to_dict())
         if cfg.oasis_optim:
             key["g_optim"] = cfg.generator_optim()
+        if cfg.ema:  # only when on: results cached before EMA existed keep their keys
+            key["ema"] = cfg.ema
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -259,8 +285,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     methods["real_partial"] = cached("real_partial", partial)
 
+    synthetic: dict[str, list[PairSet]] = {}  # each GAN method's synthetic sets, one per GAN seed
+
     def gan_method(name: str, make: Any) -> dict[str, Any]:
-        sets, gan_seconds = [], []
+        sets, gan_seconds = synthetic.setdefault(name, []), []
         for g in range(max(1, min(cfg.gan_seeds, cfg.seeds))):
             log.info("%s GAN seed %d: training (%d steps)", name, g, cfg.gan_steps)
             t = time.time()
@@ -287,6 +315,14 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         if "dgan" in cfg.gan_methods:
             methods[f"dgan{suffix}"] = {**gan_method(f"dgan{suffix}", lambda s, fb=fb: dgan_run(
                 cfg, splits, "async", s, fb)), "feedback": fb}
+    for j, how in enumerate(cfg.local if "dgan" in synthetic else ()):
+        sets = synthetic["dgan"]
+        per_node = {f"node{k}": _aggregate([{**evaluate_training_set(
+            cfg, sets[s % len(sets)], splits, s, None, f"dgan_local node{k}", splits.train.subset(part), how),
+            "gan_seed": s % len(sets)} for s in seeds]) for k, part in enumerate(splits.node_parts)}
+        methods["dgan_local" if j == 0 else f"dgan_local_{how}"] = {
+            **{k: float(np.mean([v[k] for v in per_node.values()])) for k in METRICS}, "per_node": per_node,
+            "how": how, "feedback": cfg.feedback[0]}
     if cfg.with_sync:
         methods["dgan_sync"] = {**gan_method("dgan_sync", lambda s: dgan_run(cfg, splits, "sync", s, cfg.feedback[0])),
                                 "feedback": cfg.feedback[0]}
@@ -302,46 +338,3 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (cfg.out / "results.md").write_text(markdown(results))
     return results
-
-
-def claims(methods: dict[str, Any]) -> dict[str, Any]:
-    if "dgan" not in methods or "central_gan" not in methods:
-        return {}
-    d, c, a, p = (methods[k]["iou"] for k in ("dgan", "central_gan", "real_all", "real_partial"))
-    out: dict[str, Any] = {
-        "dgan_vs_central": {"ratio": d / c if c else float("nan"), "target": 0.95, "met": bool(c and d / c >= 0.95)},
-        "dgan_vs_partial_mean": {"dgan": d, "partial": p, "met": bool(d > p)},
-        "dgan_vs_real_all": {"ratio": d / a if a else float("nan"), "target": 0.85, "met": bool(a and d / a >= 0.85)}}
-    for name, m in methods.items():  # the first feedback mode against each other one, DGAN to DGAN
-        if name.startswith("dgan_") and name != "dgan_sync":
-            out[f"dgan_vs_{name}"] = {"dgan": d, "other": m["iou"], "met": bool(d >= m["iou"])}
-    return out
-
-
-def markdown(results: dict[str, Any]) -> str:
-    lines = [f"# {results['dataset']}, partition {results['partition']}, {results['resolution']} px", "",
-             f"Feedback modes: {', '.join(results.get('feedback', []))} (the first is `dgan`/`central_gan`).", "",
-             "| method | feedback | test IoU | val IoU | F1 | precision | recall | accuracy |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, m in results["methods"].items():
-        sd = f" ± {m['iou_std']:.3f}" if "iou_std" in m else ""
-        val = [r.get("best_val_iou") for r in m.get("seeds", []) if r.get("best_val_iou") is not None]
-        lines.append(f"| {name} | {m.get('feedback', '-')} | {m['iou']:.3f}{sd} | "
-                     f"{f'{np.mean(val):.3f}' if val else '-'} | {m['f1']:.3f} | {m['precision']:.3f} "
-                     f"| {m['recall']:.3f} | {m['accuracy']:.3f} |")
-    for name, m in results["methods"]["real_partial"]["per_node"].items():
-        lines.append(f"| real_partial {name} | - | {m['iou']:.3f} ± {m['iou_std']:.3f} | - | {m['f1']:.3f} "
-                     f"| {m['precision']:.3f} | {m['recall']:.3f} | {m['accuracy']:.3f} |")
-    cl = results["claims"]
-    if not cl:
-        return "\n".join(lines) + "\n"
-    lines += ["", f"- IoU(dgan) / IoU(central_gan) = {cl['dgan_vs_central']['ratio']:.3f} (target >= 0.95: "
-              f"{'met' if cl['dgan_vs_central']['met'] else 'missed'})",
-              f"- IoU(dgan) {cl['dgan_vs_partial_mean']['dgan']:.3f} vs real_partial mean "
-              f"{cl['dgan_vs_partial_mean']['partial']:.3f} "
-              f"({'met' if cl['dgan_vs_partial_mean']['met'] else 'missed'})",
-              f"- IoU(dgan) / IoU(real_all) = {cl['dgan_vs_real_all']['ratio']:.3f} (target >= 0.85: "
-              f"{'met' if cl['dgan_vs_real_all']['met'] else 'missed'})"]
-    lines += [f"- IoU(dgan) {c['dgan']:.3f} >= IoU({k[len('dgan_vs_'):]}) {c['other']:.3f}: "
-              f"{'met' if c['met'] else 'missed'}" for k, c in cl.items() if "other" in c]
-    return "\n".join(lines) + "\n"

@@ -85,7 +85,8 @@ def render(generator: dict[str, Any], broker: dict[str, Any], title: str = "dgan
         ("  mode ", "bold"), str(generator.get("mode", "?")),
         ("  dropped stale ", "bold"), str(generator.get("dropped_stale", 0)))
     table = Table(expand=True)
-    for col in ("node", "feedback", "alive", "batches", "D loss", "G adv", "L1", "staleness", "last seen"):
+    for col in ("node", "feedback", "alive", "batches", "D loss", "G adv", "L1", "label IoU", "staleness",
+                "last seen"):
         table.add_column(col, justify="right" if col != "node" else "left")
     for name, n in sorted(generator.get("nodes", {}).items()):
         losses = n.get("losses", {})
@@ -94,7 +95,8 @@ def render(generator: dict[str, Any], broker: dict[str, Any], title: str = "dgan
         table.add_row(name, f"[red]{mode} (leaks)[/red]" if mode == "l1" else mode,
                       "[green]yes[/green]" if n.get("alive") else "[red]no[/red]", str(n.get("batches", 0)),
                       _fmt(d_loss), _fmt(losses.get("g_adv")), _fmt(losses.get("g_l1")),
-                      _fmt(n.get("staleness")), f"{_fmt(n.get('last_seen'), '.1f')} s ago")
+                      _fmt(losses.get("label_iou")), _fmt(n.get("staleness")),
+                      f"{_fmt(n.get('last_seen'), '.1f')} s ago")
     parts: list[Any] = [head, table]
     if generator.get("phase") == "synthesis":
         done, total = generator.get("phase_done", 0), max(1, generator.get("phase_total", 1))

@@ -19,7 +19,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-LOSSES = ("d_real", "d_fake", "g_adv", "g_l1")
+LOSSES = ("d_real", "d_fake", "g_adv", "g_l1", "label_iou")  # label_iou: the nodes' judges (higher is better)
 
 
 def _img(data: bytes, alt: str, mime: str = "image/png") -> str:
@@ -73,11 +73,13 @@ def curves_section(feedback: dict[str, Any] | None) -> str:
         return _section("losses", "Losses per node", _missing("feedback.json (one row per applied feedback)"))
     cols = feedback["columns"]  # type: ignore[index]
     nodes = sorted({r[cols.index("node")] for r in rows})
-    fig, axes = plt.subplots(1, len(LOSSES), figsize=(4 * len(LOSSES), 3))
-    for ax, key in zip(axes, LOSSES, strict=True):
+    keys = [k for k in LOSSES if k in cols]  # a run from before label_iou has no such column
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
+    for ax, key in zip(axes, keys, strict=True):
         k = cols.index(key)
         for n in nodes:
-            pts = [(r[cols.index("step")], r[k]) for r in rows if r[cols.index("node")] == n and r[k] is not None]
+            pts = [(r[cols.index("step")], r[k]) for r in rows
+                   if r[cols.index("node")] == n and len(r) > k and r[k] is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), ".-", markersize=3, linewidth=0.8, label=n)
         ax.set_title(key)

@@ -8,7 +8,7 @@ The model kept is the one with the best IoU on the validation set, never the tes
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from dgan.choices import LocalHow, values
 from dgan.networks import UNetGenerator, images_to_tensor
 
 
@@ -82,7 +83,7 @@ def _photometric(rng: np.random.Generator, x: torch.Tensor, strength: float) -> 
     return x.clamp(-1.5, 1.5)
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
     p = torch.sigmoid(logits)
     dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
@@ -117,13 +118,23 @@ def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
-                    val: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Train; keep the weights with the best validation IoU (or the last, without validation)."""
+                    val: tuple[np.ndarray, np.ndarray] | None = None,
+                    mix: tuple[np.ndarray, np.ndarray, float] | None = None,
+                    init: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train; keep the weights with the best validation IoU (or the last, without validation).
+
+    ``mix`` = (images, masks, share): that share of every batch comes from a second set (a department's
+    own real pairs beside the synthetic ones); ``init``: start from these weights (fine-tuning)."""
     if len(images) == 0:
         raise ValueError("no training pairs")
+    if mix is not None and (len(mix[0]) == 0 or not 0 < mix[2] < 1):
+        raise ValueError("mix needs pairs and a share between 0 and 1")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = define_segmenter(cfg).to(cfg.device)
+    if init is not None:
+        model.load_state_dict(init)
+    n_mix = 0 if mix is None else max(1, round(cfg.batch_size * mix[2]))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.steps))
     best: tuple[float, dict[str, torch.Tensor], int] | None = None
@@ -131,11 +142,15 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
     t0 = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         model.train()
-        idx = rng.integers(0, len(images), cfg.batch_size)
-        ims, ms = _augment(rng, images[idx], masks[idx])
+        idx = rng.integers(0, len(images), cfg.batch_size - n_mix)
+        ims, ms = images[idx], masks[idx]
+        if mix is not None:
+            jdx = rng.integers(0, len(mix[0]), n_mix)
+            ims, ms = np.concatenate([ims, mix[0][jdx]]), np.concatenate([ms, mix[1][jdx]])
+        ims, ms = _augment(rng, ims, ms)
         x = _photometric(rng, images_to_tensor(torch.from_numpy(ims)), cfg.photometric).to(cfg.device)
         y = torch.from_numpy((ms > 0).astype(np.float32))[:, None].to(cfg.device)
-        loss = _loss(model(x), y)
+        loss = segmentation_loss(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -150,6 +165,28 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
     info = {"train_seconds": time.perf_counter() - t0, "history": history,
             "best_val_iou": best[0] if best else None, "best_step": best[2] if best else cfg.steps}
     return model, info
+
+
+LOCAL_HOWS = values(LocalHow)
+
+
+def train_local(synthetic: tuple[np.ndarray, np.ndarray], real: tuple[np.ndarray, np.ndarray], cfg: SegConfig,
+                val: tuple[np.ndarray, np.ndarray] | None = None, how: str = "mixed",
+                real_share: float = 0.5) -> tuple[nn.Module, dict[str, Any]]:
+    """A department's own model: the shared synthetic set plus its own real pairs, which never leave it.
+
+    ``mixed``: every batch holds ``real_share`` real pairs; ``finetune``: half the steps on the synthetic set,
+    then half on the real pairs from those weights. Both cost ``cfg.steps`` steps."""
+    if how == "mixed":
+        return train_segmenter(*synthetic, cfg, val=val, mix=(*real, real_share))
+    if how != "finetune":
+        raise ValueError(f"how must be one of {', '.join(LOCAL_HOWS)}, got {how!r}")
+    half = replace(cfg, steps=max(1, cfg.steps // 2))
+    pre, info1 = train_segmenter(*synthetic, half, val=val)
+    model, info2 = train_segmenter(*real, half, val=val, init=pre.state_dict())
+    if val is not None and info1["best_val_iou"] > info2["best_val_iou"]:  # fine-tuning did not help on val
+        model, info2 = pre, {**info2, "best_val_iou": info1["best_val_iou"], "best_step": info1["best_step"]}
+    return model, {**info2, "train_seconds": info1["train_seconds"] + info2["train_seconds"]}
 
 
 def _most_buildings(masks: np.ndarray, n: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from dgan import protocol as P
 from dgan.feedback import L1_WARNING, FeedbackConfig
 from dgan.networks import ModelConfig
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
+from dgan.training.judge import LabelJudge
 from dgan.transport.base import LinkClosed, NodeLink
 
 log = logging.getLogger("dgan.node")
@@ -42,6 +43,9 @@ class NodeConfig:
     mask_chunk: int = 256
     samples_dir: Path | None = None  # save (mask | real | synthetic) grids here; they never leave the node
     sample_every: int = 50  # batches
+    judge: bool = True  # report label_iou: a local segmenter's IoU on the fakes against their masks
+    judge_steps: int = 2  # the judge's training steps on real pairs per batch
+    judge_after: int = 50  # report label_iou once the judge has trained this many steps
 
 
 @dataclass
@@ -75,6 +79,7 @@ class DiscriminatorNode:
         self.link, self.cfg = link, cfg
         self.images, self.masks = images, masks
         self.trainer: DiscriminatorTrainer | None = None
+        self.judge: LabelJudge | None = None
         self.sampler: PairSampler | None = None
         self.outstanding: dict[int, Outstanding] = {}
         self.stats = NodeStats()
@@ -140,6 +145,7 @@ class DiscriminatorNode:
             # D's initial weights come from the OS, not from --seed: a generator that could compute them would
             # learn more from each gradient (and could force a reset with a changed WELCOME).
             self.trainer = DiscriminatorTrainer(model, self.cfg.feedback, seed=None, device=self.cfg.device)
+            self.judge = LabelJudge(seed=None, device=self.cfg.device) if self.cfg.judge else None
             self.warmup_left = self.trainer.warmup_steps
             if self.warmup_left:
                 log.info("node %s: training its segmenter on its own pairs for %d steps before the first feedback",
@@ -195,6 +201,11 @@ class DiscriminatorNode:
         self.stats.wire_bytes += fakes.nbytes
         t0 = time.monotonic()
         scored = self.trainer.score(req.masks, req.reals, fakes, self.cfg.grad_dtype)
+        if self.judge is not None and self.sampler is not None:
+            if self.judge.steps >= self.cfg.judge_after:
+                scored.losses["label_iou"] = self.judge.label_iou(fakes, req.masks)
+            for _ in range(self.cfg.judge_steps):  # on fresh real pairs of its own
+                self.judge.train_step(*self.sampler.batch(self.cfg.batch_size))
         if self.cfg.delay > 0:
             time.sleep(self.cfg.delay)
         self.stats.compute_s += time.monotonic() - t0

@@ -20,8 +20,9 @@ from dgan.feedback import FeedbackMode
 from dgan.rowstream import RowStream
 from dgan.training.generator import GeneratorTrainer, Outcome
 from dgan.transport.base import GeneratorLink, LinkClosed
+from nodes.label_watch import LabelWatch
 from nodes.round_policy import Action, RoundPolicy
-from nodes.run_outputs import FEEDBACK_COLUMNS, RunOutputs
+from nodes.run_outputs import RunOutputs
 
 log = logging.getLogger("dgan.generator")
 
@@ -77,6 +78,7 @@ class GeneratorService(RunOutputs):
         self.history = RowStream(self.out / "history.jsonl", append=resumed)  # one row per status interval
         self.feedback_log = RowStream(self.out / "feedback.jsonl", append=resumed)  # one row per applied feedback
         self.policy = RoundPolicy(trainer.cfg.mode, trainer.cfg.update_every)  # who is served when; when G steps
+        self.label_watch = LabelWatch()  # the nodes' judges: is G drawing what the masks say, better or worse?
         self.started = time.time()
         self._last_status = 0.0
         self._last_log = time.monotonic()
@@ -157,6 +159,7 @@ class GeneratorService(RunOutputs):
             "step": self.trainer.step, "steps": self.trainer.cfg.steps, "updates_per_s": round(updates_per_s, 3),
             "samples_applied": self.trainer.samples_applied, "inflight": len(self.trainer.inflight),
             "mode": self.trainer.cfg.mode, "dropped_stale": self.counters["dropped_stale"],
+            "label_iou": self.label_watch.mean,
             "phase": phase, "phase_done": done, "phase_total": total,
             "nodes": {n: {"alive": i.alive, "feedback": i.feedback, "batches": i.feedbacks, "losses": i.losses,
                           "staleness": i.staleness_last,
@@ -358,13 +361,7 @@ class GeneratorService(RunOutputs):
             node.staleness_last = staleness
             losses = msg.meta.get("losses", {})
             node.losses = {k: float(v) for k, v in losses.items() if type(v) in (int, float)}
-            if self.cfg.tensorboard is not None:
-                for k, v in node.losses.items():
-                    self.cfg.tensorboard.add_scalar(f"{node.name}/{k}", v, self.trainer.step)
-                self.cfg.tensorboard.add_scalar(f"{node.name}/staleness", staleness, self.trainer.step)
-            self.feedback_log.append([round(time.time() - self.started, 3), node.name, self.trainer.step, staleness,
-                                      int(grad.shape[0]), *(node.losses.get(k) for k in FEEDBACK_COLUMNS[5:-1]),
-                                      msg.reply_to])
+            self.record_feedback(node.name, node.losses, staleness, int(grad.shape[0]), msg.reply_to)
         if self.policy.feedback(node.name, self.trainer.pending):
             self._step()
 
@@ -376,7 +373,7 @@ class GeneratorService(RunOutputs):
             self._leave_round(name)
 
     def _leave_round(self, name: str) -> None:
-        if self.policy.leave(name):
+        if self.policy.leave(name, self.trainer.pending):
             self._step()
 
     def _step(self) -> None:

@@ -5,7 +5,10 @@ it; nothing here knows messages, sockets or torch, so every case is tested
 in-process (``tests/test_round_policy.py``).
 
 * **async**: every request is served at once; the generator steps after every
-  ``update_every`` applied feedbacks.
+  ``update_every`` applied feedbacks, or with ``update_every=0`` (buffered
+  async, as FedBuff) after as many feedbacks as there are member nodes, from
+  whichever nodes they come: the step averages several discriminators and the
+  staleness drops by that factor, with no node ever waiting for another.
 * **sync** (AsynDGAN/FedML-style rounds): each member node is served once per
   round; a second request from it waits in a bounded queue for the next round.
   The round closes when every member has fed back. A member is a node that
@@ -34,7 +37,7 @@ class Action(enum.Enum):
 @dataclass
 class RoundPolicy:
     mode: str = "async"  # "async" or "sync"
-    update_every: int = 1  # async: applied feedbacks per generator step
+    update_every: int = 1  # async: applied feedbacks per generator step; 0: one per member node
     max_deferred: int = 256  # sync: requests waiting for the next round, all nodes together
     max_deferred_per_node: int = 4
     members: set[str] = field(default_factory=set)
@@ -47,8 +50,14 @@ class RoundPolicy:
     def __post_init__(self) -> None:
         if self.mode not in ("async", "sync"):
             raise ValueError(f"round policy mode must be async or sync, got {self.mode!r}")
-        if self.update_every < 1 or self.max_deferred < 0 or self.max_deferred_per_node < 0:
-            raise ValueError("update_every must be >= 1 and the deferred bounds >= 0")
+        if self.update_every < 0 or self.max_deferred < 0 or self.max_deferred_per_node < 0:
+            raise ValueError("update_every must be >= 0 (0: one feedback per member node) and the deferred "
+                             "bounds >= 0")
+
+    @property
+    def buffer(self) -> int:
+        """Async: applied feedbacks per generator step."""
+        return self.update_every or max(1, len(self.members))
 
     @property
     def sync(self) -> bool:
@@ -73,20 +82,23 @@ class RoundPolicy:
         """A feedback was taken (applied, or dropped as stale); ``pending``: feedbacks since the last step.
         True: step the generator now (async), or close the round (sync)."""
         if not self.sync:
-            return pending >= self.update_every
+            return pending >= self.buffer
         if node in self.served:  # an answer to an earlier round's fakes does not answer this round's
             self.fed_back.add(node)
         return self.round_complete()
 
-    def leave(self, node: str) -> bool:
+    def leave(self, node: str, pending: int = 0) -> bool:
         """``node`` leaves the round (and the membership, until its next request).
-        True: in sync mode, the round it held open is now complete."""
+        True: in sync mode, the round it held open is now complete; in buffered async, the ``pending``
+        feedbacks already fill the smaller buffer."""
         self.members.discard(node)
         self.served.discard(node)
         self.fed_back.discard(node)
         self.served_at.pop(node, None)
         self.deferred = deque((n, it) for n, it in self.deferred if n != node)
-        return self.sync and self.round_complete()
+        if not self.sync:
+            return pending > 0 and pending >= self.buffer
+        return self.round_complete()
 
     def overdue(self, now: float, timeout: float) -> list[str]:
         """Sync: members served this round more than ``timeout`` seconds ago that have not answered."""

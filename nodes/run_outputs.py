@@ -19,10 +19,13 @@ from PIL import Image
 from dgan import protocol as P
 from dgan.rowstream import RowStream
 from dgan.training.generator import GeneratorTrainer
+from nodes.label_watch import LabelWatch, Signal
 
 log = logging.getLogger("dgan.generator")
 
-FEEDBACK_COLUMNS = ["time", "node", "step", "staleness", "samples", "d_real", "d_fake", "g_adv", "g_l1", "request"]
+LOSS_COLUMNS = ["d_real", "d_fake", "g_adv", "g_l1"]
+# label_iou last: rows written before it existed keep the same indices (applied_rows reads "request" at 9)
+FEEDBACK_COLUMNS = ["time", "node", "step", "staleness", "samples", *LOSS_COLUMNS, "request", "label_iou"]
 
 
 class RunOutputs:
@@ -40,10 +43,27 @@ class RunOutputs:
     run_id: str
     link: Any
     _start_step: int
+    label_watch: LabelWatch
 
     def status(self, updates_per_s: float = 0.0, phase: str = "training", done: int = 0,
                total: int = 0) -> dict[str, Any]: ...
     def _broadcast_status(self, status: dict[str, Any]) -> None: ...
+
+    def record_feedback(self, node: str, losses: dict[str, float], staleness: int, samples: int, request: int) -> None:
+        """An applied feedback: its row, its scalars for TensorBoard, and the judges' verdict."""
+        step = self.trainer.step
+        label_iou = losses.get("label_iou")
+        if label_iou is not None and 0.0 <= label_iou <= 1.0 and \
+                self.label_watch.add(label_iou, step) == Signal.DEGRADED:
+            w = self.label_watch
+            log.warning("generator: the nodes' label IoU on the fakes fell to %.3f at step %d (best %.3f at step %d):"
+                        " the generator is drawing the masks worse", w.mean, step, w.best, w.best_step)
+        if self.cfg.tensorboard is not None:
+            for k, v in losses.items():
+                self.cfg.tensorboard.add_scalar(f"{node}/{k}", v, step)
+            self.cfg.tensorboard.add_scalar(f"{node}/staleness", staleness, step)
+        self.feedback_log.append([round(time.time() - self.started, 3), node, step, staleness, samples,
+                                  *(losses.get(k) for k in LOSS_COLUMNS), request, label_iou])
 
     def checkpoint(self) -> Path:
         """latest.pt first: once ckpt_N exists, --resume finds step N even if the process dies right after."""
@@ -83,7 +103,7 @@ class RunOutputs:
             "updates_per_s": round((self.trainer.step - self._start_step) / wall, 3) if wall else 0.0,
             "samples_applied": self.trainer.samples_applied,
             "samples_per_s": round(self.trainer.samples_applied / wall, 2) if wall else 0.0,
-            "synthetic_images": synthetic, "counters": dict(self.counters),
+            "synthetic_images": synthetic, "counters": dict(self.counters), **self.label_watch.to_dict(),
             "model": self.trainer.model_cfg.to_dict(), "train": self.trainer.cfg.to_dict(),
             "nodes": {n: {"dataset_size": i.dataset_size, "feedback": i.feedback, "feedbacks": i.feedbacks,
                           "samples": i.samples,

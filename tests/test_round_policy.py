@@ -21,6 +21,19 @@ def test_async_serves_every_request_and_steps_every_update_every_feedbacks() -> 
     assert not p.feedback("a", pending=1) and p.feedback("b", pending=2)
 
 
+def test_buffered_async_steps_once_per_member_node_and_a_departure_shrinks_the_buffer() -> None:
+    p = RoundPolicy("async", update_every=0)
+    for n in "abc":
+        assert p.request(n, n) == Action.SERVE  # never waits: async
+    assert p.buffer == 3
+    assert not p.feedback("a", pending=1) and not p.feedback("a", pending=2)  # any node's feedback counts
+    assert p.feedback("b", pending=3)
+    assert not p.leave("c", pending=1)  # one feedback pending: not yet the 2 the smaller buffer wants
+    assert p.buffer == 2 and p.leave("b", pending=1)  # now 1 pending fills a buffer of 1: step
+    assert not p.leave("a", pending=0)  # nothing pending: no step, and the buffer never drops below 1
+    assert p.buffer == 1
+
+
 def test_sync_serves_each_member_once_per_round_and_closes_when_all_fed_back() -> None:
     p = RoundPolicy("sync")
     for n in "ab":
@@ -95,7 +108,7 @@ def test_unknown_modes_and_bounds_are_refused() -> None:
     with pytest.raises(ValueError):
         RoundPolicy("rounds")
     with pytest.raises(ValueError):
-        RoundPolicy("sync", update_every=0)
+        RoundPolicy("sync", update_every=-1)
 
 
 # ---- the same cases through the real GeneratorService (in-process transport, scripted nodes)
@@ -197,3 +210,29 @@ def test_service_sync_round_closes_when_fakes_could_not_leave_the_process(tmp_pa
     assert service.counters["fakes_unsent"] == 1 and "b" not in service.policy.members
     service.handle("a", _feedback(fakes["a"]))
     assert service.trainer.step == 1
+
+
+def test_service_warns_when_the_nodes_label_iou_falls_and_records_it(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    hub = InProcessHub()
+    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
+                               TrainConfig(steps=100, fake_dtype="float32"))
+    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(out=tmp_path, sample_every=0,
+                                                                            checkpoint_every=0, synthesize=False))
+    service.label_watch.window = 2
+    link = hub.node_link("a")
+    service.handle("a", P.make(P.Kind.HELLO, "a", meta={"role": "node", "dataset_size": 1}))
+    assert link.recv(1).kind == P.Kind.WELCOME
+    for value in (0.5, 0.6, 0.5, 0.1, 0.0):
+        service.handle("a", P.make(P.Kind.FAKE_REQUEST, "a", tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
+        fb = _feedback(link.recv(1))
+        fb.meta["losses"] = {"label_iou": value}
+        with caplog.at_level("WARNING", logger="dgan.generator"):
+            service.handle("a", fb)
+    assert "label IoU on the fakes fell to 0.300" in caplog.text  # window means 0.55, 0.55, 0.3 (< 0.6 x 0.55)
+    summary = service.finish()
+    assert summary["degraded_alarms"] == 1 and summary["label_iou_best"] == pytest.approx(0.55)
+    rows = [json.loads(r) for r in (tmp_path / "feedback.jsonl").read_text().splitlines()]
+    assert [r[-1] for r in rows] == [0.5, 0.6, 0.5, 0.1, 0.0]

@@ -10,7 +10,7 @@ import pytest
 
 from dgan.data.scenes import make_scenes
 from dgan.experiment import ExperimentConfig, claims, run_experiment
-from dgan.segment import SegConfig, metrics, predict, train_segmenter
+from dgan.segment import SegConfig, metrics, predict, train_local, train_segmenter
 
 
 def test_metrics_are_computed_over_all_pixels() -> None:
@@ -104,7 +104,12 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
                            seg=SegConfig(width=8, depth=3, steps=20, eval_every=10), seeds=1, samples_per_mask=1,
                            scenes=24, quick=True, partition="iid", threads=1, feedback=("segmentation", "l1"))
     results = run_experiment(cfg)
-    assert set(results["methods"]) == {"real_all", "real_partial", "central_gan", "dgan", "central_gan_l1", "dgan_l1"}
+    assert set(results["methods"]) == {"real_all", "real_partial", "central_gan", "dgan", "central_gan_l1", "dgan_l1",
+                                       "dgan_local"}
+    local = results["methods"]["dgan_local"]  # each department: DGAN's synthetic set plus its own real pairs
+    assert set(local["per_node"]) == {"node0", "node1"} and local["how"] == "mixed"
+    assert local["per_node"]["node0"]["seeds"][0]["train_pairs"] > results["methods"]["dgan"]["seeds"][0]["train_pairs"]
+    assert set(results["claims"]["dgan_local_vs_real_partial"]["gains"]) == {"node0", "node1"}
     # like for like: each central GAN trains with the loss of the DGAN it is compared with
     assert {k: m.get("feedback") for k, m in results["methods"].items() if "gan" in k} == {
         "central_gan": "segmentation", "dgan": "segmentation", "central_gan_l1": "l1", "dgan_l1": "l1"}
@@ -115,7 +120,8 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     assert on_disk["methods"]["dgan"]["iou"] == results["methods"]["dgan"]["iou"]
     assert 0 <= on_disk["methods"]["dgan"]["iou"] <= 1
     assert (tmp_path / "exp" / "predictions" / "dgan.png").exists()
-    assert "| dgan |" in (tmp_path / "exp" / "results.md").read_text()
+    md = (tmp_path / "exp" / "results.md").read_text()
+    assert "| dgan |" in md and "| node1 |" in md and "dgan_local - real_partial per department" in md
     cache = list((tmp_path / "experiment-cache").glob("*.json"))
     assert sorted(p.name.split("-")[0] for p in cache) == ["central_gan", "central_gan", "real_all", "real_partial"]
     again = run_experiment(cfg)  # cached methods come back identical
@@ -150,3 +156,65 @@ def test_dubai_split_keeps_tile_8_for_test_and_nodes_hold_whole_tiles(tmp_path: 
     assert "8" not in set(s.train.columns["tile"]) | set(s.val.columns["tile"])
     assert not set(s.train.columns["source_image"]) & set(s.val.columns["source_image"])  # no shared source
     assert s.description["node_tiles"] == [["7"], ["2", "4"], ["5"], ["1", "3", "6"]]
+
+
+@pytest.mark.skipif(not DUBAI.exists(), reason="the shared Dubai patches are not beside this checkout")
+def test_another_test_tile_gives_another_split_with_whole_tiles_dealt_to_nodes(tmp_path: Path) -> None:
+    from dgan.experiment import SplitError, make_splits
+
+    s = make_splits(ExperimentConfig(out=tmp_path, data=DUBAI, size=32, test_tile="5"))
+    assert set(s.test.columns["tile"]) == {"5"} and len(s.test) == 144
+    node_tiles = s.description["node_tiles"]
+    assert sorted(t for ts in node_tiles for t in ts) == ["1", "2", "3", "4", "6", "7", "8"]  # each tile once
+    assert all(node_tiles)
+    with pytest.raises(SplitError, match="test tile '9' is not in"):
+        make_splits(ExperimentConfig(out=tmp_path, data=DUBAI, size=32, test_tile="9"))
+
+
+def test_a_department_model_learns_from_its_own_pairs_beside_the_synthetic_set() -> None:
+    ims, ms = make_scenes(range(24), 32)
+    blank = np.zeros_like(ms)  # a "synthetic set" that never shows a building: only the own pairs can teach it
+    cfg = SegConfig(width=8, depth=3, steps=120, eval_every=20, lr=3e-3)
+    val = make_scenes(range(900, 912), 32)
+    alone, _ = train_segmenter(ims, blank, cfg)
+    assert (predict(alone, val[0]) > 0.5).mean() < 0.01
+    for how in ("mixed", "finetune"):
+        model, info = train_local((ims, blank), (ims, ms), cfg, val=val, how=how)
+        assert (predict(model, val[0]) > 0.5).mean() > 0.01, how  # it found buildings: the own pairs reached it
+        assert info["train_seconds"] > 0
+    with pytest.raises(ValueError, match="how must be one of mixed, finetune"):
+        train_local((ims, blank), (ims, ms), cfg, how="average")
+    with pytest.raises(ValueError, match="share between 0 and 1"):
+        train_local((ims, blank), (ims, ms), cfg, real_share=1.0)
+
+
+def _pairs_folder(root: Path, seeds: range) -> Path:
+    from PIL import Image
+
+    ims, ms = make_scenes(seeds, 32)
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i, (im, m) in enumerate(zip(ims, ms, strict=True)):
+        Image.fromarray(im).save(root / "images" / f"p{i}.png")
+        Image.fromarray(m * 255).save(root / "masks" / f"p{i}.png")
+    return root
+
+
+def test_segment_train_with_a_synthetic_set_trains_a_department_model_from_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+    from dgan.segment import load_model
+
+    mine, syn = _pairs_folder(tmp_path / "mine", range(8)), _pairs_folder(tmp_path / "syn", range(100, 116))
+    args = ["segment", "train", "--data", str(mine), "--synthetic", str(syn), "--size", "32", "--steps", "4",
+            "--width", "8", "--threads", "1"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m.pt"), "--how", "finetune"])
+    assert res.exit_code == 0, res.output
+    _, cfg = load_model(tmp_path / "m.pt")
+    assert cfg.width == 8
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x.pt"), "--real-share", "1.5"])
+    assert bad.exit_code == 2 and "--real-share must be between 0 and 1" in bad.output
+    missing = CliRunner().invoke(app, [*args[:4], "--synthetic", str(tmp_path / "nope"), "--out",
+                                       str(tmp_path / "y.pt")])
+    assert missing.exit_code == 2 and "needs images/" in missing.output and "nope" in missing.output

@@ -23,9 +23,10 @@ MODEL = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
 
 
 def run_inprocess(tmp_path: Path, mode: str, steps: int, delays: tuple[float, ...] = (0.0, 0.0),
-                  samples_dir: Path | None = None) -> GeneratorService:
+                  samples_dir: Path | None = None, update_every: int = 1, judge_after: int = 50) -> GeneratorService:
     hub = InProcessHub()
-    trainer = GeneratorTrainer(MODEL, TrainConfig(steps=steps, mode=mode, fake_dtype="float32"))
+    trainer = GeneratorTrainer(MODEL, TrainConfig(steps=steps, mode=mode, fake_dtype="float32",
+                                                  update_every=update_every))
     service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(out=tmp_path, sample_every=0,
                                                                             checkpoint_every=0))
     stop = threading.Event()
@@ -36,7 +37,8 @@ def run_inprocess(tmp_path: Path, mode: str, steps: int, delays: tuple[float, ..
         link.send(P.make(P.Kind.HELLO, f"n{i}", meta={"role": "node", **DiscriminatorNode.hello_meta(images)}))
         node = DiscriminatorNode(link, images, masks, NodeConfig(f"n{i}", batch_size=2, delay=delay, seed=i,
                                                                  samples_dir=samples_dir, sample_every=5,
-                                                                 feedback=FeedbackConfig(warmup=0)))  # scheduling
+                                                                 feedback=FeedbackConfig(warmup=0),  # scheduling
+                                                                 judge_after=judge_after))
         threads.append(threading.Thread(target=node.run, args=(stop,), daemon=True))
     for t in threads:
         t.start()
@@ -63,6 +65,20 @@ def test_async_mode_lets_a_fast_node_run_ahead_of_a_slow_one(tmp_path: Path) -> 
     assert fast > 2 * slow, (fast, slow)
     summary = (tmp_path / "run.json").read_text()
     assert '"synthetic_images": 12' in summary  # 6 masks uploaded by each node
+
+
+def test_buffered_async_steps_once_per_node_and_nodes_report_label_consistency(tmp_path: Path) -> None:
+    import json
+
+    service = run_inprocess(tmp_path, "async", steps=6, update_every=0, judge_after=2)
+    assert service.trainer.step == 6
+    applied = sum(i.feedbacks for i in service.nodes.values())
+    assert applied >= 2 * 6 - 1  # two nodes: a step per two feedbacks (the last buffer may close the run)
+    rows = [json.loads(line) for line in (tmp_path / "feedback.jsonl").read_text().splitlines()]
+    columns = json.loads((tmp_path / "feedback.json").read_text())["columns"]
+    judged = [r[columns.index("label_iou")] for r in rows if r[columns.index("label_iou")] is not None]
+    assert judged and all(0.0 <= v <= 1.0 for v in judged)  # the judges' scalar reached the generator
+    assert max(r[columns.index("staleness")] for r in rows) <= 3  # 2 nodes x pipeline 2, stepping per 2
 
 
 def test_checkpoint_restores_step_optimizer_and_rng(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ staleness 0 this is exactly a pix2pix G step.
 
 from __future__ import annotations
 
+import copy
 import enum
 import logging
 import os
@@ -47,6 +48,7 @@ class TrainConfig:
     max_inflight_per_node: int = 4
     max_batch: int = 64
     fake_dtype: str = "float16"
+    ema: float = 0.0  # > 0: keep an exponential moving average of G's weights (decay) and synthesise from it
     seed: int = 0
     device: str = "cpu"
 
@@ -54,6 +56,10 @@ class TrainConfig:
         for name, allowed in (("mode", TRAIN_MODES), ("weighting", WEIGHTINGS), ("fake_dtype", FAKE_DTYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"TrainConfig.ema is a decay in [0, 1), got {self.ema!r}")
+        if self.update_every < 0:
+            raise ValueError(f"TrainConfig.update_every must be >= 0 (0: one per node), got {self.update_every}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +89,7 @@ class GeneratorTrainer:
         self.G = define_G(model).to(self.device)
         self.G.train()  # dropout is the generator's noise, at training and synthesis alike
         self.opt = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=(train.beta1, 0.999))
+        self.G_ema = copy.deepcopy(self.G) if train.ema > 0 else None
         self.names = [n for n, _ in self.G.named_parameters()]
         self.step = 0
         self.inflight: dict[int, InFlight] = {}
@@ -179,25 +186,41 @@ class GeneratorTrainer:
         self.opt.zero_grad(set_to_none=True)
         self._acc, self.pending = None, 0
         self.step += 1
+        self._update_ema()
         return True
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """Average of G's recent weights; the decay ramps up (``(1 + t) / (10 + t)``) so a short run's
+        average is not dominated by the random initial weights."""
+        if self.G_ema is None:
+            return
+        decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
+            e.lerp_(p, 1 - decay)
+        for e, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+            e.copy_(b)
 
     # ------------------------------------------------------------ synthesis
 
     @torch.no_grad()
-    def synthesize(self, masks: np.ndarray, batch: int = 32, seed: int = 12345) -> np.ndarray:
-        """uint8 images (N, H, W, 3) for label maps (N, H, W), dropout on as at training."""
+    def synthesize(self, masks: np.ndarray, batch: int = 32, seed: int = 12345, ema: bool = True) -> np.ndarray:
+        """uint8 images (N, H, W, 3) for label maps (N, H, W), dropout on as at training; from the weight
+        average when the run keeps one (``ema``)."""
+        G = self.G_ema if ema and self.G_ema is not None else self.G
         out = np.empty((*masks.shape, 3), np.uint8)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for i in range(0, len(masks), batch):
                 m = torch.from_numpy(np.ascontiguousarray(masks[i:i + batch])).to(self.device)
-                out[i:i + batch] = tensor_to_images(self.G(masks_to_input(m, self.model_cfg.num_classes))).cpu()
+                out[i:i + batch] = tensor_to_images(G(masks_to_input(m, self.model_cfg.num_classes))).cpu()
         return out
 
     # ------------------------------------------------------------ checkpoints
 
     def state(self) -> dict[str, Any]:
-        return {"G": self.G.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
+        ema = {"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {}
+        return {"G": self.G.state_dict(), **ema, "opt": self.opt.state_dict(), "step": self.step,
                 "samples_applied": self.samples_applied, "model": self.model_cfg.to_dict(),
                 "train": self.cfg.to_dict(), "threads": torch.get_num_threads(),  # for a bitwise rebuild
                 "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()}}
@@ -217,6 +240,8 @@ class GeneratorTrainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         self.G.load_state_dict(state["G"])
+        if self.G_ema is not None:  # a checkpoint from before EMA was on starts the average from its weights
+            self.G_ema.load_state_dict(state.get("G_ema", state["G"]))
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
         self.samples_applied = int(state.get("samples_applied", 0))

@@ -1,0 +1,187 @@
+"""Which generator update rule gives the best GAN per feedback: `dgan bench update-rule`.
+
+Issue 13's suspect is the async rule: every generator step follows one node's
+discriminator, about 7 steps stale (4 nodes x pipeline 2).  This benchmark
+replays the schedule in one process, deterministically, with the real
+:class:`GeneratorTrainer` (delayed-gradient backprop through the graph that made
+each request's fakes) and the real :class:`DiscriminatorTrainer` of each node, on
+the experiment's own splits and node partition.  Nodes answer in the order their
+simulated speeds give, so staleness arises exactly as it does over the wire, but
+no socket, process or machine load changes the order.
+
+Every rule gets the same number of feedbacks (the same generator and node work);
+quality is the validation IoU of a segmenter trained on the GAN's synthetic
+images (never the test split), for the raw weights and for their EMA.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from dgan.experiment import ExperimentConfig, Splits, make_splits, synthesize_set
+from dgan.segment import SegConfig, train_segmenter
+from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
+from dgan.training.generator import GeneratorTrainer, Outcome, TrainConfig
+from nodes.round_policy import RoundPolicy
+
+log = logging.getLogger("dgan.bench")
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    mode: str  # "async", "sync" or "central" (one D on the pooled pairs)
+    update_every: int  # async: feedbacks per step; 0 = one per node (buffered)
+    pipeline: int  # requests each node keeps in flight
+    lr_scale: float = 1.0  # the generator's learning rate times this
+
+
+RULES = {
+    "async": Rule("async", "async", 1, 2),  # dgan's rule before this benchmark
+    "async-p1": Rule("async-p1", "async", 1, 1),  # the same with half the staleness
+    "buffered": Rule("buffered", "async", 0, 2),  # FedBuff: one step per N feedbacks from any nodes
+    "buffered-lr2": Rule("buffered-lr2", "async", 0, 2, 2.0),  # as many parameter moves per feedback as async
+    "sync": Rule("sync", "sync", 0, 1),  # AsynDGAN rounds: every node once per step
+    "central": Rule("central", "central", 1, 1),  # one D on the pooled pairs (the centralized GAN)
+}
+
+
+def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedbacks: int, feedback: str,
+             speeds: list[float], ema: float) -> tuple[GeneratorTrainer, dict[str, Any]]:
+    """Train a generator on ``feedbacks`` node answers under ``rule``; returns it and its staleness figures."""
+    lr, beta1 = cfg.generator_optim()
+    gen = GeneratorTrainer(cfg.model(), TrainConfig(steps=feedbacks, lr=lr * rule.lr_scale, beta1=beta1, seed=seed,
+                                                    fake_dtype="float32", ema=ema, max_staleness=10**6))
+    parts = [list(range(len(splits.train)))] if rule.mode == "central" else splits.node_parts
+    names = [f"node{i}" for i in range(len(parts))]
+    nodes = []
+    for i, part in enumerate(parts):
+        sub = splits.train.subset(part)
+        disc = DiscriminatorTrainer(cfg.model(), cfg.recipe(feedback), seed=seed * 100 + i)
+        sampler = PairSampler(sub.images, sub.masks, cfg.size, seed=seed * 100 + i)
+        for _ in range(disc.warmup_steps):
+            disc.warm_up(*reversed(sampler.batch(cfg.batch_size)))
+        nodes.append((disc, sampler, len(sub)))
+    mean_size = float(np.mean([n[2] for n in nodes]))
+    weights = [n[2] / mean_size for n in nodes]  # the service's "size" weighting
+    policy = RoundPolicy("sync" if rule.mode == "sync" else "async", rule.update_every)
+    for name in names:
+        policy.request(name, None)  # every node is a member from the start
+    staleness: list[int] = []
+    heap: list[tuple[float, int, int, np.ndarray, np.ndarray, np.ndarray]] = []
+    busy = [0.0] * len(nodes)
+    key = 0
+
+    def send(i: int, now: float) -> None:
+        nonlocal key
+        key += 1
+        reals, masks = nodes[i][1].batch(cfg.batch_size)
+        fakes = gen.generate(names[i], key, masks, request_id=key)
+        busy[i] = max(now, busy[i]) + speeds[i % len(speeds)]
+        heapq.heappush(heap, (busy[i], key, i, masks, reals, fakes))
+
+    def answer(k: int, i: int, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray) -> None:
+        scored = nodes[i][0].score(masks, reals, fakes)
+        outcome, s, _ = gen.apply_feedback(names[i], k, scored.grad, scored.grad_scale, weights[i])
+        if outcome == Outcome.APPLIED:
+            staleness.append(s)
+
+    done = 0
+    if rule.mode == "sync":
+        while done < feedbacks:
+            for i in range(len(nodes)):  # one round: every node's fakes from the same weights
+                send(i, 0.0)
+            while heap:
+                _, k, i, masks, reals, fakes = heapq.heappop(heap)
+                answer(k, i, masks, reals, fakes)
+                done += 1
+            gen.update()
+    else:
+        for i in range(len(nodes)):
+            for _ in range(rule.pipeline):
+                send(i, 0.0)
+        while done < feedbacks:
+            t, k, i, masks, reals, fakes = heapq.heappop(heap)
+            answer(k, i, masks, reals, fakes)
+            done += 1
+            if policy.feedback(names[i], gen.pending):
+                gen.update()
+            send(i, t)
+    gen.update()
+    return gen, {"steps": gen.step, "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
+                 "staleness_max": max(staleness, default=0)}
+
+
+def _one(args: tuple[ExperimentConfig, str, int, int, str, list[float], float, int]) -> dict[str, Any]:
+    cfg, rule_name, seed, feedbacks, feedback, speeds, ema, seg_steps = args
+    torch.set_num_threads(1)
+    splits = make_splits(cfg)
+    t0 = time.perf_counter()
+    gen, stats = simulate(cfg, splits, RULES[rule_name], seed, feedbacks, feedback, speeds, ema)
+    gan_s = time.perf_counter() - t0
+    row = {"rule": rule_name, "test_tile": cfg.test_tile, "gan_seed": seed, "feedbacks": feedbacks,
+           "gan_seconds": round(gan_s, 1), **stats}
+    val = (splits.val.images, splits.val.masks)
+    for which, use_ema in (("raw", False), ("ema", True)):
+        syn = synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, ema=use_ema)
+        _, info = train_segmenter(syn.images, syn.masks, SegConfig(steps=seg_steps, seed=0), val=val)
+        row[f"val_iou_{which}"] = round(float(info["best_val_iou"]), 4)
+    log.info("%s", row)
+    return row
+
+
+def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | None, rules: list[str],
+                              tiles: list[str], gan_seeds: int, feedbacks: int, feedback: str, size: int,
+                              speeds: list[float], ema: float, jobs: int) -> dict[str, Any]:
+    console = Console()
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        raise ValueError(f"unknown rule {unknown[0]!r}; choose from {', '.join(RULES)}")
+    seg_steps = 150 if quick else 500
+    base = ExperimentConfig(out=Path("/nonexistent"), data=data, size=size, quick=quick, scenes=160 if quick else 600)
+    tiles = tiles if data is not None else ["scenes"]
+    jobs_args = [(replace(base, test_tile=t) if data is not None else base, r, s, feedbacks, feedback, speeds, ema,
+                  seg_steps) for t in tiles for s in range(gan_seeds) for r in rules]
+    t0 = time.time()
+    with console.status(f"{len(jobs_args)} simulated GAN trainings, {jobs} at a time…"):
+        if jobs > 1:
+            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+                rows = list(pool.map(_one, jobs_args))
+        else:
+            rows = [_one(a) for a in jobs_args]
+    summary = {}
+    for r in rules:
+        mine = [x for x in rows if x["rule"] == r]
+        summary[r] = {k: statistics.mean(x[k] for x in mine) for k in (
+            "val_iou_raw", "val_iou_ema", "staleness_mean", "steps", "gan_seconds")}
+        summary[r]["val_iou_raw_min"] = min(x["val_iou_raw"] for x in mine)
+        summary[r]["val_iou_ema_min"] = min(x["val_iou_ema"] for x in mine)
+    result = {"data": str(data) if data else "scenes", "size": size, "feedback": feedback, "feedbacks": feedbacks,
+              "gan_seeds": gan_seeds, "tiles": tiles, "speeds": speeds, "ema": ema, "seg_steps": seg_steps,
+              "quick": quick, "rules": {r: asdict(RULES[r]) for r in rules}, "runs": rows, "summary": summary,
+              "wall_seconds": round(time.time() - t0, 1)}
+    table = Table(title=f"update rules, {feedbacks} feedbacks each, {feedback} feedback, {size} px: segmentation "
+                        f"val IoU on synthetic images (mean over {gan_seeds} GAN seeds x {len(tiles)} split(s))")
+    for col in ("rule", "G steps", "staleness", "val IoU", "min", "val IoU (EMA)", "min (EMA)"):
+        table.add_column(col, justify="left" if col == "rule" else "right")
+    for r, m in summary.items():
+        table.add_row(r, f"{m['steps']:.0f}", f"{m['staleness_mean']:.2f}", f"{m['val_iou_raw']:.3f}",
+                      f"{m['val_iou_raw_min']:.3f}", f"{m['val_iou_ema']:.3f}", f"{m['val_iou_ema_min']:.3f}")
+    console.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,76 @@
+"""The experiment's claims and its Markdown table (``results.md``), from ``results.json``'s methods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def claims(methods: dict[str, Any]) -> dict[str, Any]:
+    if "dgan" not in methods or "central_gan" not in methods:
+        return {}
+    d, c, a, p = (methods[k]["iou"] for k in ("dgan", "central_gan", "real_all", "real_partial"))
+    out: dict[str, Any] = {
+        "dgan_vs_central": {"ratio": d / c if c else float("nan"), "target": 0.95, "met": bool(c and d / c >= 0.95)},
+        "dgan_vs_partial_mean": {"dgan": d, "partial": p, "met": bool(d > p)},
+        "dgan_vs_real_all": {"ratio": d / a if a else float("nan"), "target": 0.85, "met": bool(a and d / a >= 0.85)}}
+    if "dgan_local" in methods:  # each department: its own pairs plus the synthetic set, against its own alone
+        gains = {n: methods["dgan_local"]["per_node"][n]["iou"] - m["iou"]
+                 for n, m in methods["real_partial"]["per_node"].items()}
+        out["dgan_local_vs_real_partial"] = {
+            "gains": gains, "mean_gain": float(np.mean(list(gains.values()))), "target_each": 0.03,
+            "target_mean": 0.05, "met": bool(min(gains.values()) >= 0.03 and np.mean(list(gains.values())) >= 0.05)}
+    for name, m in methods.items():  # the first feedback mode against each other one, DGAN to DGAN
+        if name.startswith("dgan_") and name != "dgan_sync" and "per_node" not in m:
+            out[f"dgan_vs_{name}"] = {"dgan": d, "other": m["iou"], "met": bool(d >= m["iou"])}
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"# {results['dataset']}, partition {results['partition']}, {results['resolution']} px", "",
+             f"Feedback modes: {', '.join(results.get('feedback', []))} (the first is `dgan`/`central_gan`).", "",
+             "| method | feedback | test IoU | val IoU | F1 | precision | recall | accuracy |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in results["methods"].items():
+        sd = f" ± {m['iou_std']:.3f}" if "iou_std" in m else ""
+        val = [r.get("best_val_iou") for r in m.get("seeds", []) if r.get("best_val_iou") is not None]
+        lines.append(f"| {name} | {m.get('feedback', '-')} | {m['iou']:.3f}{sd} | "
+                     f"{f'{np.mean(val):.3f}' if val else '-'} | {m['f1']:.3f} | {m['precision']:.3f} "
+                     f"| {m['recall']:.3f} | {m['accuracy']:.3f} |")
+    lines += department_table(results["methods"])
+    cl = results["claims"]
+    if not cl:
+        return "\n".join(lines) + "\n"
+    lines += ["", f"- IoU(dgan) / IoU(central_gan) = {cl['dgan_vs_central']['ratio']:.3f} (target >= 0.95: "
+              f"{'met' if cl['dgan_vs_central']['met'] else 'missed'})",
+              f"- IoU(dgan) {cl['dgan_vs_partial_mean']['dgan']:.3f} vs real_partial mean "
+              f"{cl['dgan_vs_partial_mean']['partial']:.3f} "
+              f"({'met' if cl['dgan_vs_partial_mean']['met'] else 'missed'})",
+              f"- IoU(dgan) / IoU(real_all) = {cl['dgan_vs_real_all']['ratio']:.3f} (target >= 0.85: "
+              f"{'met' if cl['dgan_vs_real_all']['met'] else 'missed'})"]
+    if "dgan_local_vs_real_partial" in cl:
+        c = cl["dgan_local_vs_real_partial"]
+        lines.append(f"- dgan_local - real_partial per department: "
+                     f"{', '.join(f'{n} {g:+.3f}' for n, g in c['gains'].items())}; mean {c['mean_gain']:+.3f} "
+                     f"(targets >= +0.03 each, >= +0.05 mean: {'met' if c['met'] else 'missed'})")
+    lines += [f"- IoU(dgan) {c['dgan']:.3f} >= IoU({k[len('dgan_vs_'):]}) {c['other']:.3f}: "
+              f"{'met' if c['met'] else 'missed'}" for k, c in cl.items() if "other" in c]
+    return "\n".join(lines) + "\n"
+
+
+def department_table(methods: dict[str, Any]) -> list[str]:
+    """Per department: its own real pairs alone, the shared synthetic set alone, and both (``dgan_local``)."""
+    local = [k for k in methods if k.startswith("dgan_local")]
+    head = ["real_partial", *(["dgan (synthetic only)"] if "dgan" in methods else []), *local]
+    lines = ["", "Per department (test IoU):", "", f"| department | {' | '.join(head)} |",
+             "|---|" + "---|" * len(head)]
+    for node, m in methods["real_partial"]["per_node"].items():
+        cells = [f"{m['iou']:.3f} ± {m['iou_std']:.3f}"]
+        if "dgan" in methods:
+            cells.append(f"{methods['dgan']['iou']:.3f}")
+        for k in local:
+            n = methods[k]["per_node"][node]
+            cells.append(f"{n['iou']:.3f} ± {n['iou_std']:.3f} ({n['iou'] - m['iou']:+.3f})")
+        lines.append(f"| {node} | {' | '.join(cells)} |")
+    return lines

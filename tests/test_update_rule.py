@@ -1,0 +1,74 @@
+"""The generator's update rules: buffered async, the weight average, and the staleness each rule gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.update_rule import RULES, simulate
+from dgan.experiment import ExperimentConfig, make_splits, synthesize_set
+from dgan.networks import ModelConfig
+from dgan.training.generator import GeneratorTrainer, TrainConfig, load_checkpoint
+
+MODEL = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
+
+
+def _step(trainer: GeneratorTrainer, key: int) -> None:
+    masks = np.zeros((2, 32, 32), np.uint8)
+    masks[:, 8:20, 8:20] = 1
+    fakes = trainer.generate("n", key, masks, request_id=key)
+    trainer.apply_feedback("n", key, np.ones_like(fakes, dtype=np.float32))
+    trainer.update()
+
+
+def test_ema_weights_trail_the_raw_ones_and_synthesis_uses_them(tmp_path: Path) -> None:
+    trainer = GeneratorTrainer(MODEL, TrainConfig(ema=0.9, fake_dtype="float32", lr=1e-2))
+    assert trainer.G_ema is not None
+    start = [p.detach().clone() for p in trainer.G.parameters()]
+    for k in range(6):
+        _step(trainer, k)
+    raw, avg = [p.detach() for p in trainer.G.parameters()], [p.detach() for p in trainer.G_ema.parameters()]
+    moved = sum(float((r - s).abs().sum()) for r, s in zip(raw, start, strict=True))
+    behind = sum(float((a - r).abs().sum()) for a, r in zip(avg, raw, strict=True))
+    assert moved > 0 and 0 < behind < moved  # the average lags the weights, but has left the initial ones
+    masks = np.zeros((3, 32, 32), np.uint8)
+    assert not np.array_equal(trainer.synthesize(masks, ema=True), trainer.synthesize(masks, ema=False))
+    trainer.save(tmp_path / "g.pt")
+    again = GeneratorTrainer.from_state(load_checkpoint(tmp_path / "g.pt"))
+    assert again.G_ema is not None
+    for a, b in zip(again.G_ema.state_dict().values(), trainer.G_ema.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert np.array_equal(again.synthesize(masks), trainer.synthesize(masks))
+
+
+def test_without_ema_synthesis_uses_the_raw_weights_and_bad_settings_are_refused() -> None:
+    trainer = GeneratorTrainer(MODEL, TrainConfig(fake_dtype="float32"))
+    assert trainer.G_ema is None
+    masks = np.zeros((2, 32, 32), np.uint8)
+    assert np.array_equal(trainer.synthesize(masks, ema=True), trainer.synthesize(masks, ema=False))
+    with pytest.raises(ValueError, match="ema is a decay"):
+        TrainConfig(ema=1.0)
+    with pytest.raises(ValueError, match="update_every must be >= 0"):
+        TrainConfig(update_every=-1)
+
+
+@pytest.mark.parametrize(("rule", "lo", "hi", "steps"), [
+    ("async", 6.0, 7.0, 40),  # 4 nodes x pipeline 2: every step follows one D, 7 steps stale
+    ("async-p1", 2.5, 3.0, 40),
+    ("buffered", 1.0, 1.75, 10),  # one step per 4 feedbacks: the staleness falls 4-fold
+    ("sync", 0.0, 0.0, 10),
+    ("central", 0.0, 0.0, 40),
+])
+def test_simulated_schedule_gives_each_rule_its_staleness(rule: str, lo: float, hi: float, steps: int) -> None:
+    cfg = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
+                           quick=True)
+    splits = make_splits(cfg)
+    gen, stats = simulate(cfg, splits, RULES[rule], seed=0, feedbacks=40, feedback="adversarial", speeds=[1.0],
+                          ema=0.9)
+    assert stats["steps"] == steps
+    assert lo <= stats["staleness_mean"] <= hi
+    syn = synthesize_set(gen, splits.train.masks[:4], 1)
+    assert syn.images.shape == (4, 32, 32, 3)
