@@ -133,11 +133,11 @@ def _one(args: tuple[ExperimentConfig, str, int, int, str, list[float], float, i
     t0 = time.perf_counter()
     gen, stats = simulate(cfg, splits, RULES[rule_name], seed, feedbacks, feedback, speeds, ema)
     gan_s = time.perf_counter() - t0
-    row = {"rule": rule_name, "test_tile": cfg.test_tile, "gan_seed": seed, "feedbacks": feedbacks,
+    row = {"rule": rule_name, "test": cfg.test, "gan_seed": seed, "feedbacks": feedbacks,
            "gan_seconds": round(gan_s, 1), **stats}
     val = (splits.val.images, splits.val.masks)
-    for which, use_ema in (("raw", False), ("ema", True)):
-        syn = synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, ema=use_ema)
+    for which in ("raw", "ema"):
+        syn = synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, weights=which)
         _, info = train_segmenter(syn.images, syn.masks, SegConfig(steps=seg_steps, seed=0), val=val)
         row[f"val_iou_{which}"] = round(float(info["best_val_iou"]), 4)
     log.info("%s", row)
@@ -154,7 +154,7 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     seg_steps = 150 if quick else 500
     base = ExperimentConfig(out=Path("/nonexistent"), data=data, size=size, quick=quick, scenes=160 if quick else 600)
     tiles = tiles if data is not None else ["scenes"]
-    jobs_args = [(replace(base, test_tile=t) if data is not None else base, r, s, feedbacks, feedback, speeds, ema,
+    jobs_args = [(replace(base, test=f"tile={t}") if data is not None else base, r, s, feedbacks, feedback, speeds, ema,
                   seg_steps) for t in tiles for s in range(gan_seeds) for r in rules]
     t0 = time.time()
     with console.status(f"{len(jobs_args)} simulated GAN trainings, {jobs} at a time…"):

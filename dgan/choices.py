@@ -55,5 +55,14 @@ class LocalHow(str, enum.Enum):
     finetune = "finetune"
 
 
+class SynthWeights(str, enum.Enum):
+    """Which of the generator's weights synthesise a set."""
+
+    auto = "auto"
+    raw = "raw"
+    ema = "ema"
+    judged = "judged"
+
+
 def values(choice: type[enum.Enum]) -> tuple[str, ...]:
     return tuple(m.value for m in choice)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dgan.choices import FakeDtype, GanMode, GradDtype, TrainMode, Weighting
+from dgan.choices import FakeDtype, GanMode, GradDtype, SynthWeights, TrainMode, Weighting
 from dgan.cli_app import (
     BrokerKey,
     Device,
@@ -156,6 +156,9 @@ def generator(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
     sample_every: Annotated[int, typer.Option(help="Steps between sample grids.")] = 50,
     synthesize: Annotated[bool, typer.Option(help="Synthesise every uploaded mask at the end.")] = True,
+    synthesis_weights: Annotated[SynthWeights, typer.Option(
+        help="The final set from: auto (the EMA when --ema is on, else the last weights), raw, ema, or judged "
+        "(the weights where the nodes' label judges peaked).")] = SynthWeights.auto,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/latest.pt.")] = False,
     idle_timeout: Annotated[float, typer.Option(help="End early after this long with no node (0 = never).")] = 0.0,
     tensorboard: Annotated[Path | None, typer.Option(help="Also write scalars and sample grids for "
@@ -222,6 +225,7 @@ def generator(
     service = GeneratorService(link, trainer, ServiceConfig(
         out=out, run_id=run_id, checkpoint_every=checkpoint_every, sample_every=sample_every, synthesize=synthesize,
         idle_timeout=idle_timeout, tensorboard=writer, max_bad_messages=max_bad_messages,
+        synthesis_weights=synthesis_weights.value,
         on_status=(lambda st: live.update(render(st, {}, f"dgan generator {run_id}"))) if live else None))
     import signal
 

@@ -240,8 +240,11 @@ def experiment(
                                                         "the segmenter (0 = off).")] = 0.0,
     samples_per_mask: Annotated[int, typer.Option(help="Synthetic images per training mask.")] = 2,
     with_sync: Annotated[bool, typer.Option(help="Also run DGAN in sync mode.")] = False,
-    test_tile: Annotated[str, typer.Option(help="The tile held out for the test (another tile: another split; "
-                                                "nodes then get the other tiles dealt largest first).")] = "8",
+    test: Annotated[str, typer.Option(help="COLUMN=V1[,V2]: the manifest rows held out for the test; COLUMN is "
+                                           "also the group partition's column (another value: another split).")
+                    ] = "tile=8",
+    groups: Annotated[str, typer.Option(help="Group partition: the COLUMN values of each node, e.g. '7|2,4|5|1,3,6' "
+                                             "(default: Dubai's for tile=8, else dealt largest first).")] = "",
     update_every: Annotated[int, typer.Option(help="DGAN async: feedbacks per generator step (0 = one per node, "
                                                    "buffered).")] = 1,
     ema: Annotated[float, typer.Option(help="Both GANs synthesise from a moving average of G's weights with "
@@ -267,7 +270,7 @@ def experiment(
                                g_width=16, d_width=16, seg=SegConfig(steps=60, eval_every=20), seeds=1,
                                samples_per_mask=1, scenes=96, quick=True, with_sync=with_sync, feedback=modes,
                                lambda_l1=lambda_l1, label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods,
-                               test_tile=test_tile, update_every=update_every, ema=ema, local=hows,
+                               test=test, groups=groups, update_every=update_every, ema=ema, local=hows,
                                local_share=local_share)
     else:
         seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric)
@@ -275,7 +278,7 @@ def experiment(
                                gan_steps=gan_steps, seg=seg, seeds=seeds, gan_seeds=gan_seeds, lambda_l1=lambda_l1,
                                feedback=modes,
                                label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods,
-                               samples_per_mask=samples_per_mask, with_sync=with_sync, test_tile=test_tile,
+                               samples_per_mask=samples_per_mask, with_sync=with_sync, test=test, groups=groups,
                                update_every=update_every, ema=ema, local=hows, local_share=local_share)
     try:
         results = run_experiment(cfg)

@@ -41,8 +41,8 @@ from dgan.training.generator import GeneratorTrainer, TrainConfig, load_checkpoi
 
 log = logging.getLogger("dgan.experiment")
 
-# The Dubai protocol: tile 8 is the test set; nodes hold whole tiles.
-DUBAI_TEST_TILE = "8"
+# The Dubai protocol: tile 8 is the test set; nodes hold whole tiles (any manifest column works the same way).
+DUBAI_TEST = "tile=8"
 DUBAI_GROUPS = [["7"], ["2", "4"], ["5"], ["1", "3", "6"]]
 METRICS = ("iou", "f1", "precision", "recall", "accuracy")
 
@@ -56,7 +56,8 @@ class ExperimentConfig:
     out: Path
     data: Path | None = None  # None: built-in scenes
     partition: str = "group"
-    test_tile: str = DUBAI_TEST_TILE  # the tile held out for the test (other tiles give other splits)
+    test: str = DUBAI_TEST  # COLUMN=V1[,V2]: manifest rows held out for the test; COLUMN is also the group column
+    groups: str = ""  # group partition: "a|b,c|d" = node 0 gets a, node 1 b and c...; "" = dealt largest first
     nodes: int = 4
     size: int = 128
     gan_steps: int = 800
@@ -95,6 +96,23 @@ class ExperimentConfig:
         return (1e-4, 0.0) if self.oasis_optim else (2e-4, 0.5)
 
 
+def parse_test(spec: str) -> tuple[str, set[str]]:
+    """``"tile=8"`` or ``"city=paris,berlin"`` -> (column, values)."""
+    column, sep, values = spec.partition("=")
+    vals = {v.strip() for v in values.split(",") if v.strip()}
+    if not sep or not column.strip() or not vals:
+        raise SplitError(f"--test must be COLUMN=VALUE[,VALUE...], got {spec!r}")
+    return column.strip(), vals
+
+
+def parse_groups(spec: str) -> list[list[str]]:
+    """``"7|2,4|5|1,3,6"`` -> one list of group values per node."""
+    nodes = [[g.strip() for g in part.split(",") if g.strip()] for part in spec.split("|")]
+    if not all(nodes):
+        raise SplitError(f"--groups must be values per node, nodes split by '|' and values by ',', got {spec!r}")
+    return nodes
+
+
 @dataclass
 class Splits:
     train: PairSet
@@ -118,14 +136,17 @@ def make_splits(cfg: ExperimentConfig) -> Splits:
         desc = {"dataset": "scenes", "train": "seeds 0..", "val": "seeds 20M..", "test": f"seeds {HELDOUT_SEED_BASE}.."}
         return Splits(train, val, test, parts, {**desc, "partition": how})
     pairs = load_pairs_folder(cfg.data, cfg.size)
-    if "tile" not in pairs.columns:
-        raise SplitError(f"{cfg.data}/manifest.csv needs a 'tile' column for the tile-wise split")
-    tiles = pairs.columns["tile"]
-    if cfg.test_tile not in set(tiles):
-        raise SplitError(f"test tile {cfg.test_tile!r} is not in {cfg.data}/manifest.csv (tiles: "
-                         f"{', '.join(sorted(set(tiles)))})")
-    test_idx = [i for i, t in enumerate(tiles) if t == cfg.test_tile]
-    pool = [i for i, t in enumerate(tiles) if t != cfg.test_tile]
+    column, test_values = parse_test(cfg.test)
+    if column not in pairs.columns:
+        raise SplitError(f"{cfg.data}/manifest.csv has no column {column!r} to split by (columns: "
+                         f"{', '.join(sorted(pairs.columns)) or 'none'})")
+    labels = pairs.columns[column]
+    missing = sorted(test_values - set(labels))
+    if missing:
+        raise SplitError(f"{column} {missing[0]!r} is not in {cfg.data}/manifest.csv ({column} values: "
+                         f"{', '.join(sorted(set(labels)))})")
+    test_idx = [i for i, t in enumerate(labels) if t in test_values]
+    pool = [i for i, t in enumerate(labels) if t not in test_values]
     # Validation: whole source images (not single patches) from the training tiles, 15% of them.
     sources = sorted({pairs.columns.get("source_image", pairs.names)[i] for i in pool})
     rng = np.random.default_rng(0)
@@ -138,14 +159,18 @@ def make_splits(cfg: ExperimentConfig) -> Splits:
         val_idx, test_idx = val_idx[:48], test_idx[:64]
     train = pairs.subset(train_idx)
     if cfg.partition == "group":
-        groups = DUBAI_GROUPS if cfg.nodes == 4 and cfg.test_tile == DUBAI_TEST_TILE else None
-        parts = partition(len(train), cfg.nodes, "group", groups=train.columns["tile"], node_groups=groups)
+        groups = parse_groups(cfg.groups) if cfg.groups else (
+            DUBAI_GROUPS if cfg.nodes == 4 and cfg.test == DUBAI_TEST else None)
+        try:
+            parts = partition(len(train), cfg.nodes, "group", groups=train.columns[column], node_groups=groups)
+        except ValueError as exc:
+            raise SplitError(f"group partition by {column}: {exc}") from None
     else:
         parts = partition(len(train), cfg.nodes, cfg.partition, seed=0,
                           stat=[float(m.mean()) for m in train.masks])
-    desc = {"dataset": str(cfg.data), "test": f"tile {cfg.test_tile}", "val": f"{len(val_sources)} source images "
-            "of the other tiles", "partition": cfg.partition,
-            "node_tiles": [sorted(set(train.columns["tile"][i] for i in p)) for p in parts]}
+    desc = {"dataset": str(cfg.data), "test": cfg.test, "val": f"{len(val_sources)} source images of the "
+            "training groups", "partition": cfg.partition, "group_column": column,
+            "node_tiles": [sorted(set(train.columns[column][i] for i in p)) for p in parts]}
     return Splits(train, pairs.subset(val_idx), pairs.subset(test_idx), parts, desc)
 
 
@@ -172,9 +197,9 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     return gen
 
 
-def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: int, ema: bool = True) -> PairSet:
+def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: int, weights: str = "auto") -> PairSet:
     """Several samples per mask: dropout makes each one different."""
-    ims = [gen.synthesize(masks, seed=1000 + k, ema=ema) for k in range(samples_per_mask)]
+    ims = [gen.synthesize(masks, seed=1000 + k, weights=weights) for k in range(samples_per_mask)]
     all_masks = np.concatenate([masks] * samples_per_mask)
     return PairSet(np.concatenate(ims), all_masks, [f"syn{i}" for i in range(len(all_masks))])
 

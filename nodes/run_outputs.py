@@ -53,8 +53,10 @@ class RunOutputs:
         """An applied feedback: its row, its scalars for TensorBoard, and the judges' verdict."""
         step = self.trainer.step
         label_iou = losses.get("label_iou")
-        if label_iou is not None and 0.0 <= label_iou <= 1.0 and \
-                self.label_watch.add(label_iou, step) == Signal.DEGRADED:
+        signal = self.label_watch.add(label_iou, step) if label_iou is not None and 0 <= label_iou <= 1 else None
+        if signal == Signal.NEW_BEST:
+            self.trainer.keep_judged()  # `--synthesis-weights judged` synthesises from here
+        elif signal == Signal.DEGRADED:
             w = self.label_watch
             log.warning("generator: the nodes' label IoU on the fakes fell to %.3f at step %d (best %.3f at step %d):"
                         " the generator is drawing the masks worse", w.mean, step, w.best, w.best_step)
@@ -134,7 +136,7 @@ class RunOutputs:
             if node.masks is None:
                 continue
             self._broadcast_status(self.status(phase="synthesis", done=len(rows), total=total))
-            images = self.trainer.synthesize(node.masks)
+            images = self.trainer.synthesize(node.masks, weights=self.cfg.synthesis_weights)
             for i, (im, m) in enumerate(zip(images, node.masks, strict=True)):
                 stem = f"{P.file_stem(name)}_{i:05d}"
                 Image.fromarray(im).save(root / "images" / f"{stem}.png")

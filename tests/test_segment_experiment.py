@@ -162,13 +162,19 @@ def test_dubai_split_keeps_tile_8_for_test_and_nodes_hold_whole_tiles(tmp_path: 
 def test_another_test_tile_gives_another_split_with_whole_tiles_dealt_to_nodes(tmp_path: Path) -> None:
     from dgan.experiment import SplitError, make_splits
 
-    s = make_splits(ExperimentConfig(out=tmp_path, data=DUBAI, size=32, test_tile="5"))
+    s = make_splits(ExperimentConfig(out=tmp_path, data=DUBAI, size=32, test="tile=5"))
     assert set(s.test.columns["tile"]) == {"5"} and len(s.test) == 144
     node_tiles = s.description["node_tiles"]
     assert sorted(t for ts in node_tiles for t in ts) == ["1", "2", "3", "4", "6", "7", "8"]  # each tile once
     assert all(node_tiles)
-    with pytest.raises(SplitError, match="test tile '9' is not in"):
-        make_splits(ExperimentConfig(out=tmp_path, data=DUBAI, size=32, test_tile="9"))
+    mine = make_splits(ExperimentConfig(out=tmp_path, data=DUBAI, size=32, test="tile=5,6", groups="7|8|1,2,3|4"))
+    assert set(mine.test.columns["tile"]) == {"5", "6"} and mine.description["node_tiles"] == [
+        ["7"], ["8"], ["1", "2", "3"], ["4"]]
+    for test, groups, says in (("tile=9", "", "tile '9' is not in"), ("tile", "", "COLUMN=VALUE"),
+                               ("city=paris", "", "no column 'city'"), ("tile=5", "7|8", "group partition by tile"),
+                               ("tile=5", "7||8", "nodes split by")):
+        with pytest.raises(SplitError, match=says):
+            make_splits(ExperimentConfig(out=tmp_path, data=DUBAI, size=32, test=test, groups=groups))
 
 
 def test_a_department_model_learns_from_its_own_pairs_beside_the_synthetic_set() -> None:

@@ -35,7 +35,7 @@ def test_ema_weights_trail_the_raw_ones_and_synthesis_uses_them(tmp_path: Path) 
     behind = sum(float((a - r).abs().sum()) for a, r in zip(avg, raw, strict=True))
     assert moved > 0 and 0 < behind < moved  # the average lags the weights, but has left the initial ones
     masks = np.zeros((3, 32, 32), np.uint8)
-    assert not np.array_equal(trainer.synthesize(masks, ema=True), trainer.synthesize(masks, ema=False))
+    assert not np.array_equal(trainer.synthesize(masks, weights="ema"), trainer.synthesize(masks, weights="raw"))
     trainer.save(tmp_path / "g.pt")
     again = GeneratorTrainer.from_state(load_checkpoint(tmp_path / "g.pt"))
     assert again.G_ema is not None
@@ -48,7 +48,7 @@ def test_without_ema_synthesis_uses_the_raw_weights_and_bad_settings_are_refused
     trainer = GeneratorTrainer(MODEL, TrainConfig(fake_dtype="float32"))
     assert trainer.G_ema is None
     masks = np.zeros((2, 32, 32), np.uint8)
-    assert np.array_equal(trainer.synthesize(masks, ema=True), trainer.synthesize(masks, ema=False))
+    assert np.array_equal(trainer.synthesize(masks, weights="ema"), trainer.synthesize(masks, weights="raw"))
     with pytest.raises(ValueError, match="ema is a decay"):
         TrainConfig(ema=1.0)
     with pytest.raises(ValueError, match="update_every must be >= 0"):
@@ -72,3 +72,23 @@ def test_simulated_schedule_gives_each_rule_its_staleness(rule: str, lo: float, 
     assert lo <= stats["staleness_mean"] <= hi
     syn = synthesize_set(gen, splits.train.masks[:4], 1)
     assert syn.images.shape == (4, 32, 32, 3)
+
+
+def test_judged_weights_are_kept_checkpointed_and_chosen_for_synthesis(tmp_path: Path) -> None:
+    trainer = GeneratorTrainer(MODEL, TrainConfig(fake_dtype="float32", lr=1e-2))
+    masks = np.zeros((2, 32, 32), np.uint8)
+    assert np.array_equal(trainer.synthesize(masks, weights="judged"), trainer.synthesize(masks, weights="raw"))
+    _step(trainer, 1)
+    trainer.keep_judged()  # the judges peaked here
+    at_peak = trainer.synthesize(masks, weights="raw")
+    for k in range(2, 5):
+        _step(trainer, k)
+    assert trainer.judged is not None and trainer.judged[0] == 1
+    assert np.array_equal(trainer.synthesize(masks, weights="judged"), at_peak)
+    assert not np.array_equal(trainer.synthesize(masks, weights="raw"), at_peak)
+    trainer.save(tmp_path / "g.pt")
+    again = GeneratorTrainer.from_state(load_checkpoint(tmp_path / "g.pt"))
+    assert again.judged is not None and again.judged[0] == 1
+    assert np.array_equal(again.synthesize(masks, weights="judged"), at_peak)
+    with pytest.raises(ValueError, match="weights must be one of"):
+        trainer.synthesize(masks, weights="best")

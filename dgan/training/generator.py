@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from dgan.choices import FakeDtype, TrainMode, Weighting, values
+from dgan.choices import FakeDtype, SynthWeights, TrainMode, Weighting, values
 from dgan.networks import ModelConfig, define_G, masks_to_input, tensor_to_images
 
 log = logging.getLogger("dgan.generator")
@@ -34,6 +34,7 @@ log = logging.getLogger("dgan.generator")
 TRAIN_MODES = values(TrainMode)
 WEIGHTINGS = values(Weighting)
 FAKE_DTYPES = values(FakeDtype)
+SYNTH_WEIGHTS = values(SynthWeights)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class GeneratorTrainer:
         self.G.train()  # dropout is the generator's noise, at training and synthesis alike
         self.opt = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=(train.beta1, 0.999))
         self.G_ema = copy.deepcopy(self.G) if train.ema > 0 else None
+        self.judged: tuple[int, dict[str, torch.Tensor]] | None = None  # (step, G) where the nodes' judges peaked
         self.names = [n for n, _ in self.G.named_parameters()]
         self.step = 0
         self.inflight: dict[int, InFlight] = {}
@@ -203,11 +205,28 @@ class GeneratorTrainer:
 
     # ------------------------------------------------------------ synthesis
 
+    def keep_judged(self) -> None:
+        """Remember G's weights now: the nodes' label judges just gave their best verdict of the run."""
+        self.judged = (self.step, {k: v.detach().clone() for k, v in self.G.state_dict().items()})
+
+    def weights(self, which: str = "auto") -> torch.nn.Module:
+        """The generator to synthesise with: ``raw`` (the last weights), ``ema`` (their moving average),
+        ``judged`` (where the nodes' judges peaked) or ``auto`` (ema when kept, else raw)."""
+        if which not in SYNTH_WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(SYNTH_WEIGHTS)}, got {which!r}")
+        if which == "judged" and self.judged is not None:
+            G = copy.deepcopy(self.G)
+            G.load_state_dict(self.judged[1])
+            return G
+        if which in ("auto", "ema", "judged") and self.G_ema is not None:
+            return self.G_ema
+        return self.G
+
     @torch.no_grad()
-    def synthesize(self, masks: np.ndarray, batch: int = 32, seed: int = 12345, ema: bool = True) -> np.ndarray:
-        """uint8 images (N, H, W, 3) for label maps (N, H, W), dropout on as at training; from the weight
-        average when the run keeps one (``ema``)."""
-        G = self.G_ema if ema and self.G_ema is not None else self.G
+    def synthesize(self, masks: np.ndarray, batch: int = 32, seed: int = 12345, weights: str = "auto") -> np.ndarray:
+        """uint8 images (N, H, W, 3) for label maps (N, H, W), dropout on as at training; ``weights``: see
+        :meth:`weights`."""
+        G = self.weights(weights)
         out = np.empty((*masks.shape, 3), np.uint8)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -220,6 +239,8 @@ class GeneratorTrainer:
 
     def state(self) -> dict[str, Any]:
         ema = {"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {}
+        if self.judged is not None:
+            ema.update(G_judged=self.judged[1], judged_step=self.judged[0])
         return {"G": self.G.state_dict(), **ema, "opt": self.opt.state_dict(), "step": self.step,
                 "samples_applied": self.samples_applied, "model": self.model_cfg.to_dict(),
                 "train": self.cfg.to_dict(), "threads": torch.get_num_threads(),  # for a bitwise rebuild
@@ -242,6 +263,7 @@ class GeneratorTrainer:
         self.G.load_state_dict(state["G"])
         if self.G_ema is not None:  # a checkpoint from before EMA was on starts the average from its weights
             self.G_ema.load_state_dict(state.get("G_ema", state["G"]))
+        self.judged = (int(state["judged_step"]), state["G_judged"]) if "G_judged" in state else None
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
         self.samples_applied = int(state.get("samples_applied", 0))
