@@ -232,12 +232,10 @@ def test_service_warns_when_the_nodes_label_iou_falls_and_records_it(tmp_path: P
         with caplog.at_level("WARNING", logger="dgan.generator"):
             service.handle("a", fb)
     assert "label IoU on the fakes fell to 0.300" in caplog.text  # window means 0.55, 0.55, 0.3 (< 0.6 x 0.55)
-    assert service.trainer.judged is not None and service.trainer.judged[0] == summary_best_step(service)
+    kept = service.trainer.judged  # the weights `--synthesis-weights judged` uses: from the best window's step
+    assert kept is not None and kept[0] == service.label_watch.best_step
     summary = service.finish()
     assert summary["degraded_alarms"] == 1 and summary["label_iou_best"] == pytest.approx(0.55)
     rows = [json.loads(r) for r in (tmp_path / "feedback.jsonl").read_text().splitlines()]
     assert [r[-1] for r in rows] == [0.5, 0.6, 0.5, 0.1, 0.0]
 
-
-def summary_best_step(service: GeneratorService) -> int | None:
-    return service.label_watch.best_step  # the weights kept for `--synthesis-weights judged` are from that step
