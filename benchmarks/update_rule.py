@@ -21,7 +21,7 @@ import json
 import logging
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -151,18 +151,31 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     unknown = [r for r in rules if r not in RULES]
     if unknown:
         raise ValueError(f"unknown rule {unknown[0]!r}; choose from {', '.join(RULES)}")
-    seg_steps = 150 if quick else 500
+    seg_steps = 150 if quick else 300
     base = ExperimentConfig(out=Path("/nonexistent"), data=data, size=size, quick=quick, scenes=160 if quick else 600)
     tiles = tiles if data is not None else ["scenes"]
     jobs_args = [(replace(base, test=f"tile={t}") if data is not None else base, r, s, feedbacks, feedback, speeds, ema,
                   seg_steps) for t in tiles for s in range(gan_seeds) for r in rules]
     t0 = time.time()
-    with console.status(f"{len(jobs_args)} simulated GAN trainings, {jobs} at a time…"):
-        if jobs > 1:
-            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-                rows = list(pool.map(_one, jobs_args))
-        else:
-            rows = [_one(a) for a in jobs_args]
+    rows: list[dict[str, Any]] = []
+    partial = json_out.with_suffix(".rows.jsonl") if json_out is not None else None  # each row as it finishes
+
+    def done(row: dict[str, Any]) -> None:
+        rows.append(row)
+        console.print(f"[{len(rows)}/{len(jobs_args)}] {row['test']} GAN seed {row['gan_seed']} {row['rule']}: "
+                      f"val IoU {row['val_iou_raw']:.3f} (EMA {row['val_iou_ema']:.3f}), staleness "
+                      f"{row['staleness_mean']:.2f}, {time.time() - t0:.0f} s")
+        if partial is not None:
+            with open(partial, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            for fut in as_completed([pool.submit(_one, a) for a in jobs_args]):
+                done(fut.result())
+    else:
+        for a in jobs_args:
+            done(_one(a))
     summary = {}
     for r in rules:
         mine = [x for x in rows if x["rule"] == r]

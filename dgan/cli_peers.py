@@ -272,6 +272,9 @@ def node(
     save_samples: Annotated[Path | None, typer.Option(help="Save mask | real | synthetic grids here (stays "
                                                            "local).")] = None,
     sample_every: Annotated[int, typer.Option(help="Batches between saved grids.")] = 50,
+    judge: Annotated[bool, typer.Option(help="Train a small segmenter on this node's pairs and report label_iou, "
+                                             "its IoU on the fakes against their masks (one number per batch).")
+                     ] = True,
     key: KeyFile = None,
     broker_key: BrokerKey = None,
     heartbeat: Heartbeat = 2.5,
@@ -307,7 +310,7 @@ def node(
     n = DiscriminatorNode(link, images, masks, NodeConfig(name=name, batch_size=batch_size, pipeline=pipeline,
                                                           grad_dtype=grad_dtype.value, delay=delay, seed=seed,
                                                           device=device, feedback=recipe, samples_dir=save_samples,
-                                                          sample_every=sample_every))
+                                                          sample_every=sample_every, judge=judge))
     try:
         result = n.run(max_batches=max_batches or None)
     except KeyboardInterrupt:

@@ -221,7 +221,8 @@ def experiment(
         Partition.group),
     nodes: int = 4,
     size: Annotated[int, typer.Option(help="Resolution.")] = 128,
-    gan_steps: Annotated[int, typer.Option(help="Generator updates for each GAN (batch 8 each).")] = 800,
+    gan_steps: Annotated[int, typer.Option(help="Batches of 8 each GAN learns from: the central GAN's steps; a "
+                                                "DGAN step that averages N feedbacks counts N.")] = 800,
     seg_steps: Annotated[int, typer.Option(help="Steps for every segmentation training.")] = 700,
     seeds: Annotated[int, typer.Option(help="Repeat each segmentation training with this many seeds.")] = 2,
     gan_seeds: Annotated[int, typer.Option(help="GAN trainings per GAN method (segmentation seed s uses GAN "

@@ -60,7 +60,7 @@ class ExperimentConfig:
     groups: str = ""  # group partition: "a|b,c|d" = node 0 gets a, node 1 b and c...; "" = dealt largest first
     nodes: int = 4
     size: int = 128
-    gan_steps: int = 800
+    gan_steps: int = 800  # batches each GAN learns from (DGAN steps that average N feedbacks take N of them)
     batch_size: int = 8
     g_width: int = 32
     d_width: int = 32
@@ -213,9 +213,11 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
     else:
         shards = [{"kind": "folder", "path": str(cfg.data.resolve()), "names": [splits.train.names[i] for i in p]}
                   for p in splits.node_parts]
-    run_local(RunConfig(nodes=cfg.nodes, steps=cfg.gan_steps, out=out, image_size=cfg.size, g_width=cfg.g_width,
+    # The same budget as the central GAN: gan_steps batches of feedback, whatever a generator step averages.
+    steps = -(-cfg.gan_steps // (cfg.update_every or cfg.nodes)) if mode == "async" else -(-cfg.gan_steps // cfg.nodes)
+    run_local(RunConfig(nodes=cfg.nodes, steps=steps, out=out, image_size=cfg.size, g_width=cfg.g_width,
                         d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
-                        synthesize=False, checkpoint_every=0, sample_every=max(1, cfg.gan_steps // 4),
+                        synthesize=False, checkpoint_every=0, sample_every=max(1, steps // 4),
                         timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1,
                         extra_generator_args=["--lr", str(lr), "--beta1", str(beta1), "--ema", str(cfg.ema),
                                               "--update-every", str(cfg.update_every)],
