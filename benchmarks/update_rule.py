@@ -159,6 +159,8 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     t0 = time.time()
     rows: list[dict[str, Any]] = []
     partial = json_out.with_suffix(".rows.jsonl") if json_out is not None else None  # each row as it finishes
+    if partial is not None:
+        partial.write_text("")
 
     def done(row: dict[str, Any]) -> None:
         rows.append(row)

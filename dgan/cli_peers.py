@@ -185,6 +185,9 @@ def generator(
     set_torch_threads(threads)
     model = ModelConfig(image_size=image_size, num_classes=num_classes, g_width=g_width, g_depth=g_depth,
                         d_width=d_width, gan_mode=gan_mode.value)
+    if synthesis_weights == SynthWeights.ema and ema <= 0:
+        console.print("[red]--synthesis-weights ema needs --ema DECAY (a moving average to synthesise from)[/red]")
+        raise typer.Exit(2)
     try:
         train = TrainConfig(steps=steps, lr=lr, beta1=beta1, mode=mode.value, update_every=update_every, ema=ema,
                             weighting=weighting.value, max_staleness=max_staleness, fake_dtype=fake_dtype.value,

@@ -258,7 +258,7 @@ def experiment(
     quick: Annotated[bool, typer.Option(help="A smoke run of the whole pipeline in a few minutes.")] = False,
 ) -> None:
     """Compare real_all, real_partial, central_gan and dgan segmentation on the real test split."""
-    from dgan.experiment import ExperimentConfig, SplitError, run_experiment
+    from dgan.experiment import ExperimentConfig, ExperimentSetupError, run_experiment
     from dgan.report import write_report
     from dgan.segment import SegConfig
 
@@ -266,24 +266,19 @@ def experiment(
     modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
     methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
     hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.mixed])))
-    if quick:
-        cfg = ExperimentConfig(out=out, data=data, partition=partition.value, nodes=nodes, size=64, gan_steps=30,
-                               g_width=16, d_width=16, seg=SegConfig(steps=60, eval_every=20), seeds=1,
-                               samples_per_mask=1, scenes=96, quick=True, with_sync=with_sync, feedback=modes,
-                               lambda_l1=lambda_l1, label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods,
-                               test=test, groups=groups, update_every=update_every, ema=ema, local=hows,
-                               local_share=local_share)
-    else:
-        seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric)
-        cfg = ExperimentConfig(out=out, data=data, partition=partition.value, nodes=nodes, size=size,
-                               gan_steps=gan_steps, seg=seg, seeds=seeds, gan_seeds=gan_seeds, lambda_l1=lambda_l1,
-                               feedback=modes,
-                               label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods,
-                               samples_per_mask=samples_per_mask, with_sync=with_sync, test=test, groups=groups,
-                               update_every=update_every, ema=ema, local=hows, local_share=local_share)
+    common = dict(out=out, data=data, partition=partition.value, nodes=nodes, feedback=modes, lambda_l1=lambda_l1,
+                  label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test,
+                  groups=groups, update_every=update_every, ema=ema, local=hows, local_share=local_share)
     try:
+        if quick:
+            cfg = ExperimentConfig(**common, size=64, gan_steps=30, g_width=16, d_width=16, seeds=1, scenes=96,
+                                   seg=SegConfig(steps=60, eval_every=20), samples_per_mask=1, quick=True)
+        else:
+            seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric)
+            cfg = ExperimentConfig(**common, size=size, gan_steps=gan_steps, seg=seg, seeds=seeds, gan_seeds=gan_seeds,
+                                   samples_per_mask=samples_per_mask)
         results = run_experiment(cfg)
-    except SplitError as exc:  # one line, not a traceback
+    except ExperimentSetupError as exc:  # one line, not a traceback
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     console.print((out / "results.md").read_text())

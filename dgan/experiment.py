@@ -47,8 +47,8 @@ DUBAI_GROUPS = [["7"], ["2", "4"], ["5"], ["1", "3", "6"]]
 METRICS = ("iou", "f1", "precision", "recall", "accuracy")
 
 
-class SplitError(ValueError):
-    """The data cannot be split as asked (no such test tile, no tile column)."""
+class ExperimentSetupError(ValueError):
+    """The experiment cannot run as asked (a split that does not exist, a setting out of range)."""
 
 
 @dataclass
@@ -83,6 +83,21 @@ class ExperimentConfig:
     cache: Path | None = None
     threads: int = 2
 
+    def __post_init__(self) -> None:
+        """Settings that would only fail after hours of GAN training fail here."""
+        from dgan.choices import LocalHow, values
+
+        if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0:
+            raise ExperimentSetupError(f"update_every must be >= 0, ema in [0, 1) and local_share in (0, 1); got "
+                             f"{self.update_every}, {self.ema}, {self.local_share}")
+        bad = [h for h in self.local if h not in values(LocalHow)]
+        if bad:
+            raise ExperimentSetupError(f"local must be among {', '.join(values(LocalHow))}, got {bad[0]!r}")
+        if self.data is not None:
+            parse_test(self.test)
+            if self.groups:
+                parse_groups(self.groups)
+
     def model(self) -> ModelConfig:
         return ModelConfig(image_size=self.size, g_width=self.g_width, d_width=self.d_width)
 
@@ -101,7 +116,7 @@ def parse_test(spec: str) -> tuple[str, set[str]]:
     column, sep, values = spec.partition("=")
     vals = {v.strip() for v in values.split(",") if v.strip()}
     if not sep or not column.strip() or not vals:
-        raise SplitError(f"--test must be COLUMN=VALUE[,VALUE...], got {spec!r}")
+        raise ExperimentSetupError(f"--test must be COLUMN=VALUE[,VALUE...], got {spec!r}")
     return column.strip(), vals
 
 
@@ -109,7 +124,8 @@ def parse_groups(spec: str) -> list[list[str]]:
     """``"7|2,4|5|1,3,6"`` -> one list of group values per node."""
     nodes = [[g.strip() for g in part.split(",") if g.strip()] for part in spec.split("|")]
     if not all(nodes):
-        raise SplitError(f"--groups must be values per node, nodes split by '|' and values by ',', got {spec!r}")
+        raise ExperimentSetupError(f"--groups must be values per node, nodes split by '|' and values by ',', "
+                                   f"got {spec!r}")
     return nodes
 
 
@@ -138,12 +154,12 @@ def make_splits(cfg: ExperimentConfig) -> Splits:
     pairs = load_pairs_folder(cfg.data, cfg.size)
     column, test_values = parse_test(cfg.test)
     if column not in pairs.columns:
-        raise SplitError(f"{cfg.data}/manifest.csv has no column {column!r} to split by (columns: "
+        raise ExperimentSetupError(f"{cfg.data}/manifest.csv has no column {column!r} to split by (columns: "
                          f"{', '.join(sorted(pairs.columns)) or 'none'})")
     labels = pairs.columns[column]
     missing = sorted(test_values - set(labels))
     if missing:
-        raise SplitError(f"{column} {missing[0]!r} is not in {cfg.data}/manifest.csv ({column} values: "
+        raise ExperimentSetupError(f"{column} {missing[0]!r} is not in {cfg.data}/manifest.csv ({column} values: "
                          f"{', '.join(sorted(set(labels)))})")
     test_idx = [i for i, t in enumerate(labels) if t in test_values]
     pool = [i for i, t in enumerate(labels) if t not in test_values]
@@ -164,7 +180,7 @@ def make_splits(cfg: ExperimentConfig) -> Splits:
         try:
             parts = partition(len(train), cfg.nodes, "group", groups=train.columns[column], node_groups=groups)
         except ValueError as exc:
-            raise SplitError(f"group partition by {column}: {exc}") from None
+            raise ExperimentSetupError(f"group partition by {column}: {exc}") from None
     else:
         parts = partition(len(train), cfg.nodes, cfg.partition, seed=0,
                           stat=[float(m.mean()) for m in train.masks])
@@ -317,7 +333,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     def gan_method(name: str, make: Any) -> dict[str, Any]:
         sets, gan_seconds = synthetic.setdefault(name, []), []
         for g in range(max(1, min(cfg.gan_seeds, cfg.seeds))):
-            log.info("%s GAN seed %d: training (%d steps)", name, g, cfg.gan_steps)
+            log.info("%s GAN seed %d: training on %d batches", name, g, cfg.gan_steps)
             t = time.time()
             gen = make(g)
             gan_seconds.append(time.time() - t)

@@ -134,7 +134,7 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
     model = define_segmenter(cfg).to(cfg.device)
     if init is not None:
         model.load_state_dict(init)
-    n_mix = 0 if mix is None else max(1, round(cfg.batch_size * mix[2]))
+    n_mix = 0 if mix is None else min(cfg.batch_size - 1, max(1, round(cfg.batch_size * mix[2])))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.steps))
     best: tuple[float, dict[str, torch.Tensor], int] | None = None

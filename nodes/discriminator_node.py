@@ -62,6 +62,7 @@ class NodeStats:
     losses: dict[str, float] = field(default_factory=dict)
     wait_s: float = 0.0  # blocked waiting for fakes
     compute_s: float = 0.0  # D step and gradient
+    judge_s: float = 0.0  # the label judge's verdicts and training steps
     codec_s: float = 0.0  # encoding and sending requests and feedback
     wire_bytes: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -69,7 +70,7 @@ class NodeStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "samples": self.samples, "losses": self.losses, "wait_s": self.wait_s,
-                "compute_s": self.compute_s, "codec_s": self.codec_s,
+                "compute_s": self.compute_s, "judge_s": self.judge_s, "codec_s": self.codec_s,
                 "wire_bytes": self.wire_bytes, "errors": dict(self.errors),
                 "wall_s": time.monotonic() - self.started}
 
@@ -80,6 +81,7 @@ class DiscriminatorNode:
         self.images, self.masks = images, masks
         self.trainer: DiscriminatorTrainer | None = None
         self.judge: LabelJudge | None = None
+        self.judge_sampler: PairSampler | None = None
         self.sampler: PairSampler | None = None
         self.outstanding: dict[int, Outstanding] = {}
         self.stats = NodeStats()
@@ -146,6 +148,7 @@ class DiscriminatorNode:
             # learn more from each gradient (and could force a reset with a changed WELCOME).
             self.trainer = DiscriminatorTrainer(model, self.cfg.feedback, seed=None, device=self.cfg.device)
             self.judge = LabelJudge(seed=None, device=self.cfg.device) if self.cfg.judge else None
+            self.judge_sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed + 7919)
             self.warmup_left = self.trainer.warmup_steps
             if self.warmup_left:
                 log.info("node %s: training its segmenter on its own pairs for %d steps before the first feedback",
@@ -201,11 +204,7 @@ class DiscriminatorNode:
         self.stats.wire_bytes += fakes.nbytes
         t0 = time.monotonic()
         scored = self.trainer.score(req.masks, req.reals, fakes, self.cfg.grad_dtype)
-        if self.judge is not None and self.sampler is not None:
-            if self.judge.steps >= self.cfg.judge_after:
-                scored.losses["label_iou"] = self.judge.label_iou(fakes, req.masks)
-            for _ in range(self.cfg.judge_steps):  # on fresh real pairs of its own
-                self.judge.train_step(*self.sampler.batch(self.cfg.batch_size))
+        self._judge(fakes, req.masks, scored.losses)
         if self.cfg.delay > 0:
             time.sleep(self.cfg.delay)
         self.stats.compute_s += time.monotonic() - t0
@@ -224,6 +223,17 @@ class DiscriminatorNode:
         self.stats.losses = scored.losses
         if self.cfg.samples_dir is not None and self.stats.batches % self.cfg.sample_every == 1:
             self._save_grid(req.masks, req.reals, fakes)
+
+    def _judge(self, fakes: np.ndarray, masks: np.ndarray, losses: dict[str, float]) -> None:
+        """label_iou of these fakes (2 decimals: what is sent is a coarse verdict), then the judge's own steps."""
+        if self.judge is None or self.judge_sampler is None:
+            return
+        t0 = time.monotonic()
+        if self.judge.steps >= self.cfg.judge_after:
+            losses["label_iou"] = round(self.judge.label_iou(fakes, masks), 2)
+        for _ in range(self.cfg.judge_steps):  # its own draws: D's stream of pairs is the same with or without it
+            self.judge.train_step(*self.judge_sampler.batch(self.cfg.batch_size))
+        self.stats.judge_s += time.monotonic() - t0
 
     def _save_grid(self, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray) -> None:
         """Rows of mask | real | synthetic, kept on this node's disk (real images stay local)."""

@@ -80,6 +80,8 @@ class GeneratorService(RunOutputs):
         self.feedback_log = RowStream(self.out / "feedback.jsonl", append=resumed)  # one row per applied feedback
         self.policy = RoundPolicy(trainer.cfg.mode, trainer.cfg.update_every)  # who is served when; when G steps
         self.label_watch = LabelWatch()  # the nodes' judges: is G drawing what the masks say, better or worse?
+        if trainer.judged is not None and trainer.judged_score is not None:  # resumed: the best to beat
+            self.label_watch.best, self.label_watch.best_step = trainer.judged_score, trainer.judged[0]
         self.started = time.time()
         self._last_status = 0.0
         self._last_log = time.monotonic()
@@ -250,6 +252,7 @@ class GeneratorService(RunOutputs):
         if node is None or not node.alive:
             return
         node.alive = False
+        self.label_watch.forget(name)
         released = self.trainer.release(name)
         self.counters["node_departures"] += 1
         log.warning("generator: node %s left (%s); released %d request(s) in flight", name, reason, released)

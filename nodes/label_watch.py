@@ -1,31 +1,35 @@
-"""Is the generator getting worse? The nodes' label_iou over a sliding window, as pure logic.
+"""Is the generator getting worse? The nodes' label_iou over sliding windows, as pure logic.
 
 Each node's judge reports how well a segmenter trained on its real pairs finds
-the masks' buildings in the fakes (``label_iou``).  The window mean over all
-nodes rises while the generator learns to draw what the masks say; a fall to a
-fraction of its best is the degradation that, without this, nobody sees until
-the segmentation experiment ends (issue 13's grey, low-contrast fakes).
+the masks' buildings in the fakes (``label_iou``).  Each node has its own
+window, so a fast node does not outweigh the others; the verdict is the median
+of the nodes' window means, so one node (hostile, or with a badly calibrated
+judge) cannot move it alone once there are three.  It rises while the
+generator learns to draw what the masks say; a fall to a fraction of its best
+is the degradation that, without this, nobody sees until the segmentation
+experiment ends (issue 13's grey, low-contrast fakes).
 """
 
 from __future__ import annotations
 
 import enum
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
 
 class Signal(enum.Enum):
     NONE = "none"
-    NEW_BEST = "new_best"  # the window mean is the best so far
+    NEW_BEST = "new_best"  # the verdict is the best so far
     DEGRADED = "degraded"  # it fell below ``drop`` x the best (said once, until it recovers)
 
 
 @dataclass
 class LabelWatch:
-    window: int = 32  # feedbacks per mean
-    drop: float = 0.6  # DEGRADED below this share of the best window mean
+    window: int = 16  # feedbacks per node per mean
+    drop: float = 0.6  # DEGRADED below this share of the best verdict
     floor: float = 0.05  # a best below this is no baseline yet (the judges are still learning)
-    values: deque[float] = field(default_factory=deque)
+    values: dict[str, deque[float]] = field(default_factory=dict)
     best: float | None = None
     best_step: int | None = None
     degraded: bool = False
@@ -37,12 +41,16 @@ class LabelWatch:
 
     @property
     def mean(self) -> float | None:
-        return sum(self.values) / len(self.values) if len(self.values) == self.window else None
+        """The verdict: the median over nodes with a full window of their window means."""
+        means = [sum(v) / len(v) for v in self.values.values() if len(v) == self.window]
+        return statistics.median(means) if means else None
 
-    def add(self, value: float, step: int) -> Signal:
-        self.values.append(value)
-        if len(self.values) > self.window:
-            self.values.popleft()
+    def forget(self, node: str) -> None:
+        self.values.pop(node, None)
+
+    def add(self, node: str, value: float, step: int) -> Signal:
+        window = self.values.setdefault(node, deque(maxlen=self.window))
+        window.append(value)
         mean = self.mean
         if mean is None:
             return Signal.NONE

@@ -53,9 +53,12 @@ class RunOutputs:
         """An applied feedback: its row, its scalars for TensorBoard, and the judges' verdict."""
         step = self.trainer.step
         label_iou = losses.get("label_iou")
-        signal = self.label_watch.add(label_iou, step) if label_iou is not None and 0 <= label_iou <= 1 else None
-        if signal == Signal.NEW_BEST:
-            self.trainer.keep_judged()  # `--synthesis-weights judged` synthesises from here
+        if label_iou is not None and not 0.0 <= label_iou <= 1.0:  # NaN fails too: never into the log or the watch
+            label_iou = None
+            losses = {k: v for k, v in losses.items() if k != "label_iou"}
+        signal = self.label_watch.add(node, label_iou, step) if label_iou is not None else None
+        if signal == Signal.NEW_BEST and self.cfg.synthesis_weights == "judged":
+            self.trainer.keep_judged(self.label_watch.best)  # the final set comes from here
         elif signal == Signal.DEGRADED:
             w = self.label_watch
             log.warning("generator: the nodes' label IoU on the fakes fell to %.3f at step %d (best %.3f at step %d):"
@@ -106,6 +109,8 @@ class RunOutputs:
             "samples_applied": self.trainer.samples_applied,
             "samples_per_s": round(self.trainer.samples_applied / wall, 2) if wall else 0.0,
             "synthetic_images": synthetic, "counters": dict(self.counters), **self.label_watch.to_dict(),
+            "synthesis_weights": getattr(self, "synthesis_weights_used", None),
+            "judged_step": self.trainer.judged[0] if self.trainer.judged else None,
             "model": self.trainer.model_cfg.to_dict(), "train": self.trainer.cfg.to_dict(),
             "nodes": {n: {"dataset_size": i.dataset_size, "feedback": i.feedback, "feedbacks": i.feedbacks,
                           "samples": i.samples,
@@ -131,12 +136,17 @@ class RunOutputs:
         (root / "masks").mkdir(parents=True, exist_ok=True)
         rows = []
         t0 = time.monotonic()
+        used = self.trainer.weights_available(self.cfg.synthesis_weights)
+        if used != self.cfg.synthesis_weights and self.cfg.synthesis_weights != "auto":
+            log.warning("generator: no %s weights to synthesise from (no judge reported, or --ema is off); using %s",
+                        self.cfg.synthesis_weights, used)
+        self.synthesis_weights_used = used
         total = sum(len(n.masks) for n in self.nodes.values() if n.masks is not None)
         for name, node in self.nodes.items():
             if node.masks is None:
                 continue
             self._broadcast_status(self.status(phase="synthesis", done=len(rows), total=total))
-            images = self.trainer.synthesize(node.masks, weights=self.cfg.synthesis_weights)
+            images = self.trainer.synthesize(node.masks, weights=used)
             for i, (im, m) in enumerate(zip(images, node.masks, strict=True)):
                 stem = f"{P.file_stem(name)}_{i:05d}"
                 Image.fromarray(im).save(root / "images" / f"{stem}.png")

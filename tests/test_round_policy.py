@@ -212,6 +212,31 @@ def test_service_sync_round_closes_when_fakes_could_not_leave_the_process(tmp_pa
     assert service.trainer.step == 1
 
 
+def test_service_buffered_async_steps_once_both_nodes_fed_back_in_any_order(tmp_path: Path) -> None:
+    hub = InProcessHub()
+    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
+                               TrainConfig(steps=100, update_every=0, fake_dtype="float32"))
+    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(out=tmp_path, sample_every=0,
+                                                                            checkpoint_every=0))
+    links = {n: hub.node_link(n) for n in "ab"}
+    for n, link in links.items():
+        service.handle(n, P.make(P.Kind.HELLO, n, meta={"role": "node", "dataset_size": 1}))
+        assert link.recv(1).kind == P.Kind.WELCOME
+    fakes = []
+    for n in "aab":  # a asks twice before b asks once: a served at once each time (async)
+        service.handle(n, P.make(P.Kind.FAKE_REQUEST, n, tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
+        fakes.append((n, links[n].recv(1)))
+    assert all(f.kind == P.Kind.FAKES for _, f in fakes)
+    service.handle("a", _feedback(fakes[0][1]))
+    assert trainer.step == 0  # one feedback of a buffer of two
+    service.handle("a", _feedback(fakes[1][1]))
+    assert trainer.step == 1  # any two feedbacks fill it, from whichever nodes
+    service.handle("b", _feedback(fakes[2][1]))
+    assert trainer.step == 1
+    service.handle("a", P.make(P.Kind.GOODBYE, "a"))
+    assert trainer.step == 2  # a left: b's pending feedback fills the buffer of one
+
+
 def test_service_warns_when_the_nodes_label_iou_falls_and_records_it(tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     import json
@@ -219,8 +244,8 @@ def test_service_warns_when_the_nodes_label_iou_falls_and_records_it(tmp_path: P
     hub = InProcessHub()
     trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
                                TrainConfig(steps=100, fake_dtype="float32"))
-    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(out=tmp_path, sample_every=0,
-                                                                            checkpoint_every=0, synthesize=False))
+    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(
+        out=tmp_path, sample_every=0, checkpoint_every=0, synthesize=False, synthesis_weights="judged"))
     service.label_watch.window = 2
     link = hub.node_link("a")
     service.handle("a", P.make(P.Kind.HELLO, "a", meta={"role": "node", "dataset_size": 1}))
@@ -232,10 +257,18 @@ def test_service_warns_when_the_nodes_label_iou_falls_and_records_it(tmp_path: P
         with caplog.at_level("WARNING", logger="dgan.generator"):
             service.handle("a", fb)
     assert "label IoU on the fakes fell to 0.300" in caplog.text  # window means 0.55, 0.55, 0.3 (< 0.6 x 0.55)
+    for bad in (float("nan"), 7.0):  # out of range: kept out of the watch and the log
+        service.handle("a", P.make(P.Kind.FAKE_REQUEST, "a", tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
+        fb = _feedback(link.recv(1))
+        fb.meta["losses"] = {"label_iou": bad}
+        service.handle("a", fb)
     kept = service.trainer.judged  # the weights `--synthesis-weights judged` uses: from the best window's step
     assert kept is not None and kept[0] == service.label_watch.best_step
     summary = service.finish()
     assert summary["degraded_alarms"] == 1 and summary["label_iou_best"] == pytest.approx(0.55)
+    assert summary["judged_step"] == kept[0]
     rows = [json.loads(r) for r in (tmp_path / "feedback.jsonl").read_text().splitlines()]
-    assert [r[-1] for r in rows] == [0.5, 0.6, 0.5, 0.1, 0.0]
+    assert [r[-1] for r in rows] == [0.5, 0.6, 0.5, 0.1, 0.0, None, None]
+    again = GeneratorService(hub.generator_link(), service.trainer, ServiceConfig(out=tmp_path / "r"))
+    assert again.label_watch.best == pytest.approx(0.55)  # a resumed run keeps the best to beat
 

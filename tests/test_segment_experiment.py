@@ -160,7 +160,7 @@ def test_dubai_split_keeps_tile_8_for_test_and_nodes_hold_whole_tiles(tmp_path: 
 
 @pytest.mark.skipif(not DUBAI.exists(), reason="the shared Dubai patches are not beside this checkout")
 def test_another_test_tile_gives_another_split_with_whole_tiles_dealt_to_nodes(tmp_path: Path) -> None:
-    from dgan.experiment import SplitError, make_splits
+    from dgan.experiment import ExperimentSetupError, make_splits
 
     s = make_splits(ExperimentConfig(out=tmp_path, data=DUBAI, size=32, test="tile=5"))
     assert set(s.test.columns["tile"]) == {"5"} and len(s.test) == 144
@@ -173,7 +173,7 @@ def test_another_test_tile_gives_another_split_with_whole_tiles_dealt_to_nodes(t
     for test, groups, says in (("tile=9", "", "tile '9' is not in"), ("tile", "", "COLUMN=VALUE"),
                                ("city=paris", "", "no column 'city'"), ("tile=5", "7|8", "group partition by tile"),
                                ("tile=5", "7||8", "nodes split by")):
-        with pytest.raises(SplitError, match=says):
+        with pytest.raises(ExperimentSetupError, match=says):
             make_splits(ExperimentConfig(out=tmp_path, data=DUBAI, size=32, test=test, groups=groups))
 
 
@@ -224,3 +224,19 @@ def test_segment_train_with_a_synthetic_set_trains_a_department_model_from_the_c
     missing = CliRunner().invoke(app, [*args[:4], "--synthetic", str(tmp_path / "nope"), "--out",
                                        str(tmp_path / "y.pt")])
     assert missing.exit_code == 2 and "needs images/" in missing.output and "nope" in missing.output
+
+
+def test_settings_that_would_fail_after_hours_of_training_fail_at_once(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+    from dgan.experiment import ExperimentSetupError
+
+    for bad in ({"local_share": 1.0}, {"ema": 1.0}, {"update_every": -1}, {"local": ("average",)}):
+        with pytest.raises(ExperimentSetupError):
+            ExperimentConfig(out=tmp_path, **bad)
+    res = CliRunner().invoke(app, ["experiment", "--out", str(tmp_path / "x"), "--local-share", "0", "--quick"])
+    assert res.exit_code == 2 and "local_share in (0, 1)" in res.output
+    assert not (tmp_path / "x" / "results.json").exists()
+    res = CliRunner().invoke(app, ["generator", "--out", str(tmp_path / "g"), "--synthesis-weights", "ema"])
+    assert res.exit_code == 2 and "needs --ema" in res.output

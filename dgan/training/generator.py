@@ -92,6 +92,7 @@ class GeneratorTrainer:
         self.opt = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=(train.beta1, 0.999))
         self.G_ema = copy.deepcopy(self.G) if train.ema > 0 else None
         self.judged: tuple[int, dict[str, torch.Tensor]] | None = None  # (step, G) where the nodes' judges peaked
+        self.judged_score: float | None = None
         self.names = [n for n, _ in self.G.named_parameters()]
         self.step = 0
         self.inflight: dict[int, InFlight] = {}
@@ -205,22 +206,32 @@ class GeneratorTrainer:
 
     # ------------------------------------------------------------ synthesis
 
-    def keep_judged(self) -> None:
+    def keep_judged(self, score: float | None = None) -> None:
         """Remember G's weights now: the nodes' label judges just gave their best verdict of the run."""
+        self.judged_score = score
+        if self.judged is not None and self.judged[0] == self.step:
+            return  # G has not stepped since: the copy kept is these weights
         self.judged = (self.step, {k: v.detach().clone() for k, v in self.G.state_dict().items()})
+
+    def weights_available(self, which: str) -> str:
+        """What ``which`` resolves to: ``auto`` is ema or raw; missing ema or judged weights fall back."""
+        if which == "judged" and self.judged is not None:
+            return "judged"
+        if which in ("auto", "ema", "judged"):
+            return "ema" if self.G_ema is not None else "raw"
+        return "raw"
 
     def weights(self, which: str = "auto") -> torch.nn.Module:
         """The generator to synthesise with: ``raw`` (the last weights), ``ema`` (their moving average),
         ``judged`` (where the nodes' judges peaked) or ``auto`` (ema when kept, else raw)."""
         if which not in SYNTH_WEIGHTS:
             raise ValueError(f"weights must be one of {', '.join(SYNTH_WEIGHTS)}, got {which!r}")
+        which = self.weights_available(which)
         if which == "judged" and self.judged is not None:
             G = copy.deepcopy(self.G)
             G.load_state_dict(self.judged[1])
             return G
-        if which in ("auto", "ema", "judged") and self.G_ema is not None:
-            return self.G_ema
-        return self.G
+        return self.G_ema if which == "ema" and self.G_ema is not None else self.G
 
     @torch.no_grad()
     def synthesize(self, masks: np.ndarray, batch: int = 32, seed: int = 12345, weights: str = "auto") -> np.ndarray:
@@ -240,7 +251,7 @@ class GeneratorTrainer:
     def state(self) -> dict[str, Any]:
         ema = {"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {}
         if self.judged is not None:
-            ema.update(G_judged=self.judged[1], judged_step=self.judged[0])
+            ema.update(G_judged=self.judged[1], judged_step=self.judged[0], judged_score=self.judged_score)
         return {"G": self.G.state_dict(), **ema, "opt": self.opt.state_dict(), "step": self.step,
                 "samples_applied": self.samples_applied, "model": self.model_cfg.to_dict(),
                 "train": self.cfg.to_dict(), "threads": torch.get_num_threads(),  # for a bitwise rebuild
@@ -264,6 +275,7 @@ class GeneratorTrainer:
         if self.G_ema is not None:  # a checkpoint from before EMA was on starts the average from its weights
             self.G_ema.load_state_dict(state.get("G_ema", state["G"]))
         self.judged = (int(state["judged_step"]), state["G_judged"]) if "G_judged" in state else None
+        self.judged_score = state.get("judged_score") if self.judged else None
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
         self.samples_applied = int(state.get("samples_applied", 0))
