@@ -98,6 +98,16 @@ def test_claims_compare_the_right_numbers() -> None:
     assert "dgan_vs_dgan_sync" not in modes  # sync is a schedule, not a feedback mode
 
 
+def test_department_claim_needs_every_department_to_gain_and_needs_no_central_gan() -> None:
+    partial = {"iou": 0.3, "per_node": {"node0": {"iou": 0.5}, "node1": {"iou": 0.1}}}
+    local = {"iou": 0.4, "per_node": {"node0": {"iou": 0.52}, "node1": {"iou": 0.3}}}
+    c = claims({"real_all": {"iou": 0.6}, "real_partial": partial, "dgan": {"iou": 0.2}, "dgan_local": local})
+    gains = c["dgan_local_vs_real_partial"]
+    assert gains["gains"] == pytest.approx({"node0": 0.02, "node1": 0.2}) and gains["mean_gain"] == pytest.approx(0.11)
+    assert not gains["met"]  # node0 gained only 0.02 < 0.03, however large the mean
+    assert "dgan_vs_central" not in c and "dgan_vs_dgan_local" not in c
+
+
 @pytest.mark.timeout(900)  # three DGAN process runs: minutes on a loaded 2-core machine
 def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -> None:
     cfg = ExperimentConfig(out=tmp_path / "exp", size=32, gan_steps=6, g_width=8, d_width=8, nodes=2,
