@@ -27,17 +27,19 @@ class Signal(enum.Enum):
 @dataclass
 class LabelWatch:
     window: int = 16  # feedbacks per node per mean
-    drop: float = 0.6  # DEGRADED below this share of the best verdict
-    floor: float = 0.05  # a best below this is no baseline yet (the judges are still learning)
+    drop: float = 0.6  # DEGRADED below this share of the best verdict...
+    patience: int = 16  # ...for this many verdicts in a row (one noisy window is no trend)
+    floor: float = 0.15  # a best below this is no baseline yet (the judges, or the generator, are still learning)
     values: dict[str, deque[float]] = field(default_factory=dict)
     best: float | None = None
     best_step: int | None = None
     degraded: bool = False
     alarms: int = 0
+    low: int = 0  # verdicts in a row below drop x best
 
     def __post_init__(self) -> None:
-        if self.window < 1 or not 0 < self.drop < 1:
-            raise ValueError("window must be >= 1 and drop between 0 and 1")
+        if self.window < 1 or self.patience < 1 or not 0 < self.drop < 1:
+            raise ValueError("window and patience must be >= 1 and drop between 0 and 1")
 
     @property
     def mean(self) -> float | None:
@@ -55,15 +57,16 @@ class LabelWatch:
         if mean is None:
             return Signal.NONE
         if self.best is None or mean > self.best:
-            self.best, self.best_step, self.degraded = mean, step, False
+            self.best, self.best_step, self.degraded, self.low = mean, step, False, 0
             return Signal.NEW_BEST
-        if self.best >= self.floor and mean < self.drop * self.best:
-            if not self.degraded:
-                self.degraded = True
-                self.alarms += 1
-                return Signal.DEGRADED
-        elif mean >= self.drop * self.best:
-            self.degraded = False
+        if mean >= self.drop * self.best:
+            self.degraded, self.low = False, 0
+            return Signal.NONE
+        self.low += 1
+        if self.best >= self.floor and self.low >= self.patience and not self.degraded:
+            self.degraded = True
+            self.alarms += 1
+            return Signal.DEGRADED
         return Signal.NONE
 
     def to_dict(self) -> dict[str, float | int | None]:

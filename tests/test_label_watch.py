@@ -8,7 +8,7 @@ from nodes.label_watch import LabelWatch, Signal
 
 
 def test_a_fall_below_the_share_of_the_best_is_said_once_and_rearms_after_recovery() -> None:
-    w = LabelWatch(window=2, drop=0.5)
+    w = LabelWatch(window=2, drop=0.5, patience=1, floor=0.05)
     assert w.add("a", 0.2, 1) == Signal.NONE  # the window is not full yet
     assert w.add("a", 0.4, 2) == Signal.NEW_BEST and w.best == pytest.approx(0.3) and w.best_step == 2
     assert w.add("a", 0.5, 3) == Signal.NEW_BEST  # 0.45
@@ -20,15 +20,24 @@ def test_a_fall_below_the_share_of_the_best_is_said_once_and_rearms_after_recove
 
 
 def test_no_alarm_before_the_judges_have_learned_anything() -> None:
-    w = LabelWatch(window=1, drop=0.5, floor=0.05)
+    w = LabelWatch(window=1, drop=0.5, floor=0.05, patience=1)
     w.add("a", 0.04, 1)
     assert w.add("a", 0.0, 2) == Signal.NONE and w.alarms == 0  # a best of 0.04 is no baseline
     with pytest.raises(ValueError):
         LabelWatch(window=0)
+    with pytest.raises(ValueError):
+        LabelWatch(patience=0)
+
+
+def test_a_fall_must_last_patience_verdicts_to_raise_the_alarm() -> None:
+    w = LabelWatch(window=1, drop=0.5, patience=3, floor=0.05)
+    w.add("a", 0.4, 1)
+    assert [w.add("a", v, 2) for v in (0.1, 0.1, 0.5)] == [Signal.NONE, Signal.NONE, Signal.NEW_BEST]  # a dip
+    assert [w.add("a", 0.1, 3) for _ in range(3)] == [Signal.NONE, Signal.NONE, Signal.DEGRADED]  # a trend
 
 
 def test_the_verdict_is_the_median_of_nodes_so_one_fast_or_hostile_node_cannot_set_it() -> None:
-    w = LabelWatch(window=2, drop=0.5)
+    w = LabelWatch(window=2, drop=0.5, patience=1, floor=0.05)
     for v in (0.3, 0.3):
         w.add("b", v, 1)
         w.add("c", v, 1)

@@ -246,7 +246,7 @@ def test_service_warns_when_the_nodes_label_iou_falls_and_records_it(tmp_path: P
                                TrainConfig(steps=100, fake_dtype="float32"))
     service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(
         out=tmp_path, sample_every=0, checkpoint_every=0, synthesize=False, synthesis_weights="judged"))
-    service.label_watch.window = 2
+    service.label_watch.window, service.label_watch.patience = 2, 1
     link = hub.node_link("a")
     service.handle("a", P.make(P.Kind.HELLO, "a", meta={"role": "node", "dataset_size": 1}))
     assert link.recv(1).kind == P.Kind.WELCOME
