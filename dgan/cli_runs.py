@@ -137,7 +137,7 @@ def segment_train(
     synthetic: Annotated[Path | None, typer.Option(help="A synthetic set (a run's synthetic/) to train on beside "
                                                         "--data, your own pairs: your department's model.")] = None,
     how: Annotated[LocalHow, typer.Option(help="With --synthetic: mixed batches, or synthetic first and then "
-                                               "fine-tuned on --data.")] = LocalHow.mixed,
+                                               "fine-tuned on --data.")] = LocalHow.finetune,
     real_share: Annotated[float, typer.Option(help="With --synthetic, mixed: share of each batch from --data.")
                           ] = 0.5,
     val: Annotated[Path | None, typer.Option(help="Validation pairs: the model kept is the best here.")] = None,
@@ -265,7 +265,7 @@ def experiment(
     setup_logging("INFO", "rich", "experiment")
     modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
     methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
-    hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.mixed])))
+    hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.finetune])))
     common = dict(out=out, data=data, partition=partition.value, nodes=nodes, feedback=modes, lambda_l1=lambda_l1,
                   label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test,
                   groups=groups, update_every=update_every, ema=ema, local=hows, local_share=local_share)

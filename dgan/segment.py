@@ -171,12 +171,12 @@ LOCAL_HOWS = values(LocalHow)
 
 
 def train_local(synthetic: tuple[np.ndarray, np.ndarray], real: tuple[np.ndarray, np.ndarray], cfg: SegConfig,
-                val: tuple[np.ndarray, np.ndarray] | None = None, how: str = "mixed",
+                val: tuple[np.ndarray, np.ndarray] | None = None, how: str = "finetune",
                 real_share: float = 0.5) -> tuple[nn.Module, dict[str, Any]]:
     """A department's own model: the shared synthetic set plus its own real pairs, which never leave it.
 
-    ``mixed``: every batch holds ``real_share`` real pairs; ``finetune``: half the steps on the synthetic set,
-    then half on the real pairs from those weights. Both cost ``cfg.steps`` steps."""
+    ``finetune`` (default): half the steps on the synthetic set, then half on the real pairs from those weights;
+    ``mixed``: every batch holds ``real_share`` real pairs. Both cost ``cfg.steps`` steps."""
     if how == "mixed":
         return train_segmenter(*synthetic, cfg, val=val, mix=(*real, real_share))
     if how != "finetune":
