@@ -177,6 +177,8 @@ def train_local(synthetic: tuple[np.ndarray, np.ndarray], real: tuple[np.ndarray
 
     ``finetune`` (default): half the steps on the synthetic set, then half on the real pairs from those weights;
     ``mixed``: every batch holds ``real_share`` real pairs. Both cost ``cfg.steps`` steps."""
+    if len(real[0]) == 0:
+        raise ValueError("a department model needs its own real pairs")
     if how == "mixed":
         return train_segmenter(*synthetic, cfg, val=val, mix=(*real, real_share))
     if how != "finetune":

@@ -122,7 +122,8 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     assert set(results["claims"]["dgan_local_vs_real_partial"]["gains"]) == {"node0", "node1"}
     # like for like: each central GAN trains with the loss of the DGAN it is compared with
     assert {k: m.get("feedback") for k, m in results["methods"].items() if "gan" in k} == {
-        "central_gan": "segmentation", "dgan": "segmentation", "central_gan_l1": "l1", "dgan_l1": "l1"}
+        "central_gan": "segmentation", "dgan": "segmentation", "central_gan_l1": "l1", "dgan_l1": "l1",
+        "dgan_local": "segmentation"}  # the department models start from the first mode's synthetic sets
     nodes = json.loads((tmp_path / "exp" / "dgan_async_l1_seed0" / "run.json").read_text())["nodes"]
     assert {n["feedback"] for n in nodes.values()} == {"l1"}
     assert set(results["methods"]["real_partial"]["per_node"]) == {"node0", "node1"}
@@ -139,7 +140,7 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     assert again["methods"]["real_partial"] == results["methods"]["real_partial"]
     cfg.feedback, cfg.gan_methods = ("segmentation",), ("dgan",)  # train DGAN only: the central GAN comes cached
     only = run_experiment(cfg)
-    assert set(only["methods"]) == {"real_all", "real_partial", "central_gan", "dgan"}
+    assert set(only["methods"]) == {"real_all", "real_partial", "central_gan", "dgan", "dgan_local"}
     assert only["methods"]["central_gan"]["iou"] == results["methods"]["central_gan"]["iou"]
 
 
@@ -201,7 +202,7 @@ def test_a_department_model_learns_from_its_own_pairs_beside_the_synthetic_set()
     with pytest.raises(ValueError, match="how must be one of mixed, finetune"):
         train_local((ims, blank), (ims, ms), cfg, how="average")
     with pytest.raises(ValueError, match="share between 0 and 1"):
-        train_local((ims, blank), (ims, ms), cfg, real_share=1.0)
+        train_local((ims, blank), (ims, ms), cfg, how="mixed", real_share=1.0)
 
 
 def _pairs_folder(root: Path, seeds: range) -> Path:
