@@ -204,10 +204,10 @@ class DiscriminatorNode:
         self.stats.wire_bytes += fakes.nbytes
         t0 = time.monotonic()
         scored = self.trainer.score(req.masks, req.reals, fakes, self.cfg.grad_dtype)
-        self._judge(fakes, req.masks, scored.losses)
         if self.cfg.delay > 0:
             time.sleep(self.cfg.delay)
         self.stats.compute_s += time.monotonic() - t0
+        self._judge_verdict(fakes, req.masks, scored.losses)
         t0 = time.monotonic()
         feedback = P.make(P.Kind.FEEDBACK, self.cfg.name, run_id=self.run_id, reply_to=msg.msg_id,
                           step=msg.step, meta={"losses": scored.losses, "grad_scale": scored.grad_scale},
@@ -221,16 +221,22 @@ class DiscriminatorNode:
         self.stats.batches += 1
         self.stats.samples += len(req.masks)
         self.stats.losses = scored.losses
+        self._judge_train()  # after the feedback left: the generator does not wait for the judge's training
         if self.cfg.samples_dir is not None and self.stats.batches % self.cfg.sample_every == 1:
             self._save_grid(req.masks, req.reals, fakes)
 
-    def _judge(self, fakes: np.ndarray, masks: np.ndarray, losses: dict[str, float]) -> None:
-        """label_iou of these fakes (2 decimals: what is sent is a coarse verdict), then the judge's own steps."""
+    def _judge_verdict(self, fakes: np.ndarray, masks: np.ndarray, losses: dict[str, float]) -> None:
+        """label_iou of these fakes, to 2 decimals: what leaves the node is a coarse verdict."""
+        if self.judge is None or self.judge.steps < self.cfg.judge_after:
+            return
+        t0 = time.monotonic()
+        losses["label_iou"] = round(self.judge.label_iou(fakes, masks), 2)
+        self.stats.judge_s += time.monotonic() - t0
+
+    def _judge_train(self) -> None:
         if self.judge is None or self.judge_sampler is None:
             return
         t0 = time.monotonic()
-        if self.judge.steps >= self.cfg.judge_after:
-            losses["label_iou"] = round(self.judge.label_iou(fakes, masks), 2)
         for _ in range(self.cfg.judge_steps):  # its own draws: D's stream of pairs is the same with or without it
             self.judge.train_step(*self.judge_sampler.batch(self.cfg.batch_size))
         self.stats.judge_s += time.monotonic() - t0

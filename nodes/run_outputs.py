@@ -44,6 +44,7 @@ class RunOutputs:
     link: Any
     _start_step: int
     label_watch: LabelWatch
+    synthesis_weights_used: str | None = None  # set when the final set is synthesised
 
     def status(self, updates_per_s: float = 0.0, phase: str = "training", done: int = 0,
                total: int = 0) -> dict[str, Any]: ...
@@ -109,7 +110,7 @@ class RunOutputs:
             "samples_applied": self.trainer.samples_applied,
             "samples_per_s": round(self.trainer.samples_applied / wall, 2) if wall else 0.0,
             "synthetic_images": synthetic, "counters": dict(self.counters), **self.label_watch.to_dict(),
-            "synthesis_weights": getattr(self, "synthesis_weights_used", None),
+            "synthesis_weights": self.synthesis_weights_used,
             "judged_step": self.trainer.judged[0] if self.trainer.judged else None,
             "model": self.trainer.model_cfg.to_dict(), "train": self.trainer.cfg.to_dict(),
             "nodes": {n: {"dataset_size": i.dataset_size, "feedback": i.feedback, "feedbacks": i.feedbacks,
