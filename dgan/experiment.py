@@ -89,7 +89,7 @@ class ExperimentConfig:
 
         if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0:
             raise ExperimentSetupError(f"update_every must be >= 0, ema in [0, 1) and local_share in (0, 1); got "
-                             f"{self.update_every}, {self.ema}, {self.local_share}")
+                                       f"{self.update_every}, {self.ema}, {self.local_share}")
         bad = [h for h in self.local if h not in values(LocalHow)]
         if bad:
             raise ExperimentSetupError(f"local must be among {', '.join(values(LocalHow))}, got {bad[0]!r}")
@@ -155,12 +155,12 @@ def make_splits(cfg: ExperimentConfig) -> Splits:
     column, test_values = parse_test(cfg.test)
     if column not in pairs.columns:
         raise ExperimentSetupError(f"{cfg.data}/manifest.csv has no column {column!r} to split by (columns: "
-                         f"{', '.join(sorted(pairs.columns)) or 'none'})")
+                                   f"{', '.join(sorted(pairs.columns)) or 'none'})")
     labels = pairs.columns[column]
     missing = sorted(test_values - set(labels))
     if missing:
         raise ExperimentSetupError(f"{column} {missing[0]!r} is not in {cfg.data}/manifest.csv ({column} values: "
-                         f"{', '.join(sorted(set(labels)))})")
+                                   f"{', '.join(sorted(set(labels)))})")
     test_idx = [i for i, t in enumerate(labels) if t in test_values]
     pool = [i for i, t in enumerate(labels) if t not in test_values]
     # Validation: whole source images (not single patches) from the training tiles, 15% of them.
