@@ -131,6 +131,15 @@ def samples_section(run_dir: Path) -> str:
     return _section("samples", "Samples across training (mask | synthetic)", f'<div class="row">{cells}</div>')
 
 
+def _claim_figure(c: dict[str, Any]) -> str:
+    if "ratio" in c:
+        return f"{c['ratio']:.3f} (target {c['target']})"
+    if "gains" in c:  # department models against each department's own data
+        return (", ".join(f"{n} {g:+.3f}" for n, g in c["gains"].items())
+                + f"; mean {c['mean_gain']:+.3f} (targets {c['target_each']:+.2f} each, {c['target_mean']:+.2f} mean)")
+    return f"{c['dgan']:.3f} vs {c.get('partial', c.get('other', float('nan'))):.3f}"
+
+
 def experiment_section(run_dir: Path) -> str:
     results = _load(run_dir / "results.json")
     if not results:
@@ -147,9 +156,7 @@ def experiment_section(run_dir: Path) -> str:
     ax.tick_params(axis="x", labelrotation=30)
     grids = "".join(f'<figure>{_img(f.read_bytes(), f.stem)}<figcaption>{f.stem}</figcaption></figure>'
                     for f in sorted((run_dir / "predictions").glob("*.png")))
-    claims = [[name, f"{c['ratio']:.3f} (target {c['target']})" if "ratio" in c else
-               f"{c['dgan']:.3f} vs {c.get('partial', c.get('other', float('nan'))):.3f}",
-               "met" if c["met"] else "missed"]
+    claims = [[name, _claim_figure(c), "met" if c["met"] else "missed"]
               for name, c in results.get("claims", {}).items()]
     body = (_table(rows, ["method", "feedback mode", *keys])
             + (_table(claims, ["claim", "figure", ""]) if claims else "")

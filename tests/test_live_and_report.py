@@ -145,3 +145,8 @@ def test_report_lists_the_experiment_claims_as_met_or_missed(tmp_path: Path) -> 
     assert "<td>dgan_vs_central</td><td>1.125 (target 0.95)</td><td>met</td>" in text
     assert "<td>dgan_vs_partial_mean</td><td>0.450 vs 0.500</td><td>missed</td>" in text
     assert "<td>dgan_vs_real_all</td><td>0.750 (target 0.85)</td><td>missed</td>" in text
+    methods["real_partial"]["per_node"] = {"node0": {"iou": 0.5}}
+    methods["dgan_local"] = {"iou": 0.6, "per_node": {"node0": {"iou": 0.6}}}
+    (tmp_path / "results.json").write_text(json.dumps({"methods": methods, "claims": claims(methods)}))
+    text = write_report(tmp_path).read_text()  # the department claim has its own figure
+    assert "<td>dgan_local_vs_real_partial</td><td>node0 +0.100; mean +0.100" in text
