@@ -142,8 +142,11 @@ def bench_update_rule(
 ) -> None:
     """Generator update rules (async, buffered, sync, central) at an equal feedback budget, simulated in one
     process with the real trainers: segmentation validation IoU, staleness."""
-    from benchmarks.update_rule import run_update_rule_benchmark
+    from benchmarks.update_rule import RULES, run_update_rule_benchmark
 
+    unknown = [r for r in rule or [] if r not in RULES]
+    if unknown:
+        raise typer.BadParameter(f"unknown rule {unknown[0]!r}; choose from {', '.join(RULES)}", param_hint="--rule")
     setup_logging("WARNING", "rich", "bench")
     if quick:
         feedbacks = min(feedbacks, 120)

@@ -92,3 +92,12 @@ def test_judged_weights_are_kept_checkpointed_and_chosen_for_synthesis(tmp_path:
     assert np.array_equal(again.synthesize(masks, weights="judged"), at_peak)
     with pytest.raises(ValueError, match="weights must be one of"):
         trainer.synthesize(masks, weights="best")
+
+
+def test_bench_update_rule_refuses_an_unknown_rule_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "update-rule", "--rule", "fastest"])
+    assert res.exit_code == 2 and "unknown rule 'fastest'" in res.output
