@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -187,6 +188,13 @@ def masks_to_input(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
 def images_to_tensor(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
     return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def fakes_from_wire(fakes: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Fakes as they arrive (numpy (B, 3, H, W): float, or uint8 levels from ``fakes_to_wire``) -> a float
+    tensor in [-1, 1]; always a copy, since wire frames are read-only."""
+    x = torch.tensor(fakes, dtype=torch.float32, device=device)
+    return x / 127.5 - 1 if fakes.dtype == np.uint8 else x
 
 
 def tensor_to_images(x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,15 @@ import numpy as np
 import torch
 
 from dgan.feedback import FeedbackConfig, FeedbackMode
-from dgan.networks import GANLoss, ModelConfig, define_D, define_seg_D, images_to_tensor, masks_to_input
+from dgan.networks import (
+    GANLoss,
+    ModelConfig,
+    define_D,
+    define_seg_D,
+    fakes_from_wire,
+    images_to_tensor,
+    masks_to_input,
+)
 from dgan.training.feedback_losses import class_balanced_ce, class_labels, label_mix
 
 F16_SAFE = 32_768.0  # largest scaled gradient sent as float16 (its max is 65,504)
@@ -106,9 +114,7 @@ class DiscriminatorTrainer:
         dev = self.device
         mask_t = torch.from_numpy(np.ascontiguousarray(masks)).to(dev)
         real = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals)).to(dev))
-        fake = torch.tensor(fakes, dtype=torch.float32, device=dev)  # a copy: wire frames are read-only
-        if fakes.dtype == np.uint8:
-            fake = fake / 127.5 - 1
+        fake = fakes_from_wire(fakes, dev)
         self.D.train()
         if self.segmenting:
             losses, g_total = self._segmentation_losses(mask_t, real, fake)

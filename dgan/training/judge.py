@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dgan.networks import images_to_tensor
+from dgan.networks import fakes_from_wire, images_to_tensor
 from dgan.segment import SegConfig, define_segmenter, segmentation_loss
 
 
@@ -42,9 +42,7 @@ class LabelJudge:
     @torch.no_grad()
     def label_iou(self, fakes: np.ndarray, masks: np.ndarray) -> float:
         """IoU of the judge's foreground on the fakes (wire layout (B, 3, H, W)) against their masks."""
-        x = torch.tensor(fakes, dtype=torch.float32, device=self.device)
-        if fakes.dtype == np.uint8:
-            x = x / 127.5 - 1
+        x = fakes_from_wire(fakes, self.device)
         self.model.eval()
         pred = (self.model(x)[:, 0] > 0).cpu().numpy()
         truth = masks > 0
