@@ -93,6 +93,7 @@ class GeneratorTrainer:
         self.G_ema = copy.deepcopy(self.G) if train.ema > 0 else None
         self.judged: tuple[int, dict[str, torch.Tensor]] | None = None  # (step, G) where the nodes' judges peaked
         self.judged_score: float | None = None
+        self._judged_G: torch.nn.Module | None = None  # built from ``judged`` once, when first synthesised from
         self.names = [n for n, _ in self.G.named_parameters()]
         self.step = 0
         self.inflight: dict[int, InFlight] = {}
@@ -212,6 +213,7 @@ class GeneratorTrainer:
         if self.judged is not None and self.judged[0] == self.step:
             return  # G has not stepped since: the copy kept is these weights
         self.judged = (self.step, {k: v.detach().clone() for k, v in self.G.state_dict().items()})
+        self._judged_G = None
 
     def weights_available(self, which: str) -> str:
         """What ``which`` resolves to: ``auto`` is ema or raw; missing ema or judged weights fall back."""
@@ -228,9 +230,10 @@ class GeneratorTrainer:
             raise ValueError(f"weights must be one of {', '.join(SYNTH_WEIGHTS)}, got {which!r}")
         which = self.weights_available(which)
         if which == "judged" and self.judged is not None:
-            G = copy.deepcopy(self.G)
-            G.load_state_dict(self.judged[1])
-            return G
+            if self._judged_G is None:  # one copy of G however many node sets or samples are synthesised
+                self._judged_G = copy.deepcopy(self.G)
+                self._judged_G.load_state_dict(self.judged[1])
+            return self._judged_G
         return self.G_ema if which == "ema" and self.G_ema is not None else self.G
 
     @torch.no_grad()
@@ -275,6 +278,7 @@ class GeneratorTrainer:
         if self.G_ema is not None:  # a checkpoint from before EMA was on starts the average from its weights
             self.G_ema.load_state_dict(state.get("G_ema", state["G"]))
         self.judged = (int(state["judged_step"]), state["G_judged"]) if "G_judged" in state else None
+        self._judged_G = None
         self.judged_score = state.get("judged_score") if self.judged else None
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
