@@ -27,8 +27,9 @@ log = logging.getLogger("dgan")
 LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="rich, plain or json.")]
 Feedback = Annotated[FeedbackMode, typer.Option(
-    "--feedback", help="What a node's gradient is of: segmentation (OASIS; private), adversarial (private) or l1 "
-    "(the paper's pix2pix L1; reveals the node's images, see docs/security.md).")]
+    "--feedback", help="What a node's gradient is of: adversarial (private), semantic (adversarial plus a "
+    "segmenter of the node's own pairs; private), segmentation (OASIS; private) or l1 (the paper's pix2pix L1; "
+    "reveals the node's images, see docs/security.md).")]
 
 
 class GanMethod(str, enum.Enum):
@@ -37,6 +38,9 @@ class GanMethod(str, enum.Enum):
 
 
 LambdaL1 = Annotated[float, typer.Option("--lambda-l1", help="Weight of the L1 term (--feedback l1 only).")]
+LambdaSemantic = Annotated[float, typer.Option(
+    "--lambda-semantic", help="Weight of the node segmenter's cross-entropy on the fakes (--feedback semantic "
+    "only).")]
 
 
 def _version(value: bool) -> None:

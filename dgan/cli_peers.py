@@ -17,6 +17,7 @@ from dgan.cli_app import (
     Heartbeat,
     KeyFile,
     LambdaL1,
+    LambdaSemantic,
     LogFormat,
     LogLevel,
     Quiet,
@@ -264,12 +265,13 @@ def node(
     max_batches: Annotated[int, typer.Option(help="Leave after this many batches (0 = stay until the run ends).")] = 0,
     feedback: Feedback = DEFAULT_MODE,
     lambda_l1: LambdaL1 = 100.0,
+    lambda_semantic: LambdaSemantic = 1.0,
     label_mix: Annotated[float, typer.Option(help="--feedback segmentation: LabelMix weight (OASIS: 10; 0 = "
                                                   "off).")] = 0.0,
     d_lr: Annotated[float, typer.Option(help="Discriminator Adam learning rate (OASIS: 4e-4).")] = 2e-4,
     d_beta1: Annotated[float, typer.Option(help="Discriminator Adam beta1 (OASIS: 0).")] = 0.5,
-    d_warmup: Annotated[int, typer.Option(help="--feedback segmentation: steps that train the segmenter on this "
-                                               "node's own pairs before its first feedback.")] = 100,
+    d_warmup: Annotated[int, typer.Option(help="--feedback segmentation/semantic: steps that train the segmenter "
+                                               "on this node's own pairs before its first feedback.")] = 100,
     seed: int = 0,
     stats: Annotated[Path | None, typer.Option(help="Write this node's timing and byte counts here (JSON).")] = None,
     save_samples: Annotated[Path | None, typer.Option(help="Save mask | real | synthetic grids here (stays "
@@ -298,8 +300,8 @@ def node(
     setup_logging(log_level, log_format, name)
     set_torch_threads(threads)
     try:
-        recipe = FeedbackConfig(feedback, lambda_l1=lambda_l1, label_mix=label_mix, lr=d_lr, beta1=d_beta1,
-                                warmup=d_warmup)
+        recipe = FeedbackConfig(feedback, lambda_l1=lambda_l1, label_mix=label_mix, lambda_semantic=lambda_semantic,
+                                lr=d_lr, beta1=d_beta1, warmup=d_warmup)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:

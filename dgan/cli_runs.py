@@ -16,6 +16,7 @@ from dgan.cli_app import (
     GanMethod,
     JsonOut,
     LambdaL1,
+    LambdaSemantic,
     LogFormat,
     LogLevel,
     Quiet,
@@ -231,6 +232,7 @@ def experiment(
         "--feedback", help="The GANs' feedback mode, for DGAN and the central GAN alike; repeat it to compare "
         "modes in one run (the first is `dgan`/`central_gan`, the others `dgan_MODE`/`central_gan_MODE`).")] = None,
     lambda_l1: LambdaL1 = 100.0,
+    lambda_semantic: LambdaSemantic = 1.0,
     label_mix: Annotated[float, typer.Option(help="--feedback segmentation: OASIS LabelMix weight (0 = off).")] = 0.0,
     oasis_optim: Annotated[bool, typer.Option(help="OASIS optimisers: D lr 4e-4, G lr 1e-4, beta1 0.")] = False,
     gan_methods: Annotated[list[GanMethod] | None, typer.Option(
@@ -267,8 +269,9 @@ def experiment(
     methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
     hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.finetune])))
     common = dict(out=out, data=data, partition=partition.value, nodes=nodes, feedback=modes, lambda_l1=lambda_l1,
-                  label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test,
-                  groups=groups, update_every=update_every, ema=ema, local=hows, local_share=local_share)
+                  lambda_semantic=lambda_semantic, label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods,
+                  with_sync=with_sync, test=test, groups=groups, update_every=update_every, ema=ema, local=hows,
+                  local_share=local_share)
     try:
         if quick:
             cfg = ExperimentConfig(**common, size=64, gan_steps=30, g_width=16, d_width=16, seeds=1, scenes=96,

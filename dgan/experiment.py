@@ -65,6 +65,7 @@ class ExperimentConfig:
     g_width: int = 32
     d_width: int = 32
     lambda_l1: float = 100.0  # feedback mode l1 only
+    lambda_semantic: float = 1.0  # feedback mode semantic only
     feedback: tuple[str, ...] = (DEFAULT_MODE.value,)  # the first is `dgan`/`central_gan`
     label_mix: float = 0.0  # segmentation feedback: OASIS LabelMix weight
     oasis_optim: bool = False  # OASIS optimisers: D lr 4e-4, G lr 1e-4, beta1 0 for both
@@ -103,8 +104,8 @@ class ExperimentConfig:
 
     def recipe(self, mode: str) -> FeedbackConfig:
         d_lr, beta1 = (4e-4, 0.0) if self.oasis_optim else (2e-4, 0.5)
-        return FeedbackConfig(FeedbackMode(mode), lambda_l1=self.lambda_l1, label_mix=self.label_mix, lr=d_lr,
-                              beta1=beta1)
+        return FeedbackConfig(FeedbackMode(mode), lambda_l1=self.lambda_l1, label_mix=self.label_mix,
+                              lambda_semantic=self.lambda_semantic, lr=d_lr, beta1=beta1)
 
     def generator_optim(self) -> tuple[float, float]:
         """(lr, beta1) of the generator's Adam."""
@@ -237,7 +238,8 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
                         timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1,
                         extra_generator_args=["--lr", str(lr), "--beta1", str(beta1), "--ema", str(cfg.ema),
                                               "--update-every", str(cfg.update_every)],
-                        node_args=["--label-mix", str(recipe.label_mix), "--d-lr", str(recipe.lr),
+                        node_args=["--label-mix", str(recipe.label_mix), "--lambda-semantic",
+                                   str(recipe.lambda_semantic), "--d-lr", str(recipe.lr),
                                    "--d-beta1", str(recipe.beta1), "--d-warmup", str(recipe.warmup)]))
     return GeneratorTrainer.from_state(load_checkpoint(out / "checkpoints" / "latest.pt"))
 

@@ -12,6 +12,10 @@ cannot change it.  The modes differ in what the gradient sent back can carry:
   per-pixel segmenter of the image alone with (classes + 1) outputs.  The
   generator's loss is a class-balanced cross-entropy of the fakes against
   their own mask classes: label alignment without any paired real image.
+* ``semantic``: ``adversarial`` plus a semantic-consistency term (CyCADA, Hoffman et al. 2018): the
+  class-weighted cross-entropy of the fakes against their own masks under a segmenter that the node
+  trains on its real pairs only (never on fakes).  Label alignment again comes from a model of the
+  node's data, not from a paired real image.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class FeedbackMode(str, enum.Enum):
     L1 = "l1"
     ADVERSARIAL = "adversarial"
     SEGMENTATION = "segmentation"
+    SEMANTIC = "semantic"
 
 
 # The non-leaking mode with the best validation IoU over 2 GAN seeds (docs/results/privacy.md): adversarial
@@ -46,14 +51,16 @@ class FeedbackConfig:
     mode: FeedbackMode = DEFAULT_MODE
     lambda_l1: float = 100.0  # l1 mode only
     label_mix: float = 0.0  # segmentation mode: LabelMix consistency weight (OASIS uses 10)
+    lambda_semantic: float = 1.0  # semantic mode: weight of the segmenter's cross-entropy on the fakes
     lr: float = 2e-4  # the discriminator's Adam (OASIS: 4e-4)
     beta1: float = 0.5  # (OASIS: 0.0)
-    warmup: int = 100  # segmentation mode: D steps on the node's own real pairs before its first feedback
+    warmup: int = 100  # segmentation/semantic: segmenter steps on the node's own real pairs before its first feedback
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", FeedbackMode(self.mode))
-        values = (self.lambda_l1, self.label_mix, self.lr, self.beta1)
-        if not all(math.isfinite(v) for v in values) or self.lambda_l1 < 0 or self.label_mix < 0 or self.lr <= 0 \
+        values = (self.lambda_l1, self.label_mix, self.lambda_semantic, self.lr, self.beta1)
+        weights = (self.lambda_l1, self.label_mix, self.lambda_semantic)
+        if not all(math.isfinite(v) for v in values) or min(weights) < 0 or self.lr <= 0 \
                 or not 0 <= self.beta1 < 1 or self.warmup < 0:
             raise ValueError(f"invalid feedback settings {self}")
 

@@ -2,7 +2,8 @@
 
 ``define_G`` builds a conditional U-Net (mask -> RGB in [-1, 1]) whose decoder
 dropout is its noise source; ``define_D`` a PatchGAN on (mask, image);
-``define_seg_D`` the OASIS per-pixel (classes + 1) segmenter of the image alone.  No
+``define_seg_D`` the OASIS per-pixel (classes + 1) segmenter of the image alone;
+``define_task_segmenter`` the semantic feedback mode's plain segmenter.  No
 pretrained weights anywhere: everything is initialised from a seed.
 """
 
@@ -165,17 +166,27 @@ def define_D(cfg: ModelConfig) -> PatchDiscriminator:
     return init_weights(PatchDiscriminator(cfg.mask_channels + 3, cfg.d_width, cfg.d_layers, cfg.norm))
 
 
+def _image_segmenter(cfg: ModelConfig, outputs: int) -> UNetGenerator:
+    """A U-Net of the image alone at half the PatchGAN's width, one level deeper than it."""
+    depth = cfg.d_layers + 2
+    while depth > 2 and cfg.image_size % (2**depth):  # any size the generator accepts works here too
+        depth -= 1
+    return init_weights(UNetGenerator(3, outputs, max(8, cfg.d_width // 2), depth, dropout=0.0,
+                                      upsample=cfg.upsample, norm=cfg.norm, final="none"))
+
+
 def define_seg_D(cfg: ModelConfig) -> UNetGenerator:
     """OASIS-style discriminator: a U-Net segmenter of the image alone, logits for (fake, class 1..C).
 
     Half the PatchGAN's width, one level deeper: a full-resolution decoder costs about 3x the PatchGAN
     per batch at 128 px on a CPU (measured), instead of 6x at full width.
     """
-    depth = cfg.d_layers + 2
-    while depth > 2 and cfg.image_size % (2**depth):  # any size the generator accepts works here too
-        depth -= 1
-    return init_weights(UNetGenerator(3, cfg.num_classes + 1, max(8, cfg.d_width // 2), depth, dropout=0.0,
-                                      upsample=cfg.upsample, norm=cfg.norm, final="none"))
+    return _image_segmenter(cfg, cfg.num_classes + 1)
+
+
+def define_task_segmenter(cfg: ModelConfig) -> UNetGenerator:
+    """The semantic mode's segmenter: logits for class 0..C-1, trained on a node's real pairs only."""
+    return _image_segmenter(cfg, cfg.num_classes)
 
 
 def masks_to_input(masks: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -20,13 +20,15 @@ from dgan.networks import (
     ModelConfig,
     define_D,
     define_seg_D,
+    define_task_segmenter,
     fakes_from_wire,
     images_to_tensor,
     masks_to_input,
 )
-from dgan.training.feedback_losses import class_balanced_ce, class_labels, label_mix
+from dgan.training.feedback_losses import class_balanced_ce, class_labels, class_weighted_ce, label_mix
 
 F16_SAFE = 32_768.0  # largest scaled gradient sent as float16 (its max is 65,504)
+TASK_LR = 1e-3  # the semantic mode's segmenter: a plain segmenter's Adam, not the GAN's
 
 
 @dataclass
@@ -85,22 +87,29 @@ class DiscriminatorTrainer:
         self.D.to(self.device)
         self.opt = torch.optim.Adam(self.D.parameters(), lr=self.feedback.lr, betas=(self.feedback.beta1, 0.999))
         self.gan_loss = GANLoss(cfg.gan_mode)
+        # Semantic mode: a segmenter of the node's real pairs; its verdict on the fakes is part of G's loss.
+        self.task: torch.nn.Module | None = None
+        if self.feedback.mode == FeedbackMode.SEMANTIC:
+            self.task = define_task_segmenter(cfg).to(self.device)
+            self.task_opt = torch.optim.Adam(self.task.parameters(), lr=TASK_LR)
         self.mix_rng = torch.Generator().manual_seed(seed)
         self.steps = 0
 
     @property
     def warmup_steps(self) -> int:
-        """Steps :meth:`warm_up` wants before the first feedback (segmentation mode only)."""
-        return self.feedback.warmup if self.segmenting else 0
+        """Steps :meth:`warm_up` wants before the first feedback (segmentation and semantic modes)."""
+        return self.feedback.warmup if self.segmenting or self.task is not None else 0
 
     def warm_up(self, masks: np.ndarray, reals: np.ndarray) -> float:
-        """One step of the segmenting D on real pairs alone (local: nothing is sent).
+        """One step of the segmenting D (or the semantic mode's segmenter) on real pairs alone: nothing is sent.
 
-        A D that already tells building from ground gives the generator a label-alignment signal from its
-        first feedback; one that starts from scratch spends the first hundreds of steps at chance.
+        A segmenter that already tells building from ground gives the generator a label-alignment signal from
+        its first feedback; one that starts from scratch spends the first hundreds of steps at chance.
         """
         labels = class_labels(torch.from_numpy(np.ascontiguousarray(masks)).to(self.device), self.cfg.num_classes)
         real = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals)).to(self.device))
+        if self.task is not None:
+            return float(self._task_step(real, labels))
         self.D.train()
         self.opt.zero_grad(set_to_none=True)
         loss = class_balanced_ce(self.D(real), labels, self.cfg.num_classes, real=True)
@@ -128,15 +137,27 @@ class DiscriminatorTrainer:
             scale *= F16_SAFE / peak
         return Scored((grad * scale).cpu().numpy().astype(grad_dtype, copy=False), losses, scale)
 
-    def _generator_loss(self, fn: Any) -> torch.Tensor:
-        """G's loss with D frozen (pix2pix order: after the D step)."""
-        for p in self.D.parameters():
+    def _generator_loss(self, fn: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """G's loss with D (or ``model``) frozen (pix2pix order: after the D step)."""
+        frozen = model if model is not None else self.D
+        for p in frozen.parameters():
             p.requires_grad_(False)
         try:
             return fn()
         finally:
-            for p in self.D.parameters():
+            for p in frozen.parameters():
                 p.requires_grad_(True)
+
+    def _task_step(self, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One step of the semantic mode's segmenter on real pairs only: it never learns from a fake."""
+        if self.task is None:
+            raise RuntimeError("only a semantic-mode node has a task segmenter")
+        self.task.train()
+        self.task_opt.zero_grad(set_to_none=True)
+        loss = class_weighted_ce(self.task(real), labels, self.cfg.num_classes)
+        loss.backward()
+        self.task_opt.step()
+        return loss.detach()
 
     def _patch_losses(self, mask_t: torch.Tensor, real: torch.Tensor,
                       fake: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
@@ -154,6 +175,14 @@ class DiscriminatorTrainer:
             g_l1 = torch.nn.functional.l1_loss(fake, real)
             g_total = g_adv + self.feedback.lambda_l1 * g_l1
             losses["g_l1"] = g_l1
+        if self.task is not None:  # semantic: does a segmenter of this node's real pairs find the mask in the fake?
+            task, c = self.task, self.cfg.num_classes
+            labels = class_labels(mask_t, c)
+            losses["task_real"] = self._task_step(real, labels)
+            task.eval()
+            g_sem = self._generator_loss(lambda: class_weighted_ce(task(fake), labels, c), task)
+            g_total = g_total + self.feedback.lambda_semantic * g_sem
+            losses["g_semantic"] = g_sem
         losses["g_total"] = g_total
         return {k: float(v.detach()) for k, v in losses.items()}, g_total
 

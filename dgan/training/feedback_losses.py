@@ -1,4 +1,4 @@
-"""The losses behind the feedback modes (torch): class-balanced cross-entropy, LabelMix, class labels.
+"""The losses behind the feedback modes (torch): class-weighted cross-entropies, LabelMix, class labels.
 
 Kept apart from :mod:`dgan.feedback` so that the modes and their config, which
 every command line imports, do not load torch (the broker never needs it).
@@ -17,18 +17,27 @@ def class_labels(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
     return masks.long().clamp(0, num_classes - 1)
 
 
+def _class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-pixel weight of each pixel's class: rare classes count as much as common ones."""
+    counts = torch.bincount(labels.flatten(), minlength=num_classes).float()
+    present = (counts > 0).sum().clamp_min(1)
+    coeff = labels.numel() / (present * counts.clamp_min(1.0))
+    return coeff[labels]
+
+
 def class_balanced_ce(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, real: bool) -> torch.Tensor:
     """OASIS's loss: per-pixel cross-entropy over (fake, class 1..C), each class weighted by its rarity.
 
     ``real=True`` targets each pixel's own class (shifted by one: index 0 is "fake"); ``real=False``
     targets "fake" everywhere, with the same class-balancing weights.
     """
-    counts = torch.bincount(labels.flatten(), minlength=num_classes).float()
-    present = (counts > 0).sum().clamp_min(1)
-    coeff = labels.numel() / (present * counts.clamp_min(1.0))
-    weights = coeff[labels]
     target = labels + 1 if real else torch.zeros_like(labels)
-    return (F.cross_entropy(logits, target, reduction="none") * weights).mean()
+    return (F.cross_entropy(logits, target, reduction="none") * _class_weights(labels, num_classes)).mean()
+
+
+def class_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-pixel cross-entropy over classes 0..C-1 with OASIS's class-balancing weights (no "fake" class)."""
+    return (F.cross_entropy(logits, labels, reduction="none") * _class_weights(labels, num_classes)).mean()
 
 
 def label_mix(labels: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, num_classes: int,
