@@ -12,6 +12,7 @@ from rich.console import Console
 
 from dgan import __version__
 from dgan.cli_attack import attack_app
+from dgan.cli_data import data_app
 from dgan.feedback import FeedbackMode
 
 app = typer.Typer(help="dgan: distributed asynchronous discriminator GAN for remote-sensing segmentation.",
@@ -19,6 +20,7 @@ app = typer.Typer(help="dgan: distributed asynchronous discriminator GAN for rem
 bench_app = typer.Typer(help="Benchmarks that print a table and write JSON.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(attack_app, name="attack")
+app.add_typer(data_app, name="data")
 keys_app = typer.Typer(help="CURVE keys for encrypted, authenticated runs.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 console = Console()
@@ -37,6 +39,9 @@ class GanMethod(str, enum.Enum):
     dgan = "dgan"
 
 
+DataOption = Annotated[str, typer.Option("--data", help="The dataset: 'scenes', folder:PATH (images/, masks/), "
+                                         "whu:PATH[:split], city-osm:PATH[:cities], airbus:PATH, a pairs folder "
+                                         "or a shard .json.")]
 LambdaL1 = Annotated[float, typer.Option("--lambda-l1", help="Weight of the L1 term (--feedback l1 only).")]
 LambdaSemantic = Annotated[float, typer.Option(
     "--lambda-semantic", help="Weight of the node segmenter's cross-entropy on the fakes (--feedback semantic "

@@ -12,6 +12,7 @@ from rich.table import Table
 from dgan.choices import FakeDtype, GanMode, GradDtype, SynthWeights, TrainMode, Weighting
 from dgan.cli_app import (
     BrokerKey,
+    DataOption,
     Device,
     Feedback,
     Heartbeat,
@@ -254,8 +255,7 @@ def generator(
 def node(
     name: Annotated[str, typer.Option(help="This node's unique name.")],
     broker: Annotated[str, typer.Option(help="The broker's node endpoint.")] = "tcp://127.0.0.1:5555",
-    data: Annotated[str, typer.Option(help="'scenes', a shard .json, or a folder with images/ and masks/.")] = (
-        "scenes"),
+    data: DataOption = "scenes",
     count: Annotated[int, typer.Option(help="With --data scenes: how many scenes.")] = 200,
     image_size: Annotated[int, typer.Option(help="Size to load data at (the run's size).")] = 128,
     batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 8,

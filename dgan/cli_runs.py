@@ -52,8 +52,9 @@ def run(
     nodes: Annotated[int, typer.Option(help="Discriminator nodes to start.")] = 4,
     steps: Annotated[int, typer.Option(help="Generator updates.")] = 300,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/latest"),
-    data: Annotated[Path | None, typer.Option(help="Folder with images/ and masks/ (default: built-in scenes).")] = (
-        None),
+    data: Annotated[str | None, typer.Option(help="The dataset (default: built-in scenes): a pairs folder, "
+                                                 "whu:PATH[:split], city-osm:PATH[:cities] or airbus:PATH; other "
+                                                 "kinds are imported once under OUT/data, binary.")] = None,
     partition: Annotated[RunPartition, typer.Option(help="How the scenes are split across nodes.")] = (
         RunPartition.iid),
     scenes: Annotated[int, typer.Option(help="Built-in scenes to split across the nodes.")] = 800,
@@ -76,11 +77,35 @@ def run(
     from dgan.run import RunConfig
 
     setup_logging(log_level, log_format, "run")
-    cfg = RunConfig(nodes=nodes, steps=steps, out=out, data=data, partition=partition.value, scenes=scenes,
+    folder = _pairs_folder(data, out, image_size)
+    cfg = RunConfig(nodes=nodes, steps=steps, out=out, data=folder, partition=partition.value, scenes=scenes,
                     record=record, image_size=image_size, g_width=g_width, d_width=d_width, batch_size=batch_size,
                     mode=mode.value,
                     threads=threads, device=device, seed=seed, feedback=feedback.value, lambda_l1=lambda_l1)
     _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps, feedback {feedback.value}")
+
+
+def _pairs_folder(data: str | None, out: Path, size: int) -> Path | None:
+    """``--data`` for the commands that hand folders to node processes; a bad spec is a one-line error."""
+    from dgan.data.importer import as_pairs_folder
+    from dgan.data.shards import DataError
+
+    try:
+        return as_pairs_folder(data, out, size)
+    except DataError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _load_binary(data: str, size: int) -> Any:
+    """A dataset spec loaded for the binary segmenter (a multi-class set: its first class against the rest)."""
+    from dgan.data.spec import binary, load_data
+
+    pairs = load_data(data, size)
+    if len(pairs.classes) > 2:
+        log.warning("%s has classes %s; the segmenter is binary: %s against the rest", data,
+                    ", ".join(pairs.classes), pairs.classes[1])
+    return binary(pairs)
 
 
 def _run_with_view(cfg: Any, quiet: bool, log_format: str, title: str, report: bool = True) -> dict:
@@ -133,15 +158,16 @@ def demo(
 
 @segment_app.command("train")
 def segment_train(
-    data: Annotated[Path, typer.Option(help="Folder with images/ and masks/ (real or a run's synthetic/).")],
+    data: Annotated[str, typer.Option(help="Your pairs: a folder with images/ and masks/ (real or a run's "
+                                           "synthetic/), or whu:PATH, city-osm:PATH, airbus:PATH.")],
     out: Annotated[Path, typer.Option(help="Where to save the model (.pt).")],
-    synthetic: Annotated[Path | None, typer.Option(help="A synthetic set (a run's synthetic/) to train on beside "
+    synthetic: Annotated[str | None, typer.Option(help="A synthetic set (a run's synthetic/) to train on beside "
                                                         "--data, your own pairs: your department's model.")] = None,
     how: Annotated[LocalHow, typer.Option(help="With --synthetic: mixed batches, or synthetic first and then "
                                                "fine-tuned on --data.")] = LocalHow.finetune,
     real_share: Annotated[float, typer.Option(help="With --synthetic, mixed: share of each batch from --data.")
                           ] = 0.5,
-    val: Annotated[Path | None, typer.Option(help="Validation pairs: the model kept is the best here.")] = None,
+    val: Annotated[str | None, typer.Option(help="Validation pairs: the model kept is the best here.")] = None,
     size: int = 128,
     steps: int = 1000,
     batch_size: int = 8,
@@ -150,7 +176,6 @@ def segment_train(
     threads: Threads = 2,
 ) -> None:
     """Train a segmentation U-Net: on one set, or on a shared synthetic set plus your own pairs."""
-    from dgan.data.loaders import load_pairs_folder
     from dgan.data.shards import DataError
     from dgan.segment import SegConfig, save_model, train_local, train_segmenter
 
@@ -160,9 +185,9 @@ def segment_train(
         console.print(f"[red]--real-share must be between 0 and 1, got {real_share}[/red]")
         raise typer.Exit(2)
     try:
-        train = load_pairs_folder(data, size)
-        syn = load_pairs_folder(synthetic, size) if synthetic else None
-        val_set = load_pairs_folder(val, size) if val else None
+        train = _load_binary(data, size)
+        syn = _load_binary(synthetic, size) if synthetic else None
+        val_set = _load_binary(val, size) if val else None
     except DataError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -181,7 +206,8 @@ def segment_train(
 @segment_app.command("eval")
 def segment_eval(
     model: Annotated[Path, typer.Option(help="A model from `dgan segment train`.")],
-    data: Annotated[Path, typer.Option(help="Real test pairs (images/ and masks/).")],
+    data: Annotated[str, typer.Option(help="Real test pairs: a folder (images/, masks/) or whu:PATH, "
+                                           "city-osm:PATH, airbus:PATH.")],
     size: int = 128,
     grid: Annotated[Path | None, typer.Option(help="Save an image | truth | prediction grid here.")] = None,
     json_out: JsonOut = None,
@@ -189,14 +215,13 @@ def segment_eval(
     """Building IoU, F1, precision, recall and pixel accuracy on real test data."""
     import json
 
-    from dgan.data.loaders import load_pairs_folder
     from dgan.data.shards import DataError
     from dgan.segment import load_model, metrics, predict, prediction_grid
     from dgan.training.generator import CheckpointError
 
     try:
         net, _ = load_model(model)
-        test = load_pairs_folder(data, size)
+        test = _load_binary(data, size)
     except (DataError, CheckpointError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -216,8 +241,9 @@ def segment_eval(
 def experiment(
     out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md, predictions/).")] = Path(
         "runs/experiment"),
-    data: Annotated[Path | None, typer.Option(help="Pairs folder with a manifest 'tile' column (default: "
-                                                   "built-in scenes).")] = None,
+    data: Annotated[str | None, typer.Option(help="A pairs folder with a manifest (Dubai: 'tile'), or whu:PATH, "
+                                                  "city-osm:PATH, airbus:PATH, imported once under OUT/../data "
+                                                  "(binary). Default: built-in scenes.")] = None,
     partition: Annotated[Partition, typer.Option(help="group (by tile) or iid; dirichlet/size also work.")] = (
         Partition.group),
     nodes: int = 4,
@@ -268,7 +294,8 @@ def experiment(
     modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
     methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
     hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.finetune])))
-    common = dict(out=out, data=data, partition=partition.value, nodes=nodes, feedback=modes, lambda_l1=lambda_l1,
+    folder = _pairs_folder(data, out.parent, size if not quick else 64)
+    common = dict(out=out, data=folder, partition=partition.value, nodes=nodes, feedback=modes, lambda_l1=lambda_l1,
                   lambda_semantic=lambda_semantic, label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods,
                   with_sync=with_sync, test=test, groups=groups, update_every=update_every, ema=ema, local=hows,
                   local_share=local_share)

@@ -31,6 +31,7 @@ import torch
 from dgan.data.loaders import PairSet, load_pairs_folder
 from dgan.data.partition import partition, summary
 from dgan.data.scenes import make_scenes
+from dgan.data.spec import binary
 from dgan.experiment_tables import claims, markdown
 from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
 from dgan.networks import ModelConfig
@@ -153,6 +154,10 @@ def make_splits(cfg: ExperimentConfig) -> Splits:
         desc = {"dataset": "scenes", "train": "seeds 0..", "val": "seeds 20M..", "test": f"seeds {HELDOUT_SEED_BASE}.."}
         return Splits(train, val, test, parts, {**desc, "partition": how})
     pairs = load_pairs_folder(cfg.data, cfg.size)
+    if len(pairs.classes) > 2:
+        log.warning("%s has classes %s; the experiment is binary: %s against the rest", cfg.data,
+                    ", ".join(pairs.classes), pairs.classes[1])
+        pairs = binary(pairs)
     column, test_values = parse_test(cfg.test)
     if column not in pairs.columns:
         raise ExperimentSetupError(f"{cfg.data}/manifest.csv has no column {column!r} to split by (columns: "
@@ -228,8 +233,8 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
     if cfg.data is None:
         shards = [{"kind": "scenes", "seeds": [int(i) for i in p], "size": cfg.size} for p in splits.node_parts]
     else:
-        shards = [{"kind": "folder", "path": str(cfg.data.resolve()), "names": [splits.train.names[i] for i in p]}
-                  for p in splits.node_parts]
+        shards = [{"kind": "folder", "path": str(cfg.data.resolve()), "names": [splits.train.names[i] for i in p],
+                   "binary": True} for p in splits.node_parts]
     # The same budget as the central GAN: gan_steps batches of feedback, whatever a generator step averages.
     steps = -(-cfg.gan_steps // (cfg.update_every or cfg.nodes)) if mode == "async" else -(-cfg.gan_steps // cfg.nodes)
     run_local(RunConfig(nodes=cfg.nodes, steps=steps, out=out, image_size=cfg.size, g_width=cfg.g_width,

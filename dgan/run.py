@@ -74,8 +74,8 @@ def write_shards(cfg: RunConfig) -> list[Path]:
     else:
         stems = sorted(p.stem for p in (cfg.data / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)
         parts = partition(len(stems), cfg.nodes, cfg.partition, cfg.seed)
-        specs = [{"kind": "folder", "path": str(cfg.data.resolve()), "names": [stems[i] for i in part]}
-                 for part in parts]
+        specs = [{"kind": "folder", "path": str(cfg.data.resolve()), "names": [stems[i] for i in part],
+                  "binary": True} for part in parts]
     paths = []
     for i, spec in enumerate(specs):
         p = shard_dir / f"node{i}.json"

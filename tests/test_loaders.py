@@ -65,7 +65,7 @@ def test_airbus_rle_is_column_major_one_indexed_and_ored(tmp_path: Path) -> None
         w.writerow(["a.jpg", f"{768 * 744 + 1} {768 * 24}"])  # the last 24 columns: a second ship, OR-ed
         w.writerow(["b.jpg", ""])  # no ship
     pairs = load_airbus(tmp_path, 64)
-    assert pairs.names == ["a.jpg", "b.jpg"]
+    assert pairs.names == ["a", "b"] and pairs.columns["image_id"] == ["a.jpg", "b.jpg"]
     assert pairs.masks[0][:, 0].all() and pairs.masks[0][:, -1].all() and not pairs.masks[0][:, 30].any()
     assert not pairs.masks[1].any()
     with open(tmp_path / "train_ship_segmentations_v2.csv", "a", newline="") as f:

@@ -7,6 +7,7 @@ the file that caused it.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class PairSet:
     masks: np.ndarray  # (N, H, W) uint8 class ids
     names: list[str]
     columns: dict[str, list[str]] = field(default_factory=dict)  # manifest columns, one value per pair
+    classes: tuple[str, ...] = ("background", "building")  # mask value i is class classes[i]
 
     def __len__(self) -> int:
         return len(self.names)
@@ -31,7 +33,17 @@ class PairSet:
     def subset(self, idx: list[int] | np.ndarray) -> PairSet:
         idx = list(idx)
         return PairSet(self.images[idx], self.masks[idx], [self.names[i] for i in idx],
-                       {k: [v[i] for i in idx] for k, v in self.columns.items()})
+                       {k: [v[i] for i in idx] for k, v in self.columns.items()}, self.classes)
+
+
+def concat(sets: list[PairSet]) -> PairSet:
+    """One set from several with the same classes; columns that not every set has are dropped."""
+    if not sets or any(s.classes != sets[0].classes for s in sets):
+        raise DataError("cannot join sets with different classes (or none)")
+    keys = set.intersection(*(set(s.columns) for s in sets))
+    return PairSet(np.concatenate([s.images for s in sets]), np.concatenate([s.masks for s in sets]),
+                   [n for s in sets for n in s.names], {k: [v for s in sets for v in s.columns[k]] for k in keys},
+                   sets[0].classes)
 
 
 def _open(path: Path, mode: str, size: int | None, resample: Image.Resampling) -> np.ndarray:
@@ -53,8 +65,34 @@ def read_binary_mask(path: Path, size: int | None) -> np.ndarray:
     return (_open(path, "L", size, Image.Resampling.NEAREST) > 0).astype(np.uint8)
 
 
+def read_class_mask(path: Path, size: int | None, num_classes: int) -> np.ndarray:
+    """A mask of class ids 0..num_classes-1 (a pairs folder with ``classes.json``)."""
+    mask = _open(path, "L", size, Image.Resampling.NEAREST)
+    if mask.size and int(mask.max()) >= num_classes:
+        raise DataError(f"{path}: value {int(mask.max())} is not a class id (classes.json names {num_classes})")
+    return mask
+
+
+def read_classes(root: Path) -> tuple[str, ...] | None:
+    """``classes.json`` (``{"classes": ["background", "building", "road"]}``) or None for binary masks."""
+    path = root / "classes.json"
+    if not path.exists():
+        return None
+    try:
+        names = json.loads(path.read_text())["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read {path}: {exc!r}; expected {{\"classes\": [\"background\", ...]}}") from None
+    if not isinstance(names, list) or not 2 <= len(names) <= 255 or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path}: 'classes' must list 2 to 255 class names, background first")
+    return tuple(names)
+
+
 def load_pairs_folder(root: Path, size: int, names: list[str] | None = None) -> PairSet:
-    """``images/<stem>.*`` + ``masks/<stem>.*``; with ``manifest.csv`` (a ``name`` column) its order and columns."""
+    """``images/<stem>.*`` + ``masks/<stem>.*``; with ``manifest.csv`` (a ``name`` column) its order and columns.
+
+    Masks are binary (any non-zero value is the foreground) unless ``classes.json`` names the classes: then
+    each mask value is a class id.
+    """
     img_dir, mask_dir = root / "images", root / "masks"
     if not img_dir.is_dir() or not mask_dir.is_dir():
         raise DataError(f"{root} needs images/ and masks/ folders")
@@ -84,9 +122,12 @@ def load_pairs_folder(root: Path, size: int, names: list[str] | None = None) -> 
         raise DataError(f"{root}: no image/mask pairs")
     if by_name:
         columns = {k: [by_name[s][k] for s in stems] for k in rows[0] if k != "name"}
+    classes = read_classes(root)
     ims = np.stack([read_image(images[s], size) for s in stems])
-    ms = np.stack([read_binary_mask(masks[s], size) for s in stems])
-    return PairSet(ims, ms, stems, columns)
+    if classes is None:
+        return PairSet(ims, np.stack([read_binary_mask(masks[s], size) for s in stems]), stems, columns)
+    ms = np.stack([read_class_mask(masks[s], size, len(classes)) for s in stems])
+    return PairSet(ims, ms, stems, columns, classes)
 
 
 def load_whu(root: Path, split: str, size: int) -> PairSet:
@@ -102,24 +143,33 @@ def load_whu(root: Path, split: str, size: int) -> PairSet:
             raise DataError(f"{img_dir / (s + '.tif')}: no label {lab_dir / (s + '.tif')}")
     ims = np.stack([read_image(img_dir / f"{s}.tif", size) for s in stems])
     ms = np.stack([read_binary_mask(lab_dir / f"{s}.tif", size) for s in stems])
-    return PairSet(ims, ms, stems)
+    return PairSet(ims, ms, [f"{split}_{s}" for s in stems], {"split": [split] * len(stems)})
 
 
-def load_city_osm(root: Path, size: int, classes: tuple[str, ...] = ("building",)) -> PairSet:
-    """City-OSM (Kaiser et al. 2017): ``<city><n>_image.png`` + ``<city><n>_labels.png`` with RGB labels.
+def load_city_osm(root: Path, size: int, classes: tuple[str, ...] = ("building",),
+                  cities: tuple[str, ...] = ()) -> PairSet:
+    """City-OSM (Kaiser et al. 2017): ``<city>/<city><n>_image.png`` + ``<city><n>_labels.png`` (RGB labels).
 
-    One class gives a binary mask; several give class ids 1..C in the order named (0 = everything else).
+    Files may also sit directly in ``root``.  Class ids are 1..C in the order named, 0 = background and
+    every stray colour.  ``cities`` keeps only those cities (all by default).
     """
-    unknown = [c for c in classes if c not in CITY_OSM_COLOURS]
+    unknown = [c for c in classes if c not in CITY_OSM_COLOURS or c == "background"]
     if unknown:
-        raise DataError(f"unknown City-OSM class {unknown[0]!r}; choose from {', '.join(CITY_OSM_COLOURS)}")
-    images = sorted(root.glob("*_image.png"))
+        raise DataError(f"unknown City-OSM class {unknown[0]!r}; choose from building, road")
+    images = sorted([*root.glob("*_image.png"), *root.glob("*/*_image.png")])
     if not images:
-        raise DataError(f"{root}: no <city><n>_image.png files")
+        raise DataError(f"{root}: no <city>/<city><n>_image.png files")
+    city_of = {img: img.name[: -len("_image.png")].rstrip("0123456789") for img in images}
+    if cities:
+        missing = [c for c in cities if c not in set(city_of.values())]
+        if missing:
+            found = ", ".join(sorted(set(city_of.values())))
+            raise DataError(f"{root}: no City-OSM city {missing[0]!r} (found {found})")
+        images = [img for img in images if city_of[img] in cities]
     ims, ms, names = [], [], []
     for img in images:
         stem = img.name[: -len("_image.png")]
-        lab = root / f"{stem}_labels.png"
+        lab = img.with_name(f"{stem}_labels.png")
         if not lab.exists():
             raise DataError(f"{img}: no label file {lab}")
         rgb = _open(lab, "RGB", size, Image.Resampling.NEAREST)
@@ -129,7 +179,8 @@ def load_city_osm(root: Path, size: int, classes: tuple[str, ...] = ("building",
         ims.append(read_image(img, size))
         ms.append(mask)
         names.append(stem)
-    return PairSet(np.stack(ims), np.stack(ms), names, {"city": [n.rstrip("0123456789") for n in names]})
+    return PairSet(np.stack(ims), np.stack(ms), names, {"city": [city_of[i] for i in images]},
+                   ("background", *classes))
 
 
 def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
@@ -178,4 +229,5 @@ def load_airbus(root: Path, size: int, limit: int | None = None) -> PairSet:
                 raise DataError(f"{csv_path}, {image_id}: {exc}") from None
         ims.append(np.asarray(Image.fromarray(full).resize((size, size), Image.Resampling.BILINEAR)))
         ms.append(np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST)))
-    return PairSet(np.stack(ims), np.stack(ms), ids)
+    return PairSet(np.stack(ims), np.stack(ms), [Path(i).stem for i in ids], {"image_id": list(ids)},
+                   ("background", "ship"))

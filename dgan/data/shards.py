@@ -1,7 +1,7 @@
 """What data a node holds: a shard spec (JSON) resolved to image and mask arrays.
 
 ``dgan run`` writes one shard file per node; a node started by hand may also
-point ``--data`` at a folder of image/mask pairs or say ``scenes``.
+name any dataset :mod:`dgan.data.spec` knows (``scenes``, a pairs folder, ``whu:PATH``...).
 """
 
 from __future__ import annotations
@@ -33,27 +33,31 @@ def load_spec(spec: dict[str, Any], size: int) -> tuple[np.ndarray, np.ndarray]:
         from dgan.data.loaders import load_pairs_folder
 
         pairs = load_pairs_folder(Path(spec["path"]), size, spec.get("names"))
+        if spec.get("binary"):  # for a binary run: a multi-class folder's first class against the rest
+            from dgan.data.spec import binary
+
+            pairs = binary(pairs)
         return pairs.images, pairs.masks
     raise DataError(f"unknown data kind {kind!r} in shard spec")
 
 
-def resolve_data(data: str, size: int, count: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``--data``: a shard JSON file, a folder of pairs, or the word ``scenes``."""
-    if data == "scenes":
-        return make_scenes(range(seed * 1_000_000, seed * 1_000_000 + count), size)
-    path = Path(data)
-    if path.suffix == ".json":
-        try:
-            spec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"cannot read shard spec {path}: {exc}") from None
-        return load_spec(spec, size)
-    if path.is_dir():
-        from dgan.data.loaders import load_pairs_folder
+def read_shard(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A shard spec file (what ``dgan run`` writes per node) -> images and masks."""
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read shard spec {path}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise DataError(f"{path}: a shard spec is a JSON object with a 'kind'")
+    return load_spec(spec, size)
 
-        pairs = load_pairs_folder(path, size)
-        return pairs.images, pairs.masks
-    raise DataError(f"--data {data!r}: not 'scenes', a shard .json, or a folder")
+
+def resolve_data(data: str, size: int, count: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``--data``: any spec :mod:`dgan.data.spec` names (``scenes``, ``whu:PATH``, a folder, a shard .json...)."""
+    from dgan.data.spec import load_data
+
+    pairs = load_data(data, size, count=count, seed=seed)
+    return pairs.images, pairs.masks
 
 
 def resolve_real_data(spec: str, size: int) -> tuple[np.ndarray, np.ndarray]:

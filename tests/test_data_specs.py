@@ -1,0 +1,194 @@
+"""`--data KIND:PATH` everywhere, `dgan data import/show`, on small files in each dataset's real format."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from dgan import protocol as P
+from dgan.cli import app
+from dgan.data.importer import as_pairs_folder
+from dgan.data.loaders import load_airbus, load_pairs_folder
+from dgan.data.shards import DataError, resolve_data
+from dgan.data.spec import DataSpec, binary, load_data, parse_data_spec
+from dgan.feedback import FeedbackConfig
+from dgan.networks import ModelConfig
+from dgan.training.generator import GeneratorTrainer, TrainConfig
+from dgan.transport.inproc import InProcessHub
+from nodes.discriminator_node import DiscriminatorNode, NodeConfig
+from nodes.generator_service import GeneratorService, ServiceConfig
+
+AIRBUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "airbus_ship_sample"
+# SOURCE.md's ship pixels per image with ships, decoded at 768 x 768.
+AIRBUS_SHIP_PIXELS = {"00b21150c": 21158, "00b872d8e": 58, "0a1a58833": 5561, "0a1b7d6ec": 377}
+
+
+def _said(res: object) -> str:
+    """A CLI result's output with rich's line wrapping undone."""
+    return " ".join(str(getattr(res, "output", "")).split())
+
+
+def _img(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _whu(root: Path) -> Path:
+    for split in ("train", "val", "test"):
+        for i in range(2):
+            _img(root / split / "image" / f"{i}.tif", np.full((64, 64, 3), 30 * i + 10, np.uint8))
+            label = np.zeros((64, 64), np.uint8)
+            label[: 16 * (i + 1)] = 255
+            _img(root / split / "label" / f"{i}.tif", label)
+    return root
+
+
+def _city_osm(root: Path) -> Path:
+    for city, n in (("berlin", 2), ("paris", 1)):
+        for k in range(1, n + 1):
+            label = np.full((64, 64, 3), 255, np.uint8)
+            label[:20] = (255, 0, 0)  # building
+            label[40:] = (0, 0, 255)  # road
+            label[30:34] = (12, 200, 7)  # a stray colour: background
+            _img(root / city / f"{city}{k}_labels.png", label)
+            _img(root / city / f"{city}{k}_image.png", np.full((64, 64, 3), 90, np.uint8))
+    return root
+
+
+def _airbus(root: Path) -> Path:
+    _img(root / "train_v2" / "a.jpg", np.zeros((768, 768, 3), np.uint8))
+    _img(root / "train_v2" / "b.jpg", np.zeros((768, 768, 3), np.uint8))
+    with open(root / "train_ship_segmentations_v2.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerows([["ImageId", "EncodedPixels"], ["a.jpg", f"1 {768 * 24}"], ["b.jpg", ""]])
+    return root
+
+
+def test_data_specs_parse_every_kind_and_refuse_bad_ones_in_one_line() -> None:
+    assert parse_data_spec("scenes") == DataSpec("scenes")
+    assert parse_data_spec("whu:/d/whu:val") == DataSpec("whu", Path("/d/whu"), "val")
+    assert parse_data_spec("whu:/d/whu") == DataSpec("whu", Path("/d/whu"))
+    assert parse_data_spec("city-osm:/d/osm:berlin,paris") == DataSpec("city-osm", Path("/d/osm"), "berlin,paris")
+    assert parse_data_spec("airbus:/d/ships") == DataSpec("airbus", Path("/d/ships"))
+    assert parse_data_spec("folder:/d/pairs") == DataSpec("folder", Path("/d/pairs"))
+    assert parse_data_spec("/d/node0.json") == DataSpec("folder", Path("/d/node0.json"))
+    for bad, says in (("whu:/d:bogus", "WHU split"), ("nothere:/x", "unknown kind"), ("airbus:", "needs a path"),
+                      ("", "empty")):
+        with pytest.raises(DataError, match=says):
+            parse_data_spec(bad)
+    with pytest.raises(DataError, match="does not exist"):
+        load_data("whu:/no/such/folder", 32)
+
+
+def test_every_data_kind_loads_from_its_real_format_with_its_group_column(tmp_path: Path) -> None:
+    whu = load_data(f"whu:{_whu(tmp_path / 'whu')}", 32)
+    assert len(whu) == 6 and whu.columns["split"] == ["train"] * 2 + ["val"] * 2 + ["test"] * 2
+    assert len(set(whu.names)) == 6 and set(np.unique(whu.masks)) == {0, 1}
+    assert len(load_data(f"whu:{tmp_path / 'whu'}:val", 32)) == 2
+    osm = load_data(f"city-osm:{_city_osm(tmp_path / 'osm')}", 32)
+    assert osm.classes == ("background", "building", "road") and osm.columns["city"] == ["berlin"] * 2 + ["paris"]
+    assert set(np.unique(osm.masks)) == {0, 1, 2} and (osm.masks[:, 16, :] == 0).all()  # the stray colour
+    assert load_data(f"city-osm:{tmp_path / 'osm'}:paris", 32).names == ["paris1"]
+    with pytest.raises(DataError, match="no City-OSM city 'rome'"):
+        load_data(f"city-osm:{tmp_path / 'osm'}:rome", 32)
+    ships = load_data(f"airbus:{_airbus(tmp_path / 'ships')}", 32)
+    assert ships.classes == ("background", "ship") and ships.columns["image_id"] == ["a.jpg", "b.jpg"]
+    assert ships.masks[0][:, 0].all() and not ships.masks[1].any()
+    scenes = load_data("scenes", 32, count=5)
+    assert len(scenes) == 5 and np.array_equal(resolve_data("scenes", 32, count=5)[1], scenes.masks)
+    shard = tmp_path / "node0.json"
+    shard.write_text(json.dumps({"kind": "scenes", "seeds": [1, 2], "size": 32}))
+    assert len(load_data(str(shard), 32)) == 2
+    shard.write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"node0\.json"):
+        load_data(str(shard), 32)
+
+
+def test_import_writes_a_pairs_folder_that_reloads_with_classes_and_groups(tmp_path: Path) -> None:
+    runner = CliRunner()
+    src = _city_osm(tmp_path / "osm")
+    res = runner.invoke(app, ["data", "import", "city-osm", str(src), str(tmp_path / "osm-pairs"), "--size", "32"])
+    assert res.exit_code == 0, res.output
+    back = load_pairs_folder(tmp_path / "osm-pairs", 32)
+    direct = load_data(f"city-osm:{src}", 32)
+    assert back.classes == direct.classes and np.array_equal(back.masks, direct.masks)
+    assert back.columns["city"] == direct.columns["city"] and back.names == direct.names
+    assert np.array_equal(binary(back, "road").masks, (direct.masks == 2).astype(np.uint8))
+    res = runner.invoke(app, ["data", "import", "whu", str(_whu(tmp_path / "whu")), str(tmp_path / "whu-pairs"),
+                              "--size", "32", "--split", "test"])
+    assert res.exit_code == 0 and "split" in _said(res)
+    whu = load_pairs_folder(tmp_path / "whu-pairs", 32)
+    assert whu.columns["split"] == ["test", "test"] and whu.classes == ("background", "building")
+    again = runner.invoke(app, ["data", "import", "whu", str(tmp_path / "whu"), str(tmp_path / "whu-pairs")])
+    assert again.exit_code == 2 and "not an empty folder" in _said(again)  # nothing is overwritten
+    wrong = runner.invoke(app, ["data", "import", "whu", str(tmp_path / "osm"), str(tmp_path / "w2")])
+    assert wrong.exit_code == 2 and "WHU split folder" in _said(wrong)
+    unknown = runner.invoke(app, ["data", "import", "kitti", str(src), str(tmp_path / "k")])
+    assert unknown.exit_code == 2 and "unknown dataset kind" in _said(unknown)
+
+
+def test_folder_commands_import_other_kinds_once_and_binary(tmp_path: Path) -> None:
+    src = _city_osm(tmp_path / "osm")
+    folder = as_pairs_folder(f"city-osm:{src}", tmp_path / "run", 32)
+    assert folder is not None and (folder / "manifest.csv").exists() and not (folder / "classes.json").exists()
+    assert set(np.unique(load_pairs_folder(folder, 32).masks)) == {0, 1}  # building against the rest
+    assert as_pairs_folder(f"city-osm:{src}", tmp_path / "run", 32) == folder  # imported once
+    assert as_pairs_folder(None, tmp_path, 32) is None and as_pairs_folder("scenes", tmp_path, 32) is None
+    (tmp_path / "shard.json").write_text("{}")
+    with pytest.raises(DataError, match="pairs folder"):
+        as_pairs_folder(str(tmp_path / "shard.json"), tmp_path, 32)
+
+
+def test_a_bad_classes_json_or_mask_value_names_the_file(tmp_path: Path) -> None:
+    _img(tmp_path / "images" / "x.png", np.zeros((8, 8, 3), np.uint8))
+    _img(tmp_path / "masks" / "x.png", np.full((8, 8), 3, np.uint8))
+    (tmp_path / "classes.json").write_text('{"classes": ["background", "building", "road"]}')
+    with pytest.raises(DataError, match=r"masks/x\.png: value 3"):
+        load_pairs_folder(tmp_path, 8)
+    (tmp_path / "classes.json").write_text('{"classes": "building"}')
+    with pytest.raises(DataError, match=r"classes\.json"):
+        load_pairs_folder(tmp_path, 8)
+
+
+@pytest.mark.skipif(not AIRBUS.exists(), reason="the shared Airbus sample is not beside this checkout")
+def test_the_real_airbus_sample_decodes_to_its_listed_ship_pixels_and_shows(tmp_path: Path) -> None:
+    full = load_airbus(AIRBUS, 768)
+    pixels = {name: int(m.sum()) for name, m in zip(full.names, full.masks, strict=True)}
+    assert {k: v for k, v in pixels.items() if v} == AIRBUS_SHIP_PIXELS and len(pixels) == 7
+    res = CliRunner().invoke(app, ["data", "show", f"airbus:{AIRBUS}", "--size", "256", "--grid",
+                                   str(tmp_path / "grid.png"), "--json", str(tmp_path / "show.json")])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "show.json").read_text())
+    assert info["pairs"] == 7 and info["images_without_foreground"] == 3 and info["group_column"] == "image_id"
+    assert info["classes"][1]["name"] == "ship" and 0 < info["classes"][1]["pixel_share"] < 0.01
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (7 * 256, 2 * 256)
+    bad = CliRunner().invoke(app, ["data", "show", f"airbus:{tmp_path}"])
+    assert bad.exit_code == 2 and "train_ship_segmentations_v2.csv" in _said(bad)
+
+
+@pytest.mark.skipif(not AIRBUS.exists(), reason="the shared Airbus sample is not beside this checkout")
+def test_the_real_airbus_sample_feeds_a_node_for_a_few_batches(tmp_path: Path) -> None:
+    images, masks = resolve_data(f"airbus:{AIRBUS}", 32)
+    cfg = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
+    hub = InProcessHub()
+    service = GeneratorService(hub.generator_link(), GeneratorTrainer(cfg, TrainConfig(steps=3, fake_dtype="float32")),
+                               ServiceConfig(out=tmp_path, sample_every=0, checkpoint_every=0))
+    link = hub.node_link("ships")
+    link.send(P.make(P.Kind.HELLO, "ships", meta={"role": "node", **DiscriminatorNode.hello_meta(images)}))
+    node = DiscriminatorNode(link, images, masks, NodeConfig("ships", batch_size=2, pipeline=1, judge=False,
+                                                             feedback=FeedbackConfig(warmup=0)))
+    stop = threading.Event()
+    thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
+    thread.start()
+    service.run()
+    stop.set()
+    thread.join(10)
+    assert service.trainer.step == 3 and service.nodes["ships"].feedbacks >= 3
