@@ -85,27 +85,37 @@ def run(
     _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps, feedback {feedback.value}")
 
 
-def _pairs_folder(data: str | None, out: Path, size: int) -> Path | None:
+def _pairs_folder(data: str | None, out: Path, size: int, keep_classes: bool = False) -> Path | None:
     """``--data`` for the commands that hand folders to node processes; a bad spec is a one-line error."""
     from dgan.data.importer import as_pairs_folder
     from dgan.data.shards import DataError
 
     try:
-        return as_pairs_folder(data, out, size)
+        if data is not None and data.startswith("scenes:"):
+            from dgan.data.spec import parse_data_spec
+
+            parse_data_spec(data)  # a bad variant is refused here
+        return as_pairs_folder(data, out, size, keep_classes=keep_classes)
     except DataError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
 
 
-def _load_binary(data: str, size: int) -> Any:
-    """A dataset spec loaded for the binary segmenter (a multi-class set: its first class against the rest)."""
+def _load_pairs(data: str, size: int, num_classes: int | None = None) -> Any:
+    """A dataset spec for the segmenter: as it is, or for a ``num_classes`` model (a binary model takes a
+    multi-class set's first class against the rest)."""
+    from dgan.data.shards import DataError
     from dgan.data.spec import binary, load_data
 
     pairs = load_data(data, size)
-    if len(pairs.classes) > 2:
-        log.warning("%s has classes %s; the segmenter is binary: %s against the rest", data,
+    if num_classes is None or len(pairs.classes) == num_classes:
+        return pairs
+    if num_classes == 2:
+        log.warning("%s has classes %s; this model is binary: %s against the rest", data,
                     ", ".join(pairs.classes), pairs.classes[1])
-    return binary(pairs)
+        return binary(pairs)
+    raise DataError(f"{data} has {len(pairs.classes)} classes ({', '.join(pairs.classes)}); the model has "
+                    f"{num_classes}")
 
 
 def _run_with_view(cfg: Any, quiet: bool, log_format: str, title: str, report: bool = True) -> dict:
@@ -185,13 +195,13 @@ def segment_train(
         console.print(f"[red]--real-share must be between 0 and 1, got {real_share}[/red]")
         raise typer.Exit(2)
     try:
-        train = _load_binary(data, size)
-        syn = _load_binary(synthetic, size) if synthetic else None
-        val_set = _load_binary(val, size) if val else None
+        train = _load_pairs(data, size)
+        syn = _load_pairs(synthetic, size, len(train.classes)) if synthetic else None
+        val_set = _load_pairs(val, size, len(train.classes)) if val else None
     except DataError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    cfg = SegConfig(width=width, steps=steps, batch_size=batch_size, seed=seed)
+    cfg = SegConfig(width=width, steps=steps, batch_size=batch_size, seed=seed, num_classes=len(train.classes))
     val_pairs = (val_set.images, val_set.masks) if val_set else None
     if syn is None:
         model, info = train_segmenter(train.images, train.masks, cfg, val=val_pairs)
@@ -212,27 +222,28 @@ def segment_eval(
     grid: Annotated[Path | None, typer.Option(help="Save an image | truth | prediction grid here.")] = None,
     json_out: JsonOut = None,
 ) -> None:
-    """Building IoU, F1, precision, recall and pixel accuracy on real test data."""
+    """Building IoU, F1, precision, recall and pixel accuracy on real test data (per class and mIoU for more
+    than two classes)."""
     import json
 
     from dgan.data.shards import DataError
-    from dgan.segment import load_model, metrics, predict, prediction_grid
+    from dgan.segment import class_metrics, load_model, predict_labels, prediction_grid
     from dgan.training.generator import CheckpointError
 
     try:
-        net, _ = load_model(model)
-        test = _load_binary(data, size)
+        net, seg_cfg = load_model(model)
+        test = _load_pairs(data, size, seg_cfg.num_classes)
     except (DataError, CheckpointError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    probs = predict(net, test.images)
-    m = metrics(probs > 0.5, test.masks)
+    pred = predict_labels(net, test.images, seg_cfg.num_classes)
+    m = class_metrics(pred, test.masks, test.classes)
     table = Table("metric", "value", title=f"{model} on {data} ({len(test)} pairs)")
     for k, v in m.items():
         table.add_row(k, f"{v:.4f}")
     console.print(table)
     if grid:
-        prediction_grid(test.images, test.masks, probs, grid)
+        prediction_grid(test.images, test.masks, pred, grid)
     if json_out:
         json_out.write_text(json.dumps(m, indent=2))
 
@@ -242,8 +253,9 @@ def experiment(
     out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md, predictions/).")] = Path(
         "runs/experiment"),
     data: Annotated[str | None, typer.Option(help="A pairs folder with a manifest (Dubai: 'tile'), or whu:PATH, "
-                                                  "city-osm:PATH, airbus:PATH, imported once under OUT/../data "
-                                                  "(binary). Default: built-in scenes.")] = None,
+                                                  "city-osm:PATH, airbus:PATH (imported once under OUT/../data), "
+                                                  "or scenes[:buildings-roads|ships]. Default: built-in scenes.")
+                    ] = None,
     partition: Annotated[Partition, typer.Option(help="group (by tile) or iid; dirichlet/size also work.")] = (
         Partition.group),
     nodes: int = 4,
@@ -294,11 +306,12 @@ def experiment(
     modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
     methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
     hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.finetune])))
-    folder = _pairs_folder(data, out.parent, size if not quick else 64)
-    common = dict(out=out, data=folder, partition=partition.value, nodes=nodes, feedback=modes, lambda_l1=lambda_l1,
-                  lambda_semantic=lambda_semantic, label_mix=label_mix, oasis_optim=oasis_optim, gan_methods=methods,
-                  with_sync=with_sync, test=test, groups=groups, update_every=update_every, ema=ema, local=hows,
-                  local_share=local_share)
+    folder = _pairs_folder(data, out.parent, size if not quick else 64, keep_classes=True)
+    variant = data.partition(":")[2] if data is not None and data.startswith("scenes:") else "buildings"
+    common = dict(out=out, data=folder, scene_variant=variant, partition=partition.value, nodes=nodes,
+                  feedback=modes, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, label_mix=label_mix,
+                  oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test, groups=groups,
+                  update_every=update_every, ema=ema, local=hows, local_share=local_share)
     try:
         if quick:
             cfg = ExperimentConfig(**common, size=64, gan_steps=30, g_width=16, d_width=16, seeds=1, scenes=96,

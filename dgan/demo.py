@@ -28,7 +28,7 @@ def segment_synthetic(run_dir: Path, size: int = 128, steps: int = 300, test_sce
     probs = predict(model, test_images)
     result = {**metrics(probs > 0.5, test_masks), "train_seconds": info["train_seconds"],
               "train_pairs": len(synthetic), "test_scenes": test_scenes}
-    prediction_grid(test_images, test_masks, probs, run_dir / "predictions" / "dgan.png")
+    prediction_grid(test_images, test_masks, (probs > 0.5).astype(np.uint8), run_dir / "predictions" / "dgan.png")
     baseline = metrics(np.ones_like(test_masks, dtype=bool), test_masks)  # predict "building" everywhere
     (run_dir / "results.json").write_text(json.dumps({
         "dataset": "built-in scenes", "partition": "iid", "resolution": size,

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,21 @@ import torch
 
 from dgan.data.loaders import PairSet, load_pairs_folder
 from dgan.data.partition import partition, summary
+from dgan.data.scenes import CLASSES as SCENE_CLASSES
 from dgan.data.scenes import make_scenes
-from dgan.data.spec import binary
 from dgan.experiment_tables import claims, markdown
 from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
 from dgan.networks import ModelConfig
 from dgan.run import HELDOUT_SEED_BASE, RunConfig, run_local
-from dgan.segment import SegConfig, metrics, pair_grid, predict, prediction_grid, train_local, train_segmenter
+from dgan.segment import (
+    SegConfig,
+    class_metrics,
+    pair_grid,
+    predict_labels,
+    prediction_grid,
+    train_local,
+    train_segmenter,
+)
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.training.generator import GeneratorTrainer, TrainConfig, load_checkpoint
 
@@ -56,6 +64,8 @@ class ExperimentSetupError(ValueError):
 class ExperimentConfig:
     out: Path
     data: Path | None = None  # None: built-in scenes
+    scene_variant: str = "buildings"  # with data None: buildings, buildings-roads (3 classes) or ships
+    num_classes: int = 2  # set from the data by run_experiment (classes.json, or the scene variant)
     partition: str = "group"
     test: str = DUBAI_TEST  # COLUMN=V1[,V2]: manifest rows held out for the test; COLUMN is also the group column
     groups: str = ""  # group partition: "a|b,c|d" = node 0 gets a, node 1 b and c...; "" = dealt largest first
@@ -92,6 +102,9 @@ class ExperimentConfig:
         if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0:
             raise ExperimentSetupError(f"update_every must be >= 0, ema in [0, 1) and local_share in (0, 1); got "
                                        f"{self.update_every}, {self.ema}, {self.local_share}")
+        if self.scene_variant not in SCENE_CLASSES:
+            raise ExperimentSetupError(f"scene variant must be one of {', '.join(SCENE_CLASSES)}, got "
+                                       f"{self.scene_variant!r}")
         bad = [h for h in self.local if h not in values(LocalHow)]
         if bad:
             raise ExperimentSetupError(f"local must be among {', '.join(values(LocalHow))}, got {bad[0]!r}")
@@ -101,7 +114,8 @@ class ExperimentConfig:
                 parse_groups(self.groups)
 
     def model(self) -> ModelConfig:
-        return ModelConfig(image_size=self.size, g_width=self.g_width, d_width=self.d_width)
+        return ModelConfig(image_size=self.size, num_classes=self.num_classes, g_width=self.g_width,
+                           d_width=self.d_width)
 
     def recipe(self, mode: str) -> FeedbackConfig:
         d_lr, beta1 = (4e-4, 0.0) if self.oasis_optim else (2e-4, 0.5)
@@ -143,21 +157,19 @@ class Splits:
 def make_splits(cfg: ExperimentConfig) -> Splits:
     if cfg.data is None:
         n = cfg.scenes
-        ims, ms = make_scenes(range(n), cfg.size)
-        train = PairSet(ims, ms, [f"s{i}" for i in range(n)], {"group": [str(i % 8) for i in range(n)]})
-        vi, vm = make_scenes(range(20_000_000, 20_000_000 + max(16, n // 8)), cfg.size)
-        ti, tm = make_scenes(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + max(32, n // 4)), cfg.size)
-        val = PairSet(vi, vm, [f"v{i}" for i in range(len(vi))])
-        test = PairSet(ti, tm, [f"t{i}" for i in range(len(ti))])
+        v, classes = cfg.scene_variant, SCENE_CLASSES[cfg.scene_variant]
+        ims, ms = make_scenes(range(n), cfg.size, v)
+        train = PairSet(ims, ms, [f"s{i}" for i in range(n)], {"group": [str(i % 8) for i in range(n)]}, classes)
+        vi, vm = make_scenes(range(20_000_000, 20_000_000 + max(16, n // 8)), cfg.size, v)
+        ti, tm = make_scenes(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + max(32, n // 4)), cfg.size, v)
+        val = PairSet(vi, vm, [f"v{i}" for i in range(len(vi))], {}, classes)
+        test = PairSet(ti, tm, [f"t{i}" for i in range(len(ti))], {}, classes)
         how = cfg.partition if cfg.partition != "group" else "dirichlet"
-        parts = partition(len(train), cfg.nodes, how, seed=0, stat=[float(m.mean()) for m in ms])
-        desc = {"dataset": "scenes", "train": "seeds 0..", "val": "seeds 20M..", "test": f"seeds {HELDOUT_SEED_BASE}.."}
+        parts = partition(len(train), cfg.nodes, how, seed=0, stat=[float((m > 0).mean()) for m in ms])
+        desc = {"dataset": f"scenes ({v})", "train": "seeds 0..", "val": "seeds 20M..",
+                "test": f"seeds {HELDOUT_SEED_BASE}.."}
         return Splits(train, val, test, parts, {**desc, "partition": how})
     pairs = load_pairs_folder(cfg.data, cfg.size)
-    if len(pairs.classes) > 2:
-        log.warning("%s has classes %s; the experiment is binary: %s against the rest", cfg.data,
-                    ", ".join(pairs.classes), pairs.classes[1])
-        pairs = binary(pairs)
     column, test_values = parse_test(cfg.test)
     if column not in pairs.columns:
         raise ExperimentSetupError(f"{cfg.data}/manifest.csv has no column {column!r} to split by (columns: "
@@ -189,7 +201,7 @@ def make_splits(cfg: ExperimentConfig) -> Splits:
             raise ExperimentSetupError(f"group partition by {column}: {exc}") from None
     else:
         parts = partition(len(train), cfg.nodes, cfg.partition, seed=0,
-                          stat=[float(m.mean()) for m in train.masks])
+                          stat=[float((m > 0).mean()) for m in train.masks])
     desc = {"dataset": str(cfg.data), "test": cfg.test, "val": f"{len(val_sources)} source images of the "
             "training groups", "partition": cfg.partition, "group_column": column,
             "node_tiles": [sorted(set(train.columns[column][i] for i in p)) for p in parts]}
@@ -219,11 +231,12 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     return gen
 
 
-def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: int, weights: str = "auto") -> PairSet:
+def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: int, weights: str = "auto",
+                   classes: tuple[str, ...] = ("background", "building")) -> PairSet:
     """Several samples per mask: dropout makes each one different."""
     ims = [gen.synthesize(masks, seed=1000 + k, weights=weights) for k in range(samples_per_mask)]
     all_masks = np.concatenate([masks] * samples_per_mask)
-    return PairSet(np.concatenate(ims), all_masks, [f"syn{i}" for i in range(len(all_masks))])
+    return PairSet(np.concatenate(ims), all_masks, [f"syn{i}" for i in range(len(all_masks))], {}, classes)
 
 
 def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedback: str) -> GeneratorTrainer:
@@ -231,10 +244,11 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
     lr, beta1 = cfg.generator_optim()
     recipe = cfg.recipe(feedback)
     if cfg.data is None:
-        shards = [{"kind": "scenes", "seeds": [int(i) for i in p], "size": cfg.size} for p in splits.node_parts]
+        shards = [{"kind": "scenes", "seeds": [int(i) for i in p], "size": cfg.size, "variant": cfg.scene_variant}
+                  for p in splits.node_parts]
     else:
-        shards = [{"kind": "folder", "path": str(cfg.data.resolve()), "names": [splits.train.names[i] for i in p],
-                   "binary": True} for p in splits.node_parts]
+        shards = [{"kind": "folder", "path": str(cfg.data.resolve()), "names": [splits.train.names[i] for i in p]}
+                  for p in splits.node_parts]
     # The same budget as the central GAN: gan_steps batches of feedback, whatever a generator step averages.
     steps = -(-cfg.gan_steps // (cfg.update_every or cfg.nodes)) if mode == "async" else -(-cfg.gan_steps // cfg.nodes)
     run_local(RunConfig(nodes=cfg.nodes, steps=steps, out=out, image_size=cfg.size, g_width=cfg.g_width,
@@ -242,6 +256,7 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
                         synthesize=False, checkpoint_every=0, sample_every=max(1, steps // 4),
                         timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1,
                         extra_generator_args=["--lr", str(lr), "--beta1", str(beta1), "--ema", str(cfg.ema),
+                                              "--num-classes", str(cfg.num_classes),
                                               "--update-every", str(cfg.update_every)],
                         node_args=["--label-mix", str(recipe.label_mix), "--lambda-semantic",
                                    str(recipe.lambda_semantic), "--d-lr", str(recipe.lr),
@@ -256,7 +271,7 @@ def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits,
                           grid: Path | None = None, label: str = "", own: PairSet | None = None,
                           how: str = "finetune") -> dict[str, Any]:
     """Train a segmenter on ``train`` (plus a department's ``own`` real pairs, ``how``), test it once."""
-    seg = SegConfig(**{**cfg.seg.to_dict(), "seed": seed})
+    seg = SegConfig(**{**cfg.seg.to_dict(), "seed": seed, "num_classes": len(splits.test.classes)})
     val = (splits.val.images, splits.val.masks)
     log.info("%s seed %d: segmentation on %d pairs%s", label, seed, len(train),
              f" and {len(own)} own real pairs ({how})" if own is not None else "")
@@ -265,20 +280,29 @@ def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits,
     else:
         model, info = train_local((train.images, train.masks), (own.images, own.masks), seg, val=val, how=how,
                                   real_share=cfg.local_share)
-    probs = predict(model, splits.test.images)
-    result = {**metrics(probs > 0.5, splits.test.masks), "train_seconds": info["train_seconds"],
+    pred = predict_labels(model, splits.test.images, seg.num_classes)
+    result = {**class_metrics(pred, splits.test.masks, splits.test.classes), "train_seconds": info["train_seconds"],
               "best_step": info["best_step"], "best_val_iou": info["best_val_iou"],
               "train_pairs": len(train) + (len(own) if own is not None else 0)}
     if grid is not None:
-        prediction_grid(splits.test.images, splits.test.masks, probs, grid)
+        prediction_grid(splits.test.images, splits.test.masks, pred, grid)
     log.info("%s seed %d: test IoU %.3f, best validation IoU %.3f (%.0f s)", label, seed, result["iou"],
              result["best_val_iou"], result["train_seconds"])
     return result
 
 
+def _node_mean(per_node: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The departments' mean of each metric (per-class IoUs and mIoU too, where there are more classes)."""
+    first = next(iter(per_node.values()))
+    keys = [k for k in first if k in METRICS or k == "miou" or (k.startswith("iou_") and k != "iou_per_image"
+                                                                  and not k.endswith("_std"))]
+    return {k: float(np.mean([v[k] for v in per_node.values()])) for k in keys}
+
+
 def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": runs}
-    for k in (*METRICS, "iou_per_image", "train_seconds"):
+    per_class = [k for k in runs[0] if k == "miou" or (k.startswith("iou_") and k != "iou_per_image")]
+    for k in (*METRICS, "iou_per_image", "train_seconds", *per_class):
         vals = [r[k] for r in runs]
         out[k] = float(np.mean(vals))
         out[f"{k}_std"] = float(np.std(vals))
@@ -290,6 +314,8 @@ def _cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = "
     key: dict[str, Any] = {"method": method, "data": str(cfg.data), "size": cfg.size, "seg": cfg.seg.to_dict(),
                            "seeds": cfg.seeds, "train": splits.train.names, "val": splits.val.names,
                            "test": splits.test.names}
+    if cfg.data is None and cfg.scene_variant != "buildings":  # keys from before variants existed stay valid
+        key["scenes"] = cfg.scene_variant
     if method == "real_partial":
         key["nodes"] = [[splits.train.names[i] for i in p] for p in splits.node_parts]
     if method not in ("real_all", "real_partial"):
@@ -308,6 +334,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     cache = cfg.cache or cfg.out.parent / "experiment-cache"
     cache.mkdir(parents=True, exist_ok=True)
     splits = make_splits(cfg)
+    cfg = replace(cfg, num_classes=len(splits.train.classes))
     log.info("splits: train %d, val %d, test %d; nodes %s", len(splits.train), len(splits.val), len(splits.test),
              [len(p) for p in splits.node_parts])
     seeds = list(range(cfg.seeds))
@@ -331,7 +358,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         per_node = {f"node{k}": _aggregate([evaluate_training_set(
             cfg, splits.train.subset(part), splits, s, grids / f"real_node{k}.png" if s == 0 else None,
             f"real_partial node{k}") for s in seeds]) for k, part in enumerate(splits.node_parts)}
-        return {**{k: float(np.mean([v[k] for v in per_node.values()])) for k in METRICS}, "per_node": per_node}
+        return {**_node_mean(per_node), "per_node": per_node}
 
     methods["real_partial"] = cached("real_partial", partial)
 
@@ -344,7 +371,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             t = time.time()
             gen = make(g)
             gan_seconds.append(time.time() - t)
-            sets.append(synthesize_set(gen, splits.train.masks, cfg.samples_per_mask))
+            sets.append(synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, classes=splits.train.classes))
             pair_grid(sets[-1].images, sets[-1].masks, grids / f"{name}_synthetic_gan{g}.png")
         runs = []
         for s in seeds:
@@ -371,7 +398,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             cfg, sets[s % len(sets)], splits, s, None, f"dgan_local node{k}", splits.train.subset(part), how),
             "gan_seed": s % len(sets)} for s in seeds]) for k, part in enumerate(splits.node_parts)}
         methods["dgan_local" if j == 0 else f"dgan_local_{how}"] = {
-            **{k: float(np.mean([v[k] for v in per_node.values()])) for k in METRICS}, "per_node": per_node,
+            **_node_mean(per_node), "per_node": per_node,
             "how": how, "feedback": cfg.feedback[0]}
     if cfg.with_sync:
         methods["dgan_sync"] = {**gan_method("dgan_sync", lambda s: dgan_run(cfg, splits, "sync", s, cfg.feedback[0])),

@@ -39,6 +39,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {m.get('feedback', '-')} | {m['iou']:.3f}{sd} | "
                      f"{f'{np.mean(val):.3f}' if val else '-'} | {m['f1']:.3f} | {m['precision']:.3f} "
                      f"| {m['recall']:.3f} | {m['accuracy']:.3f} |")
+    lines += class_table(results["methods"])
     lines += department_table(results["methods"])
     cl = results["claims"]
     lines.append("")
@@ -59,6 +60,22 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"- IoU(dgan) {c['dgan']:.3f} >= IoU({k[len('dgan_vs_'):]}) {c['other']:.3f}: "
               f"{'met' if c['met'] else 'missed'}" for k, c in cl.items() if "other" in c]
     return "\n".join(lines) + "\n"
+
+
+def class_table(methods: dict[str, Any]) -> list[str]:
+    """More than two classes: each class's test IoU and the mIoU (the table above shows the foreground mean)."""
+    first = next(iter(methods.values()), {})
+    names = [k[len("iou_"):] for k in first if k.startswith("iou_") and k != "iou_per_image" and
+             not k.endswith("_std")]
+    if not names:
+        return []
+    lines = ["", "Per class (test IoU; mIoU over every class, background included):", "",
+             f"| method | {' | '.join(names)} | mIoU |", "|---|" + "---|" * (len(names) + 1)]
+    for name, m in methods.items():
+        if "miou" in m:
+            cells = " | ".join(f"{m['iou_' + c]:.3f}" for c in names)
+            lines.append(f"| {name} | {cells} | {m['miou']:.3f} |")
+    return lines
 
 
 def department_table(methods: dict[str, Any]) -> list[str]:

@@ -33,6 +33,7 @@ class SegConfig:
     device: str = "cpu"
     standardize: bool = False  # per-image, per-channel standardisation inside the model
     photometric: float = 0.0  # strength of brightness/contrast/colour/blur jitter at training (0 = off)
+    num_classes: int = 2  # 2: one building logit (binary); C > 2: C logits, masks of class ids
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,7 +48,8 @@ class Segmenter(nn.Module):
     def __init__(self, cfg: SegConfig) -> None:
         super().__init__()
         self.standardize = cfg.standardize
-        self.net = UNetGenerator(3, 1, cfg.width, cfg.depth, dropout=0.0, norm="batch", final="none")
+        outputs = 1 if cfg.num_classes == 2 else cfg.num_classes
+        self.net = UNetGenerator(3, outputs, cfg.width, cfg.depth, dropout=0.0, norm="batch", final="none")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.standardize:
@@ -90,6 +92,22 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return bce + dice
 
 
+def multiclass_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus the soft Dice of each foreground class: (B, C, H, W) logits, (B, H, W) class ids."""
+    ce = nn.functional.cross_entropy(logits, labels)
+    p = torch.softmax(logits, 1)[:, 1:]
+    onehot = nn.functional.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(p.dtype)
+    dims = (0, 2, 3)
+    dice = 1 - (2 * (p * onehot).sum(dims) + 1) / (p.sum(dims) + onehot.sum(dims) + 1)
+    return ce + dice.mean()
+
+
+def _loss(model: nn.Module, x: torch.Tensor, masks: np.ndarray, num_classes: int, device: str) -> torch.Tensor:
+    if num_classes == 2:
+        return segmentation_loss(model(x), torch.from_numpy((masks > 0).astype(np.float32))[:, None].to(device))
+    return multiclass_loss(model(x), torch.from_numpy(masks.astype(np.int64)).to(device))
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, batch: int = 32, device: str = "cpu") -> np.ndarray:
     """Building probability per pixel, (N, H, W) float32."""
@@ -98,6 +116,34 @@ def predict(model: nn.Module, images: np.ndarray, batch: int = 32, device: str =
     for i in range(0, len(images), batch):
         x = images_to_tensor(torch.from_numpy(np.ascontiguousarray(images[i:i + batch]))).to(device)
         out[i:i + batch] = torch.sigmoid(model(x))[:, 0].cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, images: np.ndarray, num_classes: int = 2, batch: int = 32,
+                   device: str = "cpu") -> np.ndarray:
+    """Class ids per pixel, (N, H, W) uint8: building probability > 0.5 for binary models, else the argmax."""
+    if num_classes == 2:
+        return (predict(model, images, batch, device) > 0.5).astype(np.uint8)
+    model.eval()
+    out = np.empty(images.shape[:3], np.uint8)
+    for i in range(0, len(images), batch):
+        x = images_to_tensor(torch.from_numpy(np.ascontiguousarray(images[i:i + batch]))).to(device)
+        out[i:i + batch] = model(x).argmax(1).cpu().numpy()
+    return out
+
+
+def class_metrics(pred: np.ndarray, truth: np.ndarray, classes: tuple[str, ...]) -> dict[str, float]:
+    """Binary: :func:`metrics`.  More classes: ``iou_<class>`` for each, ``miou`` over all of them, and
+    iou/f1/precision/recall/iou_per_image as the mean over the foreground classes (so tables read alike)."""
+    if len(classes) <= 2:
+        return metrics(pred > 0, truth > 0)
+    per = [metrics(pred == c, truth == c) for c in range(len(classes))]
+    out = {f"iou_{name}": m["iou"] for name, m in zip(classes, per, strict=True)}
+    for k in ("iou", "f1", "precision", "recall", "iou_per_image"):
+        out[k] = float(np.mean([m[k] for m in per[1:]]))
+    out["accuracy"] = float(np.mean(pred == truth))
+    out["miou"] = float(np.mean([m["iou"] for m in per]))
     return out
 
 
@@ -149,14 +195,15 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
             ims, ms = np.concatenate([ims, mix[0][jdx]]), np.concatenate([ms, mix[1][jdx]])
         ims, ms = _augment(rng, ims, ms)
         x = _photometric(rng, images_to_tensor(torch.from_numpy(ims)), cfg.photometric).to(cfg.device)
-        y = torch.from_numpy((ms > 0).astype(np.float32))[:, None].to(cfg.device)
-        loss = segmentation_loss(model(x), y)
+        loss = _loss(model, x, ms, cfg.num_classes, cfg.device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if val is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-            iou = metrics(predict(model, val[0], device=cfg.device) > 0.5, val[1])["iou"]
+            pred = predict_labels(model, val[0], cfg.num_classes, device=cfg.device)
+            iou = metrics(pred > 0, val[1] > 0)["iou"] if cfg.num_classes == 2 else float(np.mean(
+                [metrics(pred == c, val[1] == c)["iou"] for c in range(1, cfg.num_classes)]))
             history.append({"step": step, "loss": float(loss.detach()), "val_iou": iou})
             if best is None or iou > best[0]:
                 best = (iou, {k: v.detach().clone() for k, v in model.state_dict().items()}, step)
@@ -196,14 +243,23 @@ def _most_buildings(masks: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(-(masks > 0).reshape(len(masks), -1).sum(1), kind="stable")[:n]
 
 
-def prediction_grid(images: np.ndarray, masks: np.ndarray, probs: np.ndarray, path: Path, n: int = 6) -> Path:
-    """Rows of image | truth | prediction, for the n test images with the most buildings."""
+def _mask_rgb(masks: np.ndarray, palette: bool | None = None) -> np.ndarray:
+    """Binary masks white on black; class ids (or ``palette=True``) in the class palette."""
+    if palette is None:
+        palette = bool(masks.max(initial=0) > 1)
+    if not palette:
+        return np.repeat((masks > 0)[..., None] * 255, 3, -1).astype(np.uint8)
+    from dgan.data.view import colour_masks
+
+    return colour_masks(masks)
+
+
+def prediction_grid(images: np.ndarray, masks: np.ndarray, pred: np.ndarray, path: Path, n: int = 6) -> Path:
+    """Rows of image | truth | prediction (class ids), for the n test images with the most foreground."""
     order = _most_buildings(masks, n)
-    rows = []
-    for i in order:
-        truth = np.repeat((masks[i] > 0)[..., None] * 255, 3, -1).astype(np.uint8)
-        pred = np.repeat((probs[i] > 0.5)[..., None] * 255, 3, -1).astype(np.uint8)
-        rows.append(np.concatenate([images[i], truth, pred], axis=1))
+    palette = bool(masks.max(initial=0) > 1 or pred.max(initial=0) > 1)
+    rows = [np.concatenate([images[i], _mask_rgb(masks[i], palette), _mask_rgb(pred[i], palette)], axis=1)
+            for i in order]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
     return path
@@ -212,8 +268,7 @@ def prediction_grid(images: np.ndarray, masks: np.ndarray, probs: np.ndarray, pa
 def pair_grid(images: np.ndarray, masks: np.ndarray, path: Path, n: int = 6) -> Path:
     """Rows of mask | image (e.g. a synthetic training set), for the n masks with the most buildings."""
     order = _most_buildings(masks, n)
-    rows = [np.concatenate([np.repeat((masks[i] > 0)[..., None] * 255, 3, -1).astype(np.uint8), images[i]], axis=1)
-            for i in order]
+    rows = [np.concatenate([_mask_rgb(masks[i]), images[i]], axis=1) for i in order]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
     return path

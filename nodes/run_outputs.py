@@ -159,5 +159,9 @@ class RunOutputs:
             w = csv.writer(f)
             w.writerow(["name", "node"])
             w.writerows(rows)
+        classes = self.trainer.model_cfg.num_classes
+        if classes > 2:  # mask values are class ids: say so, or readers would take them as binary
+            (root / "classes.json").write_text(json.dumps({"classes": ["background", *(
+                f"class{c}" for c in range(1, classes))]}) + "\n")
         log.info("generator: synthesised %d images in %.1f s", len(rows), time.monotonic() - t0)
         return len(rows)

@@ -77,6 +77,7 @@ def test_data_specs_parse_every_kind_and_refuse_bad_ones_in_one_line() -> None:
     assert parse_data_spec("whu:/d/whu") == DataSpec("whu", Path("/d/whu"))
     assert parse_data_spec("city-osm:/d/osm:berlin,paris") == DataSpec("city-osm", Path("/d/osm"), "berlin,paris")
     assert parse_data_spec("airbus:/d/ships") == DataSpec("airbus", Path("/d/ships"))
+    assert parse_data_spec("airbus:~/ships").path == Path.home() / "ships"  # the shell leaves this ~ alone
     assert parse_data_spec("folder:/d/pairs") == DataSpec("folder", Path("/d/pairs"))
     assert parse_data_spec("/d/node0.json") == DataSpec("folder", Path("/d/node0.json"))
     for bad, says in (("whu:/d:bogus", "WHU split"), ("nothere:/x", "unknown kind"), ("airbus:", "needs a path"),

@@ -55,14 +55,15 @@ def import_dataset(spec: DataSpec, out: Path, size: int) -> PairSet:
     return pairs
 
 
-def as_pairs_folder(data: str | None, workdir: Path, size: int, foreground: str | None = None) -> Path | None:
+def as_pairs_folder(data: str | None, workdir: Path, size: int, foreground: str | None = None,
+                    keep_classes: bool = False) -> Path | None:
     """For the commands that hand folders to node processes (``run``, ``experiment``): None for scenes, a
     pairs folder as it is, and any other kind imported once under ``workdir/data/``.
 
-    Those commands train binary segmenters, so a multi-class set is imported as ``foreground`` (default: its
-    first class) against the rest; ``dgan data import`` keeps every class.
+    ``run`` is binary, so there a multi-class set is imported as ``foreground`` (default: its first class)
+    against the rest; ``keep_classes`` (the experiment, ``dgan data import``) keeps every class.
     """
-    if data is None or data.strip() == "scenes":
+    if data is None or data.strip() == "scenes" or data.strip().startswith("scenes:"):
         return None
     spec = parse_data_spec(data)
     if spec.kind == "folder":
@@ -70,14 +71,14 @@ def as_pairs_folder(data: str | None, workdir: Path, size: int, foreground: str 
             raise DataError(f"--data {data!r}: these commands need a pairs folder (images/, masks/) or a dataset "
                             "kind, not a shard file")
         return spec.path
-    key = hashlib.sha1(f"{spec}|{size}|{foreground}".encode()).hexdigest()[:10]
+    key = hashlib.sha1(f"{spec}|{size}|{foreground}|{keep_classes}".encode()).hexdigest()[:10]
     out = workdir / "data" / f"{spec.kind}-{key}"
     if (out / "manifest.csv").exists():
         log.info("%s: using the import in %s", spec, out)
         return out
     pairs = load_data(spec, size)
-    picked = binary(pairs, foreground)
-    if len(pairs.classes) > 2:
+    picked = pairs if keep_classes else binary(pairs, foreground)
+    if len(pairs.classes) > 2 and not keep_classes:
         log.warning("%s has classes %s; this command is binary: %s against the rest", spec,
                     ", ".join(pairs.classes), picked.classes[1])
     tmp = out.with_name(out.name + ".partial")

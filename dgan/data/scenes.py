@@ -2,7 +2,9 @@
 
 ``buildings``: ground texture, vegetation, water, roads, and buildings (rotated
 rectangles and L-shapes) with roof colours and cast shadows; the mask marks
-buildings.  ``ships``: open water with wakes and a coast, the mask marks ships.
+buildings.  ``buildings-roads``: the same images, with roads as a second class
+(mask 1 = building, 2 = road).  ``ships``: open water with wakes and a coast,
+the mask marks ships.
 Scenes are deterministic per (seed, size, variant) and fast enough to make
 thousands per second.
 """
@@ -14,7 +16,9 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-VARIANTS = ("buildings", "ships")
+VARIANTS = ("buildings", "buildings-roads", "ships")
+CLASSES = {"buildings": ("background", "building"), "buildings-roads": ("background", "building", "road"),
+           "ships": ("background", "ship")}
 ROOFS = np.array([[182, 178, 170], [205, 200, 190], [160, 82, 60], [120, 120, 128], [225, 220, 210],
                   [150, 110, 80], [95, 110, 125]], np.float32)
 
@@ -60,9 +64,9 @@ def _rect(y: np.ndarray, x: np.ndarray, cy: float, cx: float, h: float, w: float
 
 
 def make_scene(seed: int, size: int = 128, variant: str = "buildings") -> tuple[np.ndarray, np.ndarray]:
-    """One scene: (image uint8 (size, size, 3), mask uint8 (size, size) in {0, 1})."""
-    if variant == "buildings":
-        return _buildings(np.random.default_rng([seed, 0]), size)
+    """One scene: (image uint8 (size, size, 3), mask uint8 (size, size) of class ids, see ``CLASSES``)."""
+    if variant in ("buildings", "buildings-roads"):  # one image per seed: only the mask differs
+        return _buildings(np.random.default_rng([seed, 0]), size, roads=variant == "buildings-roads")
     if variant == "ships":
         return _ships(np.random.default_rng([seed, 1]), size)
     raise ValueError(f"unknown scene variant {variant!r}; choose from {', '.join(VARIANTS)}")
@@ -89,7 +93,7 @@ def _grain(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
     return _grain_tile(size)[oy:oy + size, ox:ox + size] * sigma
 
 
-def _buildings(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _buildings(rng: np.random.Generator, size: int, roads: bool = False) -> tuple[np.ndarray, np.ndarray]:
     y, x = _grid(size)
     scale = size / 128
     base = rng.uniform([150, 130, 100], [205, 185, 150]).astype(np.float32)  # sand to dry soil
@@ -104,6 +108,7 @@ def _buildings(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
         water = _smooth_noise(rng, size, 3) > 0.72
         _paint(img, water, np.array([40, 75, 105], np.float32) + 10 * tex)
         blocked |= water
+    road_mask: np.ndarray | None = None
     for _ in range(rng.integers(1, 4)):  # roads
         angle = rng.choice([0.0, np.pi / 2]) + rng.normal(0, 0.15)
         cy, cx = rng.uniform(0, size, 2)
@@ -111,6 +116,7 @@ def _buildings(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
         road = np.abs((y - cy) * np.cos(angle) - (x - cx) * np.sin(angle)) <= width / 2
         _paint(img, road, np.array([95, 95, 98], np.float32) + rng.normal(0, 3))
         blocked |= road
+        road_mask = road if road_mask is None else road_mask | road
     mask = np.zeros((size, size), bool)
     shadow_dy, shadow_dx = rng.uniform(1.5, 4, 2) * scale
     n_attempts = int(rng.integers(10, 30))
@@ -140,7 +146,10 @@ def _buildings(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
         region[shape] = roof * shade[:, None]
         taken |= shape
     np.clip(img, 0, 255, out=img)
-    return img.astype(np.uint8), mask.astype(np.uint8)
+    ids = mask.astype(np.uint8)
+    if roads and road_mask is not None:
+        ids[road_mask & ~mask] = 2
+    return img.astype(np.uint8), ids
 
 
 def _ships(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:

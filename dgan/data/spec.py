@@ -2,7 +2,8 @@
 
 Kinds (the paper's datasets, plus pairs folders and the built-in scenes):
 
-* ``scenes``: the procedural scenes (no files);
+* ``scenes[:VARIANT]``: the procedural scenes (no files): ``buildings`` (default), ``buildings-roads``
+  (3 classes) or ``ships``;
 * ``folder:PATH``: ``images/`` + ``masks/`` (+ ``manifest.csv``, + ``classes.json``);
 * ``whu:PATH[:SPLIT]``: WHU building, ``{train,val,test}/{image,label}/N.tif``; all splits by default;
 * ``city-osm:PATH[:CITIES]``: City-OSM, ``<city>/<city><n>_image.png`` + ``_labels.png``; ``CITIES``
@@ -29,8 +30,8 @@ if TYPE_CHECKING:  # typing only: loading PIL is not every command line's busine
 KINDS = ("scenes", "folder", "whu", "city-osm", "airbus")
 GROUP_COLUMN = {"whu": "split", "city-osm": "city", "airbus": "image_id", "scenes": "group"}
 WHU_SPLITS = ("train", "val", "test")
-SPEC_HELP = ("'scenes', folder:PATH, whu:PATH[:train|val|test], city-osm:PATH[:city,city], airbus:PATH, "
-             "a pairs folder or a shard .json")
+SPEC_HELP = ("'scenes[:buildings-roads|ships]', folder:PATH, whu:PATH[:train|val|test], city-osm:PATH[:city,city], "
+             "airbus:PATH, a pairs folder or a shard .json")
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class DataSpec:
 
     def __str__(self) -> str:
         if self.kind == "scenes":
-            return "scenes"
+            return "scenes" + (f":{self.option}" if self.option else "")
         return f"{self.kind}:{self.path}" + (f":{self.option}" if self.option else "")
 
     @property
@@ -54,14 +55,21 @@ def parse_data_spec(text: str) -> DataSpec:
     text = text.strip()
     if text == "scenes":
         return DataSpec("scenes")
+    if text.startswith("scenes:"):
+        from dgan.data.scenes import VARIANTS
+
+        variant = text.partition(":")[2]
+        if variant not in VARIANTS:
+            raise DataError(f"--data {text!r}: scene variants are {', '.join(VARIANTS)}")
+        return DataSpec("scenes", None, "" if variant == "buildings" else variant)
     kind, sep, rest = text.partition(":")
     if not sep or kind not in KINDS:  # a bare path (shard .json or pairs folder)
         if not text:
             raise DataError(f"--data is empty; expected {SPEC_HELP}")
         if sep and re.fullmatch(r"[a-z][a-z0-9-]*", kind) and not Path(text).exists():
             raise DataError(f"--data {text!r}: unknown kind {kind!r}; expected {SPEC_HELP}")
-        return DataSpec("folder", Path(text))
-    if kind == "scenes" or not rest:
+        return DataSpec("folder", Path(text).expanduser())
+    if not rest:
         raise DataError(f"--data {text!r}: {kind} needs a path ({SPEC_HELP})")
     path, option = rest, ""
     if kind in ("whu", "city-osm"):
@@ -70,18 +78,20 @@ def parse_data_spec(text: str) -> DataSpec:
             path, option = head, tail
     if kind == "whu" and option and option not in WHU_SPLITS:
         raise DataError(f"--data {text!r}: the WHU split must be one of {', '.join(WHU_SPLITS)}, got {option!r}")
-    return DataSpec(kind, Path(path), option)
+    return DataSpec(kind, Path(path).expanduser(), option)
 
 
 def load_data(spec: DataSpec | str, size: int, count: int = 200, seed: int = 0) -> PairSet:
     """The pairs a spec names, at ``size`` x ``size``; masks hold class ids (``pairs.classes`` names them)."""
     from dgan.data import loaders as L
-    from dgan.data.scenes import make_scenes
+    from dgan.data.scenes import CLASSES, make_scenes
 
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
     if spec.kind == "scenes":
-        ims, ms = make_scenes(range(seed * 1_000_000, seed * 1_000_000 + count), size)
-        return L.PairSet(ims, ms, [f"s{i}" for i in range(count)], {"group": [str(i % 8) for i in range(count)]})
+        variant = spec.option or "buildings"
+        ims, ms = make_scenes(range(seed * 1_000_000, seed * 1_000_000 + count), size, variant)
+        return L.PairSet(ims, ms, [f"s{i}" for i in range(count)], {"group": [str(i % 8) for i in range(count)]},
+                         CLASSES[variant])
     path = spec.path
     if path is None or not path.exists():
         raise DataError(f"--data {spec}: {path} does not exist (expected {SPEC_HELP})")
