@@ -53,8 +53,8 @@ def run(
     steps: Annotated[int, typer.Option(help="Generator updates.")] = 300,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/latest"),
     data: Annotated[str | None, typer.Option(help="The dataset (default: built-in scenes): a pairs folder, "
-                                                 "whu:PATH[:split], city-osm:PATH[:cities] or airbus:PATH; other "
-                                                 "kinds are imported once under OUT/data, binary.")] = None,
+                                                 "whu:PATH[:split], city-osm:PATH[:cities], airbus:PATH (imported "
+                                                 "once under OUT/data) or scenes:buildings-roads.")] = None,
     partition: Annotated[RunPartition, typer.Option(help="How the scenes are split across nodes.")] = (
         RunPartition.iid),
     scenes: Annotated[int, typer.Option(help="Built-in scenes to split across the nodes.")] = 800,
@@ -74,14 +74,23 @@ def run(
     log_format: LogFormat = "rich",
 ) -> None:
     """Start broker, generator and N nodes as processes, train, synthesise, stop them all."""
+    from dgan.data.loaders import read_classes
+    from dgan.data.scenes import CLASSES
+    from dgan.data.shards import DataError
     from dgan.run import RunConfig
 
     setup_logging(log_level, log_format, "run")
-    folder = _pairs_folder(data, out, image_size)
-    cfg = RunConfig(nodes=nodes, steps=steps, out=out, data=folder, partition=partition.value, scenes=scenes,
-                    record=record, image_size=image_size, g_width=g_width, d_width=d_width, batch_size=batch_size,
-                    mode=mode.value,
-                    threads=threads, device=device, seed=seed, feedback=feedback.value, lambda_l1=lambda_l1)
+    folder = _pairs_folder(data, out, image_size, keep_classes=True)
+    variant = data.partition(":")[2] if data is not None and data.startswith("scenes:") else "buildings"
+    try:
+        classes = CLASSES[variant] if folder is None else read_classes(folder) or ("background", "building")
+    except DataError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    cfg = RunConfig(nodes=nodes, steps=steps, out=out, data=folder, scene_variant=variant, num_classes=len(classes),
+                    partition=partition.value, scenes=scenes, record=record, image_size=image_size, g_width=g_width,
+                    d_width=d_width, batch_size=batch_size, mode=mode.value, threads=threads, device=device,
+                    seed=seed, feedback=feedback.value, lambda_l1=lambda_l1)
     _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps, feedback {feedback.value}")
 
 

@@ -40,6 +40,8 @@ class RunConfig:
     scenes: int = 800
     record: Path | None = None
     image_size: int = 128
+    scene_variant: str = "buildings"  # with data None: the scenes' variant
+    num_classes: int = 2  # > 2: class-id masks (a classes.json folder, or scenes with roads)
     g_width: int = 32
     d_width: int = 32
     batch_size: int = 8
@@ -70,12 +72,13 @@ def write_shards(cfg: RunConfig) -> list[Path]:
         specs = cfg.shards
     elif cfg.data is None:
         parts = partition(cfg.scenes, cfg.nodes, cfg.partition, cfg.seed)
-        specs = [scenes_spec([cfg.seed * 1_000_000 + i for i in part], cfg.image_size) for part in parts]
+        specs = [scenes_spec([cfg.seed * 1_000_000 + i for i in part], cfg.image_size, cfg.scene_variant)
+                 for part in parts]
     else:
         stems = sorted(p.stem for p in (cfg.data / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)
         parts = partition(len(stems), cfg.nodes, cfg.partition, cfg.seed)
         specs = [{"kind": "folder", "path": str(cfg.data.resolve()), "names": [stems[i] for i in part],
-                  "binary": True} for part in parts]
+                  "binary": cfg.num_classes == 2} for part in parts]
     paths = []
     for i, spec in enumerate(specs):
         p = shard_dir / f"node{i}.json"
@@ -129,6 +132,7 @@ def run_local(cfg: RunConfig, watch: Callable[[str], None] | None = None) -> dic
             ports, cfg.out, cfg.steps, image_size=cfg.image_size, g_width=cfg.g_width, d_width=cfg.d_width,
             synthesize=cfg.synthesize, checkpoint_every=cfg.checkpoint_every, sample_every=cfg.sample_every,
             heartbeat=hb, extra=["--mode", cfg.mode, "--seed", str(cfg.seed), "--threads", str(gen_threads),
+                                 "--num-classes", str(cfg.num_classes),
                                  "--device", cfg.device, *cfg.extra_generator_args]), gen_threads)
         for i, shard in enumerate(shards):
             delay = cfg.delays[i] if i < len(cfg.delays) else 0.0

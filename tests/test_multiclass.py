@@ -68,3 +68,22 @@ def test_a_three_class_quick_experiment_runs_dgan_and_reports_each_class(tmp_pat
     assert "| method | background | building | road | mIoU |" in md
     grid = np.asarray(Image.open(tmp_path / "exp" / "predictions" / "real_all.png"))
     assert (np.abs(grid.astype(int) - (40, 90, 240)).sum(-1) == 0).any()  # roads drawn in the palette's blue
+
+
+@pytest.mark.timeout(600)
+def test_dgan_run_on_road_scenes_trains_a_three_class_generator_and_synthesises_class_ids(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+    from dgan.data.loaders import load_pairs_folder
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--nodes", "2", "--steps", "6", "--out", str(out), "--data",
+                                   "scenes:buildings-roads", "--scenes", "8", "--image-size", "32", "--g-width", "8",
+                                   "--d-width", "8", "--batch-size", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "run.json").read_text())["model"]["num_classes"] == 3
+    synthetic = load_pairs_folder(out / "synthetic", 32)
+    assert len(synthetic.classes) == 3 and set(np.unique(synthetic.masks)) == {0, 1, 2}
+    bad = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "x"), "--data", "scenes:forests"])
+    assert bad.exit_code == 2 and "scene variants are" in " ".join(bad.output.split())
