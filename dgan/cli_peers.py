@@ -280,6 +280,8 @@ def node(
     judge: Annotated[bool, typer.Option(help="Train a small segmenter on this node's pairs and report label_iou, "
                                              "its IoU on the fakes against their masks (one number per batch).")
                      ] = True,
+    positive_crops: Annotated[float, typer.Option(help="Sparse targets (ships): share of crops placed on a "
+                                                       "foreground pixel; the rest stay uniform (0 = off).")] = 0.0,
     key: KeyFile = None,
     broker_key: BrokerKey = None,
     heartbeat: Heartbeat = 2.5,
@@ -297,6 +299,8 @@ def node(
 
     if not P.valid_name(name):
         raise typer.BadParameter(f"{name!r}: a node needs {P.NAME_RULE}", param_hint="--name")
+    if not 0.0 <= positive_crops <= 1.0:
+        raise typer.BadParameter(f"must be in [0, 1], got {positive_crops}", param_hint="--positive-crops")
     setup_logging(log_level, log_format, name)
     set_torch_threads(threads)
     try:
@@ -315,7 +319,8 @@ def node(
     n = DiscriminatorNode(link, images, masks, NodeConfig(name=name, batch_size=batch_size, pipeline=pipeline,
                                                           grad_dtype=grad_dtype.value, delay=delay, seed=seed,
                                                           device=device, feedback=recipe, samples_dir=save_samples,
-                                                          sample_every=sample_every, judge=judge))
+                                                          sample_every=sample_every, judge=judge,
+                                                          positive_share=positive_crops or None))
     try:
         result = n.run(max_batches=max_batches or None)
     except KeyboardInterrupt:

@@ -304,6 +304,9 @@ def experiment(
         "in mixed batches or fine-tuned (repeat to compare; the first is `dgan_local`).")] = None,
     local_share: Annotated[float, typer.Option(help="dgan_local mixed: share of each batch from the "
                                                     "department's own pairs.")] = 0.5,
+    positive_share: Annotated[float, typer.Option(help="Sparse targets (ships): share of each batch, for the "
+                                                       "segmenters, the nodes and the central GAN, drawn on "
+                                                       "foreground (0 = uniform).")] = 0.0,
     quick: Annotated[bool, typer.Option(help="A smoke run of the whole pipeline in a few minutes.")] = False,
 ) -> None:
     """Compare real_all, real_partial, central_gan and dgan segmentation on the real test split."""
@@ -324,9 +327,11 @@ def experiment(
     try:
         if quick:
             cfg = ExperimentConfig(**common, size=64, gan_steps=30, g_width=16, d_width=16, seeds=1, scenes=96,
-                                   seg=SegConfig(steps=60, eval_every=20), samples_per_mask=1, quick=True)
+                                   seg=SegConfig(steps=60, eval_every=20, positive_share=positive_share),
+                                   samples_per_mask=1, quick=True)
         else:
-            seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric)
+            seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric,
+                            positive_share=positive_share)
             cfg = ExperimentConfig(**common, size=size, gan_steps=gan_steps, seg=seg, seeds=seeds, gan_seeds=gan_seeds,
                                    samples_per_mask=samples_per_mask)
         results = run_experiment(cfg)

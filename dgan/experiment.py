@@ -102,6 +102,8 @@ class ExperimentConfig:
         if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0:
             raise ExperimentSetupError(f"update_every must be >= 0, ema in [0, 1) and local_share in (0, 1); got "
                                        f"{self.update_every}, {self.ema}, {self.local_share}")
+        if not 0.0 <= self.seg.positive_share <= 1.0:
+            raise ExperimentSetupError(f"positive_share must be in [0, 1], got {self.seg.positive_share}")
         if self.scene_variant not in SCENE_CLASSES:
             raise ExperimentSetupError(f"scene variant must be one of {', '.join(SCENE_CLASSES)}, got "
                                        f"{self.scene_variant!r}")
@@ -218,7 +220,7 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, lr=lr, beta1=beta1, seed=seed, fake_dtype="float32",
                                               ema=cfg.ema))
     disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed)
-    sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed)
+    sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed, positive_share=cfg.seg.positive_share or None)
     for _ in range(disc.warmup_steps):  # as a node does before its first feedback
         reals, masks = sampler.batch(cfg.batch_size)
         disc.warm_up(masks, reals)
@@ -260,7 +262,8 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
                                               "--update-every", str(cfg.update_every)],
                         node_args=["--label-mix", str(recipe.label_mix), "--lambda-semantic",
                                    str(recipe.lambda_semantic), "--d-lr", str(recipe.lr),
-                                   "--d-beta1", str(recipe.beta1), "--d-warmup", str(recipe.warmup)]))
+                                   "--d-beta1", str(recipe.beta1), "--d-warmup", str(recipe.warmup),
+                                   "--positive-crops", str(cfg.seg.positive_share)]))
     return GeneratorTrainer.from_state(load_checkpoint(out / "checkpoints" / "latest.pt"))
 
 
@@ -311,7 +314,9 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = "") -> str:
     """What the method's result depends on: data, splits and segmentation always; the GAN only for GAN methods."""
-    key: dict[str, Any] = {"method": method, "data": str(cfg.data), "size": cfg.size, "seg": cfg.seg.to_dict(),
+    seg = {k: v for k, v in cfg.seg.to_dict().items()  # settings added later keep older keys while at their default
+           if (k, v) not in (("num_classes", 2), ("positive_share", 0.0))}
+    key: dict[str, Any] = {"method": method, "data": str(cfg.data), "size": cfg.size, "seg": seg,
                            "seeds": cfg.seeds, "train": splits.train.names, "val": splits.val.names,
                            "test": splits.test.names}
     if cfg.data is None and cfg.scene_variant != "buildings":  # keys from before variants existed stay valid

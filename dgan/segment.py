@@ -34,6 +34,7 @@ class SegConfig:
     standardize: bool = False  # per-image, per-channel standardisation inside the model
     photometric: float = 0.0  # strength of brightness/contrast/colour/blur jitter at training (0 = off)
     num_classes: int = 2  # 2: one building logit (binary); C > 2: C logits, masks of class ids
+    positive_share: float = 0.0  # sparse targets: share of each batch drawn from pairs that hold foreground
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,9 +187,13 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
     best: tuple[float, dict[str, torch.Tensor], int] | None = None
     history = []
     t0 = time.perf_counter()
+    positives = np.flatnonzero(masks.reshape(len(masks), -1).any(1)) if cfg.positive_share > 0 else None
     for step in range(1, cfg.steps + 1):
         model.train()
         idx = rng.integers(0, len(images), cfg.batch_size - n_mix)
+        if positives is not None and len(positives):  # the draws above stay as they were when this is off
+            pick = rng.random(len(idx)) < cfg.positive_share
+            idx[pick] = rng.choice(positives, int(pick.sum()))
         ims, ms = images[idx], masks[idx]
         if mix is not None:
             jdx = rng.integers(0, len(mix[0]), n_mix)

@@ -46,6 +46,7 @@ class NodeConfig:
     judge: bool = True  # report label_iou: a local segmenter's IoU on the fakes against their masks
     judge_steps: int = 2  # the judge's training steps on real pairs per batch
     judge_after: int = 50  # report label_iou once the judge has trained this many steps
+    positive_share: float | None = None  # sparse targets: share of crops placed on a foreground pixel
 
 
 @dataclass
@@ -148,12 +149,14 @@ class DiscriminatorNode:
             # learn more from each gradient (and could force a reset with a changed WELCOME).
             self.trainer = DiscriminatorTrainer(model, self.cfg.feedback, seed=None, device=self.cfg.device)
             self.judge = LabelJudge(seed=None, device=self.cfg.device) if self.cfg.judge else None
-            self.judge_sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed + 7919)
+            self.judge_sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed + 7919,
+                                             positive_share=self.cfg.positive_share)
             self.warmup_left = self.trainer.warmup_steps
             if self.warmup_left:
                 log.info("node %s: training its segmenter on its own pairs for %d steps before the first feedback",
                          self.cfg.name, self.warmup_left)
-            self.sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed)
+            self.sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed,
+                                       positive_share=self.cfg.positive_share)
         self.run_id = msg.run_id
         self.outstanding.clear()  # a (re)started generator knows none of them
         self.welcomed = True

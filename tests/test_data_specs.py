@@ -20,6 +20,7 @@ from dgan.data.shards import DataError, resolve_data
 from dgan.data.spec import DataSpec, binary, load_data, parse_data_spec
 from dgan.feedback import FeedbackConfig
 from dgan.networks import ModelConfig
+from dgan.training.discriminator import PairSampler
 from dgan.training.generator import GeneratorTrainer, TrainConfig
 from dgan.transport.inproc import InProcessHub
 from nodes.discriminator_node import DiscriminatorNode, NodeConfig
@@ -193,3 +194,40 @@ def test_the_real_airbus_sample_feeds_a_node_for_a_few_batches(tmp_path: Path) -
     stop.set()
     thread.join(10)
     assert service.trainer.step == 3 and service.nodes["ships"].feedbacks >= 3
+
+
+def test_positive_crops_find_sparse_targets_and_leave_the_uniform_stream_alone() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (8, 96, 96, 3), dtype=np.uint8)
+    masks = np.zeros((8, 96, 96), np.uint8)
+    masks[0, 70:73, 10:14] = 1  # one small ship in one image of eight
+    uniform = PairSampler(images, masks, 32, seed=1)
+    same = PairSampler(images, masks, 32, seed=1, positive_share=0.0)
+    a, b = uniform.batch(16), same.batch(16)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])  # off: the draws are the old ones
+    hits = lambda ms: float((ms.reshape(len(ms), -1) > 0).any(1).mean())  # noqa: E731
+    assert hits(PairSampler(images, masks, 32, seed=2).batch(400)[1]) < 0.05
+    half = hits(PairSampler(images, masks, 32, seed=2, positive_share=0.5).batch(400)[1])
+    assert 0.4 < half < 0.65  # about half on the ship, and empty crops stay in the stream
+    assert hits(PairSampler(images, masks, 32, seed=3, positive_share=1.0).batch(50)[1]) == 1.0
+    with pytest.raises(ValueError, match="positive_share"):
+        PairSampler(images, masks, 32, positive_share=1.5)
+
+
+@pytest.mark.skipif(not AIRBUS.exists(), reason="the shared Airbus sample is not beside this checkout")
+def test_positive_crops_on_the_real_airbus_sample_put_ships_in_most_crops() -> None:
+    pairs = load_airbus(AIRBUS, 768)
+    count = lambda s: float((s.batch(200)[1].reshape(200, -1) > 0).any(1).mean())  # noqa: E731
+    uniform = count(PairSampler(pairs.images, pairs.masks, 128, seed=0))
+    focused = count(PairSampler(pairs.images, pairs.masks, 128, seed=0, positive_share=0.7))
+    assert uniform < 0.15 and focused > 0.6, (uniform, focused)
+
+
+def test_positive_crop_settings_out_of_range_are_refused_at_once(tmp_path: Path) -> None:
+    from dgan.experiment import ExperimentConfig, ExperimentSetupError
+    from dgan.segment import SegConfig
+
+    res = CliRunner().invoke(app, ["node", "--name", "dept", "--positive-crops", "2", "--broker", "tcp://127.0.0.1:1"])
+    assert res.exit_code == 2 and "--positive-crops" in _said(res)
+    with pytest.raises(ExperimentSetupError, match="positive_share"):
+        ExperimentConfig(out=tmp_path, seg=SegConfig(positive_share=-0.1))

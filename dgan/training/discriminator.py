@@ -39,18 +39,36 @@ class Scored:
 
 
 class PairSampler:
-    """Draws batches of (image, mask) with the same random crop and flip for both."""
+    """Draws batches of (image, mask) with the same random crop and flip for both.
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, size: int, seed: int = 0) -> None:
+    ``positive_share`` (sparse targets such as ships): that share of crops is placed on a random foreground
+    pixel of an image that has one; the rest stay uniform, so empty crops keep their place in the stream.
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, size: int, seed: int = 0,
+                 positive_share: float | None = None) -> None:
         if len(images) != len(masks) or len(images) == 0:
             raise ValueError(f"need matching, non-empty images and masks, got {len(images)} and {len(masks)}")
         if images.shape[1] < size or images.shape[2] < size:
             raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} are smaller than the run size {size}")
+        if positive_share is not None and not 0.0 <= positive_share <= 1.0:
+            raise ValueError(f"positive_share must be in [0, 1], got {positive_share}")
         self.images, self.masks, self.size = images, masks, size
         self.rng = np.random.default_rng(seed)
+        self.positive_share = positive_share
+        self.positives = (np.flatnonzero(masks.reshape(len(masks), -1).any(1)) if positive_share
+                          else np.empty(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def _origin(self, i: int, h: int, w: int) -> tuple[int, int]:
+        """A crop's top-left corner that puts a random foreground pixel of image i inside it."""
+        k = self.rng.choice(np.flatnonzero(self.masks[i]))
+        py, px = divmod(int(k), w)
+        y = int(np.clip(py - self.rng.integers(0, self.size), 0, h - self.size))
+        x = int(np.clip(px - self.rng.integers(0, self.size), 0, w - self.size))
+        return y, x
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.rng.integers(0, len(self.images), n)
@@ -58,8 +76,12 @@ class PairSampler:
         ims = np.empty((n, self.size, self.size, 3), np.uint8)
         ms = np.empty((n, self.size, self.size), np.uint8)
         for j, i in enumerate(idx):
-            y = int(self.rng.integers(0, h - self.size + 1))
-            x = int(self.rng.integers(0, w - self.size + 1))
+            if len(self.positives) and self.rng.random() < (self.positive_share or 0.0):
+                i = int(self.rng.choice(self.positives))
+                y, x = self._origin(i, h, w)
+            else:
+                y = int(self.rng.integers(0, h - self.size + 1))
+                x = int(self.rng.integers(0, w - self.size + 1))
             im = self.images[i, y:y + self.size, x:x + self.size]
             m = self.masks[i, y:y + self.size, x:x + self.size]
             if self.rng.random() < 0.5:
