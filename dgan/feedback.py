@@ -40,8 +40,8 @@ LEAKING_MODES = frozenset({FeedbackMode.L1})
 
 L1_WARNING = ("feedback mode 'l1' (the paper's recipe): each gradient carries sign(fake - real) for every pixel "
               "of this node's private images. A curious generator reconstructs them from what it receives "
-              "(see `dgan bench privacy` and docs/security.md). Use --feedback segmentation or adversarial to "
-              "keep them private.")
+              "(see `dgan bench privacy` and docs/security.md). Use --feedback adversarial, semantic or "
+              "segmentation to keep them private.")
 
 
 @dataclass(frozen=True)

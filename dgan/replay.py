@@ -126,9 +126,14 @@ def save_images(path: Path, out: Path) -> int:
             continue
         if msg.kind in (P.Kind.FAKE_REQUEST, P.Kind.MASKS):
             for j, m in enumerate(msg.tensors["masks"]):
-                scale = 255 if int(m.max(initial=0)) <= 1 else 1
                 stem = f"{i:06d}_{P.file_stem(rec.peer)}"
-                Image.fromarray((m * scale).astype(np.uint8)).save(out / f"{stem}_mask{j:03d}.png")
+                if int(m.max(initial=0)) <= 1:
+                    picture = (m > 0).astype(np.uint8) * 255
+                else:  # class ids in the class palette
+                    from dgan.data.view import colour_masks
+
+                    picture = colour_masks(m)
+                Image.fromarray(picture).save(out / f"{stem}_mask{j:03d}.png")
                 n += 1
         elif msg.kind == P.Kind.FAKES:
             fakes = msg.tensors["fakes"]

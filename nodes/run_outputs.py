@@ -84,8 +84,12 @@ class RunOutputs:
         if self.sample_masks is None:
             return None
         fakes = self.trainer.synthesize(self.sample_masks, seed=0)
-        masks = np.repeat(self.sample_masks[..., None] * (255 // max(1, self.trainer.model_cfg.num_classes - 1)),
-                          3, axis=-1).astype(np.uint8)
+        if self.trainer.model_cfg.num_classes == 2:
+            masks = np.repeat((self.sample_masks[..., None] > 0) * 255, 3, axis=-1).astype(np.uint8)
+        else:  # class ids in the class palette
+            from dgan.data.view import colour_masks
+
+            masks = colour_masks(self.sample_masks)
         grid = np.concatenate([np.concatenate([m, f], axis=1) for m, f in zip(masks, fakes, strict=True)], axis=0)
         path = self.out / "samples" / f"step_{self.trainer.step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,28 @@ def test_dgan_run_on_road_scenes_trains_a_three_class_generator_and_synthesises_
                                    "--d-width", "8", "--batch-size", "2", "--quiet"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "run.json").read_text())["model"]["num_classes"] == 3
+    grids = sorted((out / "samples").glob("step_*.png"))
+    assert grids and (np.abs(np.asarray(Image.open(grids[-1])).astype(int) - (40, 90, 240)).sum(-1) == 0).any()
     synthetic = load_pairs_folder(out / "synthetic", 32)
     assert len(synthetic.classes) == 3 and set(np.unique(synthetic.masks)) == {0, 1, 2}
     bad = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "x"), "--data", "scenes:forests"])
     assert bad.exit_code == 2 and "scene variants are" in " ".join(bad.output.split())
+
+
+def test_class_id_masks_are_saved_in_the_class_palette_by_replay(tmp_path: Path) -> None:
+    from dgan import protocol as P
+    from dgan import replay as R
+    from dgan.msglog import Direction, MessageLogWriter
+
+    masks = np.zeros((1, 8, 8), np.uint8)
+    masks[0, :2] = 1
+    masks[0, 6:] = 2
+    log_path = tmp_path / "run.dgl"
+    writer = MessageLogWriter(log_path, run_id="r1")
+    msg = P.make(P.Kind.FAKE_REQUEST, "dept", tensors={"masks": masks})
+    writer.append(Direction.FROM_NODE, "dept", [bytes(P.frame_view(f)) for f in P.encode(msg)])
+    writer.close()
+    assert R.save_images(log_path, tmp_path / "png") == 1
+    picture = np.asarray(Image.open(next((tmp_path / "png").glob("*_mask000.png"))))
+    assert picture.shape == (8, 8, 3) and tuple(picture[7, 0]) == (40, 90, 240)
+    assert tuple(picture[0, 0]) == (230, 40, 40)
