@@ -280,6 +280,8 @@ def node(
     judge: Annotated[bool, typer.Option(help="Train a small segmenter on this node's pairs and report label_iou, "
                                              "its IoU on the fakes against their masks (one number per batch).")
                      ] = True,
+    diffaugment: Annotated[bool, typer.Option(help="DiffAugment (color, translation, cutout) before the "
+                                                  "PatchGAN discriminator: for small departments.")] = False,
     positive_crops: Annotated[float, typer.Option(help="Sparse targets (ships): share of crops placed on a "
                                                        "foreground pixel; the rest stay uniform (0 = off).")] = 0.0,
     key: KeyFile = None,
@@ -305,7 +307,7 @@ def node(
     set_torch_threads(threads)
     try:
         recipe = FeedbackConfig(feedback, lambda_l1=lambda_l1, label_mix=label_mix, lambda_semantic=lambda_semantic,
-                                lr=d_lr, beta1=d_beta1, warmup=d_warmup)
+                                lr=d_lr, beta1=d_beta1, warmup=d_warmup, diffaugment=diffaugment)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:

@@ -304,6 +304,8 @@ def experiment(
         "in mixed batches or fine-tuned (repeat to compare; the first is `dgan_local`).")] = None,
     local_share: Annotated[float, typer.Option(help="dgan_local mixed: share of each batch from the "
                                                     "department's own pairs.")] = 0.5,
+    diffaugment: Annotated[bool, typer.Option(help="DiffAugment before every PatchGAN discriminator (nodes and "
+                                                  "the central GAN).")] = False,
     positive_share: Annotated[float, typer.Option(help="Sparse targets (ships): share of each batch, for the "
                                                        "segmenters, the nodes and the central GAN, drawn on "
                                                        "foreground (0 = uniform).")] = 0.0,
@@ -323,7 +325,7 @@ def experiment(
     common = dict(out=out, data=folder, scene_variant=variant, partition=partition.value, nodes=nodes,
                   feedback=modes, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, label_mix=label_mix,
                   oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test, groups=groups,
-                  update_every=update_every, ema=ema, local=hows, local_share=local_share)
+                  update_every=update_every, ema=ema, local=hows, local_share=local_share, diffaugment=diffaugment)
     try:
         if quick:
             cfg = ExperimentConfig(**common, size=64, gan_steps=30, g_width=16, d_width=16, seeds=1, scenes=96,

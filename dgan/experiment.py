@@ -77,6 +77,7 @@ class ExperimentConfig:
     d_width: int = 32
     lambda_l1: float = 100.0  # feedback mode l1 only
     lambda_semantic: float = 1.0  # feedback mode semantic only
+    diffaugment: bool = False  # nodes' (and the central GAN's) PatchGAN sees DiffAugment'ed pairs
     feedback: tuple[str, ...] = (DEFAULT_MODE.value,)  # the first is `dgan`/`central_gan`
     label_mix: float = 0.0  # segmentation feedback: OASIS LabelMix weight
     oasis_optim: bool = False  # OASIS optimisers: D lr 4e-4, G lr 1e-4, beta1 0 for both
@@ -122,7 +123,8 @@ class ExperimentConfig:
     def recipe(self, mode: str) -> FeedbackConfig:
         d_lr, beta1 = (4e-4, 0.0) if self.oasis_optim else (2e-4, 0.5)
         return FeedbackConfig(FeedbackMode(mode), lambda_l1=self.lambda_l1, label_mix=self.label_mix,
-                              lambda_semantic=self.lambda_semantic, lr=d_lr, beta1=beta1)
+                              lambda_semantic=self.lambda_semantic, lr=d_lr, beta1=beta1,
+                              diffaugment=self.diffaugment)
 
     def generator_optim(self) -> tuple[float, float]:
         """(lr, beta1) of the generator's Adam."""
@@ -263,7 +265,8 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
                         node_args=["--label-mix", str(recipe.label_mix), "--lambda-semantic",
                                    str(recipe.lambda_semantic), "--d-lr", str(recipe.lr),
                                    "--d-beta1", str(recipe.beta1), "--d-warmup", str(recipe.warmup),
-                                   "--positive-crops", str(cfg.seg.positive_share)]))
+                                   "--positive-crops", str(cfg.seg.positive_share),
+                                   "--diffaugment" if recipe.diffaugment else "--no-diffaugment"]))
     return GeneratorTrainer.from_state(load_checkpoint(out / "checkpoints" / "latest.pt"))
 
 

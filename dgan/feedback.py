@@ -54,6 +54,7 @@ class FeedbackConfig:
     lambda_semantic: float = 1.0  # semantic mode: weight of the segmenter's cross-entropy on the fakes
     lr: float = 2e-4  # the discriminator's Adam (OASIS: 4e-4)
     beta1: float = 0.5  # (OASIS: 0.0)
+    diffaugment: bool = False  # PatchGAN modes: D sees DiffAugment'ed (color, translation, cutout) pairs
     warmup: int = 100  # segmentation/semantic: segmenter steps on the node's own real pairs before its first feedback
 
     def __post_init__(self) -> None:

@@ -25,6 +25,7 @@ from dgan.networks import (
     images_to_tensor,
     masks_to_input,
 )
+from dgan.training.diffaugment import diff_augment
 from dgan.training.feedback_losses import class_balanced_ce, class_labels, class_weighted_ce, label_mix
 
 F16_SAFE = 32_768.0  # largest scaled gradient sent as float16 (its max is 65,504)
@@ -115,6 +116,7 @@ class DiscriminatorTrainer:
             self.task = define_task_segmenter(cfg).to(self.device)
             self.task_opt = torch.optim.Adam(self.task.parameters(), lr=TASK_LR)
         self.mix_rng = torch.Generator().manual_seed(seed)
+        self.aug_rng = torch.Generator(device=self.device).manual_seed(seed)
         self.steps = 0
 
     @property
@@ -181,16 +183,22 @@ class DiscriminatorTrainer:
         self.task_opt.step()
         return loss.detach()
 
+    def _judge(self, m: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """The PatchGAN's logits, on DiffAugment'ed pairs when the node asks for it (gradients flow through)."""
+        if self.feedback.diffaugment:
+            m, image = diff_augment(m, image, generator=self.aug_rng)
+        return self.D(m, image)
+
     def _patch_losses(self, mask_t: torch.Tensor, real: torch.Tensor,
                       fake: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
         m = masks_to_input(mask_t, self.cfg.num_classes)
         self.opt.zero_grad(set_to_none=True)
-        d_real = self.gan_loss(self.D(m, real), True)
-        d_fake = self.gan_loss(self.D(m, fake), False)
+        d_real = self.gan_loss(self._judge(m, real), True)
+        d_fake = self.gan_loss(self._judge(m, fake), False)
         ((d_real + d_fake) * 0.5).backward()
         self.opt.step()
         fake.requires_grad_(True)
-        g_adv = self._generator_loss(lambda: self.gan_loss(self.D(m, fake), True))
+        g_adv = self._generator_loss(lambda: self.gan_loss(self._judge(m, fake), True))
         losses = {"d_real": d_real, "d_fake": d_fake, "g_adv": g_adv}
         g_total = g_adv
         if self.feedback.mode == FeedbackMode.L1:  # the only mode with a pixel loss against the real image
