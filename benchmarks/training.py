@@ -73,7 +73,8 @@ def central_rate(cfg: ModelConfig, batch: int, steps: int, threads: int, autocas
 
 
 def _node_totals(out: Path) -> dict[str, float]:
-    tot: dict[str, float] = {"codec_s": 0.0, "wall_s": 0.0, "wire_bytes": 0.0, "samples": 0.0}
+    tot: dict[str, float] = {"codec_s": 0.0, "wall_s": 0.0, "wire_bytes": 0.0, "samples": 0.0, "wait_s": 0.0,
+                             "comm_wait_s": 0.0, "active_s": 0.0, "rtt_s": 0.0, "wire_s": 0.0}
     for f in sorted((out / "nodes").glob("*.json")):
         s = json.loads(f.read_text())
         for k in tot:
@@ -99,15 +100,20 @@ def run_training_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, b
         central = central_rate(model, nodes * batch, steps=5 if quick else 15, threads=threads)
     result = {
         "dgan_samples_per_s": dgan_rate, "central_samples_per_s": central, "ratio": dgan_rate / central,
-        # encoding and sending at the nodes, measured in the run; broker transit per message at these sizes
-        # is measured by `dgan bench transport` (about 1 ms for 100-200 KiB)
-        "comm_share": tot["codec_s"] / tot["wall_s"] if tot["wall_s"] else float("nan"),
+        # The honest communication share: each node's blocked time with a request out, times the share of its
+        # round trips the wire and broker account for (round trip less the time the generator held the request,
+        # from the generator's own timestamps), over the node's active time (first request to last feedback).
+        "comm_share": tot["comm_wait_s"] / tot["active_s"] if tot["active_s"] else float("nan"),
+        "wait_share": tot["wait_s"] / tot["active_s"] if tot["active_s"] else float("nan"),
+        "wire_share_of_rtt": tot["wire_s"] / tot["rtt_s"] if tot["rtt_s"] else float("nan"),
+        "codec_share": tot["codec_s"] / tot["active_s"] if tot["active_s"] else float("nan"),  # the old figure
         "wire_bytes_per_sample": tot["wire_bytes"] / tot["samples"] if tot["samples"] else float("nan"),
         "image_size": model.image_size, "nodes": nodes, "batch_per_node": batch, "central_threads": threads,
         "quick": quick,
     }
     table = Table(title="DGAN vs centralized pix2pix (same G, D and total batch; this machine)")
-    for k in ("dgan_samples_per_s", "central_samples_per_s", "ratio", "comm_share", "wire_bytes_per_sample"):
+    for k in ("dgan_samples_per_s", "central_samples_per_s", "ratio", "comm_share", "wait_share", "wire_share_of_rtt",
+              "codec_share", "wire_bytes_per_sample"):
         table.add_row(k, f"{result[k]:.3f}" if k != "wire_bytes_per_sample" else f"{result[k]:,.0f}")
     console.print(table)
     if json_out is not None:

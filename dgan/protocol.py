@@ -152,6 +152,7 @@ class Message:
     sent_at: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    received_at: float = 0.0  # local monotonic time the link decoded it (never on the wire)
 
     def nbytes(self) -> int:
         return sum(int(t.nbytes) for t in self.tensors.values())

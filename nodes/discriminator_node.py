@@ -61,19 +61,30 @@ class NodeStats:
     batches: int = 0
     samples: int = 0
     losses: dict[str, float] = field(default_factory=dict)
-    wait_s: float = 0.0  # blocked waiting for fakes
+    wait_s: float = 0.0  # blocked waiting for fakes (with a request out; not waiting for a generator to exist)
     compute_s: float = 0.0  # D step and gradient
     judge_s: float = 0.0  # the label judge's verdicts and training steps
     codec_s: float = 0.0  # encoding and sending requests and feedback
+    rtt_s: float = 0.0  # request sent -> fakes back, summed over answered requests
+    wire_s: float = 0.0  # the same less the time the generator held each request (its queue and compute)
     wire_bytes: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
+    first_request: float = 0.0  # monotonic: the first FAKE_REQUEST sent
+    last_feedback: float = 0.0  # monotonic: the last FEEDBACK sent
 
     def to_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "samples": self.samples, "losses": self.losses, "wait_s": self.wait_s,
                 "compute_s": self.compute_s, "judge_s": self.judge_s, "codec_s": self.codec_s,
+                "rtt_s": self.rtt_s, "wire_s": self.wire_s, "comm_wait_s": self.comm_wait_s,
+                "active_s": max(0.0, self.last_feedback - self.first_request),
                 "wire_bytes": self.wire_bytes, "errors": dict(self.errors),
                 "wall_s": time.monotonic() - self.started}
+
+    @property
+    def comm_wait_s(self) -> float:
+        """The node's blocked time that the wire, not the generator, accounts for: waiting x wire / round trip."""
+        return self.wait_s * (self.wire_s / self.rtt_s) if self.rtt_s > 0 else 0.0
 
 
 class DiscriminatorNode:
@@ -106,13 +117,14 @@ class DiscriminatorNode:
         while not self.done and not (stop is not None and stop.is_set()):
             if max_batches is not None and self.stats.batches >= max_batches:
                 break
-            t0 = time.monotonic()
+            t0, waiting = time.monotonic(), bool(self.outstanding)
             try:
                 msg = self.link.recv(0.0 if self.warmup_left and self.welcomed else 0.5)
             except LinkClosed:
                 log.exception("node %s: the link to the broker failed; stopping", self.cfg.name)
                 break
-            self.stats.wait_s += time.monotonic() - t0
+            if waiting:
+                self.stats.wait_s += time.monotonic() - t0
             if msg is not None:
                 try:
                     self._handle(msg)
@@ -193,6 +205,7 @@ class DiscriminatorNode:
             self.stats.codec_s += time.monotonic() - t0
             self.stats.wire_bytes += masks.nbytes
             self.outstanding[msg.msg_id] = Outstanding(masks, reals, time.monotonic())
+            self.stats.first_request = self.stats.first_request or self.outstanding[msg.msg_id].sent
 
     def _on_fakes(self, msg: P.Message) -> None:
         req = self.outstanding.pop(msg.reply_to, None)
@@ -205,6 +218,11 @@ class DiscriminatorNode:
             log.warning("node %s: fakes of shape %s do not match the request", self.cfg.name, fakes.shape)
             return
         self.stats.wire_bytes += fakes.nbytes
+        rtt = time.monotonic() - req.sent
+        held = msg.meta.get("held_s", 0.0)
+        held = float(held) if isinstance(held, (int, float)) and 0.0 <= held < 1e6 else 0.0  # peer input
+        self.stats.rtt_s += rtt
+        self.stats.wire_s += max(0.0, rtt - min(held, rtt))
         t0 = time.monotonic()
         scored = self.trainer.score(req.masks, req.reals, fakes, self.cfg.grad_dtype)
         if self.cfg.delay > 0:
@@ -222,6 +240,7 @@ class DiscriminatorNode:
         self.stats.codec_s += time.monotonic() - t0
         self.stats.wire_bytes += scored.grad.nbytes
         self.stats.batches += 1
+        self.stats.last_feedback = time.monotonic()
         self.stats.samples += len(req.masks)
         self.stats.losses = scored.losses
         self._judge_train()  # after the feedback left: the generator does not wait for the judge's training

@@ -325,6 +325,9 @@ class GeneratorService(RunOutputs):
         reply = P.make(P.Kind.FAKES, "generator", run_id=self.run_id, reply_to=msg.msg_id, step=self.trainer.step)
         fakes = self.trainer.generate(node.name, reply.msg_id, msg.tensors["masks"], request_id=msg.msg_id)
         reply.tensors["fakes"] = fakes
+        # How long the request was here (queued and computed): the node subtracts it from its round trip, so
+        # what remains is the wire and the broker (the honest communication share).
+        reply.meta["held_s"] = round(time.monotonic() - msg.received_at, 5) if msg.received_at else 0.0
         self.policy.was_served(node.name, time.monotonic())
         if not self.link.send(node.name, reply):  # never left this process: no answer can come
             self.trainer.release_key(reply.msg_id)

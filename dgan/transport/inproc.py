@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 from dgan import protocol as P
 
 
 def _through_wire(msg: P.Message, wire: bool) -> P.Message:
-    if not wire:
-        return msg
-    frames = [bytes(P.frame_view(f)) for f in P.encode(msg)]
-    return P.decode(frames)
+    if wire:
+        msg = P.decode([bytes(P.frame_view(f)) for f in P.encode(msg)])
+    msg.received_at = time.monotonic()  # as the ZeroMQ link stamps it on arrival
+    return msg
 
 
 class InProcessHub:

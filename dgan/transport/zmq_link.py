@@ -282,6 +282,7 @@ class _BrokerConnection:
                     self._inbox.put_nowait((route, msg))
                 continue
             self.counters["received"] += 1
+            msg.received_at = time.monotonic()  # before the inbox: time spent queued there is the receiver's
             self._inbox.put_nowait((route, msg))
 
     def _shutdown(self) -> None:

@@ -1,0 +1,57 @@
+"""The honest communication share: a node's round trips less the time the generator held each request."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from dgan import protocol as P
+from dgan.data.scenes import make_scenes
+from dgan.feedback import FeedbackConfig
+from dgan.networks import ModelConfig
+from dgan.training.discriminator import DiscriminatorTrainer
+from dgan.training.generator import GeneratorTrainer, TrainConfig
+from dgan.transport.inproc import InProcessHub
+from nodes.discriminator_node import DiscriminatorNode, NodeConfig, Outstanding
+from nodes.generator_service import GeneratorService, ServiceConfig
+
+MODEL = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
+
+
+def test_in_process_round_trips_are_the_generators_time_not_the_wires(tmp_path: Path) -> None:
+    hub = InProcessHub()
+    trainer = GeneratorTrainer(MODEL, TrainConfig(steps=8, fake_dtype="float32"))
+    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(out=tmp_path, sample_every=0,
+                                                                            checkpoint_every=0))
+    images, masks = make_scenes(range(6), 32)
+    link = hub.node_link("n0")
+    link.send(P.make(P.Kind.HELLO, "n0", meta={"role": "node", **DiscriminatorNode.hello_meta(images)}))
+    node = DiscriminatorNode(link, images, masks, NodeConfig("n0", batch_size=2, judge=False,
+                                                             feedback=FeedbackConfig(warmup=0)))
+    stop = threading.Event()
+    thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
+    thread.start()
+    service.run()
+    stop.set()
+    thread.join(10)
+    s = node.stats.to_dict()
+    assert s["batches"] >= 8 and s["rtt_s"] > 0 and s["active_s"] > 0
+    # no wire in-process: the generator held each request for nearly all of its round trip
+    assert 0 <= s["wire_s"] < 0.5 * s["rtt_s"], s
+    assert 0 <= s["comm_wait_s"] <= s["wait_s"] <= s["active_s"] + 1.0
+
+
+def test_a_held_time_that_is_not_a_sane_number_counts_as_zero() -> None:
+    images, masks = make_scenes(range(2), 32)
+    hub = InProcessHub()
+    node = DiscriminatorNode(hub.node_link("n0"), images, masks, NodeConfig("n0", batch_size=2, judge=False))
+    node.trainer, node.run_id = DiscriminatorTrainer(MODEL, FeedbackConfig(warmup=0)), "r1"
+
+    for held in ("soon", -1.0, 1e12, float("nan")):
+        node.outstanding[7] = Outstanding(masks, images, 0.0)  # sent long ago: a round trip of the process age
+        before = node.stats.wire_s
+        fakes = np.zeros((2, 3, 32, 32), np.float32)
+        node._on_fakes(P.make(P.Kind.FAKES, "generator", reply_to=7, meta={"held_s": held}, tensors={"fakes": fakes}))
+        assert node.stats.wire_s - before > 0, held  # the whole round trip is counted as wire
