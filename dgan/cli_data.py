@@ -23,7 +23,8 @@ def import_cmd(
     src: Annotated[Path, typer.Argument(help="The dataset's folder, as downloaded.")],
     out: Annotated[Path, typer.Argument(help="A new folder for the pairs (images/, masks/, manifest.csv).")],
     size: Annotated[int, typer.Option(help="Side of the written pairs, in pixels.")] = 256,
-    split: Annotated[str, typer.Option(help="WHU: one split (train, val, test); default all three.")] = "",
+    split: Annotated[str, typer.Option(help="WHU: one split (train, val, test); default all three, with a "
+                                            "'split' column to hold the test split out by.")] = "all",
     cities: Annotated[str, typer.Option(help="City-OSM: a comma list of cities; default all.")] = "",
 ) -> None:
     """Write a pairs folder with a manifest that carries the dataset's group column (split, city, image id)."""
@@ -34,6 +35,8 @@ def import_cmd(
     try:
         if kind not in ("whu", "city-osm", "airbus"):
             raise DataError(f"unknown dataset kind {kind!r}: choose whu, city-osm or airbus")
+        if (split != "all" and kind != "whu") or (cities and kind != "city-osm"):
+            raise DataError(f"--split is for whu and --cities for city-osm; {kind} takes neither")
         option = split if kind == "whu" else cities if kind == "city-osm" else ""
         spec = parse_data_spec(f"{kind}:{src}" + (f":{option}" if option else ""))
         pairs = import_dataset(spec, out, size)

@@ -335,6 +335,9 @@ def node(
 
         stats.parent.mkdir(parents=True, exist_ok=True)
         stats.write_text(json.dumps({**result.to_dict(), "link": dict(link.counters)}, indent=2))
+    if n.fatal:
+        console.print(f"[red]{n.fatal}[/red]")
+        raise typer.Exit(2)
 
 
 

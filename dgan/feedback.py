@@ -64,6 +64,9 @@ class FeedbackConfig:
         if not all(math.isfinite(v) for v in values) or min(weights) < 0 or self.lr <= 0 \
                 or not 0 <= self.beta1 < 1 or self.warmup < 0:
             raise ValueError(f"invalid feedback settings {self}")
+        if self.diffaugment and self.mode == FeedbackMode.SEGMENTATION:
+            raise ValueError("diffaugment works on the PatchGAN modes (l1, adversarial, semantic), not on "
+                             "segmentation, whose per-pixel labels would have to move with the image")
 
     @property
     def leaks(self) -> bool:

@@ -92,6 +92,7 @@ class DiscriminatorNode:
         self.link, self.cfg = link, cfg
         self.images, self.masks = images, masks
         self.trainer: DiscriminatorTrainer | None = None
+        self.fatal: str | None = None  # why the node stopped by itself (the CLI exits non-zero with it)
         self.judge: LabelJudge | None = None
         self.judge_sampler: PairSampler | None = None
         self.sampler: PairSampler | None = None
@@ -153,6 +154,13 @@ class DiscriminatorNode:
         config = msg.meta["config"]
         # Architecture only: the loss (and so what the gradient reveals) stays this node's own setting.
         model = ModelConfig.from_dict(config["model"])
+        top = int(self.masks.max(initial=0))
+        if top >= model.num_classes:  # every request would be refused: say so once and stop, do not retry forever
+            self.fatal = (f"this node's masks hold class {top}, but the run has {model.num_classes} classes "
+                          f"(start the generator with --num-classes {top + 1}, or give this node binary masks)")
+            log.error("node %s: %s", self.cfg.name, self.fatal)
+            self.done = True
+            return
         if self.trainer is None or self.trainer.cfg != model:
             if self.trainer is not None:
                 log.warning("node %s: the generator changed the model; a new discriminator, from fresh random "
@@ -218,9 +226,10 @@ class DiscriminatorNode:
             log.warning("node %s: fakes of shape %s do not match the request", self.cfg.name, fakes.shape)
             return
         self.stats.wire_bytes += fakes.nbytes
-        rtt = time.monotonic() - req.sent
+        rtt = (msg.received_at or time.monotonic()) - req.sent  # arrival, not when this loop got to it
         held = msg.meta.get("held_s", 0.0)
-        held = float(held) if isinstance(held, (int, float)) and 0.0 <= held < 1e6 else 0.0  # peer input
+        sane = isinstance(held, (int, float)) and not isinstance(held, bool) and 0.0 <= held < 1e6
+        held = float(held) if sane else 0.0  # peer input
         self.stats.rtt_s += rtt
         self.stats.wire_s += max(0.0, rtt - min(held, rtt))
         t0 = time.monotonic()

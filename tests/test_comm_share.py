@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,13 @@ def test_a_held_time_that_is_not_a_sane_number_counts_as_zero() -> None:
     node = DiscriminatorNode(hub.node_link("n0"), images, masks, NodeConfig("n0", batch_size=2, judge=False))
     node.trainer, node.run_id = DiscriminatorTrainer(MODEL, FeedbackConfig(warmup=0)), "r1"
 
-    for held in ("soon", -1.0, 1e12, float("nan")):
-        node.outstanding[7] = Outstanding(masks, images, 0.0)  # sent long ago: a round trip of the process age
-        before = node.stats.wire_s
-        fakes = np.zeros((2, 3, 32, 32), np.float32)
+    fakes = np.zeros((2, 3, 32, 32), np.float32)
+    for held in ("soon", -1.0, 1e12, float("nan"), True):
+        node.outstanding[7] = Outstanding(masks, images, 0.0)  # sent at monotonic 0: the round trip is "now"
+        before, t0 = node.stats.wire_s, time.monotonic()
         node._on_fakes(P.make(P.Kind.FAKES, "generator", reply_to=7, meta={"held_s": held}, tensors={"fakes": fakes}))
-        assert node.stats.wire_s - before > 0, held  # the whole round trip is counted as wire
+        assert t0 <= node.stats.wire_s - before <= time.monotonic(), held  # held counted as 0: wire = round trip
+    node.outstanding[7] = Outstanding(masks, images, 0.0)
+    before, t0 = node.stats.wire_s, time.monotonic()
+    node._on_fakes(P.make(P.Kind.FAKES, "generator", reply_to=7, meta={"held_s": 2.0}, tensors={"fakes": fakes}))
+    assert t0 - 2.0 <= node.stats.wire_s - before <= time.monotonic() - 2.0  # a sane held time is taken off

@@ -82,7 +82,7 @@ def test_data_specs_parse_every_kind_and_refuse_bad_ones_in_one_line() -> None:
     assert parse_data_spec("folder:/d/pairs") == DataSpec("folder", Path("/d/pairs"))
     assert parse_data_spec("/d/node0.json") == DataSpec("folder", Path("/d/node0.json"))
     for bad, says in (("whu:/d:bogus", "WHU split"), ("nothere:/x", "unknown kind"), ("airbus:", "needs a path"),
-                      ("", "empty")):
+                      ("", "empty"), ("airbus:/d:0", "positive number"), ("airbus:/d:many", "positive number")):
         with pytest.raises(DataError, match=says):
             parse_data_spec(bad)
     with pytest.raises(DataError, match="does not exist"):
@@ -90,10 +90,13 @@ def test_data_specs_parse_every_kind_and_refuse_bad_ones_in_one_line() -> None:
 
 
 def test_every_data_kind_loads_from_its_real_format_with_its_group_column(tmp_path: Path) -> None:
-    whu = load_data(f"whu:{_whu(tmp_path / 'whu')}", 32)
+    whu = load_data(f"whu:{_whu(tmp_path / 'whu')}:all", 32)
     assert len(whu) == 6 and whu.columns["split"] == ["train"] * 2 + ["val"] * 2 + ["test"] * 2
     assert len(set(whu.names)) == 6 and set(np.unique(whu.masks)) == {0, 1}
     assert len(load_data(f"whu:{tmp_path / 'whu'}:val", 32)) == 2
+    # by default never the published test split: a node or segmenter that trains on it would spoil its scores
+    assert set(load_data(f"whu:{tmp_path / 'whu'}", 32).columns["split"]) == {"train", "val"}
+    assert len(load_data(f"airbus:{_airbus(tmp_path / 'ships-n')}:1", 32)) == 1
     osm = load_data(f"city-osm:{_city_osm(tmp_path / 'osm')}", 32)
     assert osm.classes == ("background", "building", "road") and osm.columns["city"] == ["berlin"] * 2 + ["paris"]
     assert set(np.unique(osm.masks)) == {0, 1, 2} and (osm.masks[:, 16, :] == 0).all()  # the stray colour
@@ -196,15 +199,32 @@ def test_the_real_airbus_sample_feeds_a_node_for_a_few_batches(tmp_path: Path) -
     assert service.trainer.step == 3 and service.nodes["ships"].feedbacks >= 3
 
 
+def _old_sampler_batch(images: np.ndarray, masks: np.ndarray, size: int, seed: int, n: int) -> tuple[np.ndarray, ...]:
+    """PairSampler.batch as it was (df3dc98), kept here so the uniform stream can be checked against it."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(images), n)
+    h, w = images.shape[1:3]
+    ims, ms = np.empty((n, size, size, 3), np.uint8), np.empty((n, size, size), np.uint8)
+    for j, i in enumerate(idx):
+        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        im, m = images[i, y:y + size, x:x + size], masks[i, y:y + size, x:x + size]
+        if rng.random() < 0.5:
+            im, m = im[:, ::-1], m[:, ::-1]
+        if rng.random() < 0.5:
+            im, m = im[::-1], m[::-1]
+        ims[j], ms[j] = im, m
+    return ims, ms
+
+
 def test_positive_crops_find_sparse_targets_and_leave_the_uniform_stream_alone() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (8, 96, 96, 3), dtype=np.uint8)
     masks = np.zeros((8, 96, 96), np.uint8)
     masks[0, 70:73, 10:14] = 1  # one small ship in one image of eight
-    uniform = PairSampler(images, masks, 32, seed=1)
-    same = PairSampler(images, masks, 32, seed=1, positive_share=0.0)
-    a, b = uniform.batch(16), same.batch(16)
-    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])  # off: the draws are the old ones
+    for share in (None, 0.0):  # off: exactly the draws of the sampler before positive crops existed
+        got = PairSampler(images, masks, 32, seed=1, positive_share=share).batch(16)
+        want = _old_sampler_batch(images, masks, 32, seed=1, n=16)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     hits = lambda ms: float((ms.reshape(len(ms), -1) > 0).any(1).mean())  # noqa: E731
     assert hits(PairSampler(images, masks, 32, seed=2).batch(400)[1]) < 0.05
     half = hits(PairSampler(images, masks, 32, seed=2, positive_share=0.5).batch(400)[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from benchmarks.privacy import victim_data
@@ -40,3 +41,5 @@ def test_a_node_with_diffaugment_scores_fakes_and_sends_a_finite_gradient() -> N
         masks, images, fakes)
     assert np.isfinite(aug.grad).all() and np.abs(aug.grad).sum() > 0
     assert aug.losses["d_real"] != plain.losses["d_real"]  # D saw augmented pairs
+    with pytest.raises(ValueError, match="diffaugment"):  # accepted and ignored would be worse than refused
+        FeedbackConfig(FeedbackMode.SEGMENTATION, diffaugment=True)

@@ -108,3 +108,20 @@ def test_class_id_masks_are_saved_in_the_class_palette_by_replay(tmp_path: Path)
     picture = np.asarray(Image.open(next((tmp_path / "png").glob("*_mask000.png"))))
     assert picture.shape == (8, 8, 3) and tuple(picture[7, 0]) == (40, 90, 240)
     assert tuple(picture[0, 0]) == (230, 40, 40)
+
+
+def test_a_node_with_more_classes_than_the_run_stops_with_one_clear_line() -> None:
+    from dgan import protocol as P
+    from dgan.networks import ModelConfig
+    from dgan.transport.inproc import InProcessHub
+    from nodes.discriminator_node import DiscriminatorNode, NodeConfig
+
+    images, masks = make_scenes(range(4), 32, "buildings-roads")
+    hub = InProcessHub()
+    gen, link = hub.generator_link(), hub.node_link("roads")
+    node = DiscriminatorNode(link, images, masks, NodeConfig("roads", batch_size=2, judge=False))
+    model = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)  # a binary run
+    gen.send("roads", P.make(P.Kind.WELCOME, "generator", meta={"config": {"model": model.to_dict()}}))
+    stats = node.run(max_batches=1)  # returns instead of asking (and being refused) forever
+    assert node.fatal is not None and "--num-classes 3" in node.fatal and stats.batches == 0
+    assert gen.recv(0.2) is None  # not one request or mask upload was sent

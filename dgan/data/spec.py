@@ -5,10 +5,12 @@ Kinds (the paper's datasets, plus pairs folders and the built-in scenes):
 * ``scenes[:VARIANT]``: the procedural scenes (no files): ``buildings`` (default), ``buildings-roads``
   (3 classes) or ``ships``;
 * ``folder:PATH``: ``images/`` + ``masks/`` (+ ``manifest.csv``, + ``classes.json``);
-* ``whu:PATH[:SPLIT]``: WHU building, ``{train,val,test}/{image,label}/N.tif``; all splits by default;
+* ``whu:PATH[:SPLIT]``: WHU building, ``{train,val,test}/{image,label}/N.tif``; ``train`` and ``val`` by
+  default (the published test split only when asked for: ``:test``, or ``:all`` for the three);
 * ``city-osm:PATH[:CITIES]``: City-OSM, ``<city>/<city><n>_image.png`` + ``_labels.png``; ``CITIES``
   is a comma list (all by default);
-* ``airbus:PATH``: Kaggle Airbus Ship, ``train_v2/*.jpg`` + ``train_ship_segmentations_v2.csv``.
+* ``airbus:PATH[:N]``: Kaggle Airbus Ship, ``train_v2/*.jpg`` + ``train_ship_segmentations_v2.csv``; the
+  first N images by id (all by default: the full set is about 192k images, so choose N or import once).
 
 A bare path still works: a shard ``.json`` (what ``dgan run`` writes per node) or a pairs folder.
 Every loaded set carries its natural group column (``split``, ``city``, ``image_id``) so the
@@ -30,8 +32,9 @@ if TYPE_CHECKING:  # typing only: loading PIL is not every command line's busine
 KINDS = ("scenes", "folder", "whu", "city-osm", "airbus")
 GROUP_COLUMN = {"whu": "split", "city-osm": "city", "airbus": "image_id", "scenes": "group"}
 WHU_SPLITS = ("train", "val", "test")
-SPEC_HELP = ("'scenes[:buildings-roads|ships]', folder:PATH, whu:PATH[:train|val|test], city-osm:PATH[:city,city], "
-             "airbus:PATH, a pairs folder or a shard .json")
+WHU_DEFAULT = ("train", "val")  # never the published test split unless asked for
+SPEC_HELP = ("'scenes[:buildings-roads|ships]', folder:PATH, whu:PATH[:train|val|test|all], "
+             "city-osm:PATH[:city,city], airbus:PATH[:N], a pairs folder or a shard .json")
 
 
 @dataclass(frozen=True)
@@ -72,12 +75,16 @@ def parse_data_spec(text: str) -> DataSpec:
     if not rest:
         raise DataError(f"--data {text!r}: {kind} needs a path ({SPEC_HELP})")
     path, option = rest, ""
-    if kind in ("whu", "city-osm"):
-        head, sep, tail = rest.rpartition(":")
-        if sep and head and "/" not in tail:
-            path, option = head, tail
-    if kind == "whu" and option and option not in WHU_SPLITS:
-        raise DataError(f"--data {text!r}: the WHU split must be one of {', '.join(WHU_SPLITS)}, got {option!r}")
+    head, sep, tail = rest.rpartition(":")
+    if sep and head and "/" not in tail:
+        path, option = head, tail
+    if kind == "whu" and option and option not in (*WHU_SPLITS, "all"):
+        raise DataError(f"--data {text!r}: the WHU split must be one of {', '.join(WHU_SPLITS)} or all, got "
+                        f"{option!r}")
+    if kind == "airbus" and option and not (option.isdigit() and int(option) > 0):
+        raise DataError(f"--data {text!r}: airbus:PATH:N takes a positive number of images, got {option!r}")
+    if kind == "folder" and option:
+        path, option = rest, ""  # a folder path may hold ':'
     return DataSpec(kind, Path(path).expanduser(), option)
 
 
@@ -105,14 +112,15 @@ def load_data(spec: DataSpec | str, size: int, count: int = 200, seed: int = 0) 
             raise DataError(f"{path} is neither a pairs folder (images/, masks/) nor a shard .json")
         return L.load_pairs_folder(path, size)
     if spec.kind == "whu":
-        splits = (spec.option,) if spec.option else tuple(s for s in WHU_SPLITS if (path / s).is_dir())
+        wanted = WHU_SPLITS if spec.option == "all" else (spec.option,) if spec.option else WHU_DEFAULT
+        splits = tuple(s for s in wanted if (path / s).is_dir())
         if not splits:
             raise DataError(f"{path}: no WHU split folder ({', '.join(WHU_SPLITS)}/image and /label)")
         return L.concat([L.load_whu(path, s, size) for s in splits])
     if spec.kind == "city-osm":
         cities = tuple(c.strip() for c in spec.option.split(",") if c.strip())
         return L.load_city_osm(path, size, classes=("building", "road"), cities=cities)
-    return L.load_airbus(path, size)
+    return L.load_airbus(path, size, limit=int(spec.option) if spec.option else None)
 
 
 def binary(pairs: PairSet, foreground: str | None = None) -> PairSet:

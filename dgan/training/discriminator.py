@@ -112,6 +112,8 @@ class DiscriminatorTrainer:
         self.gan_loss = GANLoss(cfg.gan_mode)
         # Semantic mode: a segmenter of the node's real pairs; its verdict on the fakes is part of G's loss.
         self.task: torch.nn.Module | None = None
+        self.task_loss = float("nan")  # the semantic segmenter's last loss on real pairs (node stats only)
+        self._task_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.feedback.mode == FeedbackMode.SEMANTIC:
             self.task = define_task_segmenter(cfg).to(self.device)
             self.task_opt = torch.optim.Adam(self.task.parameters(), lr=TASK_LR)
@@ -155,6 +157,9 @@ class DiscriminatorTrainer:
             losses, g_total = self._patch_losses(mask_t, real, fake)
         self.steps += 1
         (grad,) = torch.autograd.grad(g_total, fake)
+        if self._task_batch is not None:  # semantic: learn from this batch's real pairs only now (kept local)
+            self.task_loss = float(self._task_step(*self._task_batch))
+            self._task_batch = None
         scale = float(grad.numel())
         peak = float(grad.abs().max()) * scale
         if grad_dtype == "float16" and peak > F16_SAFE:  # keep the scaled gradient finite in float16
@@ -208,11 +213,13 @@ class DiscriminatorTrainer:
         if self.task is not None:  # semantic: does a segmenter of this node's real pairs find the mask in the fake?
             task, c = self.task, self.cfg.num_classes
             labels = class_labels(mask_t, c)
-            losses["task_real"] = self._task_step(real, labels)
             task.eval()
+            # The verdict comes from the segmenter as it was before this batch: one that had just stepped on
+            # these very real images would tie the gradient to them (sign agreement 0.513 when it did).
             g_sem = self._generator_loss(lambda: class_weighted_ce(task(fake), labels, c), task)
             g_total = g_total + self.feedback.lambda_semantic * g_sem
             losses["g_semantic"] = g_sem
+            self._task_batch = (real, labels)  # its step on them comes after the gradient (see score)
         losses["g_total"] = g_total
         return {k: float(v.detach()) for k, v in losses.items()}, g_total
 

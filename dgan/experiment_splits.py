@@ -1,0 +1,143 @@
+"""The experiment's data side: which pairs are train, validation and test, which node holds which, and
+what a cached result depends on.  Kept apart from the training so that a split can be built and checked
+(``dgan experiment`` fails on a bad ``--test`` before any GAN trains) without the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dgan.data.loaders import PairSet, load_pairs_folder
+from dgan.data.partition import partition
+from dgan.data.scenes import CLASSES as SCENE_CLASSES
+from dgan.data.scenes import make_scenes
+from dgan.run import HELDOUT_SEED_BASE
+
+if TYPE_CHECKING:
+    from dgan.experiment import ExperimentConfig
+
+# The Dubai protocol: tile 8 is the test set; nodes hold whole tiles (any manifest column works the same way).
+DUBAI_TEST = "tile=8"
+DUBAI_GROUPS = [["7"], ["2", "4"], ["5"], ["1", "3", "6"]]
+
+class ExperimentSetupError(ValueError):
+    """The experiment cannot run as asked (a split that does not exist, a setting out of range)."""
+
+
+def parse_test(spec: str) -> tuple[str, set[str]]:
+    """``"tile=8"`` or ``"city=paris,berlin"`` -> (column, values)."""
+    column, sep, values = spec.partition("=")
+    vals = {v.strip() for v in values.split(",") if v.strip()}
+    if not sep or not column.strip() or not vals:
+        raise ExperimentSetupError(f"--test must be COLUMN=VALUE[,VALUE...], got {spec!r}")
+    return column.strip(), vals
+
+
+def parse_groups(spec: str) -> list[list[str]]:
+    """``"7|2,4|5|1,3,6"`` -> one list of group values per node."""
+    nodes = [[g.strip() for g in part.split(",") if g.strip()] for part in spec.split("|")]
+    if not all(nodes):
+        raise ExperimentSetupError(f"--groups must be values per node, nodes split by '|' and values by ',', "
+                                   f"got {spec!r}")
+    return nodes
+
+
+@dataclass
+class Splits:
+    train: PairSet
+    val: PairSet
+    test: PairSet
+    node_parts: list[list[int]]  # indices into train
+    description: dict[str, Any]
+
+
+def make_splits(cfg: ExperimentConfig) -> Splits:
+    if cfg.data is None:
+        n = cfg.scenes
+        v, classes = cfg.scene_variant, SCENE_CLASSES[cfg.scene_variant]
+        ims, ms = make_scenes(range(n), cfg.size, v)
+        train = PairSet(ims, ms, [f"s{i}" for i in range(n)], {"group": [str(i % 8) for i in range(n)]}, classes)
+        vi, vm = make_scenes(range(20_000_000, 20_000_000 + max(16, n // 8)), cfg.size, v)
+        ti, tm = make_scenes(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + max(32, n // 4)), cfg.size, v)
+        val = PairSet(vi, vm, [f"v{i}" for i in range(len(vi))], {}, classes)
+        test = PairSet(ti, tm, [f"t{i}" for i in range(len(ti))], {}, classes)
+        how = cfg.partition if cfg.partition != "group" else "dirichlet"
+        parts = partition(len(train), cfg.nodes, how, seed=0, stat=[float((m > 0).mean()) for m in ms])
+        desc = {"dataset": f"scenes ({v})", "train": "seeds 0..", "val": "seeds 20M..",
+                "test": f"seeds {HELDOUT_SEED_BASE}.."}
+        return Splits(train, val, test, parts, {**desc, "partition": how})
+    pairs = load_pairs_folder(cfg.data, cfg.size)
+    column, test_values = parse_test(cfg.test)
+    if column not in pairs.columns:
+        raise ExperimentSetupError(f"{cfg.data}/manifest.csv has no column {column!r} to split by (columns: "
+                                   f"{', '.join(sorted(pairs.columns)) or 'none'})")
+    labels = pairs.columns[column]
+    missing = sorted(test_values - set(labels))
+    if missing:
+        raise ExperimentSetupError(f"{column} {missing[0]!r} is not in {cfg.data}/manifest.csv ({column} values: "
+                                   f"{', '.join(sorted(set(labels)))})")
+    test_idx = [i for i, t in enumerate(labels) if t in test_values]
+    pool = [i for i, t in enumerate(labels) if t not in test_values]
+    # Validation: whole source images (not single patches) from the training tiles, 15% of them.
+    sources = sorted({pairs.columns.get("source_image", pairs.names)[i] for i in pool})
+    rng = np.random.default_rng(0)
+    val_sources = set(rng.choice(sources, max(1, len(sources) * 15 // 100), replace=False).tolist())
+    src = pairs.columns.get("source_image", pairs.names)
+    val_idx = [i for i in pool if src[i] in val_sources]
+    train_idx = [i for i in pool if src[i] not in val_sources]
+    if cfg.quick:
+        train_idx = sorted(np.random.default_rng(1).choice(train_idx, min(len(train_idx), 160), replace=False))
+        val_idx, test_idx = val_idx[:48], test_idx[:64]
+    train = pairs.subset(train_idx)
+    if cfg.partition == "group":
+        groups = parse_groups(cfg.groups) if cfg.groups else (
+            DUBAI_GROUPS if cfg.nodes == 4 and cfg.test == DUBAI_TEST else None)
+        try:
+            parts = partition(len(train), cfg.nodes, "group", groups=train.columns[column], node_groups=groups)
+        except ValueError as exc:
+            raise ExperimentSetupError(f"group partition by {column}: {exc}") from None
+    else:
+        parts = partition(len(train), cfg.nodes, cfg.partition, seed=0,
+                          stat=[float((m > 0).mean()) for m in train.masks])
+    desc = {"dataset": str(cfg.data), "test": cfg.test, "val": f"{len(val_sources)} source images of the "
+            "training groups", "partition": cfg.partition, "group_column": column,
+            "node_tiles": [sorted(set(train.columns[column][i] for i in p)) for p in parts]}
+    return Splits(train, pairs.subset(val_idx), pairs.subset(test_idx), parts, desc)
+
+
+def _recipe_key(cfg: ExperimentConfig, mode: str) -> dict[str, Any]:
+    """The feedback recipe, less the settings that do not apply to this mode or sit at a default added later."""
+    recipe = cfg.recipe(mode).to_dict()
+    if recipe["mode"] != "semantic":
+        recipe.pop("lambda_semantic")
+    if not recipe["diffaugment"]:
+        recipe.pop("diffaugment")
+    return recipe
+
+
+def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = "") -> str:
+    """What the method's result depends on: data, splits and segmentation always; the GAN only for GAN methods."""
+    seg = {k: v for k, v in cfg.seg.to_dict().items()  # settings added later keep older keys while at their default
+           if (k, v) not in (("num_classes", 2), ("positive_share", 0.0))}
+    key: dict[str, Any] = {"method": method, "data": str(cfg.data), "size": cfg.size, "seg": seg,
+                           "seeds": cfg.seeds, "train": splits.train.names, "val": splits.val.names,
+                           "test": splits.test.names}
+    if cfg.data is None and cfg.scene_variant != "buildings":  # keys from before variants existed stay valid
+        key["scenes"] = cfg.scene_variant
+    if len(splits.train.classes) > 2:  # a classes.json added to a folder changes every result
+        key["classes"] = list(splits.train.classes)
+    if method == "real_partial":
+        key["nodes"] = [[splits.train.names[i] for i in p] for p in splits.node_parts]
+    if method not in ("real_all", "real_partial"):
+        key.update(gan_steps=cfg.gan_steps, batch=cfg.batch_size, model=cfg.model().to_dict(),
+                   gan_seeds=cfg.gan_seeds, samples=cfg.samples_per_mask, feedback=_recipe_key(cfg, mode))
+        if cfg.oasis_optim:
+            key["g_optim"] = cfg.generator_optim()
+        if cfg.ema:  # only when on: results cached before EMA existed keep their keys
+            key["ema"] = cfg.ema
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
