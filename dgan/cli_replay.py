@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from dgan.cli_app import (
     app,
@@ -65,7 +65,9 @@ def replay(
                 console.print(f"[red]corrupt record at byte {report.corrupt_at}: {report.error}[/red]")
             raise typer.Exit(0 if report.truncated_at is None and report.corrupt_at is None else 1)
         if list_:
-            table = Table("#", "t (s)", "direction", "peer", "kind", "id", "reply_to", "step", "bytes")
+            # kind and peer are what people filter by: they keep their width; the long ids give way first
+            table = Table("#", "t (s)", "direction", Column("peer", min_width=6, overflow="fold"),
+                          Column("kind", min_width=11, no_wrap=True), "id", "reply_to", "step", "bytes")
             for r in R.list_messages(log_file, kind, node, since, until):
                 table.add_row(*(str(r[k]) if k != "t" else f"{r[k]:.3f}" for k in (
                     "index", "t", "direction", "peer", "kind", "id", "reply_to", "step", "bytes")))
