@@ -38,7 +38,7 @@ def _print_summary(summary: dict) -> None:
         table.add_column(col)
     for name, n in summary["nodes"].items():
         losses = ", ".join(f"{k}={v:.3f}" for k, v in n["losses"].items() if k in ("d_real", "d_fake", "g_adv",
-                                                                                   "g_l1"))
+                                                                                   "g_l1", "g_semantic"))
         sm = "-" if n["staleness_mean"] is None else f"{n['staleness_mean']:.2f}/{n['staleness_max']}"
         table.add_row(name, n.get("feedback", "?"), str(n["dataset_size"]), str(n["feedbacks"]), str(n["samples"]),
                       sm, losses)
@@ -66,6 +66,10 @@ def run(
     mode: Annotated[TrainMode, typer.Option(help="async, or sync rounds.")] = TrainMode.async_,
     feedback: Feedback = DEFAULT_MODE,
     lambda_l1: LambdaL1 = 100.0,
+    lambda_semantic: LambdaSemantic = 1.0,
+    diffaugment: Annotated[bool, typer.Option(help="Every node's PatchGAN sees DiffAugment'ed pairs.")] = False,
+    positive_crops: Annotated[float, typer.Option(help="Every node: share of crops on a foreground pixel (sparse "
+                                                       "targets; 0 = uniform).")] = 0.0,
     threads: Threads = 1,
     device: Device = "cpu",
     seed: int = 0,
@@ -77,9 +81,18 @@ def run(
     from dgan.data.loaders import read_classes
     from dgan.data.scenes import CLASSES
     from dgan.data.shards import DataError
+    from dgan.feedback import FeedbackConfig
     from dgan.run import RunConfig
 
     setup_logging(log_level, log_format, "run")
+    try:  # the nodes would each refuse it: say it once, here
+        FeedbackConfig(feedback, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, diffaugment=diffaugment)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if not 0.0 <= positive_crops <= 1.0:
+        console.print(f"[red]--positive-crops must be in [0, 1], got {positive_crops}[/red]")
+        raise typer.Exit(2)
     folder = _pairs_folder(data, out, image_size, keep_classes=True)
     variant = data.partition(":")[2] if data is not None and data.startswith("scenes:") else "buildings"
     try:
@@ -90,7 +103,9 @@ def run(
     cfg = RunConfig(nodes=nodes, steps=steps, out=out, data=folder, scene_variant=variant, num_classes=len(classes),
                     partition=partition.value, scenes=scenes, record=record, image_size=image_size, g_width=g_width,
                     d_width=d_width, batch_size=batch_size, mode=mode.value, threads=threads, device=device,
-                    seed=seed, feedback=feedback.value, lambda_l1=lambda_l1)
+                    seed=seed, feedback=feedback.value, lambda_l1=lambda_l1,
+                    node_args=["--lambda-semantic", str(lambda_semantic), "--positive-crops", str(positive_crops),
+                               "--diffaugment" if diffaugment else "--no-diffaugment"])
     _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps, feedback {feedback.value}")
 
 

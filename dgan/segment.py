@@ -140,11 +140,13 @@ def class_metrics(pred: np.ndarray, truth: np.ndarray, classes: tuple[str, ...])
     if len(classes) <= 2:
         return metrics(pred > 0, truth > 0)
     per = [metrics(pred == c, truth == c) for c in range(len(classes))]
-    out = {f"iou_{name}": m["iou"] for name, m in zip(classes, per, strict=True)}
+    seen = [bool(np.any(truth == c) or np.any(pred == c)) for c in range(len(classes))]  # absent: no score
+    out = {f"iou_{name}": m["iou"] if s else float("nan") for name, m, s in zip(classes, per, seen, strict=True)}
+    fg = [m for m, s in zip(per[1:], seen[1:], strict=True) if s]
     for k in ("iou", "f1", "precision", "recall", "iou_per_image"):
-        out[k] = float(np.mean([m[k] for m in per[1:]]))
+        out[k] = float(np.mean([m[k] for m in fg])) if fg else 1.0
     out["accuracy"] = float(np.mean(pred == truth))
-    out["miou"] = float(np.mean([m["iou"] for m in per]))
+    out["miou"] = float(np.mean([m["iou"] for m, s in zip(per, seen, strict=True) if s]))
     return out
 
 
@@ -273,7 +275,8 @@ def prediction_grid(images: np.ndarray, masks: np.ndarray, pred: np.ndarray, pat
 def pair_grid(images: np.ndarray, masks: np.ndarray, path: Path, n: int = 6) -> Path:
     """Rows of mask | image (e.g. a synthetic training set), for the n masks with the most buildings."""
     order = _most_buildings(masks, n)
-    rows = [np.concatenate([_mask_rgb(masks[i]), images[i]], axis=1) for i in order]
+    palette = bool(masks.max(initial=0) > 1)  # one colouring for the whole grid
+    rows = [np.concatenate([_mask_rgb(masks[i], palette), images[i]], axis=1) for i in order]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
     return path

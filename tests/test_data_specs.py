@@ -135,6 +135,9 @@ def test_import_writes_a_pairs_folder_that_reloads_with_classes_and_groups(tmp_p
     assert again.exit_code == 2 and "not an empty folder" in _said(again)  # nothing is overwritten
     wrong = runner.invoke(app, ["data", "import", "whu", str(tmp_path / "osm"), str(tmp_path / "w2")])
     assert wrong.exit_code == 2 and "WHU split folder" in _said(wrong)
+    res = runner.invoke(app, ["data", "import", "airbus", str(_airbus(tmp_path / "ships")), str(tmp_path / "sp"),
+                              "--size", "32"])
+    assert res.exit_code == 0 and load_pairs_folder(tmp_path / "sp", 32).classes == ("background", "ship")
     unknown = runner.invoke(app, ["data", "import", "kitti", str(src), str(tmp_path / "k")])
     assert unknown.exit_code == 2 and "unknown dataset kind" in _said(unknown)
 
@@ -142,8 +145,9 @@ def test_import_writes_a_pairs_folder_that_reloads_with_classes_and_groups(tmp_p
 def test_folder_commands_import_other_kinds_once_and_binary(tmp_path: Path) -> None:
     src = _city_osm(tmp_path / "osm")
     folder = as_pairs_folder(f"city-osm:{src}", tmp_path / "run", 32)
-    assert folder is not None and (folder / "manifest.csv").exists() and not (folder / "classes.json").exists()
-    assert set(np.unique(load_pairs_folder(folder, 32).masks)) == {0, 1}  # building against the rest
+    assert folder is not None and (folder / "manifest.csv").exists()
+    binary_set = load_pairs_folder(folder, 32)
+    assert set(np.unique(binary_set.masks)) == {0, 1} and binary_set.classes == ("background", "building")
     assert as_pairs_folder(f"city-osm:{src}", tmp_path / "run", 32) == folder  # imported once
     assert as_pairs_folder(None, tmp_path, 32) is None and as_pairs_folder("scenes", tmp_path, 32) is None
     (tmp_path / "shard.json").write_text("{}")

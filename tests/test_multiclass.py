@@ -125,3 +125,15 @@ def test_a_node_with_more_classes_than_the_run_stops_with_one_clear_line() -> No
     stats = node.run(max_batches=1)  # returns instead of asking (and being refused) forever
     assert node.fatal is not None and "--num-classes 3" in node.fatal and stats.batches == 0
     assert gen.recv(0.2) is None  # not one request or mask upload was sent
+
+
+def test_dgan_run_refuses_settings_its_nodes_would_refuse(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+
+    for args, says in ((["--feedback", "segmentation", "--diffaugment"], "diffaugment works on the PatchGAN"),
+                       (["--positive-crops", "1.5"], "--positive-crops must be in [0, 1]"),
+                       (["--lambda-semantic", "-2"], "invalid feedback settings")):
+        res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "x"), *args])
+        assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output

@@ -1,8 +1,8 @@
 """``dgan data import``: any dataset kind -> a pairs folder that every command reads the same way.
 
 The folder holds ``images/``, ``masks/``, ``manifest.csv`` (``name`` plus the dataset's natural group
-column: WHU ``split``, City-OSM ``city``, Airbus ``image_id``) and, for more than two classes,
-``classes.json`` (mask values are then class ids; binary masks are written 0/255).
+column: WHU ``split``, City-OSM ``city``, Airbus ``image_id``) and ``classes.json``, which names the
+classes (binary masks are written 0/255, more classes as class ids).
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ def write_pairs_folder(pairs: PairSet, out: Path) -> Path:
         w.writerow(["name", *columns])
         for i, name in enumerate(pairs.names):
             w.writerow([name, *(pairs.columns[c][i] for c in columns)])
-    if not binary:
-        (out / "classes.json").write_text(json.dumps({"classes": list(pairs.classes)}, indent=1) + "\n")
+    (out / "classes.json").write_text(json.dumps({"classes": list(pairs.classes)}, indent=1) + "\n")
     return out
 
 
@@ -60,8 +59,8 @@ def as_pairs_folder(data: str | None, workdir: Path, size: int, foreground: str 
     """For the commands that hand folders to node processes (``run``, ``experiment``): None for scenes, a
     pairs folder as it is, and any other kind imported once under ``workdir/data/``.
 
-    ``run`` is binary, so there a multi-class set is imported as ``foreground`` (default: its first class)
-    against the rest; ``keep_classes`` (the experiment, ``dgan data import``) keeps every class.
+    ``keep_classes`` (``run``, the experiment) keeps every class; without it a multi-class set is imported as
+    ``foreground`` (default: its first class) against the rest.
     """
     if data is None or data.strip() == "scenes" or data.strip().startswith("scenes:"):
         return None

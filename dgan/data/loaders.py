@@ -90,8 +90,8 @@ def read_classes(root: Path) -> tuple[str, ...] | None:
 def load_pairs_folder(root: Path, size: int, names: list[str] | None = None) -> PairSet:
     """``images/<stem>.*`` + ``masks/<stem>.*``; with ``manifest.csv`` (a ``name`` column) its order and columns.
 
-    Masks are binary (any non-zero value is the foreground) unless ``classes.json`` names the classes: then
-    each mask value is a class id.
+    Masks are binary (any non-zero value is the foreground) unless ``classes.json`` names more than two
+    classes: then each mask value is a class id.
     """
     img_dir, mask_dir = root / "images", root / "masks"
     if not img_dir.is_dir() or not mask_dir.is_dir():
@@ -124,8 +124,9 @@ def load_pairs_folder(root: Path, size: int, names: list[str] | None = None) -> 
         columns = {k: [by_name[s][k] for s in stems] for k in rows[0] if k != "name"}
     classes = read_classes(root)
     ims = np.stack([read_image(images[s], size) for s in stems])
-    if classes is None:
-        return PairSet(ims, np.stack([read_binary_mask(masks[s], size) for s in stems]), stems, columns)
+    if classes is None or len(classes) == 2:  # binary: any non-zero value is the foreground (0/255 files)
+        ms = np.stack([read_binary_mask(masks[s], size) for s in stems])
+        return PairSet(ims, ms, stems, columns, *([classes] if classes else []))
     ms = np.stack([read_class_mask(masks[s], size, len(classes)) for s in stems])
     return PairSet(ims, ms, stems, columns, classes)
 
