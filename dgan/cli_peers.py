@@ -265,7 +265,7 @@ def node(
     max_batches: Annotated[int, typer.Option(help="Leave after this many batches (0 = stay until the run ends).")] = 0,
     feedback: Feedback = DEFAULT_MODE,
     lambda_l1: LambdaL1 = 100.0,
-    lambda_semantic: LambdaSemantic = 1.0,
+    lambda_semantic: LambdaSemantic = 20.0,
     label_mix: Annotated[float, typer.Option(help="--feedback segmentation: LabelMix weight (OASIS: 10; 0 = "
                                                   "off).")] = 0.0,
     d_lr: Annotated[float, typer.Option(help="Discriminator Adam learning rate (OASIS: 4e-4).")] = 2e-4,

@@ -66,7 +66,7 @@ def run(
     mode: Annotated[TrainMode, typer.Option(help="async, or sync rounds.")] = TrainMode.async_,
     feedback: Feedback = DEFAULT_MODE,
     lambda_l1: LambdaL1 = 100.0,
-    lambda_semantic: LambdaSemantic = 1.0,
+    lambda_semantic: LambdaSemantic = 20.0,
     diffaugment: Annotated[bool, typer.Option(help="Every node's PatchGAN sees DiffAugment'ed pairs.")] = False,
     positive_crops: Annotated[float, typer.Option(help="Every node: share of crops on a foreground pixel (sparse "
                                                        "targets; 0 = uniform).")] = 0.0,
@@ -294,7 +294,7 @@ def experiment(
         "--feedback", help="The GANs' feedback mode, for DGAN and the central GAN alike; repeat it to compare "
         "modes in one run (the first is `dgan`/`central_gan`, the others `dgan_MODE`/`central_gan_MODE`).")] = None,
     lambda_l1: LambdaL1 = 100.0,
-    lambda_semantic: LambdaSemantic = 1.0,
+    lambda_semantic: LambdaSemantic = 20.0,
     label_mix: Annotated[float, typer.Option(help="--feedback segmentation: OASIS LabelMix weight (0 = off).")] = 0.0,
     oasis_optim: Annotated[bool, typer.Option(help="OASIS optimisers: D lr 4e-4, G lr 1e-4, beta1 0.")] = False,
     gan_methods: Annotated[list[GanMethod] | None, typer.Option(

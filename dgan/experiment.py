@@ -77,7 +77,7 @@ class ExperimentConfig:
     g_width: int = 32
     d_width: int = 32
     lambda_l1: float = 100.0  # feedback mode l1 only
-    lambda_semantic: float = 1.0  # feedback mode semantic only
+    lambda_semantic: float = 20.0  # feedback mode semantic only
     diffaugment: bool = False  # nodes' (and the central GAN's) PatchGAN sees DiffAugment'ed pairs
     feedback: tuple[str, ...] = (DEFAULT_MODE.value,)  # the first is `dgan`/`central_gan`
     label_mix: float = 0.0  # segmentation feedback: OASIS LabelMix weight
