@@ -278,7 +278,12 @@ class DiscriminatorNode:
 
         fake = fakes if fakes.dtype == np.uint8 else ((fakes.astype(np.float32).clip(-1, 1) + 1) * 127.5).round()
         fake = np.transpose(fake.astype(np.uint8), (0, 2, 3, 1))
-        m = np.repeat((masks > 0)[..., None] * 255, 3, -1).astype(np.uint8)
+        if masks.max(initial=0) > 1:  # class ids in the class palette
+            from dgan.data.view import colour_masks
+
+            m = colour_masks(masks)
+        else:
+            m = np.repeat((masks > 0)[..., None] * 255, 3, -1).astype(np.uint8)
         rows = [np.concatenate([m[i], reals[i], fake[i]], axis=1) for i in range(min(4, len(masks)))]
         assert self.cfg.samples_dir is not None
         self.cfg.samples_dir.mkdir(parents=True, exist_ok=True)

@@ -137,3 +137,15 @@ def test_dgan_run_refuses_settings_its_nodes_would_refuse(tmp_path: Path) -> Non
                        (["--lambda-semantic", "-2"], "invalid feedback settings")):
         res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "x"), *args])
         assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
+
+
+def test_a_nodes_local_grids_show_class_ids_in_the_palette(tmp_path: Path) -> None:
+    from dgan.transport.inproc import InProcessHub
+    from nodes.discriminator_node import DiscriminatorNode, NodeConfig
+
+    images, masks = make_scenes(range(2), 32, "buildings-roads")
+    node = DiscriminatorNode(InProcessHub().node_link("roads"), images, masks,
+                             NodeConfig("roads", samples_dir=tmp_path, judge=False))
+    node._save_grid(masks, images, np.zeros((2, 3, 32, 32), np.float32))
+    grid = np.asarray(Image.open(next(tmp_path.glob("roads_batch*.png"))))
+    assert (np.abs(grid.astype(int) - (40, 90, 240)).sum(-1) == 0).any()  # roads in the palette's blue
