@@ -66,3 +66,35 @@ def broker_proc(tmp_path: Path) -> Iterator[BrokerProcess]:
             bp.proc.wait(10)
         except subprocess.TimeoutExpired:
             bp.proc.kill()
+
+
+@pytest.fixture
+def serve_one_node(tmp_path: Path):
+    """Run one in-process DiscriminatorNode against a GeneratorService until the generator's steps are done."""
+    import threading
+
+    from dgan import protocol as P
+    from dgan.feedback import FeedbackConfig
+    from dgan.training.generator import GeneratorTrainer, TrainConfig
+    from dgan.transport.inproc import InProcessHub
+    from nodes.discriminator_node import DiscriminatorNode, NodeConfig
+    from nodes.generator_service import GeneratorService, ServiceConfig
+
+    def serve(model, steps: int, name: str, images, masks, **node_cfg):
+        hub = InProcessHub()
+        trainer = GeneratorTrainer(model, TrainConfig(steps=steps, fake_dtype="float32"))
+        service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(out=tmp_path, sample_every=0,
+                                                                                checkpoint_every=0))
+        link = hub.node_link(name)
+        link.send(P.make(P.Kind.HELLO, name, meta={"role": "node", **DiscriminatorNode.hello_meta(images)}))
+        node = DiscriminatorNode(link, images, masks, NodeConfig(name, batch_size=2, judge=False,
+                                                                 feedback=FeedbackConfig(warmup=0), **node_cfg))
+        stop = threading.Event()
+        thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
+        thread.start()
+        service.run()
+        stop.set()
+        thread.join(10)
+        return service, node
+
+    return serve

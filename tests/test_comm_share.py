@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,30 +12,15 @@ from dgan.data.scenes import make_scenes
 from dgan.feedback import FeedbackConfig
 from dgan.networks import ModelConfig
 from dgan.training.discriminator import DiscriminatorTrainer
-from dgan.training.generator import GeneratorTrainer, TrainConfig
 from dgan.transport.inproc import InProcessHub
 from nodes.discriminator_node import DiscriminatorNode, NodeConfig, Outstanding
-from nodes.generator_service import GeneratorService, ServiceConfig
 
 MODEL = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
 
 
-def test_in_process_round_trips_are_the_generators_time_not_the_wires(tmp_path: Path) -> None:
-    hub = InProcessHub()
-    trainer = GeneratorTrainer(MODEL, TrainConfig(steps=8, fake_dtype="float32"))
-    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(out=tmp_path, sample_every=0,
-                                                                            checkpoint_every=0))
+def test_in_process_round_trips_are_the_generators_time_not_the_wires(serve_one_node: Any) -> None:
     images, masks = make_scenes(range(6), 32)
-    link = hub.node_link("n0")
-    link.send(P.make(P.Kind.HELLO, "n0", meta={"role": "node", **DiscriminatorNode.hello_meta(images)}))
-    node = DiscriminatorNode(link, images, masks, NodeConfig("n0", batch_size=2, judge=False,
-                                                             feedback=FeedbackConfig(warmup=0)))
-    stop = threading.Event()
-    thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
-    thread.start()
-    service.run()
-    stop.set()
-    thread.join(10)
+    _, node = serve_one_node(MODEL, 8, "n0", images, masks)
     s = node.stats.to_dict()
     assert s["batches"] >= 8 and s["rtt_s"] > 0 and s["active_s"] > 0
     # no wire in-process: the generator held each request for nearly all of its round trip

@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from dgan import protocol as P
 from dgan.cli import app
 from dgan.data.importer import as_pairs_folder
 from dgan.data.loaders import load_airbus, load_pairs_folder
 from dgan.data.shards import DataError, resolve_data
 from dgan.data.spec import DataSpec, binary, load_data, parse_data_spec
-from dgan.feedback import FeedbackConfig
 from dgan.networks import ModelConfig
 from dgan.training.discriminator import PairSampler
-from dgan.training.generator import GeneratorTrainer, TrainConfig
-from dgan.transport.inproc import InProcessHub
-from nodes.discriminator_node import DiscriminatorNode, NodeConfig
-from nodes.generator_service import GeneratorService, ServiceConfig
 
 AIRBUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "airbus_ship_sample"
 # SOURCE.md's ship pixels per image with ships, decoded at 768 x 768.
@@ -184,22 +178,10 @@ def test_the_real_airbus_sample_decodes_to_its_listed_ship_pixels_and_shows(tmp_
 
 
 @pytest.mark.skipif(not AIRBUS.exists(), reason="the shared Airbus sample is not beside this checkout")
-def test_the_real_airbus_sample_feeds_a_node_for_a_few_batches(tmp_path: Path) -> None:
+def test_the_real_airbus_sample_feeds_a_node_for_a_few_batches(serve_one_node: Any) -> None:
     images, masks = resolve_data(f"airbus:{AIRBUS}", 32)
     cfg = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
-    hub = InProcessHub()
-    service = GeneratorService(hub.generator_link(), GeneratorTrainer(cfg, TrainConfig(steps=3, fake_dtype="float32")),
-                               ServiceConfig(out=tmp_path, sample_every=0, checkpoint_every=0))
-    link = hub.node_link("ships")
-    link.send(P.make(P.Kind.HELLO, "ships", meta={"role": "node", **DiscriminatorNode.hello_meta(images)}))
-    node = DiscriminatorNode(link, images, masks, NodeConfig("ships", batch_size=2, pipeline=1, judge=False,
-                                                             feedback=FeedbackConfig(warmup=0)))
-    stop = threading.Event()
-    thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
-    thread.start()
-    service.run()
-    stop.set()
-    thread.join(10)
+    service, _ = serve_one_node(cfg, 3, "ships", images, masks, pipeline=1)
     assert service.trainer.step == 3 and service.nodes["ships"].feedbacks >= 3
 
 
