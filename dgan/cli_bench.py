@@ -41,6 +41,34 @@ def bench_training(quick: Quick = False, json_out: JsonOut = None) -> None:
     run_training_benchmark(quick, json_out)
 
 
+@bench_app.command("wan")
+def bench_wan(
+    quick: Quick = False,
+    json_out: JsonOut = None,
+    profile: Annotated[list[str] | None, typer.Option(help="Only these profiles (lan, regional, far, far+slow); "
+                                                           "default all, --quick: lan and far.")] = None,
+    light: Annotated[bool, typer.Option(help="Light nodes (a fixed gradient after --work-ms): the wire sets the "
+                                             "pace, as with GPUs. --no-light: real discriminators.")] = True,
+    work_ms: Annotated[float, typer.Option(help="Light nodes: milliseconds of work per batch.")] = 20.0,
+) -> None:
+    """Broker, generator and nodes on separate network-namespace hosts, links shaped to LAN, regional and far
+    profiles: samples/s async vs sync and with --pipeline auto, staleness, bytes per sample, communication share.
+    Needs root and iproute2."""
+    from benchmarks.netlab import NetLabUnavailable
+    from benchmarks.wan import PROFILES, run_wan_benchmark
+
+    setup_logging("WARNING")
+    unknown = [p for p in profile or [] if p not in PROFILES]
+    if unknown:
+        raise typer.BadParameter(f"unknown profile(s) {unknown}; choose from {sorted(PROFILES)}",
+                                 param_hint="--profile")
+    try:
+        run_wan_benchmark(quick, json_out, profiles=profile or None, light=light, work_ms=work_ms)
+    except NetLabUnavailable as exc:
+        log.error("%s", exc)
+        raise typer.Exit(1) from None
+
+
 @bench_app.command("straggler")
 def bench_straggler(quick: Quick = False, json_out: JsonOut = None) -> None:
     """4 nodes, one 4x slower: applied samples/s in async vs sync mode."""

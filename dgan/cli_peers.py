@@ -146,8 +146,10 @@ def generator(
     gan_mode: Annotated[GanMode, typer.Option(help="The adversarial term's form.")] = GanMode.vanilla,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-4,
     beta1: Annotated[float, typer.Option(help="Adam beta1 (OASIS uses 0).")] = 0.5,
-    update_every: Annotated[int, typer.Option(help="async: feedbacks per update; 0 = one per node alive "
-                                                   "(buffered async).")] = 1,
+    update_every: Annotated[str, typer.Option(help="async: feedbacks per update; 0 = one per node alive "
+                                                   "(buffered async); auto = as many as keep the staleness near "
+                                                   "half of --max-staleness, given the requests in flight (for "
+                                                   "nodes on slow links with --pipeline auto).")] = "1",
     ema: Annotated[float, typer.Option(help="Decay of the moving average of G's weights that synthesis and "
                                             "samples use (0 = off).")] = 0.0,
     weighting: Annotated[Weighting, typer.Option(help="Feedback weight: by node dataset size, or equal.")] = (
@@ -191,11 +193,14 @@ def generator(
         console.print("[red]--synthesis-weights ema needs --ema DECAY (a moving average to synthesise from)[/red]")
         raise typer.Exit(2)
     try:
-        train = TrainConfig(steps=steps, lr=lr, beta1=beta1, mode=mode.value, update_every=update_every, ema=ema,
+        every = -1 if update_every.strip().lower() == "auto" else int(update_every) \
+            if update_every.strip().isdigit() else -2  # -2: TrainConfig refuses it
+        train = TrainConfig(steps=steps, lr=lr, beta1=beta1, mode=mode.value, update_every=every, ema=ema,
                             weighting=weighting.value, max_staleness=max_staleness, fake_dtype=fake_dtype.value,
                             seed=seed, device=device)
     except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{exc}[/red]" if every != -2 else
+                      f"[red]--update-every takes a count >= 0 or auto, got {update_every!r}[/red]")
         raise typer.Exit(2) from None
     trainer = GeneratorTrainer(model, train)
     run_id = uuid.uuid4().hex[:12]
@@ -259,7 +264,9 @@ def node(
     count: Annotated[int, typer.Option(help="With --data scenes: how many scenes.")] = 200,
     image_size: Annotated[int, typer.Option(help="Size to load data at (the run's size).")] = 128,
     batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 8,
-    pipeline: Annotated[int, typer.Option(help="Requests kept in flight.")] = 2,
+    pipeline: Annotated[str, typer.Option(help="Requests kept in flight: a number, or auto (at least 2, deeper "
+                                               "to cover the measured round trip, up to what the generator keeps "
+                                               "per node).")] = "2",
     grad_dtype: Annotated[GradDtype, typer.Option(help="Gradients on the wire.")] = GradDtype.float16,
     delay: Annotated[float, typer.Option(help="Artificial seconds per batch (slow-site emulation).")] = 0.0,
     max_batches: Annotated[int, typer.Option(help="Leave after this many batches (0 = stay until the run ends).")] = 0,
@@ -303,6 +310,11 @@ def node(
         raise typer.BadParameter(f"{name!r}: a node needs {P.NAME_RULE}", param_hint="--name")
     if not 0.0 <= positive_crops <= 1.0:
         raise typer.BadParameter(f"must be in [0, 1], got {positive_crops}", param_hint="--positive-crops")
+    auto = pipeline.strip().lower() == "auto"
+    depth = 2 if auto else int(pipeline) if pipeline.strip().isdigit() else 0
+    if not 1 <= depth <= 64:
+        raise typer.BadParameter(f"a number of requests from 1 to 64, or auto; got {pipeline!r}",
+                                 param_hint="--pipeline")
     setup_logging(log_level, log_format, name)
     set_torch_threads(threads)
     try:
@@ -318,7 +330,8 @@ def node(
     link = ZmqNodeLink(broker, name, hello_meta=DiscriminatorNode.hello_meta(images, recipe),
                        heartbeat_interval=heartbeat,
                        socket_setup=curve_socket_setup(key, broker_key))
-    n = DiscriminatorNode(link, images, masks, NodeConfig(name=name, batch_size=batch_size, pipeline=pipeline,
+    n = DiscriminatorNode(link, images, masks, NodeConfig(name=name, batch_size=batch_size, pipeline=depth,
+                                                          auto_pipeline=auto,
                                                           grad_dtype=grad_dtype.value, delay=delay, seed=seed,
                                                           device=device, feedback=recipe, samples_dir=save_samples,
                                                           sample_every=sample_every, judge=judge,

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,18 @@ from dgan.feedback import DEFAULT_MODE
 log = logging.getLogger("dgan.run")
 
 HELDOUT_SEED_BASE = 50_000_000  # built-in scenes at or above this seed are never given to a node
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where each process runs, for runs across hosts (``dgan bench wan``): a command prefix per process
+    (``ip netns exec NS``), the address the broker binds and the generator dials, and what each node dials
+    (by default the broker; a local relay on a shaped path, say)."""
+
+    prefix: dict[str, list[str]] = field(default_factory=dict)
+    broker_host: str = "127.0.0.1"
+    node_host: dict[str, str] = field(default_factory=dict)
+    ports: Ports | None = None  # None: free ones on this host's loopback
 
 
 @dataclass
@@ -45,7 +57,7 @@ class RunConfig:
     g_width: int = 32
     d_width: int = 32
     batch_size: int = 8
-    pipeline: int = 2
+    pipeline: int | str = 2  # per node; "auto": deepen to cover the round trip
     mode: str = "async"
     feedback: str = DEFAULT_MODE.value  # every node's --feedback
     lambda_l1: float = 100.0  # with feedback l1
@@ -62,6 +74,9 @@ class RunConfig:
     extra_generator_args: list[str] = field(default_factory=list)
     shards: list[dict[str, Any]] | None = None  # explicit per-node data specs (overrides data/partition)
     timeout: float = 3600.0
+    placement: Placement = field(default_factory=Placement)
+    node_module: str = "dgan"  # what runs each node's command line (benchmarks.light_node for network benches)
+    generator_module: str = "dgan"  # likewise for the generator's (benchmarks.light_generator)
 
 
 def write_shards(cfg: RunConfig) -> list[Path]:
@@ -95,12 +110,13 @@ class ProcessGroup:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, args: list[str], threads: int) -> subprocess.Popen[bytes]:
+    def start(self, name: str, args: list[str], threads: int, prefix: list[str] | None = None,
+              module: str = "dgan") -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads),
                "MKL_NUM_THREADS": str(threads)}
         with open(self.log_dir / f"{name}.log", "wb") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "dgan", *args], stdout=fh, stderr=subprocess.STDOUT,
-                                    env=env)
+            proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", module, *args], stdout=fh,
+                                    stderr=subprocess.STDOUT, env=env)
         self.procs[name] = proc
         return proc
 
@@ -121,27 +137,32 @@ def run_local(cfg: RunConfig, watch: Callable[[str], None] | None = None) -> dic
     """Run everything; ``watch(pub_endpoint)`` is called a few times a second while training."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     shards = write_shards(cfg)
-    ports = Ports.free()
+    place = cfg.placement
+    ports = replace(place.ports or Ports.free(), host=place.broker_host)
     group = ProcessGroup(cfg.out / "logs")
     hb = cfg.heartbeat
     gen_threads = cfg.generator_threads or min(2, os.cpu_count() or 1)
     t0 = time.time()
     try:
-        group.start("broker", broker_args(ports, record=cfg.record, heartbeat=hb), 1)
+        group.start("broker", broker_args(ports, record=cfg.record, heartbeat=hb), 1, place.prefix.get("broker"))
         gen = group.start("generator", generator_args(
             ports, cfg.out, cfg.steps, image_size=cfg.image_size, g_width=cfg.g_width, d_width=cfg.d_width,
             synthesize=cfg.synthesize, checkpoint_every=cfg.checkpoint_every, sample_every=cfg.sample_every,
             heartbeat=hb, extra=["--mode", cfg.mode, "--seed", str(cfg.seed), "--threads", str(gen_threads),
                                  "--num-classes", str(cfg.num_classes),
-                                 "--device", cfg.device, *cfg.extra_generator_args]), gen_threads)
+                                 "--device", cfg.device, *cfg.extra_generator_args]), gen_threads,
+            place.prefix.get("generator"), cfg.generator_module)
         for i, shard in enumerate(shards):
             delay = cfg.delays[i] if i < len(cfg.delays) else 0.0
-            group.start(f"node{i}", node_args(
-                ports, f"node{i}", shard, image_size=cfg.image_size, batch_size=cfg.batch_size, heartbeat=hb,
+            name = f"node{i}"
+            group.start(name, node_args(
+                replace(ports, host=place.node_host.get(name, ports.host)), name, shard, image_size=cfg.image_size,
+                batch_size=cfg.batch_size, heartbeat=hb,
                 extra=["--pipeline", str(cfg.pipeline), "--seed", str(cfg.seed + i), "--threads", str(cfg.threads),
                        "--device", cfg.device, "--delay", str(delay), "--stats",
                        str(cfg.out / "nodes" / f"node{i}.json"), "--feedback", cfg.feedback,
-                       "--lambda-l1", str(cfg.lambda_l1), *cfg.node_args]), cfg.threads)
+                       "--lambda-l1", str(cfg.lambda_l1), *cfg.node_args]), cfg.threads, place.prefix.get(name),
+                cfg.node_module)
         pub = ports.pub_endpoint
         while gen.poll() is None:
             if time.time() - t0 > cfg.timeout:

@@ -9,6 +9,7 @@ scalars.  Real images and D's weights never leave this object.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -32,7 +33,8 @@ log = logging.getLogger("dgan.node")
 class NodeConfig:
     name: str
     batch_size: int = 8
-    pipeline: int = 2
+    pipeline: int = 2  # requests in flight; with auto_pipeline the least it keeps
+    auto_pipeline: bool = False  # deepen to cover the round trip (see ``pipeline_depth``)
     grad_dtype: str = "float16"
     delay: float = 0.0  # artificial seconds per batch, to emulate slow sites
     seed: int = 0
@@ -72,19 +74,33 @@ class NodeStats:
     started: float = field(default_factory=time.monotonic)
     first_request: float = 0.0  # monotonic: the first FAKE_REQUEST sent
     last_feedback: float = 0.0  # monotonic: the last FEEDBACK sent
+    pipeline: int = 0  # requests kept in flight now
+    pipeline_sum: int = 0  # summed over batches, for the mean depth
 
     def to_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "samples": self.samples, "losses": self.losses, "wait_s": self.wait_s,
                 "compute_s": self.compute_s, "judge_s": self.judge_s, "codec_s": self.codec_s,
                 "rtt_s": self.rtt_s, "wire_s": self.wire_s, "comm_wait_s": self.comm_wait_s,
                 "active_s": max(0.0, self.last_feedback - self.first_request),
-                "wire_bytes": self.wire_bytes, "errors": dict(self.errors),
+                "wire_bytes": self.wire_bytes, "errors": dict(self.errors), "pipeline": self.pipeline,
+                "pipeline_mean": self.pipeline_sum / self.batches if self.batches else float(self.pipeline),
                 "wall_s": time.monotonic() - self.started}
 
     @property
     def comm_wait_s(self) -> float:
         """The node's blocked time that the wire, not the generator, accounts for: waiting x wire / round trip."""
         return self.wait_s * (self.wire_s / self.rtt_s) if self.rtt_s > 0 else 0.0
+
+
+def pipeline_depth(wire_s: float, service_s: float, least: int, most: int) -> int:
+    """Requests to keep in flight so the wire never idles the node: ``least`` covers the generator's
+    own time (as on a LAN), and one more request per ``service_s`` (the node's work per batch) that
+    the wire's round trip ``wire_s`` lasts (its bandwidth-delay product, in batches), less a quarter
+    batch of slack.  The generator's queueing is left out on purpose: a deeper pipeline only lengthens
+    that queue and the staleness.  Bounded by what the generator keeps per node."""
+    if not (wire_s >= 0 and service_s > 0) or not math.isfinite(wire_s / service_s):
+        return max(1, min(least, most))
+    return max(1, min(most, least + math.ceil(max(0.0, wire_s / service_s - 0.25))))
 
 
 class DiscriminatorNode:
@@ -103,6 +119,10 @@ class DiscriminatorNode:
         self.warmup_left = 0  # local D steps still to do before requesting fakes
         self._retry_at = 0.0
         self.unsent: list[tuple[float, P.Message]] = []  # FEEDBACK that could not leave: (first try, message)
+        self.max_inflight = 4  # what the generator keeps per node (its WELCOME says)
+        self._wire_ewma = 0.0  # seconds: request sent -> fakes arrived, less the generator's time
+        self._service_ewma = 0.0  # seconds: this node's own work per batch
+        self.stats.pipeline = cfg.pipeline
 
     @staticmethod
     def hello_meta(images: np.ndarray, feedback: FeedbackConfig | None = None) -> dict[str, Any]:
@@ -177,6 +197,8 @@ class DiscriminatorNode:
                          self.cfg.name, self.warmup_left)
             self.sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed,
                                        positive_share=self.cfg.positive_share)
+        cap = config.get("max_inflight", 4)
+        self.max_inflight = cap if type(cap) is int and 1 <= cap <= 64 else 4  # peer input
         self.run_id = msg.run_id
         self.outstanding.clear()  # a (re)started generator knows none of them
         self.welcomed = True
@@ -203,7 +225,7 @@ class DiscriminatorNode:
             self.stats.compute_s += time.monotonic() - t0
             self.warmup_left -= 1
             return
-        while len(self.outstanding) < self.cfg.pipeline:
+        while len(self.outstanding) < self.stats.pipeline:
             reals, masks = self.sampler.batch(self.cfg.batch_size)
             t0 = time.monotonic()
             msg = P.make(P.Kind.FAKE_REQUEST, self.cfg.name, run_id=self.run_id, tensors={"masks": masks})
@@ -232,7 +254,7 @@ class DiscriminatorNode:
         held = float(held) if sane else 0.0  # peer input
         self.stats.rtt_s += rtt
         self.stats.wire_s += max(0.0, rtt - min(held, rtt))
-        t0 = time.monotonic()
+        busy0 = t0 = time.monotonic()
         scored = self.trainer.score(req.masks, req.reals, fakes, self.cfg.grad_dtype)
         if self.cfg.delay > 0:
             time.sleep(self.cfg.delay)
@@ -253,8 +275,22 @@ class DiscriminatorNode:
         self.stats.samples += len(req.masks)
         self.stats.losses = scored.losses
         self._judge_train()  # after the feedback left: the generator does not wait for the judge's training
+        self._adapt_pipeline(max(0.0, rtt - min(held, rtt)), time.monotonic() - busy0)
         if self.cfg.samples_dir is not None and self.stats.batches % self.cfg.sample_every == 1:
             self._save_grid(req.masks, req.reals, fakes)
+
+    def _adapt_pipeline(self, wire: float, service: float) -> None:
+        """EWMAs of the wire's round trip and of this node's work per batch set the depth (``--pipeline auto``)."""
+        a = 0.2
+        self._wire_ewma = wire if not self._wire_ewma else (1 - a) * self._wire_ewma + a * wire
+        self._service_ewma = service if not self._service_ewma else (1 - a) * self._service_ewma + a * service
+        if self.cfg.auto_pipeline:
+            depth = pipeline_depth(self._wire_ewma, self._service_ewma, self.cfg.pipeline, self.max_inflight)
+            if depth != self.stats.pipeline:
+                log.info("node %s: %d requests in flight (the wire's round trip %.3f s, own work %.3f s per batch)",
+                         self.cfg.name, depth, self._wire_ewma, self._service_ewma)
+            self.stats.pipeline = depth
+        self.stats.pipeline_sum += self.stats.pipeline
 
     def _judge_verdict(self, fakes: np.ndarray, masks: np.ndarray, losses: dict[str, float]) -> None:
         """label_iou of these fakes, to 2 decimals: what leaves the node is a coarse verdict."""

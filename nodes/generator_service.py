@@ -78,7 +78,8 @@ class GeneratorService(RunOutputs):
         resumed = trainer.step > 0
         self.history = RowStream(self.out / "history.jsonl", append=resumed)  # one row per status interval
         self.feedback_log = RowStream(self.out / "feedback.jsonl", append=resumed)  # one row per applied feedback
-        self.policy = RoundPolicy(trainer.cfg.mode, trainer.cfg.update_every)  # who is served when; when G steps
+        self.policy = RoundPolicy(trainer.cfg.mode, trainer.cfg.update_every,  # who is served when; when G steps
+                                  max_staleness=trainer.cfg.max_staleness)
         self.label_watch = LabelWatch()  # the nodes' judges: is G drawing what the masks say, better or worse?
         if trainer.judged is not None and trainer.judged_score is not None:  # resumed: the best to beat
             self.label_watch.best, self.label_watch.best_step = trainer.judged_score, trainer.judged[0]
@@ -243,7 +244,8 @@ class GeneratorService(RunOutputs):
             log.info("generator: node %s joined (%d pairs, feedback %s)", name, size, feedback)
         node = self.nodes[name]
         config = {"model": self.trainer.model_cfg.to_dict(), "fake_dtype": self.trainer.cfg.fake_dtype,
-                  "max_batch": self.trainer.cfg.max_batch, "need_masks": node.masks is None}
+                  "max_batch": self.trainer.cfg.max_batch, "need_masks": node.masks is None,
+                  "max_inflight": self.trainer.cfg.max_inflight_per_node}
         self.link.send(name, P.make(P.Kind.WELCOME, "generator", run_id=self.run_id, step=self.trainer.step,
                                     meta={"config": config}))
 
@@ -369,6 +371,7 @@ class GeneratorService(RunOutputs):
             losses = msg.meta.get("losses", {})
             node.losses = {k: float(v) for k, v in losses.items() if type(v) in (int, float)}
             self.record_feedback(node.name, node.losses, staleness, int(grad.shape[0]), msg.reply_to)
+        self.policy.inflight = len(self.trainer.inflight) + 1  # with the request just answered
         if self.policy.feedback(node.name, self.trainer.pending):
             self._step()
 

@@ -9,6 +9,12 @@ in-process (``tests/test_round_policy.py``).
   async, as FedBuff) after as many feedbacks as there are member nodes, from
   whichever nodes they come: the step averages several discriminators and the
   staleness drops by that factor, with no node ever waiting for another.
+  With ``update_every=-1`` (staleness-aware) the buffer follows the requests
+  in flight: a request's staleness is about the feedbacks that arrive while it
+  is out, over the buffer, so the buffer is ``ceil(2 * inflight /
+  max_staleness)``, keeping the expected staleness near half the bound.  Nodes
+  on slow links keep more requests in flight (``--pipeline auto``); the
+  generator then steps on more feedbacks at once instead of dropping theirs.
 * **sync** (AsynDGAN/FedML-style rounds): each member node is served once per
   round; a second request from it waits in a bounded queue for the next round.
   The round closes when every member has fed back. A member is a node that
@@ -23,6 +29,7 @@ in-process (``tests/test_round_policy.py``).
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +44,7 @@ class Action(enum.Enum):
 @dataclass
 class RoundPolicy:
     mode: str = "async"  # "async" or "sync"
-    update_every: int = 1  # async: applied feedbacks per generator step; 0: one per member node
+    update_every: int = 1  # async: applied feedbacks per generator step; 0: one per member node; -1: by staleness
     max_deferred: int = 256  # sync: requests waiting for the next round, all nodes together
     max_deferred_per_node: int = 4
     members: set[str] = field(default_factory=set)
@@ -46,17 +53,21 @@ class RoundPolicy:
     deferred: deque[tuple[str, Any]] = field(default_factory=deque)
     served_at: dict[str, float] = field(default_factory=dict)  # sync: when each member was served this round
     rounds: int = 0
+    max_staleness: int = 8  # update_every -1: the bound the buffer keeps staleness under
+    inflight: int = 0  # update_every -1: requests in flight now (the service keeps it current)
 
     def __post_init__(self) -> None:
         if self.mode not in ("async", "sync"):
             raise ValueError(f"round policy mode must be async or sync, got {self.mode!r}")
-        if self.update_every < 0 or self.max_deferred < 0 or self.max_deferred_per_node < 0:
-            raise ValueError("update_every must be >= 0 (0: one feedback per member node) and the deferred "
-                             "bounds >= 0")
+        if self.update_every < -1 or self.max_deferred < 0 or self.max_deferred_per_node < 0:
+            raise ValueError("update_every must be >= 0 (0: one feedback per member node; -1: by staleness) and "
+                             "the deferred bounds >= 0")
 
     @property
     def buffer(self) -> int:
         """Async: applied feedbacks per generator step."""
+        if self.update_every == -1:
+            return max(1, math.ceil(2 * self.inflight / max(1, self.max_staleness)))
         return self.update_every or max(1, len(self.members))
 
     @property

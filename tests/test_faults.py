@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 import zmq
 
 from benchmarks.fuzz_broker import rss_mb
+from benchmarks.netlab import NetLab, NetLabUnavailable
 from dgan import protocol as P
 from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.run import ProcessGroup, RunConfig, write_shards
@@ -64,74 +63,46 @@ def test_broker_kill_9_and_restart_everyone_reregisters_and_training_continues(t
 # --------------------------------------------------------------------------- several hosts
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
 @pytest.fixture
-def hosts() -> Iterator[dict[str, str]]:
+def hosts() -> Iterator[NetLab]:
     """Four hosts (broker, generator, node1, node2) in their own network namespaces on one bridge."""
-    tag = uuid.uuid4().hex[:4]
-    names = {h: f"dg{tag}{h}" for h in ("b", "g", "n1", "n2")}
-    switch = f"dg{tag}sw"
     try:
-        _ip("netns", "add", switch)
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        pytest.skip(f"network namespaces cannot be made here ({exc}); this test needs root and iproute2")
-    made = [switch]
+        lab = NetLab(["b", "g", "n1", "n2"]).__enter__()
+    except NetLabUnavailable as exc:
+        pytest.skip(str(exc))
     try:
-        _ip("-n", switch, "link", "add", "br0", "type", "bridge")
-        _ip("-n", switch, "link", "set", "br0", "up")
-        addrs = {}
-        for k, (h, ns) in enumerate(names.items(), start=1):
-            _ip("netns", "add", ns)
-            made.append(ns)
-            _ip("link", "add", f"{ns}a", "type", "veth", "peer", "name", f"{ns}b")
-            _ip("link", "set", f"{ns}a", "netns", ns)
-            _ip("link", "set", f"{ns}b", "netns", switch)
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", ns, "addr", "add", f"10.231.7.{k}/24", "dev", f"{ns}a")
-            _ip("-n", ns, "link", "set", f"{ns}a", "up")
-            _ip("-n", switch, "link", "set", f"{ns}b", "master", "br0")
-            _ip("-n", switch, "link", "set", f"{ns}b", "up")
-            addrs[h] = f"10.231.7.{k}"
-        yield {**{f"ns_{h}": ns for h, ns in names.items()}, **addrs, "switch": switch}
+        yield lab
     finally:
-        for ns in made:
-            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        lab.close()
 
 
-def test_four_hosts_train_and_a_node_rejoins_after_its_link_is_cut(hosts: dict[str, str], tmp_path: Path) -> None:
+def test_four_hosts_train_and_a_node_rejoins_after_its_link_is_cut(hosts: NetLab, tmp_path: Path) -> None:
     out = tmp_path / "run"
     shards = write_shards(RunConfig(nodes=2, out=out, scenes=8, image_size=32))
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    b = hosts["b"]
+    b = hosts.hosts["b"].addr
     ports = Ports(5555, 5556, 5557, host=b)
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(name: str, ns: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def start(name: str, host: str, args: list[str]) -> subprocess.Popen[bytes]:
         with open(out / "logs" / f"{name}.log", "wb") as fh:
-            procs[name] = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "dgan", *args],
+            procs[name] = subprocess.Popen([*hosts.hosts[host].prefix, sys.executable, "-m", "dgan", *args],
                                            stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         return procs[name]
 
     try:
-        start("broker", hosts["ns_b"], broker_args(ports, heartbeat=0.5))
-        gen = start("generator", hosts["ns_g"], generator_args(ports, out, 1_000_000, checkpoint_every=10,
+        start("broker", "b", broker_args(ports, heartbeat=0.5))
+        gen = start("generator", "g", generator_args(ports, out, 1_000_000, checkpoint_every=10,
                                                                synthesize=False, heartbeat=0.5, extra=SMALL))
         for i, h in ((1, "n1"), (2, "n2")):
-            start(f"node{i}", hosts[f"ns_{h}"], node_args(ports, f"node{i}", shards[i - 1], image_size=32,
+            start(f"node{i}", h, node_args(ports, f"node{i}", shards[i - 1], image_size=32,
                                                           batch_size=2, heartbeat=0.5))
         wait_until(lambda: (out / "checkpoints" / "ckpt_000020.pt").exists(), 120, "training across hosts")
-        link = f"{hosts['ns_n2']}b"
-        _ip("-n", hosts["switch"], "link", "set", link, "down")
+        hosts.set_link("n2", up=False)
         wait_until(lambda: "node node2 left" in _text(out / "logs" / "generator.log"), 20, "the cut node to expire")
         cut_step = max(int(p.stem.split("_")[1]) for p in (out / "checkpoints").glob("ckpt_*.pt"))
-        _ip("-n", hosts["switch"], "link", "set", link, "up")
+        hosts.set_link("n2", up=True)
         wait_until(lambda: "node node2 said hello again" in _text(out / "logs" / "generator.log"), 30,
                    "node2 to rejoin")
         time.sleep(3)  # let it train again

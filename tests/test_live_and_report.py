@@ -103,7 +103,7 @@ def test_live_panel_shows_every_node_under_a_terminal(tmp_path: Path) -> None:
     screen = _strip_ansi(b"".join(chunks).decode(errors="replace"))
     assert proc.returncode == 0, screen[-3000:]
     panel_rows = [line for line in screen.splitlines()
-                  if re.search(rf"node[0-2]\s*│\s*{DEFAULT_MODE.value}\s*│\s*(yes|no)", line)]  # each node's announced mode
+                  if re.search(rf"node[0-2]\s*│\s*{DEFAULT_MODE.value}\s*│\s*(yes|no)", line)]  # announced modes
     assert {re.search(r"node[0-2]", r).group(0) for r in panel_rows} == {"node0", "node1", "node2"}
     assert "updates/s" in screen and "broker" in screen
 

@@ -108,7 +108,9 @@ def test_unknown_modes_and_bounds_are_refused() -> None:
     with pytest.raises(ValueError):
         RoundPolicy("rounds")
     with pytest.raises(ValueError):
-        RoundPolicy("sync", update_every=-1)
+        RoundPolicy("sync", update_every=-2)  # -1 is the staleness-aware buffer
+    with pytest.raises(ValueError):
+        RoundPolicy("async", max_deferred=-1)
 
 
 # ---- the same cases through the real GeneratorService (in-process transport, scripted nodes)
@@ -272,3 +274,13 @@ def test_service_warns_when_the_nodes_label_iou_falls_and_records_it(tmp_path: P
     again = GeneratorService(hub.generator_link(), service.trainer, ServiceConfig(out=tmp_path / "r"))
     assert again.label_watch.best == pytest.approx(0.55)  # a resumed run keeps the best to beat
 
+
+
+def test_a_staleness_aware_buffer_grows_with_the_requests_in_flight() -> None:
+    p = RoundPolicy("async", update_every=-1, max_staleness=8)
+    p.request("a", None)
+    for inflight, buffer in ((1, 1), (4, 1), (8, 2), (16, 4), (33, 9)):
+        p.inflight = inflight
+        assert p.buffer == buffer, inflight  # expected staleness inflight / buffer stays near 8 / 2
+    p.inflight = 16
+    assert not p.feedback("a", 3) and p.feedback("a", 4)

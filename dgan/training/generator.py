@@ -43,7 +43,7 @@ class TrainConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     mode: str = "async"  # "async" or "sync" (AsynDGAN/FedML-style rounds)
-    update_every: int = 1  # async: feedbacks per optimizer step
+    update_every: int = 1  # async: feedbacks per optimizer step (0: one per node; -1: by staleness, RoundPolicy)
     weighting: str = "size"  # "size" (by node dataset size) or "equal"
     max_staleness: int = 8
     max_inflight_per_node: int = 4
@@ -59,8 +59,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"TrainConfig.ema is a decay in [0, 1), got {self.ema!r}")
-        if self.update_every < 0:
-            raise ValueError(f"TrainConfig.update_every must be >= 0 (0: one per node), got {self.update_every}")
+        if self.update_every < -1:
+            raise ValueError(f"TrainConfig.update_every must be >= 0 (0: one per node) or -1 (by staleness), got "
+                             f"{self.update_every}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
