@@ -91,6 +91,18 @@ def _start(cmd: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def feedback_rate(out: Path) -> float:
+    """Applied samples per second from the generator's per-feedback record, first third skipped as warm-up
+    (finer than the once-a-second status history, which a 10 s run would give only a few points of)."""
+    fb = json.loads((out / "feedback.json").read_text())
+    t, n = fb["columns"].index("time"), fb["columns"].index("samples")
+    rows = sorted(fb["rows"], key=lambda r: r[t])
+    if len(rows) < 6:
+        return applied_rate(out)
+    a = len(rows) // 3
+    return sum(r[n] for r in rows[a + 1:]) / max(1e-9, rows[-1][t] - rows[a][t])
+
+
 def _run_stats(out: Path) -> dict[str, Any]:
     run = json.loads((out / "run.json").read_text())
     nodes = [json.loads(f.read_text()) for f in sorted((out / "nodes").glob("*.json"))]
@@ -100,7 +112,7 @@ def _run_stats(out: Path) -> dict[str, Any]:
     fb = sum(w for _, w in stale)
     samples = sum(n["samples"] for n in nodes)
     return {
-        "samples_per_s": applied_rate(out),
+        "samples_per_s": feedback_rate(out),
         "staleness_mean": sum(s * w for s, w in stale) / fb if fb else float("nan"),
         "dropped_stale": int(run["counters"].get("dropped_stale", 0)),
         "bytes_per_sample": sum(n["wire_bytes"] for n in nodes) / samples if samples else float("nan"),
@@ -113,15 +125,18 @@ def _run_stats(out: Path) -> dict[str, Any]:
 
 def run_wan_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, batch: int = 8,
                       profiles: list[str] | None = None, feedback: str = DEFAULT_MODE.value, light: bool = True,
-                      work_ms: float = 20.0, gen_ms_per_sample: float = 2.0) -> dict[str, Any]:
+                      work_ms: float = 20.0, gen_ms_per_sample: float = 2.0, repeats: int | None = None,
+                      plot: Path | None = None) -> dict[str, Any]:
     """``light``: the real broker, service and node code, but nodes answer with a fixed gradient after
     ``work_ms`` per batch (``benchmarks.light_node``) and the generator with fixed fakes after
     ``gen_ms_per_sample`` (``benchmarks.light_generator``): GPU-like costs, so the wire sets the pace.
-    Otherwise real G and D (CPU here: compute sets the pace) with node ``feedback``."""
+    Otherwise real G and D (CPU here: compute sets the pace) with node ``feedback``.  Each variant runs
+    ``repeats`` times (interleaved); rows hold the median run by samples/s, and every run's rate."""
     console = Console(width=max(110, Console().width))
     names = profiles or (["lan", "far"] if quick else list(PROFILES))
     sz = _sizes(quick, light)
     variants = VARIANTS if not quick else [v for v in VARIANTS if v.name != "async-auto-u1"]
+    reps = repeats or (1 if quick else 3)
     rows: list[dict[str, Any]] = []
     paths: list[dict[str, Any]] = []
     hostnames = ["b", "g", *(f"n{i}" for i in range(nodes))]
@@ -132,27 +147,34 @@ def run_wan_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, batch:
             for name in names:
                 prof = PROFILES[name]
                 paths += _measure_paths(lab, prof, nodes, broker.addr)
+                runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
+                for rep in range(reps):
+                    for v in variants:
+                        with console.status(f"{name}: {v.name} ({rep + 1}/{reps})…"):
+                            out = Path(tmp) / f"{name}-{v.name}-{rep}"
+                            t0 = time.monotonic()
+                            _train(lab, prof, nodes, out, v, sz, batch, feedback,
+                                   (work_ms, gen_ms_per_sample) if light else None)
+                            runs[v.name].append({**_run_stats(out), "wall_s": time.monotonic() - t0})
+                        console.log(f"{name} {v.name} ({rep + 1}/{reps}): {runs[v.name][-1]['samples_per_s']:.2f} "
+                                    "samples/s")
                 for v in variants:
-                    with console.status(f"{name}: {v.name}…"):
-                        out = Path(tmp) / f"{name}-{v.name}"
-                        t0 = time.monotonic()
-                        _train(lab, prof, nodes, out, v, sz, batch, feedback,
-                               (work_ms, gen_ms_per_sample) if light else None)
-                        row = {"profile": name, **asdict(v), **asdict(prof.link),
-                               "slow_link": asdict(prof.slow) if prof.slow else None, **_run_stats(out),
-                               "wall_s": time.monotonic() - t0}
-                    rows.append(row)
-                    console.log(f"{name} {v.name}: {row['samples_per_s']:.2f} samples/s")
+                    got = sorted(runs[v.name], key=lambda r: r["samples_per_s"])
+                    rows.append({"profile": name, **asdict(v), **asdict(prof.link),
+                                 "slow_link": asdict(prof.slow) if prof.slow else None, **got[len(got) // 2],
+                                 "runs_samples_per_s": [r["samples_per_s"] for r in runs[v.name]]})
         finally:
             echo.kill()
             echo.wait()
     result = {"rows": rows, "paths": paths, "targets": targets(rows), "image_size": sz["image_size"],
-              "g_width": sz["g_width"], "nodes": nodes, "batch_per_node": batch, "quick": quick,
+              "g_width": sz["g_width"], "nodes": nodes, "batch_per_node": batch, "quick": quick, "repeats": reps,
               "peers": (f"light: nodes {work_ms:g} ms per batch, generator {gen_ms_per_sample:g} ms per sample"
                         if light else f"real G and D, feedback {feedback}")}
     _print(console, result)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))
+    if plot is not None:
+        write_plot(result, plot)
     return result
 
 
@@ -235,6 +257,30 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def write_plot(result: dict[str, Any], path: Path) -> None:
+    """Samples/s against the nodes' round trip, one line per variant (the far+slow profile at its fast RTT)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["name"] for r in result["rows"]):
+        pts = sorted((r["rtt_ms"], r["samples_per_s"], r["profile"]) for r in result["rows"] if r["name"] == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        for x, y, prof in pts:
+            if name == "sync":
+                ax.annotate(prof, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("node round trip, ms (nominal)")
+    ax.set_ylabel("applied samples/s (median)")
+    ax.set_title(f"{result['nodes']} nodes, {result['image_size']} px; {result['peers']}", fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _print(console: Console, result: dict[str, Any]) -> None:
     paths = Table(title="what each shaped path gives (1 KiB ping-pong RTT; bulk echo through the relay)")
     for col in ("profile", "node", "nominal Mbit/s", "measured Mbit/s", "nominal RTT ms", "measured RTT ms"):
@@ -245,11 +291,13 @@ def _print(console: Console, result: dict[str, Any]) -> None:
     console.print(paths)
     table = Table(title=f"training across hosts ({result['nodes']} nodes; {result['peers']}; "
                         f"{result['image_size']} px, batch {result['batch_per_node']})")
-    for col in ("profile", "variant", "samples/s", "staleness", "dropped stale", "bytes/sample",
+    for col in ("profile", "variant", "samples/s median (range)", "staleness", "dropped stale", "bytes/sample",
                 "comm share", "max node comm share", "mean pipeline"):
         table.add_column(col)
     for r in result["rows"]:
-        table.add_row(r["profile"], r["name"], f"{r['samples_per_s']:.2f}",
+        spread = r.get("runs_samples_per_s") or [r["samples_per_s"]]
+        table.add_row(r["profile"], r["name"], f"{r['samples_per_s']:.1f}" + (
+                      f" ({min(spread):.0f}-{max(spread):.0f})" if len(spread) > 1 else ""),
                       f"{r['staleness_mean']:.2f}", str(r["dropped_stale"]), f"{r['bytes_per_sample']:,.0f}",
                       f"{r['comm_share']:.3f}", f"{r['comm_share_max']:.3f}", f"{r['pipeline_mean']:.2f}")
     console.print(table)

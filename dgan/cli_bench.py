@@ -50,6 +50,9 @@ def bench_wan(
     light: Annotated[bool, typer.Option(help="Light nodes (a fixed gradient after --work-ms): the wire sets the "
                                              "pace, as with GPUs. --no-light: real discriminators.")] = True,
     work_ms: Annotated[float, typer.Option(help="Light nodes: milliseconds of work per batch.")] = 20.0,
+    repeats: Annotated[int, typer.Option(help="Runs per variant and profile (median reported); 0: 3, or 1 with "
+                                              "--quick.")] = 0,
+    plot: Annotated[Path | None, typer.Option(help="Write samples/s against RTT, per variant, as a PNG.")] = None,
 ) -> None:
     """Broker, generator and nodes on separate network-namespace hosts, links shaped to LAN, regional and far
     profiles: samples/s async vs sync and with --pipeline auto, staleness, bytes per sample, communication share.
@@ -63,7 +66,8 @@ def bench_wan(
         raise typer.BadParameter(f"unknown profile(s) {unknown}; choose from {sorted(PROFILES)}",
                                  param_hint="--profile")
     try:
-        run_wan_benchmark(quick, json_out, profiles=profile or None, light=light, work_ms=work_ms)
+        run_wan_benchmark(quick, json_out, profiles=profile or None, light=light, work_ms=work_ms,
+                          repeats=repeats or None, plot=plot)
     except NetLabUnavailable as exc:
         log.error("%s", exc)
         raise typer.Exit(1) from None
