@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -75,25 +77,41 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stats", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work-ms", type=float, default=0.0)
+    ap.add_argument("--many", type=int, default=1, help="nodes in this process, NAME-0 .. NAME-(N-1), one thread "
+                    "and one broker connection each (dgan bench scale)")
     ap.add_argument("--log-level", default="WARNING")
     args, _ = ap.parse_known_args(argv)  # a real node's other options mean nothing here
     setup_logging(args.log_level, "plain", args.name)
     pairs = load_data(args.data, args.image_size, count=16, seed=args.seed)
     auto = args.pipeline == "auto"
-    cfg = NodeConfig(name=args.name, batch_size=args.batch_size, pipeline=2 if auto else int(args.pipeline),
-                     auto_pipeline=auto, seed=args.seed, judge=False, feedback=FeedbackConfig("adversarial"))
-    link = ZmqNodeLink(args.broker, args.name, heartbeat_interval=args.heartbeat,
-                       hello_meta=DiscriminatorNode.hello_meta(pairs.images, cfg.feedback))
-    node = LightNode(link, pairs.images, pairs.masks, cfg, work_s=args.work_ms / 1e3)
+    names = [args.name] if args.many <= 1 else [f"{args.name}-{i}" for i in range(args.many)]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    nodes, links = [], []
+    for name in names:
+        cfg = NodeConfig(name=name, batch_size=args.batch_size, pipeline=2 if auto else int(args.pipeline),
+                         auto_pipeline=auto, seed=args.seed, judge=False, feedback=FeedbackConfig("adversarial"))
+        links.append(ZmqNodeLink(args.broker, name, heartbeat_interval=args.heartbeat,
+                                 hello_meta=DiscriminatorNode.hello_meta(pairs.images, cfg.feedback)))
+        nodes.append(LightNode(links[-1], pairs.images, pairs.masks, cfg, work_s=args.work_ms / 1e3))
+    threads = [threading.Thread(target=n.run, args=(stop,), daemon=True) for n in nodes]
+    for t in threads:
+        t.start()
     try:
-        stats = node.run()
+        while any(t.is_alive() for t in threads) and not stop.is_set():
+            time.sleep(0.2)
     except KeyboardInterrupt:
-        stats = node.stats
-    finally:
+        pass
+    stop.set()
+    for t in threads:
+        t.join(10)
+    for link in links:
         link.close()
     if args.stats is not None:
         args.stats.parent.mkdir(parents=True, exist_ok=True)
-        args.stats.write_text(json.dumps({**stats.to_dict(), "link": dict(link.counters)}, indent=2))
+        rows = [{**n.stats.to_dict(), "name": n.cfg.name, "link": dict(lk.counters)}
+                for n, lk in zip(nodes, links, strict=True)]
+        args.stats.write_text(json.dumps(rows[0] if args.many <= 1 else rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def _run_stats(out: Path) -> dict[str, Any]:
 def run_wan_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, batch: int = 8,
                       profiles: list[str] | None = None, feedback: str = DEFAULT_MODE.value, light: bool = True,
                       work_ms: float = 20.0, gen_ms_per_sample: float = 2.0, repeats: int | None = None,
-                      plot: Path | None = None) -> dict[str, Any]:
+                      plot: Path | None = None, variants: list[str] | None = None) -> dict[str, Any]:
     """``light``: the real broker, service and node code, but nodes answer with a fixed gradient after
     ``work_ms`` per batch (``benchmarks.light_node``) and the generator with fixed fakes after
     ``gen_ms_per_sample`` (``benchmarks.light_generator``): GPU-like costs, so the wire sets the pace.
@@ -135,7 +135,8 @@ def run_wan_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, batch:
     console = Console(width=max(110, Console().width))
     names = profiles or (["lan", "far"] if quick else list(PROFILES))
     sz = _sizes(quick, light)
-    variants = VARIANTS if not quick else [v for v in VARIANTS if v.name != "async-auto-u1"]
+    chosen = [v for v in VARIANTS if v.name in variants] if variants else \
+        VARIANTS if not quick else [v for v in VARIANTS if v.name != "async-auto-u1"]
     reps = repeats or (1 if quick else 3)
     rows: list[dict[str, Any]] = []
     paths: list[dict[str, Any]] = []
@@ -147,9 +148,9 @@ def run_wan_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, batch:
             for name in names:
                 prof = PROFILES[name]
                 paths += _measure_paths(lab, prof, nodes, broker.addr)
-                runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
+                runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in chosen}
                 for rep in range(reps):
-                    for v in variants:
+                    for v in chosen:
                         with console.status(f"{name}: {v.name} ({rep + 1}/{reps})…"):
                             out = Path(tmp) / f"{name}-{v.name}-{rep}"
                             t0 = time.monotonic()
@@ -158,7 +159,7 @@ def run_wan_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, batch:
                             runs[v.name].append({**_run_stats(out), "wall_s": time.monotonic() - t0})
                         console.log(f"{name} {v.name} ({rep + 1}/{reps}): {runs[v.name][-1]['samples_per_s']:.2f} "
                                     "samples/s")
-                for v in variants:
+                for v in chosen:
                     got = sorted(runs[v.name], key=lambda r: r["samples_per_s"])
                     rows.append({"profile": name, **asdict(v), **asdict(prof.link),
                                  "slow_link": asdict(prof.slow) if prof.slow else None, **got[len(got) // 2],

@@ -73,6 +73,21 @@ def bench_wan(
         raise typer.Exit(1) from None
 
 
+@bench_app.command("scale")
+def bench_scale(
+    quick: Quick = False,
+    json_out: JsonOut = None,
+    nodes: Annotated[list[int] | None, typer.Option(help="Node counts to run (default 32, 64, 128; --quick: 16, "
+                                                         "32).")] = None,
+) -> None:
+    """Many light nodes on one broker and one generator: broker CPU per message, round trip p50/p99 through the
+    broker, false expiries, STATUS size, feedbacks handled per second."""
+    from benchmarks.scale import run_scale_benchmark
+
+    setup_logging("WARNING")
+    run_scale_benchmark(quick, json_out, sizes=nodes or None)
+
+
 @bench_app.command("straggler")
 def bench_straggler(quick: Quick = False, json_out: JsonOut = None) -> None:
     """4 nodes, one 4x slower: applied samples/s in async vs sync mode."""

@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ class NodeStats:
     last_feedback: float = 0.0  # monotonic: the last FEEDBACK sent
     pipeline: int = 0  # requests kept in flight now
     pipeline_sum: int = 0  # summed over batches, for the mean depth
+    wire_recent: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # last round trips less held
 
     def to_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "samples": self.samples, "losses": self.losses, "wait_s": self.wait_s,
@@ -84,6 +85,7 @@ class NodeStats:
                 "active_s": max(0.0, self.last_feedback - self.first_request),
                 "wire_bytes": self.wire_bytes, "errors": dict(self.errors), "pipeline": self.pipeline,
                 "pipeline_mean": self.pipeline_sum / self.batches if self.batches else float(self.pipeline),
+                "wire_recent_s": [round(w, 5) for w in self.wire_recent],
                 "wall_s": time.monotonic() - self.started}
 
     @property
@@ -252,8 +254,10 @@ class DiscriminatorNode:
         held = msg.meta.get("held_s", 0.0)
         sane = isinstance(held, (int, float)) and not isinstance(held, bool) and 0.0 <= held < 1e6
         held = float(held) if sane else 0.0  # peer input
+        wire = max(0.0, rtt - min(held, rtt))  # the wire and the broker, both ways
         self.stats.rtt_s += rtt
-        self.stats.wire_s += max(0.0, rtt - min(held, rtt))
+        self.stats.wire_s += wire
+        self.stats.wire_recent.append(wire)
         busy0 = t0 = time.monotonic()
         scored = self.trainer.score(req.masks, req.reals, fakes, self.cfg.grad_dtype)
         if self.cfg.delay > 0:
@@ -275,7 +279,7 @@ class DiscriminatorNode:
         self.stats.samples += len(req.masks)
         self.stats.losses = scored.losses
         self._judge_train()  # after the feedback left: the generator does not wait for the judge's training
-        self._adapt_pipeline(max(0.0, rtt - min(held, rtt)), time.monotonic() - busy0)
+        self._adapt_pipeline(wire, time.monotonic() - busy0)
         if self.cfg.samples_dir is not None and self.stats.batches % self.cfg.sample_every == 1:
             self._save_grid(req.masks, req.reals, fakes)
 

@@ -167,3 +167,37 @@ def test_wan_targets_compare_rows_of_one_run_and_say_when_missed() -> None:
     assert t["far_async-auto_vs_sync"]["ratio"] == pytest.approx(85 / 40) and t["far_async-auto_vs_sync"]["met"]
     assert not t["far_async_vs_sync"]["met"]
     assert targets([]) == {}
+
+
+@pytest.mark.timeout(600)
+def test_wan_bench_trains_across_shaped_hosts_and_reports_every_figure(tmp_path) -> None:
+    try:
+        NetLab(["probe"], subnet="10.231.11").__enter__().close()
+    except NetLabUnavailable as exc:
+        pytest.skip(str(exc))
+    from benchmarks.wan import run_wan_benchmark
+
+    res = run_wan_benchmark(True, tmp_path / "wan.json", nodes=2, profiles=["lan", "far"],
+                            variants=["async", "sync"], plot=tmp_path / "wan.png")
+    assert json.loads((tmp_path / "wan.json").read_text())["rows"] == res["rows"]
+    assert (tmp_path / "wan.png").stat().st_size > 0
+    far = next(p for p in res["paths"] if p["profile"] == "far")
+    assert far["measured_rtt_ms"] >= 150 and far["measured_mbit"] < 60  # the shaping took hold
+    rows = {(r["profile"], r["name"]): r for r in res["rows"]}
+    assert set(rows) == {("lan", "async"), ("lan", "sync"), ("far", "async"), ("far", "sync")}
+    for r in rows.values():
+        assert r["samples_per_s"] > 0 and r["bytes_per_sample"] > 3 * 128 * 128  # 128 px fakes and gradients
+    # the far link's 150 ms shows in the nodes' own timestamps, and not on the LAN
+    assert rows[("far", "async")]["comm_share"] > rows[("lan", "async")]["comm_share"]
+    assert "far_async_vs_sync" in res["targets"]
+
+
+@pytest.mark.timeout(300)
+def test_scale_bench_serves_many_light_nodes_with_no_false_expiry(tmp_path) -> None:
+    from benchmarks.scale import run_one
+
+    r = run_one(40, 4.0, tmp_path)  # two node processes: 32 + 8
+    assert r["registered"] == 40 and r["false_expiries"] == 0 and r["node_errors"] == 0
+    assert r["feedbacks_per_s"] > 0 and 0 < r["wire_rtt_p50_ms"] <= r["wire_rtt_p99_ms"]
+    assert 0 < r["status_bytes_max"] < r["status_limit_bytes"]
+    assert r["broker_cpu_us_per_msg"] > 0
