@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -193,8 +194,8 @@ def generator(
         console.print("[red]--synthesis-weights ema needs --ema DECAY (a moving average to synthesise from)[/red]")
         raise typer.Exit(2)
     try:
-        every = -1 if update_every.strip().lower() == "auto" else int(update_every) \
-            if update_every.strip().isdigit() else -2  # -2: TrainConfig refuses it
+        word = update_every.strip().lower()
+        every = -1 if word == "auto" else int(word) if re.fullmatch(r"[0-9]{1,9}", word) else -2  # -2: refused
         train = TrainConfig(steps=steps, lr=lr, beta1=beta1, mode=mode.value, update_every=every, ema=ema,
                             weighting=weighting.value, max_staleness=max_staleness, fake_dtype=fake_dtype.value,
                             seed=seed, device=device)

@@ -252,3 +252,6 @@ def test_settings_that_would_fail_after_hours_of_training_fail_at_once(tmp_path:
     assert not (tmp_path / "x" / "results.json").exists()
     res = CliRunner().invoke(app, ["generator", "--out", str(tmp_path / "g"), "--synthesis-weights", "ema"])
     assert res.exit_code == 2 and "needs --ema" in res.output
+    for word in ("abc", "-3", "\u00b2", "1.5"):  # "\u00b2" passes str.isdigit but not int()
+        res = CliRunner().invoke(app, ["generator", "--out", str(tmp_path / "g"), "--update-every", word])
+        assert res.exit_code == 2 and "--update-every takes a count >= 0 or auto" in res.output, (word, res.output)
