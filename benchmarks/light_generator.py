@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dgan import grad_codec
 from dgan.logs import setup_logging
 from dgan.networks import ModelConfig
 from dgan.training.generator import GeneratorTrainer, InFlight, Outcome, TrainConfig
@@ -47,13 +48,17 @@ class FixedFakesTrainer(GeneratorTrainer):
         return self._fakes[shape]
 
     def apply_feedback(self, node: str, key: int, grad: np.ndarray, grad_scale: float = 1.0,
-                       weight: float = 1.0) -> tuple[Outcome, int, str]:
+                       weight: float = 1.0, grad_scales: np.ndarray | None = None) -> tuple[Outcome, int, str]:
         inf = self.inflight.get(key)
         if inf is None or inf.node != node:
             return Outcome.UNKNOWN, -1, f"no request {key} from {node} is in flight"
         del self.inflight[key]
         if tuple(grad.shape) != tuple(inf.fakes.shape):
             return Outcome.REJECTED, -1, "gradient shape does not match the fakes"
+        try:
+            grad_codec.decode(grad, grad_scales)  # the real generator's decoding work (int8: scales applied)
+        except ValueError as exc:
+            return Outcome.REJECTED, -1, str(exc)
         staleness = self.step - inf.step_made
         if staleness > self.cfg.max_staleness:
             return Outcome.DROPPED_STALE, staleness, f"staleness {staleness} > {self.cfg.max_staleness}"

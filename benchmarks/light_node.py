@@ -23,6 +23,7 @@ import numpy as np
 
 from dgan.data.spec import load_data
 from dgan.feedback import FeedbackConfig
+from dgan.grad_codec import quantize_int8
 from dgan.logs import setup_logging
 from dgan.networks import ModelConfig
 from dgan.training.discriminator import Scored
@@ -37,7 +38,7 @@ class FixedGradientTrainer:
 
     def __init__(self, cfg: ModelConfig, work_s: float, grad_dtype: str) -> None:
         self.cfg, self.work_s = cfg, work_s
-        self._grads: dict[tuple[int, ...], np.ndarray] = {}
+        self._grads: dict[tuple[int, ...], Scored] = {}
         self._dtype = grad_dtype
 
     def warm_up(self, masks: np.ndarray, reals: np.ndarray) -> None:
@@ -46,10 +47,17 @@ class FixedGradientTrainer:
     def score(self, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray, grad_dtype: str = "float16") -> Scored:
         shape = tuple(fakes.shape)
         if shape not in self._grads:  # small and random, like a real gradient on the wire
-            self._grads[shape] = (np.random.default_rng(0).standard_normal(shape) * 1e-3).astype(grad_dtype)
+            rng = np.random.default_rng(0)
+            grad = (rng.standard_normal(shape) * 1e-3).astype(np.float32)
+            losses = {"d_real": 0.7, "d_fake": 0.7, "g_adv": 0.7}
+            if grad_dtype == "int8":
+                q, steps = quantize_int8(grad, rng)
+                self._grads[shape] = Scored(q, losses, 1.0, steps)
+            else:
+                self._grads[shape] = Scored(grad.astype(grad_dtype), losses, 1.0)
         if self.work_s > 0:
             time.sleep(self.work_s)
-        return Scored(self._grads[shape], {"d_real": 0.7, "d_fake": 0.7, "g_adv": 0.7}, 1.0)
+        return self._grads[shape]
 
 
 class LightNode(DiscriminatorNode):
@@ -77,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stats", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work-ms", type=float, default=0.0)
+    ap.add_argument("--grad-dtype", default="float16", choices=("float32", "float16", "int8"))
     ap.add_argument("--many", type=int, default=1, help="nodes in this process, NAME-0 .. NAME-(N-1), one thread "
                     "and one broker connection each (dgan bench scale)")
     ap.add_argument("--log-level", default="WARNING")
@@ -90,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     nodes, links = [], []
     for name in names:
         cfg = NodeConfig(name=name, batch_size=args.batch_size, pipeline=2 if auto else int(args.pipeline),
-                         auto_pipeline=auto, seed=args.seed, judge=False, feedback=FeedbackConfig("adversarial"))
+                         auto_pipeline=auto, seed=args.seed, judge=False, grad_dtype=args.grad_dtype,
+                         feedback=FeedbackConfig("adversarial"))
         links.append(ZmqNodeLink(args.broker, name, heartbeat_interval=args.heartbeat,
                                  hello_meta=DiscriminatorNode.hello_meta(pairs.images, cfg.feedback)))
         nodes.append(LightNode(links[-1], pairs.images, pairs.masks, cfg, work_s=args.work_ms / 1e3))

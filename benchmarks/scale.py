@@ -10,9 +10,10 @@ generator's capacity of about 250; a closed loop of nodes with no work would
 only measure how long the queue is.  Per N, over a measured window: the broker's
 CPU per routed message (from /proc, against the message rate it publishes),
 the round trip through the broker less the generator's time (each node's
-own timestamps: p50 and p99), expiries of nodes that were alive all along
-(false expiries), the largest STATUS the generator published, and the
-feedbacks the generator handled per second.
+own timestamps; round trips that ended inside the window: p50 and p99),
+expiries of nodes that were alive all along (false expiries), the largest
+STATUS the generator published, and the feedbacks the generator handled per
+second.
 """
 
 from __future__ import annotations
@@ -99,14 +100,19 @@ def run_one(n: int, window: float, tmp: Path, image_size: int = 32, work_ms: flo
     sub = _sub(ports)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # every node registered with the broker and fed back
-            st = [m for _, _, m in _statuses(sub, 1.0) if "broker" in m]
-            if st and st[-1]["broker"].get("nodes") == n:
+        registered = flowing = False
+        while time.monotonic() < deadline:  # every node registered with the broker, and feedback flowing
+            for _, _, m in _statuses(sub, 1.0):
+                if "broker" in m:
+                    registered = m["broker"].get("nodes") == n
+                elif m.get("generator", m).get("samples_applied", 0) > 0:
+                    flowing = True
+            if registered and flowing:
                 break
         time.sleep(2 * HEARTBEAT)  # past the joins
-        cpu0 = _cpu_s(broker.pid)
+        cpu0, t0 = _cpu_s(broker.pid), time.monotonic()
         got = _statuses(sub, window)
-        cpu1 = _cpu_s(broker.pid)
+        cpu1, t1 = _cpu_s(broker.pid), time.monotonic()
         gen.terminate()  # the generator ends the run: run.json, GOODBYE to every node
         gen.wait(60)
     finally:
@@ -126,7 +132,9 @@ def run_one(n: int, window: float, tmp: Path, image_size: int = 32, work_ms: flo
                if "broker" not in m and "samples_applied" in m.get("generator", m)]
     nodes = [r for f in sorted((out / "nodes").glob("*.json")) for r in
              (json.loads(f.read_text()) if f.read_text().startswith("[") else [json.loads(f.read_text())])]
-    wires = np.array([w for r in nodes for w in r.get("wire_recent_s", [])]) * 1e3
+    # round trips that ended inside the window (one host: the nodes' monotonic clock is this process's)
+    wires = np.array([w for r in nodes for w, at in zip(r.get("wire_recent_s", []), r.get("wire_recent_at", []),
+                                                          strict=False) if t0 <= at <= t1]) * 1e3
     log = (out / "logs" / "broker.log").read_text()
     expired = len(re.findall(r"left \(no message for", log))
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
@@ -139,6 +147,7 @@ def run_one(n: int, window: float, tmp: Path, image_size: int = 32, work_ms: flo
         "broker_cpu_us_per_msg": (cpu1 - cpu0) / routed * 1e6 if routed else float("nan"),
         "wire_rtt_p50_ms": float(np.percentile(wires, 50)) if wires.size else float("nan"),
         "wire_rtt_p99_ms": float(np.percentile(wires, 99)) if wires.size else float("nan"),
+        "wire_rtt_samples": int(wires.size),
         "false_expiries": expired,
         "status_bytes_max": max(gen_sizes, default=0),
         "status_limit_bytes": P.DEFAULT_LIMITS.max_header_bytes,

@@ -5,7 +5,8 @@ discriminator, about 7 steps stale (4 nodes x pipeline 2).  This benchmark
 replays the schedule in one process, deterministically, with the real
 :class:`GeneratorTrainer` (delayed-gradient backprop through the graph that made
 each request's fakes) and the real :class:`DiscriminatorTrainer` of each node, on
-the experiment's own splits and node partition.  Nodes answer in the order their
+the experiment's own splits and node partition (and, for the wire's
+encodings, with the gradients and fakes encoded as the wire carries them).  Nodes answer in the order their
 simulated speeds give, so staleness arises exactly as it does over the wire, but
 no socket, process or machine load changes the order.
 
@@ -48,6 +49,8 @@ class Rule:
     update_every: int  # async: feedbacks per step; 0 = one per node (buffered)
     pipeline: int  # requests each node keeps in flight
     lr_scale: float = 1.0  # the generator's learning rate times this
+    grad_dtype: str = "float32"  # the nodes' gradients as the wire would carry them
+    fake_dtype: str = "float32"  # the generator's fakes as the wire would carry them
 
 
 RULES = {
@@ -57,6 +60,9 @@ RULES = {
     "buffered-lr2": Rule("buffered-lr2", "async", 0, 2, 2.0),  # as many parameter moves per feedback as async
     "sync": Rule("sync", "sync", 0, 1),  # AsynDGAN rounds: every node once per step
     "central": Rule("central", "central", 1, 1),  # one D on the pooled pairs (the centralized GAN)
+    # the wire's encodings, paired with "async" (same seeds, same schedule: only the encoding differs)
+    "async-f16": Rule("async-f16", "async", 1, 2, grad_dtype="float16", fake_dtype="float16"),  # dgan's default
+    "async-int8": Rule("async-int8", "async", 1, 2, grad_dtype="int8", fake_dtype="uint8"),  # the smallest
 }
 
 
@@ -65,7 +71,7 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
     """Train a generator on ``feedbacks`` node answers under ``rule``; returns it and its staleness figures."""
     lr, beta1 = cfg.generator_optim()
     gen = GeneratorTrainer(cfg.model(), TrainConfig(steps=feedbacks, lr=lr * rule.lr_scale, beta1=beta1, seed=seed,
-                                                    fake_dtype="float32", ema=ema, max_staleness=10**6))
+                                                    fake_dtype=rule.fake_dtype, ema=ema, max_staleness=10**6))
     parts = [list(range(len(splits.train)))] if rule.mode == "central" else splits.node_parts
     names = [f"node{i}" for i in range(len(parts))]
     nodes = []
@@ -95,8 +101,9 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
         heapq.heappush(heap, (busy[i], key, i, masks, reals, fakes))
 
     def answer(k: int, i: int, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray) -> None:
-        scored = nodes[i][0].score(masks, reals, fakes)
-        outcome, s, _ = gen.apply_feedback(names[i], k, scored.grad, scored.grad_scale, weights[i])
+        scored = nodes[i][0].score(masks, reals, fakes, rule.grad_dtype)
+        outcome, s, _ = gen.apply_feedback(names[i], k, scored.grad, scored.grad_scale, weights[i],
+                                           scored.grad_scales)
         if outcome == Outcome.APPLIED:
             staleness.append(s)
 

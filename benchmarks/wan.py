@@ -69,12 +69,15 @@ class Variant:
     mode: str
     pipeline: str  # each node's --pipeline
     update_every: str  # the generator's --update-every
+    grad_dtype: str = "float16"  # each node's --grad-dtype
+    fake_dtype: str = "float16"  # the generator's --fake-dtype
 
 
 VARIANTS = [
     Variant("async", "async", "2", "1"),  # the defaults
     Variant("async-auto", "async", "auto", "auto"),  # latency hiding, and a buffer that keeps staleness bounded
     Variant("async-auto-u1", "async", "auto", "1"),  # latency hiding alone: deeper pipelines go stale
+    Variant("async-auto-8bit", "async", "auto", "auto", "int8", "uint8"),  # and 8-bit fakes and gradients
     Variant("sync", "sync", "2", "1"),
 ]
 
@@ -229,9 +232,9 @@ def _train(lab: NetLab, prof: Profile, nodes: int, out: Path, v: Variant, sz: di
                     g_width=sz["g_width"], d_width=sz["d_width"], batch_size=batch, mode=v.mode, feedback=feedback,
                     synthesize=False, checkpoint_every=0, sample_every=0, timeout=900, placement=place,
                     pipeline=v.pipeline, node_module="dgan" if light is None else "benchmarks.light_node",
-                    node_args=[] if light is None else ["--work-ms", str(light[0])],
+                    node_args=["--grad-dtype", v.grad_dtype, *([] if light is None else ["--work-ms", str(light[0])])],
                     generator_module="dgan" if light is None else "benchmarks.light_generator",
-                    extra_generator_args=["--update-every", v.update_every,
+                    extra_generator_args=["--update-every", v.update_every, "--fake-dtype", v.fake_dtype,
                                           *([] if light is None else ["--work-ms", str(light[1])])])
     relays = _relays(lab, prof, nodes, place.ports.node, broker.addr)
     try:

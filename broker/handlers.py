@@ -177,7 +177,7 @@ class PeerHandlers:
             return
         rec.last_seen, rec.expires_at = now, now + self._expiry
         rec.msgs_in += 1
-        rec.bytes_in += msg.nbytes()
+        rec.bytes_in += sum(len(f) for f in body)  # as it came: packed masks count packed
         if msg.sender != rec.name:
             rec.errors += 1
             self._reply_error(identity, False, P.ErrorCode.SPOOFED_SENDER,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dgan import grad_codec
 from dgan import protocol as P
 from dgan.msglog import Direction
 
@@ -179,7 +180,11 @@ def feedback_samples(path: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray, 
         elif rec.direction == Direction.FROM_NODE and msg.kind == P.Kind.FEEDBACK:
             got = served.pop((rec.peer, msg.reply_to), None)
             if got is not None and msg.tensors["grad"].shape == got[1].shape:
-                yield rec.peer, got[0], got[1], msg.tensors["grad"].astype(np.float32)
+                try:  # int8 gradients come with their per-sample steps
+                    grad = grad_codec.decode(msg.tensors["grad"], msg.tensors.get("grad_scales"))
+                except ValueError:
+                    continue  # the generator refused it too: it never steered anything
+                yield rec.peer, got[0], got[1], grad
 
 
 def reconstruct_from_log(path: Path) -> list[Reconstruction]:

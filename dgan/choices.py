@@ -32,6 +32,7 @@ class FakeDtype(str, enum.Enum):
 class GradDtype(str, enum.Enum):
     float16 = "float16"
     float32 = "float32"
+    int8 = "int8"  # per-sample scale, stochastic rounding (dgan.grad_codec)
 
 
 class Partition(str, enum.Enum):

@@ -88,6 +88,21 @@ def bench_scale(
     run_scale_benchmark(quick, json_out, sizes=nodes or None)
 
 
+@bench_app.command("heartbeats")
+def bench_heartbeats(
+    quick: Quick = False, json_out: JsonOut = None,
+    peers: Annotated[list[int] | None, typer.Option("--peers", help="Simulated peers (repeat).")] = None,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
+) -> None:
+    """Heartbeat-only peers (default 250 and 1,000) on one broker: false expiries and the broker's CPU."""
+    from benchmarks.heartbeats import run_heartbeat_benchmark
+
+    setup_logging("WARNING")
+    result = run_heartbeat_benchmark(quick, json_out, peers, heartbeat)
+    if any(r["registered"] != r["peers"] or r["false_expiries"] for r in result["rows"]):
+        raise typer.Exit(1)
+
+
 @bench_app.command("straggler")
 def bench_straggler(quick: Quick = False, json_out: JsonOut = None) -> None:
     """4 nodes, one 4x slower: applied samples/s in async vs sync mode."""
@@ -114,6 +129,15 @@ def bench_precision(quick: Quick = False, json_out: JsonOut = None) -> None:
 
     setup_logging("WARNING")
     run_precision_benchmark(quick, json_out)
+
+
+@bench_app.command("wire")
+def bench_wire(quick: Quick = False, json_out: JsonOut = None) -> None:
+    """Bytes per sample and gradient fidelity of float32, float16 and int8 gradients, for each feedback mode."""
+    from benchmarks.wire import run_wire_benchmark
+
+    setup_logging("WARNING")
+    run_wire_benchmark(quick, json_out)
 
 
 @bench_app.command("msglog")
@@ -175,7 +199,7 @@ def bench_update_rule(
     data: Annotated[Path | None, typer.Option(help="Pairs folder with tile and source_image columns (Dubai); "
                                                    "default: built-in scenes.")] = None,
     rule: Annotated[list[str] | None, typer.Option(help="Rules to compare (repeat): async, async-p1, buffered, "
-                                                        "buffered-lr2, sync, central.")] = None,
+                                                        "buffered-lr2, sync, central, async-f16, async-int8.")] = None,
     tile: Annotated[list[str] | None, typer.Option(help="Test tiles, one split each (repeat).")] = None,
     gan_seeds: Annotated[int, typer.Option(help="GAN trainings per rule and split.")] = 2,
     feedbacks: Annotated[int, typer.Option(help="Node answers per training (the same for every rule).")] = 500,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dgan.choices import LocalHow, Partition, RunPartition, TrainMode
+from dgan.choices import FakeDtype, GradDtype, LocalHow, Partition, RunPartition, TrainMode
 from dgan.cli_app import (
     Device,
     Feedback,
@@ -324,6 +324,10 @@ def experiment(
     positive_share: Annotated[float, typer.Option(help="Sparse targets (ships): share of each batch, for the "
                                                        "segmenters, the nodes and the central GAN, drawn on "
                                                        "foreground (0 = uniform).")] = 0.0,
+    grad_dtype: Annotated[GradDtype, typer.Option(help="DGAN: the nodes' gradients on the wire.")
+                          ] = GradDtype.float16,
+    fake_dtype: Annotated[FakeDtype, typer.Option(help="DGAN: the generator's fakes on the wire.")
+                          ] = FakeDtype.float16,
     quick: Annotated[bool, typer.Option(help="A smoke run of the whole pipeline in a few minutes.")] = False,
 ) -> None:
     """Compare real_all, real_partial, central_gan and dgan segmentation on the real test split."""
@@ -340,7 +344,8 @@ def experiment(
     common = dict(out=out, data=folder, scene_variant=variant, partition=partition.value, nodes=nodes,
                   feedback=modes, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, label_mix=label_mix,
                   oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test, groups=groups,
-                  update_every=update_every, ema=ema, local=hows, local_share=local_share, diffaugment=diffaugment)
+                  update_every=update_every, ema=ema, local=hows, local_share=local_share, diffaugment=diffaugment,
+                  grad_dtype=grad_dtype.value, fake_dtype=fake_dtype.value)
     try:
         if quick:
             cfg = ExperimentConfig(**common, size=64, gan_steps=30, g_width=16, d_width=16, seeds=1, scenes=96,

@@ -96,10 +96,12 @@ class ExperimentConfig:
     quick: bool = False
     cache: Path | None = None
     threads: int = 2
+    grad_dtype: str = "float16"  # DGAN nodes' gradients on the wire (int8: per-sample scale, dgan.grad_codec)
+    fake_dtype: str = "float16"  # DGAN generator's fakes on the wire
 
     def __post_init__(self) -> None:
         """Settings that would only fail after hours of GAN training fail here."""
-        from dgan.choices import LocalHow, values
+        from dgan.choices import FakeDtype, GradDtype, LocalHow, values
 
         if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0:
             raise ExperimentSetupError(f"update_every must be >= 0, ema in [0, 1) and local_share in (0, 1); got "
@@ -109,6 +111,10 @@ class ExperimentConfig:
         if self.scene_variant not in SCENE_CLASSES:
             raise ExperimentSetupError(f"scene variant must be one of {', '.join(SCENE_CLASSES)}, got "
                                        f"{self.scene_variant!r}")
+        for name, allowed in (("grad_dtype", values(GradDtype)), ("fake_dtype", values(FakeDtype))):
+            if getattr(self, name) not in allowed:
+                raise ExperimentSetupError(f"{name} must be one of {', '.join(allowed)}, got "
+                                           f"{getattr(self, name)!r}")
         bad = [h for h in self.local if h not in values(LocalHow)]
         if bad:
             raise ExperimentSetupError(f"local must be among {', '.join(values(LocalHow))}, got {bad[0]!r}")
@@ -181,11 +187,12 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
                         timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1,
                         num_classes=cfg.num_classes,
                         extra_generator_args=["--lr", str(lr), "--beta1", str(beta1), "--ema", str(cfg.ema),
-                                              "--update-every", str(cfg.update_every)],
+                                              "--update-every", str(cfg.update_every),
+                                              "--fake-dtype", cfg.fake_dtype],
                         node_args=["--label-mix", str(recipe.label_mix), "--lambda-semantic",
                                    str(recipe.lambda_semantic), "--d-lr", str(recipe.lr),
                                    "--d-beta1", str(recipe.beta1), "--d-warmup", str(recipe.warmup),
-                                   "--positive-crops", str(cfg.seg.positive_share),
+                                   "--positive-crops", str(cfg.seg.positive_share), "--grad-dtype", cfg.grad_dtype,
                                    "--diffaugment" if recipe.diffaugment else "--no-diffaugment"]))
     return GeneratorTrainer.from_state(load_checkpoint(out / "checkpoints" / "latest.pt"))
 

@@ -328,6 +328,7 @@ ALLOWED: dict[tuple[Direction, P.Kind, str], str] = {
     (Direction.FROM_NODE, P.Kind.MASKS, "masks"): "mask",
     (Direction.FROM_NODE, P.Kind.FAKE_REQUEST, "masks"): "mask",
     (Direction.FROM_NODE, P.Kind.FEEDBACK, "grad"): "gradient w.r.t. synthetic images",
+    (Direction.FROM_NODE, P.Kind.FEEDBACK, "grad_scales"): "per-sample steps of an int8 gradient",
     (Direction.FROM_GENERATOR, P.Kind.FAKES, "fakes"): "synthetic image",
     (Direction.TO_NODE, P.Kind.FAKES, "fakes"): "synthetic image",
 }

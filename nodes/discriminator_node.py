@@ -50,6 +50,12 @@ class NodeConfig:
     judge_after: int = 50  # report label_iou once the judge has trained this many steps
     positive_share: float | None = None  # sparse targets: share of crops placed on a foreground pixel
 
+    def __post_init__(self) -> None:
+        from dgan.grad_codec import GRAD_DTYPES
+
+        if self.grad_dtype not in GRAD_DTYPES:
+            raise ValueError(f"grad_dtype must be one of {', '.join(GRAD_DTYPES)}, got {self.grad_dtype!r}")
+
 
 @dataclass
 class Outstanding:
@@ -77,6 +83,7 @@ class NodeStats:
     pipeline: int = 0  # requests kept in flight now
     pipeline_sum: int = 0  # summed over batches, for the mean depth
     wire_recent: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # last round trips less held
+    wire_recent_at: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # when each (monotonic)
 
     def to_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "samples": self.samples, "losses": self.losses, "wait_s": self.wait_s,
@@ -86,6 +93,7 @@ class NodeStats:
                 "wire_bytes": self.wire_bytes, "errors": dict(self.errors), "pipeline": self.pipeline,
                 "pipeline_mean": self.pipeline_sum / self.batches if self.batches else float(self.pipeline),
                 "wire_recent_s": [round(w, 5) for w in self.wire_recent],
+                "wire_recent_at": [round(t, 4) for t in self.wire_recent_at],  # this host's monotonic clock
                 "wall_s": time.monotonic() - self.started}
 
     @property
@@ -235,7 +243,7 @@ class DiscriminatorNode:
                 self._retry_at = time.monotonic() + 1.0  # no broker to take it: try again shortly
                 return
             self.stats.codec_s += time.monotonic() - t0
-            self.stats.wire_bytes += masks.nbytes
+            self.stats.wire_bytes += P.tensor_wire_nbytes(P.Kind.FAKE_REQUEST, "masks", masks)
             self.outstanding[msg.msg_id] = Outstanding(masks, reals, time.monotonic())
             self.stats.first_request = self.stats.first_request or self.outstanding[msg.msg_id].sent
 
@@ -258,6 +266,7 @@ class DiscriminatorNode:
         self.stats.rtt_s += rtt
         self.stats.wire_s += wire
         self.stats.wire_recent.append(wire)
+        self.stats.wire_recent_at.append(time.monotonic())
         busy0 = t0 = time.monotonic()
         scored = self.trainer.score(req.masks, req.reals, fakes, self.cfg.grad_dtype)
         if self.cfg.delay > 0:
@@ -267,13 +276,13 @@ class DiscriminatorNode:
         t0 = time.monotonic()
         feedback = P.make(P.Kind.FEEDBACK, self.cfg.name, run_id=self.run_id, reply_to=msg.msg_id,
                           step=msg.step, meta={"losses": scored.losses, "grad_scale": scored.grad_scale},
-                          tensors={"grad": scored.grad})
+                          tensors=scored.tensors())
         if not self.link.send(feedback):
             self.unsent.append((time.monotonic(), feedback))
             log.warning("node %s: feedback for request %d could not leave; retrying for up to %.0f s",
                         self.cfg.name, msg.reply_to, self.cfg.feedback_retry)
         self.stats.codec_s += time.monotonic() - t0
-        self.stats.wire_bytes += scored.grad.nbytes
+        self.stats.wire_bytes += sum(t.nbytes for t in scored.tensors().values())
         self.stats.batches += 1
         self.stats.last_feedback = time.monotonic()
         self.stats.samples += len(req.masks)

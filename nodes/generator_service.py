@@ -353,7 +353,8 @@ class GeneratorService(RunOutputs):
             scale = float("nan")
         mean = np.mean([n.dataset_size for n in self.nodes.values() if n.alive] or [1]) or 1.0
         weight = node.dataset_size / mean if self.trainer.cfg.weighting == "size" and node.dataset_size else 1.0
-        outcome, staleness, reason = self.trainer.apply_feedback(node.name, msg.reply_to, grad, float(scale), weight)
+        outcome, staleness, reason = self.trainer.apply_feedback(node.name, msg.reply_to, grad, float(scale), weight,
+                                                                 msg.tensors.get("grad_scales"))
         if outcome == Outcome.REJECTED or outcome == Outcome.UNKNOWN:
             node.counts[outcome.value] += 1
             # Unknown = released or evicted earlier (a restart, a timeout): benign, not hostile.
@@ -383,6 +384,7 @@ class GeneratorService(RunOutputs):
             self._leave_round(name)
 
     def _leave_round(self, name: str) -> None:
+        self.policy.inflight = len(self.trainer.inflight)  # its released requests no longer count
         if self.policy.leave(name, self.trainer.pending):
             self._step()
 

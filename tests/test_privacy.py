@@ -232,11 +232,12 @@ def test_active_and_passive_attacks_succeed_on_l1_and_fail_on_private_modes(mode
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("privacy")
     runs = {}
-    for mode in ("l1", "segmentation"):
+    for mode in ("l1", "segmentation", "l1-int8"):  # l1-int8: the same leak through 8-bit gradients
         out = root / mode
         run_local(RunConfig(nodes=2, steps=16, out=out, scenes=12, image_size=32, g_width=8, d_width=8, batch_size=4,
                             record=out / "broker.dgl", checkpoint_every=0, sample_every=0, synthesize=False,
-                            timeout=240, feedback=mode, extra_generator_args=["--g-depth", "3"]))
+                            timeout=240, feedback=mode.split("-")[0], extra_generator_args=["--g-depth", "3"],
+                            node_args=["--grad-dtype", "int8"] if mode.endswith("int8") else []))
         runs[mode] = out
     return runs
 
@@ -269,6 +270,18 @@ def test_audit_fails_on_an_l1_log_and_passes_a_segmentation_log(recorded: dict[s
     assert result.exit_code == 1 and "carries the real image" in result.output.replace("\n", " ")
 
 
+def test_int8_gradients_are_no_privacy_measure_and_the_audit_reads_them(recorded: dict[str, Path]) -> None:
+    from dgan.data.shards import resolve_real_data
+
+    out = recorded["l1-int8"]
+    images, masks = resolve_real_data(str(out / "shards"), 32)
+    rep = R.audit(out / "broker.dgl", images, real_masks=masks)
+    assert not any("never allowed" in v for v in rep.violations)  # grad_scales is a known tensor
+    assert any("FEEDBACK grad int8" in k for k in rep.tensors) and any("grad_scales float32" in k for k in rep.tensors)
+    assert any("sign(grad) agrees" in v for v in rep.violations)  # the sign leak survives quantisation
+    assert all(s["sign_agreement"] > 0.9 and s["matched"] > 0 for s in rep.leakage.values())
+
+
 def test_attack_reconstruct_cli_beats_the_fakes_on_l1_only(recorded: dict[str, Path], tmp_path: Path) -> None:
     scores = {}
     for mode, out in recorded.items():
@@ -280,6 +293,7 @@ def test_attack_reconstruct_cli_beats_the_fakes_on_l1_only(recorded: dict[str, P
         scores[mode] = json.loads(js.read_text())
         assert scores[mode]["images"] > 0
     assert scores["l1"]["psnr_db"] > scores["l1"]["fakes_psnr_db"] + 0.5
+    assert scores["l1-int8"]["psnr_db"] > scores["l1-int8"]["fakes_psnr_db"] + 0.5
     assert scores["segmentation"]["psnr_db"] <= scores["segmentation"]["fakes_psnr_db"] + 0.25
     bad = CliRunner().invoke(app, ["attack", "reconstruct", str(tmp_path / "missing.dgl"), "--real-data", "x"])
     assert bad.exit_code == 2 and "no such log" in bad.output

@@ -284,3 +284,24 @@ def test_a_staleness_aware_buffer_grows_with_the_requests_in_flight() -> None:
         assert p.buffer == buffer, inflight  # expected staleness inflight / buffer stays near 8 / 2
     p.inflight = 16
     assert not p.feedback("a", 3) and p.feedback("a", 4)
+
+
+def test_service_staleness_buffer_flushes_when_the_node_holding_requests_leaves(tmp_path: Path) -> None:
+    """update_every -1: a departure releases its requests, so the buffer shrinks and what waits is applied."""
+    hub = InProcessHub()
+    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
+                               TrainConfig(steps=100, update_every=-1, max_staleness=2, fake_dtype="float32"))
+    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(out=tmp_path, sample_every=0,
+                                                                            checkpoint_every=0))
+    links = {n: hub.node_link(n) for n in "ab"}
+    for n, link in links.items():
+        service.handle(n, P.make(P.Kind.HELLO, n, meta={"role": "node", "dataset_size": 1}))
+        assert link.recv(1).kind == P.Kind.WELCOME
+    fakes = []
+    for n in "abbb":  # four requests in flight: the buffer is ceil(2 * 4 / 2) = 4 feedbacks
+        service.handle(n, P.make(P.Kind.FAKE_REQUEST, n, tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
+        fakes.append(links[n].recv(1))
+    service.handle("a", _feedback(fakes[0]))
+    assert trainer.step == 0 and trainer.pending == 1 and service.policy.buffer > 1
+    service.handle("b", P.make(P.Kind.NODE_LEFT, "broker", meta={"node": "b", "reason": "expired"}))
+    assert service.policy.inflight == 0 and trainer.step == 1 and trainer.pending == 0  # not held forever

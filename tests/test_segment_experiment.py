@@ -244,7 +244,8 @@ def test_settings_that_would_fail_after_hours_of_training_fail_at_once(tmp_path:
     from dgan.cli import app
     from dgan.experiment import ExperimentSetupError
 
-    for bad in ({"local_share": 1.0}, {"ema": 1.0}, {"update_every": -1}, {"local": ("average",)}):
+    for bad in ({"local_share": 1.0}, {"ema": 1.0}, {"update_every": -1}, {"local": ("average",)},
+                {"grad_dtype": "int4"}, {"fake_dtype": "bfloat16"}):
         with pytest.raises(ExperimentSetupError):
             ExperimentConfig(out=tmp_path, **bad)
     res = CliRunner().invoke(app, ["experiment", "--out", str(tmp_path / "x"), "--local-share", "0", "--quick"])

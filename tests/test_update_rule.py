@@ -61,6 +61,7 @@ def test_without_ema_synthesis_uses_the_raw_weights_and_bad_settings_are_refused
     ("buffered", 1.0, 1.75, 10),  # one step per 4 feedbacks: the staleness falls 4-fold
     ("sync", 0.0, 0.0, 10),
     ("central", 0.0, 0.0, 40),
+    ("async-int8", 6.0, 7.0, 40),  # the wire's smallest encodings: the same schedule
 ])
 def test_simulated_schedule_gives_each_rule_its_staleness(rule: str, lo: float, hi: float, steps: int) -> None:
     cfg = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
@@ -72,6 +73,22 @@ def test_simulated_schedule_gives_each_rule_its_staleness(rule: str, lo: float, 
     assert lo <= stats["staleness_mean"] <= hi
     syn = synthesize_set(gen, splits.train.masks[:4], 1)
     assert syn.images.shape == (4, 32, 32, 3)
+
+
+def test_the_wire_encodings_are_paired_with_async_and_move_the_generator_almost_alike() -> None:
+    cfg = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
+                           quick=True)
+    splits = make_splits(cfg)
+    start = GeneratorTrainer(cfg.model(), TrainConfig(seed=0)).G.state_dict()
+    moved = {}
+    for rule in ("async", "async-f16", "async-int8"):
+        gen, _ = simulate(cfg, splits, RULES[rule], seed=0, feedbacks=12, feedback="adversarial", speeds=[1.0],
+                          ema=0.0)
+        moved[rule] = torch.cat([(p - start[n]).flatten() for n, p in gen.G.state_dict().items()
+                                 if p.dtype.is_floating_point])
+    for rule in ("async-f16", "async-int8"):  # same seeds and schedule: the encoding is the only difference
+        diff = float((moved[rule] - moved["async"]).norm() / moved["async"].norm())
+        assert 0 < diff < 0.5, (rule, diff)
 
 
 def test_judged_weights_are_kept_checkpointed_and_chosen_for_synthesis(tmp_path: Path) -> None:

@@ -178,15 +178,17 @@ def test_wan_bench_trains_across_shaped_hosts_and_reports_every_figure(tmp_path)
     from benchmarks.wan import run_wan_benchmark
 
     res = run_wan_benchmark(True, tmp_path / "wan.json", nodes=2, profiles=["lan", "far"],
-                            variants=["async", "sync"], plot=tmp_path / "wan.png")
+                            variants=["async", "async-auto-8bit", "sync"], plot=tmp_path / "wan.png")
     assert json.loads((tmp_path / "wan.json").read_text())["rows"] == res["rows"]
     assert (tmp_path / "wan.png").stat().st_size > 0
     far = next(p for p in res["paths"] if p["profile"] == "far")
     assert far["measured_rtt_ms"] >= 150 and far["measured_mbit"] < 60  # the shaping took hold
     rows = {(r["profile"], r["name"]): r for r in res["rows"]}
-    assert set(rows) == {("lan", "async"), ("lan", "sync"), ("far", "async"), ("far", "sync")}
+    assert set(rows) == {(p, v) for p in ("lan", "far") for v in ("async", "async-auto-8bit", "sync")}
     for r in rows.values():
-        assert r["samples_per_s"] > 0 and r["bytes_per_sample"] > 3 * 128 * 128  # 128 px fakes and gradients
+        assert r["samples_per_s"] > 0 and r["bytes_per_sample"] > 2 * 3 * 128 * 128  # 128 px fakes and gradients
+    for p in ("lan", "far"):  # 8-bit fakes and gradients: about half of float16 (masks are packed in both)
+        assert rows[(p, "async-auto-8bit")]["bytes_per_sample"] < 0.52 * rows[(p, "async")]["bytes_per_sample"]
     # the far link's 150 ms shows in the nodes' own timestamps, and not on the LAN
     assert rows[("far", "async")]["comm_share"] > rows[("lan", "async")]["comm_share"]
     assert "far_async_vs_sync" in res["targets"]
@@ -196,8 +198,18 @@ def test_wan_bench_trains_across_shaped_hosts_and_reports_every_figure(tmp_path)
 def test_scale_bench_serves_many_light_nodes_with_no_false_expiry(tmp_path) -> None:
     from benchmarks.scale import run_one
 
-    r = run_one(40, 4.0, tmp_path)  # two node processes: 32 + 8
+    r = run_one(40, 6.0, tmp_path)  # two node processes: 32 + 8
     assert r["registered"] == 40 and r["false_expiries"] == 0 and r["node_errors"] == 0
     assert r["feedbacks_per_s"] > 0 and 0 < r["wire_rtt_p50_ms"] <= r["wire_rtt_p99_ms"]
     assert 0 < r["status_bytes_max"] < r["status_limit_bytes"]
     assert r["broker_cpu_us_per_msg"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_heartbeat_bench_keeps_every_live_peer_and_sees_the_ones_that_fall_silent(tmp_path) -> None:
+    from benchmarks.heartbeats import run_one
+
+    r = run_one(120, 0.5, 3.0, tmp_path, quiet=3)  # the broker expires a peer after 1.5 s of silence
+    assert r["registered"] >= 117 and r["false_expiries"] == 0 and r["not_registered_replies"] == 0
+    assert r["expired_quiet"] == 3  # the expiry count is real: the three silent peers are in it
+    assert r["broker_cpu_us_per_heartbeat"] > 0 and 0 < r["status_bytes_max"] < r["status_limit_bytes"]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from dgan.feedback import FeedbackConfig, FeedbackMode
+from dgan.grad_codec import quantize_int8
 from dgan.networks import (
     GANLoss,
     ModelConfig,
@@ -37,6 +38,11 @@ class Scored:
     grad: np.ndarray  # d(generator loss)/d(fakes) * grad_scale, (B, 3, H, W)
     losses: dict[str, float]
     grad_scale: float  # the receiver divides by this; keeps float16 gradients out of the subnormal range
+    grad_scales: np.ndarray | None = None  # int8 only: each sample's float32 step (``grad_codec``)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """What the FEEDBACK carries."""
+        return {"grad": self.grad} if self.grad_scales is None else {"grad": self.grad, "grad_scales": self.grad_scales}
 
 
 class PairSampler:
@@ -105,6 +111,7 @@ class DiscriminatorTrainer:
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
         torch.manual_seed(seed)
+        self._rounding = np.random.default_rng(seed)  # int8 gradients: the stochastic rounding's draws
         self.segmenting = self.feedback.mode == FeedbackMode.SEGMENTATION
         self.D: torch.nn.Module = define_seg_D(cfg) if self.segmenting else define_D(cfg)
         self.D.to(self.device)
@@ -164,7 +171,11 @@ class DiscriminatorTrainer:
         peak = float(grad.abs().max()) * scale
         if grad_dtype == "float16" and peak > F16_SAFE:  # keep the scaled gradient finite in float16
             scale *= F16_SAFE / peak
-        return Scored((grad * scale).cpu().numpy().astype(grad_dtype, copy=False), losses, scale)
+        scaled = (grad * scale).cpu().numpy()
+        if grad_dtype == "int8":
+            q, steps = quantize_int8(scaled, self._rounding)
+            return Scored(q, losses, scale, steps)
+        return Scored(scaled.astype(grad_dtype, copy=False), losses, scale)
 
     def _generator_loss(self, fn: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
         """G's loss with D (or ``model``) frozen (pix2pix order: after the D step)."""

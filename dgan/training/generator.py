@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from dgan import grad_codec
 from dgan.choices import FakeDtype, SynthWeights, TrainMode, Weighting, values
 from dgan.networks import ModelConfig, define_G, masks_to_input, tensor_to_images
 
@@ -152,8 +153,11 @@ class GeneratorTrainer:
     # ------------------------------------------------------------ feedback
 
     def apply_feedback(self, node: str, key: int, grad: np.ndarray, grad_scale: float = 1.0,
-                       weight: float = 1.0) -> tuple[Outcome, int, str]:
-        """Backpropagate a node's d(loss)/d(fakes); returns (outcome, staleness, reason)."""
+                       weight: float = 1.0, grad_scales: np.ndarray | None = None) -> tuple[Outcome, int, str]:
+        """Backpropagate a node's d(loss)/d(fakes); returns (outcome, staleness, reason).
+
+        ``grad_scales``: an int8 gradient's per-sample steps (:mod:`dgan.grad_codec`).
+        """
         inf = self.inflight.get(key)
         if inf is None or inf.node != node:
             return Outcome.UNKNOWN, -1, f"no request {key} from {node} is in flight"
@@ -163,6 +167,11 @@ class GeneratorTrainer:
         if not (np.isfinite(grad_scale) and grad_scale > 0):
             del self.inflight[key]
             return Outcome.REJECTED, -1, f"grad_scale {grad_scale!r} must be finite and positive"
+        try:
+            grad = grad_codec.decode(grad, grad_scales)
+        except ValueError as exc:
+            del self.inflight[key]
+            return Outcome.REJECTED, -1, str(exc)
         g = torch.tensor(grad, dtype=torch.float32, device=self.device)
         if not torch.isfinite(g).all():
             del self.inflight[key]
