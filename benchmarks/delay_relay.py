@@ -41,10 +41,14 @@ async def _delay_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     room = asyncio.Event()
     room.set()
 
+    closed = asyncio.Event()
+
     async def pump() -> None:
         nonlocal queued
-        while True:
+        while not closed.is_set():
             await room.wait()
+            if closed.is_set():
+                return
             try:
                 data = await reader.read(CHUNK)
             except (ConnectionError, OSError):
@@ -58,22 +62,26 @@ async def _delay_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
     async def release() -> None:
         nonlocal queued
-        while True:
-            due, data = await queue.get()
-            if (wait := due - loop.time()) > 0:
-                await asyncio.sleep(wait)
-            if not data:
-                break
-            queued -= len(data)
-            if queued <= MAX_QUEUED:
-                room.set()
-            try:
-                writer.write(data)
-                await writer.drain()
-            except (ConnectionError, OSError):
-                break
-        with contextlib.suppress(ConnectionError, OSError):
-            writer.close()
+        try:
+            while True:
+                due, data = await queue.get()
+                if (wait := due - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                if not data:
+                    break
+                queued -= len(data)
+                if queued <= MAX_QUEUED:
+                    room.set()
+                try:
+                    writer.write(data)
+                    await writer.drain()
+                except (ConnectionError, OSError):
+                    break
+        finally:
+            closed.set()
+            room.set()  # a pump waiting for room must not wait forever once nothing drains the queue
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.close()
 
     await asyncio.gather(pump(), release())
 

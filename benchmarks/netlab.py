@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import uuid
@@ -49,6 +50,11 @@ class NetLab:
     processes left in the namespaces included."""
 
     def __init__(self, names: list[str], subnet: str = "10.231.7") -> None:
+        bad = [n for n in names if not re.fullmatch(r"[a-z0-9]{1,8}", n)]
+        if bad or len(set(names)) != len(names) or not 0 < len(names) < 250:
+            # a host's veth is named dg<tag><name>a: Linux allows 15 characters
+            raise ValueError(f"host names must be distinct, 1 to 8 of [a-z0-9], at most 249 of them; got "
+                             f"{bad or names}")
         self.names, self.subnet = names, subnet
         tag = uuid.uuid4().hex[:4]
         self.switch = f"dg{tag}sw"

@@ -35,7 +35,7 @@ HEARTBEAT = 2.5
 
 
 def _request(payload: int, reply: bool) -> list[Any]:
-    masks = np.zeros((1, 1, payload), np.uint8)
+    masks = np.full((1, 1, payload), 2, np.uint8)  # not binary: it travels at its full size, never packed
     return P.encode(P.Message(P.Kind.FAKE_REQUEST, "bench", msg_id=1, meta={"reply": reply},
                               tensors={"masks": masks}))
 
@@ -86,11 +86,12 @@ def _proxy(front: str, back: str) -> None:
     zmq.proxy(f, b)
 
 
-def _broker(node_port: int, gen_port: int, pub_port: int, record: str | None) -> None:
+def _broker(node_port: int, gen_port: int, pub_port: int, record: str | None, build_arrays: bool = False) -> None:
     from broker import Broker, BrokerConfig
 
     cfg = BrokerConfig(node_port=node_port, generator_port=gen_port, pub_port=pub_port,
-                       heartbeat_interval=HEARTBEAT, record=Path(record) if record else None)
+                       heartbeat_interval=HEARTBEAT, record=Path(record) if record else None,
+                       build_arrays=build_arrays)
     Broker(cfg).serve()
 
 
@@ -134,7 +135,7 @@ class _Path:
     """One path's processes and the client socket that drives it."""
 
     def __init__(self, path: str, record_dir: str | None = None) -> None:
-        self.label = "broker+record" if record_dir else path
+        self.label = "broker+record" if record_dir else path  # broker-arrays: the broker building every array
         ctx_mp = mp.get_context("spawn")
         a, b, c = free_ports(3)
         client_ep = f"tcp://127.0.0.1:{a}"
@@ -145,7 +146,7 @@ class _Path:
             targets = [(_proxy, (client_ep, back)), (_echo_server, (path, back))]
         else:
             record = str(Path(record_dir) / "bench.dgl") if record_dir else None
-            targets = [(_broker, (a, b, c, record)), (_echo_server, ("broker", back))]
+            targets = [(_broker, (a, b, c, record, path == "broker-arrays")), (_echo_server, ("broker", back))]
         self.procs = [ctx_mp.Process(target=t, args=args, daemon=True) for t, args in targets]
         for p in self.procs:
             p.start()
@@ -153,7 +154,7 @@ class _Path:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(client_ep)
-        self.is_broker = path == "broker"
+        self.is_broker = path.startswith("broker")
         self.hello()
         warm = _request(1024, True)
         deadline = time.monotonic() + 60
@@ -200,11 +201,12 @@ def measure(paths: list[_Path], sizes: list[int], quick: bool, repeats: int = 3)
 
 
 def run_transport_benchmark(quick: bool = False, json_out: Path | None = None, with_record: bool = False,
-                            sizes: list[int] | None = None) -> dict[str, Any]:
+                            sizes: list[int] | None = None, with_arrays: bool = False) -> dict[str, Any]:
+    """``with_arrays``: also the broker as it was, building every tensor as an array (before header-only)."""
     sizes = sizes or SIZES
     console = Console(width=max(120, Console().width))
     with tempfile.TemporaryDirectory() as tmp, console.status("measuring…"):
-        paths = [_Path(name) for name in ("direct", "proxy", "broker")]
+        paths = [_Path(name) for name in ("direct", "proxy", "broker", *(["broker-arrays"] if with_arrays else []))]
         if with_record:
             paths.append(_Path("broker", record_dir=tmp))
         try:

@@ -150,7 +150,7 @@ class PeerHandlers:
         rec = self.nodes.get(identity)
         peer = rec.name if rec else identity.hex()[:12]
         try:
-            msg = P.decode(body, self.config.limits)
+            msg = P.decode(body, self.config.limits, arrays=self.config.build_arrays)  # routed, not read
         except P.ProtocolError as exc:
             self.counters["rejected_from_nodes"] += 1
             if rec is not None:
@@ -213,7 +213,7 @@ class PeerHandlers:
         route = bytes(frames[1].buffer)
         body = frames[2:]
         try:
-            msg = P.decode(body, self.config.limits)
+            msg = P.decode(body, self.config.limits, arrays=self.config.build_arrays)  # routed, not read
         except P.ProtocolError as exc:
             self.counters["rejected_from_generator"] += 1
             self._reply_error(identity, True, exc.code, exc.reason, peer="generator")

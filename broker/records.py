@@ -31,6 +31,7 @@ class BrokerConfig:
     authorized_keys: Path | None = None  # CURVE: the operator's allowlist file (role, name, key per line)
     drain_batch: int = 64
     max_nodes: int = 1024  # registered nodes at once: bounds the broker's peer table (and names, in plain TCP)
+    build_arrays: bool = False  # the broker routes tensors unread: validate descriptors only (bench: True = before)
 
     def endpoint(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

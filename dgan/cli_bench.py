@@ -24,12 +24,14 @@ def bench_transport(
     quick: Quick = False,
     json_out: JsonOut = None,
     record: Annotated[bool, typer.Option(help="Also measure the broker with --record on.")] = False,
+    arrays: Annotated[bool, typer.Option(help="Also measure the broker building every tensor as an array (its "
+                                              "validation before it became header-only).")] = False,
 ) -> None:
     """Throughput and round-trip latency: dgan broker vs zmq.proxy vs direct."""
     from benchmarks.transport import run_transport_benchmark
 
     setup_logging("WARNING")
-    run_transport_benchmark(quick=quick, json_out=json_out, with_record=record)
+    run_transport_benchmark(quick=quick, json_out=json_out, with_record=record, with_arrays=arrays)
 
 
 @bench_app.command("training")
@@ -53,21 +55,27 @@ def bench_wan(
     repeats: Annotated[int, typer.Option(help="Runs per variant and profile (median reported); 0: 3, or 1 with "
                                               "--quick.")] = 0,
     plot: Annotated[Path | None, typer.Option(help="Write samples/s against RTT, per variant, as a PNG.")] = None,
+    variant: Annotated[list[str] | None, typer.Option(help="Only these variants (async, async-auto, async-auto-u1, "
+                                                           "async-auto-8bit, sync); default all.")] = None,
 ) -> None:
     """Broker, generator and nodes on separate network-namespace hosts, links shaped to LAN, regional and far
     profiles: samples/s async vs sync and with --pipeline auto, staleness, bytes per sample, communication share.
     Needs root and iproute2."""
     from benchmarks.netlab import NetLabUnavailable
-    from benchmarks.wan import PROFILES, run_wan_benchmark
+    from benchmarks.wan import PROFILES, VARIANTS, run_wan_benchmark
 
     setup_logging("WARNING")
     unknown = [p for p in profile or [] if p not in PROFILES]
     if unknown:
         raise typer.BadParameter(f"unknown profile(s) {unknown}; choose from {sorted(PROFILES)}",
                                  param_hint="--profile")
+    names = [v.name for v in VARIANTS]
+    if [v for v in variant or [] if v not in names]:
+        raise typer.BadParameter(f"unknown variant(s) {[v for v in variant or [] if v not in names]}; choose "
+                                 f"from {names}", param_hint="--variant")
     try:
         run_wan_benchmark(quick, json_out, profiles=profile or None, light=light, work_ms=work_ms,
-                          repeats=repeats or None, plot=plot)
+                          repeats=repeats or None, plot=plot, variants=variant or None)
     except NetLabUnavailable as exc:
         log.error("%s", exc)
         raise typer.Exit(1) from None

@@ -203,6 +203,8 @@ def generator(
         console.print(f"[red]{exc}[/red]" if every != -2 else
                       f"[red]--update-every takes a count >= 0 or auto, got {update_every!r}[/red]")
         raise typer.Exit(2) from None
+    if train.mode == "sync" and every != 1:
+        console.print("[yellow]--update-every is ignored in sync mode: each round ends in one step[/yellow]")
     trainer = GeneratorTrainer(model, train)
     run_id = uuid.uuid4().hex[:12]
     latest = out / "checkpoints" / "latest.pt"

@@ -195,21 +195,6 @@ def error(sender: str, code: ErrorCode, reason: str, *, reply_to: int = 0,
 # --------------------------------------------------------------------- encode
 
 
-MASK_BITS = "mask_bits"  # binary masks on the wire: 8 pixels per byte (``encode`` packs, ``decode`` unpacks)
-_MASK_KINDS = (Kind.MASKS, Kind.FAKE_REQUEST)
-
-
-def _packable(kind: Kind, name: str, arr: np.ndarray) -> bool:
-    """Binary uint8 masks whose width is a multiple of 8 travel packed: lossless, an eighth of the bytes."""
-    return (name == "masks" and kind in _MASK_KINDS and arr.dtype == np.uint8 and arr.ndim == 3
-            and arr.size > 0 and arr.shape[2] % 8 == 0 and int(arr.max()) <= 1)
-
-
-def tensor_wire_nbytes(kind: Kind, name: str, arr: np.ndarray) -> int:
-    """The bytes ``arr`` takes in a ``kind`` message on the wire (packed masks: an eighth)."""
-    return arr.size // 8 if _packable(kind, name, arr) else int(arr.nbytes)
-
-
 def encode(msg: Message) -> list[Any]:
     """Frames for ``msg``: version, header, then one zero-copy frame per tensor.
 
@@ -217,11 +202,13 @@ def encode(msg: Message) -> list[Any]:
     ``copy=False`` and keep the arrays alive until sent (pyzmq holds a
     reference for zero-copy sends).
     """
+    from dgan.tensor_frames import MASK_BITS, packable  # a module of its own; it imports this one
+
     descs = []
     frames: list[Any] = []
     for name, arr in msg.tensors.items():
         arr = np.ascontiguousarray(arr)
-        if _packable(msg.kind, name, arr):
+        if packable(msg.kind, name, arr):
             name, arr = MASK_BITS, np.packbits(arr, axis=2)
         dtname = _DTYPE_NAMES.get(arr.dtype.newbyteorder("<"))
         if dtname is None:
@@ -301,26 +288,31 @@ def _check_meta_value(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
+def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS, arrays: bool = True) -> Message:
     """Validate ``frames`` completely and return the message.
 
     Raises :class:`ProtocolError` for anything malformed, never another
     exception type, whatever the bytes: a check this module forgot still
     becomes an ERROR for the sender, not a traceback in the receiver.
+    ``arrays=False`` (the broker, which routes and never reads a tensor)
+    checks every descriptor against its frame and the kind's tensor rules,
+    but builds no arrays and unpacks no masks: ``tensors`` is then empty.
     """
     if len(frames) > limits.max_tensors + 2:  # before touching any frame
         raise ProtocolError(ErrorCode.BAD_FRAMES,
                             f"{len(frames)} frames exceed the limit of {limits.max_tensors + 2} (version, header, "
                             f"{limits.max_tensors} tensors)")
     try:
-        return _decode(frames, limits)
+        return _decode(frames, limits, arrays)
     except ProtocolError:
         raise
     except Exception as exc:
         raise ProtocolError(ErrorCode.BAD_FRAMES, f"undecodable message ({type(exc).__name__})") from None
 
 
-def _decode(frames: Sequence[Any], limits: Limits) -> Message:
+def _decode(frames: Sequence[Any], limits: Limits, arrays: bool) -> Message:
+    from dgan.tensor_frames import decode_tensors
+
     total = 0
     for f in frames:
         total += len(f)  # bytes, zmq.Frame and byte memoryviews all measure in bytes
@@ -360,71 +352,10 @@ def _decode(frames: Sequence[Any], limits: Limits) -> Message:
             if type(meta.get(key)) not in types:
                 raise ProtocolError(ErrorCode.BAD_HEADER,
                                     f"{kind.name} needs meta {key!r} of type {'/'.join(t.__name__ for t in types)}")
-    tensors = _decode_tensors(kind, header["tensors"], frames[2:], limits)
+    tensors = decode_tensors(kind, header["tensors"], frames[2:], limits, arrays)
     return Message(kind=kind, sender=header["sender"], run_id=header["run"], msg_id=header["id"],
                    reply_to=header["reply_to"], step=header["step"], sent_at=float(header["time"]),
                    meta=meta, tensors=tensors)
-
-
-def _decode_tensors(kind: Kind, descs: list[Any], frames: Sequence[Any], limits: Limits) -> dict[str, np.ndarray]:
-    if len(descs) > limits.max_tensors:
-        raise ProtocolError(ErrorCode.BAD_TENSOR, f"{len(descs)} tensors exceed the limit of {limits.max_tensors}")
-    if len(descs) != len(frames):
-        raise ProtocolError(ErrorCode.BAD_FRAMES,
-                            f"header describes {len(descs)} tensor(s) but {len(frames)} tensor frame(s) arrived")
-    out: dict[str, np.ndarray] = {}
-    for i, (desc, frame) in enumerate(zip(descs, frames, strict=True)):
-        if type(desc) is not list or len(desc) != 4:
-            raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor descriptor {i} must be [name, dtype, shape, nbytes]")
-        name, dtname, shape, nbytes = desc
-        if not isinstance(name, str) or not name or len(name) > limits.max_name_len or name in out:
-            raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor {i} has a missing, duplicate or overlong name")
-        if not isinstance(dtname, str) or dtname not in WIRE_DTYPES:
-            raise ProtocolError(ErrorCode.BAD_TENSOR,
-                                f"tensor {name!r}: dtype {dtname!r} is not one of {', '.join(WIRE_DTYPES)}")
-        if (type(shape) is not list or len(shape) > limits.max_ndim
-                or not all(type(d) is int and 0 <= d < 2**31 for d in shape)):
-            raise ProtocolError(ErrorCode.BAD_TENSOR,
-                                f"tensor {name!r}: shape must be a list of at most {limits.max_ndim} "
-                                "non-negative integers")
-        dtype = WIRE_DTYPES[dtname]
-        expected = math.prod(shape) * dtype.itemsize
-        if type(nbytes) is not int or nbytes != expected:
-            raise ProtocolError(ErrorCode.BAD_TENSOR,
-                                f"tensor {name!r}: declared {nbytes!r} bytes but {dtname}{shape} takes {expected}")
-        buf = frame_view(frame)
-        if len(buf) != expected:
-            raise ProtocolError(ErrorCode.BAD_TENSOR,
-                                f"tensor {name!r}: frame has {len(buf)} bytes, descriptor says {expected}")
-        try:
-            out[name] = np.frombuffer(buf, dtype=dtype).reshape(shape) if expected else np.zeros(shape, dtype)
-        except (ValueError, MemoryError):  # e.g. an empty tensor whose other dimensions overflow numpy
-            raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor {name!r}: shape {shape} cannot be an array") from None
-    packed = out.pop(MASK_BITS, None)
-    if packed is not None:
-        out["masks"] = _unpack_masks(kind, packed, "masks" in out, limits)
-    for name, (dtypes, ranks) in KIND_TENSORS.get(kind, {}).items():
-        arr = out.get(name)
-        if arr is None:
-            raise ProtocolError(ErrorCode.BAD_TENSOR, f"{kind.name} needs a tensor named {name!r}")
-        if _DTYPE_NAMES[arr.dtype] not in dtypes or arr.ndim not in ranks:
-            raise ProtocolError(ErrorCode.BAD_TENSOR,
-                                f"{kind.name} tensor {name!r} must be {'/'.join(dtypes)} with rank "
-                                f"{'/'.join(map(str, ranks))}, got {_DTYPE_NAMES[arr.dtype]}{list(arr.shape)}")
-    return out
-
-
-def _unpack_masks(kind: Kind, packed: np.ndarray, both: bool, limits: Limits) -> np.ndarray:
-    if kind not in _MASK_KINDS or both:
-        raise ProtocolError(ErrorCode.BAD_TENSOR, f"{MASK_BITS!r} may stand only for the masks of MASKS or "
-                                                  "FAKE_REQUEST, and never beside them")
-    if packed.dtype != np.uint8 or packed.ndim != 3:
-        raise ProtocolError(ErrorCode.BAD_TENSOR, f"{MASK_BITS!r} must be uint8 with rank 3, got "
-                                                  f"{_DTYPE_NAMES[packed.dtype]}{list(packed.shape)}")
-    if packed.size * 8 > limits.max_message_bytes:  # unpacking multiplies by 8: bound it like any message
-        raise ProtocolError(ErrorCode.TOO_LARGE, f"{MASK_BITS!r} unpacks to {packed.size * 8} bytes, over the "
-                                                 f"limit of {limits.max_message_bytes}")
-    return np.unpackbits(packed, axis=2)
 
 
 # ------------------------------------------------------------------- routing

@@ -22,6 +22,7 @@ import numpy as np
 from dgan import protocol as P
 from dgan.feedback import L1_WARNING, FeedbackConfig
 from dgan.networks import ModelConfig
+from dgan.tensor_frames import tensor_wire_nbytes
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.training.judge import LabelJudge
 from dgan.transport.base import LinkClosed, NodeLink
@@ -243,7 +244,7 @@ class DiscriminatorNode:
                 self._retry_at = time.monotonic() + 1.0  # no broker to take it: try again shortly
                 return
             self.stats.codec_s += time.monotonic() - t0
-            self.stats.wire_bytes += P.tensor_wire_nbytes(P.Kind.FAKE_REQUEST, "masks", masks)
+            self.stats.wire_bytes += tensor_wire_nbytes(P.Kind.FAKE_REQUEST, "masks", masks)
             self.outstanding[msg.msg_id] = Outstanding(masks, reals, time.monotonic())
             self.stats.first_request = self.stats.first_request or self.outstanding[msg.msg_id].sent
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgpack
 import numpy as np
+import pytest
 import zmq
 
 from dgan import protocol as P
@@ -301,3 +302,17 @@ def test_a_second_generator_is_refused_while_the_first_is_alive(broker_proc: Bro
         intruder.close()
         node.close()
         gen.close()
+
+
+@pytest.mark.timeout(300)
+def test_transport_bench_drives_the_header_only_broker_and_the_array_building_one_side_by_side() -> None:
+    from benchmarks.transport import _Path, measure
+
+    paths = [_Path("broker"), _Path("broker-arrays")]
+    try:
+        rows = measure(paths, [1024], quick=True, repeats=1)
+    finally:
+        for p in paths:
+            p.close()
+    assert {r["path"] for r in rows} == {"broker", "broker-arrays"}
+    assert all(r["msgs_per_s"] > 0 and 0 < r["rtt_p50_us"] <= r["rtt_p99_us"] for r in rows)

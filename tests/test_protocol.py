@@ -116,10 +116,11 @@ def _with_header(frames: list[bytes], **changes: object) -> list[bytes]:
 ])
 def test_malformed_feedback_gets_the_right_error_code(mutate, code) -> None:
     frames = as_bytes(P.encode(valid(P.Kind.FEEDBACK)))
-    with pytest.raises(P.ProtocolError) as err:
-        P.decode(mutate(frames))
-    assert err.value.code == code
-    assert err.value.reason  # a sentence for a person
+    for arrays in (True, False):  # the broker's header-only decode refuses the same, with the same code
+        with pytest.raises(P.ProtocolError) as err:
+            P.decode(mutate(frames), arrays=arrays)
+        assert err.value.code == code
+        assert err.value.reason  # a sentence for a person
 
 
 def test_size_limits_apply() -> None:
@@ -161,6 +162,35 @@ def test_mutated_valid_messages_decode_or_raise_protocol_error(kind: P.Kind, dat
         assert isinstance(exc.code, P.ErrorCode)
     else:
         assert isinstance(msg.kind, P.Kind)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(list(P.Kind)), data=st.data())
+def test_the_brokers_header_only_decode_refuses_exactly_what_the_full_decode_refuses(
+        kind: P.Kind, data: st.DataObject) -> None:
+    frames = as_bytes(P.encode(valid(kind)))
+    i = data.draw(st.integers(0, len(frames) - 1))
+    raw = bytearray(frames[i])
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, max(0, len(raw) - 1)))
+        raw[pos:pos + 1] = bytes([data.draw(st.integers(0, 255))])
+    frames[i] = bytes(raw)
+    codes = []
+    for arrays in (True, False):
+        try:
+            msg = P.decode(frames, arrays=arrays)
+            codes.append(None)
+            assert bool(msg.tensors) == (arrays and bool(frames[2:]))  # header-only: no arrays built
+        except P.ProtocolError as exc:
+            codes.append(exc.code)
+    assert codes[0] == codes[1]
+
+
+def test_header_only_decode_builds_nothing_and_the_full_one_unpacks_the_masks() -> None:
+    masks = (np.random.default_rng(0).random((8, 128, 128)) > 0.5).astype(np.uint8)
+    frames = as_bytes(P.encode(P.make(P.Kind.FAKE_REQUEST, "n0", tensors={"masks": masks})))
+    assert P.decode(frames, arrays=False).tensors == {}
+    assert np.array_equal(P.decode(frames).tensors["masks"], masks)
 
 
 def test_an_empty_tensor_with_overflowing_dimensions_is_a_protocol_error() -> None:

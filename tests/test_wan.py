@@ -213,3 +213,9 @@ def test_heartbeat_bench_keeps_every_live_peer_and_sees_the_ones_that_fall_silen
     assert r["registered"] >= 117 and r["false_expiries"] == 0 and r["not_registered_replies"] == 0
     assert r["expired_quiet"] == 3  # the expiry count is real: the three silent peers are in it
     assert r["broker_cpu_us_per_heartbeat"] > 0 and 0 < r["status_bytes_max"] < r["status_limit_bytes"]
+
+
+def test_netlab_refuses_host_names_that_would_not_fit_a_linux_interface_name() -> None:
+    for names in (["toolongname"], ["a", "a"], ["Upper"], ["n-1"], []):
+        with pytest.raises(ValueError, match="host names must be"):
+            NetLab(names)
