@@ -7,8 +7,8 @@ phase), and notes the broker's heartbeats it receives.  Over a window after
 every peer has registered, the bench measures the broker's CPU share and CPU
 per heartbeat, expiries of peers that never went quiet (false expiries: the
 broker's log, and NOT_REGISTERED answers the peers receive), the longest gap
-between broker heartbeats at any peer (over ``liveness`` intervals a real node
-would re-register), and the generator's largest STATUS.
+between broker heartbeats at any peer inside the window (over ``liveness``
+intervals a real node would re-register), and the generator's largest STATUS.
 """
 
 from __future__ import annotations
@@ -61,10 +61,14 @@ def simulate_peers(endpoint: str, n: int, interval: float, seconds: float, out: 
     for s, h in zip(socks, hello, strict=True):
         s.send_multipart(h)
     beat = [P.encode(P.make(P.Kind.HEARTBEAT, f"hb{i}")) for i in range(n)]
-    stop = []
+    stop, window = [], []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))  # the bench ends the peers after its window
+    signal.signal(signal.SIGUSR1, lambda *_: window.append(1))  # ... and starts it: gaps count from then on
     end = t0 + seconds
     while (now := time.monotonic()) < end and not stop:
+        if window and window[0] == 1:  # the join is over: the steady state's gaps only
+            window[0] = 2
+            last_in, gaps = [now] * n, [0.0] * n
         for i in range(n):
             if now >= next_beat[i] and not (i < quiet and beats_in[i] >= 3):
                 socks[i].send_multipart(beat[i], zmq.NOBLOCK)
@@ -130,6 +134,7 @@ def run_one(peers: int, interval: float, window: float, tmp: Path, quiet: int = 
                     break
         join_s = time.monotonic() - t_join
         time.sleep(2 * interval)
+        sim.send_signal(signal.SIGUSR1)  # the window starts: the peers measure gaps from here
         cpu0, t0 = _cpu_s(broker.pid), time.monotonic()
         got = _statuses(sub, window)
         cpu1, t1 = _cpu_s(broker.pid), time.monotonic()

@@ -30,6 +30,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from dgan import grad_codec
 from dgan import protocol as P
 from dgan.attacks import DescentEstimate, IntervalEstimate, canonical, flip, index_real, psnr, score, to_uint8, to_unit
 from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
@@ -143,7 +144,7 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
                 gen_link.send("victim", reply)
             elif msg.kind == P.Kind.FEEDBACK and msg.reply_to in sent:
                 req, fakes = sent.pop(msg.reply_to)
-                grads = msg.tensors["grad"].astype(np.float32)
+                grads = grad_codec.decode(msg.tensors["grad"], msg.tensors.get("grad_scales"))  # int8 nodes too
                 batches += 1
                 if honest is not None:
                     honest.apply_feedback("victim", msg.reply_to, grads, float(msg.meta["grad_scale"]))

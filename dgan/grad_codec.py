@@ -22,11 +22,15 @@ def quantize_int8(grad: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     """Per-sample, stochastically rounded int8 and its float32 scales: ``grad ~= q * scales[:, None, None, None]``."""
     g = np.asarray(grad, np.float32)
     flat = g.reshape(len(g), -1)
+    finite = np.isfinite(flat).all(axis=1) if flat.size else np.ones(len(g), bool)
+    flat = np.where(finite[:, None], flat, 0.0)
     peak = np.abs(flat).max(axis=1) if flat.size else np.zeros(len(g), np.float32)
     scales = np.where(peak > 0, peak / INT8_LEVELS, 1.0).astype(np.float32)
     x = flat / scales[:, None]
     low = np.floor(x)
     q = low + (rng.random(x.shape, dtype=np.float32) < (x - low))  # round up with probability = the fraction
+    # A sample holding NaN or Inf gets a NaN scale: the receiver refuses it, as it refuses a float gradient with one.
+    scales = np.where(finite, scales, np.float32(np.nan)).astype(np.float32)
     return np.clip(q, -INT8_LEVELS, INT8_LEVELS).astype(np.int8).reshape(g.shape), scales
 
 

@@ -370,6 +370,12 @@ def audit(path: Path, real_images: np.ndarray | None = None, threshold: float = 
             if what is None:
                 report.violations.append(f"{where}: a tensor of this kind is never allowed on the wire")
                 continue
+            if name == "grad_scales" and not (t.dtype == np.float32 and t.ndim == 1 and "grad" in msg.tensors
+                                              and msg.tensors["grad"].dtype == np.int8
+                                              and len(t) == len(msg.tensors["grad"])):
+                report.violations.append(f"{where}: grad_scales must be float32 per-sample steps beside an int8 "
+                                         "gradient")
+                continue
             if what == "mask" and t.size and int(t.max()) >= (classes or 2):
                 report.violations.append(f"{where}: values up to {int(t.max())} are not class ids below "
                                          f"{classes or 2}: not a mask")

@@ -87,6 +87,11 @@ def _check_descriptor(i: int, desc: Any, frame: Any, seen: dict[str, Any],
     if type(nbytes) is not int or nbytes != expected:
         raise ProtocolError(ErrorCode.BAD_TENSOR,
                             f"tensor {name!r}: declared {nbytes!r} bytes but {dtname}{shape} takes {expected}")
+    if expected == 0:  # an empty tensor whose other dimensions overflow: refused here, as building it would be
+        try:
+            np.empty(shape, WIRE_DTYPES[dtname])
+        except (ValueError, MemoryError):
+            raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor {name!r}: shape {shape} cannot be an array") from None
     got = len(frame_view(frame))
     if got != expected:
         raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor {name!r}: frame has {got} bytes, descriptor says "

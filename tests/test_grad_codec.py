@@ -132,3 +132,12 @@ def test_wire_bench_reports_bytes_and_fidelity_of_each_encoding_on_real_gradient
     assert rows["float32"]["rel_l2_error"] == 0.0
     assert 0 < rows["float16"]["rel_l2_error"] < rows["int8"]["rel_l2_error"] < 0.1
     assert rows["int8"]["cosine"] > 0.99 and rows["int8"]["sign_agreement"] > 0.9
+
+
+def test_a_sample_holding_nan_is_sent_with_a_nan_scale_and_refused_not_turned_into_noise() -> None:
+    g = np.random.default_rng(1).normal(size=(2, 3, 4, 4)).astype(np.float32)
+    g[0, 0, 0, 0] = np.nan
+    q, scales = grad_codec.quantize_int8(g, np.random.default_rng(0))
+    assert np.isnan(scales[0]) and np.isfinite(scales[1])
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        grad_codec.decode(q, scales)

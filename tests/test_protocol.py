@@ -164,11 +164,25 @@ def test_mutated_valid_messages_decode_or_raise_protocol_error(kind: P.Kind, dat
         assert isinstance(msg.kind, P.Kind)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(list(P.Kind)), data=st.data())
+WIRE_CASES = [*((k, None) for k in P.Kind), (P.Kind.FAKE_REQUEST, "packed"), (P.Kind.FEEDBACK, "int8")]
+
+
+def _wire_case(kind: P.Kind, variant: str | None) -> P.Message:
+    if variant == "packed":  # binary masks: they travel as mask_bits
+        return P.make(kind, "n0", tensors={"masks": (np.arange(2 * 16 * 16).reshape(2, 16, 16) % 3 == 0)
+                                            .astype(np.uint8)})
+    if variant == "int8":
+        return P.make(kind, "n0", reply_to=3, meta={"losses": {}}, tensors={
+            "grad": np.arange(2 * 3 * 8 * 8, dtype=np.int64).reshape(2, 3, 8, 8).astype(np.int8),
+            "grad_scales": np.ones(2, np.float32)})
+    return valid(kind)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.sampled_from(WIRE_CASES), data=st.data())
 def test_the_brokers_header_only_decode_refuses_exactly_what_the_full_decode_refuses(
-        kind: P.Kind, data: st.DataObject) -> None:
-    frames = as_bytes(P.encode(valid(kind)))
+        case: tuple[P.Kind, str | None], data: st.DataObject) -> None:
+    frames = as_bytes(P.encode(_wire_case(*case)))
     i = data.draw(st.integers(0, len(frames) - 1))
     raw = bytearray(frames[i])
     for _ in range(data.draw(st.integers(1, 4))):
@@ -196,10 +210,12 @@ def test_header_only_decode_builds_nothing_and_the_full_one_unpacks_the_masks() 
 def test_an_empty_tensor_with_overflowing_dimensions_is_a_protocol_error() -> None:
     frames = as_bytes(P.encode(valid(P.Kind.FEEDBACK)))
     header = msgpack.unpackb(frames[1])
-    header["tensors"] = [["grad", "float16", [0, 2**31 - 1, 2**31 - 1, 2**31 - 1], 0]]
-    with pytest.raises(P.ProtocolError) as err:
-        P.decode([frames[0], msgpack.packb(header), b""])
-    assert err.value.code == P.ErrorCode.BAD_TENSOR
+    for dtype in ("float16", "int8"):
+        header["tensors"] = [["grad", dtype, [0, 2**31 - 1, 2**31 - 1, 2**31 - 1], 0]]
+        for arrays in (True, False):  # the broker refuses it too: it must not route what the consumer refuses
+            with pytest.raises(P.ProtocolError) as err:
+                P.decode([frames[0], msgpack.packb(header), b""], arrays=arrays)
+            assert err.value.code == P.ErrorCode.BAD_TENSOR
 
 
 def test_too_many_frames_are_refused_before_any_is_read() -> None:

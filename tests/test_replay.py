@@ -74,6 +74,12 @@ def test_audit_fails_when_a_node_sends_a_real_image(tmp_path: Path) -> None:
     assert R.audit(path).ok
     rep = R.audit(path, real)
     assert not rep.ok and "real image 2" in rep.near_duplicates[0]
+    # 4. an image under the name of an int8 gradient's scales: only per-sample steps beside int8 pass
+    hidden = real[:1, :, :, 0].astype(np.float32)
+    rep = R.audit(_crafted_log(tmp_path / "d.dgl", {"grad": grad, "grad_scales": hidden}))
+    assert not rep.ok and "grad_scales must be" in rep.violations[0]
+    pair = {"grad": np.ones((1, 3, 32, 32), np.int8), "grad_scales": np.full(1, 1e-3, np.float32)}
+    assert R.audit(_crafted_log(tmp_path / "e.dgl", pair)).ok
     result = CliRunner().invoke(app, ["replay", str(tmp_path / "a.dgl"), "--audit"])
     assert result.exit_code == 1 and "audit failed" in result.output
 
