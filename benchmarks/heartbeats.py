@@ -27,9 +27,8 @@ from typing import Any
 
 import zmq
 from rich.console import Console
-from rich.table import Table
 
-from benchmarks.scale import _cpu_s, _statuses, _sub
+from benchmarks.scale import _cpu_s, _statuses, _sub, report, stop_all
 from dgan import protocol as P
 from dgan.commands import Ports, broker_args, generator_args
 
@@ -142,14 +141,7 @@ def run_one(peers: int, interval: float, window: float, tmp: Path, quiet: int = 
         sim.terminate()
         sim.wait(60)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         sub.close()
     seen = json.loads((out / "peers.json").read_text()) if (out / "peers.json").exists() else {}
     broker_st = [m["broker"] for _, _, m in got if "broker" in m]
@@ -185,20 +177,13 @@ def run_heartbeat_benchmark(quick: bool, json_out: Path | None, peers: list[int]
                 rows.append(run_one(n, interval, window, Path(tmp)))
     result = {"rows": rows, "quick": quick, "heartbeat_s": interval,
               "expiry_s": 3 * interval, "note": "broker CPU per heartbeat: broker CPU over the window / "
-              "heartbeats the peers sent in it (the broker also sends one to each peer per interval)"}
-    table = Table(title=f"heartbeat-only peers on one broker (loopback, heartbeat {interval:g} s, expiry after "
-                        f"{3 * interval:g} s)")
+              "heartbeats the peers would send in it at the nominal rate (the broker also sends one to each "
+              "peer per interval)"}
     cols = ("peers", "registered", "registered_min_in_window", "join_s", "broker_cpu_share",
             "broker_cpu_us_per_heartbeat", "false_expiries", "not_registered_replies", "max_broker_beat_gap_s",
             "status_bytes_max")
-    for c in cols:
-        table.add_column(c.replace("_", " "), justify="right")
-    for r in rows:
-        table.add_row(*[f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols])
-    console.print(table)
-    if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2))
-    return result
+    return report(console, f"heartbeat-only peers on one broker (loopback, heartbeat {interval:g} s, expiry "
+                           f"after {3 * interval:g} s)", cols, result, json_out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,6 +56,18 @@ def _sub(ports: Ports) -> zmq.Socket:
     return sock
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate every process still running; kill what has not left 20 s later."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def _statuses(sock: zmq.Socket, seconds: float) -> list[tuple[float, int, dict[str, Any]]]:
     """(time, bytes, meta) of every STATUS published for ``seconds``."""
     out, end = [], time.monotonic() + seconds
@@ -116,14 +128,7 @@ def run_one(n: int, window: float, tmp: Path, image_size: int = 32, work_ms: flo
         gen.terminate()  # the generator ends the run: run.json, GOODBYE to every node
         gen.wait(60)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         sub.close()
     broker_st = [(t, m["broker"]) for t, _, m in got if "broker" in m]
     routed = sum(b["msgs_per_s"] for _, b in broker_st) * HEARTBEAT  # one rate per heartbeat interval
@@ -173,13 +178,20 @@ def run_scale_benchmark(quick: bool, json_out: Path | None, sizes: list[int] | N
                         "expiries")
     result = {"rows": rows, "heartbeat_s": HEARTBEAT, "node_work_ms": 1000.0, "generator_ms_per_sample": 0.5,
               "image_size": 32, "quick": quick, "msgpack": msgpack.version}
-    table = Table(title=f"one broker, one light generator, N light nodes (loopback, heartbeat {HEARTBEAT:g} s)")
     cols = ("nodes", "registered", "broker_msgs_per_s", "broker_cpu_share", "broker_cpu_us_per_msg",
             "wire_rtt_p50_ms", "wire_rtt_p99_ms", "false_expiries", "status_bytes_max", "feedbacks_per_s",
             "node_errors")
+    return report(console, f"one broker, one light generator, N light nodes (loopback, heartbeat {HEARTBEAT:g} s)",
+                  cols, result, json_out)
+
+
+def report(console: Console, title: str, cols: tuple[str, ...], result: dict[str, Any],
+           json_out: Path | None) -> dict[str, Any]:
+    """``result["rows"]`` as a rich table of ``cols``, and the whole result as JSON."""
+    table = Table(title=title)
     for c in cols:
-        table.add_column(c.replace("_", " "))
-    for r in rows:
+        table.add_column(c.replace("_", " "), justify="right")
+    for r in result["rows"]:
         table.add_row(*[f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols])
     console.print(table)
     if json_out is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -214,16 +215,22 @@ def test_service_sync_round_closes_when_fakes_could_not_leave_the_process(tmp_pa
     assert service.trainer.step == 1
 
 
-def test_service_buffered_async_steps_once_both_nodes_fed_back_in_any_order(tmp_path: Path) -> None:
+def _async_service(tmp_path: Path, **train: object) -> tuple[GeneratorService, GeneratorTrainer, dict[str, Any]]:
+    """An async service with nodes a and b welcomed (scripted, in-process)."""
     hub = InProcessHub()
     trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
-                               TrainConfig(steps=100, update_every=0, fake_dtype="float32"))
+                               TrainConfig(steps=100, fake_dtype="float32", **train))  # type: ignore[arg-type]
     service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(out=tmp_path, sample_every=0,
                                                                             checkpoint_every=0))
     links = {n: hub.node_link(n) for n in "ab"}
     for n, link in links.items():
         service.handle(n, P.make(P.Kind.HELLO, n, meta={"role": "node", "dataset_size": 1}))
         assert link.recv(1).kind == P.Kind.WELCOME
+    return service, trainer, links
+
+
+def test_service_buffered_async_steps_once_both_nodes_fed_back_in_any_order(tmp_path: Path) -> None:
+    service, trainer, links = _async_service(tmp_path, update_every=0)
     fakes = []
     for n in "aab":  # a asks twice before b asks once: a served at once each time (async)
         service.handle(n, P.make(P.Kind.FAKE_REQUEST, n, tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
@@ -288,15 +295,7 @@ def test_a_staleness_aware_buffer_grows_with_the_requests_in_flight() -> None:
 
 def test_service_staleness_buffer_flushes_when_the_node_holding_requests_leaves(tmp_path: Path) -> None:
     """update_every -1: a departure releases its requests, so the buffer shrinks and what waits is applied."""
-    hub = InProcessHub()
-    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
-                               TrainConfig(steps=100, update_every=-1, max_staleness=2, fake_dtype="float32"))
-    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(out=tmp_path, sample_every=0,
-                                                                            checkpoint_every=0))
-    links = {n: hub.node_link(n) for n in "ab"}
-    for n, link in links.items():
-        service.handle(n, P.make(P.Kind.HELLO, n, meta={"role": "node", "dataset_size": 1}))
-        assert link.recv(1).kind == P.Kind.WELCOME
+    service, trainer, links = _async_service(tmp_path, update_every=-1, max_staleness=2)
     fakes = []
     for n in "abbb":  # four requests in flight: the buffer is ceil(2 * 4 / 2) = 4 feedbacks
         service.handle(n, P.make(P.Kind.FAKE_REQUEST, n, tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
