@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dgan.choices import GradDtype, values
 from dgan.data.spec import load_data
 from dgan.feedback import FeedbackConfig
 from dgan.grad_codec import quantize_int8
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stats", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work-ms", type=float, default=0.0)
-    ap.add_argument("--grad-dtype", default="float16", choices=("float32", "float16", "int8"))
+    ap.add_argument("--grad-dtype", default="float16", choices=values(GradDtype))
     ap.add_argument("--many", type=int, default=1, help="nodes in this process, NAME-0 .. NAME-(N-1), one thread "
                     "and one broker connection each (dgan bench scale)")
     ap.add_argument("--log-level", default="WARNING")

@@ -70,9 +70,9 @@ def bench_wan(
         raise typer.BadParameter(f"unknown profile(s) {unknown}; choose from {sorted(PROFILES)}",
                                  param_hint="--profile")
     names = [v.name for v in VARIANTS]
-    if [v for v in variant or [] if v not in names]:
-        raise typer.BadParameter(f"unknown variant(s) {[v for v in variant or [] if v not in names]}; choose "
-                                 f"from {names}", param_hint="--variant")
+    unknown = [v for v in variant or [] if v not in names]
+    if unknown:
+        raise typer.BadParameter(f"unknown variant(s) {unknown}; choose from {names}", param_hint="--variant")
     try:
         run_wan_benchmark(quick, json_out, profiles=profile or None, light=light, work_ms=work_ms,
                           repeats=repeats or None, plot=plot, variants=variant or None)

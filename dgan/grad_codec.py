@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 INT8_LEVELS = 127  # symmetric: -127..127, so 0 is exact and no level is wasted on -128
-GRAD_DTYPES = ("float32", "float16", "int8")
 
 
 def quantize_int8(grad: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -52,5 +51,4 @@ def decode(grad: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
 
 def bytes_per_sample(grad_dtype: str, shape: tuple[int, ...]) -> int:
     """Gradient bytes one sample of this shape (C, H, W) costs on the wire, scales included."""
-    per = {"float32": 4, "float16": 2, "int8": 1}[grad_dtype]
-    return int(np.prod(shape)) * per + (4 if grad_dtype == "int8" else 0)
+    return int(np.prod(shape)) * np.dtype(grad_dtype).itemsize + (4 if grad_dtype == "int8" else 0)

@@ -52,10 +52,10 @@ class NodeConfig:
     positive_share: float | None = None  # sparse targets: share of crops placed on a foreground pixel
 
     def __post_init__(self) -> None:
-        from dgan.grad_codec import GRAD_DTYPES
+        from dgan.choices import GradDtype, values
 
-        if self.grad_dtype not in GRAD_DTYPES:
-            raise ValueError(f"grad_dtype must be one of {', '.join(GRAD_DTYPES)}, got {self.grad_dtype!r}")
+        if self.grad_dtype not in values(GradDtype):
+            raise ValueError(f"grad_dtype must be one of {', '.join(values(GradDtype))}, got {self.grad_dtype!r}")
 
 
 @dataclass
