@@ -22,7 +22,7 @@ from dgan import grad_codec
 from dgan.data.scenes import make_scenes
 from dgan.feedback import FeedbackConfig, FeedbackMode
 from dgan.networks import ModelConfig
-from dgan.training.discriminator import DiscriminatorTrainer
+from dgan.training.discriminator import F16_SAFE, DiscriminatorTrainer
 from dgan.training.generator import GeneratorTrainer, TrainConfig
 
 MODES = ("semantic", "adversarial", "segmentation", "l1")
@@ -50,7 +50,7 @@ def measure_mode(mode: str, cfg: ModelConfig, batches: int, batch: int, seed: in
         scored = node.score(masks[sl], reals[sl], fakes, "float32")
         exact = scored.grad / scored.grad_scale
         peak = float(np.abs(scored.grad).max())
-        f16_scale = min(1.0, 32_768.0 / peak) if peak > 0 else 1.0  # as the node does (F16_SAFE)
+        f16_scale = min(1.0, F16_SAFE / peak) if peak > 0 else 1.0  # as the node's float16 path scales
         half = (scored.grad * f16_scale).astype(np.float16).astype(np.float32) / (scored.grad_scale * f16_scale)
         per["float16"].append(_fidelity(exact, half))
         q, steps = grad_codec.quantize_int8(scored.grad, rng)
