@@ -86,12 +86,14 @@ def _proxy(front: str, back: str) -> None:
     zmq.proxy(f, b)
 
 
-def _broker(node_port: int, gen_port: int, pub_port: int, record: str | None, build_arrays: bool = False) -> None:
+def _broker(node_port: int, gen_port: int, pub_port: int, record: str | None, variant: str = "broker") -> None:
+    """``variant``: ``broker``, or a baseline: ``broker-arrays`` builds every tensor, ``broker-pyzmq`` uses pyzmq's
+    Python multipart calls."""
     from broker import Broker, BrokerConfig
 
     cfg = BrokerConfig(node_port=node_port, generator_port=gen_port, pub_port=pub_port,
                        heartbeat_interval=HEARTBEAT, record=Path(record) if record else None,
-                       build_arrays=build_arrays)
+                       build_arrays=variant == "broker-arrays", pyzmq_multipart=variant == "broker-pyzmq")
     Broker(cfg).serve()
 
 
@@ -135,7 +137,7 @@ class _Path:
     """One path's processes and the client socket that drives it."""
 
     def __init__(self, path: str, record_dir: str | None = None) -> None:
-        self.label = "broker+record" if record_dir else path  # broker-arrays: the broker building every array
+        self.label = "broker+record" if record_dir else path
         ctx_mp = mp.get_context("spawn")
         a, b, c = free_ports(3)
         client_ep = f"tcp://127.0.0.1:{a}"
@@ -146,7 +148,7 @@ class _Path:
             targets = [(_proxy, (client_ep, back)), (_echo_server, (path, back))]
         else:
             record = str(Path(record_dir) / "bench.dgl") if record_dir else None
-            targets = [(_broker, (a, b, c, record, path == "broker-arrays")), (_echo_server, ("broker", back))]
+            targets = [(_broker, (a, b, c, record, path)), (_echo_server, ("broker", back))]
         self.procs = [ctx_mp.Process(target=t, args=args, daemon=True) for t, args in targets]
         for p in self.procs:
             p.start()
@@ -201,20 +203,24 @@ def measure(paths: list[_Path], sizes: list[int], quick: bool, repeats: int = 3)
 
 
 def run_transport_benchmark(quick: bool = False, json_out: Path | None = None, with_record: bool = False,
-                            sizes: list[int] | None = None, with_arrays: bool = False) -> dict[str, Any]:
-    """``with_arrays``: also the broker as it was, building every tensor as an array (before header-only)."""
+                            sizes: list[int] | None = None, with_arrays: bool = False,
+                            with_pyzmq: bool = False, repeats: int = 3) -> dict[str, Any]:
+    """Baselines beside today's broker: ``with_arrays``, the broker building every tensor as an array (before
+    header-only validation); ``with_pyzmq``, the broker on pyzmq's Python multipart calls (before the compiled
+    layer)."""
     sizes = sizes or SIZES
     console = Console(width=max(120, Console().width))
+    baselines = [*(["broker-arrays"] if with_arrays else []), *(["broker-pyzmq"] if with_pyzmq else [])]
     with tempfile.TemporaryDirectory() as tmp, console.status("measuring…"):
-        paths = [_Path(name) for name in ("direct", "proxy", "broker", *(["broker-arrays"] if with_arrays else []))]
+        paths = [_Path(name) for name in ("direct", "proxy", "broker", *baselines)]
         if with_record:
             paths.append(_Path("broker", record_dir=tmp))
         try:
-            rows = measure(paths, sizes, quick)
+            rows = measure(paths, sizes, quick, repeats)
         finally:
             for p in paths:
                 p.close()
-    table = Table(title="dgan transport benchmark (tcp loopback, medians)")
+    table = Table(title=f"dgan transport benchmark (tcp loopback, medians of {repeats})")
     for col in ("path", "payload", "msgs/s", "GB/s", "RTT p50 µs", "RTT p99 µs", "vs proxy (thr / p50)"):
         table.add_column(col, justify="right")
     proxy = {r["payload"]: r for r in rows if r["path"] == "proxy"}
@@ -224,7 +230,7 @@ def run_transport_benchmark(quick: bool = False, json_out: Path | None = None, w
                       f"{r['rtt_p50_us']:.0f}", f"{r['rtt_p99_us']:.0f}",
                       f"{r['msgs_per_s'] / ref['msgs_per_s']:.2f}x / {r['rtt_p50_us'] / ref['rtt_p50_us']:.2f}x")
     console.print(table)
-    out = {"rows": rows, "quick": quick}
+    out = {"rows": rows, "quick": quick, "repeats": repeats}
     if json_out is not None:
         json_out.write_text(json.dumps(out, indent=2))
         console.print(f"wrote {json_out}")

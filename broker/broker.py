@@ -34,10 +34,19 @@ from broker.handlers import BROKER_NAME, PeerHandlers
 from broker.records import BrokerConfig, PeerRecord, RecordingFailed
 from dgan import protocol as P
 from dgan.msglog import Direction, MessageLogWriter
+from dgan.transport.multipart import recv_frames, send_frames
 
 log = logging.getLogger("dgan.broker")
 
 _POLLIN, _POLLOUT, _NOBLOCK = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK)  # plain ints: enum ops cost
+
+
+def _pyzmq_send(sock: zmq.Socket, frames: list[Any], flags: int = 0) -> None:
+    sock.send_multipart(frames, flags, copy=False)
+
+
+def _pyzmq_recv(sock: zmq.Socket, flags: int = 0) -> list[Any]:
+    return sock.recv_multipart(flags, copy=False)
 
 
 class Broker(PeerHandlers):
@@ -57,6 +66,8 @@ class Broker(PeerHandlers):
         self.recorder: MessageLogWriter | None = None
         self.started = threading.Event()
         self._stats_at: tuple[float, int, int] | None = None  # (time, messages routed, bytes) at the last beat
+        self._send_frames, self._recv_frames = (_pyzmq_send, _pyzmq_recv) if config.pyzmq_multipart else \
+            (send_frames, recv_frames)
         self._bind()
 
     # ------------------------------------------------------------ lifecycle
@@ -135,7 +146,7 @@ class Broker(PeerHandlers):
 
     def _send_node(self, identity: bytes, frames: list[Any]) -> bool:
         try:
-            self.node_sock.send_multipart([identity, *frames], copy=False)
+            self._send_frames(self.node_sock, [identity, *frames])
         except zmq.Again:
             self._count_error(P.ErrorCode.BACKPRESSURE)
             return False
@@ -159,7 +170,7 @@ class Broker(PeerHandlers):
             self._pending.append(out)
             return True
         try:
-            self.gen_sock.send_multipart(out, copy=False)
+            self._send_frames(self.gen_sock, out)
         except zmq.Again:
             self._pending.append(out)
         except zmq.ZMQError as exc:
@@ -173,7 +184,7 @@ class Broker(PeerHandlers):
     def _flush_pending(self) -> None:
         while self._pending:
             try:
-                self.gen_sock.send_multipart(self._pending[0], copy=False)
+                self._send_frames(self.gen_sock, self._pending[0])
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -309,7 +320,7 @@ class Broker(PeerHandlers):
     def _drain(self, sock: zmq.Socket, handler: Any) -> None:
         for _ in range(self.config.drain_batch):
             try:
-                frames = sock.recv_multipart(_NOBLOCK, copy=False)
+                frames = self._recv_frames(sock, _NOBLOCK)
             except zmq.Again:
                 return
             try:

@@ -32,6 +32,7 @@ class BrokerConfig:
     drain_batch: int = 64
     max_nodes: int = 1024  # registered nodes at once: bounds the broker's peer table (and names, in plain TCP)
     build_arrays: bool = False  # the broker routes tensors unread: validate descriptors only (bench: True = before)
+    pyzmq_multipart: bool = False  # bench only: pyzmq's Python send/recv_multipart instead of dgan.transport.multipart
 
     def endpoint(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -26,12 +26,18 @@ def bench_transport(
     record: Annotated[bool, typer.Option(help="Also measure the broker with --record on.")] = False,
     arrays: Annotated[bool, typer.Option(help="Also measure the broker building every tensor as an array (its "
                                               "validation before it became header-only).")] = False,
+    pyzmq: Annotated[bool, typer.Option(help="Also measure the broker on pyzmq's Python send/recv_multipart (its "
+                                             "I/O before it called the compiled layer).")] = False,
+    size: Annotated[list[int] | None, typer.Option(help="Payload bytes (repeat); default 1 KiB, 64 KiB, 1 MiB, "
+                                                        "4 MiB.")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Interleaved rounds over the paths; medians are reported.")] = 3,
 ) -> None:
     """Throughput and round-trip latency: dgan broker vs zmq.proxy vs direct."""
     from benchmarks.transport import run_transport_benchmark
 
     setup_logging("WARNING")
-    run_transport_benchmark(quick=quick, json_out=json_out, with_record=record, with_arrays=arrays)
+    run_transport_benchmark(quick=quick, json_out=json_out, with_record=record, with_arrays=arrays,
+                            with_pyzmq=pyzmq, sizes=size or None, repeats=repeats)
 
 
 @bench_app.command("training")

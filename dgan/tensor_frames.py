@@ -39,8 +39,9 @@ def decode_tensors(kind: Kind, descs: list[Any], frames: Sequence[Any], limits: 
         raise ProtocolError(ErrorCode.BAD_FRAMES,
                             f"header describes {len(descs)} tensor(s) but {len(frames)} tensor frame(s) arrived")
     specs: dict[str, tuple[str, list[int]]] = {}
-    for i, (desc, frame) in enumerate(zip(descs, frames, strict=True)):
-        specs.update([_check_descriptor(i, desc, frame, specs, limits)])
+    for i, desc in enumerate(descs):
+        name, spec = _check_descriptor(i, desc, frames[i], specs, limits)
+        specs[name] = spec
     packed = specs.pop(MASK_BITS, None)
     if packed is not None:
         specs["masks"] = _unpacked_spec(kind, packed, "masks" in specs, limits)
@@ -89,7 +90,7 @@ def _check_descriptor(i: int, desc: Any, frame: Any, seen: dict[str, Any],
             np.empty(shape, WIRE_DTYPES[dtname])
         except (ValueError, MemoryError):
             raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor {name!r}: shape {shape} cannot be an array") from None
-    got = len(frame_view(frame))
+    got = len(frame)  # bytes, zmq.Frame and byte memoryviews all measure in bytes
     if got != expected:
         raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor {name!r}: frame has {got} bytes, descriptor says "
                                                   f"{expected}")

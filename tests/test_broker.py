@@ -305,14 +305,15 @@ def test_a_second_generator_is_refused_while_the_first_is_alive(broker_proc: Bro
 
 
 @pytest.mark.timeout(300)
-def test_transport_bench_drives_the_header_only_broker_and_the_array_building_one_side_by_side() -> None:
+def test_transport_bench_drives_the_broker_and_its_two_baselines_side_by_side() -> None:
+    """Today's broker, the array-building one and the one on pyzmq's Python multipart calls all route."""
     from benchmarks.transport import _Path, measure
 
-    paths = [_Path("broker"), _Path("broker-arrays")]
+    paths = [_Path("broker"), _Path("broker-arrays"), _Path("broker-pyzmq")]
     try:
         rows = measure(paths, [1024], quick=True, repeats=1)
     finally:
         for p in paths:
             p.close()
-    assert {r["path"] for r in rows} == {"broker", "broker-arrays"}
+    assert {r["path"] for r in rows} == {"broker", "broker-arrays", "broker-pyzmq"}
     assert all(r["msgs_per_s"] > 0 and 0 < r["rtt_p50_us"] <= r["rtt_p99_us"] for r in rows)
