@@ -17,16 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.training import central_rate
+from dgan.cpu_features import cpu_flags
 from dgan.networks import ModelConfig
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx512", "amx")) or "bf16" in f)
 
 
 def run_precision_benchmark(quick: bool, json_out: Path | None, batch: int = 8, threads: int = 2) -> dict[str, Any]:

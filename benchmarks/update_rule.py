@@ -51,6 +51,8 @@ class Rule:
     lr_scale: float = 1.0  # the generator's learning rate times this
     grad_dtype: str = "float32"  # the nodes' gradients as the wire would carry them
     fake_dtype: str = "float32"  # the generator's fakes as the wire would carry them
+    precision: str = "fp32"  # the generator's forward pass (TrainConfig.precision)
+    node_precision: str = "fp32"  # the nodes' D and segmenter passes (DiscriminatorTrainer's precision)
 
 
 RULES = {
@@ -63,6 +65,11 @@ RULES = {
     # the wire's encodings, paired with "async" (same seeds, same schedule: only the encoding differs)
     "async-f16": Rule("async-f16", "async", 1, 2, grad_dtype="float16", fake_dtype="float16"),  # dgan's default
     "async-int8": Rule("async-int8", "async", 1, 2, grad_dtype="int8", fake_dtype="uint8"),  # the smallest
+    # paired with "async-f16": the generator's forward under bf16 autocast (fast only on native-bf16 CPUs)
+    "async-f16-bf16": Rule("async-f16-bf16", "async", 1, 2, grad_dtype="float16", fake_dtype="float16",
+                           precision="bf16"),
+    "async-f16-bf16-all": Rule("async-f16-bf16-all", "async", 1, 2, grad_dtype="float16", fake_dtype="float16",
+                               precision="bf16", node_precision="bf16"),  # and the nodes too
 }
 
 
@@ -71,13 +78,15 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
     """Train a generator on ``feedbacks`` node answers under ``rule``; returns it and its staleness figures."""
     lr, beta1 = cfg.generator_optim()
     gen = GeneratorTrainer(cfg.model(), TrainConfig(steps=feedbacks, lr=lr * rule.lr_scale, beta1=beta1, seed=seed,
-                                                    fake_dtype=rule.fake_dtype, ema=ema, max_staleness=10**6))
+                                                    fake_dtype=rule.fake_dtype, ema=ema, max_staleness=10**6,
+                                                    precision=rule.precision))
     parts = [list(range(len(splits.train)))] if rule.mode == "central" else splits.node_parts
     names = [f"node{i}" for i in range(len(parts))]
     nodes = []
     for i, part in enumerate(parts):
         sub = splits.train.subset(part)
-        disc = DiscriminatorTrainer(cfg.model(), cfg.recipe(feedback), seed=seed * 100 + i)
+        disc = DiscriminatorTrainer(cfg.model(), cfg.recipe(feedback), seed=seed * 100 + i,
+                                    precision=rule.node_precision)
         sampler = PairSampler(sub.images, sub.masks, cfg.size, seed=seed * 100 + i)
         for _ in range(disc.warmup_steps):
             disc.warm_up(*reversed(sampler.batch(cfg.batch_size)))

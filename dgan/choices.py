@@ -29,6 +29,12 @@ class FakeDtype(str, enum.Enum):
     uint8 = "uint8"
 
 
+class Precision(str, enum.Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    auto = "auto"  # bf16 on CUDA or a CPU with native bf16 (dgan.cpu_features), else fp32
+
+
 class GradDtype(str, enum.Enum):
     float16 = "float16"
     float32 = "float32"

@@ -145,6 +145,24 @@ def bench_precision(quick: Quick = False, json_out: JsonOut = None) -> None:
     run_precision_benchmark(quick, json_out)
 
 
+@bench_app.command("speed")
+def bench_speed(
+    quick: Quick = False,
+    json_out: JsonOut = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="Also torch.compile G (about 35 s to compile at "
+                                                             "128 px here).")] = False,
+    force_bf16: Annotated[bool, typer.Option(help="Measure bf16 autocast even where this CPU only emulates it "
+                                                  "(about 20x slower).")] = False,
+    system: Annotated[bool, typer.Option(help="Also local 4-node DGAN runs, fp32 against bf16 in every process "
+                                              "(a few minutes).")] = False,
+) -> None:
+    """Generator samples/s: fp32 on 2 and 1 threads, channels_last, bf16 (native CPUs only), torch.compile."""
+    from benchmarks.gen_speed import run_gen_speed_benchmark
+
+    setup_logging("WARNING")
+    run_gen_speed_benchmark(quick, json_out, with_compile=compile_, force_bf16=force_bf16, system=system)
+
+
 @bench_app.command("wire")
 def bench_wire(quick: Quick = False, json_out: JsonOut = None) -> None:
     """Bytes per sample and gradient fidelity of float32, float16 and int8 gradients, for each feedback mode."""
@@ -213,7 +231,8 @@ def bench_update_rule(
     data: Annotated[Path | None, typer.Option(help="Pairs folder with tile and source_image columns (Dubai); "
                                                    "default: built-in scenes.")] = None,
     rule: Annotated[list[str] | None, typer.Option(help="Rules to compare (repeat): async, async-p1, buffered, "
-                                                        "buffered-lr2, sync, central, async-f16, async-int8.")] = None,
+                                                        "buffered-lr2, sync, central, async-f16, async-int8, "
+                                                        "async-f16-bf16, async-f16-bf16-all.")] = None,
     tile: Annotated[list[str] | None, typer.Option(help="Test tiles, one split each (repeat).")] = None,
     gan_seeds: Annotated[int, typer.Option(help="GAN trainings per rule and split.")] = 2,
     feedbacks: Annotated[int, typer.Option(help="Node answers per training (the same for every rule).")] = 500,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dgan.choices import FakeDtype, GradDtype, LocalHow, Partition, RunPartition, TrainMode
+from dgan.choices import FakeDtype, GradDtype, LocalHow, Partition, Precision, RunPartition, TrainMode
 from dgan.cli_app import (
     Device,
     Feedback,
@@ -72,6 +72,9 @@ def run(
                                                        "targets; 0 = uniform).")] = 0.0,
     threads: Threads = 1,
     device: Device = "cpu",
+    precision: Annotated[Precision, typer.Option(
+        help="Every process: fp32; bf16 autocast; or auto, bf16 only on CUDA or a CPU with native bf16 "
+        "(AVX512-BF16/AMX).")] = Precision.fp32,
     seed: int = 0,
     quiet: Quiet = False,
     log_level: LogLevel = "INFO",
@@ -103,7 +106,7 @@ def run(
     cfg = RunConfig(nodes=nodes, steps=steps, out=out, data=folder, scene_variant=variant, num_classes=len(classes),
                     partition=partition.value, scenes=scenes, record=record, image_size=image_size, g_width=g_width,
                     d_width=d_width, batch_size=batch_size, mode=mode.value, threads=threads, device=device,
-                    seed=seed, feedback=feedback.value, lambda_l1=lambda_l1,
+                    precision=precision.value, seed=seed, feedback=feedback.value, lambda_l1=lambda_l1,
                     node_args=["--lambda-semantic", str(lambda_semantic), "--positive-crops", str(positive_crops),
                                "--diffaugment" if diffaugment else "--no-diffaugment"])
     _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps, feedback {feedback.value}")

@@ -66,6 +66,7 @@ class RunConfig:
     generator_threads: int = 0  # 0: min(2, cores); the generator does most of the FLOPs (G forward + backward)
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"  # every process's --precision (auto: bf16 only where the CPU has it natively)
     delays: list[float] = field(default_factory=list)  # per node, seconds per batch
     checkpoint_every: int = 100
     sample_every: int = 50
@@ -150,7 +151,8 @@ def run_local(cfg: RunConfig, watch: Callable[[str], None] | None = None) -> dic
             synthesize=cfg.synthesize, checkpoint_every=cfg.checkpoint_every, sample_every=cfg.sample_every,
             heartbeat=hb, extra=["--mode", cfg.mode, "--seed", str(cfg.seed), "--threads", str(gen_threads),
                                  "--num-classes", str(cfg.num_classes),
-                                 "--device", cfg.device, *cfg.extra_generator_args]), gen_threads,
+                                 "--device", cfg.device, "--precision", cfg.precision,
+                                 *cfg.extra_generator_args]), gen_threads,
             place.prefix.get("generator"), cfg.generator_module)
         for i, shard in enumerate(shards):
             delay = cfg.delays[i] if i < len(cfg.delays) else 0.0
@@ -159,7 +161,7 @@ def run_local(cfg: RunConfig, watch: Callable[[str], None] | None = None) -> dic
                 replace(ports, host=place.node_host.get(name, ports.host)), name, shard, image_size=cfg.image_size,
                 batch_size=cfg.batch_size, heartbeat=hb,
                 extra=["--pipeline", str(cfg.pipeline), "--seed", str(cfg.seed + i), "--threads", str(cfg.threads),
-                       "--device", cfg.device, "--delay", str(delay), "--stats",
+                       "--device", cfg.device, "--precision", cfg.precision, "--delay", str(delay), "--stats",
                        str(cfg.out / "nodes" / f"node{i}.json"), "--feedback", cfg.feedback,
                        "--lambda-l1", str(cfg.lambda_l1), *cfg.node_args]), cfg.threads, place.prefix.get(name),
                 cfg.node_module)

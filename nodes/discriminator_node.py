@@ -40,6 +40,7 @@ class NodeConfig:
     delay: float = 0.0  # artificial seconds per batch, to emulate slow sites
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"  # D's (and the semantic segmenter's) passes: fp32, bf16 or auto (native bf16 only)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)  # the operator's choice, never the generator's
     request_timeout: float = 60.0
     feedback_retry: float = 10.0  # seconds a FEEDBACK that could not leave is retried before it is given up
@@ -52,10 +53,12 @@ class NodeConfig:
     positive_share: float | None = None  # sparse targets: share of crops placed on a foreground pixel
 
     def __post_init__(self) -> None:
-        from dgan.choices import GradDtype, values
+        from dgan.choices import GradDtype, Precision, values
 
         if self.grad_dtype not in values(GradDtype):
             raise ValueError(f"grad_dtype must be one of {', '.join(values(GradDtype))}, got {self.grad_dtype!r}")
+        if self.precision not in values(Precision):
+            raise ValueError(f"precision must be one of {', '.join(values(Precision))}, got {self.precision!r}")
 
 
 @dataclass
@@ -198,7 +201,8 @@ class DiscriminatorNode:
                             "weights", self.cfg.name)
             # D's initial weights come from the OS, not from --seed: a generator that could compute them would
             # learn more from each gradient (and could force a reset with a changed WELCOME).
-            self.trainer = DiscriminatorTrainer(model, self.cfg.feedback, seed=None, device=self.cfg.device)
+            self.trainer = DiscriminatorTrainer(model, self.cfg.feedback, seed=None, device=self.cfg.device,
+                                                precision=self.cfg.precision)
             self.judge = LabelJudge(seed=None, device=self.cfg.device) if self.cfg.judge else None
             self.judge_sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed + 7919,
                                              positive_share=self.cfg.positive_share)

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dgan.choices import Precision, values
+from dgan.cpu_features import resolve_precision
 from dgan.feedback import FeedbackConfig, FeedbackMode
 from dgan.grad_codec import quantize_int8
 from dgan.networks import (
@@ -103,11 +105,15 @@ class DiscriminatorTrainer:
     """A node's discriminator, its optimiser and its feedback recipe (``FeedbackConfig``, the node's own)."""
 
     def __init__(self, cfg: ModelConfig, feedback: FeedbackConfig | None = None, seed: int | None = 0,
-                 device: str = "cpu") -> None:
-        """``seed=None`` draws D's initial weights from the OS: nobody else can compute them (a node's default)."""
+                 device: str = "cpu", precision: str = "fp32") -> None:
+        """``seed=None`` draws D's initial weights from the OS: nobody else can compute them (a node's default).
+        ``precision``: fp32, bf16 (autocast) or auto (bf16 on CUDA or a CPU with native bf16)."""
         self.cfg = cfg
         self.feedback = feedback or FeedbackConfig()
         self.device = torch.device(device)
+        if precision not in values(Precision):
+            raise ValueError(f"precision must be one of {', '.join(values(Precision))}, got {precision!r}")
+        self.precision = resolve_precision(precision, device)
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
         torch.manual_seed(seed)
@@ -145,7 +151,8 @@ class DiscriminatorTrainer:
             return float(self._task_step(real, labels))
         self.D.train()
         self.opt.zero_grad(set_to_none=True)
-        loss = class_balanced_ce(self.D(real), labels, self.cfg.num_classes, real=True)
+        with self._autocast():
+            loss = class_balanced_ce(self.D(real), labels, self.cfg.num_classes, real=True)
         loss.backward()
         self.opt.step()
         return float(loss.detach())
@@ -158,10 +165,11 @@ class DiscriminatorTrainer:
         real = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals)).to(dev))
         fake = fakes_from_wire(fakes, dev)
         self.D.train()
-        if self.segmenting:
-            losses, g_total = self._segmentation_losses(mask_t, real, fake)
-        else:
-            losses, g_total = self._patch_losses(mask_t, real, fake)
+        with self._autocast():
+            if self.segmenting:
+                losses, g_total = self._segmentation_losses(mask_t, real, fake)
+            else:
+                losses, g_total = self._patch_losses(mask_t, real, fake)
         self.steps += 1
         (grad,) = torch.autograd.grad(g_total, fake)
         if self._task_batch is not None:  # semantic: learn from this batch's real pairs only now (kept local)
@@ -176,6 +184,10 @@ class DiscriminatorTrainer:
             q, steps = quantize_int8(scaled, self._rounding)
             return Scored(q, losses, scale, steps)
         return Scored(scaled.astype(grad_dtype, copy=False), losses, scale)
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast when this node runs in bf16; a no-op context otherwise."""
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16")
 
     def _generator_loss(self, fn: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
         """G's loss with D (or ``model``) frozen (pix2pix order: after the D step)."""
@@ -194,7 +206,8 @@ class DiscriminatorTrainer:
             raise RuntimeError("only a semantic-mode node has a task segmenter")
         self.task.train()
         self.task_opt.zero_grad(set_to_none=True)
-        loss = class_weighted_ce(self.task(real), labels, self.cfg.num_classes)
+        with self._autocast():
+            loss = class_weighted_ce(self.task(real), labels, self.cfg.num_classes)
         loss.backward()
         self.task_opt.step()
         return loss.detach()

@@ -26,7 +26,8 @@ import torch
 from torch.func import functional_call
 
 from dgan import grad_codec
-from dgan.choices import FakeDtype, SynthWeights, TrainMode, Weighting, values
+from dgan.choices import FakeDtype, Precision, SynthWeights, TrainMode, Weighting, values
+from dgan.cpu_features import resolve_precision
 from dgan.networks import ModelConfig, define_G, masks_to_input, tensor_to_images
 
 log = logging.getLogger("dgan.generator")
@@ -36,6 +37,7 @@ TRAIN_MODES = values(TrainMode)
 WEIGHTINGS = values(Weighting)
 FAKE_DTYPES = values(FakeDtype)
 SYNTH_WEIGHTS = values(SynthWeights)
+PRECISIONS = values(Precision)
 
 
 @dataclass
@@ -53,9 +55,13 @@ class TrainConfig:
     ema: float = 0.0  # > 0: keep an exponential moving average of G's weights (decay) and synthesise from it
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"  # G's forward: fp32, bf16 (autocast) or auto (bf16 where the CPU has it natively)
+    channels_last: bool = False  # G's weights and inputs in NHWC (measured 0.96x on this VM: off by default)
+    compile: bool = False  # torch.compile G's forward (measured 0.78x after ~35 s of compiling on this VM)
 
     def __post_init__(self) -> None:
-        for name, allowed in (("mode", TRAIN_MODES), ("weighting", WEIGHTINGS), ("fake_dtype", FAKE_DTYPES)):
+        for name, allowed in (("mode", TRAIN_MODES), ("weighting", WEIGHTINGS), ("fake_dtype", FAKE_DTYPES),
+                              ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.ema < 1.0:
@@ -90,6 +96,10 @@ class GeneratorTrainer:
         self.device = torch.device(train.device)
         torch.manual_seed(train.seed)
         self.G = define_G(model).to(self.device)
+        self._format = torch.channels_last if train.channels_last else torch.contiguous_format
+        self.G = self.G.to(memory_format=self._format)
+        self.precision = resolve_precision(train.precision, train.device)
+        self._forward = torch.compile(self._eager_forward, dynamic=False) if train.compile else self._eager_forward
         self.G.train()  # dropout is the generator's noise, at training and synthesis alike
         self.opt = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=(train.beta1, 0.999))
         self.G_ema = copy.deepcopy(self.G) if train.ema > 0 else None
@@ -121,12 +131,16 @@ class GeneratorTrainer:
         """Fakes for ``masks`` (B, H, W); remembered under ``key`` until feedback."""
         params = self._params_now()
         m = torch.from_numpy(np.array(masks, dtype=np.uint8))  # small copy: wire frames are read-only
-        x = masks_to_input(m.to(self.device), self.model_cfg.num_classes)
-        with torch.random.fork_rng(devices=[]):
+        x = masks_to_input(m.to(self.device), self.model_cfg.num_classes).contiguous(memory_format=self._format)
+        with torch.random.fork_rng(devices=[]), torch.autocast(self.device.type, torch.bfloat16,
+                                                               enabled=self.precision == "bf16"):
             torch.manual_seed(self.request_seed(node, request_id))
-            fakes = functional_call(self.G, dict(zip(self.names, params, strict=True)), (x,))
+            fakes = self._forward(dict(zip(self.names, params, strict=True)), x).float()
         self.inflight[key] = InFlight(node, self.step, fakes, params)
         return fakes_to_wire(fakes.detach().float().cpu(), self.cfg.fake_dtype)
+
+    def _eager_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.G, params, (x,))
 
     def release(self, node: str) -> int:
         """Forget a node's in-flight requests (it left or restarted)."""

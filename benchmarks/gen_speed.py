@@ -1,0 +1,150 @@
+"""Generator samples/s under each speed setting, side by side in one run (issue 13's speed work).
+
+One cycle is what the central generator does per request: ``generate`` (G's forward, graph kept), then
+``apply_feedback`` (the backward of a node's gradient) and ``update`` (Adam). Every variant is its own
+:class:`GeneratorTrainer`; repeats interleave the variants so machine noise hits them alike; medians are reported.
+bf16 is measured only where the CPU has it natively (or with ``force_bf16``): emulated, it is ~20x slower.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from dgan.cpu_features import cpu_flags, native_bf16
+from dgan.data.scenes import make_scenes
+from dgan.networks import ModelConfig
+from dgan.training.generator import GeneratorTrainer, TrainConfig
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    threads: int = 2
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+
+BASELINE = Variant("fp32, 2 threads (default)")
+
+
+def _variants(with_compile: bool, bf16: bool) -> list[Variant]:
+    out = [BASELINE, Variant("fp32, 1 thread", threads=1), Variant("channels_last", channels_last=True)]
+    if bf16:
+        out.append(Variant("bf16 autocast", precision="bf16"))
+    if with_compile:
+        out.append(Variant("torch.compile", compile=True))
+    return out
+
+
+def _cycles(trainer: GeneratorTrainer, masks: np.ndarray, first: int, n: int) -> None:
+    for i in range(first, first + n):
+        fakes = trainer.generate("bench", i, masks, i)
+        grad = np.random.default_rng(i).standard_normal(fakes.shape).astype(np.float32) * 1e-3
+        trainer.apply_feedback("bench", i, grad)
+        trainer.update()
+
+
+def system_rates(quick: bool, precisions: list[str], repeats: int) -> dict[str, list[float]]:
+    """Applied samples/s of a local 4-node DGAN run (broker, generator and nodes as processes) per precision,
+    the same precision in every process; runs interleaved."""
+    import tempfile
+
+    from benchmarks.training import _sizes, applied_rate
+    from dgan.run import RunConfig, run_local
+
+    sz = _sizes(quick)
+    rates: dict[str, list[float]] = {p: [] for p in precisions}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats):
+            for p in precisions:
+                out = Path(tmp) / f"{p}-{r}"
+                run_local(RunConfig(nodes=4, steps=sz["steps"], out=out, scenes=160, image_size=sz["image_size"],
+                                    g_width=sz["g_width"], d_width=sz["d_width"], batch_size=8, synthesize=False,
+                                    checkpoint_every=0, sample_every=0, timeout=1800, precision=p))
+                rates[p].append(applied_rate(out))
+    return rates
+
+
+def run_gen_speed_benchmark(quick: bool = False, json_out: Path | None = None, with_compile: bool = False,
+                            force_bf16: bool = False, repeats: int | None = None,
+                            system: bool = False) -> dict[str, Any]:
+    console = Console()
+    size, width, batch, cycles = (64, 16, 8, 10) if quick else (128, 32, 8, 3)
+    repeats = repeats or (3 if quick else 5)
+    model = ModelConfig(image_size=size, g_width=width)
+    _, masks = make_scenes(range(batch), size)
+    bf16 = force_bf16 or native_bf16()
+    variants = _variants(with_compile, bf16)
+    trainers: dict[str, GeneratorTrainer] = {}
+    warmup_s: dict[str, float] = {}
+    rates: dict[str, list[float]] = {v.name: [] for v in variants}
+    threads_before = torch.get_num_threads()
+    try:
+        with console.status("generator cycles, variants interleaved…"):
+            for v in variants:
+                torch.set_num_threads(v.threads)
+                t0 = time.perf_counter()
+                trainers[v.name] = GeneratorTrainer(model, TrainConfig(seed=0, precision=v.precision,
+                                                                       channels_last=v.channels_last,
+                                                                       compile=v.compile))
+                _cycles(trainers[v.name], masks, 0, 2)  # warm-up: compiles, allocator, oneDNN primitives
+                warmup_s[v.name] = time.perf_counter() - t0
+            for r in range(repeats):
+                for v in variants:
+                    torch.set_num_threads(v.threads)
+                    t0 = time.perf_counter()
+                    _cycles(trainers[v.name], masks, 100 + r * cycles, cycles)
+                    rates[v.name].append(cycles * batch / (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(threads_before)
+    base = statistics.median(rates[BASELINE.name])
+    rows = [{"variant": v.name, "threads": v.threads, "precision": v.precision, "channels_last": v.channels_last,
+             "compile": v.compile, "samples_per_s": statistics.median(rates[v.name]), "runs": rates[v.name],
+             "vs_default": statistics.median(rates[v.name]) / base, "warmup_s": warmup_s[v.name]}
+            for v in variants]
+    no_bf16 = "this CPU has no native bf16 (avx512_bf16/amx_bf16); emulated bf16 measured 0.045x fp32"
+    skipped = [] if bf16 else [{"variant": "bf16 autocast", "why": no_bf16}]
+    if not with_compile:
+        skipped.append({"variant": "torch.compile", "why": "not asked for (--compile): ~35 s to compile at 128 px"})
+    system_rows: list[dict[str, Any]] = []
+    if system:
+        with console.status("local DGAN runs (4 nodes), fp32 and bf16 interleaved…"):
+            sys_rates = system_rates(quick, ["fp32", "bf16"] if bf16 else ["fp32"], 2)
+        sys_base = statistics.median(sys_rates["fp32"])
+        system_rows = [{"precision": p, "applied_samples_per_s": statistics.median(v), "runs": v,
+                        "vs_fp32": statistics.median(v) / sys_base} for p, v in sys_rates.items()]
+    table = Table(title=f"generator cycle (forward, node gradient backward, Adam) at {size} px, batch {batch}, "
+                        f"medians of {repeats}")
+    for col in ("variant", "samples/s", "vs default", "warm-up s"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(row["variant"], f"{row['samples_per_s']:.1f}", f"{row['vs_default']:.2f}x",
+                      f"{row['warmup_s']:.1f}")
+    for s in skipped:
+        table.add_row(s["variant"], "—", "skipped", s["why"])
+    console.print(table)
+    if system_rows:
+        sys_table = Table(title="local DGAN run, 4 node processes: applied samples/s (medians of 2)")
+        for col in ("precision (every process)", "applied samples/s", "vs fp32"):
+            sys_table.add_column(col, justify="right")
+        for row in system_rows:
+            sys_table.add_row(row["precision"], f"{row['applied_samples_per_s']:.1f}", f"{row['vs_fp32']:.2f}x")
+        console.print(sys_table)
+    result = {"image_size": size, "g_width": width, "batch": batch, "repeats": repeats, "rows": rows,
+              "skipped": skipped, "system": system_rows, "cpu_flags": cpu_flags(), "native_bf16": native_bf16(),
+              "torch": torch.__version__, "quick": quick}
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
+        console.print(f"wrote {json_out}")
+    return result

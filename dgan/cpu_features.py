@@ -1,0 +1,36 @@
+"""What this CPU does natively, so a speed setting is chosen by detection rather than assumed.
+
+bf16 autocast pays only where the CPU has bf16 instructions (AVX512-BF16, AMX). Elsewhere PyTorch emulates
+bf16 convolutions: a pix2pix step measured 0.045x the fp32 speed on this project's 2-core VM
+(``docs/results/bench-precision.json``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The CPU's bf16-related and AVX-512/AMX flags (empty where ``/proc/cpuinfo`` cannot be read)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("avx512", "amx")) or "bf16" in f)
+
+
+def native_bf16(flags: list[str] | None = None) -> bool:
+    """True where the CPU computes bf16 itself (AVX512-BF16 or AMX-BF16)."""
+    return bool(NATIVE_BF16_FLAGS & set(cpu_flags() if flags is None else flags))
+
+
+def resolve_precision(precision: str, device: str = "cpu", flags: list[str] | None = None) -> str:
+    """``auto`` -> ``bf16`` on a CUDA device or a CPU with native bf16, else ``fp32``; others pass through."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16"
+    return "bf16" if native_bf16(flags) else "fp32"
