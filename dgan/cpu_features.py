@@ -13,7 +13,8 @@ NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
-    """The CPU's bf16-related and AVX-512/AMX flags (empty where ``/proc/cpuinfo`` cannot be read)."""
+    """The CPU's bf16-related and AVX-512/AMX flags: x86's ``flags`` line only (ARM's ``Features`` is not read, so
+    ``auto`` stays fp32 there); empty where ``/proc/cpuinfo`` cannot be read."""
     try:
         text = cpuinfo.read_text()
     except OSError:
@@ -27,10 +28,22 @@ def native_bf16(flags: list[str] | None = None) -> bool:
     return bool(NATIVE_BF16_FLAGS & set(cpu_flags() if flags is None else flags))
 
 
+def cuda_native_bf16() -> bool:
+    """True where the CUDA device computes bf16 itself (Ampere and later); older GPUs emulate it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch before 2.4 has no including_emulation
+        return torch.cuda.get_device_capability() >= (8, 0)
+
+
 def resolve_precision(precision: str, device: str = "cpu", flags: list[str] | None = None) -> str:
-    """``auto`` -> ``bf16`` on a CUDA device or a CPU with native bf16, else ``fp32``; others pass through."""
+    """``auto`` -> ``bf16`` on a GPU or CPU that computes bf16 natively, else ``fp32``; others pass through."""
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
-        return "bf16"
+        return "bf16" if cuda_native_bf16() else "fp32"
     return "bf16" if native_bf16(flags) else "fp32"

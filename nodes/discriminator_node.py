@@ -86,6 +86,7 @@ class NodeStats:
     last_feedback: float = 0.0  # monotonic: the last FEEDBACK sent
     pipeline: int = 0  # requests kept in flight now
     pipeline_sum: int = 0  # summed over batches, for the mean depth
+    precision: str = ""  # what D runs in here, --precision auto resolved ("" before the generator's WELCOME)
     wire_recent: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # last round trips less held
     wire_recent_at: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # when each (monotonic)
 
@@ -96,6 +97,7 @@ class NodeStats:
                 "active_s": max(0.0, self.last_feedback - self.first_request),
                 "wire_bytes": self.wire_bytes, "errors": dict(self.errors), "pipeline": self.pipeline,
                 "pipeline_mean": self.pipeline_sum / self.batches if self.batches else float(self.pipeline),
+                "precision": self.precision,
                 "wire_recent_s": [round(w, 5) for w in self.wire_recent],
                 "wire_recent_at": [round(t, 4) for t in self.wire_recent_at],  # this host's monotonic clock
                 "wall_s": time.monotonic() - self.started}
@@ -203,6 +205,10 @@ class DiscriminatorNode:
             # learn more from each gradient (and could force a reset with a changed WELCOME).
             self.trainer = DiscriminatorTrainer(model, self.cfg.feedback, seed=None, device=self.cfg.device,
                                                 precision=self.cfg.precision)
+            self.stats.precision = self.trainer.precision
+            if self.cfg.precision != self.trainer.precision:
+                log.info("node %s: precision %s resolves to %s here", self.cfg.name, self.cfg.precision,
+                         self.trainer.precision)
             self.judge = LabelJudge(seed=None, device=self.cfg.device) if self.cfg.judge else None
             self.judge_sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed + 7919,
                                              positive_share=self.cfg.positive_share)

@@ -65,3 +65,27 @@ def test_router_mandatory_to_an_unknown_peer_raises_host_unreachable_and_sends_n
         assert not dealer.poll(50)  # nothing half-sent from the refused message
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_bad_frame_is_refused_before_anything_is_sent_so_the_next_message_arrives_alone() -> None:
+    ctx = zmq.Context()
+    try:
+        a, b = _pair(ctx, name="bad")
+        for bad in ([b"h1", "text is not a buffer"], [b"h1", 3]):
+            try:
+                send_frames(a, bad)
+            except TypeError as exc:
+                assert "frame 1" in str(exc)
+            else:
+                raise AssertionError(f"{bad!r} must be refused")
+        try:
+            send_frames(a, [])
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("an empty message must be refused")
+        send_frames(a, [b"h2", b"body"])
+        assert [f.bytes for f in recv_frames(b)] == [b"h2", b"body"]  # not [h1, h2, body]
+        assert not b.poll(50)
+    finally:
+        ctx.destroy(linger=0)

@@ -165,11 +165,10 @@ class DiscriminatorTrainer:
         real = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals)).to(dev))
         fake = fakes_from_wire(fakes, dev)
         self.D.train()
-        with self._autocast():
-            if self.segmenting:
-                losses, g_total = self._segmentation_losses(mask_t, real, fake)
-            else:
-                losses, g_total = self._patch_losses(mask_t, real, fake)
+        if self.segmenting:
+            losses, g_total = self._segmentation_losses(mask_t, real, fake)
+        else:
+            losses, g_total = self._patch_losses(mask_t, real, fake)
         self.steps += 1
         (grad,) = torch.autograd.grad(g_total, fake)
         if self._task_batch is not None:  # semantic: learn from this batch's real pairs only now (kept local)
@@ -222,12 +221,14 @@ class DiscriminatorTrainer:
                       fake: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
         m = masks_to_input(mask_t, self.cfg.num_classes)
         self.opt.zero_grad(set_to_none=True)
-        d_real = self.gan_loss(self._judge(m, real), True)
-        d_fake = self.gan_loss(self._judge(m, fake), False)
+        with self._autocast():  # forward passes only: backward runs outside autocast, as PyTorch advises
+            d_real = self.gan_loss(self._judge(m, real), True)
+            d_fake = self.gan_loss(self._judge(m, fake), False)
         ((d_real + d_fake) * 0.5).backward()
         self.opt.step()
         fake.requires_grad_(True)
-        g_adv = self._generator_loss(lambda: self.gan_loss(self._judge(m, fake), True))
+        with self._autocast():
+            g_adv = self._generator_loss(lambda: self.gan_loss(self._judge(m, fake), True))
         losses = {"d_real": d_real, "d_fake": d_fake, "g_adv": g_adv}
         g_total = g_adv
         if self.feedback.mode == FeedbackMode.L1:  # the only mode with a pixel loss against the real image
@@ -240,7 +241,8 @@ class DiscriminatorTrainer:
             task.eval()
             # The verdict comes from the segmenter as it was before this batch: one that had just stepped on
             # these very real images would tie the gradient to them (sign agreement 0.513 when it did).
-            g_sem = self._generator_loss(lambda: class_weighted_ce(task(fake), labels, c), task)
+            with self._autocast():
+                g_sem = self._generator_loss(lambda: class_weighted_ce(task(fake), labels, c), task)
             g_total = g_total + self.feedback.lambda_semantic * g_sem
             losses["g_semantic"] = g_sem
             self._task_batch = (real, labels)  # its step on them comes after the gradient (see score)
@@ -252,19 +254,21 @@ class DiscriminatorTrainer:
         c = self.cfg.num_classes
         labels = class_labels(mask_t, c)
         self.opt.zero_grad(set_to_none=True)
-        out_real, out_fake = self.D(real), self.D(fake)
-        d_real = class_balanced_ce(out_real, labels, c, real=True)
-        d_fake = class_balanced_ce(out_fake, labels, c, real=False)
-        d_total = d_real + d_fake
-        losses = {"d_real": d_real, "d_fake": d_fake}
-        if self.feedback.label_mix > 0:
-            mixed, mix = label_mix(labels, real, fake, c, self.mix_rng)
-            lm = torch.nn.functional.mse_loss(self.D(mixed), mix * out_real + (1 - mix) * out_fake)
-            d_total = d_total + self.feedback.label_mix * lm
-            losses["d_labelmix"] = lm
+        with self._autocast():  # forward passes only
+            out_real, out_fake = self.D(real), self.D(fake)
+            d_real = class_balanced_ce(out_real, labels, c, real=True)
+            d_fake = class_balanced_ce(out_fake, labels, c, real=False)
+            d_total = d_real + d_fake
+            losses = {"d_real": d_real, "d_fake": d_fake}
+            if self.feedback.label_mix > 0:
+                mixed, mix = label_mix(labels, real, fake, c, self.mix_rng)
+                lm = torch.nn.functional.mse_loss(self.D(mixed), mix * out_real + (1 - mix) * out_fake)
+                d_total = d_total + self.feedback.label_mix * lm
+                losses["d_labelmix"] = lm
         d_total.backward()
         self.opt.step()
         fake.requires_grad_(True)
-        g_adv = self._generator_loss(lambda: class_balanced_ce(self.D(fake), labels, c, real=True))
+        with self._autocast():
+            g_adv = self._generator_loss(lambda: class_balanced_ce(self.D(fake), labels, c, real=True))
         losses.update(g_adv=g_adv, g_total=g_adv)
         return {k: float(v.detach()) for k, v in losses.items()}, g_adv

@@ -17,7 +17,7 @@ import os
 import random
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"  # G's forward: fp32, bf16 (autocast) or auto (bf16 where the CPU has it natively)
-    channels_last: bool = False  # G's weights and inputs in NHWC (measured 0.96x on this VM: off by default)
-    compile: bool = False  # torch.compile G's forward (measured 0.78x after ~35 s of compiling on this VM)
+    channels_last: bool = False  # G's weights and inputs in NHWC (0.93x on a 2-core VM, bench-speed.json: off)
+    compile: bool = False  # torch.compile G's forward (0.78x there, after ~35 s of compiling: off)
 
     def __post_init__(self) -> None:
         for name, allowed in (("mode", TRAIN_MODES), ("weighting", WEIGHTINGS), ("fake_dtype", FAKE_DTYPES),
@@ -99,7 +99,12 @@ class GeneratorTrainer:
         self._format = torch.channels_last if train.channels_last else torch.contiguous_format
         self.G = self.G.to(memory_format=self._format)
         self.precision = resolve_precision(train.precision, train.device)
-        self._forward = torch.compile(self._eager_forward, dynamic=False) if train.compile else self._eager_forward
+        if self.precision != train.precision:  # checkpoints record what ran: a replay elsewhere runs the same
+            log.info("precision %s resolves to %s on this machine", train.precision, self.precision)
+            self.cfg = replace(train, precision=self.precision)
+        # dynamic=None: a second batch size recompiles once with a dynamic batch dimension, not once per size
+        self._compiled = torch.compile(self._eager_forward, dynamic=None) if train.compile else None
+        self._forward = self._compiled_forward if train.compile else self._eager_forward
         self.G.train()  # dropout is the generator's noise, at training and synthesis alike
         self.opt = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=(train.beta1, 0.999))
         self.G_ema = copy.deepcopy(self.G) if train.ema > 0 else None
@@ -137,10 +142,21 @@ class GeneratorTrainer:
             torch.manual_seed(self.request_seed(node, request_id))
             fakes = self._forward(dict(zip(self.names, params, strict=True)), x).float()
         self.inflight[key] = InFlight(node, self.step, fakes, params)
-        return fakes_to_wire(fakes.detach().float().cpu(), self.cfg.fake_dtype)
+        return fakes_to_wire(fakes.detach().cpu(), self.cfg.fake_dtype)
 
     def _eager_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.G, params, (x,))
+
+    def _compiled_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The compiled forward; where compiling fails (no C++ toolchain, an unsupported op) G runs on eagerly."""
+        if self._compiled is None:
+            return self._eager_forward(params, x)
+        try:
+            return self._compiled(params, x)
+        except Exception as exc:  # torch raises many types from its compiler stack
+            log.warning("torch.compile failed (%s: %s); the generator runs uncompiled", type(exc).__name__, exc)
+            self._forward = self._eager_forward
+            return self._eager_forward(params, x)
 
     def release(self, node: str) -> int:
         """Forget a node's in-flight requests (it left or restarted)."""
@@ -293,7 +309,9 @@ class GeneratorTrainer:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> GeneratorTrainer:
         """A trainer built with a checkpoint's own model and training config, then restored from it."""
-        trainer = cls(ModelConfig.from_dict(state["model"]), TrainConfig(**state["train"]))
+        known = {f.name for f in fields(TrainConfig)}  # a newer checkpoint's extra settings are not ours to know
+        trainer = cls(ModelConfig.from_dict(state["model"]),
+                      TrainConfig(**{k: v for k, v in state["train"].items() if k in known}))
         trainer.restore(state)
         return trainer
 
