@@ -160,10 +160,10 @@ def generator(
     precision: Annotated[Precision, typer.Option(
         help="G's forward pass: fp32; bf16 autocast; or auto, bf16 only on CUDA or a CPU with native bf16 "
         "(AVX512-BF16/AMX), where it pays: emulated bf16 measured 0.045x fp32.")] = Precision.fp32,
-    channels_last: Annotated[bool, typer.Option(help="G in NHWC memory layout (0.93x on a 2-core CPU; "
+    channels_last: Annotated[bool, typer.Option(help="G in NHWC memory layout (0.93-1.01x on a 2-core CPU; "
                                                      "measure with dgan bench speed).")] = False,
     compile_g: Annotated[bool, typer.Option("--compile", help="torch.compile G's forward (about 35 s to compile; "
-                                                              "0.78x on a 2-core CPU).")] = False,
+                                                              "0.79x on a 2-core CPU).")] = False,
     seed: int = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
     sample_every: Annotated[int, typer.Option(help="Steps between sample grids.")] = 50,

@@ -56,8 +56,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"  # G's forward: fp32, bf16 (autocast) or auto (bf16 where the CPU has it natively)
-    channels_last: bool = False  # G's weights and inputs in NHWC (0.93x on a 2-core VM, bench-speed.json: off)
-    compile: bool = False  # torch.compile G's forward (0.78x there, after ~35 s of compiling: off)
+    channels_last: bool = False  # G's weights and inputs in NHWC (0.93-1.01x on a 2-core VM: off)
+    compile: bool = False  # torch.compile G's forward (0.79x there, after ~35 s of compiling: off)
 
     def __post_init__(self) -> None:
         for name, allowed in (("mode", TRAIN_MODES), ("weighting", WEIGHTINGS), ("fake_dtype", FAKE_DTYPES),
