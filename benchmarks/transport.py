@@ -88,11 +88,12 @@ def _proxy(front: str, back: str) -> None:
 
 def _broker(node_port: int, gen_port: int, pub_port: int, record: str | None, variant: str = "broker") -> None:
     """``variant``: ``broker``, or a baseline: ``broker-arrays`` builds every tensor, ``broker-pyzmq`` uses pyzmq's
-    Python multipart calls."""
+    Python multipart calls, ``broker-hwmN`` queues N messages per socket instead of 64 (zmq's default is 1000)."""
     from broker import Broker, BrokerConfig
 
+    hwm = int(variant.removeprefix("broker-hwm")) if variant.startswith("broker-hwm") else BrokerConfig.hwm
     cfg = BrokerConfig(node_port=node_port, generator_port=gen_port, pub_port=pub_port,
-                       heartbeat_interval=HEARTBEAT, record=Path(record) if record else None,
+                       heartbeat_interval=HEARTBEAT, record=Path(record) if record else None, hwm=hwm,
                        build_arrays=variant == "broker-arrays", pyzmq_multipart=variant == "broker-pyzmq")
     Broker(cfg).serve()
 
@@ -204,13 +205,15 @@ def measure(paths: list[_Path], sizes: list[int], quick: bool, repeats: int = 3)
 
 def run_transport_benchmark(quick: bool = False, json_out: Path | None = None, with_record: bool = False,
                             sizes: list[int] | None = None, with_arrays: bool = False,
-                            with_pyzmq: bool = False, repeats: int = 3) -> dict[str, Any]:
+                            with_pyzmq: bool = False, repeats: int = 3,
+                            broker_hwm: list[int] | None = None) -> dict[str, Any]:
     """Baselines beside today's broker: ``with_arrays``, the broker building every tensor as an array (before
     header-only validation); ``with_pyzmq``, the broker on pyzmq's Python multipart calls (before the compiled
     layer)."""
     sizes = sizes or SIZES
     console = Console(width=max(120, Console().width))
-    baselines = [*(["broker-arrays"] if with_arrays else []), *(["broker-pyzmq"] if with_pyzmq else [])]
+    baselines = [*(["broker-arrays"] if with_arrays else []), *(["broker-pyzmq"] if with_pyzmq else []),
+                 *(f"broker-hwm{n}" for n in broker_hwm or [])]
     with tempfile.TemporaryDirectory() as tmp, console.status("measuring…"):
         paths = [_Path(name) for name in ("direct", "proxy", "broker", *baselines)]
         if with_record:

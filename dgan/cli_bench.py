@@ -31,13 +31,15 @@ def bench_transport(
     size: Annotated[list[int] | None, typer.Option(help="Payload bytes (repeat); default 1 KiB, 64 KiB, 1 MiB, "
                                                         "4 MiB.")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Interleaved rounds over the paths; medians are reported.")] = 3,
+    broker_hwm: Annotated[list[int] | None, typer.Option(min=1, help="Also the broker with this high-water mark "
+                                                                     "(repeat; its default is 64).")] = None,
 ) -> None:
     """Throughput and round-trip latency: dgan broker vs zmq.proxy vs direct."""
     from benchmarks.transport import run_transport_benchmark
 
     setup_logging("WARNING")
     run_transport_benchmark(quick=quick, json_out=json_out, with_record=record, with_arrays=arrays,
-                            with_pyzmq=pyzmq, sizes=size or None, repeats=repeats)
+                            with_pyzmq=pyzmq, sizes=size or None, repeats=repeats, broker_hwm=broker_hwm)
 
 
 @bench_app.command("training")

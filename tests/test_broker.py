@@ -306,14 +306,15 @@ def test_a_second_generator_is_refused_while_the_first_is_alive(broker_proc: Bro
 
 @pytest.mark.timeout(300)
 def test_transport_bench_drives_the_broker_and_its_two_baselines_side_by_side() -> None:
-    """Today's broker, the array-building one and the one on pyzmq's Python multipart calls all route."""
+    """Today's broker, the array-building one, the one on pyzmq's Python multipart calls and one with a deeper
+    queue all route."""
     from benchmarks.transport import _Path, measure
 
-    paths = [_Path("broker"), _Path("broker-arrays"), _Path("broker-pyzmq")]
+    paths = [_Path("broker"), _Path("broker-arrays"), _Path("broker-pyzmq"), _Path("broker-hwm1000")]
     try:
         rows = measure(paths, [1024], quick=True, repeats=1)
     finally:
         for p in paths:
             p.close()
-    assert {r["path"] for r in rows} == {"broker", "broker-arrays", "broker-pyzmq"}
+    assert {r["path"] for r in rows} == {"broker", "broker-arrays", "broker-pyzmq", "broker-hwm1000"}
     assert all(r["msgs_per_s"] > 0 and 0 < r["rtt_p50_us"] <= r["rtt_p99_us"] for r in rows)
