@@ -12,7 +12,9 @@ no socket, process or machine load changes the order.
 
 Every rule gets the same number of feedbacks (the same generator and node work);
 quality is the validation IoU of a segmenter trained on the GAN's synthetic
-images (never the test split), for the raw weights and for their EMA.
+images (never the test split), for the raw weights and for their EMA.  The
+`real` rule runs the same training for real (:mod:`benchmarks.real_rule`), one at a
+time after the simulations, and adds the nodes' judges' late verdicts.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.real_rule import judge_agreement, real_row
 from dgan.experiment import ExperimentConfig, Splits, make_splits, synthesize_set
 from dgan.segment import SegConfig, train_segmenter
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
@@ -70,6 +73,8 @@ RULES = {
                            precision="bf16"),
     "async-f16-bf16-all": Rule("async-f16-bf16-all", "async", 1, 2, grad_dtype="float16", fake_dtype="float16",
                                precision="bf16", node_precision="bf16"),  # and the nodes too
+    # not simulated: a real run (broker, node processes, this machine's timing), dgan's default wire
+    "real": Rule("real", "real", 1, 2, grad_dtype="float16", fake_dtype="float16"),
 }
 
 
@@ -170,8 +175,10 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     seg_steps = 150 if quick else 300
     base = ExperimentConfig(out=Path("/nonexistent"), data=data, size=size, quick=quick, scenes=160 if quick else 600)
     tiles = tiles if data is not None else ["scenes"]
-    jobs_args = [(replace(base, test=f"tile={t}") if data is not None else base, r, s, feedbacks, feedback, speeds, ema,
-                  seg_steps) for t in tiles for s in range(gan_seeds) for r in rules]
+    every = [(replace(base, test=f"tile={t}") if data is not None else base, r, s, feedbacks, feedback, speeds, ema,
+              seg_steps) for t in tiles for s in range(gan_seeds) for r in rules]
+    jobs_args = [a for a in every if a[1] != "real"]
+    real_args = [a for a in every if a[1] == "real"]  # each uses every core: alone, after the simulations
     t0 = time.time()
     rows: list[dict[str, Any]] = []
     partial = json_out.with_suffix(".rows.jsonl") if json_out is not None else None  # each row as it finishes
@@ -180,7 +187,7 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
 
     def done(row: dict[str, Any]) -> None:
         rows.append(row)
-        console.print(f"[{len(rows)}/{len(jobs_args)}] {row['test']} GAN seed {row['gan_seed']} {row['rule']}: "
+        console.print(f"[{len(rows)}/{len(every)}] {row['test']} GAN seed {row['gan_seed']} {row['rule']}: "
                       f"val IoU {row['val_iou_raw']:.3f} (EMA {row['val_iou_ema']:.3f}), staleness "
                       f"{row['staleness_mean']:.2f}, {time.time() - t0:.0f} s")
         if partial is not None:
@@ -194,6 +201,8 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     else:
         for a in jobs_args:
             done(_one(a))
+    for cfg, _, seed, *_ in real_args:
+        done(real_row(cfg, seed, feedbacks, feedback, ema, seg_steps))
     summary = {}
     for r in rules:
         mine = [x for x in rows if x["rule"] == r]
@@ -205,6 +214,9 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
               "gan_seeds": gan_seeds, "tiles": tiles, "speeds": speeds, "ema": ema, "seg_steps": seg_steps,
               "quick": quick, "rules": {r: asdict(RULES[r]) for r in rules}, "runs": rows, "summary": summary,
               "wall_seconds": round(time.time() - t0, 1)}
+    real = [x for x in rows if x["rule"] == "real"]
+    if real:
+        result["judges_vs_val_iou"] = judge_agreement(real)
     table = Table(title=f"update rules, {feedbacks} feedbacks each, {feedback} feedback, {size} px: segmentation "
                         f"val IoU on synthetic images (mean over {gan_seeds} GAN seeds x {len(tiles)} split(s))")
     for col in ("rule", "G steps", "staleness", "val IoU", "min", "val IoU (EMA)", "min (EMA)"):
@@ -213,6 +225,21 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
         table.add_row(r, f"{m['steps']:.0f}", f"{m['staleness_mean']:.2f}", f"{m['val_iou_raw']:.3f}",
                       f"{m['val_iou_raw_min']:.3f}", f"{m['val_iou_ema']:.3f}", f"{m['val_iou_ema_min']:.3f}")
     console.print(table)
+    if real:
+        console.print(_judges_table(real, result["judges_vs_val_iou"]))
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _judges_table(real: list[dict[str, Any]], agreement: dict[str, float | None]) -> Table:
+    table = Table(title="real runs: the nodes' judges over the second half against the synthetic set's val IoU "
+                        f"(Spearman: label_iou {agreement['label_iou']}, transfer_iou {agreement['transfer_iou']})")
+    for col in ("split", "GAN seed", "val IoU", "label_iou late", "transfer_iou late", "alarms (label, transfer)",
+                "dropped stale"):
+        table.add_column(col, justify="right")
+    for r in sorted(real, key=lambda x: (x["test"], x["gan_seed"])):
+        table.add_row(str(r["test"]), str(r["gan_seed"]), f"{r['val_iou_raw']:.3f}",
+                      *("-" if r.get(k) is None else f"{r[k]:.3f}" for k in ("label_iou_late", "transfer_iou_late")),
+                      f"{r.get('degraded_alarms')}, {r.get('transfer_iou_alarms')}", str(r["dropped_stale"]))
+    return table

@@ -234,7 +234,8 @@ def bench_update_rule(
                                                    "default: built-in scenes.")] = None,
     rule: Annotated[list[str] | None, typer.Option(help="Rules to compare (repeat): async, async-p1, buffered, "
                                                         "buffered-lr2, sync, central, async-f16, async-int8, "
-                                                        "async-f16-bf16, async-f16-bf16-all.")] = None,
+                                                        "async-f16-bf16, async-f16-bf16-all; real (a real run: broker, "
+                                                        "node processes, the judges' verdicts).")] = None,
     tile: Annotated[list[str] | None, typer.Option(help="Test tiles, one split each (repeat).")] = None,
     gan_seeds: Annotated[int, typer.Option(help="GAN trainings per rule and split.")] = 2,
     feedbacks: Annotated[int, typer.Option(help="Node answers per training (the same for every rule).")] = 500,

@@ -298,6 +298,9 @@ def node(
     judge: Annotated[bool, typer.Option(help="Train a small segmenter on this node's pairs and report label_iou, "
                                              "its IoU on the fakes against their masks (one number per batch).")
                      ] = True,
+    transfer_every: Annotated[int, typer.Option(help="With --judge: every this many batches, train a fresh small "
+                                                     "segmenter on the last 64 fakes and report its IoU on this "
+                                                     "node's real pairs, transfer_iou (0 = never).")] = 16,
     diffaugment: Annotated[bool, typer.Option(help="DiffAugment (color, translation, cutout) before the "
                                                   "PatchGAN discriminator: for small departments.")] = False,
     positive_crops: Annotated[float, typer.Option(help="Sparse targets (ships): share of crops placed on a "
@@ -324,6 +327,8 @@ def node(
         raise typer.BadParameter(f"{name!r}: a node needs {P.NAME_RULE}", param_hint="--name")
     if not 0.0 <= positive_crops <= 1.0:
         raise typer.BadParameter(f"must be in [0, 1], got {positive_crops}", param_hint="--positive-crops")
+    if transfer_every < 0:
+        raise typer.BadParameter(f"must be >= 0, got {transfer_every}", param_hint="--transfer-every")
     auto = pipeline.strip().lower() == "auto"
     depth = 2 if auto else int(pipeline) if pipeline.strip().isdigit() else 0
     if not 1 <= depth <= 64:
@@ -350,6 +355,7 @@ def node(
                                                           device=device, precision=precision.value,
                                                           feedback=recipe, samples_dir=save_samples,
                                                           sample_every=sample_every, judge=judge,
+                                                          transfer_every=transfer_every,
                                                           positive_share=positive_crops or None))
     try:
         result = n.run(max_batches=max_batches or None)

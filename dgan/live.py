@@ -83,7 +83,9 @@ def render(generator: dict[str, Any], broker: dict[str, Any], title: str = "dgan
         ("step ", "bold"), f"{step}/{steps}  ", ("updates/s ", "bold"), _fmt(generator.get("updates_per_s")),
         ("  samples applied ", "bold"), str(generator.get("samples_applied", 0)),
         ("  mode ", "bold"), str(generator.get("mode", "?")),
-        ("  dropped stale ", "bold"), str(generator.get("dropped_stale", 0)))
+        ("  dropped stale ", "bold"), str(generator.get("dropped_stale", 0)),
+        ("  judges: label IoU ", "bold"), _fmt(generator.get("label_iou")),
+        (", trained-on-fakes IoU on real ", "bold"), _fmt(generator.get("transfer_iou")))
     table = Table(expand=True)
     for col in ("node", "feedback", "alive", "batches", "D loss", "G adv", "L1", "label IoU", "staleness",
                 "last seen"):

@@ -19,7 +19,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-LOSSES = ("d_real", "d_fake", "g_adv", "g_l1", "label_iou")  # label_iou: the nodes' judges (higher is better)
+# label_iou, transfer_iou: the nodes' judges (higher is better)
+LOSSES = ("d_real", "d_fake", "g_adv", "g_l1", "label_iou", "transfer_iou")
 
 
 def _img(data: bytes, alt: str, mime: str = "image/png") -> str:

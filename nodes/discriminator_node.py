@@ -24,7 +24,7 @@ from dgan.feedback import L1_WARNING, FeedbackConfig
 from dgan.networks import ModelConfig
 from dgan.tensor_frames import tensor_wire_nbytes
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
-from dgan.training.judge import LabelJudge
+from dgan.training.judge import LabelJudge, TransferJudge
 from dgan.transport.base import LinkClosed, NodeLink
 
 log = logging.getLogger("dgan.node")
@@ -50,6 +50,8 @@ class NodeConfig:
     judge: bool = True  # report label_iou: a local segmenter's IoU on the fakes against their masks
     judge_steps: int = 2  # the judge's training steps on real pairs per batch
     judge_after: int = 50  # report label_iou once the judge has trained this many steps
+    transfer_every: int = 16  # with judge: every this many batches, transfer_iou (train on fakes, test here); 0 off
+    transfer_steps: int = 60  # the transfer segmenter's steps on the last 64 fakes
     positive_share: float | None = None  # sparse targets: share of crops placed on a foreground pixel
 
     def __post_init__(self) -> None:
@@ -126,6 +128,8 @@ class DiscriminatorNode:
         self.trainer: DiscriminatorTrainer | None = None
         self.fatal: str | None = None  # why the node stopped by itself (the CLI exits non-zero with it)
         self.judge: LabelJudge | None = None
+        self.transfer: TransferJudge | None = None
+        self.transfer_iou: float | None = None  # the last transfer verdict, sent with the next feedback
         self.judge_sampler: PairSampler | None = None
         self.sampler: PairSampler | None = None
         self.outstanding: dict[int, Outstanding] = {}
@@ -212,6 +216,12 @@ class DiscriminatorNode:
             self.judge = LabelJudge(seed=None, device=self.cfg.device) if self.cfg.judge else None
             self.judge_sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed + 7919,
                                              positive_share=self.cfg.positive_share)
+            self.transfer = self.transfer_iou = None
+            if self.cfg.judge and self.cfg.transfer_every > 0:  # a fixed set of the node's own crops to test on
+                held = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed + 104729,
+                                   positive_share=self.cfg.positive_share).batch(min(64, len(self.images)))
+                self.transfer = TransferJudge(*held, every=self.cfg.transfer_every, steps=self.cfg.transfer_steps,
+                                              batch=self.cfg.batch_size, device=self.cfg.device)
             self.warmup_left = self.trainer.warmup_steps
             if self.warmup_left:
                 log.info("node %s: training its segmenter on its own pairs for %d steps before the first feedback",
@@ -298,7 +308,7 @@ class DiscriminatorNode:
         self.stats.last_feedback = time.monotonic()
         self.stats.samples += len(req.masks)
         self.stats.losses = scored.losses
-        self._judge_train()  # after the feedback left: the generator does not wait for the judge's training
+        self._judge_train(fakes, req.masks)  # after the feedback left: the generator does not wait for the judges
         self._adapt_pipeline(wire, time.monotonic() - busy0)
         if self.cfg.samples_dir is not None and self.stats.batches % self.cfg.sample_every == 1:
             self._save_grid(req.masks, req.reals, fakes)
@@ -318,18 +328,24 @@ class DiscriminatorNode:
 
     def _judge_verdict(self, fakes: np.ndarray, masks: np.ndarray, losses: dict[str, float]) -> None:
         """label_iou of these fakes, to 2 decimals: what leaves the node is a coarse verdict."""
+        if self.transfer_iou is not None:
+            losses["transfer_iou"], self.transfer_iou = round(self.transfer_iou, 2), None
         if self.judge is None or self.judge.steps < self.cfg.judge_after:
             return
         t0 = time.monotonic()
         losses["label_iou"] = round(self.judge.label_iou(fakes, masks), 2)
         self.stats.judge_s += time.monotonic() - t0
 
-    def _judge_train(self) -> None:
+    def _judge_train(self, fakes: np.ndarray, masks: np.ndarray) -> None:
         if self.judge is None or self.judge_sampler is None:
             return
         t0 = time.monotonic()
         for _ in range(self.cfg.judge_steps):  # its own draws: D's stream of pairs is the same with or without it
             self.judge.train_step(*self.judge_sampler.batch(self.cfg.batch_size))
+        if self.transfer is not None:
+            self.transfer.remember(fakes, masks)
+            if self.transfer.due():  # about 0.5 s at 64 px; the link's own thread keeps the heartbeats going
+                self.transfer_iou = self.transfer.verdict()
         self.stats.judge_s += time.monotonic() - t0
 
     def _save_grid(self, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray) -> None:

@@ -81,6 +81,8 @@ class GeneratorService(RunOutputs):
         self.policy = RoundPolicy(trainer.cfg.mode, trainer.cfg.update_every,  # who is served when; when G steps
                                   max_staleness=trainer.cfg.max_staleness)
         self.label_watch = LabelWatch()  # the nodes' judges: is G drawing what the masks say, better or worse?
+        # ... and would a segmenter made from its fakes work on real images? One verdict per node per 16 batches.
+        self.transfer_watch = LabelWatch(name="transfer_iou", window=2, patience=2, drop=0.5, floor=0.05)
         if trainer.judged is not None and trainer.judged_score is not None:  # resumed: the best to beat
             self.label_watch.best, self.label_watch.best_step = trainer.judged_score, trainer.judged[0]
         self.started = time.time()
@@ -164,6 +166,7 @@ class GeneratorService(RunOutputs):
             "samples_applied": self.trainer.samples_applied, "inflight": len(self.trainer.inflight),
             "mode": self.trainer.cfg.mode, "dropped_stale": self.counters["dropped_stale"],
             "label_iou": self.label_watch.mean,
+            "transfer_iou": self.transfer_watch.mean,
             "phase": phase, "phase_done": done, "phase_total": total,
             "nodes": {n: {"alive": i.alive, "feedback": i.feedback, "batches": i.feedbacks, "losses": i.losses,
                           "staleness": i.staleness_last,
@@ -255,6 +258,7 @@ class GeneratorService(RunOutputs):
             return
         node.alive = False
         self.label_watch.forget(name)
+        self.transfer_watch.forget(name)
         released = self.trainer.release(name)
         self.counters["node_departures"] += 1
         log.warning("generator: node %s left (%s); released %d request(s) in flight", name, reason, released)
@@ -361,17 +365,18 @@ class GeneratorService(RunOutputs):
             self._reject(node.name, msg, P.ErrorCode.REJECTED, reason, hostile=outcome == Outcome.REJECTED)
             self._leave_round_if_unanswerable(node.name)
             return
+        losses = {k: float(v) for k, v in msg.meta.get("losses", {}).items() if type(v) in (int, float)}
         if outcome == Outcome.DROPPED_STALE:
             node.counts["dropped_stale"] += 1
             self.counters["dropped_stale"] += 1
+            self.record_verdicts(node.name, losses)  # stale for G, not for the judges
         else:
             node.feedbacks += 1
             node.samples += int(grad.shape[0])
             node.staleness[staleness] += 1
             node.staleness_last = staleness
-            losses = msg.meta.get("losses", {})
-            node.losses = {k: float(v) for k, v in losses.items() if type(v) in (int, float)}
-            self.record_feedback(node.name, node.losses, staleness, int(grad.shape[0]), msg.reply_to)
+            node.losses = losses
+            self.record_feedback(node.name, losses, staleness, int(grad.shape[0]), msg.reply_to)
         self.policy.inflight = len(self.trainer.inflight) + 1  # with the request just answered
         if self.policy.feedback(node.name, self.trainer.pending):
             self._step()

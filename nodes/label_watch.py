@@ -26,6 +26,9 @@ class Signal(enum.Enum):
 
 @dataclass
 class LabelWatch:
+    """Also watches the nodes' ``transfer_iou`` (``name``): fewer verdicts, so a shorter window and patience."""
+
+    name: str = "label_iou"
     window: int = 16  # feedbacks per node per mean
     drop: float = 0.6  # DEGRADED below this share of the best verdict...
     patience: int = 16  # ...for this many verdicts in a row (one noisy window is no trend)
@@ -70,5 +73,6 @@ class LabelWatch:
         return Signal.NONE
 
     def to_dict(self) -> dict[str, float | int | None]:
-        return {"label_iou_window": self.mean, "label_iou_best": self.best, "label_iou_best_step": self.best_step,
-                "degraded_alarms": self.alarms}
+        alarms = "degraded_alarms" if self.name == "label_iou" else f"{self.name}_alarms"  # run.json's old key kept
+        return {f"{self.name}_window": self.mean, f"{self.name}_best": self.best,
+                f"{self.name}_best_step": self.best_step, alarms: self.alarms}

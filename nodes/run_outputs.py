@@ -24,8 +24,9 @@ from nodes.label_watch import LabelWatch, Signal
 log = logging.getLogger("dgan.generator")
 
 LOSS_COLUMNS = ["d_real", "d_fake", "g_adv", "g_l1"]
-# label_iou last: rows written before it existed keep the same indices (applied_rows reads "request" at 9)
-FEEDBACK_COLUMNS = ["time", "node", "step", "staleness", "samples", *LOSS_COLUMNS, "request", "label_iou"]
+# the judges' verdicts last: rows written before they existed keep the same indices (applied_rows reads 9)
+FEEDBACK_COLUMNS = ["time", "node", "step", "staleness", "samples", *LOSS_COLUMNS, "request", "label_iou",
+                    "transfer_iou"]
 
 
 class RunOutputs:
@@ -44,6 +45,7 @@ class RunOutputs:
     link: Any
     _start_step: int
     label_watch: LabelWatch
+    transfer_watch: LabelWatch
     synthesis_weights_used: str | None = None  # set when the final set is synthesised
 
     def status(self, updates_per_s: float = 0.0, phase: str = "training", done: int = 0,
@@ -53,23 +55,39 @@ class RunOutputs:
     def record_feedback(self, node: str, losses: dict[str, float], staleness: int, samples: int, request: int) -> None:
         """An applied feedback: its row, its scalars for TensorBoard, and the judges' verdict."""
         step = self.trainer.step
-        label_iou = losses.get("label_iou")
-        if label_iou is not None and not 0.0 <= label_iou <= 1.0:  # NaN fails too: never into the log or the watch
-            label_iou = None
-            losses = {k: v for k, v in losses.items() if k != "label_iou"}
-        signal = self.label_watch.add(node, label_iou, step) if label_iou is not None else None
-        if signal == Signal.NEW_BEST and self.cfg.synthesis_weights == "judged":
-            self.trainer.keep_judged(self.label_watch.best)  # the final set comes from here
-        elif signal == Signal.DEGRADED:
-            w = self.label_watch
-            log.warning("generator: the nodes' label IoU on the fakes fell to %.3f at step %d (best %.3f at step %d):"
-                        " the generator is drawing the masks worse", w.mean, step, w.best, w.best_step)
+        verdicts = self.record_verdicts(node, losses)
+        losses = {k: v for k, v in losses.items() if k not in verdicts or verdicts[k] is not None}
         if self.cfg.tensorboard is not None:
             for k, v in losses.items():
                 self.cfg.tensorboard.add_scalar(f"{node}/{k}", v, step)
             self.cfg.tensorboard.add_scalar(f"{node}/staleness", staleness, step)
         self.feedback_log.append([round(time.time() - self.started, 3), node, step, staleness, samples,
-                                  *(losses.get(k) for k in LOSS_COLUMNS), request, label_iou])
+                                  *(losses.get(k) for k in LOSS_COLUMNS), request, verdicts["label_iou"],
+                                  verdicts["transfer_iou"]])
+
+    def record_verdicts(self, node: str, losses: dict[str, float]) -> dict[str, float | None]:
+        """The judges' scalars into their watches; also from a feedback dropped as stale (a transfer verdict
+        delays the feedback that carries it, so under load it is the one most likely to arrive late)."""
+        step = self.trainer.step
+        verdicts: dict[str, float | None] = {}
+        for key in ("label_iou", "transfer_iou"):
+            value = losses.get(key)
+            verdicts[key] = value if value is not None and 0.0 <= value <= 1.0 else None  # NaN fails too
+        if verdicts["label_iou"] is not None:
+            signal = self.label_watch.add(node, verdicts["label_iou"], step)
+            if signal == Signal.NEW_BEST and self.cfg.synthesis_weights == "judged":
+                self.trainer.keep_judged(self.label_watch.best)  # the final set comes from here
+            elif signal == Signal.DEGRADED:
+                w = self.label_watch
+                log.warning("generator: the nodes' label IoU on the fakes fell to %.3f at step %d (best %.3f at step "
+                            "%d): the generator is drawing the masks worse", w.mean, step, w.best, w.best_step)
+        transfer = verdicts["transfer_iou"]
+        if transfer is not None and self.transfer_watch.add(node, transfer, step) == Signal.DEGRADED:
+            w = self.transfer_watch
+            log.warning("generator: a segmenter trained on the fakes now scores IoU %.3f on the nodes' real "
+                        "images at step %d (best %.3f at step %d): the fakes are drifting away from real images",
+                        w.mean, step, w.best, w.best_step)
+        return verdicts
 
     def checkpoint(self) -> Path:
         """latest.pt first: once ckpt_N exists, --resume finds step N even if the process dies right after."""
@@ -114,6 +132,7 @@ class RunOutputs:
             "samples_applied": self.trainer.samples_applied,
             "samples_per_s": round(self.trainer.samples_applied / wall, 2) if wall else 0.0,
             "synthetic_images": synthetic, "counters": dict(self.counters), **self.label_watch.to_dict(),
+            **self.transfer_watch.to_dict(),
             "synthesis_weights": self.synthesis_weights_used,
             "judged_step": self.trainer.judged[0] if self.trainer.judged else None,
             "model": self.trainer.model_cfg.to_dict(), "train": self.trainer.cfg.to_dict(),

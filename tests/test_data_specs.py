@@ -235,5 +235,7 @@ def test_positive_crop_settings_out_of_range_are_refused_at_once(tmp_path: Path)
 
     res = CliRunner().invoke(app, ["node", "--name", "dept", "--positive-crops", "2", "--broker", "tcp://127.0.0.1:1"])
     assert res.exit_code == 2 and "--positive-crops" in _said(res)
+    res = CliRunner().invoke(app, ["node", "--name", "dept", "--transfer-every", "-1", "--broker", "tcp://127.0.0.1:1"])
+    assert res.exit_code == 2 and "--transfer-every" in _said(res)
     with pytest.raises(ExperimentSetupError, match="positive_share"):
         ExperimentConfig(out=tmp_path, seg=SegConfig(positive_share=-0.1))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from dgan.data.scenes import make_scenes
-from dgan.training.judge import LabelJudge
+from dgan.training.judge import LabelJudge, TransferJudge
 
 
 def _wire(images: np.ndarray) -> np.ndarray:
@@ -28,3 +29,57 @@ def test_judge_scores_aligned_images_high_and_blank_or_mismatched_ones_low() -> 
     assert aligned > 0.3, aligned
     assert grey < 0.1 and shuffled < aligned / 2, (grey, shuffled, aligned)
     assert judge.steps == 150
+
+
+def _trained_transfer(fakes: np.ndarray, fake_masks: np.ndarray, reals: np.ndarray, masks: np.ndarray,
+                      every: int = 2) -> float:
+    judge = TransferJudge(reals, masks, every=every, steps=150, keep=32, seed=0)
+    for i in range(0, len(fakes), 8):
+        judge.remember(_wire(fakes[i:i + 8]), fake_masks[i:i + 8])
+    assert judge.due()
+    return judge.verdict()
+
+
+def test_transfer_judge_scores_realistic_fakes_high_and_off_colour_ones_low() -> None:
+    """The failure the label judge misses: buildings drawn where the masks say, in colours no real image has."""
+    torch.set_num_threads(1)
+    fakes, fake_masks = make_scenes(range(32), 32)  # stand-ins for good fakes: scenes like the node's own
+    reals, masks = make_scenes(range(500, 532), 32)
+    good = _trained_transfer(fakes, fake_masks, reals, masks)
+    off = (255 - fakes)[..., ::-1].copy()  # the same layouts, inverted and with red and blue swapped
+    off_colour = _trained_transfer(off, fake_masks, reals, masks)
+    misaligned = _trained_transfer(fakes, fake_masks[::-1].copy(), reals, masks)  # drawn for other masks
+    assert good > 0.2, good  # guessing "building" everywhere scores 0.12 on these crops
+    assert off_colour < good / 2 and misaligned < good / 2, (off_colour, misaligned, good)
+
+
+def test_transfer_judge_is_due_every_n_batches_keeps_the_last_fakes_and_leaves_torch_rng_alone() -> None:
+    reals, masks = make_scenes(range(4), 16)
+    judge = TransferJudge(reals, masks, every=3, steps=2, keep=5, batch=2, seed=1)
+    dues = []
+    for i in range(6):
+        judge.remember(_wire(reals[:2]), masks[:2] * (i % 2))
+        dues.append(judge.due())
+    assert dues == [False, False, True, False, False, True]
+    assert len(judge.fakes) == len(judge.masks) == 5  # the last 5 samples, not all 12
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    value = judge.verdict()
+    assert torch.equal(torch.rand(4), expected)  # the node's own stream (D's dropout) is not moved
+    assert 0.0 <= value <= 1.0 and judge.verdicts == 1
+    again = TransferJudge(reals, masks, every=3, steps=2, keep=5, batch=2, seed=1)
+    for i in range(6):
+        again.remember(_wire(reals[:2]), masks[:2] * (i % 2))
+    assert again.verdict() == value  # a seed makes it repeatable
+
+
+def test_transfer_judge_refuses_bad_settings() -> None:
+    reals, masks = make_scenes(range(2), 16)
+    for bad in ({"every": 0}, {"steps": 0}, {"keep": 0}, {"batch": 0}):
+        with pytest.raises(ValueError):
+            TransferJudge(reals, masks, **bad)
+    with pytest.raises(ValueError, match="non-empty"):
+        TransferJudge(reals[:0], masks[:0])
+    with pytest.raises(ValueError, match="matching"):
+        TransferJudge(reals, masks[:1])

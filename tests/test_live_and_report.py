@@ -151,3 +151,16 @@ def test_report_lists_the_experiment_claims_as_met_or_missed(tmp_path: Path) -> 
     (tmp_path / "results.json").write_text(json.dumps({"methods": methods, "claims": claims(methods)}))
     text = write_report(tmp_path).read_text()  # the department claim has its own figure
     assert "<td>dgan_local_vs_real_partial</td><td>node0 +0.100; mean +0.100" in text
+
+
+def test_live_panel_header_shows_both_judges_verdicts() -> None:
+    from rich.console import Console
+
+    from dgan.live import render
+
+    console = Console(width=200, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(render({"step": 3, "steps": 9, "label_iou": 0.31, "transfer_iou": 0.125, "nodes": {}}, {}))
+    text = console.export_text()
+    assert "label IoU 0.310" in text and "trained-on-fakes IoU on real 0.125" in text
+    console.print(render({"step": 3, "steps": 9, "nodes": {}}, {}))  # before any verdict: a dash, no error
+    assert "trained-on-fakes IoU on real -" in console.export_text()

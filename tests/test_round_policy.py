@@ -277,9 +277,43 @@ def test_service_warns_when_the_nodes_label_iou_falls_and_records_it(tmp_path: P
     assert summary["degraded_alarms"] == 1 and summary["label_iou_best"] == pytest.approx(0.55)
     assert summary["judged_step"] == kept[0]
     rows = [json.loads(r) for r in (tmp_path / "feedback.jsonl").read_text().splitlines()]
-    assert [r[-1] for r in rows] == [0.5, 0.6, 0.5, 0.1, 0.0, None, None]
+    assert [r[10] for r in rows] == [0.5, 0.6, 0.5, 0.1, 0.0, None, None]  # the label_iou column
     again = GeneratorService(hub.generator_link(), service.trainer, ServiceConfig(out=tmp_path / "r"))
     assert again.label_watch.best == pytest.approx(0.55)  # a resumed run keeps the best to beat
+
+
+def test_service_warns_when_the_fakes_stop_teaching_a_segmenter_about_real_images(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """transfer_iou: its own watch, its own column and run.json keys; out-of-range values are dropped."""
+    import json
+
+    hub = InProcessHub()
+    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
+                               TrainConfig(steps=100, fake_dtype="float32"))
+    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(
+        out=tmp_path, sample_every=0, checkpoint_every=0, synthesize=False))
+    link = hub.node_link("a")
+    service.handle("a", P.make(P.Kind.HELLO, "a", meta={"role": "node", "dataset_size": 1}))
+    assert link.recv(1).kind == P.Kind.WELCOME
+    sent = [{"label_iou": 0.4, "transfer_iou": 0.2}, {"label_iou": 0.4}, {"transfer_iou": 0.3},
+            {"label_iou": 0.45, "transfer_iou": 0.02}, {"transfer_iou": -1.0}, {"transfer_iou": float("nan")},
+            {"label_iou": 0.5, "transfer_iou": 0.0}, {"transfer_iou": 0.0}]
+    for losses in sent:
+        service.handle("a", P.make(P.Kind.FAKE_REQUEST, "a", tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
+        fb = _feedback(link.recv(1))
+        fb.meta["losses"] = losses
+        with caplog.at_level("WARNING", logger="dgan.generator"):
+            service.handle("a", fb)
+    # windows of 2 verdicts: 0.25 (best), 0.16, 0.01, 0.0 -> below half the best twice in a row: one alarm
+    assert "a segmenter trained on the fakes now scores IoU 0.000" in caplog.text
+    assert "label IoU on the fakes fell" not in caplog.text  # the label judge saw nothing wrong
+    summary = service.finish()
+    assert summary["transfer_iou_best"] == pytest.approx(0.25) and summary["transfer_iou_alarms"] == 1
+    assert summary["transfer_iou_window"] == pytest.approx(0.0)
+    columns = json.loads((tmp_path / "feedback.json").read_text())["columns"]
+    rows = [json.loads(r) for r in (tmp_path / "feedback.jsonl").read_text().splitlines()]
+    assert [r[columns.index("transfer_iou")] for r in rows] == [0.2, None, 0.3, 0.02, None, None, 0.0, 0.0]
+    assert [r[columns.index("label_iou")] for r in rows] == [0.4, 0.4, None, 0.45, None, None, 0.5, None]
 
 
 
@@ -304,3 +338,25 @@ def test_service_staleness_buffer_flushes_when_the_node_holding_requests_leaves(
     assert trainer.step == 0 and trainer.pending == 1 and service.policy.buffer > 1
     service.handle("b", P.make(P.Kind.NODE_LEFT, "broker", meta={"node": "b", "reason": "expired"}))
     assert service.policy.inflight == 0 and trainer.step == 1 and trainer.pending == 0  # not held forever
+
+
+def test_a_verdict_on_a_feedback_dropped_as_stale_still_reaches_the_watch(tmp_path: Path) -> None:
+    """The transfer verdict delays the feedback that carries it: under load that one may arrive too stale for G."""
+    hub = InProcessHub()
+    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
+                               TrainConfig(steps=100, fake_dtype="float32", max_staleness=0))
+    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(
+        out=tmp_path, sample_every=0, checkpoint_every=0, synthesize=False))
+    link = hub.node_link("a")
+    service.handle("a", P.make(P.Kind.HELLO, "a", meta={"role": "node", "dataset_size": 1}))
+    assert link.recv(1).kind == P.Kind.WELCOME
+    fakes = []
+    for _ in range(2):
+        service.handle("a", P.make(P.Kind.FAKE_REQUEST, "a", tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
+        fakes.append(link.recv(1))
+    for f, value in zip(fakes, (0.2, 0.4), strict=True):
+        fb = _feedback(f)
+        fb.meta["losses"] = {"transfer_iou": value}
+        service.handle("a", fb)
+    assert service.counters["dropped_stale"] == 1 and trainer.step == 1  # the second one was one step stale
+    assert list(service.transfer_watch.values["a"]) == [0.2, 0.4]

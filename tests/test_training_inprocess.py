@@ -23,7 +23,8 @@ MODEL = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
 
 
 def run_inprocess(tmp_path: Path, mode: str, steps: int, delays: tuple[float, ...] = (0.0, 0.0),
-                  samples_dir: Path | None = None, update_every: int = 1, judge_after: int = 50) -> GeneratorService:
+                  samples_dir: Path | None = None, update_every: int = 1, judge_after: int = 50,
+                  transfer_every: int = 16) -> GeneratorService:
     hub = InProcessHub()
     trainer = GeneratorTrainer(MODEL, TrainConfig(steps=steps, mode=mode, fake_dtype="float32",
                                                   update_every=update_every))
@@ -38,7 +39,8 @@ def run_inprocess(tmp_path: Path, mode: str, steps: int, delays: tuple[float, ..
         node = DiscriminatorNode(link, images, masks, NodeConfig(f"n{i}", batch_size=2, delay=delay, seed=i,
                                                                  samples_dir=samples_dir, sample_every=5,
                                                                  feedback=FeedbackConfig(warmup=0),  # scheduling
-                                                                 judge_after=judge_after))
+                                                                 judge_after=judge_after,
+                                                                 transfer_every=transfer_every))
         threads.append(threading.Thread(target=node.run, args=(stop,), daemon=True))
     for t in threads:
         t.start()
@@ -70,7 +72,7 @@ def test_async_mode_lets_a_fast_node_run_ahead_of_a_slow_one(tmp_path: Path) -> 
 def test_buffered_async_runs_to_its_steps_and_nodes_report_label_consistency(tmp_path: Path) -> None:
     import json
 
-    service = run_inprocess(tmp_path, "async", steps=6, update_every=0, judge_after=2)
+    service = run_inprocess(tmp_path, "async", steps=6, update_every=0, judge_after=2, transfer_every=2)
     assert service.trainer.step == 6  # the exact schedule is pinned without threads in test_round_policy.py
     applied = sum(i.feedbacks for i in service.nodes.values())
     assert applied >= 6
@@ -78,6 +80,10 @@ def test_buffered_async_runs_to_its_steps_and_nodes_report_label_consistency(tmp
     columns = json.loads((tmp_path / "feedback.json").read_text())["columns"]
     judged = [r[columns.index("label_iou")] for r in rows if r[columns.index("label_iou")] is not None]
     assert judged and all(0.0 <= v <= 1.0 for v in judged)  # the judges' scalar reached the generator
+    transfer = [r[columns.index("transfer_iou")] for r in rows if r[columns.index("transfer_iou")] is not None]
+    assert transfer and all(0.0 <= v <= 1.0 for v in transfer)  # ... and the trained-on-fakes one, every 2nd batch
+    assert len(transfer) <= applied // 2
+    assert "transfer_iou_best" in json.loads((tmp_path / "run.json").read_text())
 
 
 def test_checkpoint_restores_step_optimizer_and_rng(tmp_path: Path) -> None:

@@ -1,0 +1,100 @@
+"""The `real` rule of `dgan bench update-rule`: the same training as a real run, processes over the broker.
+
+The simulation replays a fixed, machine-independent schedule; a real run has a
+broker, one process per node, OS-random discriminator weights and the
+machine's own timing.  Both start from the same splits, partition, models,
+recipe and feedback budget, so their validation IoUs compare side by side.  A
+real run also has the nodes' judges: each row carries their late verdicts, to
+see whether they foretell the synthetic set's quality.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dgan.experiment import ExperimentConfig, dgan_run, make_splits, synthesize_set
+from dgan.segment import SegConfig, train_segmenter
+
+JUDGES = ("label_iou", "transfer_iou")
+
+
+def late_verdicts(run_dir: Path) -> dict[str, float | None]:
+    """Each judge's verdicts over the run's second half: the mean over nodes of each node's mean."""
+    cols = json.loads((run_dir / "feedback.json").read_text())["columns"]
+    rows = [json.loads(line) for line in (run_dir / "feedback.jsonl").read_text().splitlines() if line]
+    last = max((r[cols.index("step")] for r in rows), default=0)
+    out: dict[str, float | None] = {}
+    for key in JUDGES:
+        per: dict[str, list[float]] = {}
+        if key in cols:
+            k = cols.index(key)
+            for r in rows:
+                if len(r) > k and r[k] is not None and r[cols.index("step")] >= last / 2:
+                    per.setdefault(r[cols.index("node")], []).append(r[k])
+        out[f"{key}_late"] = (round(statistics.mean(statistics.mean(v) for v in per.values()), 4)
+                              if per else None)
+    return out
+
+
+def real_row(cfg: ExperimentConfig, seed: int, feedbacks: int, feedback: str, ema: float,
+             seg_steps: int) -> dict[str, Any]:
+    """One real DGAN training (async, 4 node processes and a broker) scored as the simulated rules are."""
+    splits = make_splits(cfg)
+    with tempfile.TemporaryDirectory(prefix="dgan-real-rule-") as tmp:
+        run_cfg = replace(cfg, out=Path(tmp), gan_steps=feedbacks, ema=ema, num_classes=len(splits.train.classes))
+        t0 = time.perf_counter()
+        gen = dgan_run(run_cfg, splits, "async", seed, feedback)
+        gan_s = time.perf_counter() - t0
+        run_dir = Path(tmp) / f"dgan_async_{feedback}_seed{seed}"
+        summary = json.loads((run_dir / "run.json").read_text())
+        judges = late_verdicts(run_dir)
+    stale = [n["staleness_mean"] for n in summary["nodes"].values() if n.get("staleness_mean") is not None]
+    row: dict[str, Any] = {
+        "rule": "real", "test": cfg.test, "gan_seed": seed, "feedbacks": feedbacks, "gan_seconds": round(gan_s, 1),
+        "steps": summary["steps"], "staleness_mean": float(np.mean(stale)) if stale else 0.0,
+        "staleness_max": max((n.get("staleness_max") or 0 for n in summary["nodes"].values()), default=0),
+        "dropped_stale": summary["counters"].get("dropped_stale", 0), **judges,
+        **{k: summary.get(k) for k in ("label_iou_best", "degraded_alarms", "transfer_iou_best",
+                                       "transfer_iou_alarms")}}
+    val = (splits.val.images, splits.val.masks)
+    for which in ("raw", "ema"):
+        syn = synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, weights=which)
+        _, info = train_segmenter(syn.images, syn.masks, SegConfig(steps=seg_steps, seed=0), val=val)
+        row[f"val_iou_{which}"] = round(float(info["best_val_iou"]), 4)
+    return row
+
+
+def _ranks(values: list[float]) -> np.ndarray:
+    x = np.asarray(values, float)
+    ranks = np.empty(len(x))
+    ranks[np.argsort(x, kind="stable")] = np.arange(len(x))
+    for v in np.unique(x):  # ties share their mean rank
+        ranks[x == v] = ranks[x == v].mean()
+    return ranks
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rho: does a judge rank the runs as the validation IoU does? None below 3 runs or if constant."""
+    if len(a) < 3:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return round(float(np.corrcoef(ra, rb)[0, 1]), 3)
+
+
+def judge_agreement(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per judge, over the real runs that have its late verdict: rank correlation with val IoU (raw)."""
+    out: dict[str, float | None] = {}
+    for key in JUDGES:
+        pts = [(r["val_iou_raw"], r[f"{key}_late"]) for r in rows if r.get(f"{key}_late") is not None]
+        out[key] = rank_correlation([p[0] for p in pts], [p[1] for p in pts])
+    return out

@@ -1,0 +1,57 @@
+"""The update-rule bench's `real` rule: a real run scored like the simulations, with the judges' late verdicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.real_rule import judge_agreement, late_verdicts, rank_correlation, real_row
+from dgan.experiment import ExperimentConfig
+from nodes.run_outputs import FEEDBACK_COLUMNS
+
+
+def _write_run(run: Path, rows: list[list[object]], columns: list[str] = FEEDBACK_COLUMNS) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "feedback.json").write_text(json.dumps({"columns": columns}))
+    (run / "feedback.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _row(node: str, step: int, label: float | None, transfer: float | None) -> list[object]:
+    return [0.0, node, step, 3, 8, 0.1, 0.2, 1.0, None, 7, label, transfer]
+
+
+def test_late_verdicts_average_each_node_over_the_second_half_then_the_nodes(tmp_path: Path) -> None:
+    _write_run(tmp_path, [_row("a", 10, 0.9, 0.9),  # first half: left out
+                          _row("a", 60, 0.2, None), _row("a", 80, 0.4, 0.1), _row("a", 90, 0.6, None),
+                          _row("b", 100, 0.1, 0.3), _row("b", 70, None, None)])
+    late = late_verdicts(tmp_path)
+    assert late["label_iou_late"] == pytest.approx((0.4 + 0.1) / 2)  # a: 0.4 over three, b: 0.1 (a fast node
+    assert late["transfer_iou_late"] == pytest.approx((0.1 + 0.3) / 2)  # does not outweigh a slow one)
+
+
+def test_late_verdicts_of_a_run_from_before_a_judge_existed_are_none(tmp_path: Path) -> None:
+    old = FEEDBACK_COLUMNS[:-1]  # no transfer_iou column
+    _write_run(tmp_path, [_row("a", 5, 0.3, None)[:-1]], old)
+    assert late_verdicts(tmp_path) == {"label_iou_late": 0.3, "transfer_iou_late": None}
+
+
+def test_rank_correlation_handles_ties_constants_and_too_few_runs() -> None:
+    assert rank_correlation([0.1, 0.2, 0.3], [1, 2, 3]) == pytest.approx(1.0)
+    assert rank_correlation([0.1, 0.2, 0.3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 0.5, 0.6]) == pytest.approx(0.9487, abs=1e-3)
+    assert rank_correlation([0.1, 0.2], [1, 2]) is None
+    assert rank_correlation([0.1, 0.2, 0.3], [0.0, 0.0, 0.0]) is None  # a judge that said nothing ranks nothing
+    rows = [{"val_iou_raw": v, "label_iou_late": lab, "transfer_iou_late": t}
+            for v, lab, t in ((0.1, 0.3, 0.0), (0.2, 0.2, 0.05), (0.3, 0.1, None), (0.4, 0.0, 0.1))]
+    assert judge_agreement(rows) == {"label_iou": pytest.approx(-1.0), "transfer_iou": pytest.approx(1.0)}
+
+
+def test_real_rule_runs_a_real_training_and_scores_it_as_the_simulations(tmp_path: Path) -> None:
+    cfg = ExperimentConfig(out=tmp_path, size=32, scenes=48, quick=True)
+    row = real_row(cfg, seed=0, feedbacks=16, feedback="adversarial", ema=0.9, seg_steps=10)
+    assert row["rule"] == "real" and row["steps"] == 16 and row["gan_seconds"] > 0
+    assert 0.0 <= row["val_iou_raw"] <= 1.0 and 0.0 <= row["val_iou_ema"] <= 1.0
+    assert row["staleness_mean"] >= 0 and row["dropped_stale"] >= 0
+    assert {"label_iou_late", "transfer_iou_late", "transfer_iou_alarms"} <= set(row)
