@@ -165,9 +165,16 @@ def _one(args: tuple[ExperimentConfig, str, int, int, str, list[float], float, i
     return row
 
 
+def gan_seed_range(first_seed: int, gan_seeds: int) -> range:
+    """The GAN seeds of a run: a later run can add seeds to an earlier one's (the simulation is deterministic)."""
+    if first_seed < 0 or gan_seeds < 1:
+        raise ValueError(f"need --first-seed >= 0 and --gan-seeds >= 1, got {first_seed} and {gan_seeds}")
+    return range(first_seed, first_seed + gan_seeds)
+
+
 def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | None, rules: list[str],
                               tiles: list[str], gan_seeds: int, feedbacks: int, feedback: str, size: int,
-                              speeds: list[float], ema: float, jobs: int) -> dict[str, Any]:
+                              speeds: list[float], ema: float, jobs: int, first_seed: int = 0) -> dict[str, Any]:
     console = Console()
     unknown = [r for r in rules if r not in RULES]
     if unknown:
@@ -176,7 +183,7 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     base = ExperimentConfig(out=Path("/nonexistent"), data=data, size=size, quick=quick, scenes=160 if quick else 600)
     tiles = tiles if data is not None else ["scenes"]
     every = [(replace(base, test=f"tile={t}") if data is not None else base, r, s, feedbacks, feedback, speeds, ema,
-              seg_steps) for t in tiles for s in range(gan_seeds) for r in rules]
+              seg_steps) for t in tiles for s in gan_seed_range(first_seed, gan_seeds) for r in rules]
     jobs_args = [a for a in every if a[1] != "real"]
     real_args = [a for a in every if a[1] == "real"]  # each uses every core: alone, after the simulations
     t0 = time.time()
@@ -211,7 +218,8 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
         summary[r]["val_iou_raw_min"] = min(x["val_iou_raw"] for x in mine)
         summary[r]["val_iou_ema_min"] = min(x["val_iou_ema"] for x in mine)
     result = {"data": str(data) if data else "scenes", "size": size, "feedback": feedback, "feedbacks": feedbacks,
-              "gan_seeds": gan_seeds, "tiles": tiles, "speeds": speeds, "ema": ema, "seg_steps": seg_steps,
+              "gan_seeds": gan_seeds, "first_seed": first_seed, "tiles": tiles, "speeds": speeds, "ema": ema,
+              "seg_steps": seg_steps,
               "quick": quick, "rules": {r: asdict(RULES[r]) for r in rules}, "runs": rows, "summary": summary,
               "wall_seconds": round(time.time() - t0, 1)}
     real = [x for x in rows if x["rule"] == "real"]

@@ -226,6 +226,23 @@ def bench_privacy(
     run_privacy_benchmark(quick, json_out, data)
 
 
+@bench_app.command("paired")
+def bench_paired(
+    runs: Annotated[list[Path], typer.Argument(help="update-rule bench JSONs (runs with other --first-seed add pairs).",
+                                               exists=True, dir_okay=False)],
+    a: Annotated[str, typer.Option(help="The baseline rule.")] = "async-f16",
+    b: Annotated[str, typer.Option(help="The rule compared with it.")] = "async-int8",
+    json_out: JsonOut = None,
+) -> None:
+    """Two rules of the update-rule bench paired by split and GAN seed: mean difference, 95% interval, wins."""
+    from benchmarks.paired import run_paired
+
+    try:
+        run_paired(runs, a, b, json_out)
+    except (ValueError, KeyError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="RUNS") from None
+
+
 @bench_app.command("update-rule")
 def bench_update_rule(
     quick: Quick = False,
@@ -238,6 +255,9 @@ def bench_update_rule(
                                                         "node processes, the judges' verdicts).")] = None,
     tile: Annotated[list[str] | None, typer.Option(help="Test tiles, one split each (repeat).")] = None,
     gan_seeds: Annotated[int, typer.Option(help="GAN trainings per rule and split.")] = 2,
+    first_seed: Annotated[int, typer.Option(help="The first GAN seed: a later run (with its own --json) adds "
+                                                 "seeds to an earlier one; the simulated rules are deterministic.")
+                          ] = 0,
     feedbacks: Annotated[int, typer.Option(help="Node answers per training (the same for every rule).")] = 500,
     feedback: Annotated[str, typer.Option(help="The nodes' feedback mode.")] = "adversarial",
     size: Annotated[int, typer.Option(help="Image size.")] = 64,
@@ -254,11 +274,13 @@ def bench_update_rule(
     unknown = [r for r in rule or [] if r not in RULES]
     if unknown:
         raise typer.BadParameter(f"unknown rule {unknown[0]!r}; choose from {', '.join(RULES)}", param_hint="--rule")
+    if first_seed < 0 or gan_seeds < 1:
+        raise typer.BadParameter("need --first-seed >= 0 and --gan-seeds >= 1", param_hint="--first-seed")
     setup_logging("WARNING", "rich", "bench")
     if quick:
         feedbacks = min(feedbacks, 120)
     run_update_rule_benchmark(data, quick, json_out, rule or ["async", "buffered", "sync", "central"], tile or ["8"],
-                              gan_seeds, feedbacks, feedback, size, speed or [1.0], ema, jobs)
+                              gan_seeds, feedbacks, feedback, size, speed or [1.0], ema, jobs, first_seed)
 
 
 if __name__ == "__main__":

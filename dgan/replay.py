@@ -119,6 +119,8 @@ def save_images(path: Path, out: Path) -> int:
     """Masks (requests, uploads) and synthetic images (FAKES) as PNG; never anything else."""
     from PIL import Image
 
+    from dgan.data.view import fakes_rgb, mask_rgb
+
     out.mkdir(parents=True, exist_ok=True)
     n = 0
     for i, rec, msg in decoded(path):
@@ -127,20 +129,12 @@ def save_images(path: Path, out: Path) -> int:
         if msg.kind in (P.Kind.FAKE_REQUEST, P.Kind.MASKS):
             for j, m in enumerate(msg.tensors["masks"]):
                 stem = f"{i:06d}_{P.file_stem(rec.peer)}"
-                if int(m.max(initial=0)) <= 1:
-                    picture = (m > 0).astype(np.uint8) * 255
-                else:  # class ids in the class palette
-                    from dgan.data.view import colour_masks
-
-                    picture = colour_masks(m)
-                Image.fromarray(picture).save(out / f"{stem}_mask{j:03d}.png")
+                Image.fromarray(mask_rgb(m)).save(out / f"{stem}_mask{j:03d}.png")  # ids > 1 in the palette
                 n += 1
         elif msg.kind == P.Kind.FAKES:
-            fakes = msg.tensors["fakes"]
-            ims = fakes if fakes.dtype == np.uint8 else ((fakes.astype(np.float32).clip(-1, 1) + 1) * 127.5).round()
-            for j, im in enumerate(ims.astype(np.uint8)):
+            for j, im in enumerate(fakes_rgb(msg.tensors["fakes"])):
                 stem = f"{i:06d}_{P.file_stem(rec.peer)}"
-                Image.fromarray(np.transpose(im, (1, 2, 0))).save(out / f"{stem}_fake{j:03d}.png")
+                Image.fromarray(im).save(out / f"{stem}_fake{j:03d}.png")
                 n += 1
     return n
 

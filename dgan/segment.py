@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from dgan.choices import LocalHow, values
+from dgan.data.view import mask_rgb
 from dgan.networks import UNetGenerator, images_to_tensor
 
 
@@ -250,22 +251,11 @@ def _most_buildings(masks: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(-(masks > 0).reshape(len(masks), -1).sum(1), kind="stable")[:n]
 
 
-def _mask_rgb(masks: np.ndarray, palette: bool | None = None) -> np.ndarray:
-    """Binary masks white on black; class ids (or ``palette=True``) in the class palette."""
-    if palette is None:
-        palette = bool(masks.max(initial=0) > 1)
-    if not palette:
-        return np.repeat((masks > 0)[..., None] * 255, 3, -1).astype(np.uint8)
-    from dgan.data.view import colour_masks
-
-    return colour_masks(masks)
-
-
 def prediction_grid(images: np.ndarray, masks: np.ndarray, pred: np.ndarray, path: Path, n: int = 6) -> Path:
     """Rows of image | truth | prediction (class ids), for the n test images with the most foreground."""
     order = _most_buildings(masks, n)
     palette = bool(masks.max(initial=0) > 1 or pred.max(initial=0) > 1)
-    rows = [np.concatenate([images[i], _mask_rgb(masks[i], palette), _mask_rgb(pred[i], palette)], axis=1)
+    rows = [np.concatenate([images[i], mask_rgb(masks[i], palette), mask_rgb(pred[i], palette)], axis=1)
             for i in order]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
@@ -276,7 +266,7 @@ def pair_grid(images: np.ndarray, masks: np.ndarray, path: Path, n: int = 6) -> 
     """Rows of mask | image (e.g. a synthetic training set), for the n masks with the most buildings."""
     order = _most_buildings(masks, n)
     palette = bool(masks.max(initial=0) > 1)  # one colouring for the whole grid
-    rows = [np.concatenate([_mask_rgb(masks[i], palette), images[i]], axis=1) for i in order]
+    rows = [np.concatenate([mask_rgb(masks[i], palette), images[i]], axis=1) for i in order]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
     return path

@@ -350,21 +350,11 @@ class DiscriminatorNode:
 
     def _save_grid(self, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray) -> None:
         """Rows of mask | real | synthetic, kept on this node's disk (real images stay local)."""
-        from PIL import Image
+        from dgan.data.view import write_sample_grid
 
-        fake = fakes if fakes.dtype == np.uint8 else ((fakes.astype(np.float32).clip(-1, 1) + 1) * 127.5).round()
-        fake = np.transpose(fake.astype(np.uint8), (0, 2, 3, 1))
-        if masks.max(initial=0) > 1:  # class ids in the class palette
-            from dgan.data.view import colour_masks
-
-            m = colour_masks(masks)
-        else:
-            m = np.repeat((masks > 0)[..., None] * 255, 3, -1).astype(np.uint8)
-        rows = [np.concatenate([m[i], reals[i], fake[i]], axis=1) for i in range(min(4, len(masks)))]
-        assert self.cfg.samples_dir is not None
-        self.cfg.samples_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.concatenate(rows, axis=0)).save(self.cfg.samples_dir /
-                                                           f"{self.cfg.name}_batch{self.stats.batches:06d}.png")
+        assert self.cfg.samples_dir is not None  # the caller checked
+        name = f"{self.cfg.name}_batch{self.stats.batches:06d}.png"
+        write_sample_grid(masks, reals, fakes, self.cfg.samples_dir / name)
 
     def _on_error(self, msg: P.Message) -> None:
         code = msg.meta.get("code")

@@ -21,13 +21,12 @@ from dgan.rowstream import RowStream
 from dgan.training.generator import GeneratorTrainer, Outcome
 from dgan.transport.base import GeneratorLink, LinkClosed
 from nodes.label_watch import LabelWatch
+from nodes.mask_upload import MaskUpload
 from nodes.round_policy import Action, RoundPolicy
 from nodes.run_outputs import RunOutputs
 
 log = logging.getLogger("dgan.generator")
 
-MAX_MASK_CHUNKS = 10_000
-STATUS_NODES = 64  # STATUS lists the alive nodes and the most recently seen others, up to this many
 FEEDBACK_NAMES = frozenset({m.value for m in FeedbackMode} | {"unknown"})  # "unknown": a node that predates modes
 
 
@@ -62,9 +61,7 @@ class NodeInfo:
     staleness: Counter[int] = field(default_factory=Counter)  # a histogram: bounded, however long the run
     staleness_last: int | None = None
     counts: Counter[str] = field(default_factory=Counter)
-    mask_chunks: dict[int, np.ndarray] = field(default_factory=dict)
-    mask_total: int = 0
-    mask_bytes: int = 0  # bytes held in mask_chunks: kept as they come, not summed again per chunk
+    upload: MaskUpload | None = None  # masks arriving in chunks
     masks: np.ndarray | None = None
 
 
@@ -152,32 +149,6 @@ class GeneratorService(RunOutputs):
                 log.info("generator: step %d/%d, %.2f updates/s, %d samples applied, %d node(s) alive, "
                          "%d dropped stale", self.trainer.step, self.trainer.cfg.steps, rate,
                          self.trainer.samples_applied, alive, self.counters["dropped_stale"])
-
-    def _broadcast_status(self, status: dict[str, Any]) -> None:
-        self.link.broadcast(P.make(P.Kind.STATUS, "generator", run_id=self.run_id, step=self.trainer.step,
-                                   meta=status))
-        if self.cfg.on_status is not None:
-            self.cfg.on_status(status)
-
-    def status(self, updates_per_s: float = 0.0, phase: str = "training", done: int = 0,
-               total: int = 0) -> dict[str, Any]:
-        return {
-            "step": self.trainer.step, "steps": self.trainer.cfg.steps, "updates_per_s": round(updates_per_s, 3),
-            "samples_applied": self.trainer.samples_applied, "inflight": len(self.trainer.inflight),
-            "mode": self.trainer.cfg.mode, "dropped_stale": self.counters["dropped_stale"],
-            "label_iou": self.label_watch.mean,
-            "transfer_iou": self.transfer_watch.mean,
-            "phase": phase, "phase_done": done, "phase_total": total,
-            "nodes": {n: {"alive": i.alive, "feedback": i.feedback, "batches": i.feedbacks, "losses": i.losses,
-                          "staleness": i.staleness_last,
-                          "last_seen": round(time.time() - i.last_seen, 1)} for n, i in self._status_nodes()},
-            "nodes_total": len(self.nodes), "nodes_alive": sum(1 for i in self.nodes.values() if i.alive),
-        }
-
-    def _status_nodes(self) -> list[tuple[str, NodeInfo]]:
-        """What STATUS lists: bounded however many nodes the run has seen (alive and most recent first)."""
-        ranked = sorted(self.nodes.items(), key=lambda kv: (not kv[1].alive, -kv[1].last_seen))
-        return ranked[:STATUS_NODES]
 
     # ------------------------------------------------------------ messages
 
@@ -286,25 +257,15 @@ class GeneratorService(RunOutputs):
         return ""
 
     def _on_masks(self, node: NodeInfo, msg: P.Message) -> None:
-        chunk, chunks = msg.meta["chunk"], msg.meta["chunks"]
-        problem = self._check_masks(node, msg)
-        if not problem and not (0 <= chunk < chunks <= MAX_MASK_CHUNKS):
-            problem = f"chunk {chunk} of {chunks} is out of range (at most {MAX_MASK_CHUNKS} chunks)"
-        same_upload = node.mask_total == chunks
-        replaced = node.mask_chunks[chunk].nbytes if same_upload and chunk in node.mask_chunks else 0
-        held = node.mask_bytes - replaced if same_upload else 0
-        if not problem and held + msg.tensors["masks"].nbytes > self.cfg.max_mask_bytes:
-            problem = f"masks over {self.cfg.max_mask_bytes // 2**20} MiB from one node are refused"
+        problem, whole = self._check_masks(node, msg), None
+        if not problem:
+            if node.upload is None:
+                node.upload = MaskUpload(self.cfg.max_mask_bytes)
+            whole, problem = node.upload.add(msg.meta["chunk"], msg.meta["chunks"], msg.tensors["masks"])
         if problem:
             self._reject(node.name, msg, P.ErrorCode.REJECTED, problem)
-            return
-        if not same_upload:
-            node.mask_chunks, node.mask_total = {}, chunks
-        node.mask_chunks[chunk] = np.array(msg.tensors["masks"])  # a copy: the frame is the transport's
-        node.mask_bytes = held + node.mask_chunks[chunk].nbytes
-        if len(node.mask_chunks) == chunks:
-            node.masks = np.concatenate([node.mask_chunks[i] for i in range(chunks)])
-            node.mask_chunks, node.mask_bytes = {}, 0
+        elif whole is not None:
+            node.masks = whole
             log.info("generator: %d masks from %s", len(node.masks), node.name)
             if self.sample_masks is None:
                 self.sample_masks = node.masks[:8].copy()

@@ -1,4 +1,4 @@
-"""What a generator run leaves on disk: checkpoints, sample grids, run.json, the synthetic set.
+"""What a generator run reports: STATUS, and on disk checkpoints, sample grids, run.json, the synthetic set.
 
 A mixin of :class:`nodes.generator_service.GeneratorService`.
 """
@@ -27,6 +27,7 @@ LOSS_COLUMNS = ["d_real", "d_fake", "g_adv", "g_l1"]
 # the judges' verdicts last: rows written before they existed keep the same indices (applied_rows reads 9)
 FEEDBACK_COLUMNS = ["time", "node", "step", "staleness", "samples", *LOSS_COLUMNS, "request", "label_iou",
                     "transfer_iou"]
+STATUS_NODES = 64  # STATUS lists the alive nodes and the most recently seen others, up to this many
 
 
 class RunOutputs:
@@ -48,9 +49,31 @@ class RunOutputs:
     transfer_watch: LabelWatch
     synthesis_weights_used: str | None = None  # set when the final set is synthesised
 
+    def _broadcast_status(self, status: dict[str, Any]) -> None:
+        self.link.broadcast(P.make(P.Kind.STATUS, "generator", run_id=self.run_id, step=self.trainer.step,
+                                   meta=status))
+        if self.cfg.on_status is not None:
+            self.cfg.on_status(status)
+
     def status(self, updates_per_s: float = 0.0, phase: str = "training", done: int = 0,
-               total: int = 0) -> dict[str, Any]: ...
-    def _broadcast_status(self, status: dict[str, Any]) -> None: ...
+               total: int = 0) -> dict[str, Any]:
+        return {
+            "step": self.trainer.step, "steps": self.trainer.cfg.steps, "updates_per_s": round(updates_per_s, 3),
+            "samples_applied": self.trainer.samples_applied, "inflight": len(self.trainer.inflight),
+            "mode": self.trainer.cfg.mode, "dropped_stale": self.counters["dropped_stale"],
+            "label_iou": self.label_watch.mean,
+            "transfer_iou": self.transfer_watch.mean,
+            "phase": phase, "phase_done": done, "phase_total": total,
+            "nodes": {n: {"alive": i.alive, "feedback": i.feedback, "batches": i.feedbacks, "losses": i.losses,
+                          "staleness": i.staleness_last,
+                          "last_seen": round(time.time() - i.last_seen, 1)} for n, i in self._status_nodes()},
+            "nodes_total": len(self.nodes), "nodes_alive": sum(1 for i in self.nodes.values() if i.alive),
+        }
+
+    def _status_nodes(self) -> list[tuple[str, Any]]:
+        """What STATUS lists: bounded however many nodes the run has seen (alive and most recent first)."""
+        ranked = sorted(self.nodes.items(), key=lambda kv: (not kv[1].alive, -kv[1].last_seen))
+        return ranked[:STATUS_NODES]
 
     def record_feedback(self, node: str, losses: dict[str, float], staleness: int, samples: int, request: int) -> None:
         """An applied feedback: its row, its scalars for TensorBoard, and the judges' verdict."""
@@ -102,12 +125,9 @@ class RunOutputs:
         if self.sample_masks is None:
             return None
         fakes = self.trainer.synthesize(self.sample_masks, seed=0)
-        if self.trainer.model_cfg.num_classes == 2:
-            masks = np.repeat((self.sample_masks[..., None] > 0) * 255, 3, axis=-1).astype(np.uint8)
-        else:  # class ids in the class palette
-            from dgan.data.view import colour_masks
+        from dgan.data.view import mask_rgb
 
-            masks = colour_masks(self.sample_masks)
+        masks = mask_rgb(self.sample_masks, palette=self.trainer.model_cfg.num_classes != 2)
         grid = np.concatenate([np.concatenate([m, f], axis=1) for m, f in zip(masks, fakes, strict=True)], axis=0)
         path = self.out / "samples" / f"step_{self.trainer.step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ from dgan.networks import ModelConfig
 from dgan.rowstream import RowStream
 from dgan.training.generator import GeneratorTrainer, TrainConfig
 from dgan.transport.inproc import InProcessHub
-from nodes.generator_service import STATUS_NODES, GeneratorService, ServiceConfig
+from nodes.generator_service import GeneratorService, ServiceConfig
+from nodes.run_outputs import STATUS_NODES
 
 
 def _service(tmp_path: Path, **cfg: object) -> tuple[GeneratorService, InProcessHub]:
@@ -48,7 +49,9 @@ def test_mask_uploads_over_the_per_node_byte_cap_are_refused_with_an_error(tmp_p
                                    tensors={"masks": np.zeros((4, 16, 16), np.uint8)}))
     err = link.recv(1)
     assert err.kind == P.Kind.ERROR and "MiB from one node" in err.meta["reason"]
-    assert service.nodes["n"].masks is None and sum(c.nbytes for c in service.nodes["n"].mask_chunks.values()) <= 2560
+    upload = service.nodes["n"].upload
+    assert service.nodes["n"].masks is None and upload is not None
+    assert sum(c.nbytes for c in upload.chunks.values()) <= 2560
 
 
 def test_rows_of_a_long_run_stream_to_disk_and_become_the_same_json_document(tmp_path: Path) -> None:

@@ -149,3 +149,16 @@ def test_a_nodes_local_grids_show_class_ids_in_the_palette(tmp_path: Path) -> No
     node._save_grid(masks, images, np.zeros((2, 3, 32, 32), np.float32))
     grid = np.asarray(Image.open(next(tmp_path.glob("roads_batch*.png"))))
     assert (np.abs(grid.astype(int) - (40, 90, 240)).sum(-1) == 0).any()  # roads in the palette's blue
+
+
+def test_a_sample_grid_colours_its_masks_from_the_whole_batch_not_its_first_rows(tmp_path: Path) -> None:
+    from dgan.data.view import PALETTE, write_sample_grid
+
+    masks = np.zeros((6, 8, 8), np.uint8)
+    masks[:, :4] = 1
+    masks[5, 4:] = 2  # only the last mask, not drawn, shows that the ids are classes
+    reals = np.zeros((6, 8, 8, 3), np.uint8)
+    grid = np.asarray(Image.open(write_sample_grid(masks, reals, np.zeros((6, 3, 8, 8), np.float32),
+                                                   tmp_path / "g.png", rows=4)))
+    assert grid.shape == (32, 24, 3)
+    assert (grid[:, :8][masks[:4].reshape(32, 8) == 1] == PALETTE[1]).all()  # class 1 in red, not white

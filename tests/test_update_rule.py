@@ -118,3 +118,17 @@ def test_bench_update_rule_refuses_an_unknown_rule_in_one_line() -> None:
 
     res = CliRunner().invoke(app, ["bench", "update-rule", "--rule", "fastest"])
     assert res.exit_code == 2 and "unknown rule 'fastest'" in res.output
+
+
+def test_a_later_bench_run_can_add_gan_seeds_to_an_earlier_ones() -> None:
+    from typer.testing import CliRunner
+
+    from benchmarks.update_rule import gan_seed_range
+    from dgan.cli import app
+
+    assert list(gan_seed_range(0, 2)) == [0, 1] and list(gan_seed_range(5, 3)) == [5, 6, 7]
+    for first, n in ((-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match="first-seed"):
+            gan_seed_range(first, n)
+    res = CliRunner().invoke(app, ["bench", "update-rule", "--first-seed", "-3"])
+    assert res.exit_code == 2 and "--first-seed >= 0" in res.output

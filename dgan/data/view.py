@@ -22,6 +22,30 @@ def colour_masks(masks: np.ndarray) -> np.ndarray:
     return PALETTE[wrapped]
 
 
+def mask_rgb(masks: np.ndarray, palette: bool | None = None) -> np.ndarray:
+    """Binary masks white on black; class ids (or ``palette=True``) in the class palette."""
+    if palette is None:
+        palette = bool(masks.max(initial=0) > 1)
+    if not palette:
+        return np.repeat((masks > 0)[..., None] * 255, 3, -1).astype(np.uint8)
+    return colour_masks(masks)
+
+
+def fakes_rgb(fakes: np.ndarray) -> np.ndarray:
+    """Fakes as they travel ((B, 3, H, W): uint8 levels, or float in [-1, 1]) -> uint8 (B, H, W, 3)."""
+    ims = fakes if fakes.dtype == np.uint8 else ((fakes.astype(np.float32).clip(-1, 1) + 1) * 127.5).round()
+    return np.transpose(ims.astype(np.uint8), (0, 2, 3, 1))
+
+
+def write_sample_grid(masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray, path: Path, rows: int = 4) -> Path:
+    """Rows of mask | real | synthetic: what a node keeps on its own disk to look at (reals never leave it)."""
+    m, f = mask_rgb(masks)[:rows], fakes_rgb(fakes[:rows])  # one colouring, chosen from the whole batch
+    grid = np.concatenate([np.concatenate([m[i], reals[i], f[i]], axis=1) for i in range(len(m))], axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    return path
+
+
 def summarize(pairs: PairSet, group_column: str | None = None) -> dict[str, Any]:
     """Counts, each class's pixel share and the share of images that hold it, and the pairs per group."""
     counts = np.bincount(pairs.masks.reshape(-1), minlength=len(pairs.classes))
