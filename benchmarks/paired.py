@@ -31,7 +31,10 @@ def load_rows(paths: list[Path]) -> list[dict[str, Any]]:
     """Every run row of these bench JSONs; a (rule, split, seed) seen twice must agree (the bench is deterministic)."""
     seen: dict[tuple[str, str, int], dict[str, Any]] = {}
     for path in paths:
-        for row in json.loads(path.read_text())["runs"]:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
+            raise ValueError(f"{path} is not an update-rule bench result (it has no list of runs)")
+        for row in doc["runs"]:
             key = (row["rule"], row["test"], row["gan_seed"])
             if key in seen and seen[key]["val_iou_raw"] != row["val_iou_raw"]:
                 raise ValueError(f"{path}: {key} scored {row['val_iou_raw']} here and {seen[key]['val_iou_raw']} "

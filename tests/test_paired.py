@@ -12,6 +12,11 @@ from benchmarks.paired import load_rows, paired_difference, t975
 from dgan.cli import app
 
 
+def _said(output: str) -> str:
+    """The CLI's error without the panel's borders and line breaks."""
+    return " ".join(output.replace("│", " ").split())
+
+
 def _run(path: Path, rows: list[tuple[str, str, int, float]]) -> Path:
     path.write_text(json.dumps({"runs": [{"rule": r, "test": t, "gan_seed": s, "val_iou_raw": v, "val_iou_ema": v / 2}
                                          for r, t, s, v in rows]}))
@@ -40,7 +45,10 @@ def test_disagreeing_duplicates_and_too_few_pairs_are_refused(tmp_path: Path) ->
     with pytest.raises(ValueError, match="share 1"):
         paired_difference(load_rows([one]), "f16", "int8", "val_iou_raw")
     res = CliRunner().invoke(app, ["bench", "paired", str(one), "--a", "f16", "--b", "int8"])
-    assert res.exit_code == 2 and "comparison needs at least 2" in " ".join(res.output.split())
+    assert res.exit_code == 2 and "comparison needs at least 2" in _said(res.output)
+    (tmp_path / "other.json").write_text(json.dumps({"rows": []}))  # another bench's result
+    res = CliRunner().invoke(app, ["bench", "paired", str(tmp_path / "other.json")])
+    assert res.exit_code == 2 and "not an update-rule bench result" in _said(res.output)
 
 
 def test_bench_paired_prints_both_weights_and_writes_its_json(tmp_path: Path) -> None:
