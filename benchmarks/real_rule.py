@@ -28,17 +28,18 @@ JUDGES = ("label_iou", "transfer_iou")
 
 def late_verdicts(run_dir: Path) -> dict[str, float | None]:
     """Each judge's verdicts over the run's second half: the mean over nodes of each node's mean."""
-    cols = json.loads((run_dir / "feedback.json").read_text())["columns"]
-    rows = [json.loads(line) for line in (run_dir / "feedback.jsonl").read_text().splitlines() if line]
-    last = max((r[cols.index("step")] for r in rows), default=0)
+    doc = json.loads((run_dir / "feedback.json").read_text())  # the columns and every row, as the run ended
+    cols, rows = doc["columns"], doc["rows"]
+    at, who = cols.index("step"), cols.index("node")
+    last = max((r[at] for r in rows), default=0)
     out: dict[str, float | None] = {}
     for key in JUDGES:
         per: dict[str, list[float]] = {}
         if key in cols:
             k = cols.index(key)
             for r in rows:
-                if len(r) > k and r[k] is not None and r[cols.index("step")] >= last / 2:
-                    per.setdefault(r[cols.index("node")], []).append(r[k])
+                if len(r) > k and r[k] is not None and r[at] >= last / 2:
+                    per.setdefault(r[who], []).append(r[k])
         out[f"{key}_late"] = (round(statistics.mean(statistics.mean(v) for v in per.values()), 4)
                               if per else None)
     return out

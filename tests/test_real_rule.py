@@ -14,8 +14,7 @@ from nodes.run_outputs import FEEDBACK_COLUMNS
 
 def _write_run(run: Path, rows: list[list[object]], columns: list[str] = FEEDBACK_COLUMNS) -> None:
     run.mkdir(parents=True, exist_ok=True)
-    (run / "feedback.json").write_text(json.dumps({"columns": columns}))
-    (run / "feedback.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "feedback.json").write_text(json.dumps({"columns": columns, "rows": rows}))
 
 
 def _row(node: str, step: int, label: float | None, transfer: float | None) -> list[object]:

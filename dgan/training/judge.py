@@ -41,6 +41,10 @@ class LabelJudge:
         """One step on real (image, mask) pairs, uint8 (B, H, W, 3) and (B, H, W)."""
         x = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals))).to(self.device)
         y = torch.from_numpy((np.ascontiguousarray(masks) > 0).astype(np.float32))[:, None].to(self.device)
+        return self.step_on(x, y)
+
+    def step_on(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One step on images in [-1, 1] (B, 3, H, W) and foreground targets (B, 1, H, W)."""
         self.model.train()
         loss = segmentation_loss(self.model(x), y)
         self.opt.zero_grad(set_to_none=True)
@@ -102,13 +106,9 @@ class TransferJudge:
             judge = LabelJudge(seed=int(self.rng.integers(2**31)), device=str(self.device))
             x = torch.stack(list(self.fakes))
             y = torch.from_numpy((np.stack(list(self.masks)) > 0).astype(np.float32))[:, None].to(self.device)
-            judge.model.train()
             for _ in range(self.steps):
                 pick = torch.from_numpy(self.rng.integers(0, len(x), self.batch))
-                loss = segmentation_loss(judge.model(x[pick]), y[pick])
-                judge.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                judge.opt.step()
+                judge.step_on(x[pick], y[pick])
             judge.model.eval()
             with torch.no_grad():
                 pred = (judge.model(self.reals)[:, 0] > 0).cpu().numpy()
