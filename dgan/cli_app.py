@@ -85,7 +85,18 @@ Quick = Annotated[bool, typer.Option(help="A short run (about a minute): small i
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the result here.")]
 Heartbeat = Annotated[float, typer.Option(help="Heartbeat interval, seconds.")]
 Threads = Annotated[int, typer.Option(help="torch threads in this process.")]
-Device = Annotated[str, typer.Option(help="cpu or cuda.")]
+
+
+def _checked_device(device: str) -> str:
+    from dgan.cpu_features import device_problem
+
+    problem = device_problem(device)
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return device
+
+
+Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.", callback=_checked_device)]
 
 
 def set_torch_threads(n: int) -> None:

@@ -331,6 +331,7 @@ def experiment(
                           ] = GradDtype.float16,
     fake_dtype: Annotated[FakeDtype, typer.Option(help="DGAN: the generator's fakes on the wire.")
                           ] = FakeDtype.float16,
+    device: Device = "cpu",
     quick: Annotated[bool, typer.Option(help="A smoke run of the whole pipeline in a few minutes.")] = False,
 ) -> None:
     """Compare real_all, real_partial, central_gan and dgan segmentation on the real test split."""
@@ -348,7 +349,7 @@ def experiment(
                   feedback=modes, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, label_mix=label_mix,
                   oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test, groups=groups,
                   update_every=update_every, ema=ema, local=hows, local_share=local_share, diffaugment=diffaugment,
-                  grad_dtype=grad_dtype.value, fake_dtype=fake_dtype.value)
+                  grad_dtype=grad_dtype.value, fake_dtype=fake_dtype.value, device=device)
     try:
         if quick:
             cfg = ExperimentConfig(**common, size=64, gan_steps=30, g_width=16, d_width=16, seeds=1, scenes=96,

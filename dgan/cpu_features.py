@@ -47,3 +47,21 @@ def resolve_precision(precision: str, device: str = "cpu", flags: list[str] | No
     if device.startswith("cuda"):
         return "bf16" if cuda_native_bf16() else "fp32"
     return "bf16" if native_bf16(flags) else "fp32"
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot run here (one line), or None: a run asked for a GPU fails at once, not mid-run."""
+    import re
+
+    import torch
+
+    if device == "cpu":
+        return None
+    m = re.fullmatch(r"cuda(?::([0-9]{1,2}))?", device)
+    if m is None:
+        return f"device must be cpu, cuda or cuda:N, got {device!r}"
+    if not torch.cuda.is_available():
+        return f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU here; use --device cpu"
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None

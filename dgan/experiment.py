@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dgan.cpu_features import device_problem
 from dgan.data.loaders import PairSet
 from dgan.data.partition import summary
 from dgan.data.scenes import CLASSES as SCENE_CLASSES
@@ -96,6 +97,7 @@ class ExperimentConfig:
     quick: bool = False
     cache: Path | None = None
     threads: int = 2
+    device: str = "cpu"  # every GAN and segmenter, and the DGAN run's processes: cpu, cuda or cuda:N
     grad_dtype: str = "float16"  # DGAN nodes' gradients on the wire (int8: per-sample scale, dgan.grad_codec)
     fake_dtype: str = "float16"  # DGAN generator's fakes on the wire
 
@@ -118,6 +120,8 @@ class ExperimentConfig:
         bad = [h for h in self.local if h not in values(LocalHow)]
         if bad:
             raise ExperimentSetupError(f"local must be among {', '.join(values(LocalHow))}, got {bad[0]!r}")
+        if (problem := device_problem(self.device)) is not None:
+            raise ExperimentSetupError(problem)
         if self.data is not None:
             parse_test(self.test)
             if self.groups:
@@ -146,8 +150,8 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     model = cfg.model()
     lr, beta1 = cfg.generator_optim()
     gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, lr=lr, beta1=beta1, seed=seed, fake_dtype="float32",
-                                              ema=cfg.ema))
-    disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed)
+                                              ema=cfg.ema, device=cfg.device))
+    disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed, device=cfg.device)
     sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed, positive_share=cfg.seg.positive_share or None)
     for _ in range(disc.warmup_steps):  # as a node does before its first feedback
         reals, masks = sampler.batch(cfg.batch_size)
@@ -184,7 +188,7 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
     run_local(RunConfig(nodes=cfg.nodes, steps=steps, out=out, image_size=cfg.size, g_width=cfg.g_width,
                         d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
                         synthesize=False, checkpoint_every=0, sample_every=max(1, steps // 4),
-                        timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1,
+                        timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1, device=cfg.device,
                         num_classes=cfg.num_classes,
                         extra_generator_args=["--lr", str(lr), "--beta1", str(beta1), "--ema", str(cfg.ema),
                                               "--update-every", str(cfg.update_every),
@@ -204,7 +208,8 @@ def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits,
                           grid: Path | None = None, label: str = "", own: PairSet | None = None,
                           how: str = "finetune") -> dict[str, Any]:
     """Train a segmenter on ``train`` (plus a department's ``own`` real pairs, ``how``), test it once."""
-    seg = SegConfig(**{**cfg.seg.to_dict(), "seed": seed, "num_classes": len(splits.test.classes)})
+    seg = SegConfig(**{**cfg.seg.to_dict(), "seed": seed, "num_classes": len(splits.test.classes),
+                       "device": cfg.device})
     val = (splits.val.images, splits.val.masks)
     log.info("%s seed %d: segmentation on %d pairs%s", label, seed, len(train),
              f" and {len(own)} own real pairs ({how})" if own is not None else "")
@@ -213,7 +218,7 @@ def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits,
     else:
         model, info = train_local((train.images, train.masks), (own.images, own.masks), seg, val=val, how=how,
                                   real_share=cfg.local_share)
-    pred = predict_labels(model, splits.test.images, seg.num_classes)
+    pred = predict_labels(model, splits.test.images, seg.num_classes, device=seg.device)
     result = {**class_metrics(pred, splits.test.masks, splits.test.classes), "train_seconds": info["train_seconds"],
               "best_step": info["best_step"], "best_val_iou": info["best_val_iou"],
               "train_pairs": len(train) + (len(own) if own is not None else 0)}

@@ -206,3 +206,74 @@ def test_a_compiled_generator_makes_the_eager_fakes_and_gradients_without_dropou
     np.testing.assert_allclose(out[True][0], out[False][0], atol=1e-5)
     for a, b in zip(out[True][1], out[False][1], strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-3 * float(b.abs().max()))
+
+
+def test_a_device_that_cannot_run_here_is_named_in_one_line_and_cpu_always_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from dgan.cpu_features import device_problem
+
+    assert device_problem("cpu") is None
+    assert "cpu, cuda or cuda:N" in (device_problem("gpu") or "")
+    assert "cpu, cuda or cuda:N" in (device_problem("cuda:x") or "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "sees no CUDA GPU here; use --device cpu" in (device_problem("cuda") or "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device_problem("cuda") is None and device_problem("cuda:1") is None
+    assert "2 CUDA device(s)" in (device_problem("cuda:2") or "")
+
+
+def test_every_command_refuses_a_gpu_it_cannot_have_before_it_starts(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+    from dgan.experiment import ExperimentConfig, ExperimentSetupError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["experiment", "--out", str(tmp_path / "e"), "--quick"], ["generator", "--out", str(tmp_path / "g")],
+                 ["node", "--name", "n0"], ["run", "--out", str(tmp_path / "r")]):
+        res = CliRunner().invoke(app, [*argv, "--device", "cuda"], env={"COLUMNS": "240"})  # no wrapped lines
+        assert res.exit_code == 2 and "sees no CUDA GPU here; use --device cpu" in res.output, (argv, res.output)
+    assert not (tmp_path / "e").exists() and not (tmp_path / "g").exists() and not (tmp_path / "r").exists()
+    with pytest.raises(ExperimentSetupError, match="cpu, cuda or cuda:N"):
+        ExperimentConfig(out=tmp_path, device="tpu")
+
+
+def test_the_experiment_hands_its_device_to_the_gans_the_dgan_processes_and_the_segmenters(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import dgan.experiment as ex
+    from dgan.data.loaders import PairSet
+    from dgan.experiment_splits import Splits
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = ex.ExperimentConfig(out=tmp_path, device="cuda", nodes=1)
+    seen: dict[str, str] = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(name: str, device: str) -> None:
+        seen[name] = device
+        raise Stop
+
+    monkeypatch.setattr(ex, "run_local", lambda rc: record("dgan processes", rc.device))
+    monkeypatch.setattr(ex, "GeneratorTrainer", lambda model, train: record("central G", train.device))
+    monkeypatch.setattr(ex, "train_segmenter", lambda *a, **k: record("segmenter", a[2].device))
+    ims, masks = make_scenes(range(2), 32)
+    pairs = PairSet(ims, masks, ["a", "b"], {}, ("background", "building"))
+    splits = Splits(train=pairs, val=pairs, test=pairs, node_parts=[[0, 1]], description={})
+    for call in (lambda: ex.dgan_run(cfg, splits, "async", 0, "adversarial"),
+                 lambda: ex.central_gan(cfg, pairs, 0, "adversarial"),
+                 lambda: ex.evaluate_training_set(cfg, pairs, splits, 0)):
+        with pytest.raises(Stop):
+            call()
+    assert seen == {"dgan processes": "cuda", "central G": "cuda", "segmenter": "cuda"}
+    cpu_key = ex.cache_key(ex.ExperimentConfig(out=tmp_path, nodes=1), splits, "real_all")
+    assert ex.cache_key(cfg, splits, "real_all") != cpu_key  # a GPU's results are cached apart

@@ -130,7 +130,7 @@ class DiscriminatorTrainer:
         if self.feedback.mode == FeedbackMode.SEMANTIC:
             self.task = define_task_segmenter(cfg).to(self.device)
             self.task_opt = torch.optim.Adam(self.task.parameters(), lr=TASK_LR)
-        self.mix_rng = torch.Generator().manual_seed(seed)
+        self.mix_rng = torch.Generator(device=self.device).manual_seed(seed)
         self.aug_rng = torch.Generator(device=self.device).manual_seed(seed)
         self.steps = 0
 
