@@ -90,7 +90,7 @@ class AttackResult:
 
 
 def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
-           strategy: str, seed: int = 0, timeout: float = 60.0) -> AttackResult:
+           strategy: str, seed: int = 0, timeout: float = 60.0, grad_dtype: str = "float16") -> AttackResult:
     """Play the generator against a real node until every image has had ``queries`` feedbacks."""
     hub = InProcessHub()
     gen_link, node_link = hub.generator_link(), hub.node_link("victim")
@@ -98,7 +98,7 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
     node_link.send(P.make(P.Kind.HELLO, "victim", meta={"role": "node", **DiscriminatorNode.hello_meta(images,
                                                                                                      recipe)}))
     node = DiscriminatorNode(node_link, images, masks, NodeConfig("victim", batch_size=8, pipeline=2, seed=seed,
-                                                                  feedback=recipe))
+                                                                  feedback=recipe, grad_dtype=grad_dtype))
     stop = threading.Event()
     thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
     thread.start()
@@ -170,9 +170,9 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
 
 
 def attack_row(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
-               strategy: str, seed: int) -> dict[str, Any]:
+               strategy: str, seed: int, grad_dtype: str = "float16") -> dict[str, Any]:
     t0 = time.perf_counter()
-    res = attack(mode, images, masks, model, queries, strategy, seed)
+    res = attack(mode, images, masks, model, queries, strategy, seed, grad_dtype=grad_dtype)
     real = index_real(images, masks)  # victim_data's masks are identifying: every pair is indexed
     guess = {"active": lambda k, e: e.midpoint(), "passive": lambda k, e: e.passive(),
              "active-descent": lambda k, e: res.descents[k].current}[strategy]
@@ -185,7 +185,7 @@ def attack_row(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model:
     class_psnr = float(np.mean([psnr(e, r) for e, r in painted]))
     active = strategy != "passive"
     baseline = s.mean_colour_psnr_db if active else s.fakes_psnr_db
-    return {"mode": mode.value, "attack": strategy, "queries": queries,
+    return {"mode": mode.value, "attack": strategy, "queries": queries, "grad_dtype": grad_dtype,
             "psnr_db": s.psnr_db, "ssim": s.ssim, "baseline_psnr_db": baseline,
             "baseline": "mean colour" if active else "the fakes", "mean_colour_psnr_db": s.mean_colour_psnr_db,
             "class_colour_psnr_db": class_psnr,
@@ -210,7 +210,7 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_privacy_benchmark(quick: bool, json_out: Path | None, data: Path | None = None,
-                          seed: int = 0) -> dict[str, Any]:
+                          seed: int = 0, grad_dtype: str = "float16") -> dict[str, Any]:
     console = Console(width=max(120, Console().width))
     torch.set_num_threads(2)
     size, width = (64, 16) if quick else (128, 32)
@@ -222,11 +222,11 @@ def run_privacy_benchmark(quick: bool, json_out: Path | None, data: Path | None 
     for mode in FeedbackMode:
         for queries, strategy in plans:
             with console.status(f"{mode.value}: {strategy} attack, {queries} queries/image…"):
-                rows.append(attack_row(mode, images, masks, model, queries, strategy, seed))
+                rows.append(attack_row(mode, images, masks, model, queries, strategy, seed, grad_dtype))
     result = {"image_size": size, "width": width, "images": len(images), "data": source, "quick": quick,
-              "default_mode": DEFAULT_MODE.value, "rows": rows, "targets": targets(rows)}
+              "grad_dtype": grad_dtype, "default_mode": DEFAULT_MODE.value, "rows": rows, "targets": targets(rows)}
     table = Table(title=f"Reconstruction by a curious generator: {len(images)} private images at {size} px "
-                        f"({source})")
+                        f"({source}; {grad_dtype} gradients on the wire)")
     for col in ("mode", "attack", "queries/image", "PSNR dB", "SSIM", "baseline", "baseline dB", "class colours dB",
                 "sign agreement", "s"):
         table.add_column(col, justify="left" if col in ("mode", "attack", "baseline") else "right")

@@ -60,6 +60,7 @@ class LocalHow(str, enum.Enum):
 
     mixed = "mixed"
     finetune = "finetune"
+    pretrain = "pretrain"
 
 
 class SynthWeights(str, enum.Enum):

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from dgan.choices import GradDtype
 from dgan.cli_app import (
     JsonOut,
     Quick,
@@ -218,12 +219,14 @@ def bench_privacy(
     data: Annotated[Path | None, typer.Option(help="Pairs folder to draw the 8 victim images from (default: the "
                                                    "Dubai patches in ../shared if present, else built-in scenes).")
                     ] = None,
+    grad_dtype: Annotated[GradDtype, typer.Option(help="The victim node's gradients on the wire (int8: 8 bits "
+                                                       "and a per-sample scale).")] = GradDtype.float16,
 ) -> None:
     """Active (bisection) and passive reconstruction attacks against a real node, for every feedback mode."""
     from benchmarks.privacy import run_privacy_benchmark
 
     setup_logging("WARNING", "rich", "bench")
-    run_privacy_benchmark(quick, json_out, data)
+    run_privacy_benchmark(quick, json_out, data, grad_dtype=grad_dtype.value)
 
 
 @bench_app.command("paired")

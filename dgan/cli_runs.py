@@ -200,8 +200,9 @@ def segment_train(
     out: Annotated[Path, typer.Option(help="Where to save the model (.pt).")],
     synthetic: Annotated[str | None, typer.Option(help="A synthetic set (a run's synthetic/) to train on beside "
                                                         "--data, your own pairs: your department's model.")] = None,
-    how: Annotated[LocalHow, typer.Option(help="With --synthetic: mixed batches, or synthetic first and then "
-                                               "fine-tuned on --data.")] = LocalHow.finetune,
+    how: Annotated[LocalHow, typer.Option(help="With --synthetic: mixed batches; or synthetic first, then fine-tuned "
+                                               "on --data (finetune: half the steps each; pretrain: all the steps "
+                                               "each, twice the cost).")] = LocalHow.finetune,
     real_share: Annotated[float, typer.Option(help="With --synthetic, mixed: share of each batch from --data.")
                           ] = 0.5,
     val: Annotated[str | None, typer.Option(help="Validation pairs: the model kept is the best here.")] = None,
@@ -319,7 +320,8 @@ def experiment(
                                             "this decay (0 = the last weights).")] = 0.0,
     local: Annotated[list[LocalHow] | None, typer.Option(
         "--local", help="dgan_local: each department's segmenter on the synthetic set plus its own real pairs, "
-        "in mixed batches or fine-tuned (repeat to compare; the first is `dgan_local`).")] = None,
+        "in mixed batches or fine-tuned (finetune: half the steps on each; pretrain: all the steps on each; "
+        "repeat to compare; the first is `dgan_local`).")] = None,
     local_share: Annotated[float, typer.Option(help="dgan_local mixed: share of each batch from the "
                                                     "department's own pairs.")] = 0.5,
     diffaugment: Annotated[bool, typer.Option(help="DiffAugment before every PatchGAN discriminator (nodes and "

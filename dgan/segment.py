@@ -231,16 +231,18 @@ def train_local(synthetic: tuple[np.ndarray, np.ndarray], real: tuple[np.ndarray
     """A department's own model: the shared synthetic set plus its own real pairs, which never leave it.
 
     ``finetune`` (default): half the steps on the synthetic set, then half on the real pairs from those weights;
-    ``mixed``: every batch holds ``real_share`` real pairs. Both cost ``cfg.steps`` steps."""
+    ``mixed``: every batch holds ``real_share`` real pairs. Both cost ``cfg.steps`` steps. ``pretrain``: all the
+    steps on the synthetic set, then all of them again on the real pairs: twice the cost, and as many steps on the
+    department's own pairs as a model of those alone gets."""
     if len(real[0]) == 0:
         raise ValueError("a department model needs its own real pairs")
     if how == "mixed":
         return train_segmenter(*synthetic, cfg, val=val, mix=(*real, real_share))
-    if how != "finetune":
+    if how not in (LocalHow.finetune.value, LocalHow.pretrain.value):
         raise ValueError(f"how must be one of {', '.join(LOCAL_HOWS)}, got {how!r}")
-    half = replace(cfg, steps=max(1, cfg.steps // 2))
-    pre, info1 = train_segmenter(*synthetic, half, val=val)
-    model, info2 = train_segmenter(*real, half, val=val, init=pre.state_dict())
+    stage = cfg if how == LocalHow.pretrain.value else replace(cfg, steps=max(1, cfg.steps // 2))
+    pre, info1 = train_segmenter(*synthetic, stage, val=val)
+    model, info2 = train_segmenter(*real, stage, val=val, init=pre.state_dict())
     if val is not None and info1["best_val_iou"] > info2["best_val_iou"]:  # fine-tuning did not help on val
         model, info2 = pre, {**info2, "best_val_iou": info1["best_val_iou"], "best_step": info1["best_step"]}
     return model, {**info2, "train_seconds": info1["train_seconds"] + info2["train_seconds"]}

@@ -16,7 +16,7 @@ from dgan import protocol as P
 from dgan import replay as R
 from dgan.attacks import DescentEstimate, IntervalEstimate, canonical, flip, index_real, mean_colour, psnr, to_uint8
 from dgan.cli import app
-from dgan.feedback import FeedbackConfig, FeedbackMode
+from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
 from dgan.networks import ModelConfig
 from dgan.run import RunConfig, run_local
 from dgan.training.discriminator import F16_SAFE, DiscriminatorTrainer
@@ -223,6 +223,20 @@ def test_active_and_passive_attacks_succeed_on_l1_and_fail_on_private_modes(mode
         assert active["psnr_db"] <= active["mean_colour_psnr_db"] + 1.0
         assert abs(active["sign_agreement"] - 0.5) < 0.05
         assert passive["psnr_db"] <= passive["fakes_psnr_db"] + 0.25
+
+
+@pytest.mark.parametrize("mode", [FeedbackMode.L1, DEFAULT_MODE])
+def test_the_attacks_through_an_int8_wire_find_the_l1_leak_and_nothing_in_the_default_mode(
+        mode: FeedbackMode) -> None:
+    torch.set_num_threads(1)
+    images, masks, _ = victim_data(32, count=6, scenes=True)
+    active = attack_row(mode, images, masks, TINY, queries=8, strategy="active", seed=0, grad_dtype="int8")
+    assert active["grad_dtype"] == "int8" and active["images"] == 6
+    if mode == FeedbackMode.L1:  # 8 bits keep the sign of every pixel's error
+        assert active["psnr_db"] > active["mean_colour_psnr_db"] + 8 and active["sign_agreement"] > 0.9
+    else:
+        assert active["psnr_db"] <= active["mean_colour_psnr_db"] + 1.0
+        assert abs(active["sign_agreement"] - 0.5) < 0.05
 
 
 # ------------------------------------------------------------------ recorded runs: the audit and the CLI

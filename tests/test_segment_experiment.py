@@ -195,14 +195,34 @@ def test_a_department_model_learns_from_its_own_pairs_beside_the_synthetic_set()
     val = make_scenes(range(900, 912), 32)
     alone, _ = train_segmenter(ims, blank, cfg)
     assert (predict(alone, val[0]) > 0.5).mean() < 0.01
-    for how in ("mixed", "finetune"):
+    for how in ("mixed", "finetune", "pretrain"):
         model, info = train_local((ims, blank), (ims, ms), cfg, val=val, how=how)
         assert (predict(model, val[0]) > 0.5).mean() > 0.01, how  # it found buildings: the own pairs reached it
         assert info["train_seconds"] > 0
-    with pytest.raises(ValueError, match="how must be one of mixed, finetune"):
+    with pytest.raises(ValueError, match="how must be one of mixed, finetune, pretrain"):
         train_local((ims, blank), (ims, ms), cfg, how="average")
     with pytest.raises(ValueError, match="share between 0 and 1"):
         train_local((ims, blank), (ims, ms), cfg, how="mixed", real_share=1.0)
+
+
+def test_pretrain_spends_every_step_on_the_synthetic_set_and_again_on_the_own_pairs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import dgan.segment as seg
+
+    ims, ms = make_scenes(range(8), 32)
+    stages: list[tuple[int, bool]] = []
+    real_train = seg.train_segmenter
+
+    def spy(images: np.ndarray, masks: np.ndarray, cfg: SegConfig, **kw: object) -> object:
+        stages.append((cfg.steps, kw.get("init") is not None))
+        return real_train(images, masks, cfg, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(seg, "train_segmenter", spy)
+    cfg = SegConfig(width=8, depth=3, steps=10, eval_every=5)
+    for how, expected in (("finetune", [(5, False), (5, True)]), ("pretrain", [(10, False), (10, True)])):
+        stages.clear()
+        train_local((ims, ms), (ims, ms), cfg, how=how)
+        assert stages == expected, how
 
 
 def _pairs_folder(root: Path, seeds: range) -> Path:
