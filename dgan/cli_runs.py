@@ -212,6 +212,7 @@ def segment_train(
     width: int = 16,
     seed: int = 0,
     threads: Threads = 2,
+    device: Device = "cpu",
 ) -> None:
     """Train a segmentation U-Net: on one set, or on a shared synthetic set plus your own pairs."""
     from dgan.data.shards import DataError
@@ -229,7 +230,8 @@ def segment_train(
     except DataError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    cfg = SegConfig(width=width, steps=steps, batch_size=batch_size, seed=seed, num_classes=len(train.classes))
+    cfg = SegConfig(width=width, steps=steps, batch_size=batch_size, seed=seed, num_classes=len(train.classes),
+                    device=device)
     val_pairs = (val_set.images, val_set.masks) if val_set else None
     if syn is None:
         model, info = train_segmenter(train.images, train.masks, cfg, val=val_pairs)

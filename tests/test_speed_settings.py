@@ -235,10 +235,11 @@ def test_every_command_refuses_a_gpu_it_cannot_have_before_it_starts(tmp_path: P
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for argv in (["experiment", "--out", str(tmp_path / "e"), "--quick"], ["generator", "--out", str(tmp_path / "g")],
-                 ["node", "--name", "n0"], ["run", "--out", str(tmp_path / "r")]):
+                 ["node", "--name", "n0"], ["run", "--out", str(tmp_path / "r")],
+                 ["segment", "train", "--data", str(tmp_path), "--out", str(tmp_path / "m.pt")]):
         res = CliRunner().invoke(app, [*argv, "--device", "cuda"], env={"COLUMNS": "240"})  # no wrapped lines
         assert res.exit_code == 2 and "sees no CUDA GPU here; use --device cpu" in res.output, (argv, res.output)
-    assert not (tmp_path / "e").exists() and not (tmp_path / "g").exists() and not (tmp_path / "r").exists()
+    assert not any((tmp_path / name).exists() for name in ("e", "g", "r", "m.pt"))
     with pytest.raises(ExperimentSetupError, match="cpu, cuda or cuda:N"):
         ExperimentConfig(out=tmp_path, device="tpu")
 
