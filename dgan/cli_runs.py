@@ -202,7 +202,7 @@ def segment_train(
                                                         "--data, your own pairs: your department's model.")] = None,
     how: Annotated[LocalHow, typer.Option(help="With --synthetic: mixed batches; or synthetic first, then fine-tuned "
                                                "on --data (finetune: half the steps each; pretrain: all the steps "
-                                               "each, twice the cost).")] = LocalHow.finetune,
+                                               "each, twice the cost).")] = LocalHow.pretrain,
     real_share: Annotated[float, typer.Option(help="With --synthetic, mixed: share of each batch from --data.")
                           ] = 0.5,
     val: Annotated[str | None, typer.Option(help="Validation pairs: the model kept is the best here.")] = None,
@@ -346,7 +346,7 @@ def experiment(
     setup_logging("INFO", "rich", "experiment")
     modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
     methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
-    hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.finetune])))
+    hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.pretrain])))
     folder = _pairs_folder(data, out.parent, size if not quick else 64, keep_classes=True)
     variant = data.partition(":")[2] if data is not None and data.startswith("scenes:") else "buildings"
     common = dict(out=out, data=folder, scene_variant=variant, partition=partition.value, nodes=nodes,

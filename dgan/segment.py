@@ -226,14 +226,14 @@ LOCAL_HOWS = values(LocalHow)
 
 
 def train_local(synthetic: tuple[np.ndarray, np.ndarray], real: tuple[np.ndarray, np.ndarray], cfg: SegConfig,
-                val: tuple[np.ndarray, np.ndarray] | None = None, how: str = "finetune",
+                val: tuple[np.ndarray, np.ndarray] | None = None, how: str = "pretrain",
                 real_share: float = 0.5) -> tuple[nn.Module, dict[str, Any]]:
     """A department's own model: the shared synthetic set plus its own real pairs, which never leave it.
 
-    ``finetune`` (default): half the steps on the synthetic set, then half on the real pairs from those weights;
-    ``mixed``: every batch holds ``real_share`` real pairs. Both cost ``cfg.steps`` steps. ``pretrain``: all the
-    steps on the synthetic set, then all of them again on the real pairs: twice the cost, and as many steps on the
-    department's own pairs as a model of those alone gets."""
+    ``pretrain`` (default): all the steps on the synthetic set, then all of them again on the real pairs from those
+    weights: twice the cost, and as many steps on the department's own pairs as a model of those alone gets.
+    ``finetune``: half the steps on each; ``mixed``: every batch holds ``real_share`` real pairs. Both cost
+    ``cfg.steps`` steps."""
     if len(real[0]) == 0:
         raise ValueError("a department model needs its own real pairs")
     if how == "mixed":

@@ -117,7 +117,7 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     assert set(results["methods"]) == {"real_all", "real_partial", "central_gan", "dgan", "central_gan_l1", "dgan_l1",
                                        "dgan_local"}
     local = results["methods"]["dgan_local"]  # each department: DGAN's synthetic set plus its own real pairs
-    assert set(local["per_node"]) == {"node0", "node1"} and local["how"] == "finetune"
+    assert set(local["per_node"]) == {"node0", "node1"} and local["how"] == "pretrain"
     assert local["per_node"]["node0"]["seeds"][0]["train_pairs"] > results["methods"]["dgan"]["seeds"][0]["train_pairs"]
     assert set(results["claims"]["dgan_local_vs_real_partial"]["gains"]) == {"node0", "node1"}
     # like for like: each central GAN trains with the loss of the DGAN it is compared with
