@@ -87,6 +87,7 @@ class AttackResult:
     descents: dict[bytes, DescentEstimate]
     agree: list[float]  # per update: share of pixels with sign(grad) == sign(fake - real)
     batches: int
+    wire_dtypes: set[str]  # the dtypes of the gradients the node actually sent
 
 
 def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
@@ -112,6 +113,7 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
     descents: dict[bytes, DescentEstimate] = {}
     sent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     agree: list[float] = []
+    wire_dtypes: set[str] = set()
     batches = 0
     max_batches = 8 * queries * len(images) // 8 + 40
     try:
@@ -144,6 +146,7 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
                 gen_link.send("victim", reply)
             elif msg.kind == P.Kind.FEEDBACK and msg.reply_to in sent:
                 req, fakes = sent.pop(msg.reply_to)
+                wire_dtypes.add(str(np.asarray(msg.tensors["grad"]).dtype))
                 grads = grad_codec.decode(msg.tensors["grad"], msg.tensors.get("grad_scales"))  # int8 nodes too
                 batches += 1
                 if honest is not None:
@@ -166,7 +169,7 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
     finally:
         stop.set()
         thread.join(30)
-    return AttackResult(estimates, descents, agree, batches)
+    return AttackResult(estimates, descents, agree, batches, wire_dtypes)
 
 
 def attack_row(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
@@ -186,6 +189,7 @@ def attack_row(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model:
     active = strategy != "passive"
     baseline = s.mean_colour_psnr_db if active else s.fakes_psnr_db
     return {"mode": mode.value, "attack": strategy, "queries": queries, "grad_dtype": grad_dtype,
+            "wire_grad_dtypes": sorted(res.wire_dtypes),
             "psnr_db": s.psnr_db, "ssim": s.ssim, "baseline_psnr_db": baseline,
             "baseline": "mean colour" if active else "the fakes", "mean_colour_psnr_db": s.mean_colour_psnr_db,
             "class_colour_psnr_db": class_psnr,

@@ -232,6 +232,10 @@ def segment_train(
         raise typer.Exit(2) from None
     cfg = SegConfig(width=width, steps=steps, batch_size=batch_size, seed=seed, num_classes=len(train.classes),
                     device=device)
+    if device != "cpu":
+        from dgan.cpu_features import deterministic_cuda
+
+        deterministic_cuda()
     val_pairs = (val_set.images, val_set.masks) if val_set else None
     if syn is None:
         model, info = train_segmenter(train.images, train.masks, cfg, val=val_pairs)

@@ -1,4 +1,5 @@
-"""What this CPU does natively, so a speed setting is chosen by detection rather than assumed.
+"""What this CPU (or GPU) does natively, so a speed setting is chosen by detection rather than assumed; and the
+device checks and settings every command shares.
 
 bf16 autocast pays only where the CPU has bf16 instructions (AVX512-BF16, AMX). Elsewhere PyTorch emulates
 bf16 convolutions: a pix2pix step measured 0.045x the fp32 speed on this project's 2-core VM
@@ -8,6 +9,10 @@ bf16 convolutions: a pix2pix step measured 0.045x the fp32 speed on this project
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
@@ -53,15 +58,37 @@ def device_problem(device: str) -> str | None:
     """Why ``device`` cannot run here (one line), or None: a run asked for a GPU fails at once, not mid-run."""
     import re
 
-    import torch
-
     if device == "cpu":
         return None
+    import torch
+
     m = re.fullmatch(r"cuda(?::([0-9]{1,2}))?", device)
     if m is None:
         return f"device must be cpu, cuda or cuda:N, got {device!r}"
     if not torch.cuda.is_available():
-        return f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU here; use --device cpu"
+        return f"{device}: this torch ({torch.__version__}) sees no CUDA GPU here; use --device cpu"
     if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-        return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        return f"{device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
     return None
+
+
+def deterministic_cuda() -> None:
+    """cuDNN and cuBLAS use reproducible kernels, so one seed trains one segmenter on a GPU. Without this, session
+    13's GPU runs trained the same real_partial segmenter (same seed, split and steps) to test IoU 0.453-0.539."""
+    import os
+
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any CUDA work
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)  # an op with no such kernel warns instead of failing
+
+
+def rng_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose random state ``torch.random.fork_rng`` must save and restore: none on a CPU."""
+    import torch
+
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dgan.cpu_features import device_problem
+from dgan.cpu_features import deterministic_cuda, device_problem
 from dgan.data.loaders import PairSet
 from dgan.data.partition import summary
 from dgan.data.scenes import CLASSES as SCENE_CLASSES
@@ -251,6 +251,8 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
+    if cfg.device != "cpu":
+        deterministic_cuda()
     cfg.out.mkdir(parents=True, exist_ok=True)
     cache = cfg.cache or cfg.out.parent / "experiment-cache"
     cache.mkdir(parents=True, exist_ok=True)

@@ -129,8 +129,8 @@ def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = ""
                            "test": splits.test.names}
     if cfg.data is None and cfg.scene_variant != "buildings":  # keys from before variants existed stay valid
         key["scenes"] = cfg.scene_variant
-    if cfg.device != "cpu":  # the same recipe, other arithmetic: a GPU's results are cached apart
-        key["device"] = cfg.device
+    if cfg.device != "cpu":  # the same recipe, other arithmetic: a GPU's results are cached apart (any GPU alike)
+        key["device"] = "cuda"
     if len(splits.train.classes) > 2:  # a classes.json added to a folder changes every result
         key["classes"] = list(splits.train.classes)
     if method == "real_partial":

@@ -285,7 +285,7 @@ def load_model(path: Path) -> tuple[nn.Module, SegConfig]:
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = SegConfig(**state["config"])
+        cfg = SegConfig(**{**state["config"], "device": "cpu"})  # it was loaded onto the CPU, whatever trained it
         model = define_segmenter(cfg)
         model.load_state_dict(state["state"])
     except Exception as exc:

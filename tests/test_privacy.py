@@ -214,7 +214,7 @@ def test_active_and_passive_attacks_succeed_on_l1_and_fail_on_private_modes(mode
     images, masks, _ = victim_data(32, count=6, scenes=True)
     active = attack_row(mode, images, masks, TINY, queries=8, strategy="active", seed=0)
     passive = attack_row(mode, images, masks, TINY, queries=8, strategy="passive", seed=0)
-    assert active["images"] == passive["images"] == 6
+    assert active["images"] == passive["images"] == 6 and active["wire_grad_dtypes"] == ["float16"]
     if mode == FeedbackMode.L1:
         assert active["psnr_db"] > active["mean_colour_psnr_db"] + 8
         assert active["sign_agreement"] > 0.9
@@ -231,12 +231,16 @@ def test_the_attacks_through_an_int8_wire_find_the_l1_leak_and_nothing_in_the_de
     torch.set_num_threads(1)
     images, masks, _ = victim_data(32, count=6, scenes=True)
     active = attack_row(mode, images, masks, TINY, queries=8, strategy="active", seed=0, grad_dtype="int8")
-    assert active["grad_dtype"] == "int8" and active["images"] == 6
+    passive = attack_row(mode, images, masks, TINY, queries=8, strategy="passive", seed=0, grad_dtype="int8")
+    assert active["wire_grad_dtypes"] == passive["wire_grad_dtypes"] == ["int8"]  # what the node really sent
+    assert active["images"] == passive["images"] == 6
     if mode == FeedbackMode.L1:  # 8 bits keep the sign of every pixel's error
         assert active["psnr_db"] > active["mean_colour_psnr_db"] + 8 and active["sign_agreement"] > 0.9
+        assert passive["psnr_db"] > passive["fakes_psnr_db"] + 0.5
     else:
         assert active["psnr_db"] <= active["mean_colour_psnr_db"] + 1.0
         assert abs(active["sign_agreement"] - 0.5) < 0.05
+        assert passive["psnr_db"] <= passive["fakes_psnr_db"] + 0.25
 
 
 # ------------------------------------------------------------------ recorded runs: the audit and the CLI

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -264,17 +265,71 @@ def test_the_experiment_hands_its_device_to_the_gans_the_dgan_processes_and_the_
         seen[name] = device
         raise Stop
 
+    class CentralG:
+        def __init__(self, model: object, train: TrainConfig) -> None:
+            seen["central G"] = train.device
+
     monkeypatch.setattr(ex, "run_local", lambda rc: record("dgan processes", rc.device))
-    monkeypatch.setattr(ex, "GeneratorTrainer", lambda model, train: record("central G", train.device))
+    monkeypatch.setattr(ex, "GeneratorTrainer", CentralG)
+    monkeypatch.setattr(ex, "DiscriminatorTrainer", lambda model, recipe, seed, device: record("central D", device))
     monkeypatch.setattr(ex, "train_segmenter", lambda *a, **k: record("segmenter", a[2].device))
+    monkeypatch.setattr(ex, "train_local", lambda syn, own, seg, **k: record("department model", seg.device))
     ims, masks = make_scenes(range(2), 32)
     pairs = PairSet(ims, masks, ["a", "b"], {}, ("background", "building"))
     splits = Splits(train=pairs, val=pairs, test=pairs, node_parts=[[0, 1]], description={})
     for call in (lambda: ex.dgan_run(cfg, splits, "async", 0, "adversarial"),
                  lambda: ex.central_gan(cfg, pairs, 0, "adversarial"),
-                 lambda: ex.evaluate_training_set(cfg, pairs, splits, 0)):
+                 lambda: ex.evaluate_training_set(cfg, pairs, splits, 0),
+                 lambda: ex.evaluate_training_set(cfg, pairs, splits, 0, own=pairs)):
         with pytest.raises(Stop):
             call()
-    assert seen == {"dgan processes": "cuda", "central G": "cuda", "segmenter": "cuda"}
+    assert seen == dict.fromkeys(("dgan processes", "central G", "central D", "segmenter", "department model"),
+                                 "cuda")
     cpu_key = ex.cache_key(ex.ExperimentConfig(out=tmp_path, nodes=1), splits, "real_all")
     assert ex.cache_key(cfg, splits, "real_all") != cpu_key  # a GPU's results are cached apart
+
+
+def test_a_gpu_checkpoint_loads_on_the_cpu_where_there_is_no_gpu_and_on_a_device_asked_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    state = GeneratorTrainer(MODEL, TrainConfig(seed=1)).state()
+    state["train"]["device"] = "cuda"  # as `dgan experiment --device cuda` writes it
+    gen = GeneratorTrainer.from_state(state)
+    assert gen.device.type == "cpu" and gen.cfg.device == "cpu"
+    _, masks = make_scenes(range(2), MODEL.image_size)
+    assert gen.synthesize(masks, seed=0).shape == (2, MODEL.image_size, MODEL.image_size, 3)
+    assert GeneratorTrainer.from_state(state, device="cpu").device.type == "cpu"
+
+
+def test_a_segmenter_trained_on_a_gpu_loads_as_a_cpu_model(tmp_path: Path) -> None:
+    from dgan.segment import SegConfig, define_segmenter, load_model, save_model
+
+    cfg = SegConfig(width=4, depth=2, device="cuda")
+    save_model(define_segmenter(cfg), cfg, tmp_path / "m.pt")
+    model, loaded = load_model(tmp_path / "m.pt")
+    assert loaded.device == "cpu" and next(model.parameters()).device.type == "cpu"
+
+
+def test_cuda_runs_ask_for_reproducible_kernels_and_fork_the_gpu_random_stream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from dgan.cpu_features import deterministic_cuda, rng_devices
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        deterministic_cuda()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[0], before[1]
+        torch.use_deterministic_algorithms(before[2], warn_only=before[3])
+    assert rng_devices(torch.device("cpu")) == []
+    assert rng_devices(torch.device("cuda:1")) == [1]
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert rng_devices(torch.device("cuda")) == [0]

@@ -27,7 +27,7 @@ from torch.func import functional_call
 
 from dgan import grad_codec
 from dgan.choices import FakeDtype, Precision, SynthWeights, TrainMode, Weighting, values
-from dgan.cpu_features import resolve_precision
+from dgan.cpu_features import device_problem, resolve_precision, rng_devices
 from dgan.networks import ModelConfig, define_G, masks_to_input, tensor_to_images
 
 log = logging.getLogger("dgan.generator")
@@ -137,8 +137,8 @@ class GeneratorTrainer:
         params = self._params_now()
         m = torch.from_numpy(np.array(masks, dtype=np.uint8))  # small copy: wire frames are read-only
         x = masks_to_input(m.to(self.device), self.model_cfg.num_classes).contiguous(memory_format=self._format)
-        with torch.random.fork_rng(devices=[]), torch.autocast(self.device.type, torch.bfloat16,
-                                                               enabled=self.precision == "bf16"):
+        with torch.random.fork_rng(devices=rng_devices(self.device)), torch.autocast(
+                self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
             torch.manual_seed(self.request_seed(node, request_id))
             fakes = self._forward(dict(zip(self.names, params, strict=True)), x).float()
         self.inflight[key] = InFlight(node, self.step, fakes, params)
@@ -282,7 +282,7 @@ class GeneratorTrainer:
         :meth:`weights`."""
         G = self.weights(weights)
         out = np.empty((*masks.shape, 3), np.uint8)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=rng_devices(self.device)):
             torch.manual_seed(seed)
             for i in range(0, len(masks), batch):
                 m = torch.from_numpy(np.ascontiguousarray(masks[i:i + batch])).to(self.device)
@@ -307,11 +307,17 @@ class GeneratorTrainer:
         self.restore(load_checkpoint(path))
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> GeneratorTrainer:
-        """A trainer built with a checkpoint's own model and training config, then restored from it."""
+    def from_state(cls, state: dict[str, Any], device: str | None = None) -> GeneratorTrainer:
+        """A trainer built with a checkpoint's own model and training config, then restored from it: on ``device``,
+        else where it trained, else (a GPU checkpoint on a machine without that GPU) on the CPU."""
         known = {f.name for f in fields(TrainConfig)}  # a newer checkpoint's extra settings are not ours to know
-        trainer = cls(ModelConfig.from_dict(state["model"]),
-                      TrainConfig(**{k: v for k, v in state["train"].items() if k in known}))
+        train = TrainConfig(**{k: v for k, v in state["train"].items() if k in known})
+        if device is None and (problem := device_problem(train.device)) is not None:
+            log.warning("%s: this checkpoint loads on the cpu", problem)
+            device = "cpu"
+        if device is not None:
+            train = replace(train, device=device)
+        trainer = cls(ModelConfig.from_dict(state["model"]), train)
         trainer.restore(state)
         return trainer
 

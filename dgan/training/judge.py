@@ -23,6 +23,7 @@ from collections import deque
 import numpy as np
 import torch
 
+from dgan.cpu_features import rng_devices
 from dgan.networks import fakes_from_wire, images_to_tensor
 from dgan.segment import SegConfig, define_segmenter, segmentation_loss
 
@@ -102,7 +103,7 @@ class TransferJudge:
 
     def verdict(self) -> float:
         """IoU on the node's real crops of a segmenter trained on the remembered fakes alone."""
-        with torch.random.fork_rng(devices=[]):  # the node's own torch stream is left as it was
+        with torch.random.fork_rng(devices=rng_devices(self.device)):  # the node's own streams stay as they were
             judge = LabelJudge(seed=int(self.rng.integers(2**31)), device=str(self.device))
             x = torch.stack(list(self.fakes))
             y = torch.from_numpy((np.stack(list(self.masks)) > 0).astype(np.float32))[:, None].to(self.device)
