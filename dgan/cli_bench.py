@@ -272,13 +272,15 @@ def bench_update_rule(
 ) -> None:
     """Generator update rules (async, buffered, sync, central) at an equal feedback budget, simulated in one
     process with the real trainers: segmentation validation IoU, staleness."""
-    from benchmarks.update_rule import RULES, run_update_rule_benchmark
+    from benchmarks.update_rule import RULES, gan_seed_range, run_update_rule_benchmark
 
     unknown = [r for r in rule or [] if r not in RULES]
     if unknown:
         raise typer.BadParameter(f"unknown rule {unknown[0]!r}; choose from {', '.join(RULES)}", param_hint="--rule")
-    if first_seed < 0 or gan_seeds < 1:
-        raise typer.BadParameter("need --first-seed >= 0 and --gan-seeds >= 1", param_hint="--first-seed")
+    try:
+        gan_seed_range(first_seed, gan_seeds)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--first-seed") from None
     setup_logging("WARNING", "rich", "bench")
     if quick:
         feedbacks = min(feedbacks, 120)
