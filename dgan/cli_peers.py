@@ -170,7 +170,7 @@ def generator(
     synthesize: Annotated[bool, typer.Option(help="Synthesise every uploaded mask at the end.")] = True,
     synthesis_weights: Annotated[SynthWeights, typer.Option(
         help="The final set from: auto (the EMA when --ema is on, else the last weights), raw, ema, or judged "
-        "(the weights where the nodes' label judges peaked).")] = SynthWeights.auto,
+        "(the weights where the nodes' transfer_iou peaked).")] = SynthWeights.auto,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/latest.pt.")] = False,
     idle_timeout: Annotated[float, typer.Option(help="End early after this long with no node (0 = never).")] = 0.0,
     tensorboard: Annotated[Path | None, typer.Option(help="Also write scalars and sample grids for "
@@ -298,9 +298,9 @@ def node(
     judge: Annotated[bool, typer.Option(help="Train a small segmenter on this node's pairs and report label_iou, "
                                              "its IoU on the fakes against their masks (one number per batch).")
                      ] = True,
-    transfer_every: Annotated[int, typer.Option(help="With --judge: every this many batches, train a fresh small "
-                                                     "segmenter on the last 64 fakes and report its IoU on this "
-                                                     "node's real pairs, transfer_iou (0 = never).")] = 16,
+    transfer_every: Annotated[int, typer.Option(help="With --judge: every this many batches, report transfer_iou, "
+                                                     "the IoU on this node's real pairs of a fresh small segmenter "
+                                                     "trained on that window's fakes (0 = never).")] = 16,
     diffaugment: Annotated[bool, typer.Option(help="DiffAugment (color, translation, cutout) before the "
                                                   "PatchGAN discriminator: for small departments.")] = False,
     positive_crops: Annotated[float, typer.Option(help="Sparse targets (ships): share of crops placed on a "

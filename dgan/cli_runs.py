@@ -324,6 +324,8 @@ def experiment(
                                                    "buffered).")] = 1,
     ema: Annotated[float, typer.Option(help="Both GANs synthesise from a moving average of G's weights with "
                                             "this decay (0 = the last weights).")] = 0.0,
+    judged: Annotated[bool, typer.Option(help="Also `dgan_judged`: the same DGAN trainings' sets from the "
+                                              "weights where the nodes' transfer_iou peaked.")] = False,
     local: Annotated[list[LocalHow] | None, typer.Option(
         "--local", help="dgan_local: each department's segmenter on the synthetic set plus its own real pairs, "
         "in mixed batches or fine-tuned (finetune: half the steps on each; pretrain: all the steps on each; "
@@ -356,7 +358,8 @@ def experiment(
     common = dict(out=out, data=folder, scene_variant=variant, partition=partition.value, nodes=nodes,
                   feedback=modes, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, label_mix=label_mix,
                   oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test, groups=groups,
-                  update_every=update_every, ema=ema, local=hows, local_share=local_share, diffaugment=diffaugment,
+                  update_every=update_every, ema=ema, judged=judged, local=hows, local_share=local_share,
+                  diffaugment=diffaugment,
                   grad_dtype=grad_dtype.value, fake_dtype=fake_dtype.value, device=device)
     try:
         if quick:

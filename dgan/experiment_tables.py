@@ -39,6 +39,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {m.get('feedback', '-')} | {m['iou']:.3f}{sd} | "
                      f"{f'{np.mean(val):.3f}' if val else '-'} | {m['f1']:.3f} | {m['precision']:.3f} "
                      f"| {m['recall']:.3f} | {m['accuracy']:.3f} |")
+    for name, m in results["methods"].items():
+        if "judged_steps" in m:
+            at = ", ".join("the last (no verdict above the floor)" if s is None else str(s) for s in m["judged_steps"])
+            lines += ["", f"- {name}: the same GAN trainings' sets, from the weights where the nodes' transfer_iou "
+                          f"peaked (step per GAN seed: {at})"]
     lines += class_table(results["methods"])
     lines += department_table(results["methods"])
     cl = results["claims"]

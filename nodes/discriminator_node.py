@@ -51,7 +51,7 @@ class NodeConfig:
     judge_steps: int = 2  # the judge's training steps on real pairs per batch
     judge_after: int = 50  # report label_iou once the judge has trained this many steps
     transfer_every: int = 16  # with judge: every this many batches, transfer_iou (train on fakes, test here); 0 off
-    transfer_steps: int = 60  # the transfer segmenter's steps on the last 64 fakes
+    transfer_steps: int = 60  # the transfer segmenter's steps per verdict, spread over its batches
     positive_share: float | None = None  # sparse targets: share of crops placed on a foreground pixel
 
     def __post_init__(self) -> None:
@@ -342,10 +342,10 @@ class DiscriminatorNode:
         t0 = time.monotonic()
         for _ in range(self.cfg.judge_steps):  # its own draws: D's stream of pairs is the same with or without it
             self.judge.train_step(*self.judge_sampler.batch(self.cfg.batch_size))
-        if self.transfer is not None:
-            self.transfer.remember(fakes, masks)
-            if self.transfer.due():  # about 0.5 s at 64 px; the link's own thread keeps the heartbeats going
-                self.transfer_iou = self.transfer.verdict()
+        if self.transfer is not None:  # a few steps per batch: a verdict at once stalled the node for seconds
+            verdict = self.transfer.remember(fakes, masks)
+            if verdict is not None:
+                self.transfer_iou = verdict
         self.stats.judge_s += time.monotonic() - t0
 
     def _save_grid(self, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray) -> None:

@@ -81,7 +81,7 @@ class GeneratorService(RunOutputs):
         # ... and would a segmenter made from its fakes work on real images? One verdict per node per 16 batches.
         self.transfer_watch = LabelWatch(name="transfer_iou", window=2, patience=2, drop=0.5, floor=0.05)
         if trainer.judged is not None and trainer.judged_score is not None:  # resumed: the best to beat
-            self.label_watch.best, self.label_watch.best_step = trainer.judged_score, trainer.judged[0]
+            self.transfer_watch.best, self.transfer_watch.best_step = trainer.judged_score, trainer.judged[0]
         self.started = time.time()
         self._last_status = 0.0
         self._last_log = time.monotonic()

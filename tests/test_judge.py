@@ -31,13 +31,11 @@ def test_judge_scores_aligned_images_high_and_blank_or_mismatched_ones_low() -> 
     assert judge.steps == 150
 
 
-def _trained_transfer(fakes: np.ndarray, fake_masks: np.ndarray, reals: np.ndarray, masks: np.ndarray,
-                      every: int = 2) -> float:
-    judge = TransferJudge(reals, masks, every=every, steps=150, keep=32, seed=0)
-    for i in range(0, len(fakes), 8):
-        judge.remember(_wire(fakes[i:i + 8]), fake_masks[i:i + 8])
-    assert judge.due()
-    return judge.verdict()
+def _trained_transfer(fakes: np.ndarray, fake_masks: np.ndarray, reals: np.ndarray, masks: np.ndarray) -> float:
+    judge = TransferJudge(reals, masks, every=len(fakes) // 8, steps=150, keep=32, seed=0)
+    verdicts = [judge.remember(_wire(fakes[i:i + 8]), fake_masks[i:i + 8]) for i in range(0, len(fakes), 8)]
+    assert verdicts[:-1] == [None] * (len(verdicts) - 1) and verdicts[-1] is not None
+    return verdicts[-1]
 
 
 def test_transfer_judge_scores_realistic_fakes_high_and_off_colour_ones_low() -> None:
@@ -53,25 +51,39 @@ def test_transfer_judge_scores_realistic_fakes_high_and_off_colour_ones_low() ->
     assert off_colour < good / 2 and misaligned < good / 2, (off_colour, misaligned, good)
 
 
-def test_transfer_judge_is_due_every_n_batches_keeps_the_last_fakes_and_leaves_torch_rng_alone() -> None:
+def test_transfer_judge_gives_a_verdict_every_n_batches_keeps_the_last_fakes_and_leaves_torch_rng_alone() -> None:
     reals, masks = make_scenes(range(4), 16)
-    judge = TransferJudge(reals, masks, every=3, steps=2, keep=5, batch=2, seed=1)
-    dues = []
-    for i in range(6):
-        judge.remember(_wire(reals[:2]), masks[:2] * (i % 2))
-        dues.append(judge.due())
-    assert dues == [False, False, True, False, False, True]
-    assert len(judge.fakes) == len(judge.masks) == 5  # the last 5 samples, not all 12
+
+    def feed(judge: TransferJudge) -> list[float | None]:
+        torch.manual_seed(3)
+        verdicts = [judge.remember(_wire(reals[:2]), masks[:2] * (i % 2)) for i in range(6)]
+        assert torch.equal(torch.rand(4), expected)  # the node's own stream (D's dropout) is not moved
+        return verdicts
+
     torch.manual_seed(3)
     expected = torch.rand(4)
-    torch.manual_seed(3)
-    value = judge.verdict()
-    assert torch.equal(torch.rand(4), expected)  # the node's own stream (D's dropout) is not moved
-    assert 0.0 <= value <= 1.0 and judge.verdicts == 1
-    again = TransferJudge(reals, masks, every=3, steps=2, keep=5, batch=2, seed=1)
-    for i in range(6):
-        again.remember(_wire(reals[:2]), masks[:2] * (i % 2))
-    assert again.verdict() == value  # a seed makes it repeatable
+    judge = TransferJudge(reals, masks, every=3, steps=5, keep=5, batch=2, seed=1)
+    verdicts = feed(judge)
+    assert [v is not None for v in verdicts] == [False, False, True, False, False, True]
+    assert all(0.0 <= v <= 1.0 for v in verdicts if v is not None) and judge.verdicts == 2
+    assert len(judge.fakes) == len(judge.masks) == 5  # the last 5 samples, not all 12
+    assert judge.steps_per_batch == 2 and judge.window is None  # 5 steps over 3 batches: at least 5 per verdict
+    again = TransferJudge(reals, masks, every=3, steps=5, keep=5, batch=2, seed=1)
+    assert feed(again) == verdicts  # a seed makes it repeatable
+
+
+def test_transfer_judge_spreads_its_training_over_the_window_instead_of_stalling_one_batch() -> None:
+    """A verdict's 60 steps at once held a 128 px node up for seconds, and its next feedback came too stale."""
+    reals, masks = make_scenes(range(4), 16)
+    judge = TransferJudge(reals, masks, every=4, steps=10, keep=8, batch=2, seed=0)
+    trained = []
+    for _ in range(3):
+        assert judge.remember(_wire(reals[:2]), masks[:2]) is None
+        assert judge.window is not None
+        trained.append(judge.window.steps)
+    assert trained == [3, 6, 9]  # ceil(10 / 4) per batch, never all 10 in one
+    assert judge.remember(_wire(reals[:2]), masks[:2]) is not None  # the 4th: 3 more steps, then the verdict
+    assert judge.window is None and judge.verdicts == 1
 
 
 def test_transfer_judge_refuses_bad_settings() -> None:

@@ -271,15 +271,11 @@ def test_service_warns_when_the_nodes_label_iou_falls_and_records_it(tmp_path: P
         fb = _feedback(link.recv(1))
         fb.meta["losses"] = {"label_iou": bad}
         service.handle("a", fb)
-    kept = service.trainer.judged  # the weights `--synthesis-weights judged` uses: from the best window's step
-    assert kept is not None and kept[0] == service.label_watch.best_step
+    assert service.trainer.judged is None  # `--synthesis-weights judged` follows transfer_iou, not this judge
     summary = service.finish()
     assert summary["degraded_alarms"] == 1 and summary["label_iou_best"] == pytest.approx(0.55)
-    assert summary["judged_step"] == kept[0]
     rows = [json.loads(r) for r in (tmp_path / "feedback.jsonl").read_text().splitlines()]
     assert [r[10] for r in rows] == [0.5, 0.6, 0.5, 0.1, 0.0, None, None]  # the label_iou column
-    again = GeneratorService(hub.generator_link(), service.trainer, ServiceConfig(out=tmp_path / "r"))
-    assert again.label_watch.best == pytest.approx(0.55)  # a resumed run keeps the best to beat
 
 
 def test_service_warns_when_the_fakes_stop_teaching_a_segmenter_about_real_images(
@@ -291,7 +287,7 @@ def test_service_warns_when_the_fakes_stop_teaching_a_segmenter_about_real_image
     trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
                                TrainConfig(steps=100, fake_dtype="float32"))
     service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(
-        out=tmp_path, sample_every=0, checkpoint_every=0, synthesize=False))
+        out=tmp_path, sample_every=0, checkpoint_every=0, synthesize=False, synthesis_weights="judged"))
     link = hub.node_link("a")
     service.handle("a", P.make(P.Kind.HELLO, "a", meta={"role": "node", "dataset_size": 1}))
     assert link.recv(1).kind == P.Kind.WELCOME
@@ -310,6 +306,10 @@ def test_service_warns_when_the_fakes_stop_teaching_a_segmenter_about_real_image
     summary = service.finish()
     assert summary["transfer_iou_best"] == pytest.approx(0.25) and summary["transfer_iou_alarms"] == 1
     assert summary["transfer_iou_window"] == pytest.approx(0.0)
+    kept = service.trainer.judged  # the weights `--synthesis-weights judged` uses: from the best window's step
+    assert kept is not None and kept[0] == service.transfer_watch.best_step and summary["judged_step"] == kept[0]
+    again = GeneratorService(hub.generator_link(), service.trainer, ServiceConfig(out=tmp_path / "r"))
+    assert again.transfer_watch.best == pytest.approx(0.25)  # a resumed run keeps the best to beat
     columns = json.loads((tmp_path / "feedback.json").read_text())["columns"]
     rows = [json.loads(r) for r in (tmp_path / "feedback.jsonl").read_text().splitlines()]
     assert [r[columns.index("transfer_iou")] for r in rows] == [0.2, None, 0.3, 0.02, None, None, 0.0, 0.0]

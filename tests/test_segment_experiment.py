@@ -139,9 +139,14 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     assert again["methods"]["real_all"] == results["methods"]["real_all"]
     assert again["methods"]["real_partial"] == results["methods"]["real_partial"]
     cfg.feedback, cfg.gan_methods = ("segmentation",), ("dgan",)  # train DGAN only: the central GAN comes cached
+    cfg.judged = True  # ... and the same trainings' sets from their judged weights beside
     only = run_experiment(cfg)
-    assert set(only["methods"]) == {"real_all", "real_partial", "central_gan", "dgan", "dgan_local"}
+    assert set(only["methods"]) == {"real_all", "real_partial", "central_gan", "dgan", "dgan_judged", "dgan_local"}
     assert only["methods"]["central_gan"]["iou"] == results["methods"]["central_gan"]["iou"]
+    judged = only["methods"]["dgan_judged"]  # 6 steps: no transfer verdict yet, so the last weights, like dgan's
+    assert judged["judged_steps"] == [None] and judged["feedback"] == "segmentation"
+    assert judged["iou"] == only["methods"]["dgan"]["iou"]
+    assert "dgan_judged: " in (tmp_path / "exp" / "results.md").read_text()
 
 
 def test_segmentation_seeds_share_one_gan_unless_gan_seeds_asks_for_more(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ def test_judged_weights_are_kept_checkpointed_and_chosen_for_synthesis(tmp_path:
     masks = np.zeros((2, 32, 32), np.uint8)
     assert np.array_equal(trainer.synthesize(masks, weights="judged"), trainer.synthesize(masks, weights="raw"))
     _step(trainer, 1)
-    trainer.keep_judged()  # the judges peaked here
+    trainer.keep_judged(0.3)  # the judges peaked here
     at_peak = trainer.synthesize(masks, weights="raw")
     for k in range(2, 5):
         _step(trainer, k)
@@ -105,8 +105,10 @@ def test_judged_weights_are_kept_checkpointed_and_chosen_for_synthesis(tmp_path:
     assert not np.array_equal(trainer.synthesize(masks, weights="raw"), at_peak)
     trainer.save(tmp_path / "g.pt")
     again = GeneratorTrainer.from_state(load_checkpoint(tmp_path / "g.pt"))
-    assert again.judged is not None and again.judged[0] == 1
+    assert again.judged is not None and again.judged[0] == 1 and again.judged_score == 0.3
     assert np.array_equal(again.synthesize(masks, weights="judged"), at_peak)
+    old = {k: v for k, v in trainer.state().items() if k != "judged_by"}  # a checkpoint from before session 14
+    assert GeneratorTrainer.from_state(old).judged_score is None  # its score was a label_iou: no best to beat
     with pytest.raises(ValueError, match="weights must be one of"):
         trainer.synthesize(masks, weights="best")
 

@@ -248,7 +248,7 @@ class GeneratorTrainer:
     # ------------------------------------------------------------ synthesis
 
     def keep_judged(self, score: float | None = None) -> None:
-        """Remember G's weights now: the nodes' label judges just gave their best verdict of the run."""
+        """Remember G's weights now: the nodes' transfer judges just gave their best verdict of the run."""
         self.judged_score = score
         if self.judged is not None and self.judged[0] == self.step:
             return  # G has not stepped since: the copy kept is these weights
@@ -294,7 +294,8 @@ class GeneratorTrainer:
     def state(self) -> dict[str, Any]:
         ema = {"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {}
         if self.judged is not None:
-            ema.update(G_judged=self.judged[1], judged_step=self.judged[0], judged_score=self.judged_score)
+            ema.update(G_judged=self.judged[1], judged_step=self.judged[0], judged_score=self.judged_score,
+                       judged_by="transfer_iou")
         return {"G": self.G.state_dict(), **ema, "opt": self.opt.state_dict(), "step": self.step,
                 "samples_applied": self.samples_applied, "model": self.model_cfg.to_dict(),
                 "train": self.cfg.to_dict(), "threads": torch.get_num_threads(),  # for a bitwise rebuild
@@ -327,7 +328,9 @@ class GeneratorTrainer:
             self.G_ema.load_state_dict(state.get("G_ema", state["G"]))
         self.judged = (int(state["judged_step"]), state["G_judged"]) if "G_judged" in state else None
         self._judged_G = None
-        self.judged_score = state.get("judged_score") if self.judged else None
+        # A score from before session 14 is a label_iou, no best for the transfer judge to beat.
+        self.judged_score = state.get("judged_score") if self.judged and state.get("judged_by") == "transfer_iou" \
+            else None
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
         self.samples_applied = int(state.get("samples_applied", 0))

@@ -70,10 +70,13 @@ def _iou(pred: np.ndarray, truth: np.ndarray) -> float:
 class TransferJudge:
     """Train on the fakes, test on this node's real pairs: would a set drawn by G work here?
 
-    Every ``every`` batches it trains a fresh segmenter (the label judge's size) for ``steps`` steps on the
-    last ``keep`` fakes with their masks, and scores it on ``reals``, a fixed set of the node's own crops.
-    A fresh model each time: the verdict is about the fakes of now, not about everything seen so far.
-    Only the scalar leaves the node.  ``seed`` fixes the segmenters' draws (None: the OS's randomness).
+    Every ``every`` batches it gives a verdict: the IoU, on ``reals`` (a fixed set of the node's own crops), of
+    a fresh segmenter (the label judge's size) trained for ``steps`` steps on the fakes of that window (the last
+    ``keep`` fakes with their masks, as they arrive).  A fresh model each window: the verdict is about the
+    fakes of now, not about everything seen so far.  The steps are spread over the window's batches
+    (``ceil(steps / every)`` after each), because done at once they stalled the node for seconds at 128 px:
+    every feedback in flight then reached the generator too stale to use.  Only the scalar leaves the node.
+    ``seed`` fixes the segmenters' draws (None: the OS's randomness).
     """
 
     def __init__(self, reals: np.ndarray, masks: np.ndarray, every: int = 16, steps: int = 60, keep: int = 64,
@@ -83,6 +86,7 @@ class TransferJudge:
         if len(reals) != len(masks) or len(reals) == 0:
             raise ValueError(f"need matching, non-empty real images and masks, got {len(reals)} and {len(masks)}")
         self.every, self.steps, self.batch = every, steps, batch
+        self.steps_per_batch = -(-steps // every)
         self.device = torch.device(device)
         self.reals = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals))).to(self.device)
         self.truth = np.ascontiguousarray(masks) > 0
@@ -91,25 +95,25 @@ class TransferJudge:
         self.batches = 0
         self.rng = np.random.default_rng(seed)
         self.verdicts = 0
+        self.window: LabelJudge | None = None  # the segmenter of the current window
 
-    def remember(self, fakes: np.ndarray, masks: np.ndarray) -> None:
-        """One batch as it arrived: fakes in wire layout (B, 3, H, W), masks (B, H, W)."""
+    def remember(self, fakes: np.ndarray, masks: np.ndarray) -> float | None:
+        """One batch as it arrived (fakes in wire layout (B, 3, H, W), masks (B, H, W)): this batch's share of
+        the window's training, and the window's verdict when this batch closes it (else None)."""
         self.fakes.extend(fakes_from_wire(fakes, self.device))
         self.masks.extend(np.asarray(masks))
         self.batches += 1
-
-    def due(self) -> bool:
-        return self.batches > 0 and self.batches % self.every == 0 and len(self.fakes) >= self.batch
-
-    def verdict(self) -> float:
-        """IoU on the node's real crops of a segmenter trained on the remembered fakes alone."""
         with torch.random.fork_rng(devices=rng_devices(self.device)):  # the node's own streams stay as they were
-            judge = LabelJudge(seed=int(self.rng.integers(2**31)), device=str(self.device))
+            if self.window is None:
+                self.window = LabelJudge(seed=int(self.rng.integers(2**31)), device=str(self.device))
             x = torch.stack(list(self.fakes))
             y = torch.from_numpy((np.stack(list(self.masks)) > 0).astype(np.float32))[:, None].to(self.device)
-            for _ in range(self.steps):
+            for _ in range(self.steps_per_batch):
                 pick = torch.from_numpy(self.rng.integers(0, len(x), self.batch))
-                judge.step_on(x[pick], y[pick])
+                self.window.step_on(x[pick], y[pick])
+            if self.batches % self.every:
+                return None
+            judge, self.window = self.window, None
             judge.model.eval()
             with torch.no_grad():
                 pred = (judge.model(self.reals)[:, 0] > 0).cpu().numpy()
