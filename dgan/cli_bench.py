@@ -246,6 +246,32 @@ def bench_paired(
         raise typer.BadParameter(str(exc), param_hint="RUNS") from None
 
 
+@bench_app.command("variety")
+def bench_variety(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Trained generators (a run's checkpoints/latest.pt).",
+                                                      exists=True, dir_okay=False)],
+    data: Annotated[Path | None, typer.Option(help="The pairs folder the generators learnt from (default: built-in "
+                                                   "scenes).")] = None,
+    test: Annotated[str, typer.Option(help="The experiment's test split, kept out (COLUMN=V1[,V2]).")] = "tile=8",
+    draws: Annotated[list[int] | None, typer.Option(help="Dropout draws per mask to compare (repeat).")] = None,
+    seeds: Annotated[int, typer.Option(help="Segmentation seeds per set.")] = 2,
+    seg_steps: Annotated[int, typer.Option(help="Segmenter steps, the same for every set.")] = 700,
+    quick: Quick = False,
+    json_out: JsonOut = None,
+) -> None:
+    """Several dropout draws per mask: validation IoU of the synthetic sets, and how much the draws differ."""
+    from benchmarks.variety import run_variety_benchmark
+    from dgan.training.generator import CheckpointError
+
+    setup_logging("WARNING", "rich", "bench")
+    if quick:
+        seeds, seg_steps, draws = 1, min(seg_steps, 60), draws or [1, 2]
+    try:
+        run_variety_benchmark(checkpoints, data, test, draws or [1, 2, 4], seeds, seg_steps, json_out, quick)
+    except (ValueError, CheckpointError) as exc:  # a bad split or setting, or a file that is no checkpoint
+        raise typer.BadParameter(str(exc)) from None
+
+
 @bench_app.command("update-rule")
 def bench_update_rule(
     quick: Quick = False,
