@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dgan.experiment import ExperimentConfig, make_splits, synthesize_set
+from dgan.experiment import DUBAI_TEST, ExperimentConfig, make_splits, synthesize_set
 from dgan.segment import SegConfig, train_segmenter
 from dgan.training.generator import GeneratorTrainer, load_checkpoint
 
@@ -39,8 +39,24 @@ def draw_differences(gen: GeneratorTrainer, masks: np.ndarray, limit: int = 64) 
             "empty_masks": int(empty.sum()), "masks": len(masks)}
 
 
-def run_variety_benchmark(checkpoints: list[Path], data: Path | None, test: str, draws: list[int], seeds: int,
-                          seg_steps: int, json_out: Path | None, quick: bool = False) -> dict[str, Any]:
+def experiment_settings(checkpoint: Path, test: str | None) -> tuple[str, str, dict[str, Any]]:
+    """The split (test, groups) and segmenter settings of the experiment that trained ``checkpoint``, from its
+    ``results.json`` (EXPERIMENT/dgan_.../checkpoints/latest.pt) when there is one: another split would move
+    that experiment's test tiles into these sets."""
+    parents = checkpoint.resolve().parents
+    results = parents[2] / "results.json" if len(parents) > 2 else None
+    if results is None or not results.is_file():
+        return test or DUBAI_TEST, "", {}
+    config = json.loads(results.read_text()).get("config", {})
+    if test is not None and test != config.get("test", test):
+        raise ValueError(f"{checkpoint} was trained with the test split {config['test']!r}, not {test!r}")
+    seg = {k: v for k, v in config.get("seg", {}).items()
+           if k in ("width", "depth", "batch_size", "lr", "standardize", "photometric", "positive_share")}
+    return config.get("test", test or DUBAI_TEST), config.get("groups", ""), seg
+
+
+def run_variety_benchmark(checkpoints: list[Path], data: Path | None, test: str | None, draws: list[int],
+                          seeds: int, seg_steps: int, json_out: Path | None, quick: bool = False) -> dict[str, Any]:
     if not checkpoints or not draws or min(draws) < 1 or seeds < 1 or seg_steps < 1:
         raise ValueError("need checkpoints, draws >= 1, seeds >= 1 and seg_steps >= 1")
     torch.set_num_threads(2)
@@ -48,19 +64,19 @@ def run_variety_benchmark(checkpoints: list[Path], data: Path | None, test: str,
     spread: list[dict[str, Any]] = []
     for path in checkpoints:
         gen = GeneratorTrainer.from_state(load_checkpoint(path))
-        size = gen.model_cfg.image_size
-        splits = make_splits(ExperimentConfig(out=Path("."), data=data, size=size, test=test,
-                                              scenes=96 if quick else 600))
+        split, groups, seg_settings = experiment_settings(path, test)
+        splits = make_splits(ExperimentConfig(out=Path("."), data=data, size=gen.model_cfg.image_size, test=split,
+                                              groups=groups, scenes=96 if quick else 600))
         masks = splits.train.masks[:64] if quick else splits.train.masks
-        spread.append({"run": str(path), **draw_differences(gen, masks)})
+        spread.append({"run": str(path), "test": split, **draw_differences(gen, masks)})
         val = (splits.val.images, splits.val.masks)
         for k in draws:
             train = synthesize_set(gen, masks, k, classes=splits.train.classes)
             for s in range(seeds):
-                seg = SegConfig(steps=seg_steps, eval_every=max(1, min(100, seg_steps)), seed=s,
-                                num_classes=len(splits.train.classes))
+                seg = SegConfig(**{**seg_settings, "steps": seg_steps, "eval_every": max(1, min(100, seg_steps)),
+                                   "seed": s, "num_classes": len(splits.train.classes)})
                 _, info = train_segmenter(train.images, train.masks, seg, val=val)
-                rows.append({"run": str(path), "draws": k, "seg_seed": s, "pairs": len(train),
+                rows.append({"run": str(path), "test": split, "draws": k, "seg_seed": s, "pairs": len(train),
                              "val_iou": info["best_val_iou"], "seg_steps": seg_steps})
     summary = [{"draws": k, "val_iou_mean": statistics.mean(r["val_iou"] for r in rows if r["draws"] == k),
                 "runs": len({r["run"] for r in rows if r["draws"] == k})} for k in draws]
@@ -81,7 +97,7 @@ def run_variety_benchmark(checkpoints: list[Path], data: Path | None, test: str,
         diff.add_row(Path(d["run"]).parent.parent.name, f"{d['draw_diff']:.4f}", f"{d['mask_diff']:.4f}",
                      f"{d['empty_draw_diff']:.4f}", f"{d['empty_masks']} / {d['masks']}")
     console.print(diff)
-    result = {"data": str(data), "test": test, "draws": draws, "seeds": seeds, "seg_steps": seg_steps,
+    result = {"data": str(data), "draws": draws, "seeds": seeds, "seg_steps": seg_steps,
               "quick": quick, "rows": rows, "summary": summary, "differences": spread}
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))

@@ -252,7 +252,8 @@ def bench_variety(
                                                       exists=True, dir_okay=False)],
     data: Annotated[Path | None, typer.Option(help="The pairs folder the generators learnt from (default: built-in "
                                                    "scenes).")] = None,
-    test: Annotated[str, typer.Option(help="The experiment's test split, kept out (COLUMN=V1[,V2]).")] = "tile=8",
+    test: Annotated[str | None, typer.Option(help="The test split kept out (COLUMN=V1[,V2]); default: the one in the "
+                                                  "run's experiment results.json, else tile=8.")] = None,
     draws: Annotated[list[int] | None, typer.Option(help="Dropout draws per mask to compare (repeat).")] = None,
     seeds: Annotated[int, typer.Option(help="Segmentation seeds per set.")] = 2,
     seg_steps: Annotated[int, typer.Option(help="Segmenter steps, the same for every set.")] = 700,

@@ -307,7 +307,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             gan_seconds.append(time.time() - t)
             sets.append(synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, classes=splits.train.classes))
             pair_grid(sets[-1].images, sets[-1].masks, grids / f"{name}_synthetic_gan{g}.png")
-            if judged:  # no verdict above the watch's floor: the last weights, as `--synthesis-weights judged` does
+            if judged:  # no transfer_iou window yet: dgan's own weights, as `--synthesis-weights judged` falls back
                 judged_steps.append(gen.judged[0] if gen.judged is not None else None)
                 judged_sets.append(synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, "judged",
                                                   splits.train.classes))

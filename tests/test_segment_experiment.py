@@ -147,6 +147,7 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     assert judged["judged_steps"] == [None] and judged["feedback"] == "segmentation"
     assert judged["iou"] == only["methods"]["dgan"]["iou"]
     assert "dgan_judged: " in (tmp_path / "exp" / "results.md").read_text()
+    assert "dgan_vs_dgan_judged" not in only["claims"]  # a second look at the same trainings, not a rival method
 
 
 def test_segmentation_seeds_share_one_gan_unless_gan_seeds_asks_for_more(tmp_path: Path) -> None:

@@ -108,7 +108,9 @@ def test_judged_weights_are_kept_checkpointed_and_chosen_for_synthesis(tmp_path:
     assert again.judged is not None and again.judged[0] == 1 and again.judged_score == 0.3
     assert np.array_equal(again.synthesize(masks, weights="judged"), at_peak)
     old = {k: v for k, v in trainer.state().items() if k != "judged_by"}  # a checkpoint from before session 14
-    assert GeneratorTrainer.from_state(old).judged_score is None  # its score was a label_iou: no best to beat
+    older = GeneratorTrainer.from_state(old)  # its weights and score were chosen by label_iou: not kept
+    assert older.judged is None and older.judged_score is None
+    assert np.array_equal(older.synthesize(masks, weights="judged"), older.synthesize(masks, weights="raw"))
     with pytest.raises(ValueError, match="weights must be one of"):
         trainer.synthesize(masks, weights="best")
 

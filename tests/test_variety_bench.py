@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
-from benchmarks.variety import draw_differences
+from benchmarks.variety import draw_differences, experiment_settings
 from dgan.cli import app
 from dgan.networks import ModelConfig
 from dgan.training.generator import GeneratorTrainer, TrainConfig
@@ -47,3 +48,16 @@ def test_bench_variety_writes_one_row_per_set_and_seed_and_refuses_bad_settings(
     junk.write_bytes(b"not a checkpoint")
     refused = runner.invoke(app, ["bench", "variety", str(junk), "--quick"], env={"COLUMNS": "400"})
     assert refused.exit_code == 2 and "cannot be read" in refused.output
+
+
+def test_the_split_and_segmenter_come_from_the_experiment_that_trained_the_generator(tmp_path: Path) -> None:
+    ckpt = tmp_path / "exp" / "dgan_async_adversarial_seed0" / "checkpoints" / "latest.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    assert experiment_settings(ckpt, None) == ("tile=8", "", {})  # no results.json: Dubai's default split
+    (tmp_path / "exp" / "results.json").write_text(json.dumps({"config": {
+        "test": "tile=5", "groups": "7|2,4|8|1,3,6", "seg": {"width": 16, "standardize": True, "steps": 700}}}))
+    assert experiment_settings(ckpt, None) == ("tile=5", "7|2,4|8|1,3,6", {"width": 16, "standardize": True})
+    assert experiment_settings(ckpt, "tile=5")[0] == "tile=5"
+    with pytest.raises(ValueError, match="trained with the test split 'tile=5'"):
+        experiment_settings(ckpt, "tile=8")  # its test tiles would be trained on and validated against

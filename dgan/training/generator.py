@@ -326,11 +326,11 @@ class GeneratorTrainer:
         self.G.load_state_dict(state["G"])
         if self.G_ema is not None:  # a checkpoint from before EMA was on starts the average from its weights
             self.G_ema.load_state_dict(state.get("G_ema", state["G"]))
-        self.judged = (int(state["judged_step"]), state["G_judged"]) if "G_judged" in state else None
+        # Judged weights from before session 14 were chosen by label_iou, which ranked the sets backwards: dropped.
+        by_transfer = "G_judged" in state and state.get("judged_by") == "transfer_iou"
+        self.judged = (int(state["judged_step"]), state["G_judged"]) if by_transfer else None
         self._judged_G = None
-        # A score from before session 14 is a label_iou, no best for the transfer judge to beat.
-        self.judged_score = state.get("judged_score") if self.judged and state.get("judged_by") == "transfer_iou" \
-            else None
+        self.judged_score = state.get("judged_score") if by_transfer else None
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
         self.samples_applied = int(state.get("samples_applied", 0))

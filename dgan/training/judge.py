@@ -71,12 +71,12 @@ class TransferJudge:
     """Train on the fakes, test on this node's real pairs: would a set drawn by G work here?
 
     Every ``every`` batches it gives a verdict: the IoU, on ``reals`` (a fixed set of the node's own crops), of
-    a fresh segmenter (the label judge's size) trained for ``steps`` steps on the fakes of that window (the last
-    ``keep`` fakes with their masks, as they arrive).  A fresh model each window: the verdict is about the
-    fakes of now, not about everything seen so far.  The steps are spread over the window's batches
-    (``ceil(steps / every)`` after each), because done at once they stalled the node for seconds at 128 px:
-    every feedback in flight then reached the generator too stale to use.  Only the scalar leaves the node.
-    ``seed`` fixes the segmenters' draws (None: the OS's randomness).
+    a fresh segmenter (the label judge's size) trained for ``steps`` steps on that window's fakes with their
+    masks (at most the last ``keep``).  A fresh model and fresh fakes each window: the verdict is about the
+    fakes of now, not about everything seen so far.  The steps are spread over the window's batches, a few
+    after each, because done at once they stalled the node for seconds at 128 px: the feedback in flight then
+    reached the generator too stale to use.  Only the scalar leaves the node.  ``seed`` fixes the
+    segmenters' draws (None: the OS's randomness); the node's own torch stream is never moved.
     """
 
     def __init__(self, reals: np.ndarray, masks: np.ndarray, every: int = 16, steps: int = 60, keep: int = 64,
@@ -86,11 +86,10 @@ class TransferJudge:
         if len(reals) != len(masks) or len(reals) == 0:
             raise ValueError(f"need matching, non-empty real images and masks, got {len(reals)} and {len(masks)}")
         self.every, self.steps, self.batch = every, steps, batch
-        self.steps_per_batch = -(-steps // every)
         self.device = torch.device(device)
         self.reals = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals))).to(self.device)
         self.truth = np.ascontiguousarray(masks) > 0
-        self.fakes: deque[torch.Tensor] = deque(maxlen=keep)  # (3, H, W) in [-1, 1]
+        self.fakes: deque[torch.Tensor] = deque(maxlen=keep)  # this window's, (3, H, W) in [-1, 1]
         self.masks: deque[np.ndarray] = deque(maxlen=keep)
         self.batches = 0
         self.rng = np.random.default_rng(seed)
@@ -100,18 +99,24 @@ class TransferJudge:
     def remember(self, fakes: np.ndarray, masks: np.ndarray) -> float | None:
         """One batch as it arrived (fakes in wire layout (B, 3, H, W), masks (B, H, W)): this batch's share of
         the window's training, and the window's verdict when this batch closes it (else None)."""
+        i = self.batches % self.every  # this batch's place in its window
+        if i == 0:
+            self.fakes.clear()
+            self.masks.clear()
         self.fakes.extend(fakes_from_wire(fakes, self.device))
         self.masks.extend(np.asarray(masks))
         self.batches += 1
-        with torch.random.fork_rng(devices=rng_devices(self.device)):  # the node's own streams stay as they were
+        # The window's own torch stream, seeded from ``rng`` on every call: the node's stays as it was.
+        with torch.random.fork_rng(devices=rng_devices(self.device)):
+            torch.manual_seed(int(self.rng.integers(2**31)))
             if self.window is None:
-                self.window = LabelJudge(seed=int(self.rng.integers(2**31)), device=str(self.device))
+                self.window = LabelJudge(seed=None, device=str(self.device))
             x = torch.stack(list(self.fakes))
             y = torch.from_numpy((np.stack(list(self.masks)) > 0).astype(np.float32))[:, None].to(self.device)
-            for _ in range(self.steps_per_batch):
+            for _ in range(self.steps * (i + 1) // self.every - self.steps * i // self.every):  # `steps` in all
                 pick = torch.from_numpy(self.rng.integers(0, len(x), self.batch))
                 self.window.step_on(x[pick], y[pick])
-            if self.batches % self.every:
+            if i + 1 < self.every:
                 return None
             judge, self.window = self.window, None
             judge.model.eval()
