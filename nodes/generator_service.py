@@ -80,8 +80,10 @@ class GeneratorService(RunOutputs):
         self.label_watch = LabelWatch()  # the nodes' judges: is G drawing what the masks say, better or worse?
         # ... and would a segmenter made from its fakes work on real images? One verdict per node per 16 batches.
         self.transfer_watch = LabelWatch(name="transfer_iou", window=2, patience=2, drop=0.5, floor=0.05)
-        if trainer.judged is not None and trainer.judged_score is not None:  # resumed: the best to beat
-            self.transfer_watch.best, self.transfer_watch.best_step = trainer.judged_score, trainer.judged[0]
+        for watch in (self.label_watch, self.transfer_watch):  # resumed: the bests to beat
+            if watch.name in trainer.watch_bests:
+                watch.best, step = trainer.watch_bests[watch.name]
+                watch.best_step = int(step)
         self.started = time.time()
         self._last_status = 0.0
         self._last_log = time.monotonic()

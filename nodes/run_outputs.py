@@ -119,6 +119,8 @@ class RunOutputs:
         path = self.out / "checkpoints" / f"ckpt_{self.trainer.step:06d}.pt"
         self.feedback_log.flush()  # rows up to a checkpoint survive a kill -9 as the checkpoint does
         self.history.flush()
+        self.trainer.watch_bests = {w.name: [w.best, w.best_step] for w in (self.label_watch, self.transfer_watch)
+                                    if w.best is not None and w.best_step is not None}
         self.trainer.save(self.out / "checkpoints" / "latest.pt")
         self.trainer.save(path)
         return path

@@ -10,7 +10,7 @@ import pytest
 
 from dgan import protocol as P
 from dgan.networks import ModelConfig
-from dgan.training.generator import GeneratorTrainer, TrainConfig
+from dgan.training.generator import GeneratorTrainer, TrainConfig, load_checkpoint
 from dgan.transport.inproc import InProcessHub
 from nodes.generator_service import GeneratorService, ServiceConfig
 from nodes.round_policy import Action, RoundPolicy
@@ -276,6 +276,10 @@ def test_service_warns_when_the_nodes_label_iou_falls_and_records_it(tmp_path: P
     assert summary["degraded_alarms"] == 1 and summary["label_iou_best"] == pytest.approx(0.55)
     rows = [json.loads(r) for r in (tmp_path / "feedback.jsonl").read_text().splitlines()]
     assert [r[10] for r in rows] == [0.5, 0.6, 0.5, 0.1, 0.0, None, None]  # the label_iou column
+    resumed = GeneratorTrainer.from_state(load_checkpoint(tmp_path / "checkpoints" / "latest.pt"))
+    again = GeneratorService(hub.generator_link(), resumed, ServiceConfig(out=tmp_path / "r"))
+    assert again.label_watch.best == pytest.approx(0.55)  # a resumed run keeps the best to beat
+    assert again.label_watch.best_step == service.label_watch.best_step and again.transfer_watch.best is None
 
 
 def test_service_warns_when_the_fakes_stop_teaching_a_segmenter_about_real_images(
@@ -308,8 +312,11 @@ def test_service_warns_when_the_fakes_stop_teaching_a_segmenter_about_real_image
     assert summary["transfer_iou_window"] == pytest.approx(0.0)
     kept = service.trainer.judged  # the weights `--synthesis-weights judged` uses: from the best window's step
     assert kept is not None and kept[0] == service.transfer_watch.best_step and summary["judged_step"] == kept[0]
-    again = GeneratorService(hub.generator_link(), service.trainer, ServiceConfig(out=tmp_path / "r"))
-    assert again.transfer_watch.best == pytest.approx(0.25)  # a resumed run keeps the best to beat
+    resumed = GeneratorTrainer.from_state(load_checkpoint(tmp_path / "checkpoints" / "latest.pt"))
+    assert resumed.judged is not None and resumed.judged[0] == kept[0]
+    again = GeneratorService(hub.generator_link(), resumed, ServiceConfig(out=tmp_path / "r"))
+    assert again.transfer_watch.best == pytest.approx(0.25)  # a resumed run keeps the bests to beat
+    assert service.label_watch.best is None and again.label_watch.best is None  # never a full label window here
     columns = json.loads((tmp_path / "feedback.json").read_text())["columns"]
     rows = [json.loads(r) for r in (tmp_path / "feedback.jsonl").read_text().splitlines()]
     assert [r[columns.index("transfer_iou")] for r in rows] == [0.2, None, 0.3, 0.02, None, None, 0.0, 0.0]

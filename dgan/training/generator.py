@@ -110,6 +110,7 @@ class GeneratorTrainer:
         self.G_ema = copy.deepcopy(self.G) if train.ema > 0 else None
         self.judged: tuple[int, dict[str, torch.Tensor]] | None = None  # (step, G) where the nodes' judges peaked
         self.judged_score: float | None = None
+        self.watch_bests: dict[str, list[float]] = {}  # the judges' watches' (best, step), kept for --resume
         self._judged_G: torch.nn.Module | None = None  # built from ``judged`` once, when first synthesised from
         self.names = [n for n, _ in self.G.named_parameters()]
         self.step = 0
@@ -296,6 +297,8 @@ class GeneratorTrainer:
         if self.judged is not None:
             ema.update(G_judged=self.judged[1], judged_step=self.judged[0], judged_score=self.judged_score,
                        judged_by="transfer_iou")
+        if self.watch_bests:
+            ema["watch_bests"] = {k: [float(v) for v in b] for k, b in self.watch_bests.items()}
         return {"G": self.G.state_dict(), **ema, "opt": self.opt.state_dict(), "step": self.step,
                 "samples_applied": self.samples_applied, "model": self.model_cfg.to_dict(),
                 "train": self.cfg.to_dict(), "threads": torch.get_num_threads(),  # for a bitwise rebuild
@@ -331,6 +334,7 @@ class GeneratorTrainer:
         self.judged = (int(state["judged_step"]), state["G_judged"]) if by_transfer else None
         self._judged_G = None
         self.judged_score = state.get("judged_score") if by_transfer else None
+        self.watch_bests = dict(state.get("watch_bests", {}))
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
         self.samples_applied = int(state.get("samples_applied", 0))
