@@ -91,11 +91,12 @@ class AttackResult:
 
 
 def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
-           strategy: str, seed: int = 0, timeout: float = 60.0, grad_dtype: str = "float16") -> AttackResult:
+           strategy: str, seed: int = 0, timeout: float = 60.0, grad_dtype: str = "float16",
+           lambda_colour: float = 0.0) -> AttackResult:
     """Play the generator against a real node until every image has had ``queries`` feedbacks."""
     hub = InProcessHub()
     gen_link, node_link = hub.generator_link(), hub.node_link("victim")
-    recipe = FeedbackConfig(mode)
+    recipe = FeedbackConfig(mode, lambda_colour=lambda_colour)
     node_link.send(P.make(P.Kind.HELLO, "victim", meta={"role": "node", **DiscriminatorNode.hello_meta(images,
                                                                                                      recipe)}))
     node = DiscriminatorNode(node_link, images, masks, NodeConfig("victim", batch_size=8, pipeline=2, seed=seed,
@@ -173,9 +174,10 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
 
 
 def attack_row(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
-               strategy: str, seed: int, grad_dtype: str = "float16") -> dict[str, Any]:
+               strategy: str, seed: int, grad_dtype: str = "float16", lambda_colour: float = 0.0) -> dict[str, Any]:
     t0 = time.perf_counter()
-    res = attack(mode, images, masks, model, queries, strategy, seed, grad_dtype=grad_dtype)
+    res = attack(mode, images, masks, model, queries, strategy, seed, grad_dtype=grad_dtype,
+                 lambda_colour=lambda_colour)
     real = index_real(images, masks)  # victim_data's masks are identifying: every pair is indexed
     guess = {"active": lambda k, e: e.midpoint(), "passive": lambda k, e: e.passive(),
              "active-descent": lambda k, e: res.descents[k].current}[strategy]
@@ -189,6 +191,7 @@ def attack_row(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model:
     active = strategy != "passive"
     baseline = s.mean_colour_psnr_db if active else s.fakes_psnr_db
     return {"mode": mode.value, "attack": strategy, "queries": queries, "grad_dtype": grad_dtype,
+            "lambda_colour": lambda_colour,
             "wire_grad_dtypes": sorted(res.wire_dtypes),
             "psnr_db": s.psnr_db, "ssim": s.ssim, "baseline_psnr_db": baseline,
             "baseline": "mean colour" if active else "the fakes", "mean_colour_psnr_db": s.mean_colour_psnr_db,
@@ -214,7 +217,8 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_privacy_benchmark(quick: bool, json_out: Path | None, data: Path | None = None,
-                          seed: int = 0, grad_dtype: str = "float16") -> dict[str, Any]:
+                          seed: int = 0, grad_dtype: str = "float16", lambda_colour: float = 0.0,
+                          modes: list[FeedbackMode] | None = None) -> dict[str, Any]:
     console = Console(width=max(120, Console().width))
     torch.set_num_threads(2)
     size, width = (64, 16) if quick else (128, 32)
@@ -223,14 +227,17 @@ def run_privacy_benchmark(quick: bool, json_out: Path | None, data: Path | None 
     plans = ([(8, "active"), (8, "passive")] if quick else
              [(8, "active"), (32, "active"), (32, "active-descent"), (8, "passive")])
     rows = []
-    for mode in FeedbackMode:
+    for mode in modes or list(FeedbackMode):
         for queries, strategy in plans:
             with console.status(f"{mode.value}: {strategy} attack, {queries} queries/image…"):
-                rows.append(attack_row(mode, images, masks, model, queries, strategy, seed, grad_dtype))
+                rows.append(attack_row(mode, images, masks, model, queries, strategy, seed, grad_dtype,
+                                       lambda_colour))
     result = {"image_size": size, "width": width, "images": len(images), "data": source, "quick": quick,
-              "grad_dtype": grad_dtype, "default_mode": DEFAULT_MODE.value, "rows": rows, "targets": targets(rows)}
+              "grad_dtype": grad_dtype, "lambda_colour": lambda_colour, "default_mode": DEFAULT_MODE.value,
+              "rows": rows, "targets": targets(rows)}
+    colour = f", --lambda-colour {lambda_colour:g}" if lambda_colour else ""
     table = Table(title=f"Reconstruction by a curious generator: {len(images)} private images at {size} px "
-                        f"({source}; {grad_dtype} gradients on the wire)")
+                        f"({source}; {grad_dtype} gradients on the wire{colour})")
     for col in ("mode", "attack", "queries/image", "PSNR dB", "SSIM", "baseline", "baseline dB", "class colours dB",
                 "sign agreement", "s"):
         table.add_column(col, justify="left" if col in ("mode", "attack", "baseline") else "right")

@@ -43,6 +43,9 @@ DataOption = Annotated[str, typer.Option("--data", help="The dataset: 'scenes', 
                                          "whu:PATH[:split], city-osm:PATH[:cities], airbus:PATH, a pairs folder "
                                          "or a shard .json.")]
 LambdaL1 = Annotated[float, typer.Option("--lambda-l1", help="Weight of the L1 term (--feedback l1 only).")]
+LambdaColour = Annotated[float, typer.Option(
+    "--lambda-colour", help="Weight of a term on the fakes' per-class colour mean and spread against those of "
+    "the node's whole dataset (any mode; 0 = off).")]
 LambdaSemantic = Annotated[float, typer.Option(
     "--lambda-semantic", help="Weight of the node segmenter's cross-entropy on the fakes (--feedback semantic "
     "only).")]

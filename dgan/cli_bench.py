@@ -11,10 +11,12 @@ import typer
 from dgan.choices import GradDtype
 from dgan.cli_app import (
     JsonOut,
+    LambdaColour,
     Quick,
     app,
     bench_app,
 )
+from dgan.feedback import FeedbackMode
 from dgan.logs import setup_logging
 
 log = logging.getLogger("dgan")
@@ -221,12 +223,18 @@ def bench_privacy(
                     ] = None,
     grad_dtype: Annotated[GradDtype, typer.Option(help="The victim node's gradients on the wire (int8: 8 bits "
                                                        "and a per-sample scale).")] = GradDtype.float16,
+    lambda_colour: LambdaColour = 0.0,
+    feedback: Annotated[list[FeedbackMode] | None, typer.Option(
+        "--feedback", help="Attack only these modes (repeat; default: every mode).")] = None,
 ) -> None:
     """Active (bisection) and passive reconstruction attacks against a real node, for every feedback mode."""
     from benchmarks.privacy import run_privacy_benchmark
 
+    if lambda_colour < 0:
+        raise typer.BadParameter(f"must be >= 0, got {lambda_colour}", param_hint="--lambda-colour")
     setup_logging("WARNING", "rich", "bench")
-    run_privacy_benchmark(quick, json_out, data, grad_dtype=grad_dtype.value)
+    run_privacy_benchmark(quick, json_out, data, grad_dtype=grad_dtype.value, lambda_colour=lambda_colour,
+                          modes=feedback)
 
 
 @bench_app.command("paired")

@@ -18,6 +18,7 @@ from dgan.cli_app import (
     Feedback,
     Heartbeat,
     KeyFile,
+    LambdaColour,
     LambdaL1,
     LambdaSemantic,
     LogFormat,
@@ -284,6 +285,7 @@ def node(
     feedback: Feedback = DEFAULT_MODE,
     lambda_l1: LambdaL1 = 100.0,
     lambda_semantic: LambdaSemantic = 20.0,
+    lambda_colour: LambdaColour = 0.0,
     label_mix: Annotated[float, typer.Option(help="--feedback segmentation: LabelMix weight (OASIS: 10; 0 = "
                                                   "off).")] = 0.0,
     d_lr: Annotated[float, typer.Option(help="Discriminator Adam learning rate (OASIS: 4e-4).")] = 2e-4,
@@ -338,7 +340,8 @@ def node(
     set_torch_threads(threads)
     try:
         recipe = FeedbackConfig(feedback, lambda_l1=lambda_l1, label_mix=label_mix, lambda_semantic=lambda_semantic,
-                                lr=d_lr, beta1=d_beta1, warmup=d_warmup, diffaugment=diffaugment)
+                                lr=d_lr, beta1=d_beta1, warmup=d_warmup, diffaugment=diffaugment,
+                                lambda_colour=lambda_colour)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:

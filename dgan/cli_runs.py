@@ -15,6 +15,7 @@ from dgan.cli_app import (
     Feedback,
     GanMethod,
     JsonOut,
+    LambdaColour,
     LambdaL1,
     LambdaSemantic,
     LogFormat,
@@ -38,7 +39,7 @@ def _print_summary(summary: dict) -> None:
         table.add_column(col)
     for name, n in summary["nodes"].items():
         losses = ", ".join(f"{k}={v:.3f}" for k, v in n["losses"].items() if k in ("d_real", "d_fake", "g_adv",
-                                                                                   "g_l1", "g_semantic"))
+                                                                                   "g_l1", "g_semantic", "g_colour"))
         sm = "-" if n["staleness_mean"] is None else f"{n['staleness_mean']:.2f}/{n['staleness_max']}"
         table.add_row(name, n.get("feedback", "?"), str(n["dataset_size"]), str(n["feedbacks"]), str(n["samples"]),
                       sm, losses)
@@ -305,6 +306,7 @@ def experiment(
         "modes in one run (the first is `dgan`/`central_gan`, the others `dgan_MODE`/`central_gan_MODE`).")] = None,
     lambda_l1: LambdaL1 = 100.0,
     lambda_semantic: LambdaSemantic = 20.0,
+    lambda_colour: LambdaColour = 0.0,
     label_mix: Annotated[float, typer.Option(help="--feedback segmentation: OASIS LabelMix weight (0 = off).")] = 0.0,
     oasis_optim: Annotated[bool, typer.Option(help="OASIS optimisers: D lr 4e-4, G lr 1e-4, beta1 0.")] = False,
     gan_methods: Annotated[list[GanMethod] | None, typer.Option(
@@ -330,6 +332,7 @@ def experiment(
         "--local", help="dgan_local: each department's segmenter on the synthetic set plus its own real pairs, "
         "in mixed batches or fine-tuned (finetune: half the steps on each; pretrain: all the steps on each; "
         "repeat to compare; the first is `dgan_local`).")] = None,
+    department_models: Annotated[bool, typer.Option(help="Train dgan_local (off: the GAN methods only).")] = True,
     local_share: Annotated[float, typer.Option(help="dgan_local mixed: share of each batch from the "
                                                     "department's own pairs.")] = 0.5,
     diffaugment: Annotated[bool, typer.Option(help="DiffAugment before every PatchGAN discriminator (nodes and "
@@ -352,11 +355,12 @@ def experiment(
     setup_logging("INFO", "rich", "experiment")
     modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
     methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
-    hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.pretrain])))
+    hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.pretrain]))) if department_models else ()
     folder = _pairs_folder(data, out.parent, size if not quick else 64, keep_classes=True)
     variant = data.partition(":")[2] if data is not None and data.startswith("scenes:") else "buildings"
     common = dict(out=out, data=folder, scene_variant=variant, partition=partition.value, nodes=nodes,
                   feedback=modes, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, label_mix=label_mix,
+                  lambda_colour=lambda_colour,
                   oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test, groups=groups,
                   update_every=update_every, ema=ema, judged=judged, local=hows, local_share=local_share,
                   diffaugment=diffaugment,

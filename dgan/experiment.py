@@ -79,6 +79,7 @@ class ExperimentConfig:
     d_width: int = 32
     lambda_l1: float = 100.0  # feedback mode l1 only
     lambda_semantic: float = 20.0  # feedback mode semantic only
+    lambda_colour: float = 0.0  # any mode: the fakes' per-class colour mean and spread against the node's data
     diffaugment: bool = False  # nodes' (and the central GAN's) PatchGAN sees DiffAugment'ed pairs
     feedback: tuple[str, ...] = (DEFAULT_MODE.value,)  # the first is `dgan`/`central_gan`
     label_mix: float = 0.0  # segmentation feedback: OASIS LabelMix weight
@@ -138,7 +139,7 @@ class ExperimentConfig:
         d_lr, beta1 = (4e-4, 0.0) if self.oasis_optim else (2e-4, 0.5)
         return FeedbackConfig(FeedbackMode(mode), lambda_l1=self.lambda_l1, label_mix=self.label_mix,
                               lambda_semantic=self.lambda_semantic, lr=d_lr, beta1=beta1,
-                              diffaugment=self.diffaugment)
+                              diffaugment=self.diffaugment, lambda_colour=self.lambda_colour)
 
     def generator_optim(self) -> tuple[float, float]:
         """(lr, beta1) of the generator's Adam."""
@@ -155,6 +156,8 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, lr=lr, beta1=beta1, seed=seed, fake_dtype="float32",
                                               ema=cfg.ema, device=cfg.device))
     disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed, device=cfg.device)
+    if cfg.lambda_colour:
+        disc.set_colour_stats(train.images, train.masks)
     sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed, positive_share=cfg.seg.positive_share or None)
     for _ in range(disc.warmup_steps):  # as a node does before its first feedback
         reals, masks = sampler.batch(cfg.batch_size)
@@ -198,7 +201,8 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
                                               "--update-every", str(cfg.update_every),
                                               "--fake-dtype", cfg.fake_dtype],
                         node_args=["--label-mix", str(recipe.label_mix), "--lambda-semantic",
-                                   str(recipe.lambda_semantic), "--d-lr", str(recipe.lr),
+                                   str(recipe.lambda_semantic), "--lambda-colour", str(recipe.lambda_colour),
+                                   "--d-lr", str(recipe.lr),
                                    "--d-beta1", str(recipe.beta1), "--d-warmup", str(recipe.warmup),
                                    "--positive-crops", str(cfg.seg.positive_share), "--grad-dtype", cfg.grad_dtype,
                                    "--diffaugment" if recipe.diffaugment else "--no-diffaugment"]))

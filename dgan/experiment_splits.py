@@ -117,6 +117,8 @@ def _recipe_key(cfg: ExperimentConfig, mode: str) -> dict[str, Any]:
         recipe.pop("lambda_semantic")
     if not recipe["diffaugment"]:
         recipe.pop("diffaugment")
+    if not recipe["lambda_colour"]:
+        recipe.pop("lambda_colour")
     return recipe
 
 

@@ -12,6 +12,9 @@ cannot change it.  The modes differ in what the gradient sent back can carry:
   per-pixel segmenter of the image alone with (classes + 1) outputs.  The
   generator's loss is a class-balanced cross-entropy of the fakes against
   their own mask classes: label alignment without any paired real image.
+* ``--lambda-colour`` (any mode): plus how far the fakes' per-class colour mean and spread lie from
+  those of the node's whole dataset.  What its gradient can carry is those dataset-wide figures, 6 per
+  class, not any one image; it is there for buildings drawn in colours no real roof has.
 * ``semantic``: ``adversarial`` plus a semantic-consistency term (CyCADA, Hoffman et al. 2018): the
   class-weighted cross-entropy of the fakes against their own masks under a segmenter that the node
   trains on its real pairs only (never on fakes).  Label alignment again comes from a model of the
@@ -59,11 +62,12 @@ class FeedbackConfig:
     beta1: float = 0.5  # (OASIS: 0.0)
     diffaugment: bool = False  # PatchGAN modes: D sees DiffAugment'ed (color, translation, cutout) pairs
     warmup: int = 100  # segmentation/semantic: segmenter steps on the node's own real pairs before its first feedback
+    lambda_colour: float = 0.0  # any mode: the fakes' per-class colour mean and spread against the dataset's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", FeedbackMode(self.mode))
-        values = (self.lambda_l1, self.label_mix, self.lambda_semantic, self.lr, self.beta1)
-        weights = (self.lambda_l1, self.label_mix, self.lambda_semantic)
+        values = (self.lambda_l1, self.label_mix, self.lambda_semantic, self.lr, self.beta1, self.lambda_colour)
+        weights = (self.lambda_l1, self.label_mix, self.lambda_semantic, self.lambda_colour)
         if not all(math.isfinite(v) for v in values) or min(weights) < 0 or self.lr <= 0 \
                 or not 0 <= self.beta1 < 1 or self.warmup < 0:
             raise ValueError(f"invalid feedback settings {self}")

@@ -29,7 +29,14 @@ from dgan.networks import (
     masks_to_input,
 )
 from dgan.training.diffaugment import diff_augment
-from dgan.training.feedback_losses import class_balanced_ce, class_labels, class_weighted_ce, label_mix
+from dgan.training.feedback_losses import (
+    class_balanced_ce,
+    class_colour_loss,
+    class_colour_stats,
+    class_labels,
+    class_weighted_ce,
+    label_mix,
+)
 
 F16_SAFE = 32_768.0  # largest scaled gradient sent as float16 (its max is 65,504)
 TASK_LR = 1e-3  # the semantic mode's segmenter: a plain segmenter's Adam, not the GAN's
@@ -130,9 +137,25 @@ class DiscriminatorTrainer:
         if self.feedback.mode == FeedbackMode.SEMANTIC:
             self.task = define_task_segmenter(cfg).to(self.device)
             self.task_opt = torch.optim.Adam(self.task.parameters(), lr=TASK_LR)
+        self.colour_stats: torch.Tensor | None = None  # --lambda-colour: the node's dataset, see set_colour_stats
         self.mix_rng = torch.Generator(device=self.device).manual_seed(seed)
         self.aug_rng = torch.Generator(device=self.device).manual_seed(seed)
         self.steps = 0
+
+    def set_colour_stats(self, images: np.ndarray, masks: np.ndarray) -> None:
+        """Each class's colour mean and spread over all of this node's pairs: what ``lambda_colour`` compares the
+        fakes with (uint8 images (N, H, W, 3), masks (N, H, W))."""
+        self.colour_stats = class_colour_stats(images, masks, self.cfg.num_classes).to(self.device)
+
+    def _with_colour(self, losses: dict[str, Any], g_total: torch.Tensor, mask_t: torch.Tensor,
+                     fake: torch.Tensor) -> torch.Tensor:
+        if not self.feedback.lambda_colour:
+            return g_total
+        if self.colour_stats is None:
+            raise RuntimeError("lambda_colour needs the node's colour statistics: call set_colour_stats first")
+        g_colour = class_colour_loss(fake, class_labels(mask_t, self.cfg.num_classes), self.colour_stats)
+        losses["g_colour"] = g_colour
+        return g_total + self.feedback.lambda_colour * g_colour
 
     @property
     def warmup_steps(self) -> int:
@@ -246,6 +269,7 @@ class DiscriminatorTrainer:
             g_total = g_total + self.feedback.lambda_semantic * g_sem
             losses["g_semantic"] = g_sem
             self._task_batch = (real, labels)  # its step on them comes after the gradient (see score)
+        g_total = self._with_colour(losses, g_total, mask_t, fake)
         losses["g_total"] = g_total
         return {k: float(v.detach()) for k, v in losses.items()}, g_total
 
@@ -270,5 +294,7 @@ class DiscriminatorTrainer:
         fake.requires_grad_(True)
         with self._autocast():
             g_adv = self._generator_loss(lambda: class_balanced_ce(self.D(fake), labels, c, real=True))
-        losses.update(g_adv=g_adv, g_total=g_adv)
-        return {k: float(v.detach()) for k, v in losses.items()}, g_adv
+        losses["g_adv"] = g_adv
+        g_total = self._with_colour(losses, g_adv, mask_t, fake)
+        losses["g_total"] = g_total
+        return {k: float(v.detach()) for k, v in losses.items()}, g_total
