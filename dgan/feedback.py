@@ -13,8 +13,9 @@ cannot change it.  The modes differ in what the gradient sent back can carry:
   generator's loss is a class-balanced cross-entropy of the fakes against
   their own mask classes: label alignment without any paired real image.
 * ``--lambda-colour`` (any mode): plus how far the fakes' per-class colour mean and spread lie from
-  those of the node's whole dataset.  What its gradient can carry is those dataset-wide figures, 6 per
-  class, not any one image; it is there for buildings drawn in colours no real roof has.
+  those of the node's whole dataset.  What its gradient adds is those dataset-wide figures, 6 per class
+  (close to one image's own on a node with very few images); it is there for buildings drawn in colours
+  no real roof has.
 * ``semantic``: ``adversarial`` plus a semantic-consistency term (CyCADA, Hoffman et al. 2018): the
   class-weighted cross-entropy of the fakes against their own masks under a segmenter that the node
   trains on its real pairs only (never on fakes).  Label alignment again comes from a model of the
