@@ -124,6 +124,11 @@ class ExperimentConfig:
         bad = [h for h in self.local if h not in values(LocalHow)]
         if bad:
             raise ExperimentSetupError(f"local must be among {', '.join(values(LocalHow))}, got {bad[0]!r}")
+        for mode in self.feedback:  # a negative or NaN weight, before real_all and real_partial have trained
+            try:
+                self.recipe(mode)
+            except ValueError as exc:
+                raise ExperimentSetupError(f"feedback {mode}: {exc}") from None
         if (problem := device_problem(self.device)) is not None:
             raise ExperimentSetupError(problem)
         if self.data is not None:

@@ -13,7 +13,7 @@ from dgan.data.scenes import make_scenes
 from dgan.feedback import FeedbackConfig, FeedbackMode
 from dgan.networks import ModelConfig
 from dgan.training.discriminator import DiscriminatorTrainer
-from dgan.training.feedback_losses import class_colour_loss, class_colour_stats
+from dgan.training.feedback_losses import class_colour_loss, class_colour_stats, class_labels
 
 
 def test_colour_stats_are_each_classs_mean_and_spread_over_the_dataset() -> None:
@@ -84,3 +84,25 @@ def test_the_experiment_gives_both_gans_the_colour_term_and_can_skip_the_departm
     plain = ExperimentConfig(**{**cfg.__dict__, "lambda_colour": 0.0})
     assert cache_key(cfg, splits, "central_gan", "adversarial") != cache_key(plain, splits, "central_gan",
                                                                              "adversarial")
+
+
+@pytest.mark.parametrize(("classes", "scale"), [(2, 255), (2, 1), (3, 1)])
+def test_a_whole_dataset_as_one_batch_matches_its_own_figures_however_its_masks_are_coded(classes: int,
+                                                                                           scale: int) -> None:
+    """The figures and the loss must label pixels alike: binary masks as 0/1 or 0/255, class ids beyond."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    masks = (rng.integers(0, classes, (3, 8, 8)) * scale).astype(np.uint8)
+    stats = class_colour_stats(images, masks, classes)
+    fakes = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    labels = class_labels(torch.from_numpy(masks), classes)
+    assert float(class_colour_loss(fakes, labels, stats)) == pytest.approx(0.0, abs=1e-6)
+    assert float(class_colour_loss(fakes.flip(0), labels, stats)) > 1e-3  # the same pixels under other labels
+
+
+def test_a_bad_colour_weight_fails_the_experiment_at_once(tmp_path: Path) -> None:
+    from dgan.experiment import ExperimentConfig, ExperimentSetupError
+
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ExperimentSetupError, match="feedback adversarial"):
+            ExperimentConfig(out=tmp_path, lambda_colour=bad)
