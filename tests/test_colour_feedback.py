@@ -79,7 +79,8 @@ def test_the_experiment_gives_both_gans_the_colour_term_and_can_skip_the_departm
     results = run_experiment(cfg)
     assert set(results["methods"]) == {"real_all", "real_partial", "central_gan", "dgan"}  # no dgan_local
     nodes = json.loads((tmp_path / "exp" / "dgan_async_adversarial_seed0" / "run.json").read_text())["nodes"]
-    assert all("g_colour" in n["losses"] for n in nodes.values())  # every node process sent the term
+    applied = [n["losses"] for n in nodes.values() if n["losses"]]  # a node may get no feedback in 4 steps
+    assert applied and all("g_colour" in losses for losses in applied)  # the node processes sent the term
     splits = make_splits(cfg)
     plain = ExperimentConfig(**{**cfg.__dict__, "lambda_colour": 0.0})
     assert cache_key(cfg, splits, "central_gan", "adversarial") != cache_key(plain, splits, "central_gan",
