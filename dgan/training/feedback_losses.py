@@ -55,13 +55,12 @@ def label_mix(labels: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, num_
 def class_colour_stats(images: np.ndarray, masks: np.ndarray, num_classes: int) -> torch.Tensor:
     """(classes, 2, 3): each class's per-channel mean and standard deviation over a whole dataset, in [-1, 1].
 
-    uint8 images (N, H, W, 3) and masks (N, H, W), labelled as :func:`class_labels` does; a class with no
+    uint8 images (N, H, W, 3) and masks (N, H, W), labelled by :func:`class_labels`; a class with no
     pixel gets NaNs (and no loss term).  One image at a time: a node's dataset need not fit twice in memory."""
     count = np.zeros((num_classes, 1))
     total, squares = np.zeros((num_classes, 3)), np.zeros((num_classes, 3))
     for image, mask in zip(images, masks, strict=True):
-        m = np.asarray(mask)
-        labels = ((m > 0) if num_classes == 2 else np.clip(m, 0, num_classes - 1)).astype(np.int64).reshape(-1)
+        labels = class_labels(torch.from_numpy(np.ascontiguousarray(mask)), num_classes).reshape(-1).numpy()
         px = np.asarray(image, np.float64).reshape(-1, 3) / 127.5 - 1.0
         count[:, 0] += np.bincount(labels, minlength=num_classes)
         for ch in range(3):
