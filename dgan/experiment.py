@@ -43,6 +43,7 @@ from dgan.experiment_splits import (  # noqa: F401  (re-exported: the experiment
 )
 from dgan.experiment_tables import claims, markdown
 from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
+from dgan.finished_runs import finished_run, forget_finished, record_finished
 from dgan.networks import ModelConfig
 from dgan.run import RunConfig, run_local
 from dgan.segment import (
@@ -184,7 +185,8 @@ def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: i
     return PairSet(np.concatenate(ims), all_masks, [f"syn{i}" for i in range(len(all_masks))], {}, classes)
 
 
-def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedback: str) -> GeneratorTrainer:
+def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedback: str) -> RunConfig:
+    """The DGAN run's processes and settings for one GAN seed (what ``dgan_run`` starts)."""
     out = cfg.out / f"dgan_{mode}_{feedback}_seed{seed}"
     lr, beta1 = cfg.generator_optim()
     recipe = cfg.recipe(feedback)
@@ -196,22 +198,41 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
                   for p in splits.node_parts]
     # The same budget as the central GAN: gan_steps batches of feedback, whatever a generator step averages.
     steps = -(-cfg.gan_steps // (cfg.update_every or cfg.nodes)) if mode == "async" else -(-cfg.gan_steps // cfg.nodes)
-    run_local(RunConfig(nodes=cfg.nodes, steps=steps, out=out, image_size=cfg.size, g_width=cfg.g_width,
-                        d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
-                        synthesize=False, checkpoint_every=0, sample_every=max(1, steps // 4),
-                        timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1, device=cfg.device,
-                        num_classes=cfg.num_classes,
-                        extra_generator_args=["--lr", str(lr), "--beta1", str(beta1), "--ema", str(cfg.ema),
-                                              "--synthesis-weights", "judged" if cfg.judged else "auto",
-                                              "--update-every", str(cfg.update_every),
-                                              "--fake-dtype", cfg.fake_dtype],
-                        node_args=["--label-mix", str(recipe.label_mix), "--lambda-semantic",
-                                   str(recipe.lambda_semantic), "--lambda-colour", str(recipe.lambda_colour),
-                                   "--d-lr", str(recipe.lr),
-                                   "--d-beta1", str(recipe.beta1), "--d-warmup", str(recipe.warmup),
-                                   "--positive-crops", str(cfg.seg.positive_share), "--grad-dtype", cfg.grad_dtype,
-                                   "--diffaugment" if recipe.diffaugment else "--no-diffaugment"]))
-    return GeneratorTrainer.from_state(load_checkpoint(out / "checkpoints" / "latest.pt"))
+    return RunConfig(nodes=cfg.nodes, steps=steps, out=out, image_size=cfg.size, g_width=cfg.g_width,
+                     d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
+                     synthesize=False, checkpoint_every=0, sample_every=max(1, steps // 4),
+                     timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1, device=cfg.device,
+                     num_classes=cfg.num_classes,
+                     extra_generator_args=["--lr", str(lr), "--beta1", str(beta1), "--ema", str(cfg.ema),
+                                           "--synthesis-weights", "judged" if cfg.judged else "auto",
+                                           "--update-every", str(cfg.update_every),
+                                           "--fake-dtype", cfg.fake_dtype],
+                     node_args=["--label-mix", str(recipe.label_mix), "--lambda-semantic",
+                                str(recipe.lambda_semantic), "--lambda-colour", str(recipe.lambda_colour),
+                                "--d-lr", str(recipe.lr),
+                                "--d-beta1", str(recipe.beta1), "--d-warmup", str(recipe.warmup),
+                                "--positive-crops", str(cfg.seg.positive_share), "--grad-dtype", cfg.grad_dtype,
+                                "--diffaugment" if recipe.diffaugment else "--no-diffaugment"])
+
+
+def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int,
+             feedback: str) -> tuple[GeneratorTrainer, float]:
+    """The trained generator and its training's wall seconds. A training that already finished in its folder
+    with the same settings is loaded, not run again, so an experiment can be rerun for more seeds, methods or
+    department models; a changed setting, or a training that never finished, trains afresh."""
+    run = dgan_launch(cfg, splits, mode, seed, feedback)
+    done = finished_run(run)
+    if done is not None:
+        log.info("dgan %s seed %d: reusing the finished training in %s (%.0f s when it ran)", feedback, seed,
+                 run.out, done["train_seconds"])
+        seconds = float(done["train_seconds"])
+    else:
+        forget_finished(run)
+        t = time.time()
+        run_local(run)
+        seconds = time.time() - t
+        record_finished(run, seconds)
+    return GeneratorTrainer.from_state(load_checkpoint(run.out / "checkpoints" / "latest.pt")), seconds
 
 
 # ------------------------------------------------------------------ segmentation
@@ -312,8 +333,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         for g in range(max(1, min(cfg.gan_seeds, cfg.seeds))):
             log.info("%s GAN seed %d: training on %d batches", name, g, cfg.gan_steps)
             t = time.time()
-            gen = make(g)
-            gan_seconds.append(time.time() - t)
+            made = make(g)  # a generator, or (generator, seconds) where its training ran before
+            gen, seconds = made if isinstance(made, tuple) else (made, time.time() - t)
+            gan_seconds.append(seconds)
             sets.append(synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, classes=splits.train.classes))
             pair_grid(sets[-1].images, sets[-1].masks, grids / f"{name}_synthetic_gan{g}.png")
             if judged:  # no transfer_iou window yet: dgan's own weights, as `--synthesis-weights judged` falls back

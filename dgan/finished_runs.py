@@ -1,0 +1,44 @@
+"""Which DGAN trainings have already finished, with which settings: so an experiment rerun (more seeds, more
+methods, department models) loads them instead of spending the GAN hours again."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from dgan.run import RunConfig
+
+FINISHED = "finished.json"  # in a DGAN run's folder, written once its training has ended well
+
+
+def launch_fingerprint(run: RunConfig) -> dict[str, Any]:
+    """What decides a DGAN training's outcome: every setting its processes start with, but not where it writes
+    or how long it may take."""
+    d = asdict(run)
+    for volatile in ("out", "timeout", "placement", "record"):
+        d.pop(volatile)
+    return json.loads(json.dumps(d, default=str))
+
+
+def finished_run(run: RunConfig) -> dict[str, Any] | None:
+    """The record of a training already finished in ``run.out`` with exactly these settings, or None."""
+    path = run.out / FINISHED
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(record, dict) or record.get("launch") != launch_fingerprint(run)
+            or not isinstance(record.get("train_seconds"), int | float)):
+        return None
+    return record if (run.out / "checkpoints" / "latest.pt").exists() else None
+
+
+def record_finished(run: RunConfig, seconds: float) -> None:
+    """Written last, after the run ended well: a crash or Ctrl-C before it leaves the folder unfinished."""
+    (run.out / FINISHED).write_text(json.dumps({"launch": launch_fingerprint(run), "train_seconds": seconds}))
+
+
+def forget_finished(run: RunConfig) -> None:
+    """Before training into a folder afresh: its old record no longer describes what is there."""
+    (run.out / FINISHED).unlink(missing_ok=True)

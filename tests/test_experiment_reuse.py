@@ -1,0 +1,119 @@
+"""`dgan experiment` reuses a DGAN training that finished with the same settings, and only that one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import dgan.experiment as ex
+from dgan.data.loaders import PairSet
+from dgan.data.scenes import make_scenes
+from dgan.experiment_splits import Splits
+from dgan.finished_runs import FINISHED, launch_fingerprint
+from dgan.networks import ModelConfig
+from dgan.run import RunConfig
+from dgan.training.generator import GeneratorTrainer, TrainConfig, save_atomic
+
+
+def _splits() -> Splits:
+    ims, masks = make_scenes(range(4), 32)
+    pairs = PairSet(ims, masks, ["a", "b", "c", "d"], {}, ("background", "building"))
+    return Splits(train=pairs, val=pairs, test=pairs, node_parts=[[0, 1], [2, 3]], description={})
+
+
+@pytest.fixture
+def trainings(monkeypatch: pytest.MonkeyPatch) -> list[RunConfig]:
+    """Stands in for the processes: records each launch and leaves a checkpoint, as a finished run does."""
+    started: list[RunConfig] = []
+
+    def fake_run_local(run: RunConfig) -> dict[str, object]:
+        started.append(run)
+        gen = GeneratorTrainer(ModelConfig(image_size=32, g_width=8, d_width=8), TrainConfig(seed=run.seed))
+        (run.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_atomic(gen.state(), run.out / "checkpoints" / "latest.pt")
+        return {}
+
+    monkeypatch.setattr(ex, "run_local", fake_run_local)
+    return started
+
+
+def test_a_finished_dgan_training_with_the_same_settings_is_loaded_not_run_again(
+        tmp_path: Path, trainings: list[RunConfig]) -> None:
+    cfg = ex.ExperimentConfig(out=tmp_path / "exp", size=32, g_width=8, d_width=8, nodes=2, gan_steps=4)
+    splits = _splits()
+    first, seconds = ex.dgan_run(cfg, splits, "async", 0, "adversarial")
+    assert len(trainings) == 1 and seconds >= 0
+    again, again_seconds = ex.dgan_run(cfg, splits, "async", 0, "adversarial")
+    assert len(trainings) == 1  # loaded from its folder
+    assert again_seconds == seconds  # the time it took when it ran, not the time to load it
+    assert all((a == b).all() for a, b in zip(first.state()["G"].values(), again.state()["G"].values(), strict=True))
+    ex.dgan_run(cfg, splits, "async", 1, "adversarial")  # another GAN seed is another training
+    assert len(trainings) == 2
+
+
+@pytest.mark.parametrize("change", [
+    {"lambda_colour": 10.0}, {"gan_steps": 8}, {"ema": 0.999}, {"grad_dtype": "int8"}, {"judged": True}])
+def test_a_changed_setting_trains_afresh_in_the_same_folder(tmp_path: Path, trainings: list[RunConfig],
+                                                             change: dict[str, object]) -> None:
+    cfg = ex.ExperimentConfig(out=tmp_path / "exp", size=32, g_width=8, d_width=8, nodes=2, gan_steps=4)
+    splits = _splits()
+    ex.dgan_run(cfg, splits, "async", 0, "adversarial")
+    ex.dgan_run(replace(cfg, **change), splits, "async", 0, "adversarial")
+    assert len(trainings) == 2
+    ex.dgan_run(replace(cfg, **change), splits, "async", 0, "adversarial")  # now that one is the finished one
+    assert len(trainings) == 2
+
+
+def test_other_node_data_trains_afresh(tmp_path: Path, trainings: list[RunConfig]) -> None:
+    cfg = ex.ExperimentConfig(out=tmp_path / "exp", size=32, g_width=8, d_width=8, nodes=2, gan_steps=4)
+    splits = _splits()
+    ex.dgan_run(cfg, splits, "async", 0, "adversarial")
+    ex.dgan_run(cfg, replace(splits, node_parts=[[0], [1, 2, 3]]), "async", 0, "adversarial")
+    assert len(trainings) == 2
+
+
+@pytest.mark.parametrize("damage", ["no record", "torn record", "not a dict", "no seconds", "no checkpoint"])
+def test_a_training_that_never_finished_or_lost_its_checkpoint_trains_afresh(
+        tmp_path: Path, trainings: list[RunConfig], damage: str) -> None:
+    cfg = ex.ExperimentConfig(out=tmp_path / "exp", size=32, g_width=8, d_width=8, nodes=2, gan_steps=4)
+    splits = _splits()
+    ex.dgan_run(cfg, splits, "async", 0, "adversarial")
+    folder = trainings[0].out
+    record = folder / FINISHED
+    if damage == "no record":  # a crash or Ctrl-C before the end leaves no record
+        record.unlink()
+    elif damage == "torn record":
+        record.write_text(record.read_text()[:20])
+    elif damage == "not a dict":
+        record.write_text(json.dumps([1, 2]))
+    elif damage == "no seconds":
+        record.write_text(json.dumps({"launch": json.loads(record.read_text())["launch"]}))
+    else:
+        (folder / "checkpoints" / "latest.pt").unlink()
+    ex.dgan_run(cfg, splits, "async", 0, "adversarial")
+    assert len(trainings) == 2
+    assert json.loads(record.read_text())["launch"] == launch_fingerprint(trainings[1])
+
+
+def test_a_failed_training_leaves_no_record_of_having_finished(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = ex.ExperimentConfig(out=tmp_path / "exp", size=32, g_width=8, d_width=8, nodes=2, gan_steps=4)
+
+    def failing(run: RunConfig) -> dict[str, object]:
+        run.out.mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("the generator exited with 1")
+
+    monkeypatch.setattr(ex, "run_local", failing)
+    with pytest.raises(RuntimeError):
+        ex.dgan_run(cfg, _splits(), "async", 0, "adversarial")
+    assert not (tmp_path / "exp" / "dgan_async_adversarial_seed0" / FINISHED).exists()
+
+
+def test_the_fingerprint_ignores_where_and_how_long_but_not_what(tmp_path: Path) -> None:
+    run = ex.dgan_launch(ex.ExperimentConfig(out=tmp_path / "a", size=32, nodes=2), _splits(), "async", 0,
+                         "adversarial")
+    assert launch_fingerprint(run) == launch_fingerprint(replace(run, out=tmp_path / "b", timeout=5.0))
+    assert launch_fingerprint(run) != launch_fingerprint(replace(run, node_args=[*run.node_args, "--x"]))
