@@ -355,6 +355,8 @@ def experiment(
     setup_logging("INFO", "rich", "experiment")
     modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
     methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
+    if local and not department_models:
+        raise typer.BadParameter("asks for department models: drop --no-department-models", param_hint="--local")
     hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.pretrain]))) if department_models else ()
     folder = _pairs_folder(data, out.parent, size if not quick else 64, keep_classes=True)
     variant = data.partition(":")[2] if data is not None and data.startswith("scenes:") else "buildings"
