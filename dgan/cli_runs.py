@@ -1,4 +1,4 @@
-"""Whole runs from one command: run, demo, segment, experiment, report."""
+"""Whole runs from one command: run, demo, segment (the experiment is in :mod:`dgan.cli_experiment`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dgan.choices import FakeDtype, GradDtype, LocalHow, Partition, Precision, RunPartition, TrainMode
+from dgan.choices import LocalHow, Precision, RunPartition, TrainMode
 from dgan.cli_app import (
     Device,
     Feedback,
-    GanMethod,
     JsonOut,
     LambdaColour,
     LambdaL1,
@@ -27,7 +26,7 @@ from dgan.cli_app import (
     segment_app,
     set_torch_threads,
 )
-from dgan.feedback import DEFAULT_MODE, FeedbackMode
+from dgan.feedback import DEFAULT_MODE
 from dgan.logs import setup_logging
 
 log = logging.getLogger("dgan")
@@ -68,6 +67,7 @@ def run(
     feedback: Feedback = DEFAULT_MODE,
     lambda_l1: LambdaL1 = 100.0,
     lambda_semantic: LambdaSemantic = 20.0,
+    lambda_colour: LambdaColour = 0.0,
     diffaugment: Annotated[bool, typer.Option(help="Every node's PatchGAN sees DiffAugment'ed pairs.")] = False,
     positive_crops: Annotated[float, typer.Option(help="Every node: share of crops on a foreground pixel (sparse "
                                                        "targets; 0 = uniform).")] = 0.0,
@@ -90,14 +90,15 @@ def run(
 
     setup_logging(log_level, log_format, "run")
     try:  # the nodes would each refuse it: say it once, here
-        FeedbackConfig(feedback, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, diffaugment=diffaugment)
+        FeedbackConfig(feedback, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, diffaugment=diffaugment,
+                       lambda_colour=lambda_colour)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     if not 0.0 <= positive_crops <= 1.0:
         console.print(f"[red]--positive-crops must be in [0, 1], got {positive_crops}[/red]")
         raise typer.Exit(2)
-    folder = _pairs_folder(data, out, image_size, keep_classes=True)
+    folder = pairs_folder(data, out, image_size, keep_classes=True)
     variant = data.partition(":")[2] if data is not None and data.startswith("scenes:") else "buildings"
     try:
         classes = CLASSES[variant] if folder is None else read_classes(folder) or ("background", "building")
@@ -108,12 +109,13 @@ def run(
                     partition=partition.value, scenes=scenes, record=record, image_size=image_size, g_width=g_width,
                     d_width=d_width, batch_size=batch_size, mode=mode.value, threads=threads, device=device,
                     precision=precision.value, seed=seed, feedback=feedback.value, lambda_l1=lambda_l1,
-                    node_args=["--lambda-semantic", str(lambda_semantic), "--positive-crops", str(positive_crops),
+                    node_args=["--lambda-semantic", str(lambda_semantic), "--lambda-colour", str(lambda_colour),
+                               "--positive-crops", str(positive_crops),
                                "--diffaugment" if diffaugment else "--no-diffaugment"])
     _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps, feedback {feedback.value}")
 
 
-def _pairs_folder(data: str | None, out: Path, size: int, keep_classes: bool = False) -> Path | None:
+def pairs_folder(data: str | None, out: Path, size: int, keep_classes: bool = False) -> Path | None:
     """``--data`` for the commands that hand folders to node processes; a bad spec is a one-line error."""
     from dgan.data.importer import as_pairs_folder
     from dgan.data.shards import DataError
@@ -281,119 +283,3 @@ def segment_eval(
         prediction_grid(test.images, test.masks, pred, grid)
     if json_out:
         json_out.write_text(json.dumps(m, indent=2))
-
-
-@app.command()
-def experiment(
-    out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md, predictions/).")] = Path(
-        "runs/experiment"),
-    data: Annotated[str | None, typer.Option(help="A pairs folder with a manifest (Dubai: 'tile'), or whu:PATH, "
-                                                  "city-osm:PATH, airbus:PATH (imported once under OUT/../data), "
-                                                  "or scenes[:buildings-roads|ships]. Default: built-in scenes.")
-                    ] = None,
-    partition: Annotated[Partition, typer.Option(help="group (by tile) or iid; dirichlet/size also work.")] = (
-        Partition.group),
-    nodes: int = 4,
-    size: Annotated[int, typer.Option(help="Resolution.")] = 128,
-    gan_steps: Annotated[int, typer.Option(help="Batches of 8 each GAN learns from: the central GAN's steps; a "
-                                                "DGAN step that averages N feedbacks counts N.")] = 800,
-    seg_steps: Annotated[int, typer.Option(help="Steps for every segmentation training.")] = 700,
-    seeds: Annotated[int, typer.Option(help="Repeat each segmentation training with this many seeds.")] = 2,
-    gan_seeds: Annotated[int, typer.Option(help="GAN trainings per GAN method (segmentation seed s uses GAN "
-                                                "s mod this); 1 shares one GAN across the seeds.")] = 1,
-    feedback: Annotated[list[FeedbackMode] | None, typer.Option(
-        "--feedback", help="The GANs' feedback mode, for DGAN and the central GAN alike; repeat it to compare "
-        "modes in one run (the first is `dgan`/`central_gan`, the others `dgan_MODE`/`central_gan_MODE`).")] = None,
-    lambda_l1: LambdaL1 = 100.0,
-    lambda_semantic: LambdaSemantic = 20.0,
-    lambda_colour: LambdaColour = 0.0,
-    label_mix: Annotated[float, typer.Option(help="--feedback segmentation: OASIS LabelMix weight (0 = off).")] = 0.0,
-    oasis_optim: Annotated[bool, typer.Option(help="OASIS optimisers: D lr 4e-4, G lr 1e-4, beta1 0.")] = False,
-    gan_methods: Annotated[list[GanMethod] | None, typer.Option(
-        "--gan-method", help="Train only these GAN methods (repeat; default: both). real_all and real_partial "
-        "always run, from the cache when they can; a central GAN not asked for is still shown if cached.")] = None,
-    seg_standardize: Annotated[bool, typer.Option(help="Segmenter standardises each image first.")] = False,
-    seg_photometric: Annotated[float, typer.Option(help="Brightness/contrast/colour/blur jitter while training "
-                                                        "the segmenter (0 = off).")] = 0.0,
-    samples_per_mask: Annotated[int, typer.Option(help="Synthetic images per training mask.")] = 2,
-    with_sync: Annotated[bool, typer.Option(help="Also run DGAN in sync mode.")] = False,
-    test: Annotated[str, typer.Option(help="COLUMN=V1[,V2]: the manifest rows held out for the test; COLUMN is "
-                                           "also the group partition's column (another value: another split).")
-                    ] = "tile=8",
-    groups: Annotated[str, typer.Option(help="Group partition: the COLUMN values of each node, e.g. '7|2,4|5|1,3,6' "
-                                             "(default: Dubai's for tile=8, else dealt largest first).")] = "",
-    update_every: Annotated[int, typer.Option(help="DGAN async: feedbacks per generator step (0 = one per node, "
-                                                   "buffered).")] = 1,
-    ema: Annotated[float, typer.Option(help="Both GANs synthesise from a moving average of G's weights with "
-                                            "this decay (0 = the last weights).")] = 0.0,
-    judged: Annotated[bool, typer.Option(help="Also `dgan_judged`: the same DGAN trainings' sets from the "
-                                              "weights where the nodes' transfer_iou peaked.")] = False,
-    local: Annotated[list[LocalHow] | None, typer.Option(
-        "--local", help="dgan_local: each department's segmenter on the synthetic set plus its own real pairs, "
-        "in mixed batches or fine-tuned (finetune: half the steps on each; pretrain: all the steps on each; "
-        "repeat to compare; the first is `dgan_local`).")] = None,
-    department_models: Annotated[bool, typer.Option(help="Train dgan_local (off: the GAN methods only).")] = True,
-    local_share: Annotated[float, typer.Option(help="dgan_local mixed: share of each batch from the "
-                                                    "department's own pairs.")] = 0.5,
-    diffaugment: Annotated[bool, typer.Option(help="DiffAugment before every PatchGAN discriminator (nodes and "
-                                                  "the central GAN).")] = False,
-    positive_share: Annotated[float, typer.Option(help="Sparse targets (ships): share of each batch, for the "
-                                                       "segmenters, the nodes and the central GAN, drawn on "
-                                                       "foreground (0 = uniform).")] = 0.0,
-    grad_dtype: Annotated[GradDtype, typer.Option(help="DGAN: the nodes' gradients on the wire.")
-                          ] = GradDtype.float16,
-    fake_dtype: Annotated[FakeDtype, typer.Option(help="DGAN: the generator's fakes on the wire.")
-                          ] = FakeDtype.float16,
-    device: Device = "cpu",
-    quick: Annotated[bool, typer.Option(help="A smoke run of the whole pipeline in a few minutes.")] = False,
-) -> None:
-    """Compare real_all, real_partial, central_gan and dgan segmentation on the real test split."""
-    from dgan.experiment import ExperimentConfig, ExperimentSetupError, run_experiment
-    from dgan.report import write_report
-    from dgan.segment import SegConfig
-
-    setup_logging("INFO", "rich", "experiment")
-    modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
-    methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
-    if local and not department_models:
-        raise typer.BadParameter("asks for department models: drop --no-department-models", param_hint="--local")
-    hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.pretrain]))) if department_models else ()
-    folder = _pairs_folder(data, out.parent, size if not quick else 64, keep_classes=True)
-    variant = data.partition(":")[2] if data is not None and data.startswith("scenes:") else "buildings"
-    common = dict(out=out, data=folder, scene_variant=variant, partition=partition.value, nodes=nodes,
-                  feedback=modes, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, label_mix=label_mix,
-                  lambda_colour=lambda_colour,
-                  oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test, groups=groups,
-                  update_every=update_every, ema=ema, judged=judged, local=hows, local_share=local_share,
-                  diffaugment=diffaugment,
-                  grad_dtype=grad_dtype.value, fake_dtype=fake_dtype.value, device=device)
-    try:
-        if quick:
-            cfg = ExperimentConfig(**common, size=64, gan_steps=30, g_width=16, d_width=16, seeds=1, scenes=96,
-                                   seg=SegConfig(steps=60, eval_every=20, positive_share=positive_share),
-                                   samples_per_mask=1, quick=True)
-        else:
-            seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric,
-                            positive_share=positive_share)
-            cfg = ExperimentConfig(**common, size=size, gan_steps=gan_steps, seg=seg, seeds=seeds, gan_seeds=gan_seeds,
-                                   samples_per_mask=samples_per_mask)
-        results = run_experiment(cfg)
-    except ExperimentSetupError as exc:  # one line, not a traceback
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    console.print((out / "results.md").read_text())
-    console.print(f"report: {write_report(out)}")
-    del results
-
-
-@app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="A folder written by `dgan run` or `dgan experiment`.")],
-           out: Annotated[Path | None, typer.Option(help="Where to write (default RUN_DIR/report.html).")] = None,
-           ) -> None:
-    """Write one self-contained HTML report: config, curves, staleness, throughput, samples, results."""
-    from dgan.report import write_report
-
-    if not run_dir.is_dir():
-        console.print(f"[red]{run_dir} is not a folder[/red]")
-        raise typer.Exit(2)
-    console.print(f"report: {write_report(run_dir, out)}")

@@ -134,9 +134,25 @@ def test_dgan_run_refuses_settings_its_nodes_would_refuse(tmp_path: Path) -> Non
 
     for args, says in ((["--feedback", "segmentation", "--diffaugment"], "diffaugment works on the PatchGAN"),
                        (["--positive-crops", "1.5"], "--positive-crops must be in [0, 1]"),
-                       (["--lambda-semantic", "-2"], "invalid feedback settings")):
+                       (["--lambda-semantic", "-2"], "invalid feedback settings"),
+                       (["--lambda-colour", "nan"], "invalid feedback settings")):
         res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "x"), *args])
         assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
+
+
+def test_dgan_run_hands_the_colour_weight_to_every_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import dgan.cli_runs as cli_runs
+    from dgan.cli import app
+    from dgan.run import RunConfig
+
+    started: list[RunConfig] = []
+    monkeypatch.setattr(cli_runs, "_run_with_view", lambda cfg, *a, **k: started.append(cfg))
+    res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "x"), "--lambda-colour", "7.5"])
+    assert res.exit_code == 0, res.output
+    args = started[0].node_args  # every node process gets these
+    assert args[args.index("--lambda-colour") + 1] == "7.5"
 
 
 def test_a_nodes_local_grids_show_class_ids_in_the_palette(tmp_path: Path) -> None:
