@@ -331,7 +331,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         judged_sets: list[PairSet] = []
         judged_steps: list[int | None] = []
         for g in range(max(1, min(cfg.gan_seeds, cfg.seeds))):
-            log.info("%s GAN seed %d: training on %d batches", name, g, cfg.gan_steps)
+            log.info("%s GAN seed %d: %d batches", name, g, cfg.gan_steps)
             t = time.time()
             made = make(g)  # a generator, or (generator, seconds) where its training ran before
             gen, seconds = made if isinstance(made, tuple) else (made, time.time() - t)
