@@ -50,7 +50,8 @@ def real_row(cfg: ExperimentConfig, seed: int, feedbacks: int, feedback: str, em
     splits = make_splits(cfg)
     with tempfile.TemporaryDirectory(prefix="dgan-real-rule-") as tmp:
         run_cfg = replace(cfg, out=Path(tmp), gan_steps=feedbacks, ema=ema, num_classes=len(splits.train.classes))
-        gen, gan_s = dgan_run(run_cfg, splits, "async", seed, feedback)
+        trained = dgan_run(run_cfg, splits, "async", seed, feedback)
+        gen, gan_s = trained.generator, trained.seconds
         run_dir = Path(tmp) / f"dgan_async_{feedback}_seed{seed}"
         summary = json.loads((run_dir / "run.json").read_text())
         judges = late_verdicts(run_dir)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -215,11 +216,20 @@ def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, fee
                                 "--diffaugment" if recipe.diffaugment else "--no-diffaugment"])
 
 
-def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int,
-             feedback: str) -> tuple[GeneratorTrainer, float]:
-    """The trained generator and its training's wall seconds. A training that already finished in its folder
-    with the same settings is loaded, not run again, so an experiment can be rerun for more seeds, methods or
-    department models; a changed setting, or a training that never finished, trains afresh."""
+@dataclass
+class TrainedGAN:
+    """A GAN method's trained generator, the wall seconds its training took, and whether this experiment loaded
+    it from an earlier one instead of training it."""
+
+    generator: GeneratorTrainer
+    seconds: float
+    reused: bool = False
+
+
+def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedback: str) -> TrainedGAN:
+    """One DGAN training. One that already finished in its folder with the same settings is loaded, not run
+    again, so an experiment can be rerun for more seeds, methods or department models; a changed setting, or a
+    training that never finished, trains afresh."""
     run = dgan_launch(cfg, splits, mode, seed, feedback)
     done = finished_run(run)
     if done is not None:
@@ -232,7 +242,8 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int,
         run_local(run)
         seconds = time.time() - t
         record_finished(run, seconds)
-    return GeneratorTrainer.from_state(load_checkpoint(run.out / "checkpoints" / "latest.pt")), seconds
+    gen = GeneratorTrainer.from_state(load_checkpoint(run.out / "checkpoints" / "latest.pt"))
+    return TrainedGAN(gen, seconds, reused=done is not None)
 
 
 # ------------------------------------------------------------------ segmentation
@@ -325,17 +336,20 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                                                     grids / f"{name}.png" if s == 0 else None, name),
                             "gan_seed": s % len(sets)} for s in seeds])
 
-    def gan_method(name: str, make: Any, judged: bool = False) -> dict[str, Any]:
+    def gan_method(name: str, make: Callable[[int], GeneratorTrainer | TrainedGAN],
+                   judged: bool = False) -> dict[str, Any]:
         """``judged``: also the method ``NAME_judged``, the same trainings' sets from their judged weights."""
-        sets, gan_seconds = synthetic.setdefault(name, []), []
+        sets, gan_seconds, gan_reused = synthetic.setdefault(name, []), [], []
         judged_sets: list[PairSet] = []
         judged_steps: list[int | None] = []
         for g in range(max(1, min(cfg.gan_seeds, cfg.seeds))):
             log.info("%s GAN seed %d: %d batches", name, g, cfg.gan_steps)
             t = time.time()
-            made = make(g)  # a generator, or (generator, seconds) where its training ran before
-            gen, seconds = made if isinstance(made, tuple) else (made, time.time() - t)
-            gan_seconds.append(seconds)
+            made = make(g)
+            trained = made if isinstance(made, TrainedGAN) else TrainedGAN(made, time.time() - t)
+            gen = trained.generator
+            gan_seconds.append(trained.seconds)
+            gan_reused.append(trained.reused)
             sets.append(synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, classes=splits.train.classes))
             pair_grid(sets[-1].images, sets[-1].masks, grids / f"{name}_synthetic_gan{g}.png")
             if judged:  # no transfer_iou window yet: dgan's own weights, as `--synthesis-weights judged` falls back
@@ -344,7 +358,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                                                   splits.train.classes))
         if judged:
             judged_results[name] = {**evaluate_sets(f"{name}_judged", judged_sets), "judged_steps": judged_steps}
-        return {**evaluate_sets(name, sets), "gan_seconds": gan_seconds}
+        return {**evaluate_sets(name, sets), "gan_seconds": gan_seconds, "gan_reused": gan_reused}
 
     for i, fb in enumerate(cfg.feedback):
         suffix = "" if i == 0 else f"_{fb}"

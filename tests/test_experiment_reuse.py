@@ -44,12 +44,13 @@ def test_a_finished_dgan_training_with_the_same_settings_is_loaded_not_run_again
         tmp_path: Path, trainings: list[RunConfig]) -> None:
     cfg = ex.ExperimentConfig(out=tmp_path / "exp", size=32, g_width=8, d_width=8, nodes=2, gan_steps=4)
     splits = _splits()
-    first, seconds = ex.dgan_run(cfg, splits, "async", 0, "adversarial")
-    assert len(trainings) == 1 and seconds >= 0
-    again, again_seconds = ex.dgan_run(cfg, splits, "async", 0, "adversarial")
-    assert len(trainings) == 1  # loaded from its folder
-    assert again_seconds == seconds  # the time it took when it ran, not the time to load it
-    assert all((a == b).all() for a, b in zip(first.state()["G"].values(), again.state()["G"].values(), strict=True))
+    first = ex.dgan_run(cfg, splits, "async", 0, "adversarial")
+    assert len(trainings) == 1 and first.seconds >= 0 and not first.reused
+    again = ex.dgan_run(cfg, splits, "async", 0, "adversarial")
+    assert len(trainings) == 1 and again.reused  # loaded from its folder
+    assert again.seconds == first.seconds  # the time it took when it ran, not the time to load it
+    assert all((a == b).all() for a, b in zip(first.generator.state()["G"].values(),
+                                              again.generator.state()["G"].values(), strict=True))
     ex.dgan_run(cfg, splits, "async", 1, "adversarial")  # another GAN seed is another training
     assert len(trainings) == 2
 
@@ -98,18 +99,27 @@ def test_a_training_that_never_finished_or_lost_its_checkpoint_trains_afresh(
     assert json.loads(record.read_text())["launch"] == launch_fingerprint(trainings[1])
 
 
-def test_a_failed_training_leaves_no_record_of_having_finished(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_retraining_leaves_no_record_of_having_finished(tmp_path: Path, trainings: list[RunConfig],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A changed setting retrains into the folder of a finished training; if that fails, the old record must not
+    survive to pass the half-overwritten folder off as the old training, nor as the new one."""
     cfg = ex.ExperimentConfig(out=tmp_path / "exp", size=32, g_width=8, d_width=8, nodes=2, gan_steps=4)
+    splits = _splits()
+    ex.dgan_run(cfg, splits, "async", 0, "adversarial")
+    record = trainings[0].out / FINISHED
+    assert record.exists()
+    finish = ex.run_local
 
     def failing(run: RunConfig) -> dict[str, object]:
-        run.out.mkdir(parents=True, exist_ok=True)
         raise RuntimeError("the generator exited with 1")
 
     monkeypatch.setattr(ex, "run_local", failing)
     with pytest.raises(RuntimeError):
-        ex.dgan_run(cfg, _splits(), "async", 0, "adversarial")
-    assert not (tmp_path / "exp" / "dgan_async_adversarial_seed0" / FINISHED).exists()
+        ex.dgan_run(replace(cfg, ema=0.999), splits, "async", 0, "adversarial")
+    assert not record.exists()
+    monkeypatch.setattr(ex, "run_local", finish)
+    assert not ex.dgan_run(cfg, splits, "async", 0, "adversarial").reused  # the first settings train again too
+    assert len(trainings) == 2
 
 
 def test_the_fingerprint_ignores_where_and_how_long_but_not_what(tmp_path: Path) -> None:
