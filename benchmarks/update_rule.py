@@ -92,6 +92,8 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
         sub = splits.train.subset(part)
         disc = DiscriminatorTrainer(cfg.model(), cfg.recipe(feedback), seed=seed * 100 + i,
                                     precision=rule.node_precision)
+        if cfg.lambda_colour:  # each node's own figures, as a node process takes them (central: the pooled pairs)
+            disc.set_colour_stats(sub.images, sub.masks)
         sampler = PairSampler(sub.images, sub.masks, cfg.size, seed=seed * 100 + i)
         for _ in range(disc.warmup_steps):
             disc.warm_up(*reversed(sampler.batch(cfg.batch_size)))
@@ -174,13 +176,15 @@ def gan_seed_range(first_seed: int, gan_seeds: int) -> range:
 
 def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | None, rules: list[str],
                               tiles: list[str], gan_seeds: int, feedbacks: int, feedback: str, size: int,
-                              speeds: list[float], ema: float, jobs: int, first_seed: int = 0) -> dict[str, Any]:
+                              speeds: list[float], ema: float, jobs: int, first_seed: int = 0,
+                              lambda_colour: float = 0.0) -> dict[str, Any]:
     console = Console()
     unknown = [r for r in rules if r not in RULES]
     if unknown:
         raise ValueError(f"unknown rule {unknown[0]!r}; choose from {', '.join(RULES)}")
     seg_steps = 150 if quick else 300
-    base = ExperimentConfig(out=Path("/nonexistent"), data=data, size=size, quick=quick, scenes=160 if quick else 600)
+    base = ExperimentConfig(out=Path("/nonexistent"), data=data, size=size, quick=quick, scenes=160 if quick else 600,
+                            lambda_colour=lambda_colour)
     tiles = tiles if data is not None else ["scenes"]
     every = [(replace(base, test=f"tile={t}") if data is not None else base, r, s, feedbacks, feedback, speeds, ema,
               seg_steps) for t in tiles for s in gan_seed_range(first_seed, gan_seeds) for r in rules]
@@ -217,7 +221,8 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
             "val_iou_raw", "val_iou_ema", "staleness_mean", "steps", "gan_seconds")}
         summary[r]["val_iou_raw_min"] = min(x["val_iou_raw"] for x in mine)
         summary[r]["val_iou_ema_min"] = min(x["val_iou_ema"] for x in mine)
-    result = {"data": str(data) if data else "scenes", "size": size, "feedback": feedback, "feedbacks": feedbacks,
+    result = {"data": str(data) if data else "scenes", "size": size, "feedback": feedback,
+              "lambda_colour": lambda_colour, "feedbacks": feedbacks,
               "gan_seeds": gan_seeds, "first_seed": first_seed, "tiles": tiles, "speeds": speeds, "ema": ema,
               "seg_steps": seg_steps,
               "quick": quick, "rules": {r: asdict(RULES[r]) for r in rules}, "runs": rows, "summary": summary,
@@ -225,8 +230,10 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     real = [x for x in rows if x["rule"] == "real"]
     if real:
         result["judges_vs_val_iou"] = judge_agreement(real)
-    table = Table(title=f"update rules, {feedbacks} feedbacks each, {feedback} feedback, {size} px: segmentation "
-                        f"val IoU on synthetic images (mean over {gan_seeds} GAN seeds x {len(tiles)} split(s))")
+    colour = f" + colour {lambda_colour:g}" if lambda_colour else ""
+    table = Table(title=f"update rules, {feedbacks} feedbacks each, {feedback}{colour} feedback, {size} px: "
+                        f"segmentation val IoU on synthetic images (mean over {gan_seeds} GAN seeds x {len(tiles)} "
+                        "split(s))")
     for col in ("rule", "G steps", "staleness", "val IoU", "min", "val IoU (EMA)", "min (EMA)"):
         table.add_column(col, justify="left" if col == "rule" else "right")
     for r, m in summary.items():

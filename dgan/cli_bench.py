@@ -230,7 +230,7 @@ def bench_privacy(
     """Active (bisection) and passive reconstruction attacks against a real node, for every feedback mode."""
     from benchmarks.privacy import run_privacy_benchmark
 
-    if lambda_colour < 0:
+    if not lambda_colour >= 0:  # NaN too
         raise typer.BadParameter(f"must be >= 0, got {lambda_colour}", param_hint="--lambda-colour")
     setup_logging("WARNING", "rich", "bench")
     run_privacy_benchmark(quick, json_out, data, grad_dtype=grad_dtype.value, lambda_colour=lambda_colour,
@@ -304,6 +304,7 @@ def bench_update_rule(
     ema: Annotated[float, typer.Option(help="EMA decay of the generator weights compared with the raw ones.")
                    ] = 0.999,
     jobs: Annotated[int, typer.Option(help="Trainings at a time (each on one thread).")] = 2,
+    lambda_colour: LambdaColour = 0.0,
 ) -> None:
     """Generator update rules (async, buffered, sync, central) at an equal feedback budget, simulated in one
     process with the real trainers: segmentation validation IoU, staleness."""
@@ -316,11 +317,14 @@ def bench_update_rule(
         gan_seed_range(first_seed, gan_seeds)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--first-seed") from None
+    if not lambda_colour >= 0:  # NaN too
+        raise typer.BadParameter(f"must be >= 0, got {lambda_colour}", param_hint="--lambda-colour")
     setup_logging("WARNING", "rich", "bench")
     if quick:
         feedbacks = min(feedbacks, 120)
     run_update_rule_benchmark(data, quick, json_out, rule or ["async", "buffered", "sync", "central"], tile or ["8"],
-                              gan_seeds, feedbacks, feedback, size, speed or [1.0], ema, jobs, first_seed)
+                              gan_seeds, feedbacks, feedback, size, speed or [1.0], ema, jobs, first_seed,
+                              lambda_colour)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,30 @@ def test_the_wire_encodings_are_paired_with_async_and_move_the_generator_almost_
     for rule in ("async-f16", "async-int8"):  # same seeds and schedule: the encoding is the only difference
         diff = float((moved[rule] - moved["async"]).norm() / moved["async"].norm())
         assert 0 < diff < 0.5, (rule, diff)
+
+
+def test_simulated_nodes_take_their_own_colour_figures_and_the_term_moves_the_generator() -> None:
+    cfg = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
+                           quick=True)
+    splits = make_splits(cfg)
+    start = GeneratorTrainer(cfg.model(), TrainConfig(seed=0)).G.state_dict()
+    moved = {}
+    for weight in (0.0, 10.0):  # a node without its figures would refuse to score: simulate must give them
+        gen, _ = simulate(replace(cfg, lambda_colour=weight), splits, RULES["async"], seed=0, feedbacks=8,
+                          feedback="adversarial", speeds=[1.0], ema=0.0)
+        moved[weight] = torch.cat([(p - start[n]).flatten() for n, p in gen.G.state_dict().items()
+                                   if p.dtype.is_floating_point])
+    assert float((moved[10.0] - moved[0.0]).norm()) > 0.01 * float(moved[0.0].norm())
+
+
+def test_bench_update_rule_refuses_a_bad_colour_weight_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+
+    for bad in ("-1", "nan"):
+        res = CliRunner().invoke(app, ["bench", "update-rule", "--quick", "--lambda-colour", bad])
+        assert res.exit_code == 2 and "must be >= 0" in res.output, res.output
 
 
 def test_judged_weights_are_kept_checkpointed_and_chosen_for_synthesis(tmp_path: Path) -> None:
