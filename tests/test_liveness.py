@@ -25,7 +25,7 @@ HEARTBEAT = 0.2  # peers expire after 3 silent intervals: 0.6 s
 def test_a_node_slower_than_the_expiry_feeds_back_every_batch_and_a_long_synthesis_keeps_the_generator(
         tmp_path: Path) -> None:
     out = tmp_path / "run"
-    shards = write_shards(RunConfig(nodes=1, out=out, scenes=240, image_size=64))
+    shards = write_shards(RunConfig(nodes=1, out=out, scenes=480, image_size=64))  # synthesis: several expiries
     ports = Ports.free()
     group = ProcessGroup(out / "logs")
     steps, delay = 4, 2.0  # each D step takes 3x longer than a silent peer may live
@@ -48,7 +48,7 @@ def test_a_node_slower_than_the_expiry_feeds_back_every_batch_and_a_long_synthes
     assert "generator generator left (said goodbye)" in logs["broker"]  # it left when it was done, and said so
     assert "hello again" not in logs["slow"] + logs["generator"]  # no re-registration
     assert "reconnecting" not in logs["slow"] + logs["generator"]
-    synthesis = float(re.search(r"synthesised 240 images in ([\d.]+) s", logs["generator"]).group(1))
+    synthesis = float(re.search(r"synthesised 480 images in ([\d.]+) s", logs["generator"]).group(1))
     assert synthesis > 3 * HEARTBEAT * 3, synthesis  # long enough that the old links would have expired
 
 
