@@ -76,33 +76,28 @@ def test_simulated_schedule_gives_each_rule_its_staleness(rule: str, lo: float, 
     assert syn.images.shape == (4, 32, 32, 3)
 
 
-def test_the_wire_encodings_are_paired_with_async_and_move_the_generator_almost_alike() -> None:
-    cfg = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
-                           quick=True)
-    splits = make_splits(cfg)
+TINY = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
+                        quick=True)
+
+
+def _generator_move(cfg: ExperimentConfig, rule: str, feedbacks: int) -> torch.Tensor:
+    """How far a simulated training moves G's weights from where seed 0 starts them (all floats, flattened)."""
     start = GeneratorTrainer(cfg.model(), TrainConfig(seed=0)).G.state_dict()
-    moved = {}
-    for rule in ("async", "async-f16", "async-int8"):
-        gen, _ = simulate(cfg, splits, RULES[rule], seed=0, feedbacks=12, feedback="adversarial", speeds=[1.0],
-                          ema=0.0)
-        moved[rule] = torch.cat([(p - start[n]).flatten() for n, p in gen.G.state_dict().items()
-                                 if p.dtype.is_floating_point])
+    gen, _ = simulate(cfg, make_splits(cfg), RULES[rule], seed=0, feedbacks=feedbacks, feedback="adversarial",
+                      speeds=[1.0], ema=0.0)
+    return torch.cat([(p - start[n]).flatten() for n, p in gen.G.state_dict().items() if p.dtype.is_floating_point])
+
+
+def test_the_wire_encodings_are_paired_with_async_and_move_the_generator_almost_alike() -> None:
+    moved = {rule: _generator_move(TINY, rule, 12) for rule in ("async", "async-f16", "async-int8")}
     for rule in ("async-f16", "async-int8"):  # same seeds and schedule: the encoding is the only difference
         diff = float((moved[rule] - moved["async"]).norm() / moved["async"].norm())
         assert 0 < diff < 0.5, (rule, diff)
 
 
 def test_simulated_nodes_take_their_own_colour_figures_and_the_term_moves_the_generator() -> None:
-    cfg = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
-                           quick=True)
-    splits = make_splits(cfg)
-    start = GeneratorTrainer(cfg.model(), TrainConfig(seed=0)).G.state_dict()
-    moved = {}
-    for weight in (0.0, 10.0):  # a node without its figures would refuse to score: simulate must give them
-        gen, _ = simulate(replace(cfg, lambda_colour=weight), splits, RULES["async"], seed=0, feedbacks=8,
-                          feedback="adversarial", speeds=[1.0], ema=0.0)
-        moved[weight] = torch.cat([(p - start[n]).flatten() for n, p in gen.G.state_dict().items()
-                                   if p.dtype.is_floating_point])
+    # a node without its figures would refuse to score: simulate must give them
+    moved = {weight: _generator_move(replace(TINY, lambda_colour=weight), "async", 8) for weight in (0.0, 10.0)}
     assert float((moved[10.0] - moved[0.0]).norm()) > 0.01 * float(moved[0.0].norm())
 
 
