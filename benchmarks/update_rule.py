@@ -92,8 +92,7 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
         sub = splits.train.subset(part)
         disc = DiscriminatorTrainer(cfg.model(), cfg.recipe(feedback), seed=seed * 100 + i,
                                     precision=rule.node_precision)
-        if cfg.lambda_colour:  # each node's own figures, as a node process takes them (central: the pooled pairs)
-            disc.set_colour_stats(sub.images, sub.masks)
+        disc.set_colour_stats(sub.images, sub.masks)  # each node's own, as a node process (central: the pooled)
         sampler = PairSampler(sub.images, sub.masks, cfg.size, seed=seed * 100 + i)
         for _ in range(disc.warmup_steps):
             disc.warm_up(*reversed(sampler.batch(cfg.batch_size)))

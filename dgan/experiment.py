@@ -163,8 +163,7 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, lr=lr, beta1=beta1, seed=seed, fake_dtype="float32",
                                               ema=cfg.ema, device=cfg.device))
     disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed, device=cfg.device)
-    if cfg.lambda_colour:
-        disc.set_colour_stats(train.images, train.masks)
+    disc.set_colour_stats(train.images, train.masks)  # the pooled pairs' figures, with --lambda-colour
     sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed, positive_share=cfg.seg.positive_share or None)
     for _ in range(disc.warmup_steps):  # as a node does before its first feedback
         reals, masks = sampler.batch(cfg.batch_size)

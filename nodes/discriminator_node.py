@@ -210,8 +210,7 @@ class DiscriminatorNode:
             self.trainer = DiscriminatorTrainer(model, self.cfg.feedback, seed=None, device=self.cfg.device,
                                                 precision=self.cfg.precision)
             self.stats.precision = self.trainer.precision
-            if self.cfg.feedback.lambda_colour:  # dataset-wide colour figures: computed here, never sent as such
-                self.trainer.set_colour_stats(self.images, self.masks)
+            self.trainer.set_colour_stats(self.images, self.masks)  # --lambda-colour: computed here, never sent
             if self.cfg.precision != self.trainer.precision:
                 log.info("node %s: precision %s resolves to %s here", self.cfg.name, self.cfg.precision,
                          self.trainer.precision)

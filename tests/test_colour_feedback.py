@@ -63,6 +63,8 @@ def test_a_node_with_lambda_colour_sends_its_term_and_needs_its_dataset_figures_
     assert scored.losses["g_total"] == pytest.approx(scored.losses["g_adv"] + 10.0 * scored.losses["g_colour"],
                                                      rel=1e-5)
     plain = DiscriminatorTrainer(model, FeedbackConfig(FeedbackMode.ADVERSARIAL), seed=0)
+    plain.set_colour_stats(reals, masks)  # the term is off: no pass over the data, nothing kept
+    assert plain.colour_stats is None
     assert "g_colour" not in plain.score(masks, reals, fakes).losses
     with pytest.raises(ValueError):
         FeedbackConfig(lambda_colour=-1.0)

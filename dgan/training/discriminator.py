@@ -144,8 +144,9 @@ class DiscriminatorTrainer:
 
     def set_colour_stats(self, images: np.ndarray, masks: np.ndarray) -> None:
         """Each class's colour mean and spread over all of this node's pairs: what ``lambda_colour`` compares the
-        fakes with (uint8 images (N, H, W, 3), masks (N, H, W))."""
-        self.colour_stats = class_colour_stats(images, masks, self.cfg.num_classes).to(self.device)
+        fakes with (uint8 images (N, H, W, 3), masks (N, H, W)). With the term off, no pass over the data."""
+        if self.feedback.lambda_colour:
+            self.colour_stats = class_colour_stats(images, masks, self.cfg.num_classes).to(self.device)
 
     def _with_colour(self, losses: dict[str, Any], g_total: torch.Tensor, mask_t: torch.Tensor,
                      fake: torch.Tensor) -> torch.Tensor:
