@@ -48,7 +48,7 @@ log = logging.getLogger("dgan.bench")
 @dataclass(frozen=True)
 class Rule:
     name: str
-    mode: str  # "async", "sync" or "central" (one D on the pooled pairs)
+    mode: str  # "async", "sync", "serial" (one request in flight, nodes in turn) or "central" (one pooled D)
     update_every: int  # async: feedbacks per step; 0 = one per node (buffered)
     pipeline: int  # requests each node keeps in flight
     lr_scale: float = 1.0  # the generator's learning rate times this
@@ -73,6 +73,10 @@ RULES = {
                            precision="bf16"),
     "async-f16-bf16-all": Rule("async-f16-bf16-all", "async", 1, 2, grad_dtype="float16", fake_dtype="float16",
                                precision="bf16", node_precision="bf16"),  # and the nodes too
+    # issue 13's two suspects apart, paired with "async-f16" and "central": staleness without the split D, and
+    # the split D without staleness
+    "central-p8": Rule("central-p8", "central", 1, 8, grad_dtype="float16", fake_dtype="float16"),  # staleness 7
+    "serial": Rule("serial", "serial", 1, 1, grad_dtype="float16", fake_dtype="float16"),  # node Ds, staleness 0
     # not simulated: a real run (broker, node processes, this machine's timing), dgan's default wire
     "real": Rule("real", "real", 1, 2, grad_dtype="float16", fake_dtype="float16"),
 }
@@ -131,6 +135,13 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
                 _, k, i, masks, reals, fakes = heapq.heappop(heap)
                 answer(k, i, masks, reals, fakes)
                 done += 1
+            gen.update()
+    elif rule.mode == "serial":
+        while done < feedbacks:  # the nodes in turn, each answering fakes from the latest weights
+            send(done % len(nodes), 0.0)
+            _, k, i, masks, reals, fakes = heapq.heappop(heap)
+            answer(k, i, masks, reals, fakes)
+            done += 1
             gen.update()
     else:
         for i in range(len(nodes)):

@@ -62,6 +62,8 @@ def test_without_ema_synthesis_uses_the_raw_weights_and_bad_settings_are_refused
     ("buffered", 1.0, 1.75, 10),  # one step per 4 feedbacks: the staleness falls 4-fold
     ("sync", 0.0, 0.0, 10),
     ("central", 0.0, 0.0, 40),
+    ("central-p8", 6.0, 7.0, 40),  # one pooled D, as stale as async
+    ("serial", 0.0, 0.0, 40),  # the nodes' own Ds, never stale
     ("async-int8", 6.0, 7.0, 40),  # the wire's smallest encodings: the same schedule
 ])
 def test_simulated_schedule_gives_each_rule_its_staleness(rule: str, lo: float, hi: float, steps: int) -> None:
