@@ -52,6 +52,7 @@ class Rule:
     update_every: int  # async: feedbacks per step; 0 = one per node (buffered)
     pipeline: int  # requests each node keeps in flight
     lr_scale: float = 1.0  # the generator's learning rate times this
+    beta1: float | None = None  # the generator's Adam beta1 (None: the experiment's)
     grad_dtype: str = "float32"  # the nodes' gradients as the wire would carry them
     fake_dtype: str = "float32"  # the generator's fakes as the wire would carry them
     precision: str = "fp32"  # the generator's forward pass (TrainConfig.precision)
@@ -77,6 +78,11 @@ RULES = {
     # the split D without staleness
     "central-p8": Rule("central-p8", "central", 1, 8, grad_dtype="float16", fake_dtype="float16"),  # staleness 7
     "serial": Rule("serial", "serial", 1, 1, grad_dtype="float16", fake_dtype="float16"),  # node Ds, staleness 0
+    # fixes for the staleness, paired with "async-f16": staleness acts as momentum (Mitliagkas et al. 2016,
+    # "Asynchrony begets momentum"), so drop Adam's own; or take smaller steps
+    "async-b0": Rule("async-b0", "async", 1, 2, grad_dtype="float16", fake_dtype="float16", beta1=0.0),
+    "async-lr05": Rule("async-lr05", "async", 1, 2, 0.5, grad_dtype="float16", fake_dtype="float16"),
+    "buffered-f16": Rule("buffered-f16", "async", 0, 2, grad_dtype="float16", fake_dtype="float16"),
     # not simulated: a real run (broker, node processes, this machine's timing), dgan's default wire
     "real": Rule("real", "real", 1, 2, grad_dtype="float16", fake_dtype="float16"),
 }
@@ -86,6 +92,7 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
              speeds: list[float], ema: float) -> tuple[GeneratorTrainer, dict[str, Any]]:
     """Train a generator on ``feedbacks`` node answers under ``rule``; returns it and its staleness figures."""
     lr, beta1 = cfg.generator_optim()
+    beta1 = beta1 if rule.beta1 is None else rule.beta1
     gen = GeneratorTrainer(cfg.model(), TrainConfig(steps=feedbacks, lr=lr * rule.lr_scale, beta1=beta1, seed=seed,
                                                     fake_dtype=rule.fake_dtype, ema=ema, max_staleness=10**6,
                                                     precision=rule.precision))

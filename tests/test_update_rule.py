@@ -158,3 +158,13 @@ def test_a_later_bench_run_can_add_gan_seeds_to_an_earlier_ones() -> None:
             gan_seed_range(first, n)
     res = CliRunner().invoke(app, ["bench", "update-rule", "--first-seed", "-3"])
     assert res.exit_code == 2 and "--first-seed >= 0" in res.output
+
+
+@pytest.mark.parametrize(("rule", "beta1", "lr"), [("async-f16", 0.5, 2e-4), ("async-b0", 0.0, 2e-4),
+                                                   ("async-lr05", 0.5, 1e-4)])
+def test_the_staleness_fixes_change_only_the_generators_adam(rule: str, beta1: float, lr: float) -> None:
+    gen, stats = simulate(TINY, make_splits(TINY), RULES[rule], seed=0, feedbacks=8, feedback="adversarial",
+                          speeds=[1.0], ema=0.0)
+    group = gen.opt.param_groups[0]
+    assert group["betas"][0] == beta1 and group["lr"] == pytest.approx(lr)
+    assert stats["steps"] == 8 and stats["staleness_mean"] > 0  # the same async schedule as dgan's rule
