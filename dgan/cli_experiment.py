@@ -63,6 +63,9 @@ def experiment(
                                              "(default: Dubai's for tile=8, else dealt largest first).")] = "",
     update_every: Annotated[int, typer.Option(help="DGAN async: feedbacks per generator step (0 = one per node, "
                                                    "buffered).")] = 1,
+    async_beta1: Annotated[float | None, typer.Option(
+        help="DGAN async: the generator's Adam beta1 (default: the central GAN's, 0.5). Staleness already acts "
+        "as momentum (docs/results/update-rule.md).")] = None,
     ema: Annotated[float, typer.Option(help="Both GANs synthesise from a moving average of G's weights with "
                                             "this decay (0 = the last weights).")] = 0.0,
     judged: Annotated[bool, typer.Option(help="Also `dgan_judged`: the same DGAN trainings' sets from the "
@@ -103,7 +106,8 @@ def experiment(
                   feedback=modes, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, label_mix=label_mix,
                   lambda_colour=lambda_colour,
                   oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test, groups=groups,
-                  update_every=update_every, ema=ema, judged=judged, local=hows, local_share=local_share,
+                  update_every=update_every, async_beta1=async_beta1, ema=ema, judged=judged, local=hows,
+                  local_share=local_share,
                   diffaugment=diffaugment,
                   grad_dtype=grad_dtype.value, fake_dtype=fake_dtype.value, device=device)
     try:

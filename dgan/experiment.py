@@ -92,6 +92,7 @@ class ExperimentConfig:
     gan_seeds: int = 1  # GAN trainings per GAN method; segmentation seed s trains on GAN s % gan_seeds
     with_sync: bool = False
     update_every: int = 1  # DGAN's async rule: feedbacks per generator step (0 = one per node: buffered)
+    async_beta1: float | None = None  # DGAN async: G's Adam beta1 (None: the central GAN's); staleness is momentum
     ema: float = 0.0  # both GANs synthesise from this moving average of G's weights (0 = the last weights)
     judged: bool = False  # also `dgan_judged`: the same DGAN trainings' sets from where the nodes' transfer_iou peaked
     # dgan_local: all the steps on the synthetic set, then all on the own pairs (validation, 64 px, tiles 8 and 5:
@@ -111,9 +112,11 @@ class ExperimentConfig:
         """Settings that would only fail after hours of GAN training fail here."""
         from dgan.choices import FakeDtype, GradDtype, LocalHow, values
 
-        if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0:
-            raise ExperimentSetupError(f"update_every must be >= 0, ema in [0, 1) and local_share in (0, 1); got "
-                                       f"{self.update_every}, {self.ema}, {self.local_share}")
+        if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0 or not (
+                self.async_beta1 is None or 0.0 <= self.async_beta1 < 1.0):
+            raise ExperimentSetupError(f"update_every must be >= 0, ema and async_beta1 in [0, 1) and local_share in "
+                                       f"(0, 1); got {self.update_every}, {self.ema}, {self.async_beta1}, "
+                                       f"{self.local_share}")
         if not 0.0 <= self.seg.positive_share <= 1.0:
             raise ExperimentSetupError(f"positive_share must be in [0, 1], got {self.seg.positive_share}")
         if self.scene_variant not in SCENE_CLASSES:
@@ -189,6 +192,8 @@ def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, fee
     """The DGAN run's processes and settings for one GAN seed (what ``dgan_run`` starts)."""
     out = cfg.out / f"dgan_{mode}_{feedback}_seed{seed}"
     lr, beta1 = cfg.generator_optim()
+    if mode == "async" and cfg.async_beta1 is not None:
+        beta1 = cfg.async_beta1
     recipe = cfg.recipe(feedback)
     if cfg.data is None:
         shards = [{"kind": "scenes", "seeds": [int(i) for i in p], "size": cfg.size, "variant": cfg.scene_variant}

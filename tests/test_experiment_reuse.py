@@ -127,3 +127,16 @@ def test_the_fingerprint_ignores_where_and_how_long_but_not_what(tmp_path: Path)
                          "adversarial")
     assert launch_fingerprint(run) == launch_fingerprint(replace(run, out=tmp_path / "b", timeout=5.0))
     assert launch_fingerprint(run) != launch_fingerprint(replace(run, node_args=[*run.node_args, "--x"]))
+
+
+def test_async_beta1_sets_only_the_async_generators_momentum_and_is_part_of_the_fingerprint(tmp_path: Path) -> None:
+    base = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2)
+    plain = ex.dgan_launch(base, _splits(), "async", 0, "adversarial")
+    zero = ex.dgan_launch(replace(base, async_beta1=0.0), _splits(), "async", 0, "adversarial")
+    sync = ex.dgan_launch(replace(base, async_beta1=0.0), _splits(), "sync", 0, "adversarial")
+    beta1 = {name: run.extra_generator_args[run.extra_generator_args.index("--beta1") + 1]
+             for name, run in (("plain", plain), ("zero", zero), ("sync", sync))}
+    assert beta1 == {"plain": "0.5", "zero": "0.0", "sync": "0.5"}  # sync rounds are never stale
+    assert launch_fingerprint(plain) != launch_fingerprint(zero)
+    with pytest.raises(ex.ExperimentSetupError, match="async_beta1"):
+        replace(base, async_beta1=1.0)
