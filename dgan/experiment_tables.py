@@ -45,6 +45,14 @@ def markdown(results: dict[str, Any]) -> str:
                            for s in m["judged_steps"])
             lines += ["", f"- {name}: the same GAN trainings' sets, from the raw weights where the nodes' "
                           f"transfer_iou peaked (step per GAN seed: {at})"]
+    trained = [(name, m) for name, m in results["methods"].items() if m.get("gan_seconds")]
+    if trained:
+        lines.append("")
+    for name, m in trained:
+        reused = m.get("gan_reused") or [False] * len(m["gan_seconds"])
+        lines.append(f"- {name}: GAN training seconds per GAN seed: " + ", ".join(
+            f"{s:.0f}{' (loaded: a finished training with the same settings)' if r else ''}"
+            for s, r in zip(m["gan_seconds"], reused, strict=False)))
     lines += class_table(results["methods"])
     lines += department_table(results["methods"])
     cl = results["claims"]

@@ -10,6 +10,7 @@ import pytest
 
 from dgan.data.scenes import make_scenes
 from dgan.experiment import ExperimentConfig, claims, run_experiment
+from dgan.experiment_tables import markdown
 from dgan.segment import SegConfig, metrics, predict, train_local, train_segmenter
 
 
@@ -96,6 +97,17 @@ def test_claims_compare_the_right_numbers() -> None:
                     "dgan_sync": {"iou": 0.9}})
     assert not modes["dgan_vs_dgan_l1"]["met"] and modes["dgan_vs_dgan_adversarial"]["met"]
     assert "dgan_vs_dgan_sync" not in modes  # sync is a schedule, not a feedback mode
+
+
+def test_results_md_says_how_long_each_gan_trained_and_which_training_was_loaded() -> None:
+    m = {"iou": 0.3, "f1": 0.4, "precision": 0.5, "recall": 0.3, "accuracy": 0.9}
+    md = markdown({"dataset": "d", "partition": "group", "resolution": 64, "claims": {}, "methods": {
+        "real_all": m, "real_partial": {**m, "per_node": {"node0": {"iou": 0.3, "iou_std": 0.01}}},
+        "central_gan": {**m, "gan_seconds": [285.2, 290.0], "gan_reused": [False, False]},
+        "dgan": {**m, "gan_seconds": [590.4, 1089.0], "gan_reused": [False, True]}}})
+    assert "- central_gan: GAN training seconds per GAN seed: 285, 290\n" in md
+    assert "- dgan: GAN training seconds per GAN seed: 590, 1089 (loaded: a finished training" in md
+    assert "real_all: GAN" not in md
 
 
 def test_department_claim_needs_every_department_to_gain_and_needs_no_central_gan() -> None:
