@@ -92,7 +92,7 @@ class ExperimentConfig:
     gan_seeds: int = 1  # GAN trainings per GAN method; segmentation seed s trains on GAN s % gan_seeds
     with_sync: bool = False
     update_every: int = 1  # DGAN's async rule: feedbacks per generator step (0 = one per node: buffered)
-    async_beta1: float | None = None  # DGAN async: G's Adam beta1 (None: the central GAN's); staleness is momentum
+    async_beta1: float | None = None  # DGAN async: G's Adam beta1 (None: the central GAN's)
     ema: float = 0.0  # both GANs synthesise from this moving average of G's weights (0 = the last weights)
     judged: bool = False  # also `dgan_judged`: the same DGAN trainings' sets from where the nodes' transfer_iou peaked
     # dgan_local: all the steps on the synthetic set, then all on the own pairs (validation, 64 px, tiles 8 and 5:
