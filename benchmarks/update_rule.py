@@ -77,7 +77,8 @@ RULES = {
     # issue 13's two suspects apart, paired with "async-f16" and "central": staleness without the split D, and
     # the split D without staleness
     "central-p8": Rule("central-p8", "central", 1, 8, grad_dtype="float16", fake_dtype="float16"),  # staleness 7
-    "serial": Rule("serial", "serial", 1, 1, grad_dtype="float16", fake_dtype="float16"),  # node Ds, staleness 0
+    # node Ds, staleness 0; nodes strictly in turn, whatever their speeds
+    "serial": Rule("serial", "serial", 1, 1, grad_dtype="float16", fake_dtype="float16"),
     # fixes for the staleness, paired with "async-f16": staleness acts as momentum (Mitliagkas et al. 2016,
     # "Asynchrony begets momentum"), so drop Adam's own; or take smaller steps
     "async-b0": Rule("async-b0", "async", 1, 2, grad_dtype="float16", fake_dtype="float16", beta1=0.0),
@@ -114,6 +115,7 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
     for name in names:
         policy.request(name, None)  # every node is a member from the start
     staleness: list[int] = []
+    served = dict.fromkeys(names, 0)  # feedbacks each node answered
     heap: list[tuple[float, int, int, np.ndarray, np.ndarray, np.ndarray]] = []
     busy = [0.0] * len(nodes)
     key = 0
@@ -128,6 +130,7 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
 
     def answer(k: int, i: int, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray) -> None:
         scored = nodes[i][0].score(masks, reals, fakes, rule.grad_dtype)
+        served[names[i]] += 1
         outcome, s, _ = gen.apply_feedback(names[i], k, scored.grad, scored.grad_scale, weights[i],
                                            scored.grad_scales)
         if outcome == Outcome.APPLIED:
@@ -163,7 +166,7 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
             send(i, t)
     gen.update()
     return gen, {"steps": gen.step, "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
-                 "staleness_max": max(staleness, default=0)}
+                 "staleness_max": max(staleness, default=0), "served": served}
 
 
 def _one(args: tuple[ExperimentConfig, str, int, int, str, list[float], float, int]) -> dict[str, Any]:

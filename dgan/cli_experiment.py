@@ -64,8 +64,9 @@ def experiment(
     update_every: Annotated[int, typer.Option(help="DGAN async: feedbacks per generator step (0 = one per node, "
                                                    "buffered).")] = 1,
     async_beta1: Annotated[float | None, typer.Option(
-        help="DGAN async: the generator's Adam beta1 (default: the central GAN's, 0.5). Staleness acts as "
-        "momentum; 0 drops Adam's own (measured: 2 of 4 trainings better; docs/results/update-rule.md).")] = None,
+        help="DGAN async: the generator's Adam beta1 (default: the central GAN's: 0.5, or 0 with "
+        "--oasis-optim). Staleness acts as momentum; 0 drops Adam's own (measured: 2 of 4 trainings "
+        "better; docs/results/update-rule.md).")] = None,
     ema: Annotated[float, typer.Option(help="Both GANs synthesise from a moving average of G's weights with "
                                             "this decay (0 = the last weights).")] = 0.0,
     judged: Annotated[bool, typer.Option(help="Also `dgan_judged`: the same DGAN trainings' sets from the "

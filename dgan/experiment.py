@@ -188,6 +188,14 @@ def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: i
     return PairSet(np.concatenate(ims), all_masks, [f"syn{i}" for i in range(len(all_masks))], {}, classes)
 
 
+def from_cache(path: Path) -> dict[str, Any]:
+    """A cached method's result; a GAN method's trainings did not run this time, so all count as loaded."""
+    result = json.loads(path.read_text())
+    if "gan_seconds" in result:
+        result["gan_reused"] = [True] * len(result["gan_seconds"])
+    return result
+
+
 def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedback: str) -> RunConfig:
     """The DGAN run's processes and settings for one GAN seed (what ``dgan_run`` starts)."""
     out = cfg.out / f"dgan_{mode}_{feedback}_seed{seed}"
@@ -316,7 +324,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         path = cache / f"{method}-{cache_key(cfg, splits, method, mode)}.json"
         if path.exists():
             log.info("%s: from cache %s", method, path)
-            return json.loads(path.read_text())
+            return from_cache(path)
         result = compute()
         path.write_text(json.dumps(result))
         return result
@@ -372,7 +380,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                 f"central_gan{suffix}", lambda s: central_gan(cfg, splits.train, s, fb)), fb), "feedback": fb}
         elif central_path.exists():  # not asked for, but already measured with these exact settings
             log.info("central_gan%s: from cache %s", suffix, central_path)
-            methods[f"central_gan{suffix}"] = {**json.loads(central_path.read_text()), "feedback": fb}
+            methods[f"central_gan{suffix}"] = {**from_cache(central_path), "feedback": fb}
         if "dgan" in cfg.gan_methods:
             methods[f"dgan{suffix}"] = {**gan_method(f"dgan{suffix}", lambda s, fb=fb: dgan_run(
                 cfg, splits, "async", s, fb), judged=cfg.judged), "feedback": fb}

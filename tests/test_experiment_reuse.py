@@ -138,5 +138,6 @@ def test_async_beta1_sets_only_the_async_generators_momentum_and_is_part_of_the_
              for name, run in (("plain", plain), ("zero", zero), ("sync", sync))}
     assert beta1 == {"plain": "0.5", "zero": "0.0", "sync": "0.5"}  # sync rounds are never stale
     assert launch_fingerprint(plain) != launch_fingerprint(zero)
-    with pytest.raises(ex.ExperimentSetupError, match="async_beta1"):
-        replace(base, async_beta1=1.0)
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ex.ExperimentSetupError, match="async_beta1"):
+            replace(base, async_beta1=bad)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dgan.data.scenes import make_scenes
-from dgan.experiment import ExperimentConfig, claims, run_experiment
+from dgan.experiment import ExperimentConfig, claims, from_cache, run_experiment
 from dgan.experiment_tables import markdown
 from dgan.segment import SegConfig, metrics, predict, train_local, train_segmenter
 
@@ -110,6 +110,14 @@ def test_results_md_says_how_long_each_gan_trained_and_which_training_was_loaded
     assert "real_all: GAN" not in md
 
 
+def test_a_gan_result_from_the_cache_counts_every_training_as_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "central_gan-key.json"
+    path.write_text(json.dumps({"iou": 0.3, "gan_seconds": [285.0, 290.0], "gan_reused": [False, False]}))
+    assert from_cache(path)["gan_reused"] == [True, True]
+    path.write_text(json.dumps({"iou": 0.5}))  # real_all: no GAN, nothing to mark
+    assert "gan_reused" not in from_cache(path)
+
+
 def test_department_claim_needs_every_department_to_gain_and_needs_no_central_gan() -> None:
     partial = {"iou": 0.3, "per_node": {"node0": {"iou": 0.5}, "node1": {"iou": 0.1}}}
     local = {"iou": 0.4, "per_node": {"node0": {"iou": 0.52}, "node1": {"iou": 0.3}}}
@@ -155,6 +163,8 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     only = run_experiment(cfg)
     assert set(only["methods"]) == {"real_all", "real_partial", "central_gan", "dgan", "dgan_judged", "dgan_local"}
     assert only["methods"]["central_gan"]["iou"] == results["methods"]["central_gan"]["iou"]
+    assert results["methods"]["central_gan"]["gan_reused"] == [False]  # trained in the first run ...
+    assert only["methods"]["central_gan"]["gan_reused"] == [True]  # ... and loaded, not trained, in this one
     judged = only["methods"]["dgan_judged"]  # 6 steps: no transfer verdict yet, so the last weights, like dgan's
     assert judged["judged_steps"] == [None] and judged["feedback"] == "segmentation"
     assert judged["iou"] == only["methods"]["dgan"]["iou"]

@@ -78,6 +78,19 @@ def test_simulated_schedule_gives_each_rule_its_staleness(rule: str, lo: float, 
     assert syn.images.shape == (4, 32, 32, 3)
 
 
+@pytest.mark.parametrize(("rule", "served"), [
+    ("central-p8", {"node0": 40}),  # one pooled D answers everything, 8 requests in flight
+    ("serial", {f"node{i}": 10 for i in range(4)}),  # the 4 nodes' own Ds, in turn
+    ("async-f16", {f"node{i}": 10 for i in range(4)}),
+])
+def test_the_diagnostic_rules_split_pooled_from_node_discriminators(rule: str, served: dict[str, int]) -> None:
+    cfg = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
+                           quick=True)
+    _, stats = simulate(cfg, make_splits(cfg), RULES[rule], seed=0, feedbacks=40, feedback="adversarial",
+                        speeds=[1.0], ema=0.0)
+    assert stats["served"] == served
+
+
 TINY = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
                         quick=True)
 
