@@ -112,11 +112,11 @@ class ExperimentConfig:
         """Settings that would only fail after hours of GAN training fail here."""
         from dgan.choices import FakeDtype, GradDtype, LocalHow, values
 
-        if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0 or not (
-                self.async_beta1 is None or 0.0 <= self.async_beta1 < 1.0):
-            raise ExperimentSetupError(f"update_every must be >= 0, ema and async_beta1 in [0, 1) and local_share in "
-                                       f"(0, 1); got {self.update_every}, {self.ema}, {self.async_beta1}, "
-                                       f"{self.local_share}")
+        if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0:
+            raise ExperimentSetupError(f"update_every must be >= 0, ema in [0, 1) and local_share in (0, 1); got "
+                                       f"{self.update_every}, {self.ema}, {self.local_share}")
+        if self.async_beta1 is not None and not 0.0 <= self.async_beta1 < 1.0:  # NaN too
+            raise ExperimentSetupError(f"async_beta1 must be in [0, 1), got {self.async_beta1}")
         if not 0.0 <= self.seg.positive_share <= 1.0:
             raise ExperimentSetupError(f"positive_share must be in [0, 1], got {self.seg.positive_share}")
         if self.scene_variant not in SCENE_CLASSES:
