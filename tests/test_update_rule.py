@@ -56,43 +56,30 @@ def test_without_ema_synthesis_uses_the_raw_weights_and_bad_settings_are_refused
         TrainConfig(update_every=-2)  # -1 is the staleness-aware buffer; below it is refused
 
 
-@pytest.mark.parametrize(("rule", "lo", "hi", "steps"), [
-    ("async", 6.0, 7.0, 40),  # 4 nodes x pipeline 2: every step follows one D, 7 steps stale
-    ("async-p1", 2.5, 3.0, 40),
-    ("buffered", 1.0, 1.75, 10),  # one step per 4 feedbacks: the staleness falls 4-fold
-    ("sync", 0.0, 0.0, 10),
-    ("central", 0.0, 0.0, 40),
-    ("central-p8", 6.0, 7.0, 40),  # one pooled D, as stale as async
-    ("serial", 0.0, 0.0, 40),  # the nodes' own Ds, never stale
-    ("async-int8", 6.0, 7.0, 40),  # the wire's smallest encodings: the same schedule
+TINY = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
+                        quick=True)
+
+
+@pytest.mark.parametrize(("rule", "lo", "hi", "steps", "nodes"), [
+    ("async", 6.0, 7.0, 40, 4),  # 4 nodes x pipeline 2: every step follows one D, 7 steps stale
+    ("async-p1", 2.5, 3.0, 40, 4),
+    ("buffered", 1.0, 1.75, 10, 4),  # one step per 4 feedbacks: the staleness falls 4-fold
+    ("sync", 0.0, 0.0, 10, 4),
+    ("central", 0.0, 0.0, 40, 1),  # one D on the pooled pairs answers everything
+    ("central-p8", 6.0, 7.0, 40, 1),  # one pooled D, as stale as async (8 requests in flight)
+    ("serial", 0.0, 0.0, 40, 4),  # the 4 nodes' own Ds in turn, never stale
+    ("async-int8", 6.0, 7.0, 40, 4),  # the wire's smallest encodings: the same schedule
 ])
-def test_simulated_schedule_gives_each_rule_its_staleness(rule: str, lo: float, hi: float, steps: int) -> None:
-    cfg = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
-                           quick=True)
-    splits = make_splits(cfg)
-    gen, stats = simulate(cfg, splits, RULES[rule], seed=0, feedbacks=40, feedback="adversarial", speeds=[1.0],
+def test_simulated_schedule_gives_each_rule_its_staleness_and_its_discriminators(
+        rule: str, lo: float, hi: float, steps: int, nodes: int) -> None:
+    splits = make_splits(TINY)
+    gen, stats = simulate(TINY, splits, RULES[rule], seed=0, feedbacks=40, feedback="adversarial", speeds=[1.0],
                           ema=0.9)
     assert stats["steps"] == steps
     assert lo <= stats["staleness_mean"] <= hi
+    assert stats["served"] == {f"node{i}": 40 // nodes for i in range(nodes)}  # equal speeds: equal shares
     syn = synthesize_set(gen, splits.train.masks[:4], 1)
     assert syn.images.shape == (4, 32, 32, 3)
-
-
-@pytest.mark.parametrize(("rule", "served"), [
-    ("central-p8", {"node0": 40}),  # one pooled D answers everything, 8 requests in flight
-    ("serial", {f"node{i}": 10 for i in range(4)}),  # the 4 nodes' own Ds, in turn
-    ("async-f16", {f"node{i}": 10 for i in range(4)}),
-])
-def test_the_diagnostic_rules_split_pooled_from_node_discriminators(rule: str, served: dict[str, int]) -> None:
-    cfg = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
-                           quick=True)
-    _, stats = simulate(cfg, make_splits(cfg), RULES[rule], seed=0, feedbacks=40, feedback="adversarial",
-                        speeds=[1.0], ema=0.0)
-    assert stats["served"] == served
-
-
-TINY = ExperimentConfig(out=Path("/nonexistent"), size=32, g_width=8, d_width=8, scenes=24, partition="iid",
-                        quick=True)
 
 
 def _generator_move(cfg: ExperimentConfig, rule: str, feedbacks: int) -> torch.Tensor:
