@@ -40,9 +40,14 @@ from dgan.experiment import ExperimentConfig, Splits, make_splits, synthesize_se
 from dgan.segment import SegConfig, train_segmenter
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.training.generator import GeneratorTrainer, Outcome, TrainConfig
+from dgan.training.snapshots import relative_distance
 from nodes.round_policy import RoundPolicy
 
 log = logging.getLogger("dgan.bench")
+
+# G's weights kept over the second half of each training (every steps / 8 steps): the set they synthesise
+# together is the third figure of every row, beside the raw and the EMA weights
+SNAPSHOTS = 4
 
 
 @dataclass(frozen=True)
@@ -94,9 +99,11 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
     """Train a generator on ``feedbacks`` node answers under ``rule``; returns it and its staleness figures."""
     lr, beta1 = cfg.generator_optim()
     beta1 = beta1 if rule.beta1 is None else rule.beta1
+    steps = feedbacks // cfg.nodes if rule.mode == "sync" or rule.update_every == 0 else feedbacks
     gen = GeneratorTrainer(cfg.model(), TrainConfig(steps=feedbacks, lr=lr * rule.lr_scale, beta1=beta1, seed=seed,
                                                     fake_dtype=rule.fake_dtype, ema=ema, max_staleness=10**6,
-                                                    precision=rule.precision))
+                                                    precision=rule.precision, snapshots=SNAPSHOTS,
+                                                    snapshot_every=max(1, steps // (2 * SNAPSHOTS))))
     parts = [list(range(len(splits.train)))] if rule.mode == "central" else splits.node_parts
     names = [f"node{i}" for i in range(len(parts))]
     nodes = []
@@ -165,8 +172,12 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
                 gen.update()
             send(i, t)
     gen.update()
+    drift = gen.snaps.drift(gen.step, gen.G)
+    ema_gap = relative_distance(gen.G_ema.state_dict(), gen.G.state_dict()) if gen.G_ema is not None else None
     return gen, {"steps": gen.step, "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
-                 "staleness_max": max(staleness, default=0), "served": served}
+                 "staleness_max": max(staleness, default=0), "served": served,
+                 "snapshot_drift": None if drift is None else round(drift, 4),
+                 "ema_gap": None if ema_gap is None else round(ema_gap, 4)}
 
 
 def _one(args: tuple[ExperimentConfig, str, int, int, str, list[float], float, int]) -> dict[str, Any]:
@@ -179,7 +190,7 @@ def _one(args: tuple[ExperimentConfig, str, int, int, str, list[float], float, i
     row = {"rule": rule_name, "test": cfg.test, "gan_seed": seed, "feedbacks": feedbacks,
            "gan_seconds": round(gan_s, 1), **stats}
     val = (splits.val.images, splits.val.masks)
-    for which in ("raw", "ema"):
+    for which in ("raw", "ema", "snapshots"):
         syn = synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, weights=which)
         _, info = train_segmenter(syn.images, syn.masks, SegConfig(steps=seg_steps, seed=0), val=val)
         row[f"val_iou_{which}"] = round(float(info["best_val_iou"]), 4)
@@ -218,8 +229,9 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
 
     def done(row: dict[str, Any]) -> None:
         rows.append(row)
+        snaps = f", snapshots {row['val_iou_snapshots']:.3f}" if "val_iou_snapshots" in row else ""
         console.print(f"[{len(rows)}/{len(every)}] {row['test']} GAN seed {row['gan_seed']} {row['rule']}: "
-                      f"val IoU {row['val_iou_raw']:.3f} (EMA {row['val_iou_ema']:.3f}), staleness "
+                      f"val IoU {row['val_iou_raw']:.3f} (EMA {row['val_iou_ema']:.3f}{snaps}), staleness "
                       f"{row['staleness_mean']:.2f}, {time.time() - t0:.0f} s")
         if partial is not None:
             with open(partial, "a") as f:
@@ -241,6 +253,9 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
             "val_iou_raw", "val_iou_ema", "staleness_mean", "steps", "gan_seconds")}
         summary[r]["val_iou_raw_min"] = min(x["val_iou_raw"] for x in mine)
         summary[r]["val_iou_ema_min"] = min(x["val_iou_ema"] for x in mine)
+        snaps = [x["val_iou_snapshots"] for x in mine if "val_iou_snapshots" in x]  # not the real rule's rows
+        summary[r]["val_iou_snapshots"] = statistics.mean(snaps) if snaps else None
+        summary[r]["val_iou_snapshots_min"] = min(snaps, default=None)
     result = {"data": str(data) if data else "scenes", "size": size, "feedback": feedback,
               "lambda_colour": lambda_colour, "feedbacks": feedbacks,
               "gan_seeds": gan_seeds, "first_seed": first_seed, "tiles": tiles, "speeds": speeds, "ema": ema,
@@ -254,11 +269,13 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     table = Table(title=f"update rules, {feedbacks} feedbacks each, {feedback}{colour} feedback, {size} px: "
                         f"segmentation val IoU on synthetic images (mean over {gan_seeds} GAN seeds x {len(tiles)} "
                         "split(s))")
-    for col in ("rule", "G steps", "staleness", "val IoU", "min", "val IoU (EMA)", "min (EMA)"):
+    for col in ("rule", "G steps", "staleness", "val IoU", "min", "val IoU (EMA)", "min (EMA)",
+                "val IoU (snapshots)", "min (snapshots)"):
         table.add_column(col, justify="left" if col == "rule" else "right")
     for r, m in summary.items():
         table.add_row(r, f"{m['steps']:.0f}", f"{m['staleness_mean']:.2f}", f"{m['val_iou_raw']:.3f}",
-                      f"{m['val_iou_raw_min']:.3f}", f"{m['val_iou_ema']:.3f}", f"{m['val_iou_ema_min']:.3f}")
+                      f"{m['val_iou_raw_min']:.3f}", f"{m['val_iou_ema']:.3f}", f"{m['val_iou_ema_min']:.3f}",
+                      *("-" if m[k] is None else f"{m[k]:.3f}" for k in ("val_iou_snapshots", "val_iou_snapshots_min")))
     console.print(table)
     if real:
         console.print(_judges_table(real, result["judges_vs_val_iou"]))

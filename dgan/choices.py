@@ -70,6 +70,7 @@ class SynthWeights(str, enum.Enum):
     raw = "raw"
     ema = "ema"
     judged = "judged"
+    snapshots = "snapshots"
 
 
 def values(choice: type[enum.Enum]) -> tuple[str, ...]:

@@ -183,7 +183,7 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
 def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: int, weights: str = "auto",
                    classes: tuple[str, ...] = ("background", "building")) -> PairSet:
     """Several samples per mask: dropout makes each one different."""
-    ims = [gen.synthesize(masks, seed=1000 + k, weights=weights) for k in range(samples_per_mask)]
+    ims = [gen.synthesize(masks, seed=1000 + k, weights=weights, draw=k) for k in range(samples_per_mask)]
     all_masks = np.concatenate([masks] * samples_per_mask)
     return PairSet(np.concatenate(ims), all_masks, [f"syn{i}" for i in range(len(all_masks))], {}, classes)
 

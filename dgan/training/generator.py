@@ -29,6 +29,7 @@ from dgan import grad_codec
 from dgan.choices import FakeDtype, Precision, SynthWeights, TrainMode, Weighting, values
 from dgan.cpu_features import device_problem, resolve_precision, rng_devices
 from dgan.networks import ModelConfig, define_G, masks_to_input, tensor_to_images
+from dgan.training.snapshots import WeightSnapshots
 
 log = logging.getLogger("dgan.generator")
 
@@ -53,6 +54,8 @@ class TrainConfig:
     max_batch: int = 64
     fake_dtype: str = "float16"
     ema: float = 0.0  # > 0: keep an exponential moving average of G's weights (decay) and synthesise from it
+    snapshots: int = 0  # > 0: keep G's weights every snapshot_every steps, the last this many (weights "snapshots")
+    snapshot_every: int = 100
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"  # G's forward: fp32, bf16 (autocast) or auto (bf16 where the CPU has it natively)
@@ -66,6 +69,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"TrainConfig.ema is a decay in [0, 1), got {self.ema!r}")
+        if self.snapshots < 0 or self.snapshot_every < 1:
+            raise ValueError(f"TrainConfig.snapshots must be >= 0 and snapshot_every >= 1, got {self.snapshots} and "
+                             f"{self.snapshot_every}")
         if self.update_every < -1:
             raise ValueError(f"TrainConfig.update_every must be >= 0 (0: one per node) or -1 (by staleness), got "
                              f"{self.update_every}")
@@ -108,6 +114,7 @@ class GeneratorTrainer:
         self.G.train()  # dropout is the generator's noise, at training and synthesis alike
         self.opt = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=(train.beta1, 0.999))
         self.G_ema = copy.deepcopy(self.G) if train.ema > 0 else None
+        self.snaps = WeightSnapshots(train.snapshots, train.snapshot_every)
         self.judged: tuple[int, dict[str, torch.Tensor]] | None = None  # (step, G) where the nodes' judges peaked
         self.judged_score: float | None = None
         self.watch_bests: dict[str, list[float]] = {}  # the judges' watches' (best, step), kept for --resume
@@ -232,6 +239,7 @@ class GeneratorTrainer:
         self._acc, self.pending = None, 0
         self.step += 1
         self._update_ema()
+        self.snaps.after_step(self.step, self.G)
         return True
 
     @torch.no_grad()
@@ -260,13 +268,16 @@ class GeneratorTrainer:
         """What ``which`` resolves to: ``auto`` is ema or raw; missing ema or judged weights fall back."""
         if which == "judged" and self.judged is not None:
             return "judged"
-        if which in ("auto", "ema", "judged"):
+        if which == "snapshots" and self.snaps:
+            return "snapshots"
+        if which in ("auto", "ema", "judged", "snapshots"):
             return "ema" if self.G_ema is not None else "raw"
         return "raw"
 
     def weights(self, which: str = "auto") -> torch.nn.Module:
         """The generator to synthesise with: ``raw`` (the last weights), ``ema`` (their moving average),
-        ``judged`` (where the nodes' judges peaked) or ``auto`` (ema when kept, else raw)."""
+        ``judged`` (where the nodes' judges peaked) or ``auto`` (ema when kept, else raw). For ``snapshots``, the
+        latest of them (:meth:`synthesize` spreads a set over all)."""
         if which not in SYNTH_WEIGHTS:
             raise ValueError(f"weights must be one of {', '.join(SYNTH_WEIGHTS)}, got {which!r}")
         which = self.weights_available(which)
@@ -278,16 +289,21 @@ class GeneratorTrainer:
         return self.G_ema if which == "ema" and self.G_ema is not None else self.G
 
     @torch.no_grad()
-    def synthesize(self, masks: np.ndarray, batch: int = 32, seed: int = 12345, weights: str = "auto") -> np.ndarray:
+    def synthesize(self, masks: np.ndarray, batch: int = 32, seed: int = 12345, weights: str = "auto",
+                   draw: int = 0) -> np.ndarray:
         """uint8 images (N, H, W, 3) for label maps (N, H, W), dropout on as at training; ``weights``: see
-        :meth:`weights`."""
+        :meth:`weights`. With ``snapshots``, mask i comes from snapshot (i + draw) mod K, so K draws of a set
+        give every mask once from each."""
         G = self.weights(weights)
+        models = self.snaps.models(self.step, self.G) if self.weights_available(weights) == "snapshots" else [G]
         out = np.empty((*masks.shape, 3), np.uint8)
         with torch.random.fork_rng(devices=rng_devices(self.device)):
             torch.manual_seed(seed)
-            for i in range(0, len(masks), batch):
-                m = torch.from_numpy(np.ascontiguousarray(masks[i:i + batch])).to(self.device)
-                out[i:i + batch] = tensor_to_images(G(masks_to_input(m, self.model_cfg.num_classes))).cpu()
+            for j, model in enumerate(models):
+                idx = np.flatnonzero((np.arange(len(masks)) + draw) % len(models) == j)
+                for i in range(0, len(idx), batch):
+                    m = torch.from_numpy(np.ascontiguousarray(masks[idx[i:i + batch]])).to(self.device)
+                    out[idx[i:i + batch]] = tensor_to_images(model(masks_to_input(m, self.model_cfg.num_classes))).cpu()
         return out
 
     # ------------------------------------------------------------ checkpoints
@@ -297,6 +313,7 @@ class GeneratorTrainer:
         if self.judged is not None:
             ema.update(G_judged=self.judged[1], judged_step=self.judged[0], judged_score=self.judged_score,
                        judged_by="transfer_iou")
+        ema.update(self.snaps.state())
         if self.watch_bests:
             ema["watch_bests"] = {k: [float(v) for v in b] for k, b in self.watch_bests.items()}
         return {"G": self.G.state_dict(), **ema, "opt": self.opt.state_dict(), "step": self.step,
@@ -335,6 +352,7 @@ class GeneratorTrainer:
         self._judged_G = None
         self.judged_score = state.get("judged_score") if by_transfer else None
         self.watch_bests = dict(state.get("watch_bests", {}))
+        self.snaps.restore(state)
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
         self.samples_applied = int(state.get("samples_applied", 0))

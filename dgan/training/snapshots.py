@@ -1,0 +1,78 @@
+"""Snapshots of the generator's weights late in training, to synthesise from several of them.
+
+An EMA averages weights; that fails where the weights it mixes do not work together (issue 13: async DGAN's EMA
+sets failed where the central GAN's held). Snapshots average in image space instead: each mask of a synthetic
+set is drawn by one of the last few snapshots, so one unlucky last step spoils a share of the set, not all of it.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import itertools
+from typing import Any
+
+import torch
+
+
+class WeightSnapshots:
+    """G's weights every ``every`` steps, the last ``keep``; the latest weights always take part in synthesis."""
+
+    def __init__(self, keep: int, every: int) -> None:
+        if keep < 0 or every < 1:
+            raise ValueError(f"snapshots: keep must be >= 0 and every >= 1, got {keep} and {every}")
+        self.keep, self.every = keep, every
+        self.kept: collections.deque[tuple[int, dict[str, torch.Tensor]]] = collections.deque(maxlen=max(1, keep))
+        self._models: list[torch.nn.Module] | None = None
+        self._models_key: tuple[int, ...] | None = None
+
+    def __bool__(self) -> bool:
+        return self.keep > 0
+
+    def after_step(self, step: int, G: torch.nn.Module) -> None:
+        if self.keep and step % self.every == 0:
+            self.kept.append((step, {k: v.detach().clone() for k, v in G.state_dict().items()}))
+
+    def members(self, step: int, G: torch.nn.Module) -> list[tuple[int, dict[str, torch.Tensor]]]:
+        """The weights a set is drawn from: the kept snapshots, the oldest giving way to the latest weights when
+        those are not kept (a run that stopped between snapshots)."""
+        kept = list(self.kept) if self.keep else []
+        if not kept or kept[-1][0] != step:
+            kept = [*kept[-(self.keep - 1):], (step, G.state_dict())] if self.keep > 1 else [(step, G.state_dict())]
+        return kept
+
+    def models(self, step: int, G: torch.nn.Module) -> list[torch.nn.Module]:
+        """One module per member, built once per set of members."""
+        members = self.members(step, G)
+        key = tuple(s for s, _ in members)
+        if self._models is None or self._models_key != key:
+            models = []
+            for _, weights in members:
+                m = copy.deepcopy(G)
+                m.load_state_dict(weights)
+                models.append(m)
+            self._models, self._models_key = models, key
+        return self._models
+
+    def drift(self, step: int, G: torch.nn.Module) -> float | None:
+        """Mean distance between consecutive members, relative to the later one's norm: how far G moves."""
+        members = self.members(step, G)
+        if len(members) < 2:
+            return None
+        return sum(relative_distance(a[1], b[1]) for a, b in itertools.pairwise(members)) / (len(members) - 1)
+
+    def state(self) -> dict[str, Any]:
+        return {"G_snapshots": [[s, w] for s, w in self.kept]} if self.keep else {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.kept.clear()
+        for s, w in state.get("G_snapshots", [])[-self.keep:] if self.keep else []:
+            self.kept.append((int(s), w))
+        self._models = self._models_key = None
+
+
+def relative_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """||a - b|| / ||b|| over every floating-point tensor of two state dicts."""
+    num = sum(float((a[k].float() - v.float()).pow(2).sum()) for k, v in b.items() if v.is_floating_point())
+    den = sum(float(v.float().pow(2).sum()) for v in b.values() if v.is_floating_point())
+    return (num / den) ** 0.5 if den > 0 else 0.0
