@@ -22,7 +22,8 @@ from rich.table import Table
 
 from dgan.experiment import DUBAI_TEST, ExperimentConfig, make_splits, synthesize_set
 from dgan.segment import SegConfig, train_segmenter
-from dgan.training.generator import GeneratorTrainer, load_checkpoint
+from dgan.training.checkpoints import load_checkpoint
+from dgan.training.generator import GeneratorTrainer
 
 
 def draw_differences(gen: GeneratorTrainer, masks: np.ndarray, limit: int = 64) -> dict[str, float | int]:

@@ -270,7 +270,7 @@ def bench_variety(
 ) -> None:
     """Several dropout draws per mask: validation IoU of the synthetic sets, and how much the draws differ."""
     from benchmarks.variety import run_variety_benchmark
-    from dgan.training.generator import CheckpointError
+    from dgan.training.checkpoints import CheckpointError
 
     setup_logging("WARNING", "rich", "bench")
     if quick:

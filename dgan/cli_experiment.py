@@ -69,6 +69,10 @@ def experiment(
         "better; docs/results/update-rule.md).")] = None,
     ema: Annotated[float, typer.Option(help="Both GANs synthesise from a moving average of G's weights with "
                                             "this decay (0 = the last weights).")] = 0.0,
+    snapshots: Annotated[int, typer.Option(help="Both GANs synthesise from this many snapshots of G's weights, "
+                                                "spread over the second half of training, each drawing a share of "
+                                                "every mask's samples (0 = off; before --ema when both are on).")
+                         ] = 0,
     judged: Annotated[bool, typer.Option(help="Also `dgan_judged`: the same DGAN trainings' sets from the "
                                               "weights where the nodes' transfer_iou peaked.")] = False,
     local: Annotated[list[LocalHow] | None, typer.Option(
@@ -107,7 +111,8 @@ def experiment(
                   feedback=modes, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, label_mix=label_mix,
                   lambda_colour=lambda_colour,
                   oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test, groups=groups,
-                  update_every=update_every, async_beta1=async_beta1, ema=ema, judged=judged, local=hows,
+                  update_every=update_every, async_beta1=async_beta1, ema=ema, snapshots=snapshots,
+                  judged=judged, local=hows,
                   local_share=local_share,
                   diffaugment=diffaugment,
                   grad_dtype=grad_dtype.value, fake_dtype=fake_dtype.value, device=device)

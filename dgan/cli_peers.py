@@ -154,6 +154,9 @@ def generator(
                                                    "nodes on slow links with --pipeline auto).")] = "1",
     ema: Annotated[float, typer.Option(help="Decay of the moving average of G's weights that synthesis and "
                                             "samples use (0 = off).")] = 0.0,
+    snapshots: Annotated[int, typer.Option(help="Keep G's weights every --snapshot-every steps, the last this many; "
+                                                "synthesis spreads each set over them (0 = off).")] = 0,
+    snapshot_every: Annotated[int, typer.Option(help="Steps between snapshots.")] = 100,
     weighting: Annotated[Weighting, typer.Option(help="Feedback weight: by node dataset size, or equal.")] = (
         Weighting.size),
     max_staleness: Annotated[int, typer.Option(help="Drop feedback staler than this.")] = 8,
@@ -170,8 +173,9 @@ def generator(
     sample_every: Annotated[int, typer.Option(help="Steps between sample grids.")] = 50,
     synthesize: Annotated[bool, typer.Option(help="Synthesise every uploaded mask at the end.")] = True,
     synthesis_weights: Annotated[SynthWeights, typer.Option(
-        help="The final set from: auto (the EMA when --ema is on, else the last weights), raw, ema, or judged "
-        "(the weights where the nodes' transfer_iou peaked).")] = SynthWeights.auto,
+        help="The final set from: auto (the snapshots when --snapshots is on, else the EMA when --ema is on, else "
+        "the last weights), raw, ema, snapshots, or judged (the weights where the nodes' transfer_iou peaked).")
+    ] = SynthWeights.auto,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/latest.pt.")] = False,
     idle_timeout: Annotated[float, typer.Option(help="End early after this long with no node (0 = never).")] = 0.0,
     tensorboard: Annotated[Path | None, typer.Option(help="Also write scalars and sample grids for "
@@ -190,7 +194,8 @@ def generator(
     import uuid
 
     from dgan.networks import ModelConfig
-    from dgan.training.generator import CheckpointError, GeneratorTrainer, TrainConfig
+    from dgan.training.checkpoints import CheckpointError
+    from dgan.training.generator import GeneratorTrainer, TrainConfig
     from dgan.transport.zmq_link import ZmqGeneratorLink
     from nodes.generator_service import GeneratorService, ServiceConfig
 
@@ -201,11 +206,15 @@ def generator(
     if synthesis_weights == SynthWeights.ema and ema <= 0:
         console.print("[red]--synthesis-weights ema needs --ema DECAY (a moving average to synthesise from)[/red]")
         raise typer.Exit(2)
+    if synthesis_weights == SynthWeights.snapshots and snapshots <= 0:
+        console.print("[red]--synthesis-weights snapshots needs --snapshots K (the weights to synthesise from)[/red]")
+        raise typer.Exit(2)
     try:
         word = update_every.strip().lower()
         every = -1 if word == "auto" else int(word) if re.fullmatch(r"[0-9]{1,9}", word) else -2  # -2: refused
         train = TrainConfig(steps=steps, lr=lr, beta1=beta1, mode=mode.value, update_every=every, ema=ema,
-                            weighting=weighting.value, max_staleness=max_staleness, fake_dtype=fake_dtype.value,
+                            snapshots=snapshots, snapshot_every=snapshot_every, weighting=weighting.value,
+                            max_staleness=max_staleness, fake_dtype=fake_dtype.value,
                             seed=seed, device=device, precision=precision.value, channels_last=channels_last,
                             compile=compile_g)
     except ValueError as exc:

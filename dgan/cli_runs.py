@@ -265,7 +265,7 @@ def segment_eval(
 
     from dgan.data.shards import DataError
     from dgan.segment import class_metrics, load_model, predict_labels, prediction_grid
-    from dgan.training.generator import CheckpointError
+    from dgan.training.checkpoints import CheckpointError
 
     try:
         net, seg_cfg = load_model(model)

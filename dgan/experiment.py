@@ -56,8 +56,9 @@ from dgan.segment import (
     train_local,
     train_segmenter,
 )
+from dgan.training.checkpoints import load_checkpoint
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
-from dgan.training.generator import GeneratorTrainer, TrainConfig, load_checkpoint
+from dgan.training.generator import GeneratorTrainer, TrainConfig
 
 log = logging.getLogger("dgan.experiment")
 
@@ -94,6 +95,7 @@ class ExperimentConfig:
     update_every: int = 1  # DGAN's async rule: feedbacks per generator step (0 = one per node: buffered)
     async_beta1: float | None = None  # DGAN async: G's Adam beta1 (None: the central GAN's)
     ema: float = 0.0  # both GANs synthesise from this moving average of G's weights (0 = the last weights)
+    snapshots: int = 0  # > 0: both GANs synthesise from this many snapshots of G over the second half of training
     judged: bool = False  # also `dgan_judged`: the same DGAN trainings' sets from where the nodes' transfer_iou peaked
     # dgan_local: all the steps on the synthetic set, then all on the own pairs (validation, 64 px, tiles 8 and 5:
     # better than finetune's half and half, 0.377 vs 0.339 and 0.405 vs 0.392; mixed last, 0.286 and 0.323)
@@ -115,6 +117,8 @@ class ExperimentConfig:
         if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0:
             raise ExperimentSetupError(f"update_every must be >= 0, ema in [0, 1) and local_share in (0, 1); got "
                                        f"{self.update_every}, {self.ema}, {self.local_share}")
+        if self.snapshots < 0:
+            raise ExperimentSetupError(f"snapshots must be >= 0, got {self.snapshots}")
         if self.async_beta1 is not None and not 0.0 <= self.async_beta1 < 1.0:  # NaN too
             raise ExperimentSetupError(f"async_beta1 must be in [0, 1), got {self.async_beta1}")
         if not 0.0 <= self.seg.positive_share <= 1.0:
@@ -151,6 +155,11 @@ class ExperimentConfig:
                               lambda_semantic=self.lambda_semantic, lr=d_lr, beta1=beta1,
                               diffaugment=self.diffaugment, lambda_colour=self.lambda_colour)
 
+    def snapshot_args(self, steps: int) -> dict[str, int]:
+        """TrainConfig's snapshot settings for a GAN of ``steps`` generator steps: spread over its second half."""
+        return {"snapshots": self.snapshots, "snapshot_every": max(1, steps // (2 * self.snapshots))} \
+            if self.snapshots else {}
+
     def generator_optim(self) -> tuple[float, float]:
         """(lr, beta1) of the generator's Adam."""
         return (1e-4, 0.0) if self.oasis_optim else (2e-4, 0.5)
@@ -164,7 +173,7 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     model = cfg.model()
     lr, beta1 = cfg.generator_optim()
     gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, lr=lr, beta1=beta1, seed=seed, fake_dtype="float32",
-                                              ema=cfg.ema, device=cfg.device))
+                                              ema=cfg.ema, device=cfg.device, **cfg.snapshot_args(cfg.gan_steps)))
     disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed, device=cfg.device)
     disc.set_colour_stats(train.images, train.masks)  # the pooled pairs' figures, with --lambda-colour
     sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed, positive_share=cfg.seg.positive_share or None)
@@ -219,7 +228,9 @@ def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, fee
                      extra_generator_args=["--lr", str(lr), "--beta1", str(beta1), "--ema", str(cfg.ema),
                                            "--synthesis-weights", "judged" if cfg.judged else "auto",
                                            "--update-every", str(cfg.update_every),
-                                           "--fake-dtype", cfg.fake_dtype],
+                                           "--fake-dtype", cfg.fake_dtype,
+                                           *(f"--{k.replace('_', '-')}={v}"
+                                             for k, v in cfg.snapshot_args(steps).items())],
                      node_args=["--label-mix", str(recipe.label_mix), "--lambda-semantic",
                                 str(recipe.lambda_semantic), "--lambda-colour", str(recipe.lambda_colour),
                                 "--d-lr", str(recipe.lr),

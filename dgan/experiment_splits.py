@@ -144,4 +144,6 @@ def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = ""
             key["g_optim"] = cfg.generator_optim()
         if cfg.ema:  # only when on: results cached before EMA existed keep their keys
             key["ema"] = cfg.ema
+        if cfg.snapshots:
+            key["snapshots"] = cfg.snapshots
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -271,7 +271,8 @@ def rebuild_generator(path: Path, from_ckpt: Path, out_ckpt: Path, threads: int 
 
     import torch
 
-    from dgan.training.generator import GeneratorTrainer, load_checkpoint
+    from dgan.training.checkpoints import load_checkpoint
+    from dgan.training.generator import GeneratorTrainer
     from nodes.generator_service import GeneratorService, ServiceConfig
 
     state = load_checkpoint(from_ckpt)

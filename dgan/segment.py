@@ -275,13 +275,13 @@ def pair_grid(images: np.ndarray, masks: np.ndarray, path: Path, n: int = 6) -> 
 
 
 def save_model(model: nn.Module, cfg: SegConfig, path: Path) -> None:
-    from dgan.training.generator import save_atomic
+    from dgan.training.checkpoints import save_atomic
 
     save_atomic({"state": model.state_dict(), "config": cfg.to_dict()}, path)
 
 
 def load_model(path: Path) -> tuple[nn.Module, SegConfig]:
-    from dgan.training.generator import CheckpointError
+    from dgan.training.checkpoints import CheckpointError
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -186,7 +186,7 @@ class RunOutputs:
         t0 = time.monotonic()
         used = self.trainer.weights_available(self.cfg.synthesis_weights)
         if used != self.cfg.synthesis_weights and self.cfg.synthesis_weights != "auto":
-            log.warning("generator: no %s weights to synthesise from (no judge reported, or --ema is off); using %s",
+            log.warning("generator: no %s weights to synthesise from (no judge reported, or --ema or --snapshots is off); using %s",
                         self.cfg.synthesis_weights, used)
         self.synthesis_weights_used = used
         total = sum(len(n.masks) for n in self.nodes.values() if n.masks is not None)

@@ -15,7 +15,8 @@ from dgan.experiment_splits import Splits
 from dgan.finished_runs import FINISHED, launch_fingerprint
 from dgan.networks import ModelConfig
 from dgan.run import RunConfig
-from dgan.training.generator import GeneratorTrainer, TrainConfig, save_atomic
+from dgan.training.checkpoints import save_atomic
+from dgan.training.generator import GeneratorTrainer, TrainConfig
 
 
 def _splits() -> Splits:

@@ -10,7 +10,8 @@ import pytest
 
 from dgan import protocol as P
 from dgan.networks import ModelConfig
-from dgan.training.generator import GeneratorTrainer, TrainConfig, load_checkpoint
+from dgan.training.checkpoints import load_checkpoint
+from dgan.training.generator import GeneratorTrainer, TrainConfig
 from dgan.transport.inproc import InProcessHub
 from nodes.generator_service import GeneratorService, ServiceConfig
 from nodes.round_policy import Action, RoundPolicy

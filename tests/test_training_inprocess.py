@@ -14,7 +14,8 @@ from dgan import protocol as P
 from dgan.data.scenes import make_scenes
 from dgan.feedback import FeedbackConfig
 from dgan.networks import ModelConfig
-from dgan.training.generator import CheckpointError, GeneratorTrainer, TrainConfig, load_checkpoint
+from dgan.training.checkpoints import CheckpointError, load_checkpoint
+from dgan.training.generator import GeneratorTrainer, TrainConfig
 from dgan.transport.inproc import InProcessHub
 from nodes.discriminator_node import DiscriminatorNode, NodeConfig
 from nodes.generator_service import GeneratorService, ServiceConfig

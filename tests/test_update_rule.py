@@ -12,7 +12,8 @@ import torch
 from benchmarks.update_rule import RULES, simulate
 from dgan.experiment import ExperimentConfig, make_splits, synthesize_set
 from dgan.networks import ModelConfig
-from dgan.training.generator import GeneratorTrainer, TrainConfig, load_checkpoint
+from dgan.training.checkpoints import load_checkpoint
+from dgan.training.generator import GeneratorTrainer, TrainConfig
 
 MODEL = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
 

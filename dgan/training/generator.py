@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import enum
 import logging
-import os
 import random
 import time
 import zlib
@@ -29,6 +28,7 @@ from dgan import grad_codec
 from dgan.choices import FakeDtype, Precision, SynthWeights, TrainMode, Weighting, values
 from dgan.cpu_features import device_problem, resolve_precision, rng_devices
 from dgan.networks import ModelConfig, define_G, masks_to_input, tensor_to_images
+from dgan.training.checkpoints import load_checkpoint, numpy_rng_state, save_atomic, set_numpy_rng_state
 from dgan.training.snapshots import WeightSnapshots
 
 log = logging.getLogger("dgan.generator")
@@ -265,10 +265,11 @@ class GeneratorTrainer:
         self._judged_G = None
 
     def weights_available(self, which: str) -> str:
-        """What ``which`` resolves to: ``auto`` is ema or raw; missing ema or judged weights fall back."""
+        """What ``which`` resolves to: ``auto`` is snapshots, ema or raw, the first kept; missing snapshots, ema or
+        judged weights fall back."""
         if which == "judged" and self.judged is not None:
             return "judged"
-        if which == "snapshots" and self.snaps:
+        if which in ("snapshots", "auto") and self.snaps:
             return "snapshots"
         if which in ("auto", "ema", "judged", "snapshots"):
             return "ema" if self.G_ema is not None else "raw"
@@ -276,7 +277,7 @@ class GeneratorTrainer:
 
     def weights(self, which: str = "auto") -> torch.nn.Module:
         """The generator to synthesise with: ``raw`` (the last weights), ``ema`` (their moving average),
-        ``judged`` (where the nodes' judges peaked) or ``auto`` (ema when kept, else raw). For ``snapshots``, the
+        ``judged`` (where the nodes' judges peaked) or ``auto`` (snapshots, ema or raw). For ``snapshots``, the
         latest of them (:meth:`synthesize` spreads a set over all)."""
         if which not in SYNTH_WEIGHTS:
             raise ValueError(f"weights must be one of {', '.join(SYNTH_WEIGHTS)}, got {which!r}")
@@ -319,7 +320,7 @@ class GeneratorTrainer:
         return {"G": self.G.state_dict(), **ema, "opt": self.opt.state_dict(), "step": self.step,
                 "samples_applied": self.samples_applied, "model": self.model_cfg.to_dict(),
                 "train": self.cfg.to_dict(), "threads": torch.get_num_threads(),  # for a bitwise rebuild
-                "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()}}
+                "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": random.getstate()}}
 
     def save(self, path: Path) -> None:
         save_atomic(self.state(), path)
@@ -357,7 +358,7 @@ class GeneratorTrainer:
         self.step = int(state["step"])
         self.samples_applied = int(state.get("samples_applied", 0))
         torch.set_rng_state(state["rng"]["torch"])
-        _set_numpy_rng_state(state["rng"]["numpy"])
+        set_numpy_rng_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         self.inflight.clear()
         self._snapshot, self._acc, self.pending = None, None, 0
@@ -368,42 +369,3 @@ def fakes_to_wire(fakes: torch.Tensor, dtype: str) -> np.ndarray:
     if dtype == "uint8":
         return ((fakes.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     return fakes.numpy().astype(dtype, copy=False)
-
-
-class CheckpointError(Exception):
-    pass
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temp file, fsync, rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _numpy_rng_state() -> dict[str, Any]:
-    """numpy's global RNG state as tensors and ints, so checkpoints load with ``weights_only=True``."""
-    name, key, pos, has_gauss, gauss = np.random.get_state()
-    return {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "gauss": float(gauss)}
-
-
-def _set_numpy_rng_state(state: dict[str, Any]) -> None:
-    key = state["key"].numpy().astype(np.uint32)
-    np.random.set_state((state["name"], key, state["pos"], state["has_gauss"], state["gauss"]))
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Tensors and plain values only (``weights_only``): a crafted checkpoint cannot run code."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or "G" not in state or "step" not in state:
-        raise CheckpointError(f"checkpoint {path} is not a dgan generator checkpoint")
-    return state
