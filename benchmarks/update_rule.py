@@ -45,8 +45,8 @@ from nodes.round_policy import RoundPolicy
 
 log = logging.getLogger("dgan.bench")
 
-# G's weights kept over the second half of each training (every steps / 8 steps): the set they synthesise
-# together is the third figure of every row, beside the raw and the EMA weights
+# G's weights kept over the second half of each training (as `dgan experiment --snapshots 4`): the set they
+# synthesise together is the third figure of every row, beside the raw and the EMA weights
 SNAPSHOTS = 4
 
 
@@ -100,10 +100,10 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
     lr, beta1 = cfg.generator_optim()
     beta1 = beta1 if rule.beta1 is None else rule.beta1
     steps = feedbacks // cfg.nodes if rule.mode == "sync" or rule.update_every == 0 else feedbacks
-    gen = GeneratorTrainer(cfg.model(), TrainConfig(steps=feedbacks, lr=lr * rule.lr_scale, beta1=beta1, seed=seed,
+    gen = GeneratorTrainer(cfg.model(), TrainConfig(steps=steps, lr=lr * rule.lr_scale, beta1=beta1, seed=seed,
                                                     fake_dtype=rule.fake_dtype, ema=ema, max_staleness=10**6,
-                                                    precision=rule.precision, snapshots=SNAPSHOTS,
-                                                    snapshot_every=max(1, steps // (2 * SNAPSHOTS))))
+                                                    precision=rule.precision,
+                                                    **replace(cfg, snapshots=SNAPSHOTS).snapshot_args(steps)))
     parts = [list(range(len(splits.train)))] if rule.mode == "central" else splits.node_parts
     names = [f"node{i}" for i in range(len(parts))]
     nodes = []
@@ -257,7 +257,7 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
         summary[r]["val_iou_snapshots"] = statistics.mean(snaps) if snaps else None
         summary[r]["val_iou_snapshots_min"] = min(snaps, default=None)
     result = {"data": str(data) if data else "scenes", "size": size, "feedback": feedback,
-              "lambda_colour": lambda_colour, "feedbacks": feedbacks,
+              "lambda_colour": lambda_colour, "feedbacks": feedbacks, "snapshots": SNAPSHOTS,
               "gan_seeds": gan_seeds, "first_seed": first_seed, "tiles": tiles, "speeds": speeds, "ema": ema,
               "seg_steps": seg_steps,
               "quick": quick, "rules": {r: asdict(RULES[r]) for r in rules}, "runs": rows, "summary": summary,

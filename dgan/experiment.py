@@ -117,8 +117,9 @@ class ExperimentConfig:
         if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0:
             raise ExperimentSetupError(f"update_every must be >= 0, ema in [0, 1) and local_share in (0, 1); got "
                                        f"{self.update_every}, {self.ema}, {self.local_share}")
-        if self.snapshots < 0:
-            raise ExperimentSetupError(f"snapshots must be >= 0, got {self.snapshots}")
+        if self.snapshots < 0 or self.snapshots == 1:
+            raise ExperimentSetupError(f"snapshots must be >= 0 and not 1 (one is the last weights), got "
+                                       f"{self.snapshots}")
         if self.async_beta1 is not None and not 0.0 <= self.async_beta1 < 1.0:  # NaN too
             raise ExperimentSetupError(f"async_beta1 must be in [0, 1), got {self.async_beta1}")
         if not 0.0 <= self.seg.positive_share <= 1.0:
@@ -362,7 +363,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     def gan_method(name: str, make: Callable[[int], GeneratorTrainer | TrainedGAN],
                    judged: bool = False) -> dict[str, Any]:
         """``judged``: also the method ``NAME_judged``, the same trainings' sets from their judged weights."""
-        sets, gan_seconds, gan_reused = synthetic.setdefault(name, []), [], []
+        sets, gan_seconds, gan_reused, weights = synthetic.setdefault(name, []), [], [], []
         judged_sets: list[PairSet] = []
         judged_steps: list[int | None] = []
         for g in range(max(1, min(cfg.gan_seeds, cfg.seeds))):
@@ -373,15 +374,19 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             gen = trained.generator
             gan_seconds.append(trained.seconds)
             gan_reused.append(trained.reused)
+            weights.append(gen.weights_available("auto"))  # and with snapshots, their steps
+            if weights[-1] == "snapshots":
+                weights[-1] += " " + ",".join(str(s) for s, _ in gen.snaps.members(gen.step, gen.G))
             sets.append(synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, classes=splits.train.classes))
             pair_grid(sets[-1].images, sets[-1].masks, grids / f"{name}_synthetic_gan{g}.png")
-            if judged:  # no transfer_iou window yet: dgan's own weights, as `--synthesis-weights judged` falls back
+            if judged:  # no transfer_iou window yet: the weights `auto` gives, as `--synthesis-weights judged` does
                 judged_steps.append(gen.judged[0] if gen.judged is not None else None)
                 judged_sets.append(synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, "judged",
                                                   splits.train.classes))
         if judged:
             judged_results[name] = {**evaluate_sets(f"{name}_judged", judged_sets), "judged_steps": judged_steps}
-        return {**evaluate_sets(name, sets), "gan_seconds": gan_seconds, "gan_reused": gan_reused}
+        return {**evaluate_sets(name, sets), "gan_seconds": gan_seconds, "gan_reused": gan_reused,
+                "synthesis_weights": weights}
 
     for i, fb in enumerate(cfg.feedback):
         suffix = "" if i == 0 else f"_{fb}"

@@ -52,7 +52,8 @@ def markdown(results: dict[str, Any]) -> str:
         reused = m.get("gan_reused") or [False] * len(m["gan_seconds"])
         lines.append(f"- {name}: GAN training seconds per GAN seed: " + ", ".join(
             f"{s:.0f}{' (loaded: a finished training with the same settings)' if r else ''}"
-            for s, r in zip(m["gan_seconds"], reused, strict=True)))
+            for s, r in zip(m["gan_seconds"], reused, strict=True))
+            + (f"; synthesised from: {'; '.join(m['synthesis_weights'])}" if m.get("synthesis_weights") else ""))
     lines += class_table(results["methods"])
     lines += department_table(results["methods"])
     cl = results["claims"]

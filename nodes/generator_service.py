@@ -38,7 +38,8 @@ class ServiceConfig:
     sample_every: int = 50
     status_interval: float = 1.0
     synthesize: bool = True
-    synthesis_weights: str = "auto"  # the final set from: auto (EMA when kept), raw, ema, judged (nodes' best)
+    synthesis_weights: str = "auto"  # the final set from: auto (snapshots, else EMA, when kept), raw, ema, snapshots,
+    # judged (nodes' best)
     max_bad_messages: int = 50
     round_timeout: float = 300.0  # sync: a member silent this long after its fakes leaves the round
     max_mask_bytes: int = 256 * 1024 * 1024  # one node's uploaded masks, all chunks together (bounded memory)

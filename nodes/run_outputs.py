@@ -128,7 +128,7 @@ class RunOutputs:
     def save_samples(self) -> Path | None:
         if self.sample_masks is None:
             return None
-        fakes = self.trainer.synthesize(self.sample_masks, seed=0)
+        fakes = self.trainer.synthesize(self.sample_masks, seed=0, weights="ema")  # G now (or its EMA): no mix
         from dgan.data.view import mask_rgb
 
         masks = mask_rgb(self.sample_masks, palette=self.trainer.model_cfg.num_classes != 2)
@@ -186,8 +186,8 @@ class RunOutputs:
         t0 = time.monotonic()
         used = self.trainer.weights_available(self.cfg.synthesis_weights)
         if used != self.cfg.synthesis_weights and self.cfg.synthesis_weights != "auto":
-            log.warning("generator: no %s weights to synthesise from (no judge reported, or --ema or --snapshots is off); using %s",
-                        self.cfg.synthesis_weights, used)
+            log.warning("generator: no %s weights to synthesise from (no judge reported, --ema off, or fewer than "
+                        "two snapshots); using %s", self.cfg.synthesis_weights, used)
         self.synthesis_weights_used = used
         total = sum(len(n.masks) for n in self.nodes.values() if n.masks is not None)
         for name, node in self.nodes.items():

@@ -99,13 +99,16 @@ def test_claims_compare_the_right_numbers() -> None:
     assert "dgan_vs_dgan_sync" not in modes  # sync is a schedule, not a feedback mode
 
 
-def test_results_md_says_how_long_each_gan_trained_and_which_training_was_loaded() -> None:
+def test_results_md_says_how_long_each_gan_trained_which_training_was_loaded_and_what_synthesised() -> None:
     m = {"iou": 0.3, "f1": 0.4, "precision": 0.5, "recall": 0.3, "accuracy": 0.9}
     md = markdown({"dataset": "d", "partition": "group", "resolution": 64, "claims": {}, "methods": {
         "real_all": m, "real_partial": {**m, "per_node": {"node0": {"iou": 0.3, "iou_std": 0.01}}},
         "central_gan": {**m, "gan_seconds": [285.2, 290.0], "gan_reused": [False, False]},
-        "dgan": {**m, "gan_seconds": [590.4, 1089.0], "gan_reused": [False, True]}}})
+        "dgan": {**m, "gan_seconds": [590.4, 1089.0], "gan_reused": [False, True],
+                 "synthesis_weights": ["snapshots 500,600,700,800", "raw"]}}})
     assert "- central_gan: GAN training seconds per GAN seed: 285, 290\n" in md
+    assert "1089 (loaded: a finished training with the same settings); synthesised from: snapshots 500,600,700,800; " \
+           "raw\n" in md
     assert "- dgan: GAN training seconds per GAN seed: 590, 1089 (loaded: a finished training" in md
     assert "real_all: GAN" not in md
 

@@ -80,13 +80,43 @@ def test_without_snapshots_the_choice_falls_back_and_bad_counts_are_refused(tmp_
     assert trainer.weights_available("snapshots") == "raw"
     masks = np.zeros((2, 32, 32), np.uint8)
     assert np.array_equal(trainer.synthesize(masks, weights="snapshots", draw=1), trainer.synthesize(masks))
-    for bad in ({"snapshots": -1}, {"snapshots": 2, "snapshot_every": 0}):
+    for bad in ({"snapshots": -1}, {"snapshots": 1}, {"snapshots": 2, "snapshot_every": 0}):
         with pytest.raises(ValueError, match="snapshots must be >= 0"):
             TrainConfig(**bad)
-    with pytest.raises(ex.ExperimentSetupError, match="snapshots must be >= 0"):
-        ex.ExperimentConfig(out=tmp_path, snapshots=-2)
+    for count in (-2, 1):
+        with pytest.raises(ex.ExperimentSetupError, match="snapshots must be >= 0"):
+            ex.ExperimentConfig(out=tmp_path, snapshots=count)
     res = CliRunner().invoke(app, ["generator", "--out", str(tmp_path / "g"), "--synthesis-weights", "snapshots"])
     assert res.exit_code == 2 and "needs --snapshots" in res.output
+    res = CliRunner().invoke(app, ["generator", "--out", str(tmp_path / "g"), "--snapshots", "1"])
+    assert res.exit_code == 2 and "snapshots must be >= 0 and not 1" in " ".join(res.output.split())
+
+
+def test_snapshots_count_back_from_the_planned_last_step_and_an_early_stop_still_ends_on_the_latest_weights(
+        tmp_path: Path) -> None:
+    trainer = GeneratorTrainer(MODEL, TrainConfig(steps=7, snapshots=3, snapshot_every=3, ema=0.9,
+                                                  fake_dtype="float32", lr=1e-2))
+    assert trainer.weights_available("auto") == "ema"  # nothing to spread a set over yet: the EMA, as before
+    _step(trainer, 0)
+    assert [s for s, _ in trainer.snaps.kept] == [1] and trainer.weights_available("auto") == "ema"
+    for k in range(1, 5):
+        _step(trainer, k)
+    assert [s for s, _ in trainer.snaps.members(trainer.step, trainer.G)] == [1, 4, 5]  # stopped at step 5
+    assert trainer.weights_available("auto") == trainer.weights_available("judged") == "snapshots"
+    for k in range(5, 7):
+        _step(trainer, k)
+    assert [s for s, _ in trainer.snaps.members(trainer.step, trainer.G)] == [1, 4, 7]  # 7 is the planned last
+    trainer.save(tmp_path / "g.pt")
+    state = load_checkpoint(tmp_path / "g.pt")
+    del state["G_snapshots"]  # a checkpoint from before snapshots: the EMA synthesises, as it did
+    again = GeneratorTrainer.from_state(state)
+    assert again.weights_available("auto") == "ema"
+
+
+def test_the_central_gan_keeps_its_snapshots_over_its_second_half(tmp_path: Path) -> None:
+    cfg = ex.ExperimentConfig(out=tmp_path, size=32, g_width=8, d_width=8, gan_steps=8, snapshots=2)
+    gen = ex.central_gan(cfg, _PAIRS, seed=0, mode="adversarial")
+    assert [s for s, _ in gen.snaps.members(gen.step, gen.G)] == [6, 8]
 
 
 def test_the_experiment_gives_both_gans_snapshots_over_their_second_half_and_keys_its_cache_by_them(

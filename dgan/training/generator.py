@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 import logging
 import random
 import time
@@ -69,9 +70,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"TrainConfig.ema is a decay in [0, 1), got {self.ema!r}")
-        if self.snapshots < 0 or self.snapshot_every < 1:
-            raise ValueError(f"TrainConfig.snapshots must be >= 0 and snapshot_every >= 1, got {self.snapshots} and "
-                             f"{self.snapshot_every}")
+        if self.snapshots < 0 or self.snapshots == 1 or self.snapshot_every < 1:
+            raise ValueError(f"TrainConfig.snapshots must be >= 0 and not 1 (one is the last weights), and "
+                             f"snapshot_every >= 1; got {self.snapshots} and {self.snapshot_every}")
         if self.update_every < -1:
             raise ValueError(f"TrainConfig.update_every must be >= 0 (0: one per node) or -1 (by staleness), got "
                              f"{self.update_every}")
@@ -114,7 +115,7 @@ class GeneratorTrainer:
         self.G.train()  # dropout is the generator's noise, at training and synthesis alike
         self.opt = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=(train.beta1, 0.999))
         self.G_ema = copy.deepcopy(self.G) if train.ema > 0 else None
-        self.snaps = WeightSnapshots(train.snapshots, train.snapshot_every)
+        self.snaps = WeightSnapshots(train.snapshots, train.snapshot_every, last=train.steps)
         self.judged: tuple[int, dict[str, torch.Tensor]] | None = None  # (step, G) where the nodes' judges peaked
         self.judged_score: float | None = None
         self.watch_bests: dict[str, list[float]] = {}  # the judges' watches' (best, step), kept for --resume
@@ -122,7 +123,7 @@ class GeneratorTrainer:
         self.names = [n for n, _ in self.G.named_parameters()]
         self.step = 0
         self.inflight: dict[int, InFlight] = {}
-        self._snapshot: tuple[int, list[torch.Tensor]] | None = None
+        self._params_at: tuple[int, list[torch.Tensor]] | None = None
         self._acc: list[torch.Tensor] | None = None
         self.pending = 0  # feedbacks accumulated since the last step
         self.samples_applied = 0
@@ -130,10 +131,10 @@ class GeneratorTrainer:
     # ------------------------------------------------------------ fakes
 
     def _params_now(self) -> list[torch.Tensor]:
-        if self._snapshot is None or self._snapshot[0] != self.step:
+        if self._params_at is None or self._params_at[0] != self.step:
             snap = [p.detach().clone().requires_grad_(True) for p in self.G.parameters()]
-            self._snapshot = (self.step, snap)
-        return self._snapshot[1]
+            self._params_at = (self.step, snap)
+        return self._params_at[1]
 
     def request_seed(self, node: str, request_id: int) -> int:
         """Dropout seed of one request, from what the message log records (node name, request id),
@@ -265,11 +266,11 @@ class GeneratorTrainer:
         self._judged_G = None
 
     def weights_available(self, which: str) -> str:
-        """What ``which`` resolves to: ``auto`` is snapshots, ema or raw, the first kept; missing snapshots, ema or
-        judged weights fall back."""
+        """What ``which`` resolves to: ``auto`` is snapshots, ema or raw, the first kept; missing judged weights
+        fall back as ``auto`` does, missing snapshots or ema to ema or raw."""
         if which == "judged" and self.judged is not None:
             return "judged"
-        if which in ("snapshots", "auto") and self.snaps:
+        if which in ("snapshots", "auto", "judged") and self.snaps.available(self.step, self.G):
             return "snapshots"
         if which in ("auto", "ema", "judged", "snapshots"):
             return "ema" if self.G_ema is not None else "raw"
@@ -296,7 +297,10 @@ class GeneratorTrainer:
         :meth:`weights`. With ``snapshots``, mask i comes from snapshot (i + draw) mod K, so K draws of a set
         give every mask once from each."""
         G = self.weights(weights)
-        models = self.snaps.models(self.step, self.G) if self.weights_available(weights) == "snapshots" else [G]
+        if self.weights_available(weights) == "snapshots":
+            models = [functools.partial(functional_call, self.G, w) for _, w in self.snaps.members(self.step, self.G)]
+        else:
+            models = [G]
         out = np.empty((*masks.shape, 3), np.uint8)
         with torch.random.fork_rng(devices=rng_devices(self.device)):
             torch.manual_seed(seed)
@@ -344,6 +348,12 @@ class GeneratorTrainer:
         return trainer
 
     def restore(self, state: dict[str, Any]) -> None:
+        mine = self.cfg.to_dict()  # a resume with other settings goes on with these ones: say which differ
+        changed = sorted(k for k, v in state.get("train", {}).items() if k in mine and k not in ("device", "steps")
+                         and mine[k] != v)
+        if changed:
+            log.warning("the checkpoint was trained with other settings (%s); training goes on with this run's",
+                        ", ".join(f"{k} {state['train'][k]!r} -> {mine[k]!r}" for k in changed))
         self.G.load_state_dict(state["G"])
         if self.G_ema is not None:  # a checkpoint from before EMA was on starts the average from its weights
             self.G_ema.load_state_dict(state.get("G_ema", state["G"]))
@@ -353,7 +363,7 @@ class GeneratorTrainer:
         self._judged_G = None
         self.judged_score = state.get("judged_score") if by_transfer else None
         self.watch_bests = dict(state.get("watch_bests", {}))
-        self.snaps.restore(state)
+        self.snaps.restore(state, self.device)
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
         self.samples_applied = int(state.get("samples_applied", 0))
@@ -361,7 +371,7 @@ class GeneratorTrainer:
         set_numpy_rng_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         self.inflight.clear()
-        self._snapshot, self._acc, self.pending = None, None, 0
+        self._params_at, self._acc, self.pending = None, None, 0
 
 
 def fakes_to_wire(fakes: torch.Tensor, dtype: str) -> np.ndarray:

@@ -8,7 +8,6 @@ set is drawn by one of the last few snapshots, so one unlucky last step spoils a
 from __future__ import annotations
 
 import collections
-import copy
 import itertools
 from typing import Any
 
@@ -16,43 +15,31 @@ import torch
 
 
 class WeightSnapshots:
-    """G's weights every ``every`` steps, the last ``keep``; the latest weights always take part in synthesis."""
+    """G's weights every ``every`` steps counted back from the planned ``last`` step, the last ``keep`` of them;
+    the latest weights always take part in synthesis (a run that stops early, or between snapshots)."""
 
-    def __init__(self, keep: int, every: int) -> None:
-        if keep < 0 or every < 1:
-            raise ValueError(f"snapshots: keep must be >= 0 and every >= 1, got {keep} and {every}")
-        self.keep, self.every = keep, every
+    def __init__(self, keep: int, every: int, last: int) -> None:
+        if keep < 0 or keep == 1 or every < 1:
+            raise ValueError(f"snapshots must be >= 0 and not 1 (one is the last weights), and snapshot_every >= 1; "
+                             f"got {keep} and {every}")
+        self.keep, self.every, self.last = keep, every, last
         self.kept: collections.deque[tuple[int, dict[str, torch.Tensor]]] = collections.deque(maxlen=max(1, keep))
-        self._models: list[torch.nn.Module] | None = None
-        self._models_key: tuple[int, ...] | None = None
-
-    def __bool__(self) -> bool:
-        return self.keep > 0
 
     def after_step(self, step: int, G: torch.nn.Module) -> None:
-        if self.keep and step % self.every == 0:
+        if self.keep and (self.last - step) % self.every == 0:
             self.kept.append((step, {k: v.detach().clone() for k, v in G.state_dict().items()}))
 
     def members(self, step: int, G: torch.nn.Module) -> list[tuple[int, dict[str, torch.Tensor]]]:
         """The weights a set is drawn from: the kept snapshots, the oldest giving way to the latest weights when
-        those are not kept (a run that stopped between snapshots)."""
+        those are not kept."""
         kept = list(self.kept) if self.keep else []
         if not kept or kept[-1][0] != step:
-            kept = [*kept[-(self.keep - 1):], (step, G.state_dict())] if self.keep > 1 else [(step, G.state_dict())]
+            kept = [*kept[max(0, len(kept) - self.keep + 1):], (step, G.state_dict())]
         return kept
 
-    def models(self, step: int, G: torch.nn.Module) -> list[torch.nn.Module]:
-        """One module per member, built once per set of members."""
-        members = self.members(step, G)
-        key = tuple(s for s, _ in members)
-        if self._models is None or self._models_key != key:
-            models = []
-            for _, weights in members:
-                m = copy.deepcopy(G)
-                m.load_state_dict(weights)
-                models.append(m)
-            self._models, self._models_key = models, key
-        return self._models
+    def available(self, step: int, G: torch.nn.Module) -> bool:
+        """True once there are two weights to spread a set over (before that a set would be the raw weights')."""
+        return len(self.members(step, G)) >= 2
 
     def drift(self, step: int, G: torch.nn.Module) -> float | None:
         """Mean distance between consecutive members, relative to the later one's norm: how far G moves."""
@@ -64,11 +51,10 @@ class WeightSnapshots:
     def state(self) -> dict[str, Any]:
         return {"G_snapshots": [[s, w] for s, w in self.kept]} if self.keep else {}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], device: torch.device) -> None:
         self.kept.clear()
-        for s, w in state.get("G_snapshots", [])[-self.keep:] if self.keep else []:
-            self.kept.append((int(s), w))
-        self._models = self._models_key = None
+        for s, w in state.get("G_snapshots", []) if self.keep else []:
+            self.kept.append((int(s), {k: v.to(device) for k, v in w.items()}))  # the deque keeps the last ``keep``
 
 
 def relative_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
