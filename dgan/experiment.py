@@ -190,6 +190,9 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     return gen
 
 
+ALSO_LABELS = {"raw": "last", "judged": "judged"}  # a GAN method's other weights, as the method names end
+
+
 def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: int, weights: str = "auto",
                    classes: tuple[str, ...] = ("background", "building")) -> PairSet:
     """Several samples per mask: dropout makes each one different."""
@@ -353,7 +356,6 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     methods["real_partial"] = cached("real_partial", partial)
 
     synthetic: dict[str, list[PairSet]] = {}  # each GAN method's synthetic sets, one per GAN seed
-    judged_results: dict[str, dict[str, Any]] = {}  # gan_method's NAME_judged, when asked
 
     def evaluate_sets(name: str, sets: list[PairSet]) -> dict[str, Any]:
         return _aggregate([{**evaluate_training_set(cfg, sets[s % len(sets)], splits, s,
@@ -361,10 +363,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                             "gan_seed": s % len(sets)} for s in seeds])
 
     def gan_method(name: str, make: Callable[[int], GeneratorTrainer | TrainedGAN],
-                   judged: bool = False) -> dict[str, Any]:
-        """``judged``: also the method ``NAME_judged``, the same trainings' sets from their judged weights."""
+                   also: tuple[str, ...] = ()) -> dict[str, Any]:
+        """``also``: the same trainings' sets from other weights, each measured as ``NAME_LABEL`` (ALSO_LABELS)."""
         sets, gan_seconds, gan_reused, weights = synthetic.setdefault(name, []), [], [], []
-        judged_sets: list[PairSet] = []
+        other: dict[str, list[PairSet]] = {w: [] for w in also}
         judged_steps: list[int | None] = []
         for g in range(max(1, min(cfg.gan_seeds, cfg.seeds))):
             log.info("%s GAN seed %d: %d batches", name, g, cfg.gan_steps)
@@ -379,29 +381,35 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                 weights[-1] += " " + ",".join(str(s) for s, _ in gen.snaps.members(gen.step, gen.G))
             sets.append(synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, classes=splits.train.classes))
             pair_grid(sets[-1].images, sets[-1].masks, grids / f"{name}_synthetic_gan{g}.png")
-            if judged:  # no transfer_iou window yet: the weights `auto` gives, as `--synthesis-weights judged` does
-                judged_steps.append(gen.judged[0] if gen.judged is not None else None)
-                judged_sets.append(synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, "judged",
-                                                  splits.train.classes))
-        if judged:
-            judged_results[name] = {**evaluate_sets(f"{name}_judged", judged_sets), "judged_steps": judged_steps}
+            for w in also:  # judged, with no transfer_iou window yet: the weights `auto` gives, as the generator does
+                other[w].append(synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, w, splits.train.classes))
+            judged_steps.append(gen.judged[0] if gen.judged is not None else None)
+        alternates = {ALSO_LABELS[w]: {**evaluate_sets(f"{name}_{ALSO_LABELS[w]}", ws), "alternate_of": name,
+                                       **({"judged_steps": judged_steps} if w == "judged" else {})}
+                      for w, ws in other.items()}
         return {**evaluate_sets(name, sets), "gan_seconds": gan_seconds, "gan_reused": gan_reused,
-                "synthesis_weights": weights}
+                "synthesis_weights": weights, "alternates": alternates}
 
+    def add(name: str, result: dict[str, Any], fb: str) -> None:
+        """A GAN method and the same trainings' sets from other weights, each a method of its own."""
+        alternates = result.pop("alternates", {})
+        methods[name] = {**result, "feedback": fb}
+        for label, m in alternates.items():
+            methods[f"{name}_{label}"] = {**m, "feedback": fb}
+
+    last = ("raw",) if cfg.snapshots else ()  # beside the snapshots: what the last weights alone give
     for i, fb in enumerate(cfg.feedback):
         suffix = "" if i == 0 else f"_{fb}"
         central_path = cache / f"central_gan-{cache_key(cfg, splits, 'central_gan', fb)}.json"
         if "central_gan" in cfg.gan_methods:
-            methods[f"central_gan{suffix}"] = {**cached("central_gan", lambda fb=fb, suffix=suffix: gan_method(
-                f"central_gan{suffix}", lambda s: central_gan(cfg, splits.train, s, fb)), fb), "feedback": fb}
+            add(f"central_gan{suffix}", cached("central_gan", lambda fb=fb, suffix=suffix: gan_method(
+                f"central_gan{suffix}", lambda s: central_gan(cfg, splits.train, s, fb), last), fb), fb)
         elif central_path.exists():  # not asked for, but already measured with these exact settings
             log.info("central_gan%s: from cache %s", suffix, central_path)
-            methods[f"central_gan{suffix}"] = {**from_cache(central_path), "feedback": fb}
+            add(f"central_gan{suffix}", from_cache(central_path), fb)
         if "dgan" in cfg.gan_methods:
-            methods[f"dgan{suffix}"] = {**gan_method(f"dgan{suffix}", lambda s, fb=fb: dgan_run(
-                cfg, splits, "async", s, fb), judged=cfg.judged), "feedback": fb}
-            if f"dgan{suffix}" in judged_results:
-                methods[f"dgan{suffix}_judged"] = {**judged_results[f"dgan{suffix}"], "feedback": fb}
+            add(f"dgan{suffix}", gan_method(f"dgan{suffix}", lambda s, fb=fb: dgan_run(cfg, splits, "async", s, fb),
+                                            (*last, *(("judged",) if cfg.judged else ()))), fb)
     for j, how in enumerate(cfg.local if "dgan" in synthetic else ()):
         sets = synthetic["dgan"]
         per_node = {f"node{k}": _aggregate([{**evaluate_training_set(
@@ -411,8 +419,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             **_node_mean(per_node), "per_node": per_node,
             "how": how, "feedback": cfg.feedback[0]}
     if cfg.with_sync:
-        methods["dgan_sync"] = {**gan_method("dgan_sync", lambda s: dgan_run(cfg, splits, "sync", s, cfg.feedback[0])),
-                                "feedback": cfg.feedback[0]}
+        add("dgan_sync", gan_method("dgan_sync", lambda s: dgan_run(cfg, splits, "sync", s, cfg.feedback[0]), last),
+            cfg.feedback[0])
     results = {
         "dataset": splits.description["dataset"], "partition": splits.description["partition"],
         "resolution": cfg.size, "splits": splits.description,

@@ -23,7 +23,8 @@ def claims(methods: dict[str, Any]) -> dict[str, Any]:
         "dgan_vs_partial_mean": {"dgan": d, "partial": p, "met": bool(d > p)},
         "dgan_vs_real_all": {"ratio": d / a if a else float("nan"), "target": 0.85, "met": bool(a and d / a >= 0.85)}})
     for name, m in methods.items():  # the first feedback mode against each other one, DGAN to DGAN
-        if name.startswith("dgan_") and name != "dgan_sync" and "per_node" not in m and "judged_steps" not in m:
+        if name.startswith("dgan_") and not name.startswith("dgan_sync") and "per_node" not in m \
+                and "alternate_of" not in m and "judged_steps" not in m:
             out[f"dgan_vs_{name}"] = {"dgan": d, "other": m["iou"], "met": bool(d >= m["iou"])}
     return out
 
@@ -45,6 +46,9 @@ def markdown(results: dict[str, Any]) -> str:
                            for s in m["judged_steps"])
             lines += ["", f"- {name}: the same GAN trainings' sets, from the raw weights where the nodes' "
                           f"transfer_iou peaked (step per GAN seed: {at})"]
+        elif m.get("alternate_of") and name.endswith("_last"):
+            lines += ["", f"- {name}: the same GAN trainings as {m['alternate_of']}, their sets from the last weights "
+                          "alone (beside the snapshots)"]
     trained = [(name, m) for name, m in results["methods"].items() if m.get("gan_seconds")]
     if trained:
         lines.append("")

@@ -133,3 +133,22 @@ def test_the_experiment_gives_both_gans_snapshots_over_their_second_half_and_key
                                                                        "adversarial").extra_generator_args)
     assert cache_key(base, SPLITS, "central_gan", "adversarial") != cache_key(on, SPLITS, "central_gan", "adversarial")
     assert cache_key(base, SPLITS, "real_all", "adversarial") == cache_key(on, SPLITS, "real_all", "adversarial")
+
+
+def test_an_experiment_with_snapshots_also_measures_the_same_trainings_last_weights(tmp_path: Path) -> None:
+    from dgan.experiment import run_experiment
+    from dgan.segment import SegConfig
+
+    cfg = ex.ExperimentConfig(out=tmp_path / "exp", size=32, gan_steps=4, g_width=8, d_width=8, nodes=2, seeds=1,
+                              seg=SegConfig(width=8, depth=3, steps=4, eval_every=2), samples_per_mask=2, scenes=16,
+                              quick=True, partition="iid", threads=1, gan_methods=("central_gan",), snapshots=2,
+                              local=())
+    results = run_experiment(cfg)
+    central, last = results["methods"]["central_gan"], results["methods"]["central_gan_last"]
+    assert central["synthesis_weights"] == ["snapshots 3,4"] and "alternates" not in central
+    assert last["alternate_of"] == "central_gan" and last["feedback"] == central["feedback"]
+    assert list(results["methods"]).index("central_gan_last") == list(results["methods"]).index("central_gan") + 1
+    md = (tmp_path / "exp" / "results.md").read_text()
+    assert "| central_gan_last |" in md and "their sets from the last weights alone" in md
+    again = run_experiment(cfg)  # the central GAN from the cache: its last weights' figures come back with it
+    assert again["methods"]["central_gan_last"] == last
