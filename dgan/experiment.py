@@ -21,17 +21,17 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dgan.cpu_features import deterministic_cuda, device_problem
+from dgan.cpu_features import deterministic_cuda
 from dgan.data.loaders import PairSet
 from dgan.data.partition import summary
-from dgan.data.scenes import CLASSES as SCENE_CLASSES
+from dgan.experiment_config import ExperimentConfig
 from dgan.experiment_splits import (  # noqa: F401  (re-exported: the experiment's public names)
     DUBAI_GROUPS,
     DUBAI_TEST,
@@ -43,9 +43,7 @@ from dgan.experiment_splits import (  # noqa: F401  (re-exported: the experiment
     parse_test,
 )
 from dgan.experiment_tables import claims, markdown
-from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
 from dgan.finished_runs import finished_run, forget_finished, record_finished
-from dgan.networks import ModelConfig
 from dgan.run import RunConfig, run_local
 from dgan.segment import (
     SegConfig,
@@ -63,107 +61,6 @@ from dgan.training.generator import GeneratorTrainer, TrainConfig
 log = logging.getLogger("dgan.experiment")
 
 METRICS = ("iou", "f1", "precision", "recall", "accuracy")
-
-
-@dataclass
-class ExperimentConfig:
-    out: Path
-    data: Path | None = None  # None: built-in scenes
-    scene_variant: str = "buildings"  # with data None: buildings, buildings-roads (3 classes) or ships
-    num_classes: int = 2  # set from the data by run_experiment (classes.json, or the scene variant)
-    partition: str = "group"
-    test: str = DUBAI_TEST  # COLUMN=V1[,V2]: manifest rows held out for the test; COLUMN is also the group column
-    groups: str = ""  # group partition: "a|b,c|d" = node 0 gets a, node 1 b and c...; "" = dealt largest first
-    nodes: int = 4
-    size: int = 128
-    gan_steps: int = 800  # batches each GAN learns from (DGAN steps that average N feedbacks take N of them)
-    batch_size: int = 8
-    g_width: int = 32
-    d_width: int = 32
-    lambda_l1: float = 100.0  # feedback mode l1 only
-    lambda_semantic: float = 20.0  # feedback mode semantic only
-    lambda_colour: float = 0.0  # any mode: the fakes' per-class colour mean and spread against the node's data
-    diffaugment: bool = False  # nodes' (and the central GAN's) PatchGAN sees DiffAugment'ed pairs
-    feedback: tuple[str, ...] = (DEFAULT_MODE.value,)  # the first is `dgan`/`central_gan`
-    label_mix: float = 0.0  # segmentation feedback: OASIS LabelMix weight
-    oasis_optim: bool = False  # OASIS optimisers: D lr 4e-4, G lr 1e-4, beta1 0 for both
-    gan_methods: tuple[str, ...] = ("central_gan", "dgan")  # which GAN methods to train (the real ones always run)
-    seg: SegConfig = field(default_factory=lambda: SegConfig(steps=700))
-    seeds: int = 2
-    gan_seeds: int = 1  # GAN trainings per GAN method; segmentation seed s trains on GAN s % gan_seeds
-    with_sync: bool = False
-    update_every: int = 1  # DGAN's async rule: feedbacks per generator step (0 = one per node: buffered)
-    async_beta1: float | None = None  # DGAN async: G's Adam beta1 (None: the central GAN's)
-    ema: float = 0.0  # both GANs synthesise from this moving average of G's weights (0 = the last weights)
-    snapshots: int = 0  # > 0: both GANs synthesise from this many snapshots of G over the second half of training
-    judged: bool = False  # also `dgan_judged`: the same DGAN trainings' sets from where the nodes' transfer_iou peaked
-    # dgan_local: all the steps on the synthetic set, then all on the own pairs (validation, 64 px, tiles 8 and 5:
-    # better than finetune's half and half, 0.377 vs 0.339 and 0.405 vs 0.392; mixed last, 0.286 and 0.323)
-    local: tuple[str, ...] = ("pretrain",)
-    local_share: float = 0.5  # dgan_local mixed: the share of each batch from the department's real pairs
-    samples_per_mask: int = 2
-    scenes: int = 600
-    quick: bool = False
-    cache: Path | None = None
-    threads: int = 2
-    device: str = "cpu"  # every GAN and segmenter, and the DGAN run's processes: cpu, cuda or cuda:N
-    grad_dtype: str = "float16"  # DGAN nodes' gradients on the wire (int8: per-sample scale, dgan.grad_codec)
-    fake_dtype: str = "float16"  # DGAN generator's fakes on the wire
-
-    def __post_init__(self) -> None:
-        """Settings that would only fail after hours of GAN training fail here."""
-        from dgan.choices import FakeDtype, GradDtype, LocalHow, values
-
-        if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0:
-            raise ExperimentSetupError(f"update_every must be >= 0, ema in [0, 1) and local_share in (0, 1); got "
-                                       f"{self.update_every}, {self.ema}, {self.local_share}")
-        if self.snapshots < 0 or self.snapshots == 1:
-            raise ExperimentSetupError(f"snapshots must be >= 0 and not 1 (one is the last weights), got "
-                                       f"{self.snapshots}")
-        if self.async_beta1 is not None and not 0.0 <= self.async_beta1 < 1.0:  # NaN too
-            raise ExperimentSetupError(f"async_beta1 must be in [0, 1), got {self.async_beta1}")
-        if not 0.0 <= self.seg.positive_share <= 1.0:
-            raise ExperimentSetupError(f"positive_share must be in [0, 1], got {self.seg.positive_share}")
-        if self.scene_variant not in SCENE_CLASSES:
-            raise ExperimentSetupError(f"scene variant must be one of {', '.join(SCENE_CLASSES)}, got "
-                                       f"{self.scene_variant!r}")
-        for name, allowed in (("grad_dtype", values(GradDtype)), ("fake_dtype", values(FakeDtype))):
-            if getattr(self, name) not in allowed:
-                raise ExperimentSetupError(f"{name} must be one of {', '.join(allowed)}, got "
-                                           f"{getattr(self, name)!r}")
-        bad = [h for h in self.local if h not in values(LocalHow)]
-        if bad:
-            raise ExperimentSetupError(f"local must be among {', '.join(values(LocalHow))}, got {bad[0]!r}")
-        for mode in self.feedback:  # a negative or NaN weight, before real_all and real_partial have trained
-            try:
-                self.recipe(mode)
-            except ValueError as exc:
-                raise ExperimentSetupError(f"feedback {mode}: {exc}") from None
-        if (problem := device_problem(self.device)) is not None:
-            raise ExperimentSetupError(problem)
-        if self.data is not None:
-            parse_test(self.test)
-            if self.groups:
-                parse_groups(self.groups)
-
-    def model(self) -> ModelConfig:
-        return ModelConfig(image_size=self.size, num_classes=self.num_classes, g_width=self.g_width,
-                           d_width=self.d_width)
-
-    def recipe(self, mode: str) -> FeedbackConfig:
-        d_lr, beta1 = (4e-4, 0.0) if self.oasis_optim else (2e-4, 0.5)
-        return FeedbackConfig(FeedbackMode(mode), lambda_l1=self.lambda_l1, label_mix=self.label_mix,
-                              lambda_semantic=self.lambda_semantic, lr=d_lr, beta1=beta1,
-                              diffaugment=self.diffaugment, lambda_colour=self.lambda_colour)
-
-    def snapshot_args(self, steps: int) -> dict[str, int]:
-        """TrainConfig's snapshot settings for a GAN of ``steps`` generator steps: spread over its second half."""
-        return {"snapshots": self.snapshots, "snapshot_every": max(1, steps // (2 * self.snapshots))} \
-            if self.snapshots else {}
-
-    def generator_optim(self) -> tuple[float, float]:
-        """(lr, beta1) of the generator's Adam."""
-        return (1e-4, 0.0) if self.oasis_optim else (2e-4, 0.5)
 
 
 # ------------------------------------------------------------------ GANs

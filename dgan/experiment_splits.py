@@ -19,7 +19,7 @@ from dgan.data.scenes import make_scenes
 from dgan.run import HELDOUT_SEED_BASE
 
 if TYPE_CHECKING:
-    from dgan.experiment import ExperimentConfig
+    from dgan.experiment_config import ExperimentConfig
 
 # The Dubai protocol: tile 8 is the test set; nodes hold whole tiles (any manifest column works the same way).
 DUBAI_TEST = "tile=8"
