@@ -17,6 +17,17 @@ from dgan.commands import Ports, broker_args
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def feedback_step(trainer, key: int) -> None:
+    """One generator step on a made-up gradient (all ones) for two 32 px masks with a square in them."""
+    import numpy as np
+
+    masks = np.zeros((2, 32, 32), np.uint8)
+    masks[:, 8:20, 8:20] = 1
+    fakes = trainer.generate("n", key, masks, request_id=key)
+    trainer.apply_feedback("n", key, np.ones_like(fakes, dtype=np.float32))
+    trainer.update()
+
+
 def wait_until(pred, timeout: float, what: str) -> None:
     """Poll ``pred`` every 0.2 s; fail the test with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -19,6 +19,7 @@ from dgan.networks import ModelConfig
 from dgan.training.checkpoints import load_checkpoint
 from dgan.training.generator import GeneratorTrainer, TrainConfig
 from dgan.training.snapshots import relative_distance
+from tests.conftest import feedback_step
 
 MODEL = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
 STILL = replace(MODEL, dropout=0.0)  # no noise: an image is a function of the weights and the mask
@@ -26,22 +27,14 @@ _PAIRS = PairSet(*make_scenes(range(4), 32), ["a", "b", "c", "d"], {}, ("backgro
 SPLITS = Splits(train=_PAIRS, val=_PAIRS, test=_PAIRS, node_parts=[[0, 1], [2, 3]], description={})
 
 
-def _step(trainer: GeneratorTrainer, key: int) -> None:
-    masks = np.zeros((2, 32, 32), np.uint8)
-    masks[:, 8:20, 8:20] = 1
-    fakes = trainer.generate("n", key, masks, request_id=key)
-    trainer.apply_feedback("n", key, np.ones_like(fakes, dtype=np.float32))
-    trainer.update()
-
-
 def test_snapshots_keep_the_last_k_every_n_steps_with_the_latest_weights_and_survive_a_checkpoint(
         tmp_path: Path) -> None:
     trainer = GeneratorTrainer(MODEL, TrainConfig(snapshots=2, snapshot_every=2, fake_dtype="float32", lr=1e-2))
     for k in range(5):
-        _step(trainer, k)
+        feedback_step(trainer, k)
     assert [s for s, _ in trainer.snaps.kept] == [2, 4]
     assert [s for s, _ in trainer.snaps.members(trainer.step, trainer.G)] == [4, 5]  # step 5 is not kept: it joins
-    _step(trainer, 5)
+    feedback_step(trainer, 5)
     assert [s for s, _ in trainer.snaps.members(trainer.step, trainer.G)] == [4, 6]
     drift = trainer.snaps.drift(trainer.step, trainer.G)
     assert drift is not None and drift > 0
@@ -56,7 +49,7 @@ def test_snapshots_keep_the_last_k_every_n_steps_with_the_latest_weights_and_sur
 def test_a_set_draws_mask_i_of_draw_k_from_snapshot_i_plus_k_mod_k() -> None:
     trainer = GeneratorTrainer(STILL, TrainConfig(snapshots=3, snapshot_every=2, fake_dtype="float32", lr=5e-2))
     for k in range(6):
-        _step(trainer, k)
+        feedback_step(trainer, k)
     members = trainer.snaps.members(trainer.step, trainer.G)
     assert [s for s, _ in members] == [2, 4, 6]
     masks = np.zeros((7, 32, 32), np.uint8)
@@ -97,14 +90,14 @@ def test_snapshots_count_back_from_the_planned_last_step_and_an_early_stop_still
     trainer = GeneratorTrainer(MODEL, TrainConfig(steps=7, snapshots=3, snapshot_every=3, ema=0.9,
                                                   fake_dtype="float32", lr=1e-2))
     assert trainer.weights_available("auto") == "ema"  # nothing to spread a set over yet: the EMA, as before
-    _step(trainer, 0)
+    feedback_step(trainer, 0)
     assert [s for s, _ in trainer.snaps.kept] == [1] and trainer.weights_available("auto") == "ema"
     for k in range(1, 5):
-        _step(trainer, k)
+        feedback_step(trainer, k)
     assert [s for s, _ in trainer.snaps.members(trainer.step, trainer.G)] == [1, 4, 5]  # stopped at step 5
     assert trainer.weights_available("auto") == trainer.weights_available("judged") == "snapshots"
     for k in range(5, 7):
-        _step(trainer, k)
+        feedback_step(trainer, k)
     assert [s for s, _ in trainer.snaps.members(trainer.step, trainer.G)] == [1, 4, 7]  # 7 is the planned last
     trainer.save(tmp_path / "g.pt")
     state = load_checkpoint(tmp_path / "g.pt")

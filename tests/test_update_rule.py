@@ -14,16 +14,9 @@ from dgan.experiment import ExperimentConfig, make_splits, synthesize_set
 from dgan.networks import ModelConfig
 from dgan.training.checkpoints import load_checkpoint
 from dgan.training.generator import GeneratorTrainer, TrainConfig
+from tests.conftest import feedback_step
 
 MODEL = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
-
-
-def _step(trainer: GeneratorTrainer, key: int) -> None:
-    masks = np.zeros((2, 32, 32), np.uint8)
-    masks[:, 8:20, 8:20] = 1
-    fakes = trainer.generate("n", key, masks, request_id=key)
-    trainer.apply_feedback("n", key, np.ones_like(fakes, dtype=np.float32))
-    trainer.update()
 
 
 def test_ema_weights_trail_the_raw_ones_and_synthesis_uses_them(tmp_path: Path) -> None:
@@ -31,7 +24,7 @@ def test_ema_weights_trail_the_raw_ones_and_synthesis_uses_them(tmp_path: Path) 
     assert trainer.G_ema is not None
     start = [p.detach().clone() for p in trainer.G.parameters()]
     for k in range(6):
-        _step(trainer, k)
+        feedback_step(trainer, k)
     raw, avg = [p.detach() for p in trainer.G.parameters()], [p.detach() for p in trainer.G_ema.parameters()]
     moved = sum(float((r - s).abs().sum()) for r, s in zip(raw, start, strict=True))
     behind = sum(float((a - r).abs().sum()) for a, r in zip(avg, raw, strict=True))
@@ -118,11 +111,11 @@ def test_judged_weights_are_kept_checkpointed_and_chosen_for_synthesis(tmp_path:
     trainer = GeneratorTrainer(MODEL, TrainConfig(fake_dtype="float32", lr=1e-2))
     masks = np.zeros((2, 32, 32), np.uint8)
     assert np.array_equal(trainer.synthesize(masks, weights="judged"), trainer.synthesize(masks, weights="raw"))
-    _step(trainer, 1)
+    feedback_step(trainer, 1)
     trainer.keep_judged(0.3)  # the judges peaked here
     at_peak = trainer.synthesize(masks, weights="raw")
     for k in range(2, 5):
-        _step(trainer, k)
+        feedback_step(trainer, k)
     assert trainer.judged is not None and trainer.judged[0] == 1
     assert np.array_equal(trainer.synthesize(masks, weights="judged"), at_peak)
     assert not np.array_equal(trainer.synthesize(masks, weights="raw"), at_peak)
