@@ -155,7 +155,8 @@ def generator(
     ema: Annotated[float, typer.Option(help="Decay of the moving average of G's weights that synthesis and "
                                             "samples use (0 = off).")] = 0.0,
     snapshots: Annotated[int, typer.Option(help="Keep G's weights every --snapshot-every steps, the last this many; "
-                                                "synthesis spreads each set over them (0 = off).")] = 0,
+                                                "synthesis spreads each set over them (0 = off; every checkpoint "
+                                                "carries them).")] = 0,
     snapshot_every: Annotated[int, typer.Option(help="Steps between snapshots.")] = 100,
     weighting: Annotated[Weighting, typer.Option(help="Feedback weight: by node dataset size, or equal.")] = (
         Weighting.size),
