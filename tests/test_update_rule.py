@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -162,3 +167,41 @@ def test_the_staleness_fixes_change_only_the_generators_adam(rule: str, beta1: f
     group = gen.opt.param_groups[0]
     assert group["betas"][0] == beta1 and group["lr"] == pytest.approx(lr)
     assert stats["steps"] == 8 and stats["staleness_mean"] > 0  # the same async schedule as dgan's rule
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a dead worker waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_the_benchmarks_pool_workers_die_with_it() -> None:
+    """Killing the benchmark must not leave its workers training for an hour on the machine's cores."""
+    script = (
+        "import os, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import get_context\n"
+        "from benchmarks.update_rule import die_with_parent\n"
+        "pool = ProcessPoolExecutor(1, mp_context=get_context('spawn'), initializer=die_with_parent,\n"
+        "                           initargs=(os.getpid(),))\n"
+        "print(pool.submit(os.getpid).result(), flush=True)\n"
+        "pool.submit(time.sleep, 120)\n"
+        "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    worker = 0
+    try:
+        worker = int(proc.stdout.readline())
+        assert _running(worker)  # alive while the benchmark is
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _running(worker):
+            time.sleep(0.1)
+        assert not _running(worker), "the worker outlived the benchmark"
+    finally:
+        proc.kill()
+        if worker and _running(worker):  # the test failed: do not leave it sleeping either
+            os.kill(worker, signal.SIGKILL)
