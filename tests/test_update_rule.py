@@ -177,6 +177,7 @@ def _running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
 def test_the_benchmarks_pool_workers_die_with_it() -> None:
     """Killing the benchmark must not leave its workers training for an hour on the machine's cores."""
     script = (
