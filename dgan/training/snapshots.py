@@ -1,8 +1,8 @@
 """Snapshots of the generator's weights late in training, to synthesise from several of them.
 
-An EMA averages weights; that fails where the weights it mixes do not work together (issue 13: async DGAN's EMA
-sets failed where the central GAN's held). Snapshots average in image space instead: each mask of a synthetic
-set is drawn by one of the last few snapshots, so one unlucky last step spoils a share of the set, not all of it.
+An EMA averages weights, and async DGAN's EMA sets failed where the central GAN's held (issue 13). Snapshots
+average in image space instead: each mask of a synthetic set is drawn by one of the last few snapshots, so one
+unlucky last step spoils a share of the set, not all of it (docs/results/update-rule.md, session 17).
 """
 
 from __future__ import annotations
