@@ -203,9 +203,17 @@ def _one(args: tuple[ExperimentConfig, str, int, int, str, list[float], float, i
 
 
 def die_with_parent(parent: int) -> None:
-    """Pool initializer: a worker ends when the benchmark does (killed or interrupted), not an hour later."""
+    """Pool initializer: on Linux a worker ends when the benchmark does (killed or interrupted), not an hour later.
+
+    For a ``spawn`` pool made on the benchmark's main thread (PR_SET_PDEATHSIG follows the thread that started
+    the worker; under ``forkserver`` the parent would be the server, and the check below would end every
+    worker). The `real` rule's processes are started by :mod:`dgan.run`, not here, and are not covered.
+    """
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, ctypes.c_ulong(signal.SIGTERM), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this worker may outlive the benchmark",
+                        ctypes.get_errno())
     if os.getppid() != parent:  # the benchmark died before the line above ran
         os._exit(1)
 

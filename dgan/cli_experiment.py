@@ -71,7 +71,9 @@ def experiment(
                                             "this decay (0 = the last weights).")] = 0.0,
     snapshots: Annotated[int, typer.Option(help="Both GANs synthesise from this many snapshots of G's weights, "
                                                 "spread over the second half of training, each drawing a share of "
-                                                "every mask's samples (0 = off; before --ema when both are on).")
+                                                "every mask's samples (0 = off; before --ema when both are on). "
+                                                "NAME_last beside: the same trainings' last weights (not their "
+                                                "EMA), one more segmentation per GAN seed.")
                          ] = 0,
     judged: Annotated[bool, typer.Option(help="Also `dgan_judged`: the same DGAN trainings' sets from the "
                                               "weights where the nodes' transfer_iou peaked.")] = False,

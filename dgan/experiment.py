@@ -13,6 +13,8 @@ with several modes, each extra one adds ``central_gan_MODE`` and ``dgan_MODE``.
 
 Model selection uses a validation split carved from the training tiles, never the test tiles.
 ``real_all`` and ``central_gan`` do not depend on the partition and are cached by data, config and seed.
+With ``--snapshots`` (or ``--judged``), ``NAME_last`` (``NAME_judged``) measures the same trainings' sets from
+their last weights (from where the nodes' judges peaked).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 from dgan.cpu_features import deterministic_cuda
 from dgan.data.loaders import PairSet
 from dgan.data.partition import summary
-from dgan.experiment_config import ExperimentConfig
+from dgan.experiment_config import ExperimentConfig  # also re-exported: the experiment's public names
 from dgan.experiment_splits import (  # noqa: F401  (re-exported: the experiment's public names)
     DUBAI_GROUPS,
     DUBAI_TEST,

@@ -144,6 +144,6 @@ def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = ""
             key["g_optim"] = cfg.generator_optim()
         if cfg.ema:  # only when on: results cached before EMA existed keep their keys
             key["ema"] = cfg.ema
-        if cfg.snapshots:  # the count and the cadence (from the central GAN's steps)
-            key["snapshots"] = cfg.snapshot_args(cfg.gan_steps)
+        if cfg.snapshots:  # the count, the cadence (from the central GAN's steps), and the last weights beside
+            key["snapshots"] = {**cfg.snapshot_args(cfg.gan_steps), "beside": "last"}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

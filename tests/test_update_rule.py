@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -169,12 +170,19 @@ def test_the_staleness_fixes_change_only_the_generators_adam(rule: str, beta1: f
     assert stats["steps"] == 8 and stats["staleness_mean"] > 0  # the same async schedule as dgan's rule
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a dead worker waits for init to reap it)."""
+def _stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a process, None when it is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
-        return False
+        return None
+    return fields[0], fields[19]  # fields 3 and 22 of proc(5)
+
+
+def _running(pid: int, started: str) -> bool:
+    """That very process (not a later one with its pid) is alive and not a zombie waiting to be reaped."""
+    stat = _stat(pid)
+    return stat is not None and stat[1] == started and stat[0] != "Z"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
@@ -192,17 +200,23 @@ def test_the_benchmarks_pool_workers_die_with_it() -> None:
         "time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[1])
-    worker = 0
+    worker, started = 0, ""
     try:
+        assert select.select([proc.stdout], [], [], 120)[0], "the pool never started"
         worker = int(proc.stdout.readline())
-        assert _running(worker)  # alive while the benchmark is
+        stat = _stat(worker)
+        assert stat is not None
+        started = stat[1]
+        assert _running(worker, started)  # alive while the benchmark is
         proc.kill()
         proc.wait(10)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _running(worker):
+        while time.monotonic() < deadline and _running(worker, started):
             time.sleep(0.1)
-        assert not _running(worker), "the worker outlived the benchmark"
+        assert not _running(worker, started), "the worker outlived the benchmark"
     finally:
         proc.kill()
-        if worker and _running(worker):  # the test failed: do not leave it sleeping either
+        proc.wait(10)
+        proc.stdout.close()
+        if worker and _running(worker, started):  # the test failed: do not leave it sleeping either
             os.kill(worker, signal.SIGKILL)
