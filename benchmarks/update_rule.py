@@ -103,7 +103,9 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
     """Train a generator on ``feedbacks`` node answers under ``rule``; returns it and its staleness figures."""
     lr, beta1 = cfg.generator_optim()
     beta1 = beta1 if rule.beta1 is None else rule.beta1
-    steps = feedbacks // cfg.nodes if rule.mode == "sync" or rule.update_every == 0 else feedbacks
+    # serial and central step once per feedback, the async and sync rules as the real generator does
+    steps = feedbacks if rule.mode in ("serial", "central") else cfg.generator_steps(feedbacks, rule.mode,
+                                                                                        rule.update_every)
     gen = GeneratorTrainer(cfg.model(), TrainConfig(steps=steps, lr=lr * rule.lr_scale, beta1=beta1, seed=seed,
                                                     fake_dtype=rule.fake_dtype, ema=ema, max_staleness=10**6,
                                                     precision=rule.precision,

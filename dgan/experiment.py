@@ -122,7 +122,7 @@ def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, fee
         shards = [{"kind": "folder", "path": str(cfg.data.resolve()), "names": [splits.train.names[i] for i in p]}
                   for p in splits.node_parts]
     # The same budget as the central GAN: gan_steps batches of feedback, whatever a generator step averages.
-    steps = -(-cfg.gan_steps // (cfg.update_every or cfg.nodes)) if mode == "async" else -(-cfg.gan_steps // cfg.nodes)
+    steps = cfg.generator_steps(cfg.gan_steps, mode, cfg.update_every)
     return RunConfig(nodes=cfg.nodes, steps=steps, out=out, image_size=cfg.size, g_width=cfg.g_width,
                      d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
                      synthesize=False, checkpoint_every=0, sample_every=max(1, steps // 4),

@@ -104,6 +104,11 @@ class ExperimentConfig:
                               lambda_semantic=self.lambda_semantic, lr=d_lr, beta1=beta1,
                               diffaugment=self.diffaugment, lambda_colour=self.lambda_colour)
 
+    def generator_steps(self, batches: int, mode: str, update_every: int = 1) -> int:
+        """DGAN's generator steps for ``batches`` feedbacks: async steps once per ``update_every`` of them (0: one
+        per node, buffered), sync once per round of every node."""
+        return -(-batches // ((update_every or self.nodes) if mode == "async" else self.nodes))
+
     def snapshot_args(self, steps: int) -> dict[str, int]:
         """TrainConfig's snapshot settings for a GAN of ``steps`` generator steps: spread over its second half."""
         return {"snapshots": self.snapshots, "snapshot_every": max(1, steps // (2 * self.snapshots))} \

@@ -296,11 +296,10 @@ class GeneratorTrainer:
         """uint8 images (N, H, W, 3) for label maps (N, H, W), dropout on as at training; ``weights``: see
         :meth:`weights`. With ``snapshots``, mask i comes from snapshot (i + draw) mod K, so K draws of a set
         give every mask once from each."""
-        G = self.weights(weights)
         if self.weights_available(weights) == "snapshots":
             models = [functools.partial(functional_call, self.G, w) for _, w in self.snaps.members(self.step, self.G)]
         else:
-            models = [G]
+            models = [self.weights(weights)]  # which also refuses an unknown name
         out = np.empty((*masks.shape, 3), np.uint8)
         with torch.random.fork_rng(devices=rng_devices(self.device)):
             torch.manual_seed(seed)
