@@ -66,6 +66,7 @@ class Rule:
     fake_dtype: str = "float32"  # the generator's fakes as the wire would carry them
     precision: str = "fp32"  # the generator's forward pass (TrainConfig.precision)
     node_precision: str = "fp32"  # the nodes' D and segmenter passes (DiscriminatorTrainer's precision)
+    jacobian: str = "made"  # TrainConfig.jacobian: backprop through the weights that made the fakes, or the current
 
 
 RULES = {
@@ -93,6 +94,8 @@ RULES = {
     "async-b0": Rule("async-b0", "async", 1, 2, grad_dtype="float16", fake_dtype="float16", beta1=0.0),
     "async-lr05": Rule("async-lr05", "async", 1, 2, 0.5, grad_dtype="float16", fake_dtype="float16"),
     "buffered-f16": Rule("buffered-f16", "async", 0, 2, grad_dtype="float16", fake_dtype="float16"),
+    # delay compensation, paired with "async-f16": the stale feedback goes through G's current weights
+    "async-jc": Rule("async-jc", "async", 1, 2, grad_dtype="float16", fake_dtype="float16", jacobian="current"),
     # not simulated: a real run (broker, node processes, this machine's timing), dgan's default wire
     "real": Rule("real", "real", 1, 2, grad_dtype="float16", fake_dtype="float16"),
 }
@@ -108,7 +111,7 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
                                                                                         rule.update_every)
     gen = GeneratorTrainer(cfg.model(), TrainConfig(steps=steps, lr=lr * rule.lr_scale, beta1=beta1, seed=seed,
                                                     fake_dtype=rule.fake_dtype, ema=ema, max_staleness=10**6,
-                                                    precision=rule.precision,
+                                                    precision=rule.precision, jacobian=rule.jacobian,
                                                     **replace(cfg, snapshots=SNAPSHOTS).snapshot_args(steps)))
     parts = [list(range(len(splits.train)))] if rule.mode == "central" else splits.node_parts
     names = [f"node{i}" for i in range(len(parts))]

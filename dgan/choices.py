@@ -23,6 +23,13 @@ class Weighting(str, enum.Enum):
     equal = "equal"
 
 
+class Jacobian(str, enum.Enum):
+    """Where a stale feedback is backpropagated through G: the weights that made its fakes, or the current ones."""
+
+    made = "made"
+    current = "current"
+
+
 class FakeDtype(str, enum.Enum):
     float16 = "float16"
     float32 = "float32"

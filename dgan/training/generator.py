@@ -6,6 +6,11 @@ feedback arrives.  Feedback then backpropagates the node's gradient through
 the exact computation that made those fakes, even when G has stepped since
 (delayed-gradient SGD, with the staleness tracked and bounded).  With
 staleness 0 this is exactly a pix2pix G step.
+
+``jacobian="current"`` is a delay compensation: the fakes are made without a
+graph, and the feedback is backpropagated through G's *current* weights, run
+again on the same masks with the same dropout draw.  Only the node's view of
+the fakes is then stale, not the step direction through G.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from torch.func import functional_call
 
 from dgan import grad_codec
-from dgan.choices import FakeDtype, Precision, SynthWeights, TrainMode, Weighting, values
+from dgan.choices import FakeDtype, Jacobian, Precision, SynthWeights, TrainMode, Weighting, values
 from dgan.cpu_features import device_problem, resolve_precision, rng_devices
 from dgan.networks import ModelConfig, define_G, masks_to_input, tensor_to_images
 from dgan.training.checkpoints import load_checkpoint, numpy_rng_state, save_atomic, set_numpy_rng_state
@@ -40,6 +45,7 @@ WEIGHTINGS = values(Weighting)
 FAKE_DTYPES = values(FakeDtype)
 SYNTH_WEIGHTS = values(SynthWeights)
 PRECISIONS = values(Precision)
+JACOBIANS = values(Jacobian)
 
 
 @dataclass
@@ -62,10 +68,11 @@ class TrainConfig:
     precision: str = "fp32"  # G's forward: fp32, bf16 (autocast) or auto (bf16 where the CPU has it natively)
     channels_last: bool = False  # G's weights and inputs in NHWC (0.93-1.01x on a 2-core VM: off)
     compile: bool = False  # torch.compile G's forward (0.79x there, after ~35 s of compiling: off)
+    jacobian: str = "made"  # backprop a feedback through the weights that made its fakes, or G's current ones
 
     def __post_init__(self) -> None:
         for name, allowed in (("mode", TRAIN_MODES), ("weighting", WEIGHTINGS), ("fake_dtype", FAKE_DTYPES),
-                              ("precision", PRECISIONS)):
+                              ("precision", PRECISIONS), ("jacobian", JACOBIANS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.ema < 1.0:
@@ -92,9 +99,11 @@ class Outcome(enum.Enum):
 class InFlight:
     node: str
     step_made: int
-    fakes: torch.Tensor  # carries the graph back to ``params``
+    fakes: torch.Tensor  # carries the graph back to ``params`` (jacobian "current": no graph)
     params: list[torch.Tensor]
     created: float = field(default_factory=time.monotonic)
+    inputs: torch.Tensor | None = None  # jacobian "current": G's input and dropout seed, to run it again
+    seed: int = 0
 
 
 class GeneratorTrainer:
@@ -143,15 +152,25 @@ class GeneratorTrainer:
 
     def generate(self, node: str, key: int, masks: np.ndarray, request_id: int = 0) -> np.ndarray:
         """Fakes for ``masks`` (B, H, W); remembered under ``key`` until feedback."""
-        params = self._params_now()
         m = torch.from_numpy(np.array(masks, dtype=np.uint8))  # small copy: wire frames are read-only
         x = masks_to_input(m.to(self.device), self.model_cfg.num_classes).contiguous(memory_format=self._format)
+        seed = self.request_seed(node, request_id)
+        if self.cfg.jacobian == "current":  # no graph: the feedback runs G again at the weights it has then
+            with torch.no_grad():
+                fakes = self._run(dict(self.G.named_parameters()), x, seed)
+            self.inflight[key] = InFlight(node, self.step, fakes, [], inputs=x, seed=seed)
+        else:
+            params = self._params_now()
+            fakes = self._run(dict(zip(self.names, params, strict=True)), x, seed)
+            self.inflight[key] = InFlight(node, self.step, fakes, params)
+        return fakes_to_wire(fakes.detach().cpu(), self.cfg.fake_dtype)
+
+    def _run(self, params: dict[str, torch.Tensor], x: torch.Tensor, seed: int) -> torch.Tensor:
+        """G on ``x`` with ``params`` and the dropout draw of ``seed``; the global RNG is left as it was."""
         with torch.random.fork_rng(devices=rng_devices(self.device)), torch.autocast(
                 self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            torch.manual_seed(self.request_seed(node, request_id))
-            fakes = self._forward(dict(zip(self.names, params, strict=True)), x).float()
-        self.inflight[key] = InFlight(node, self.step, fakes, params)
-        return fakes_to_wire(fakes.detach().cpu(), self.cfg.fake_dtype)
+            torch.manual_seed(seed)
+            return self._forward(params, x).float()
 
     def _eager_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.G, params, (x,))
@@ -219,7 +238,12 @@ class GeneratorTrainer:
         staleness = self.step - inf.step_made
         if staleness > self.cfg.max_staleness:
             return Outcome.DROPPED_STALE, staleness, f"staleness {staleness} > {self.cfg.max_staleness}"
-        grads = torch.autograd.grad(inf.fakes, inf.params, grad_outputs=g * (weight / grad_scale))
+        if inf.inputs is not None:  # jacobian "current": the same masks and dropout draw through G as it is now
+            params = list(self.G.parameters())
+            fakes = self._run(dict(zip(self.names, params, strict=True)), inf.inputs, inf.seed)
+        else:
+            fakes, params = inf.fakes, inf.params
+        grads = torch.autograd.grad(fakes, params, grad_outputs=g * (weight / grad_scale))
         if self._acc is None:
             self._acc = list(grads)
         else:
