@@ -29,6 +29,7 @@ class PeerHandlers:
     by_name: dict[str, bytes]
     generator: PeerRecord | None
     allowlist: dict[bytes, Any] | None
+    recorder: Any
     counters: Any
     _pending: Any
     _expiry: float
@@ -158,12 +159,14 @@ class PeerHandlers:
             self._reply_error(identity, False, exc.code, exc.reason, peer=peer)
             return
         now = time.time()
-        self._record(Direction.FROM_NODE, rec.name if rec else msg.sender, body)
+        if self.recorder is not None:
+            self._record(Direction.FROM_NODE, rec.name if rec else msg.sender, body)
         kind = msg.kind
-        problem = self._key_problem(frames[-1], "node", msg.sender)
-        if problem:
-            self._reply_error(identity, False, problem[0], problem[1], msg.msg_id, peer)
-            return
+        if self.allowlist is not None:
+            problem = self._key_problem(frames[-1], "node", msg.sender)
+            if problem:
+                self._reply_error(identity, False, problem[0], problem[1], msg.msg_id, peer)
+                return
         if kind == P.Kind.HELLO:
             if msg.meta.get("role") != "node":
                 self._reply_error(identity, False, P.ErrorCode.FORBIDDEN,
@@ -197,7 +200,7 @@ class PeerHandlers:
             self._reply_error(identity, False, P.ErrorCode.FORBIDDEN,
                               f"nodes may not send {kind.name}", msg.msg_id, peer)
             return
-        if not self._send_generator(rec.name.encode(), body):
+        if not self._send_generator(rec.route, body):
             self._reply_error(identity, False, P.ErrorCode.NO_GENERATOR,
                               "no generator is connected; retry later", msg.msg_id, peer)
             return
@@ -220,11 +223,13 @@ class PeerHandlers:
             return
         now = time.time()
         kind = msg.kind
-        self._record(Direction.FROM_GENERATOR, route.decode(errors="replace") or "*", body)
-        problem = self._key_problem(frames[-1], "generator", None)
-        if problem:
-            self._reply_error(identity, True, problem[0], problem[1], msg.msg_id)
-            return
+        if self.recorder is not None:
+            self._record(Direction.FROM_GENERATOR, route.decode(errors="replace") or "*", body)
+        if self.allowlist is not None:
+            problem = self._key_problem(frames[-1], "generator", None)
+            if problem:
+                self._reply_error(identity, True, problem[0], problem[1], msg.msg_id)
+                return
         if kind == P.Kind.HELLO:
             if msg.meta.get("role") != "generator":
                 self._reply_error(identity, True, P.ErrorCode.FORBIDDEN,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+import operator
 import re
 import secrets
 import time
@@ -254,10 +255,8 @@ def peek_header(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> dict[
     if len(raw) > limits.max_header_bytes:
         raise ProtocolError(ErrorCode.TOO_LARGE,
                             f"header of {len(raw)} bytes exceeds the limit of {limits.max_header_bytes}")
-    try:
-        n = limits.max_header_bytes
-        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True, max_str_len=n,
-                                 max_bin_len=n, max_array_len=n, max_map_len=n, max_ext_len=n)
+    try:  # msgpack bounds every string, array and map by the buffer's length (at most max_header_bytes here)
+        header = msgpack.unpackb(raw)
     except Exception as exc:  # msgpack raises many types on hostile input
         raise ProtocolError(ErrorCode.BAD_HEADER, f"header is not valid msgpack ({type(exc).__name__})") from None
     if not isinstance(header, dict):
@@ -271,8 +270,12 @@ _HEADER_TYPES: dict[str, tuple[type, ...]] = {
 }
 _HEADER_KEYS = frozenset(_HEADER_TYPES)
 _HEADER_ITEMS = tuple(_HEADER_TYPES.items())
+_header_values = operator.itemgetter(*_HEADER_TYPES)
+_HEADER_USUAL = tuple(types[0] for types in _HEADER_TYPES.values())  # the types every peer here sends
 _KINDS = {int(k): k for k in Kind}
 _SCALARS = (type(None), bool, int, float, str)
+_SCALAR_SET, _STR_SET = frozenset(_SCALARS), frozenset((str,))
+_ID_LIMIT = 2**63
 
 
 def _check_meta_value(value: Any, depth: int = 0) -> bool:
@@ -311,8 +314,9 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS, arrays: bool 
 
 
 def _decode(frames: Sequence[Any], limits: Limits, arrays: bool) -> Message:
-    from dgan.tensor_frames import decode_tensors
-
+    """Every check runs on each message; the common case takes a fast path (a comparison done in C) and only a
+    message that fails it runs the full check, which names the fault. Both refuse exactly the same headers."""
+    decode_tensors = _tensor_decoder or _load_tensor_decoder()
     total = 0
     for f in frames:
         total += len(f)  # bytes, zmq.Frame and byte memoryviews all measure in bytes
@@ -326,11 +330,12 @@ def _decode(frames: Sequence[Any], limits: Limits, arrays: bool) -> Message:
             raise ProtocolError(ErrorCode.BAD_HEADER, f"header lacks field(s) {', '.join(missing)}")
         extra = sorted(str(k) for k in header.keys() - _HEADER_KEYS)
         raise ProtocolError(ErrorCode.BAD_HEADER, f"header has unknown field(s) {', '.join(extra[:5])}")
-    for key, types in _HEADER_ITEMS:
-        if type(header[key]) not in types:  # exact types: a bool is not an int here
-            raise ProtocolError(ErrorCode.BAD_HEADER,
-                                f"header field {key!r} must be {'/'.join(t.__name__ for t in types)}, "
-                                f"got {type(header[key]).__name__}")
+    if tuple(map(type, _header_values(header))) != _HEADER_USUAL:
+        for key, types in _HEADER_ITEMS:
+            if type(header[key]) not in types:  # exact types: a bool is not an int here
+                raise ProtocolError(ErrorCode.BAD_HEADER,
+                                    f"header field {key!r} must be {'/'.join(t.__name__ for t in types)}, "
+                                    f"got {type(header[key]).__name__}")
     kind = _KINDS.get(header["kind"])
     if kind is None:
         raise ProtocolError(ErrorCode.BAD_KIND, f"unknown message kind {header['kind']}")
@@ -338,13 +343,16 @@ def _decode(frames: Sequence[Any], limits: Limits, arrays: bool) -> Message:
         raise ProtocolError(ErrorCode.BAD_HEADER, f"sender or run longer than {limits.max_name_len} characters")
     if kind == Kind.HELLO and not valid_name(header["sender"]):
         raise ProtocolError(ErrorCode.BAD_HEADER, f"HELLO from {header['sender'][:64]!r}: a peer needs {NAME_RULE}")
-    for key in ("id", "reply_to", "step"):
-        if not 0 <= header[key] < 2**63:
-            raise ProtocolError(ErrorCode.BAD_HEADER, f"header field {key!r} out of range")
+    if not (0 <= header["id"] < _ID_LIMIT and 0 <= header["reply_to"] < _ID_LIMIT and 0 <= header["step"] < _ID_LIMIT):
+        for key in ("id", "reply_to", "step"):
+            if not 0 <= header[key] < _ID_LIMIT:
+                raise ProtocolError(ErrorCode.BAD_HEADER, f"header field {key!r} out of range")
     if not math.isfinite(header["time"]):
         raise ProtocolError(ErrorCode.BAD_HEADER, "header field 'time' is not finite")
     meta = header["meta"]
-    if meta and not _check_meta_value(meta):
+    # flat metadata (str keys, scalar values) passes in C; anything nested takes the recursive check
+    flat = _STR_SET.issuperset(map(type, meta)) and _SCALAR_SET.issuperset(map(type, meta.values()))
+    if meta and not flat and not _check_meta_value(meta):
         raise ProtocolError(ErrorCode.BAD_HEADER, "meta holds a value that is not str/int/float/bool/None/list/map")
     rules = KIND_META.get(kind)
     if rules:
@@ -356,6 +364,18 @@ def _decode(frames: Sequence[Any], limits: Limits, arrays: bool) -> Message:
     return Message(kind=kind, sender=header["sender"], run_id=header["run"], msg_id=header["id"],
                    reply_to=header["reply_to"], step=header["step"], sent_at=float(header["time"]),
                    meta=meta, tensors=tensors)
+
+
+_tensor_decoder: Any = None
+
+
+def _load_tensor_decoder() -> Any:
+    """:mod:`dgan.tensor_frames` imports this module, so it is imported on first use (once, not per message)."""
+    global _tensor_decoder
+    from dgan.tensor_frames import decode_tensors
+
+    _tensor_decoder = decode_tensors
+    return decode_tensors
 
 
 # ------------------------------------------------------------------- routing

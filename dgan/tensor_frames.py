@@ -18,6 +18,9 @@ from dgan.protocol import KIND_TENSORS, WIRE_DTYPES, ErrorCode, Kind, Limits, Pr
 
 MASK_BITS = "mask_bits"  # binary masks on the wire: 8 pixels per byte (``encode`` packs, ``decode`` unpacks)
 MASK_KINDS = (Kind.MASKS, Kind.FAKE_REQUEST)
+_ITEMSIZE = {name: dt.itemsize for name, dt in WIRE_DTYPES.items()}
+_INT_SET = frozenset((int,))
+_DIM_LIMIT = 2**31
 
 
 def packable(kind: Kind, name: str, arr: np.ndarray) -> bool:
@@ -76,12 +79,12 @@ def _check_descriptor(i: int, desc: Any, frame: Any, seen: dict[str, Any],
     if not isinstance(dtname, str) or dtname not in WIRE_DTYPES:
         raise ProtocolError(ErrorCode.BAD_TENSOR,
                             f"tensor {name!r}: dtype {dtname!r} is not one of {', '.join(WIRE_DTYPES)}")
-    if (type(shape) is not list or len(shape) > limits.max_ndim
-            or not all(type(d) is int and 0 <= d < 2**31 for d in shape)):
+    if (type(shape) is not list or len(shape) > limits.max_ndim or not _INT_SET.issuperset(map(type, shape))
+            or (shape and (min(shape) < 0 or max(shape) >= _DIM_LIMIT))):  # exact ints: a bool is not a dimension
         raise ProtocolError(ErrorCode.BAD_TENSOR,
                             f"tensor {name!r}: shape must be a list of at most {limits.max_ndim} "
                             "non-negative integers")
-    expected = math.prod(shape) * WIRE_DTYPES[dtname].itemsize
+    expected = math.prod(shape) * _ITEMSIZE[dtname]
     if type(nbytes) is not int or nbytes != expected:
         raise ProtocolError(ErrorCode.BAD_TENSOR,
                             f"tensor {name!r}: declared {nbytes!r} bytes but {dtname}{shape} takes {expected}")

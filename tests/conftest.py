@@ -28,6 +28,17 @@ def feedback_step(trainer, key: int) -> None:
     trainer.update()
 
 
+def answer_late(gen, node, masks, reals, staleness: int, key: int = 100):
+    """Fakes for request ``key``; G then steps ``staleness`` times on other feedback; the node scores the old
+    fakes last. Returns (those fakes, the node's late score)."""
+    old = gen.generate("n0", key, masks, request_id=key)
+    for k in range(1, staleness + 1):
+        s = node.score(masks, reals, gen.generate("n0", k, masks, request_id=k), "float32")
+        gen.apply_feedback("n0", k, s.grad, s.grad_scale)
+        assert gen.update()
+    return old, node.score(masks, reals, old, "float32")
+
+
 def wait_until(pred, timeout: float, what: str) -> None:
     """Poll ``pred`` every 0.2 s; fail the test with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

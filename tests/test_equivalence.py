@@ -13,6 +13,7 @@ from dgan.feedback import FeedbackConfig, FeedbackMode
 from dgan.networks import GANLoss, ModelConfig, images_to_tensor, masks_to_input
 from dgan.training.discriminator import DiscriminatorTrainer
 from dgan.training.generator import GeneratorTrainer, Outcome, TrainConfig
+from tests.conftest import answer_late
 
 CFG = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
 L1 = FeedbackConfig(FeedbackMode.L1, lambda_l1=100.0)
@@ -101,12 +102,7 @@ def test_stale_feedback_is_applied_through_the_snapshot_that_made_its_fakes(stal
     gen = GeneratorTrainer(CFG, TrainConfig(fake_dtype="float32", max_staleness=8))
     node = DiscriminatorTrainer(CFG, FeedbackConfig(warmup=0), seed=1)
     g_then = copy.deepcopy(gen.G)
-    old = gen.generate("n0", 100, masks, request_id=100)
-    for key in range(1, staleness + 1):  # the generator moves on with other feedback
-        s = node.score(masks, reals, gen.generate("n0", key, masks, request_id=key), "float32")
-        gen.apply_feedback("n0", key, s.grad, s.grad_scale)
-        assert gen.update()
-    late = node.score(masks, reals, old, "float32")
+    old, late = answer_late(gen, node, masks, reals, staleness)
     grad_out = torch.from_numpy(late.grad) / late.grad_scale
 
     x = masks_to_input(torch.from_numpy(masks), CFG.num_classes)

@@ -111,6 +111,13 @@ def _with_header(frames: list[bytes], **changes: object) -> list[bytes]:
     (lambda f: _with_header(f, tensors=[["grad", "float16", [2, 3, 8, 4], 384]]), P.ErrorCode.BAD_TENSOR),
     (lambda f: _with_header(f, tensors=[["other", "float16", [2, 3, 8, 8], 768]]), P.ErrorCode.BAD_TENSOR),
     (lambda f: _with_header(f, tensors=[["grad", "float16", [6, 8, 8], 768]]), P.ErrorCode.BAD_TENSOR),
+    (lambda f: _with_header(f, id=True), P.ErrorCode.BAD_HEADER),  # a bool is not an id
+    (lambda f: _with_header(f, reply_to=2**63), P.ErrorCode.BAD_HEADER),
+    (lambda f: _with_header(f, meta={b"losses": {}}), P.ErrorCode.BAD_HEADER),  # a bytes key at the top
+    (lambda f: _with_header(f, meta={"losses": {}, "x": [1, b"b"]}), P.ErrorCode.BAD_HEADER),
+    (lambda f: _with_header(f, tensors=[["grad", "float16", [2, 3, 8, True], 768]]), P.ErrorCode.BAD_TENSOR),
+    (lambda f: _with_header(f, tensors=[["grad", "float16", [2, 3, -8, -8], 768]]), P.ErrorCode.BAD_TENSOR),
+    (lambda f: _with_header(f, tensors=[["grad", "float16", [2, 3, 2**31, 0], 0]]), P.ErrorCode.BAD_TENSOR),
     (lambda f: [*f, b"extra"], P.ErrorCode.BAD_FRAMES),
     (lambda f: [f[0], f[1], f[2][:-1]], P.ErrorCode.BAD_TENSOR),
 ])
@@ -121,6 +128,13 @@ def test_malformed_feedback_gets_the_right_error_code(mutate, code) -> None:
             P.decode(mutate(frames), arrays=arrays)
         assert err.value.code == code
         assert err.value.reason  # a sentence for a person
+
+
+def test_a_whole_number_time_and_nested_metadata_are_accepted() -> None:
+    """The decode's fast paths take the usual types only; the rest goes through the full checks, which accept these."""
+    frames = as_bytes(P.encode(valid(P.Kind.FEEDBACK)))
+    msg = P.decode(_with_header(frames, time=5, meta={"losses": {"g": 1.0}, "x": [None, True, {"y": "z"}]}))
+    assert msg.sent_at == 5.0 and msg.meta["x"][2] == {"y": "z"}
 
 
 def test_size_limits_apply() -> None:

@@ -22,6 +22,7 @@ from zmq.backend import Socket as _CompiledSocket
 
 _SNDMORE = int(zmq.SNDMORE)
 _FRAME_TYPES = (bytes, zmq.Frame, memoryview)
+_FRAME_TYPE_SET = frozenset(_FRAME_TYPES)
 _send = _CompiledSocket.send
 _recv = _CompiledSocket.recv
 
@@ -30,16 +31,18 @@ def send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int = 0) -> None
     """``sock.send_multipart(frames, flags, copy=False)``: frames are bytes, ``zmq.Frame`` or buffers."""
     if not frames:
         raise ValueError("a message needs at least one frame")
-    for i, frame in enumerate(frames):  # all before the first send: a refused frame must not strand its message
-        if not isinstance(frame, _FRAME_TYPES):
-            try:
-                memoryview(frame)
-            except TypeError:
-                raise TypeError(f"frame {i} ({type(frame).__name__}) does not support the buffer interface") from None
-    last = len(frames) - 1
+    if not _FRAME_TYPE_SET.issuperset(map(type, frames)):  # all before the first send: a refused frame must not
+        for i, frame in enumerate(frames):  # strand its message (the usual types pass above, in C)
+            if not isinstance(frame, _FRAME_TYPES):
+                try:
+                    memoryview(frame)
+                except TypeError:
+                    raise TypeError(f"frame {i} ({type(frame).__name__}) does not support the buffer "
+                                    "interface") from None
     more = flags | _SNDMORE
-    for i, frame in enumerate(frames):
-        _send(sock, frame, more if i < last else flags, False, False)
+    for i in range(len(frames) - 1):
+        _send(sock, frames[i], more, False, False)
+    _send(sock, frames[-1], flags, False, False)
 
 
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
