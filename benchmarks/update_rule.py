@@ -94,6 +94,8 @@ RULES = {
     "async-b0": Rule("async-b0", "async", 1, 2, grad_dtype="float16", fake_dtype="float16", beta1=0.0),
     "async-lr05": Rule("async-lr05", "async", 1, 2, 0.5, grad_dtype="float16", fake_dtype="float16"),
     "buffered-f16": Rule("buffered-f16", "async", 0, 2, grad_dtype="float16", fake_dtype="float16"),
+    # half the staleness, paired with "async-f16": one request in flight per node (pipeline 1, dgan node --pipeline 1)
+    "async-p1-f16": Rule("async-p1-f16", "async", 1, 1, grad_dtype="float16", fake_dtype="float16"),
     # delay compensation, paired with "async-f16": the stale feedback goes through G's current weights
     "async-jc": Rule("async-jc", "async", 1, 2, grad_dtype="float16", fake_dtype="float16", jacobian="current"),
     # not simulated: a real run (broker, node processes, this machine's timing), dgan's default wire
