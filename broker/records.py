@@ -67,7 +67,7 @@ class PeerRecord:
     errors: int = 0
     hello: list[bytes] = field(default_factory=list)  # replayed to a generator that (re)joins
     key: str | None = None  # CURVE: the z85 public key this connection authenticated with
-    route: bytes = b""  # the name as the routing frame carries it (set from ``name``)
+    route: bytes = field(init=False, repr=False, compare=False)  # the name as a routing frame, from ``name``
 
     def __post_init__(self) -> None:
         self.route = self.name.encode()

@@ -255,8 +255,8 @@ def peek_header(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> dict[
     if len(raw) > limits.max_header_bytes:
         raise ProtocolError(ErrorCode.TOO_LARGE,
                             f"header of {len(raw)} bytes exceeds the limit of {limits.max_header_bytes}")
-    try:  # msgpack bounds every string, array and map by the buffer's length (at most max_header_bytes here)
-        header = msgpack.unpackb(raw)
+    try:  # msgpack's length limits default to the buffer's length, which is at most max_header_bytes here
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises many types on hostile input
         raise ProtocolError(ErrorCode.BAD_HEADER, f"header is not valid msgpack ({type(exc).__name__})") from None
     if not isinstance(header, dict):

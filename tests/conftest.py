@@ -30,7 +30,8 @@ def feedback_step(trainer, key: int) -> None:
 
 def answer_late(gen, node, masks, reals, staleness: int, key: int = 100):
     """Fakes for request ``key``; G then steps ``staleness`` times on other feedback; the node scores the old
-    fakes last. Returns (those fakes, the node's late score)."""
+    fakes last. Returns (those fakes, the node's late score). ``key`` must exceed ``staleness`` (the other
+    requests are keys 1..staleness)."""
     old = gen.generate("n0", key, masks, request_id=key)
     for k in range(1, staleness + 1):
         s = node.score(masks, reals, gen.generate("n0", k, masks, request_id=k), "float32")

@@ -80,6 +80,19 @@ def test_stale_feedback_goes_through_the_current_weights(staleness: int) -> None
         torch.testing.assert_close(p, p_ref, rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_unknown_jacobian_is_refused() -> None:
+def test_the_replay_leaves_the_global_rng_as_it_was() -> None:
+    reals, masks = make_scenes(range(2), 32)
+    gen = _trainer("current")
+    node = DiscriminatorTrainer(CFG, FeedbackConfig(warmup=0), seed=1)
+    scored = node.score(masks, reals, gen.generate("n0", 1, masks, request_id=1), "float32")
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    assert gen.apply_feedback("n0", 1, scored.grad, scored.grad_scale)[0] == Outcome.APPLIED
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_unknown_jacobian_and_a_compiled_replay_are_refused() -> None:
     with pytest.raises(ValueError, match="jacobian"):
         TrainConfig(jacobian="later")
+    with pytest.raises(ValueError, match="compile"):  # a compiled G need not redraw the same dropout
+        TrainConfig(jacobian="current", compile=True)

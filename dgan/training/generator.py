@@ -10,7 +10,9 @@ staleness 0 this is exactly a pix2pix G step.
 ``jacobian="current"`` is a delay compensation: the fakes are made without a
 graph, and the feedback is backpropagated through G's *current* weights, run
 again on the same masks with the same dropout draw.  Only the node's view of
-the fakes is then stale, not the step direction through G.
+the fakes is then stale, not the step direction through G.  (With batch norm,
+which dgan's G does not use by default, the replay also updates its running
+statistics a second time.)
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class TrainConfig:
         if self.snapshots < 0 or self.snapshots == 1 or self.snapshot_every < 1:
             raise ValueError(f"TrainConfig.snapshots must be >= 0 and not 1 (one is the last weights), and "
                              f"snapshot_every >= 1; got {self.snapshots} and {self.snapshot_every}")
+        if self.jacobian == "current" and self.compile:  # the replay must draw the dropout the fakes drew
+            raise ValueError("TrainConfig.jacobian 'current' runs G again at feedback time with the fakes' dropout "
+                             "draw; a compiled forward does not promise the same draw with and without gradients, "
+                             "so it is refused with compile")
         if self.update_every < -1:
             raise ValueError(f"TrainConfig.update_every must be >= 0 (0: one per node) or -1 (by staleness), got "
                              f"{self.update_every}")
