@@ -67,6 +67,9 @@ def experiment(
         help="DGAN async: the generator's Adam beta1 (default: the central GAN's: 0.5, or 0 with "
         "--oasis-optim). Staleness acts as momentum; 0 drops Adam's own (measured: 2 of 4 trainings "
         "better; docs/results/update-rule.md).")] = None,
+    pipeline: Annotated[int, typer.Option(min=1, help="DGAN: requests each node keeps in flight. With 4 nodes, 2 "
+                                                      "makes feedback about 7 generator steps stale and 1 about "
+                                                      "3 (docs/results/update-rule.md).")] = 2,
     ema: Annotated[float, typer.Option(help="Both GANs synthesise from a moving average of G's weights with "
                                             "this decay (0 = the last weights).")] = 0.0,
     snapshots: Annotated[int, typer.Option(help="Both GANs synthesise from this many snapshots of G's weights, "
@@ -113,7 +116,7 @@ def experiment(
                   feedback=modes, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, label_mix=label_mix,
                   lambda_colour=lambda_colour,
                   oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test, groups=groups,
-                  update_every=update_every, async_beta1=async_beta1, ema=ema, snapshots=snapshots,
+                  update_every=update_every, async_beta1=async_beta1, pipeline=pipeline, ema=ema, snapshots=snapshots,
                   judged=judged, local=hows,
                   local_share=local_share,
                   diffaugment=diffaugment,

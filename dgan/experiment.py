@@ -127,7 +127,7 @@ def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, fee
                      d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
                      synthesize=False, checkpoint_every=0, sample_every=max(1, steps // 4),
                      timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1, device=cfg.device,
-                     num_classes=cfg.num_classes,
+                     num_classes=cfg.num_classes, pipeline=cfg.pipeline,
                      extra_generator_args=["--lr", str(lr), "--beta1", str(beta1), "--ema", str(cfg.ema),
                                            "--synthesis-weights", "judged" if cfg.judged else "auto",
                                            "--update-every", str(cfg.update_every),

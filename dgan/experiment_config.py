@@ -42,6 +42,7 @@ class ExperimentConfig:
     with_sync: bool = False
     update_every: int = 1  # DGAN's async rule: feedbacks per generator step (0 = one per node: buffered)
     async_beta1: float | None = None  # DGAN async: G's Adam beta1 (None: the central GAN's)
+    pipeline: int = 2  # DGAN: requests each node keeps in flight (with 4 nodes, 2 gives staleness ~7 and 1 ~3)
     ema: float = 0.0  # both GANs synthesise from this moving average of G's weights (0 = the last weights)
     snapshots: int = 0  # > 0: both GANs synthesise from this many snapshots of G over the second half of training
     judged: bool = False  # also `dgan_judged`: the same DGAN trainings' sets from where the nodes' transfer_iou peaked
@@ -68,6 +69,9 @@ class ExperimentConfig:
         if self.snapshots < 0 or self.snapshots == 1:
             raise ExperimentSetupError(f"snapshots must be >= 0 and not 1 (one is the last weights), got "
                                        f"{self.snapshots}")
+        if self.pipeline < 1:
+            raise ExperimentSetupError(f"pipeline must be >= 1 (requests each node keeps in flight), got "
+                                       f"{self.pipeline}")
         if self.async_beta1 is not None and not 0.0 <= self.async_beta1 < 1.0:  # NaN too
             raise ExperimentSetupError(f"async_beta1 must be in [0, 1), got {self.async_beta1}")
         if not 0.0 <= self.seg.positive_share <= 1.0:

@@ -142,3 +142,13 @@ def test_async_beta1_sets_only_the_async_generators_momentum_and_is_part_of_the_
     for bad in (1.0, -0.1, float("nan")):
         with pytest.raises(ex.ExperimentSetupError, match="async_beta1"):
             replace(base, async_beta1=bad)
+
+
+def test_the_node_pipeline_reaches_the_run_and_its_fingerprint(tmp_path: Path) -> None:
+    base = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2)
+    two = ex.dgan_launch(base, _splits(), "async", 0, "adversarial")
+    one = ex.dgan_launch(replace(base, pipeline=1), _splits(), "async", 0, "adversarial")
+    assert (two.pipeline, one.pipeline) == (2, 1)  # dgan.run passes it to every node's --pipeline
+    assert launch_fingerprint(two) != launch_fingerprint(one)
+    with pytest.raises(ex.ExperimentSetupError, match="pipeline"):
+        replace(base, pipeline=0)
