@@ -163,20 +163,21 @@ class GeneratorTrainer:
         seed = self.request_seed(node, request_id)
         if self.cfg.jacobian == "current":  # no graph: the feedback runs G again at the weights it has then
             with torch.no_grad():
-                fakes = self._run(dict(self.G.named_parameters()), x, seed)
+                fakes = self._run(list(self.G.parameters()), x, seed)
             self.inflight[key] = InFlight(node, self.step, fakes, [], inputs=x, seed=seed)
         else:
             params = self._params_now()
-            fakes = self._run(dict(zip(self.names, params, strict=True)), x, seed)
+            fakes = self._run(params, x, seed)
             self.inflight[key] = InFlight(node, self.step, fakes, params)
         return fakes_to_wire(fakes.detach().cpu(), self.cfg.fake_dtype)
 
-    def _run(self, params: dict[str, torch.Tensor], x: torch.Tensor, seed: int) -> torch.Tensor:
-        """G on ``x`` with ``params`` and the dropout draw of ``seed``; the global RNG is left as it was."""
+    def _run(self, params: list[torch.Tensor], x: torch.Tensor, seed: int) -> torch.Tensor:
+        """G on ``x`` with ``params`` (in ``self.names`` order) and the dropout draw of ``seed``; the global RNG is
+        left as it was."""
         with torch.random.fork_rng(devices=rng_devices(self.device)), torch.autocast(
                 self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
             torch.manual_seed(seed)
-            return self._forward(params, x).float()
+            return self._forward(dict(zip(self.names, params, strict=True)), x).float()
 
     def _eager_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.G, params, (x,))
@@ -246,7 +247,7 @@ class GeneratorTrainer:
             return Outcome.DROPPED_STALE, staleness, f"staleness {staleness} > {self.cfg.max_staleness}"
         if inf.inputs is not None:  # jacobian "current": the same masks and dropout draw through G as it is now
             params = list(self.G.parameters())
-            fakes = self._run(dict(zip(self.names, params, strict=True)), inf.inputs, inf.seed)
+            fakes = self._run(params, inf.inputs, inf.seed)
         else:
             fakes, params = inf.fakes, inf.params
         grads = torch.autograd.grad(fakes, params, grad_outputs=g * (weight / grad_scale))
