@@ -3,7 +3,7 @@
 Each process is the real CLI command (a fresh interpreter, as with the spawn
 start method) over tcp loopback.  The data is partitioned across the nodes
 through small shard files; everything lands under the output folder.  Every
-child is stopped on the way out, Ctrl-C included.
+child is stopped on the way out, Ctrl-C, SIGTERM and SIGHUP included.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -134,8 +136,43 @@ class ProcessGroup:
                 proc.wait()
 
 
+@contextmanager
+def stop_signals_unwind() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``SystemExit`` here, as Ctrl-C raises ``KeyboardInterrupt``.
+
+    Their default action ends the process at once, skipping the ``finally`` that stops the children, so a
+    ``kill`` or ``timeout`` of ``dgan run`` or ``dgan experiment`` left the broker, generator and nodes running.
+    Only where the signal still has its default action, and only in the main thread (where Python delivers it).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    raised: list[int] = []
+
+    def unwind(signum: int, _frame: object) -> None:
+        if not raised:  # a second signal must not cut short the cleanup the first one started
+            raised.append(signum)
+            raise SystemExit(128 + signum)
+
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, unwind)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_local(cfg: RunConfig, watch: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run everything; ``watch(pub_endpoint)`` is called a few times a second while training."""
+    with stop_signals_unwind():
+        return _run_local(cfg, watch)
+
+
+def _run_local(cfg: RunConfig, watch: Callable[[str], None] | None) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     shards = write_shards(cfg)
     place = cfg.placement

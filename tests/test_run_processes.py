@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,7 @@ from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.data.scenes import make_scenes
 from dgan.networks import ModelConfig, images_to_tensor, masks_to_input
 from dgan.rowstream import read_rows
-from dgan.run import HELDOUT_SEED_BASE, ProcessGroup, RunConfig, run_local, write_shards
+from dgan.run import HELDOUT_SEED_BASE, ProcessGroup, RunConfig, run_local, stop_signals_unwind, write_shards
 from dgan.training.generator import GeneratorTrainer, TrainConfig
 from tests.conftest import wait_until
 
@@ -140,3 +144,52 @@ def test_generator_kill_9_and_resume_continues_from_its_checkpoint(tmp_path: Pat
     summary = json.loads((out / "run.json").read_text())
     assert summary["steps"] == 40
     assert all(n["feedbacks"] > 0 for n in summary["nodes"].values())  # both nodes came back to the new generator
+
+
+def children_of(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid``, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_to_a_local_run_stops_its_broker_generator_and_nodes(tmp_path: Path) -> None:
+    script = ("from pathlib import Path; from dgan.run import RunConfig, run_local; "
+              f"run_local(RunConfig(nodes=2, steps=100_000, out=Path({str(tmp_path / 'run')!r}), scenes=20, "
+              "image_size=64, g_width=16, d_width=16, synthesize=False))")
+    runner = subprocess.Popen([sys.executable, "-c", script])
+    children: set[int] = set()
+    try:
+        wait_until(lambda: len(children_of(runner.pid)) == 4, 60, "broker, generator and 2 nodes")
+        children = children_of(runner.pid)
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(60) == 128 + signal.SIGTERM
+        alive = {pid for pid in children if Path(f"/proc/{pid}").exists()}
+        assert not alive, f"orphans left running: {alive}"
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        for pid in children:  # a failed run of this test leaves nothing behind either
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_stop_signals_unwind_raises_once_then_restores_the_default_action() -> None:
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # else the test below would prove nothing
+    raised = 0
+    with stop_signals_unwind():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs between bytecodes: well before this ends
+        except SystemExit as e:
+            raised = e.code
+            os.kill(os.getpid(), signal.SIGHUP)  # during cleanup: must not raise again
+            time.sleep(0.2)
+    assert raised == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
