@@ -3,7 +3,7 @@
 Each process is the real CLI command (a fresh interpreter, as with the spawn
 start method) over tcp loopback.  The data is partitioned across the nodes
 through small shard files; everything lands under the output folder.  Every
-child is stopped on the way out, Ctrl-C, SIGTERM and SIGHUP included.
+child is stopped on the way out, Ctrl-C, SIGTERM and SIGHUP included (``dgan.stop_signals``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.data.partition import partition
 from dgan.data.shards import IMAGE_EXTS, scenes_spec
 from dgan.feedback import DEFAULT_MODE
+from dgan.stop_signals import stop_signals_unwind
 
 log = logging.getLogger("dgan.run")
 
@@ -106,10 +106,14 @@ def write_shards(cfg: RunConfig) -> list[Path]:
 
 
 class ProcessGroup:
-    """Children started by ``dgan run``; ``stop_all`` leaves no orphan."""
+    """Children started by ``dgan run``; ``stop_all`` leaves no orphan.
 
-    def __init__(self, log_dir: Path) -> None:
+    ``hold``: entered around each start and around ``stop_all``, so that a stop signal cannot land between a
+    child's fork and its record, or halfway through stopping them (``StopSignals.held``)."""
+
+    def __init__(self, log_dir: Path, hold: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self.log_dir = log_dir
+        self.hold = hold
         log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -117,13 +121,17 @@ class ProcessGroup:
               module: str = "dgan") -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads),
                "MKL_NUM_THREADS": str(threads)}
-        with open(self.log_dir / f"{name}.log", "wb") as fh:
+        with self.hold(), open(self.log_dir / f"{name}.log", "wb") as fh:
             proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", module, *args], stdout=fh,
                                     stderr=subprocess.STDOUT, env=env)
-        self.procs[name] = proc
+            self.procs[name] = proc
         return proc
 
     def stop_all(self, grace: float = 10.0) -> None:
+        with self.hold():
+            self._stop_all(grace)
+
+    def _stop_all(self, grace: float) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -136,48 +144,17 @@ class ProcessGroup:
                 proc.wait()
 
 
-@contextmanager
-def stop_signals_unwind() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise ``SystemExit`` here, as Ctrl-C raises ``KeyboardInterrupt``.
-
-    Their default action ends the process at once, skipping the ``finally`` that stops the children, so a
-    ``kill`` or ``timeout`` of ``dgan run`` or ``dgan experiment`` left the broker, generator and nodes running.
-    Only where the signal still has its default action, and only in the main thread (where Python delivers it).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    raised: list[int] = []
-
-    def unwind(signum: int, _frame: object) -> None:
-        if not raised:  # a second signal must not cut short the cleanup the first one started
-            raised.append(signum)
-            raise SystemExit(128 + signum)
-
-    previous: dict[signal.Signals, Any] = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) is signal.SIG_DFL:
-            previous[sig] = signal.signal(sig, unwind)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def run_local(cfg: RunConfig, watch: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run everything; ``watch(pub_endpoint)`` is called a few times a second while training."""
-    with stop_signals_unwind():
-        return _run_local(cfg, watch)
+    with stop_signals_unwind() as stops:
+        return _run_local(cfg, watch, ProcessGroup(cfg.out / "logs", stops.held))
 
 
-def _run_local(cfg: RunConfig, watch: Callable[[str], None] | None) -> dict[str, Any]:
+def _run_local(cfg: RunConfig, watch: Callable[[str], None] | None, group: ProcessGroup) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     shards = write_shards(cfg)
     place = cfg.placement
     ports = replace(place.ports or Ports.free(), host=place.broker_host)
-    group = ProcessGroup(cfg.out / "logs")
     hb = cfg.heartbeat
     gen_threads = cfg.generator_threads or min(2, os.cpu_count() or 1)
     t0 = time.time()

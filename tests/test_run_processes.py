@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.data.scenes import make_scenes
 from dgan.networks import ModelConfig, images_to_tensor, masks_to_input
 from dgan.rowstream import read_rows
-from dgan.run import HELDOUT_SEED_BASE, ProcessGroup, RunConfig, run_local, stop_signals_unwind, write_shards
+from dgan.run import HELDOUT_SEED_BASE, ProcessGroup, RunConfig, run_local, write_shards
 from dgan.training.generator import GeneratorTrainer, TrainConfig
 from tests.conftest import wait_until
 
@@ -151,10 +150,10 @@ def children_of(pid: int) -> set[int]:
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = stat.read_bytes().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z":
+        if int(fields[1]) == pid and fields[0] != b"Z":
             found.add(int(stat.parent.name))
     return found
 
@@ -163,33 +162,62 @@ def test_sigterm_to_a_local_run_stops_its_broker_generator_and_nodes(tmp_path: P
     script = ("from pathlib import Path; from dgan.run import RunConfig, run_local; "
               f"run_local(RunConfig(nodes=2, steps=100_000, out=Path({str(tmp_path / 'run')!r}), scenes=20, "
               "image_size=64, g_width=16, d_width=16, synthesize=False))")
-    runner = subprocess.Popen([sys.executable, "-c", script])
-    children: set[int] = set()
+    # a session of its own: whatever happens here, killing its group afterwards leaves nothing behind
+    runner = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     try:
         wait_until(lambda: len(children_of(runner.pid)) == 4, 60, "broker, generator and 2 nodes")
         children = children_of(runner.pid)
         runner.send_signal(signal.SIGTERM)
-        assert runner.wait(60) == 128 + signal.SIGTERM
+        assert runner.wait(60) == 128 + signal.SIGTERM  # unwound (the default action would give -15)
         alive = {pid for pid in children if Path(f"/proc/{pid}").exists()}
         assert not alive, f"orphans left running: {alive}"
     finally:
-        if runner.poll() is None:
-            runner.kill()
-        for pid in children:  # a failed run of this test leaves nothing behind either
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
 
 
-def test_stop_signals_unwind_raises_once_then_restores_the_default_action() -> None:
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # else the test below would prove nothing
-    raised = 0
+STOP_SIGNALS_SCRIPT = """
+import os, signal, time
+from dgan.stop_signals import stop_signals_unwind
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as without nohup
+def kill(sig):
+    os.kill(os.getpid(), sig)
+    time.sleep(2)  # the handler runs between bytecodes: well before this ends
+with stop_signals_unwind() as stops:
+    with stops.held():
+        kill(signal.SIGTERM)  # held: recorded, not raised
+        print("held", flush=True)
+    print("not reached", flush=True)
+"""
+
+
+def run_stop_signals(body: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", body], capture_output=True, text=True, timeout=60)
+
+
+def test_a_stop_signal_while_held_raises_when_the_hold_ends() -> None:
+    done = run_stop_signals(STOP_SIGNALS_SCRIPT)
+    assert done.stdout == "held\n" and done.returncode == 128 + signal.SIGTERM, done.stderr
+
+
+def test_a_stop_signal_unwinds_once_then_the_default_action_comes_back() -> None:
+    body = STOP_SIGNALS_SCRIPT.split("with stop_signals_unwind()")[0] + """
+try:
     with stop_signals_unwind():
         try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler runs between bytecodes: well before this ends
+            kill(signal.SIGTERM)
         except SystemExit as e:
-            raised = e.code
-            os.kill(os.getpid(), signal.SIGHUP)  # during cleanup: must not raise again
-            time.sleep(0.2)
-    assert raised == 128 + signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+            print("unwound", e.code, flush=True)
+            kill(signal.SIGHUP)  # during the cleanup: ignored
+            print("cleanup finished", flush=True)
+            raise
+except SystemExit:
+    pass
+print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, signal.getsignal(signal.SIGHUP) is signal.SIG_DFL, flush=True)
+kill(signal.SIGTERM)  # the default action again: the process ends here
+print("not reached", flush=True)
+"""
+    done = run_stop_signals(body)
+    assert done.stdout.splitlines() == [f"unwound {128 + signal.SIGTERM}", "cleanup finished", "True True"], done.stderr
+    assert done.returncode == -signal.SIGTERM

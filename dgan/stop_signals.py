@@ -1,0 +1,67 @@
+"""SIGTERM and SIGHUP unwind a process that owns children, as Ctrl-C does, without cutting its cleanup short.
+
+Their default action ends the process at once, skipping the ``finally`` that stops the children, so a ``kill``
+or ``timeout`` of ``dgan run`` or ``dgan experiment`` used to leave the broker, generator and nodes running.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+
+class StopSignals:
+    """Turns SIGTERM and SIGHUP into one ``SystemExit(128 + signum)``, deferred while :meth:`held` is entered.
+
+    Hold it around what must not be cut in two: starting a child (a child forked but not yet recorded would
+    never be stopped) and stopping them all. A signal there raises when the held section ends.
+    """
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.raised = False
+        self._holds = 0
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.raised:  # one unwinding is enough: a second signal must not cut short the cleanup it started
+            return
+        if self._holds:
+            self.pending = signum
+            return
+        self._raise(signum)
+
+    def _raise(self, signum: int) -> None:
+        self.raised, self.pending = True, None
+        raise SystemExit(128 + signum)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self._holds += 1
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if not self._holds and self.pending is not None and not self.raised:
+                self._raise(self.pending)
+
+
+@contextmanager
+def stop_signals_unwind() -> Iterator[StopSignals]:
+    """Install :class:`StopSignals` for SIGTERM and SIGHUP where they still have their default action (a
+    handler someone set, or ``nohup``'s ignored SIGHUP, is left alone), and only in the main thread, where
+    Python delivers signals; the previous handlers come back on the way out."""
+    stops = StopSignals()
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(sig) is signal.SIG_DFL:
+                    previous[sig] = signal.signal(sig, stops.on_signal)
+        yield stops
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
