@@ -214,7 +214,8 @@ def die_with_parent(parent: int) -> None:
 
     For a ``spawn`` pool made on the benchmark's main thread (PR_SET_PDEATHSIG follows the thread that started
     the worker; under ``forkserver`` the parent would be the server, and the check below would end every
-    worker). The `real` rule's processes are started by :mod:`dgan.run`, not here, and are not covered.
+    worker). The `real` rule's processes are started by :mod:`dgan.run`, which stops them on SIGTERM or SIGHUP
+    (:mod:`dgan.stop_signals`); a SIGKILL of the benchmark still orphans them.
     """
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
