@@ -40,6 +40,32 @@ def answer_late(gen, node, masks, reals, staleness: int, key: int = 100):
     return old, node.score(masks, reals, old, "float32")
 
 
+def proc_stat(pid: int) -> tuple[str, int, str] | None:
+    """(state, parent pid, start time) of a process, from /proc (fields 3, 4 and 22 of proc(5)); None when it
+    is gone. Bytes: the command name before ``)`` need not be UTF-8."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0].decode(), int(fields[1]), fields[19].decode()
+
+
+def running(pid: int, started: str) -> bool:
+    """That very process (not a later one with its pid) is alive and not a zombie waiting to be reaped."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[2] == started and stat[0] != "Z"
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """Live children of ``pid``: their pids and start times (for :func:`running`)."""
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        stat = proc_stat(int(entry.name))
+        if stat is not None and stat[1] == pid and stat[0] != "Z":
+            found[int(entry.name)] = stat[2]
+    return found
+
+
 def wait_until(pred, timeout: float, what: str) -> None:
     """Poll ``pred`` every 0.2 s; fail the test with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

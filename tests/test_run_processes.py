@@ -20,7 +20,7 @@ from dgan.networks import ModelConfig, images_to_tensor, masks_to_input
 from dgan.rowstream import read_rows
 from dgan.run import HELDOUT_SEED_BASE, ProcessGroup, RunConfig, run_local, write_shards
 from dgan.training.generator import GeneratorTrainer, TrainConfig
-from tests.conftest import wait_until
+from tests.conftest import children_of, running, wait_until
 
 SMALL = ["--image-size", "64", "--g-width", "16", "--d-width", "16"]
 
@@ -145,19 +145,6 @@ def test_generator_kill_9_and_resume_continues_from_its_checkpoint(tmp_path: Pat
     assert all(n["feedbacks"] > 0 for n in summary["nodes"].values())  # both nodes came back to the new generator
 
 
-def children_of(pid: int) -> set[int]:
-    """Live processes whose parent is ``pid``, from /proc."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_bytes().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != b"Z":
-            found.add(int(stat.parent.name))
-    return found
-
-
 def test_sigterm_to_a_local_run_stops_its_broker_generator_and_nodes(tmp_path: Path) -> None:
     script = ("from pathlib import Path; from dgan.run import RunConfig, run_local; "
               f"run_local(RunConfig(nodes=2, steps=100_000, out=Path({str(tmp_path / 'run')!r}), scenes=20, "
@@ -169,7 +156,7 @@ def test_sigterm_to_a_local_run_stops_its_broker_generator_and_nodes(tmp_path: P
         children = children_of(runner.pid)
         runner.send_signal(signal.SIGTERM)
         assert runner.wait(60) == 128 + signal.SIGTERM  # unwound (the default action would give -15)
-        alive = {pid for pid in children if Path(f"/proc/{pid}").exists()}
+        alive = {pid for pid, started in children.items() if running(pid, started)}
         assert not alive, f"orphans left running: {alive}"
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -177,18 +164,13 @@ def test_sigterm_to_a_local_run_stops_its_broker_generator_and_nodes(tmp_path: P
         runner.wait()
 
 
-STOP_SIGNALS_SCRIPT = """
+STOP_SIGNALS_PRELUDE = """
 import os, signal, time
 from dgan.stop_signals import stop_signals_unwind
 signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as without nohup
 def kill(sig):
     os.kill(os.getpid(), sig)
     time.sleep(2)  # the handler runs between bytecodes: well before this ends
-with stop_signals_unwind() as stops:
-    with stops.held():
-        kill(signal.SIGTERM)  # held: recorded, not raised
-        print("held", flush=True)
-    print("not reached", flush=True)
 """
 
 
@@ -197,12 +179,18 @@ def run_stop_signals(body: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_stop_signal_while_held_raises_when_the_hold_ends() -> None:
-    done = run_stop_signals(STOP_SIGNALS_SCRIPT)
+    done = run_stop_signals(STOP_SIGNALS_PRELUDE + """
+with stop_signals_unwind() as stops:
+    with stops.held():
+        kill(signal.SIGTERM)  # held: recorded, not raised
+        print("held", flush=True)
+    print("not reached", flush=True)
+""")
     assert done.stdout == "held\n" and done.returncode == 128 + signal.SIGTERM, done.stderr
 
 
 def test_a_stop_signal_unwinds_once_then_the_default_action_comes_back() -> None:
-    body = STOP_SIGNALS_SCRIPT.split("with stop_signals_unwind()")[0] + """
+    body = STOP_SIGNALS_PRELUDE + """
 try:
     with stop_signals_unwind():
         try:

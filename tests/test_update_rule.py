@@ -20,7 +20,7 @@ from dgan.experiment import ExperimentConfig, make_splits, synthesize_set
 from dgan.networks import ModelConfig
 from dgan.training.checkpoints import load_checkpoint
 from dgan.training.generator import GeneratorTrainer, TrainConfig
-from tests.conftest import feedback_step
+from tests.conftest import feedback_step, proc_stat, running
 
 MODEL = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
 
@@ -170,21 +170,6 @@ def test_the_staleness_fixes_change_only_the_generators_adam(rule: str, beta1: f
     assert stats["steps"] == 8 and stats["staleness_mean"] > 0  # the same async schedule as dgan's rule
 
 
-def _stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time) of a process, None when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return fields[0], fields[19]  # fields 3 and 22 of proc(5)
-
-
-def _running(pid: int, started: str) -> bool:
-    """That very process (not a later one with its pid) is alive and not a zombie waiting to be reaped."""
-    stat = _stat(pid)
-    return stat is not None and stat[1] == started and stat[0] != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
 def test_the_benchmarks_pool_workers_die_with_it() -> None:
     """Killing the benchmark must not leave its workers training for an hour on the machine's cores."""
@@ -204,19 +189,19 @@ def test_the_benchmarks_pool_workers_die_with_it() -> None:
     try:
         assert select.select([proc.stdout], [], [], 120)[0], "the pool never started"
         worker = int(proc.stdout.readline())
-        stat = _stat(worker)
+        stat = proc_stat(worker)
         assert stat is not None
-        started = stat[1]
-        assert _running(worker, started)  # alive while the benchmark is
+        started = stat[2]
+        assert running(worker, started)  # alive while the benchmark is
         proc.kill()
         proc.wait(10)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _running(worker, started):
+        while time.monotonic() < deadline and running(worker, started):
             time.sleep(0.1)
-        assert not _running(worker, started), "the worker outlived the benchmark"
+        assert not running(worker, started), "the worker outlived the benchmark"
     finally:
         proc.kill()
         proc.wait(10)
         proc.stdout.close()
-        if worker and _running(worker, started):  # the test failed: do not leave it sleeping either
+        if worker and running(worker, started):  # the test failed: do not leave it sleeping either
             os.kill(worker, signal.SIGKILL)
