@@ -23,6 +23,9 @@ from dgan.experiment import ExperimentConfig, dgan_run, make_splits, synthesize_
 from dgan.segment import SegConfig, train_segmenter
 
 JUDGES = ("label_iou", "transfer_iou")
+# the real rule is dgan's rule as the simulations measured it: two requests in flight per node and the last weights
+# (the experiment's defaults since session 20 are 1 and 4 snapshots: `async-p1-f16` is their simulated twin)
+REAL_PIPELINE = 2
 
 
 def late_verdicts(run_dir: Path) -> dict[str, float | None]:
@@ -49,7 +52,8 @@ def real_row(cfg: ExperimentConfig, seed: int, feedbacks: int, feedback: str, em
     """One real DGAN training (async, 4 node processes and a broker) scored as the simulated rules are."""
     splits = make_splits(cfg)
     with tempfile.TemporaryDirectory(prefix="dgan-real-rule-") as tmp:
-        run_cfg = replace(cfg, out=Path(tmp), gan_steps=feedbacks, ema=ema, num_classes=len(splits.train.classes))
+        run_cfg = replace(cfg, out=Path(tmp), gan_steps=feedbacks, ema=ema, num_classes=len(splits.train.classes),
+                          pipeline=REAL_PIPELINE, snapshots=0)
         trained = dgan_run(run_cfg, splits, "async", seed, feedback)
         gen, gan_s = trained.generator, trained.seconds
         run_dir = Path(tmp) / f"dgan_async_{feedback}_seed{seed}"

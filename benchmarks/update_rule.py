@@ -39,7 +39,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.real_rule import judge_agreement, real_row
+from benchmarks.real_rule import REAL_PIPELINE, judge_agreement, real_row
 from dgan.experiment import ExperimentConfig, Splits, make_splits, synthesize_set
 from dgan.segment import SegConfig, train_segmenter
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
@@ -99,7 +99,7 @@ RULES = {
     # delay compensation, paired with "async-f16": the stale feedback goes through G's current weights
     "async-jc": Rule("async-jc", "async", 1, 2, grad_dtype="float16", fake_dtype="float16", jacobian="current"),
     # not simulated: a real run (broker, node processes, this machine's timing), dgan's default wire
-    "real": Rule("real", "real", 1, 2, grad_dtype="float16", fake_dtype="float16"),
+    "real": Rule("real", "real", 1, REAL_PIPELINE, grad_dtype="float16", fake_dtype="float16"),
 }
 
 

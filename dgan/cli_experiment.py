@@ -67,9 +67,9 @@ def experiment(
         help="DGAN async: the generator's Adam beta1 (default: the central GAN's: 0.5, or 0 with "
         "--oasis-optim). Staleness acts as momentum; 0 drops Adam's own (measured: 2 of 4 trainings "
         "better; docs/results/update-rule.md).")] = None,
-    pipeline: Annotated[int, typer.Option(min=1, help="DGAN: requests each node keeps in flight. With 4 nodes, 2 "
-                                                      "makes feedback about 7 generator steps stale and 1 about "
-                                                      "3 (docs/results/update-rule.md).")] = 2,
+    pipeline: Annotated[int, typer.Option(min=1, help="DGAN: requests each node keeps in flight. With 4 nodes, 1 "
+                                                      "makes feedback about 3 generator steps stale and 2 about "
+                                                      "7; 1 measured better (docs/results/update-rule.md).")] = 1,
     ema: Annotated[float, typer.Option(help="Both GANs synthesise from a moving average of G's weights with "
                                             "this decay (0 = the last weights).")] = 0.0,
     snapshots: Annotated[int, typer.Option(help="Both GANs synthesise from this many snapshots of G's weights, "
@@ -77,7 +77,7 @@ def experiment(
                                                 "every mask's samples (0 = off; before --ema when both are on). "
                                                 "NAME_last beside: the same trainings' last weights (not their "
                                                 "EMA), one more segmentation per GAN seed.")
-                         ] = 0,
+                         ] = 4,
     judged: Annotated[bool, typer.Option(help="Also `dgan_judged`: the same DGAN trainings' sets from the "
                                               "weights where the nodes' transfer_iou peaked.")] = False,
     local: Annotated[list[LocalHow] | None, typer.Option(

@@ -42,9 +42,11 @@ class ExperimentConfig:
     with_sync: bool = False
     update_every: int = 1  # DGAN's async rule: feedbacks per generator step (0 = one per node: buffered)
     async_beta1: float | None = None  # DGAN async: G's Adam beta1 (None: the central GAN's)
-    pipeline: int = 2  # DGAN: requests each node keeps in flight (with 4 nodes, 2 gives staleness ~7 and 1 ~3)
+    # DGAN: requests each node keeps in flight (with 4 nodes, 1 gives staleness ~3 and 2 ~7). 1 with snapshots 4: the
+    # real experiment's best (session 19: 0.326 against 0.218 validation IoU at 2, no collapse; update-rule.md)
+    pipeline: int = 1
     ema: float = 0.0  # both GANs synthesise from this moving average of G's weights (0 = the last weights)
-    snapshots: int = 0  # > 0: both GANs synthesise from this many snapshots of G over the second half of training
+    snapshots: int = 4  # > 0: both GANs synthesise from this many snapshots of G over the second half of training
     judged: bool = False  # also `dgan_judged`: the same DGAN trainings' sets from where the nodes' transfer_iou peaked
     # dgan_local: all the steps on the synthetic set, then all on the own pairs (validation, 64 px, tiles 8 and 5:
     # better than finetune's half and half, 0.377 vs 0.339 and 0.405 vs 0.392; mixed last, 0.286 and 0.323)

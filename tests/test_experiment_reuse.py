@@ -146,9 +146,9 @@ def test_async_beta1_sets_only_the_async_generators_momentum_and_is_part_of_the_
 
 def test_the_node_pipeline_reaches_the_run_and_its_fingerprint(tmp_path: Path) -> None:
     base = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2)
-    two = ex.dgan_launch(base, _splits(), "async", 0, "adversarial")
-    one = ex.dgan_launch(replace(base, pipeline=1), _splits(), "async", 0, "adversarial")
-    assert (two.pipeline, one.pipeline) == (2, 1)  # dgan.run passes it to every node's --pipeline
+    one = ex.dgan_launch(base, _splits(), "async", 0, "adversarial")  # the default: one request in flight
+    two = ex.dgan_launch(replace(base, pipeline=2), _splits(), "async", 0, "adversarial")
+    assert (one.pipeline, two.pipeline) == (1, 2)  # dgan.run passes it to every node's --pipeline
     assert launch_fingerprint(two) != launch_fingerprint(one)
     with pytest.raises(ex.ExperimentSetupError, match="pipeline"):
         replace(base, pipeline=0)

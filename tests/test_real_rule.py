@@ -54,3 +54,22 @@ def test_real_rule_runs_a_real_training_and_scores_it_as_the_simulations(tmp_pat
     assert 0.0 <= row["val_iou_raw"] <= 1.0 and 0.0 <= row["val_iou_ema"] <= 1.0
     assert row["staleness_mean"] >= 0 and row["dropped_stale"] >= 0
     assert {"label_iou_late", "transfer_iou_late", "transfer_iou_alarms"} <= set(row)
+
+
+def test_the_real_rule_keeps_two_requests_in_flight_and_the_last_weights_whatever_the_experiment_defaults(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.real_rule as rr
+    from benchmarks.update_rule import RULES
+
+    seen: list[ExperimentConfig] = []
+
+    def capture(cfg: ExperimentConfig, *args: object) -> None:
+        seen.append(cfg)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(rr, "dgan_run", capture)
+    cfg = ExperimentConfig(out=tmp_path, size=32, scenes=24, quick=True)
+    assert (cfg.pipeline, cfg.snapshots) == (1, 4)  # the experiment's defaults ...
+    with pytest.raises(RuntimeError, match="captured"):
+        real_row(cfg, seed=0, feedbacks=4, feedback="adversarial", ema=0.0, seg_steps=2)
+    assert (seen[0].pipeline, seen[0].snapshots) == (2, 0) == (RULES["real"].pipeline, 0)  # ... not the real rule's

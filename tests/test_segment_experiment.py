@@ -137,8 +137,12 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
                            seg=SegConfig(width=8, depth=3, steps=20, eval_every=10), seeds=1, samples_per_mask=1,
                            scenes=24, quick=True, partition="iid", threads=1, feedback=("segmentation", "l1"))
     results = run_experiment(cfg)
+    # by default both GANs synthesise from 4 snapshots, with the same trainings' last weights measured beside
     assert set(results["methods"]) == {"real_all", "real_partial", "central_gan", "dgan", "central_gan_l1", "dgan_l1",
-                                       "dgan_local"}
+                                       "dgan_local", "central_gan_last", "dgan_last", "central_gan_l1_last",
+                                       "dgan_l1_last"}
+    assert results["methods"]["dgan"]["synthesis_weights"][0].startswith("snapshots ")
+    assert results["config"]["pipeline"] == 1  # one request in flight per node
     local = results["methods"]["dgan_local"]  # each department: DGAN's synthetic set plus its own real pairs
     assert set(local["per_node"]) == {"node0", "node1"} and local["how"] == "pretrain"
     assert local["per_node"]["node0"]["seeds"][0]["train_pairs"] > results["methods"]["dgan"]["seeds"][0]["train_pairs"]
@@ -146,7 +150,8 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     # like for like: each central GAN trains with the loss of the DGAN it is compared with
     assert {k: m.get("feedback") for k, m in results["methods"].items() if "gan" in k} == {
         "central_gan": "segmentation", "dgan": "segmentation", "central_gan_l1": "l1", "dgan_l1": "l1",
-        "dgan_local": "segmentation"}  # the department models start from the first mode's synthetic sets
+        "central_gan_last": "segmentation", "dgan_last": "segmentation", "central_gan_l1_last": "l1",
+        "dgan_l1_last": "l1", "dgan_local": "segmentation"}  # department models: the first mode's synthetic sets
     nodes = json.loads((tmp_path / "exp" / "dgan_async_l1_seed0" / "run.json").read_text())["nodes"]
     assert {n["feedback"] for n in nodes.values()} == {"l1"}
     assert set(results["methods"]["real_partial"]["per_node"]) == {"node0", "node1"}
@@ -164,7 +169,8 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     cfg.feedback, cfg.gan_methods = ("segmentation",), ("dgan",)  # train DGAN only: the central GAN comes cached
     cfg.judged = True  # ... and the same trainings' sets from their judged weights beside
     only = run_experiment(cfg)
-    assert set(only["methods"]) == {"real_all", "real_partial", "central_gan", "dgan", "dgan_judged", "dgan_local"}
+    assert set(only["methods"]) == {"real_all", "real_partial", "central_gan", "central_gan_last", "dgan", "dgan_last",
+                                    "dgan_judged", "dgan_local"}
     assert only["methods"]["central_gan"]["iou"] == results["methods"]["central_gan"]["iou"]
     assert results["methods"]["central_gan"]["gan_reused"] == [False]  # trained in the first run ...
     assert only["methods"]["central_gan"]["gan_reused"] == [True]  # ... and loaded, not trained, in this one

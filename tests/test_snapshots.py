@@ -114,9 +114,9 @@ def test_the_central_gan_keeps_its_snapshots_over_its_second_half(tmp_path: Path
 
 def test_the_experiment_gives_both_gans_snapshots_over_their_second_half_and_keys_its_cache_by_them(
         tmp_path: Path) -> None:
-    base = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, gan_steps=800)
-    on = replace(base, snapshots=4)
-    assert base.snapshot_args(800) == {}
+    on = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, gan_steps=800)  # the default: 4 snapshots
+    base = replace(on, snapshots=0)
+    assert on.snapshots == 4 and base.snapshot_args(800) == {}
     assert on.snapshot_args(800) == {"snapshots": 4, "snapshot_every": 100}  # steps 500, 600, 700 and 800
     args = ex.dgan_launch(on, SPLITS, "async", 0, "adversarial").extra_generator_args
     assert "--snapshots=4" in args and "--snapshot-every=100" in args
