@@ -97,6 +97,15 @@ def test_the_wire_encodings_are_paired_with_async_and_move_the_generator_almost_
         assert 0 < diff < 0.5, (rule, diff)
 
 
+def test_equal_weighting_differs_from_size_weighting_only_where_the_nodes_differ_in_size() -> None:
+    same = {rule: _generator_move(TINY, rule, 8) for rule in ("async-p1-f16", "async-p1-eq")}  # iid: equal sizes
+    assert torch.equal(same["async-p1-f16"], same["async-p1-eq"])
+    uneven = replace(TINY, partition="size")
+    assert len({len(p) for p in make_splits(uneven).node_parts}) > 1
+    moved = {rule: _generator_move(uneven, rule, 8) for rule in ("async-p1-f16", "async-p1-eq")}
+    assert float((moved["async-p1-eq"] - moved["async-p1-f16"]).norm()) > 0.01 * float(moved["async-p1-f16"].norm())
+
+
 def test_simulated_nodes_take_their_own_colour_figures_and_the_term_moves_the_generator() -> None:
     # a node without its figures would refuse to score: simulate must give them
     moved = {weight: _generator_move(replace(TINY, lambda_colour=weight), "async", 8) for weight in (0.0, 10.0)}
