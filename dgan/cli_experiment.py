@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dgan.choices import FakeDtype, GradDtype, LocalHow, Partition
+from dgan.choices import FakeDtype, GradDtype, LocalHow, Partition, Weighting
 from dgan.cli_app import (
     Device,
     GanMethod,
@@ -96,6 +96,8 @@ def experiment(
                           ] = GradDtype.float16,
     fake_dtype: Annotated[FakeDtype, typer.Option(help="DGAN: the generator's fakes on the wire.")
                           ] = FakeDtype.float16,
+    weighting: Annotated[Weighting, typer.Option(help="DGAN: each node's feedback weighed by its dataset size "
+                                                      "(over the mean), or all alike (equal).")] = Weighting.size,
     device: Device = "cpu",
     quick: Annotated[bool, typer.Option(help="A smoke run of the whole pipeline in a few minutes.")] = False,
 ) -> None:
@@ -120,7 +122,8 @@ def experiment(
                   judged=judged, local=hows,
                   local_share=local_share,
                   diffaugment=diffaugment,
-                  grad_dtype=grad_dtype.value, fake_dtype=fake_dtype.value, device=device)
+                  grad_dtype=grad_dtype.value, fake_dtype=fake_dtype.value, weighting=weighting.value,
+                  device=device)
     try:
         if quick:
             cfg = ExperimentConfig(**common, size=64, gan_steps=30, g_width=16, d_width=16, seeds=1, scenes=96,

@@ -132,6 +132,8 @@ def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, fee
                                            "--synthesis-weights", "judged" if cfg.judged else "auto",
                                            "--update-every", str(cfg.update_every),
                                            "--fake-dtype", cfg.fake_dtype,
+                                           # only when not the default: finished runs keep their fingerprints
+                                           *(("--weighting", cfg.weighting) if cfg.weighting != "size" else ()),
                                            *(f"--{k.replace('_', '-')}={v}"
                                              for k, v in cfg.snapshot_args(steps).items())],
                      node_args=["--label-mix", str(recipe.label_mix), "--lambda-semantic",

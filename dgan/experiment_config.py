@@ -60,10 +60,11 @@ class ExperimentConfig:
     device: str = "cpu"  # every GAN and segmenter, and the DGAN run's processes: cpu, cuda or cuda:N
     grad_dtype: str = "float16"  # DGAN nodes' gradients on the wire (int8: per-sample scale, dgan.grad_codec)
     fake_dtype: str = "float16"  # DGAN generator's fakes on the wire
+    weighting: str = "size"  # DGAN generator: each feedback weighed by its node's dataset size, or all alike
 
     def __post_init__(self) -> None:
         """Settings that would only fail after hours of GAN training fail here."""
-        from dgan.choices import FakeDtype, GradDtype, LocalHow, values
+        from dgan.choices import FakeDtype, GradDtype, LocalHow, Weighting, values
 
         if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0:
             raise ExperimentSetupError(f"update_every must be >= 0, ema in [0, 1) and local_share in (0, 1); got "
@@ -81,7 +82,8 @@ class ExperimentConfig:
         if self.scene_variant not in SCENE_CLASSES:
             raise ExperimentSetupError(f"scene variant must be one of {', '.join(SCENE_CLASSES)}, got "
                                        f"{self.scene_variant!r}")
-        for name, allowed in (("grad_dtype", values(GradDtype)), ("fake_dtype", values(FakeDtype))):
+        for name, allowed in (("grad_dtype", values(GradDtype)), ("fake_dtype", values(FakeDtype)),
+                              ("weighting", values(Weighting))):
             if getattr(self, name) not in allowed:
                 raise ExperimentSetupError(f"{name} must be one of {', '.join(allowed)}, got "
                                            f"{getattr(self, name)!r}")

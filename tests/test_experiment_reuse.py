@@ -57,7 +57,8 @@ def test_a_finished_dgan_training_with_the_same_settings_is_loaded_not_run_again
 
 
 @pytest.mark.parametrize("change", [
-    {"lambda_colour": 10.0}, {"gan_steps": 8}, {"ema": 0.999}, {"grad_dtype": "int8"}, {"judged": True}])
+    {"lambda_colour": 10.0}, {"gan_steps": 8}, {"ema": 0.999}, {"grad_dtype": "int8"}, {"judged": True},
+    {"weighting": "equal"}])
 def test_a_changed_setting_trains_afresh_in_the_same_folder(tmp_path: Path, trainings: list[RunConfig],
                                                              change: dict[str, object]) -> None:
     cfg = ex.ExperimentConfig(out=tmp_path / "exp", size=32, g_width=8, d_width=8, nodes=2, gan_steps=4)
@@ -152,3 +153,15 @@ def test_the_node_pipeline_reaches_the_run_and_its_fingerprint(tmp_path: Path) -
     assert launch_fingerprint(two) != launch_fingerprint(one)
     with pytest.raises(ex.ExperimentSetupError, match="pipeline"):
         replace(base, pipeline=0)
+
+
+def test_equal_weighting_reaches_the_dgan_generator_and_size_weighting_adds_no_argument(tmp_path: Path) -> None:
+    base = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2)
+    size = ex.dgan_launch(base, _splits(), "async", 0, "adversarial").extra_generator_args
+    equal = ex.dgan_launch(replace(base, weighting="equal"), _splits(), "async", 0, "adversarial")
+    assert "--weighting" not in size  # the default: runs finished before the option keep their fingerprints
+    assert equal.extra_generator_args[equal.extra_generator_args.index("--weighting") + 1] == "equal"
+    assert ex.cache_key(base, _splits(), "central_gan", "adversarial") == ex.cache_key(
+        replace(base, weighting="equal"), _splits(), "central_gan", "adversarial")  # one pooled D: nothing to weigh
+    with pytest.raises(ex.ExperimentSetupError, match="weighting"):
+        replace(base, weighting="loudest")

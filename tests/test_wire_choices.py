@@ -48,7 +48,7 @@ def test_train_config_refuses_values_it_does_not_know(field: str, value: str) ->
     ("generator", "--fake-dtype", "int8"), ("generator", "--weighting", "loudest"),
     ("generator", "--mode", "round-robin"), ("generator", "--gan-mode", "wgan"),
     ("node", "--grad-dtype", "bfloat16"), ("node", "--name", "../x"), ("run", "--partition", "dirichlet"),
-    ("experiment", "--partition", "x"),
+    ("experiment", "--partition", "x"), ("experiment", "--weighting", "loudest"),
 ])
 def test_every_cli_choice_names_the_valid_values_when_given_another(command: str, option: str, value: str) -> None:
     args = [command, option, value] + (["--name", "n0"] if command == "node" and option != "--name" else [])
