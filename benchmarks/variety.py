@@ -26,12 +26,13 @@ from dgan.training.checkpoints import load_checkpoint
 from dgan.training.generator import GeneratorTrainer
 
 
-def draw_differences(gen: GeneratorTrainer, masks: np.ndarray, limit: int = 64) -> dict[str, float | int]:
+def draw_differences(gen: GeneratorTrainer, masks: np.ndarray, limit: int = 64,
+                     weights: str = "auto") -> dict[str, float | int]:
     """Mean |a - b| in [0, 1] between two draws of each mask, between images of different masks (one draw), and
     between two draws of the empty masks among the first ``limit``."""
     masks = masks[:limit]
-    a = gen.synthesize(masks, seed=1000).astype(np.float32) / 255
-    b = gen.synthesize(masks, seed=1001).astype(np.float32) / 255
+    a = gen.synthesize(masks, seed=1000, weights=weights).astype(np.float32) / 255
+    b = gen.synthesize(masks, seed=1001, weights=weights).astype(np.float32) / 255
     per_mask = np.abs(a - b).mean(axis=(1, 2, 3))
     other = np.abs(a - np.roll(a, 1, axis=0)).mean(axis=(1, 2, 3)) if len(a) > 1 else np.zeros(1)
     empty = (masks.reshape(len(masks), -1) == 0).all(axis=1)
@@ -69,10 +70,14 @@ def run_variety_benchmark(checkpoints: list[Path], data: Path | None, test: str 
         splits = make_splits(ExperimentConfig(out=Path("."), data=data, size=gen.model_cfg.image_size, test=split,
                                               groups=groups, scenes=96 if quick else 600))
         masks = splits.train.masks[:64] if quick else splits.train.masks
-        spread.append({"run": str(path), "test": split, **draw_differences(gen, masks)})
+        # dropout's variety alone: a checkpoint with snapshots would switch snapshot with each draw (the EMA, or
+        # the last weights, as `auto` gave before snapshots existed)
+        which = gen.weights_available("ema")
+        spread.append({"run": str(path), "test": split, "weights": which,
+                       **draw_differences(gen, masks, weights=which)})
         val = (splits.val.images, splits.val.masks)
         for k in draws:
-            train = synthesize_set(gen, masks, k, classes=splits.train.classes)
+            train = synthesize_set(gen, masks, k, weights=which, classes=splits.train.classes)
             for s in range(seeds):
                 seg = SegConfig(**{**seg_settings, "steps": seg_steps, "eval_every": max(1, min(100, seg_steps)),
                                    "seed": s, "num_classes": len(splits.train.classes)})

@@ -70,8 +70,9 @@ def experiment(
     pipeline: Annotated[int, typer.Option(min=1, help="DGAN: requests each node keeps in flight. With 4 nodes, 1 "
                                                       "makes feedback about 3 generator steps stale and 2 about "
                                                       "7; 1 measured better (docs/results/update-rule.md).")] = 1,
-    ema: Annotated[float, typer.Option(help="Both GANs synthesise from a moving average of G's weights with "
-                                            "this decay (0 = the last weights).")] = 0.0,
+    ema: Annotated[float, typer.Option(help="Both GANs keep a moving average of G's weights with this decay "
+                                            "(0 = none): with --snapshots 0 they synthesise from it, else it is "
+                                            "measured beside as NAME_ema.")] = 0.0,
     snapshots: Annotated[int, typer.Option(help="Both GANs synthesise from this many snapshots of G's weights, "
                                                 "spread over the second half of training, each drawing a share of "
                                                 "every mask's samples (0 = off; before --ema when both are on). "

@@ -13,8 +13,9 @@ with several modes, each extra one adds ``central_gan_MODE`` and ``dgan_MODE``.
 
 Model selection uses a validation split carved from the training tiles, never the test tiles.
 ``real_all`` and ``central_gan`` do not depend on the partition and are cached by data, config and seed.
-With ``--snapshots`` (or ``--judged``), ``NAME_last`` (``NAME_judged``) measures the same trainings' sets from
-their last weights (from where the nodes' judges peaked).
+Both GANs synthesise from 4 snapshots of G by default (``--snapshots 0``: from the last weights, or the EMA);
+``NAME_last`` measures the same trainings' sets from their last weights, ``NAME_ema`` (with ``--ema``) from
+their moving average, and ``NAME_judged`` (``--judged``) from where the nodes' judges peaked.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     return gen
 
 
-ALSO_LABELS = {"raw": "last", "judged": "judged"}  # a GAN method's other weights, as the method names end
+ALSO_LABELS = {"raw": "last", "ema": "ema", "judged": "judged"}  # a GAN method's other weights, as the method names end
 
 
 def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: int, weights: str = "auto",
@@ -298,7 +299,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         for label, m in alternates.items():
             methods[f"{name}_{label}"] = {**m, "feedback": fb}
 
-    last = ("raw",) if cfg.snapshots else ()  # beside the snapshots: what the last weights alone give
+    # beside the snapshots: what the last weights alone give, and with --ema what their moving average gives
+    last = ("raw", *(("ema",) if cfg.ema else ())) if cfg.snapshots else ()
     for i, fb in enumerate(cfg.feedback):
         suffix = "" if i == 0 else f"_{fb}"
         central_path = cache / f"central_gan-{cache_key(cfg, splits, 'central_gan', fb)}.json"

@@ -45,7 +45,8 @@ class ExperimentConfig:
     # DGAN: requests each node keeps in flight (with 4 nodes, 1 gives staleness ~3 and 2 ~7). 1 with snapshots 4: the
     # real experiment's best (session 19: 0.326 against 0.218 validation IoU at 2, no collapse; update-rule.md)
     pipeline: int = 1
-    ema: float = 0.0  # both GANs synthesise from this moving average of G's weights (0 = the last weights)
+    ema: float = 0.0  # both GANs keep this moving average of G's weights (0 = none): synthesised from with
+    # snapshots 0, else measured beside as NAME_ema
     snapshots: int = 4  # > 0: both GANs synthesise from this many snapshots of G over the second half of training
     judged: bool = False  # also `dgan_judged`: the same DGAN trainings' sets from where the nodes' transfer_iou peaked
     # dgan_local: all the steps on the synthetic set, then all on the own pairs (validation, 64 px, tiles 8 and 5:

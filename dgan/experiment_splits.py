@@ -145,5 +145,5 @@ def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = ""
         if cfg.ema:  # only when on: results cached before EMA existed keep their keys
             key["ema"] = cfg.ema
         if cfg.snapshots:  # the count, the cadence (from the central GAN's steps), and the last weights beside
-            key["snapshots"] = {**cfg.snapshot_args(cfg.gan_steps), "beside": "last"}
+            key["snapshots"] = {**cfg.snapshot_args(cfg.gan_steps), "beside": "last,ema" if cfg.ema else "last"}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

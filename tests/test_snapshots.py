@@ -145,3 +145,20 @@ def test_an_experiment_with_snapshots_also_measures_the_same_trainings_last_weig
     assert "| central_gan_last |" in md and "their sets from the last weights alone" in md
     again = run_experiment(cfg)  # the central GAN from the cache: its last weights' figures come back with it
     assert again["methods"]["central_gan_last"] == last
+
+
+def test_with_ema_and_snapshots_the_experiment_measures_the_moving_average_beside_and_keys_its_cache_by_it(
+        tmp_path: Path) -> None:
+    from dgan.experiment import make_splits, run_experiment
+    from dgan.segment import SegConfig
+
+    cfg = ex.ExperimentConfig(out=tmp_path / "exp", size=32, gan_steps=4, g_width=8, d_width=8, nodes=2, seeds=1,
+                              seg=SegConfig(width=8, depth=3, steps=4, eval_every=2), samples_per_mask=1, scenes=16,
+                              quick=True, partition="iid", threads=1, gan_methods=("central_gan",), ema=0.9,
+                              local=())
+    methods = run_experiment(cfg)["methods"]
+    assert methods["central_gan"]["synthesis_weights"][0].startswith("snapshots ")  # the snapshots come first
+    assert methods["central_gan_ema"]["alternate_of"] == "central_gan" and "central_gan_last" in methods
+    splits = make_splits(cfg)
+    assert cache_key(cfg, splits, "central_gan", "adversarial") != cache_key(
+        replace(cfg, ema=0.0), splits, "central_gan", "adversarial")

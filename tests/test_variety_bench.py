@@ -41,7 +41,7 @@ def test_bench_variety_writes_one_row_per_set_and_seed_and_refuses_bad_settings(
     doc = json.loads(out.read_text())
     assert [r["draws"] for r in doc["rows"]] == [1, 2] and doc["rows"][1]["pairs"] == 2 * doc["rows"][0]["pairs"]
     assert all(0.0 <= r["val_iou"] <= 1.0 and r["seg_steps"] == 4 for r in doc["rows"])
-    assert doc["differences"][0]["draw_diff"] > 0
+    assert doc["differences"][0]["draw_diff"] > 0 and doc["differences"][0]["weights"] == "raw"
     bad = runner.invoke(app, ["bench", "variety", str(ckpt), "--quick", "--draws", "0"])
     assert bad.exit_code == 2 and "draws >= 1" in bad.output
     junk = tmp_path / "junk.pt"
@@ -61,3 +61,31 @@ def test_the_split_and_segmenter_come_from_the_experiment_that_trained_the_gener
     assert experiment_settings(ckpt, "tile=5")[0] == "tile=5"
     with pytest.raises(ValueError, match="trained with the test split 'tile=5'"):
         experiment_settings(ckpt, "tile=8")  # its test tiles would be trained on and validated against
+
+
+def test_the_bench_measures_dropout_alone_on_a_generator_with_snapshots(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.variety as variety
+    from tests.conftest import feedback_step
+
+    trainer = GeneratorTrainer(ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2),
+                               TrainConfig(snapshots=2, snapshot_every=2, fake_dtype="float32", lr=5e-2))
+    for k in range(4):
+        feedback_step(trainer, k)
+    assert trainer.weights_available("auto") == "snapshots"  # draw k of a set would come from another snapshot
+    ckpt = tmp_path / "g.pt"
+    trainer.save(ckpt)
+    asked: list[str] = []
+    real = variety.synthesize_set
+
+    def spy(*args: object, weights: str = "auto", **kwargs: object) -> object:
+        asked.append(weights)
+        return real(*args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(variety, "synthesize_set", spy)
+    out = tmp_path / "v.json"
+    result = CliRunner().invoke(app, ["bench", "variety", str(ckpt), "--quick", "--seg-steps", "2", "--json",
+                                      str(out)])
+    assert result.exit_code == 0, result.output
+    assert asked == ["raw", "raw"]  # 1 and 2 draws per mask, both from the last weights
+    assert json.loads(out.read_text())["differences"][0]["weights"] == "raw"
