@@ -110,4 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from dgan.stop_signals import die_with_parent_from_env
+
+    die_with_parent_from_env()  # started by dgan.run: ends with it
     main()

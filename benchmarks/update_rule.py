@@ -19,14 +19,11 @@ time after the simulations, and adds the nodes' judges' late verdicts.
 
 from __future__ import annotations
 
-import ctypes
 import heapq
 import json
 import logging
 import os
-import signal
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
@@ -42,6 +39,7 @@ from rich.table import Table
 from benchmarks.real_rule import REAL_PIPELINE, judge_agreement, real_row
 from dgan.experiment import ExperimentConfig, Splits, make_splits, synthesize_set
 from dgan.segment import SegConfig, train_segmenter
+from dgan.stop_signals import die_with_parent
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.training.generator import GeneratorTrainer, Outcome, TrainConfig
 from dgan.training.snapshots import relative_distance
@@ -211,23 +209,6 @@ def _one(args: tuple[ExperimentConfig, str, int, int, str, list[float], float, i
         row[f"val_iou_{which}"] = round(float(info["best_val_iou"]), 4)
     log.info("%s", row)
     return row
-
-
-def die_with_parent(parent: int) -> None:
-    """Pool initializer: on Linux a worker ends when the benchmark does (killed or interrupted), not an hour later.
-
-    For a ``spawn`` pool made on the benchmark's main thread (PR_SET_PDEATHSIG follows the thread that started
-    the worker; under ``forkserver`` the parent would be the server, and the check below would end every
-    worker). The `real` rule's processes are started by :mod:`dgan.run`, which stops them on SIGTERM or SIGHUP
-    (:mod:`dgan.stop_signals`); a SIGKILL of the benchmark still orphans them.
-    """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(1, ctypes.c_ulong(signal.SIGTERM), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
-            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this worker may outlive the benchmark",
-                        ctypes.get_errno())
-    if os.getppid() != parent:  # the benchmark died before the line above ran
-        os._exit(1)
 
 
 def gan_seed_range(first_seed: int, gan_seeds: int) -> range:

@@ -3,7 +3,8 @@
 Each process is the real CLI command (a fresh interpreter, as with the spawn
 start method) over tcp loopback.  The data is partitioned across the nodes
 through small shard files; everything lands under the output folder.  Every
-child is stopped on the way out, Ctrl-C, SIGTERM and SIGHUP included (``dgan.stop_signals``).
+child is stopped on the way out, Ctrl-C, SIGTERM and SIGHUP included, and on Linux gets a SIGTERM if this
+process is SIGKILLed (``dgan.stop_signals``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.data.partition import partition
 from dgan.data.shards import IMAGE_EXTS, scenes_spec
 from dgan.feedback import DEFAULT_MODE
-from dgan.stop_signals import stop_signals_unwind
+from dgan.stop_signals import DIE_WITH_PARENT, stop_signals_unwind
 
 log = logging.getLogger("dgan.run")
 
@@ -109,7 +110,11 @@ class ProcessGroup:
     """Children started by ``dgan run``; ``stop_all`` leaves no orphan.
 
     ``hold``: entered around each start and around ``stop_all``, so that a stop signal cannot land between a
-    child's fork and its record, or halfway through stopping them (``StopSignals.held``)."""
+    child's fork and its record, or halfway through stopping them (``StopSignals.held``).
+
+    A child started without a prefix also ends when this process does, SIGKILL included (``die_with_parent``):
+    the kernel ties that to the thread that started it, so start and stop children on one thread that
+    outlives them, as ``run_local`` does."""
 
     def __init__(self, log_dir: Path, hold: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self.log_dir = log_dir
@@ -121,6 +126,8 @@ class ProcessGroup:
               module: str = "dgan") -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads),
                "MKL_NUM_THREADS": str(threads)}
+        if not prefix:  # the child ends with us, even if we are SIGKILLed (a prefix may fork: its parent is not us)
+            env[DIE_WITH_PARENT] = str(os.getpid())
         with self.hold(), open(self.log_dir / f"{name}.log", "wb") as fh:
             proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", module, *args], stdout=fh,
                                     stderr=subprocess.STDOUT, env=env)

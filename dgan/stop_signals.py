@@ -2,16 +2,25 @@
 
 Their default action ends the process at once, skipping the ``finally`` that stops the children, so a ``kill``
 or ``timeout`` of ``dgan run`` or ``dgan experiment`` used to leave the broker, generator and nodes running.
+A SIGKILL cannot be caught: for it, each child asks the kernel for a SIGTERM when its parent dies
+(:func:`die_with_parent`, which a child started with ``DIE_WITH_PARENT`` in its environment calls at start-up).
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
+
+log = logging.getLogger("dgan.stop_signals")
+DIE_WITH_PARENT = "DGAN_DIE_WITH_PARENT"  # the environment variable: the parent's pid
 
 
 class StopSignals:
@@ -65,3 +74,28 @@ def stop_signals_unwind() -> Iterator[StopSignals]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def die_with_parent(parent: int) -> None:
+    """On Linux, this process gets SIGTERM when ``parent`` ends, however it ends (a SIGKILL too): a child of
+    ``dgan run`` or a benchmark's pool worker stops instead of training on, orphaned, for hours.
+
+    PR_SET_PDEATHSIG follows the *thread* that started this process: start it from a thread that outlives it
+    (``run_local`` starts and stops its children on one thread; a ``spawn`` pool made on the main thread). Under
+    ``forkserver`` the parent would be the server, and the check below would end every worker.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, ctypes.c_ulong(signal.SIGTERM), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this process may outlive its parent",
+                        ctypes.get_errno())
+    if os.getppid() != parent:  # the parent died before the line above ran
+        os._exit(1)
+
+
+def die_with_parent_from_env() -> None:
+    """:func:`die_with_parent` for a child whose starter put its pid in ``DGAN_DIE_WITH_PARENT``; a value that
+    is not a pid is ignored (the process then lives as any other)."""
+    value = os.environ.pop(DIE_WITH_PARENT, "")  # not passed on to this process's own children
+    if value.isdigit():
+        die_with_parent(int(value))

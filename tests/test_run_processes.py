@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from dgan import replay as R
@@ -162,6 +163,37 @@ def test_sigterm_to_a_local_run_stops_its_broker_generator_and_nodes(tmp_path: P
         with contextlib.suppress(ProcessLookupError):
             os.killpg(runner.pid, signal.SIGKILL)
         runner.wait()
+
+
+def test_kill_9_of_a_local_run_still_ends_its_broker_generator_and_nodes(tmp_path: Path) -> None:
+    script = ("from pathlib import Path; from dgan.run import RunConfig, run_local; "
+              f"run_local(RunConfig(nodes=2, steps=100_000, out=Path({str(tmp_path / 'run')!r}), scenes=20, "
+              "image_size=64, g_width=16, d_width=16, synthesize=False))")
+    runner = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        wait_until(lambda: len(children_of(runner.pid)) == 4, 60, "broker, generator and 2 nodes")
+        children = children_of(runner.pid)
+        runner.kill()  # no handler runs: each child's own PR_SET_PDEATHSIG has to end it
+        assert runner.wait(60) == -signal.SIGKILL
+        wait_until(lambda: not any(running(pid, started) for pid, started in children.items()), 60,
+                   "every child of the killed runner to end")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
+
+
+@pytest.mark.parametrize(("value", "lives"), [("parent", True), ("1", False), ("junk", True)])
+def test_a_child_told_its_parent_dies_with_it_and_one_whose_parent_is_gone_ends_at_once(value: str,
+                                                                                       lives: bool) -> None:
+    from dgan.stop_signals import DIE_WITH_PARENT
+
+    env = {**os.environ, DIE_WITH_PARENT: str(os.getpid()) if value == "parent" else value}
+    done = subprocess.run([sys.executable, "-c", "import os\nfrom dgan.stop_signals import die_with_parent_from_env\n"
+                           f"die_with_parent_from_env()\nprint('alive', {DIE_WITH_PARENT!r} in os.environ)"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    # pid 1 is not this child's parent: as if the parent had died before the child asked for its signal
+    assert (done.returncode, done.stdout) == ((0, "alive False\n") if lives else (1, "")), done.stderr
 
 
 STOP_SIGNALS_PRELUDE = """

@@ -186,7 +186,7 @@ def test_the_benchmarks_pool_workers_die_with_it() -> None:
         "import os, time\n"
         "from concurrent.futures import ProcessPoolExecutor\n"
         "from multiprocessing import get_context\n"
-        "from benchmarks.update_rule import die_with_parent\n"
+        "from dgan.stop_signals import die_with_parent\n"
         "pool = ProcessPoolExecutor(1, mp_context=get_context('spawn'), initializer=die_with_parent,\n"
         "                           initargs=(os.getpid(),))\n"
         "print(pool.submit(os.getpid).result(), flush=True)\n"
