@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -146,41 +147,38 @@ def test_generator_kill_9_and_resume_continues_from_its_checkpoint(tmp_path: Pat
     assert all(n["feedbacks"] > 0 for n in summary["nodes"].values())  # both nodes came back to the new generator
 
 
-def test_sigterm_to_a_local_run_stops_its_broker_generator_and_nodes(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def local_runner(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[int, str]]]:
+    """A `run_local` with 2 nodes in a process of its own, and its 4 children (pid: start time) once all are up.
+
+    The runner has a session of its own: whatever happens, killing its group afterwards leaves nothing behind."""
     script = ("from pathlib import Path; from dgan.run import RunConfig, run_local; "
               f"run_local(RunConfig(nodes=2, steps=100_000, out=Path({str(tmp_path / 'run')!r}), scenes=20, "
               "image_size=64, g_width=16, d_width=16, synthesize=False))")
-    # a session of its own: whatever happens here, killing its group afterwards leaves nothing behind
     runner = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     try:
         wait_until(lambda: len(children_of(runner.pid)) == 4, 60, "broker, generator and 2 nodes")
-        children = children_of(runner.pid)
+        yield runner, children_of(runner.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
+
+
+def test_sigterm_to_a_local_run_stops_its_broker_generator_and_nodes(tmp_path: Path) -> None:
+    with local_runner(tmp_path) as (runner, children):
         runner.send_signal(signal.SIGTERM)
         assert runner.wait(60) == 128 + signal.SIGTERM  # unwound (the default action would give -15)
         alive = {pid for pid, started in children.items() if running(pid, started)}
         assert not alive, f"orphans left running: {alive}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(runner.pid, signal.SIGKILL)
-        runner.wait()
 
 
 def test_kill_9_of_a_local_run_still_ends_its_broker_generator_and_nodes(tmp_path: Path) -> None:
-    script = ("from pathlib import Path; from dgan.run import RunConfig, run_local; "
-              f"run_local(RunConfig(nodes=2, steps=100_000, out=Path({str(tmp_path / 'run')!r}), scenes=20, "
-              "image_size=64, g_width=16, d_width=16, synthesize=False))")
-    runner = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
-    try:
-        wait_until(lambda: len(children_of(runner.pid)) == 4, 60, "broker, generator and 2 nodes")
-        children = children_of(runner.pid)
+    with local_runner(tmp_path) as (runner, children):
         runner.kill()  # no handler runs: each child's own PR_SET_PDEATHSIG has to end it
         assert runner.wait(60) == -signal.SIGKILL
         wait_until(lambda: not any(running(pid, started) for pid, started in children.items()), 60,
                    "every child of the killed runner to end")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(runner.pid, signal.SIGKILL)
-        runner.wait()
 
 
 @pytest.mark.parametrize(("value", "lives"), [("parent", True), ("1", False), ("junk", True)])
