@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -261,9 +262,13 @@ def generator(
         on_status=(lambda st: live.update(render(st, {}, f"dgan generator {run_id}"))) if live else None))
     import signal
 
+    parent = os.getppid()
+
     def stop(signum: int, _frame: Any) -> None:
-        log.warning("%s: finishing the run at step %d", signal.Signals(signum).name, trainer.step)
-        service.request_stop()
+        orphaned = os.getppid() != parent  # the SIGTERM of a dead `dgan run` (PR_SET_PDEATHSIG)
+        log.warning("%s: finishing the run at step %d%s", signal.Signals(signum).name, trainer.step,
+                    " (the parent is gone: no synthetic set)" if orphaned else "")
+        service.request_stop(synthesize=not orphaned)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -49,6 +49,9 @@ def markdown(results: dict[str, Any]) -> str:
         elif m.get("alternate_of") and name.endswith("_last"):
             lines += ["", f"- {name}: the same GAN trainings as {m['alternate_of']}, their sets from the last weights "
                           "alone (beside the snapshots)"]
+        elif m.get("alternate_of") and name.endswith("_ema"):
+            lines += ["", f"- {name}: the same GAN trainings as {m['alternate_of']}, their sets from the moving "
+                          "average of their weights (beside the snapshots)"]
     trained = [(name, m) for name, m in results["methods"].items() if m.get("gan_seconds")]
     if trained:
         lines.append("")

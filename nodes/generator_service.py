@@ -124,9 +124,12 @@ class GeneratorService(RunOutputs):
             self._periodic()
         return self.finish()
 
-    def request_stop(self) -> None:
-        """End the run at the next message boundary (SIGTERM): checkpoint and summary as usual."""
+    def request_stop(self, synthesize: bool = True) -> None:
+        """End the run at the next message boundary (SIGTERM): checkpoint and summary as usual; the synthetic set
+        too unless ``synthesize`` is False (nobody is left to wait minutes for it)."""
         self.stop_requested = True
+        if not synthesize:
+            self.cfg.synthesize = False
 
     def _periodic(self) -> None:
         now = time.monotonic()

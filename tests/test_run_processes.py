@@ -148,16 +148,26 @@ def test_generator_kill_9_and_resume_continues_from_its_checkpoint(tmp_path: Pat
 
 
 @contextlib.contextmanager
-def local_runner(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[int, str]]]:
-    """A `run_local` with 2 nodes in a process of its own, and its 4 children (pid: start time) once all are up.
+def local_runner(tmp_path: Path, synthesize: bool = False) -> Iterator[tuple[subprocess.Popen[bytes],
+                                                                              dict[int, str]]]:
+    """A `run_local` with 2 nodes in a process of its own, and its 4 children (pid: start time) once the run is
+    under way: the generator has started its run and welcomed both nodes, so every handler is in place.
 
     The runner has a session of its own: whatever happens, killing its group afterwards leaves nothing behind."""
     script = ("from pathlib import Path; from dgan.run import RunConfig, run_local; "
               f"run_local(RunConfig(nodes=2, steps=100_000, out=Path({str(tmp_path / 'run')!r}), scenes=20, "
-              "image_size=64, g_width=16, d_width=16, synthesize=False))")
+              f"image_size=64, g_width=16, d_width=16, synthesize={synthesize}))")
     runner = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     try:
-        wait_until(lambda: len(children_of(runner.pid)) == 4, 60, "broker, generator and 2 nodes")
+        logs = tmp_path / "run" / "logs"
+
+        def under_way() -> bool:
+            text = {n: (logs / f"{n}.log").read_text(errors="replace") if (logs / f"{n}.log").exists() else ""
+                    for n in ("generator", "node0", "node1")}
+            return "generator: run" in text["generator"] and all("welcomed" in text[n] for n in ("node0", "node1"))
+
+        wait_until(under_way, 120, "the generator's run and both nodes welcomed")
+        assert len(children_of(runner.pid)) == 4, children_of(runner.pid)
         yield runner, children_of(runner.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -174,14 +184,17 @@ def test_sigterm_to_a_local_run_stops_its_broker_generator_and_nodes(tmp_path: P
 
 
 def test_kill_9_of_a_local_run_still_ends_its_broker_generator_and_nodes(tmp_path: Path) -> None:
-    with local_runner(tmp_path) as (runner, children):
+    with local_runner(tmp_path, synthesize=True) as (runner, children):
         runner.kill()  # no handler runs: each child's own PR_SET_PDEATHSIG has to end it
         assert runner.wait(60) == -signal.SIGKILL
         wait_until(lambda: not any(running(pid, started) for pid, started in children.items()), 60,
                    "every child of the killed runner to end")
+    log = (tmp_path / "run" / "logs" / "generator.log").read_text()
+    assert "SIGTERM: finishing the run" in log and "the parent is gone: no synthetic set" in log  # its own signal
+    assert not (tmp_path / "run" / "synthetic").exists()  # an orphan does not synthesise for minutes
 
 
-@pytest.mark.parametrize(("value", "lives"), [("parent", True), ("1", False), ("junk", True)])
+@pytest.mark.parametrize(("value", "lives"), [("parent", True), ("0", False), ("junk", True)])
 def test_a_child_told_its_parent_dies_with_it_and_one_whose_parent_is_gone_ends_at_once(value: str,
                                                                                        lives: bool) -> None:
     from dgan.stop_signals import DIE_WITH_PARENT
@@ -190,7 +203,7 @@ def test_a_child_told_its_parent_dies_with_it_and_one_whose_parent_is_gone_ends_
     done = subprocess.run([sys.executable, "-c", "import os\nfrom dgan.stop_signals import die_with_parent_from_env\n"
                            f"die_with_parent_from_env()\nprint('alive', {DIE_WITH_PARENT!r} in os.environ)"],
                           env=env, capture_output=True, text=True, timeout=60)
-    # pid 1 is not this child's parent: as if the parent had died before the child asked for its signal
+    # pid 0 is never a child's parent: as if the parent had died before the child asked for its signal
     assert (done.returncode, done.stdout) == ((0, "alive False\n") if lives else (1, "")), done.stderr
 
 

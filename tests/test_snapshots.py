@@ -159,6 +159,8 @@ def test_with_ema_and_snapshots_the_experiment_measures_the_moving_average_besid
     methods = run_experiment(cfg)["methods"]
     assert methods["central_gan"]["synthesis_weights"][0].startswith("snapshots ")  # the snapshots come first
     assert methods["central_gan_ema"]["alternate_of"] == "central_gan" and "central_gan_last" in methods
+    assert "- central_gan_ema: the same GAN trainings as central_gan, their sets from the moving average" in (
+        tmp_path / "exp" / "results.md").read_text()
     splits = make_splits(cfg)
     assert cache_key(cfg, splits, "central_gan", "adversarial") != cache_key(
         replace(cfg, ema=0.0), splits, "central_gan", "adversarial")
