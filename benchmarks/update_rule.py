@@ -221,14 +221,14 @@ def gan_seed_range(first_seed: int, gan_seeds: int) -> range:
 def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | None, rules: list[str],
                               tiles: list[str], gan_seeds: int, feedbacks: int, feedback: str, size: int,
                               speeds: list[float], ema: float, jobs: int, first_seed: int = 0,
-                              lambda_colour: float = 0.0) -> dict[str, Any]:
+                              lambda_colour: float = 0.0, partition: str = "group") -> dict[str, Any]:
     console = Console()
     unknown = [r for r in rules if r not in RULES]
     if unknown:
         raise ValueError(f"unknown rule {unknown[0]!r}; choose from {', '.join(RULES)}")
     seg_steps = 150 if quick else 300
     base = ExperimentConfig(out=Path("/nonexistent"), data=data, size=size, quick=quick, scenes=160 if quick else 600,
-                            lambda_colour=lambda_colour)
+                            lambda_colour=lambda_colour, partition=partition)
     tiles = tiles if data is not None else ["scenes"]
     every = [(replace(base, test=f"tile={t}") if data is not None else base, r, s, feedbacks, feedback, speeds, ema,
               seg_steps) for t in tiles for s in gan_seed_range(first_seed, gan_seeds) for r in rules]
@@ -271,7 +271,7 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
         summary[r]["val_iou_snapshots"] = statistics.mean(snaps) if snaps else None
         summary[r]["val_iou_snapshots_min"] = min(snaps, default=None)
     result = {"data": str(data) if data else "scenes", "size": size, "feedback": feedback,
-              "lambda_colour": lambda_colour, "feedbacks": feedbacks, "snapshots": SNAPSHOTS,
+              "lambda_colour": lambda_colour, "partition": partition, "feedbacks": feedbacks, "snapshots": SNAPSHOTS,
               "gan_seeds": gan_seeds, "first_seed": first_seed, "tiles": tiles, "speeds": speeds, "ema": ema,
               "seg_steps": seg_steps,
               "quick": quick, "rules": {r: asdict(RULES[r]) for r in rules}, "runs": rows, "summary": summary,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dgan.choices import GradDtype
+from dgan.choices import GradDtype, Partition
 from dgan.cli_app import (
     JsonOut,
     LambdaColour,
@@ -306,6 +306,8 @@ def bench_update_rule(
                    ] = 0.999,
     jobs: Annotated[int, typer.Option(help="Trainings at a time (each on one thread).")] = 2,
     lambda_colour: LambdaColour = 0.0,
+    partition: Annotated[Partition, typer.Option(help="How the training pairs are dealt to the 4 nodes: group (by "
+                                                      "tile, as the experiment) or iid.")] = Partition.group,
 ) -> None:
     """Generator update rules (async, buffered, sync, central) at an equal feedback budget, simulated in one
     process with the real trainers: segmentation validation IoU, staleness."""
@@ -325,7 +327,7 @@ def bench_update_rule(
         feedbacks = min(feedbacks, 120)
     run_update_rule_benchmark(data, quick, json_out, rule or ["async", "buffered", "sync", "central"], tile or ["8"],
                               gan_seeds, feedbacks, feedback, size, speed or [1.0], ema, jobs, first_seed,
-                              lambda_colour)
+                              lambda_colour, partition.value)
 
 
 if __name__ == "__main__":

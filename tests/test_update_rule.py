@@ -155,6 +155,28 @@ def test_bench_update_rule_refuses_an_unknown_rule_in_one_line() -> None:
     assert res.exit_code == 2 and "unknown rule 'fastest'" in res.output
 
 
+def test_bench_update_rule_deals_the_pairs_by_the_partition_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import benchmarks.update_rule as ur
+    from dgan.cli import app
+
+    seen: list[ExperimentConfig] = []
+
+    def first_training(args: tuple[ExperimentConfig, ...]) -> dict[str, object]:
+        seen.append(args[0])
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(ur, "_one", first_training)
+    for partition in ("iid", "group"):
+        res = CliRunner().invoke(app, ["bench", "update-rule", "--quick", "--rule", "async", "--jobs", "1",
+                                       "--partition", partition])
+        assert isinstance(res.exception, RuntimeError), res.output
+        assert seen[-1].partition == partition
+    res = CliRunner().invoke(app, ["bench", "update-rule", "--partition", "tiles"])
+    assert res.exit_code == 2 and "tiles" in res.output
+
+
 def test_a_later_bench_run_can_add_gan_seeds_to_an_earlier_ones() -> None:
     from typer.testing import CliRunner
 
