@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import signal
@@ -31,6 +32,7 @@ from rich.console import Console
 from benchmarks.scale import _cpu_s, _statuses, _sub, report, stop_all
 from dgan import protocol as P
 from dgan.commands import Ports, broker_args, generator_args
+from dgan.stop_signals import DIE_WITH_PARENT, die_with_parent_from_env
 
 
 def simulate_peers(endpoint: str, n: int, interval: float, seconds: float, out: Path, quiet: int = 0) -> None:
@@ -108,9 +110,11 @@ def run_one(peers: int, interval: float, window: float, tmp: Path, quiet: int = 
     (out / "logs").mkdir(parents=True)
     py = [sys.executable, "-m"]
 
+    env = {**os.environ, DIE_WITH_PARENT: str(os.getpid())}  # the processes end with the bench, kill -9 too
+
     def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         with open(out / "logs" / f"{name}.log", "wb") as fh:
-            return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+            return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
 
     broker = start("broker", [*py, "dgan", *broker_args(ports, heartbeat=interval)])
     gen = start("generator", [*py, "benchmarks.light_generator", *generator_args(
@@ -200,4 +204,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent_from_env()  # the simulated peers: started by the bench, end with it
     main()

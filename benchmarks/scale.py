@@ -38,6 +38,7 @@ from rich.table import Table
 from dgan import protocol as P
 from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.data.shards import scenes_spec
+from dgan.stop_signals import DIE_WITH_PARENT
 
 PER_PROCESS = 32
 HEARTBEAT = 1.0
@@ -91,7 +92,8 @@ def run_one(n: int, window: float, tmp: Path, image_size: int = 32, work_ms: flo
     (out / "logs").mkdir(parents=True)
     shard = out / "shard.json"
     shard.write_text(json.dumps(scenes_spec(list(range(16)), image_size)))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           DIE_WITH_PARENT: str(os.getpid())}  # the processes end with the bench, kill -9 too
     py = [sys.executable, "-m"]
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:

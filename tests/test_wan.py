@@ -219,3 +219,24 @@ def test_netlab_refuses_host_names_that_would_not_fit_a_linux_interface_name() -
     for names in (["toolongname"], ["a", "a"], ["Upper"], ["n-1"], []):
         with pytest.raises(ValueError, match="host names must be"):
             NetLab(names)
+
+
+@pytest.mark.parametrize("bench", ["scale", "heartbeats"])
+def test_the_scale_and_heartbeat_benches_start_processes_that_end_with_them(
+        bench: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import subprocess
+
+    from benchmarks import heartbeats, scale
+    from dgan.stop_signals import DIE_WITH_PARENT
+
+    envs: list[dict[str, str] | None] = []
+
+    def spy(*args: object, env: dict[str, str] | None = None, **kwargs: object) -> None:
+        envs.append(env)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    with pytest.raises(RuntimeError, match="captured"):
+        scale.run_one(4, 1.0, tmp_path) if bench == "scale" else heartbeats.run_one(4, 1.0, 1.0, tmp_path)
+    assert envs[0] is not None and envs[0][DIE_WITH_PARENT] == str(os.getpid())  # even if the bench is SIGKILLed
