@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -262,10 +261,10 @@ def generator(
         on_status=(lambda st: live.update(render(st, {}, f"dgan generator {run_id}"))) if live else None))
     import signal
 
-    parent = os.getppid()
+    from dgan.stop_signals import parent_gone
 
     def stop(signum: int, _frame: Any) -> None:
-        orphaned = os.getppid() != parent  # the SIGTERM of a dead `dgan run` (PR_SET_PDEATHSIG)
+        orphaned = parent_gone()  # the SIGTERM of a dead `dgan run` (PR_SET_PDEATHSIG)
         log.warning("%s: finishing the run at step %d%s", signal.Signals(signum).name, trainer.step,
                     " (the parent is gone: no synthetic set)" if orphaned else "")
         service.request_stop(synthesize=not orphaned)

@@ -96,6 +96,18 @@ def die_with_parent(parent: int) -> None:
 def die_with_parent_from_env() -> None:
     """:func:`die_with_parent` for a child whose starter put its pid in ``DGAN_DIE_WITH_PARENT``; a value that
     is not a pid is ignored (the process then lives as any other)."""
+    global _watched_parent
     value = os.environ.pop(DIE_WITH_PARENT, "")  # not passed on to this process's own children
     if value.isdigit():
         die_with_parent(int(value))
+        _watched_parent = int(value)
+
+
+_watched_parent: int | None = None
+
+
+def parent_gone() -> bool:
+    """True when this process was started to end with its parent (``die_with_parent_from_env``) and that parent
+    has died: its SIGTERM is the kernel's, and nobody waits for what it would still write. A process started
+    by hand (nohup, then the shell closed) is never orphaned in this sense."""
+    return _watched_parent is not None and os.getppid() != _watched_parent

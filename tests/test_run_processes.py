@@ -200,11 +200,12 @@ def test_a_child_told_its_parent_dies_with_it_and_one_whose_parent_is_gone_ends_
     from dgan.stop_signals import DIE_WITH_PARENT
 
     env = {**os.environ, DIE_WITH_PARENT: str(os.getpid()) if value == "parent" else value}
-    done = subprocess.run([sys.executable, "-c", "import os\nfrom dgan.stop_signals import die_with_parent_from_env\n"
-                           f"die_with_parent_from_env()\nprint('alive', {DIE_WITH_PARENT!r} in os.environ)"],
-                          env=env, capture_output=True, text=True, timeout=60)
-    # pid 0 is never a child's parent: as if the parent had died before the child asked for its signal
-    assert (done.returncode, done.stdout) == ((0, "alive False\n") if lives else (1, "")), done.stderr
+    script = ("import os\nfrom dgan.stop_signals import die_with_parent_from_env, parent_gone\n"
+              f"die_with_parent_from_env()\nprint('alive', {DIE_WITH_PARENT!r} in os.environ, parent_gone())")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    # pid 0 is never a child's parent: as if the parent had died before the child asked for its signal; a child
+    # not told to watch its parent ("junk") is never orphaned in parent_gone's sense, whoever its parent becomes
+    assert (done.returncode, done.stdout) == ((0, "alive False False\n") if lives else (1, "")), done.stderr
 
 
 STOP_SIGNALS_PRELUDE = """
