@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,10 +26,11 @@ from typing import Any
 import zmq
 from rich.console import Console
 
-from benchmarks.scale import _cpu_s, _statuses, _sub, report, stop_all
+from benchmarks.scale import _cpu_s, _statuses, _sub, report
 from dgan import protocol as P
 from dgan.commands import Ports, broker_args, generator_args
-from dgan.stop_signals import DIE_WITH_PARENT, die_with_parent_from_env
+from dgan.run import ProcessGroup
+from dgan.stop_signals import die_with_parent_from_env
 
 
 def simulate_peers(endpoint: str, n: int, interval: float, seconds: float, out: Path, quiet: int = 0) -> None:
@@ -108,23 +106,17 @@ def run_one(peers: int, interval: float, window: float, tmp: Path, quiet: int = 
     ports = Ports.free()
     out = tmp / f"p{peers}"
     (out / "logs").mkdir(parents=True)
-    py = [sys.executable, "-m"]
-
-    env = {**os.environ, DIE_WITH_PARENT: str(os.getpid())}  # the processes end with the bench, kill -9 too
-
-    def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        with open(out / "logs" / f"{name}.log", "wb") as fh:
-            return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-
-    broker = start("broker", [*py, "dgan", *broker_args(ports, heartbeat=interval)])
-    gen = start("generator", [*py, "benchmarks.light_generator", *generator_args(
-        ports, out / "gen", 10**9, image_size=32, heartbeat=interval, extra=["--work-ms", "0.5"])])
+    group = ProcessGroup(out / "logs")  # they end with the bench, a kill -9 of it too
+    broker = group.start("broker", broker_args(ports, heartbeat=interval), 1)
+    gen = group.start("generator", generator_args(
+        ports, out / "gen", 10**9, image_size=32, heartbeat=interval, extra=["--work-ms", "0.5"]), 1,
+        module="benchmarks.light_generator")
     sub = _sub(ports)
     join_limit = 60.0
-    sim = start("peers", [*py, "benchmarks.heartbeats", "peers", "--broker", ports.node_endpoint, "--n", str(peers),
-                          "--interval", str(interval), "--seconds", str(join_limit + window + 4 * interval),
-                          "--out", str(out / "peers.json"), "--quiet", str(quiet)])
-    procs = [broker, gen, sim]
+    sim = group.start("peers", ["peers", "--broker", ports.node_endpoint, "--n", str(peers),
+                                "--interval", str(interval), "--seconds", str(join_limit + window + 4 * interval),
+                                "--out", str(out / "peers.json"), "--quiet", str(quiet)], 1,
+                      module="benchmarks.heartbeats")
     try:
         t_join = time.monotonic()
         deadline = t_join + join_limit
@@ -145,7 +137,7 @@ def run_one(peers: int, interval: float, window: float, tmp: Path, quiet: int = 
         sim.terminate()
         sim.wait(60)
     finally:
-        stop_all(procs)
+        group.stop_all(grace=20.0)
         sub.close()
     seen = json.loads((out / "peers.json").read_text()) if (out / "peers.json").exists() else {}
     broker_st = [m["broker"] for _, _, m in got if "broker" in m]

@@ -22,8 +22,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +36,7 @@ from rich.table import Table
 from dgan import protocol as P
 from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.data.shards import scenes_spec
-from dgan.stop_signals import DIE_WITH_PARENT
+from dgan.run import ProcessGroup
 
 PER_PROCESS = 32
 HEARTBEAT = 1.0
@@ -55,18 +53,6 @@ def _sub(ports: Ports) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(ports.pub_endpoint)
     return sock
-
-
-def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Terminate every process still running; kill what has not left 20 s later."""
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def _statuses(sock: zmq.Socket, seconds: float) -> list[tuple[float, int, dict[str, Any]]]:
@@ -92,25 +78,17 @@ def run_one(n: int, window: float, tmp: Path, image_size: int = 32, work_ms: flo
     (out / "logs").mkdir(parents=True)
     shard = out / "shard.json"
     shard.write_text(json.dumps(scenes_spec(list(range(16)), image_size)))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-           DIE_WITH_PARENT: str(os.getpid())}  # the processes end with the bench, kill -9 too
-    py = [sys.executable, "-m"]
-
-    def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        with open(out / "logs" / f"{name}.log", "wb") as fh:
-            return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-
-    procs = [start("broker", [*py, "dgan", *broker_args(ports, heartbeat=HEARTBEAT)])]
-    broker = procs[0]
-    gen = start("generator", [*py, "benchmarks.light_generator", *generator_args(
+    group = ProcessGroup(out / "logs")  # one thread each; they end with the bench, a kill -9 of it too
+    broker = group.start("broker", broker_args(ports, heartbeat=HEARTBEAT), 1)
+    gen = group.start("generator", generator_args(
         ports, out, 10**9, image_size=image_size, heartbeat=HEARTBEAT,
-        extra=["--update-every", "0", "--work-ms", str(gen_ms_per_sample)])])
-    procs.append(gen)
+        extra=["--update-every", "0", "--work-ms", str(gen_ms_per_sample)]), 1, module="benchmarks.light_generator")
     for k in range(math.ceil(n / PER_PROCESS)):
         many = min(PER_PROCESS, n - k * PER_PROCESS)
-        procs.append(start(f"nodes{k}", [*py, "benchmarks.light_node", *node_args(
+        group.start(f"nodes{k}", node_args(
             ports, f"h{k}", shard, image_size=image_size, batch_size=8, heartbeat=HEARTBEAT,
-            extra=["--many", str(many), "--work-ms", str(work_ms), "--stats", str(out / "nodes" / f"h{k}.json")])]))
+            extra=["--many", str(many), "--work-ms", str(work_ms), "--stats", str(out / "nodes" / f"h{k}.json")]),
+            1, module="benchmarks.light_node")
     sub = _sub(ports)
     try:
         deadline = time.monotonic() + 120
@@ -130,7 +108,7 @@ def run_one(n: int, window: float, tmp: Path, image_size: int = 32, work_ms: flo
         gen.terminate()  # the generator ends the run: run.json, GOODBYE to every node
         gen.wait(60)
     finally:
-        stop_all(procs)
+        group.stop_all(grace=20.0)
         sub.close()
     broker_st = [(t, m["broker"]) for t, _, m in got if "broker" in m]
     routed = sum(b["msgs_per_s"] for _, b in broker_st) * HEARTBEAT  # one rate per heartbeat interval

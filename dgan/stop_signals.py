@@ -21,6 +21,7 @@ from typing import Any
 
 log = logging.getLogger("dgan.stop_signals")
 DIE_WITH_PARENT = "DGAN_DIE_WITH_PARENT"  # the environment variable: the parent's pid
+_watched_parent: int | None = None  # that pid, once this process has asked to end with it
 
 
 class StopSignals:
@@ -102,8 +103,6 @@ def die_with_parent_from_env() -> None:
         die_with_parent(int(value))
         _watched_parent = int(value)
 
-
-_watched_parent: int | None = None
 
 
 def parent_gone() -> bool:
