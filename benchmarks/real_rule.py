@@ -47,13 +47,14 @@ def late_verdicts(run_dir: Path) -> dict[str, float | None]:
     return out
 
 
-def real_row(cfg: ExperimentConfig, seed: int, feedbacks: int, feedback: str, ema: float,
-             seg_steps: int) -> dict[str, Any]:
-    """One real DGAN training (async, 4 node processes and a broker) scored as the simulated rules are."""
+def real_row(cfg: ExperimentConfig, seed: int, feedbacks: int, feedback: str, ema: float, seg_steps: int,
+             name: str = "real", pipeline: int = REAL_PIPELINE, snapshots: int = 0) -> dict[str, Any]:
+    """One real DGAN training (async, 4 node processes and a broker) scored as the simulated rules are: the raw
+    and EMA weights, and G's snapshots when it keeps them."""
     splits = make_splits(cfg)
     with tempfile.TemporaryDirectory(prefix="dgan-real-rule-") as tmp:
         run_cfg = replace(cfg, out=Path(tmp), gan_steps=feedbacks, ema=ema, num_classes=len(splits.train.classes),
-                          pipeline=REAL_PIPELINE, snapshots=0)
+                          pipeline=pipeline, snapshots=snapshots)
         trained = dgan_run(run_cfg, splits, "async", seed, feedback)
         gen, gan_s = trained.generator, trained.seconds
         run_dir = Path(tmp) / f"dgan_async_{feedback}_seed{seed}"
@@ -61,14 +62,14 @@ def real_row(cfg: ExperimentConfig, seed: int, feedbacks: int, feedback: str, em
         judges = late_verdicts(run_dir)
     stale = [n["staleness_mean"] for n in summary["nodes"].values() if n.get("staleness_mean") is not None]
     row: dict[str, Any] = {
-        "rule": "real", "test": cfg.test, "gan_seed": seed, "feedbacks": feedbacks, "gan_seconds": round(gan_s, 1),
+        "rule": name, "test": cfg.test, "gan_seed": seed, "feedbacks": feedbacks, "gan_seconds": round(gan_s, 1),
         "steps": summary["steps"], "staleness_mean": float(np.mean(stale)) if stale else 0.0,
         "staleness_max": max((n.get("staleness_max") or 0 for n in summary["nodes"].values()), default=0),
         "dropped_stale": summary["counters"].get("dropped_stale", 0), **judges,
         **{k: summary.get(k) for k in ("label_iou_best", "degraded_alarms", "transfer_iou_best",
                                        "transfer_iou_alarms")}}
     val = (splits.val.images, splits.val.masks)
-    for which in ("raw", "ema"):
+    for which in ("raw", "ema", *(("snapshots",) if snapshots else ())):
         syn = synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, weights=which)
         _, info = train_segmenter(syn.images, syn.masks, SegConfig(steps=seg_steps, seed=0), val=val)
         row[f"val_iou_{which}"] = round(float(info["best_val_iou"]), 4)

@@ -12,9 +12,11 @@ no socket, process or machine load changes the order.
 
 Every rule gets the same number of feedbacks (the same generator and node work);
 quality is the validation IoU of a segmenter trained on the GAN's synthetic
-images (never the test split), for the raw weights and for their EMA.  The
-`real` rule runs the same training for real (:mod:`benchmarks.real_rule`), one at a
-time after the simulations, and adds the nodes' judges' late verdicts.
+images (never the test split), for the raw weights, their EMA and G's snapshots.  The
+`real` rules run the same training for real (:mod:`benchmarks.real_rule`), one at a
+time after the simulations, and add the nodes' judges' late verdicts: `real` as the
+simulations first measured dgan (two requests in flight, the last weights), `real-p1`
+as `dgan experiment` runs it (one in flight, snapshots; its simulated twin is `async-p1-f16`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Rule:
     node_precision: str = "fp32"  # the nodes' D and segmenter passes (DiscriminatorTrainer's precision)
     jacobian: str = "made"  # TrainConfig.jacobian: backprop through the weights that made the fakes, or the current
     weighting: str = "size"  # each feedback's weight: its node's dataset size over the mean (dgan's), or "equal"
+    snapshots: int = SNAPSHOTS  # G's snapshots kept (every simulation keeps them; the `real` rule does not)
 
 
 RULES = {
@@ -101,7 +104,9 @@ RULES = {
     # the one building-rich node holds 98 of 886 pairs, so size weights shrink the steps that teach buildings
     "async-p1-eq": Rule("async-p1-eq", "async", 1, 1, grad_dtype="float16", fake_dtype="float16", weighting="equal"),
     # not simulated: a real run (broker, node processes, this machine's timing), dgan's default wire
-    "real": Rule("real", "real", 1, REAL_PIPELINE, grad_dtype="float16", fake_dtype="float16"),
+    "real": Rule("real", "real", 1, REAL_PIPELINE, grad_dtype="float16", fake_dtype="float16", snapshots=0),
+    # the same as `dgan experiment` runs it since session 20: one request in flight, 4 snapshots (twin: async-p1-f16)
+    "real-p1": Rule("real-p1", "real", 1, 1, grad_dtype="float16", fake_dtype="float16"),
 }
 
 
@@ -116,7 +121,7 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
     gen = GeneratorTrainer(cfg.model(), TrainConfig(steps=steps, lr=lr * rule.lr_scale, beta1=beta1, seed=seed,
                                                     fake_dtype=rule.fake_dtype, ema=ema, max_staleness=10**6,
                                                     precision=rule.precision, jacobian=rule.jacobian,
-                                                    **replace(cfg, snapshots=SNAPSHOTS).snapshot_args(steps)))
+                                                    **replace(cfg, snapshots=rule.snapshots).snapshot_args(steps)))
     parts = [list(range(len(splits.train)))] if rule.mode == "central" else splits.node_parts
     names = [f"node{i}" for i in range(len(parts))]
     nodes = []
@@ -232,8 +237,8 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     tiles = tiles if data is not None else ["scenes"]
     every = [(replace(base, test=f"tile={t}") if data is not None else base, r, s, feedbacks, feedback, speeds, ema,
               seg_steps) for t in tiles for s in gan_seed_range(first_seed, gan_seeds) for r in rules]
-    jobs_args = [a for a in every if a[1] != "real"]
-    real_args = [a for a in every if a[1] == "real"]  # each uses every core: alone, after the simulations
+    jobs_args = [a for a in every if RULES[a[1]].mode != "real"]
+    real_args = [a for a in every if RULES[a[1]].mode == "real"]  # each uses every core: alone, after the simulations
     t0 = time.time()
     rows: list[dict[str, Any]] = []
     partial = json_out.with_suffix(".rows.jsonl") if json_out is not None else None  # each row as it finishes
@@ -258,8 +263,10 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     else:
         for a in jobs_args:
             done(_one(a))
-    for cfg, _, seed, *_ in real_args:
-        done(real_row(cfg, seed, feedbacks, feedback, ema, seg_steps))
+    for cfg, name, seed, *_ in real_args:
+        rule = RULES[name]
+        done(real_row(cfg, seed, feedbacks, feedback, ema, seg_steps, name=name, pipeline=rule.pipeline,
+                      snapshots=rule.snapshots))
     summary = {}
     for r in rules:
         mine = [x for x in rows if x["rule"] == r]
@@ -267,7 +274,7 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
             "val_iou_raw", "val_iou_ema", "staleness_mean", "steps", "gan_seconds")}
         summary[r]["val_iou_raw_min"] = min(x["val_iou_raw"] for x in mine)
         summary[r]["val_iou_ema_min"] = min(x["val_iou_ema"] for x in mine)
-        snaps = [x["val_iou_snapshots"] for x in mine if "val_iou_snapshots" in x]  # not the real rule's rows
+        snaps = [x["val_iou_snapshots"] for x in mine if "val_iou_snapshots" in x]  # not the `real` rule's rows
         summary[r]["val_iou_snapshots"] = statistics.mean(snaps) if snaps else None
         summary[r]["val_iou_snapshots_min"] = min(snaps, default=None)
     result = {"data": str(data) if data else "scenes", "size": size, "feedback": feedback,
@@ -276,7 +283,7 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
               "seg_steps": seg_steps,
               "quick": quick, "rules": {r: asdict(RULES[r]) for r in rules}, "runs": rows, "summary": summary,
               "wall_seconds": round(time.time() - t0, 1)}
-    real = [x for x in rows if x["rule"] == "real"]
+    real = [x for x in rows if RULES[x["rule"]].mode == "real"]
     if real:
         result["judges_vs_val_iou"] = judge_agreement(real)
     colour = f" + colour {lambda_colour:g}" if lambda_colour else ""

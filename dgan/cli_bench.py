@@ -290,8 +290,9 @@ def bench_update_rule(
     rule: Annotated[list[str] | None, typer.Option(help="Rules to compare (repeat): async, async-p1, buffered, "
                                                         "buffered-lr2, sync, central, async-f16, async-int8, "
                                                         "async-f16-bf16, async-f16-bf16-all, async-p1-f16, async-p1-eq "
-                                                        "(all: benchmarks/update_rule.py RULES); real (a real run: "
-                                                        "broker, node processes, the judges' verdicts).")] = None,
+                                                        "(all: benchmarks/update_rule.py RULES); real, real-p1 (real "
+                                                        "runs: broker, node processes, the judges' verdicts; "
+                                                        "real-p1 as dgan experiment runs them).")] = None,
     tile: Annotated[list[str] | None, typer.Option(help="Test tiles, one split each (repeat).")] = None,
     gan_seeds: Annotated[int, typer.Option(help="GAN trainings per rule and split.")] = 2,
     first_seed: Annotated[int, typer.Option(help="The first GAN seed: a later run (with its own --json) adds "

@@ -47,11 +47,19 @@ def test_rank_correlation_handles_ties_constants_and_too_few_runs() -> None:
     assert judge_agreement(rows) == {"label_iou": pytest.approx(-1.0), "transfer_iou": pytest.approx(1.0)}
 
 
-def test_real_rule_runs_a_real_training_and_scores_it_as_the_simulations(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["real", "real-p1"])
+def test_real_rules_run_a_real_training_and_score_it_as_the_simulations(tmp_path: Path, name: str) -> None:
+    from benchmarks.update_rule import RULES
+
+    rule = RULES[name]
     cfg = ExperimentConfig(out=tmp_path, size=32, scenes=48, quick=True)
-    row = real_row(cfg, seed=0, feedbacks=16, feedback="adversarial", ema=0.9, seg_steps=10)
-    assert row["rule"] == "real" and row["steps"] == 16 and row["gan_seconds"] > 0
+    row = real_row(cfg, seed=0, feedbacks=16, feedback="adversarial", ema=0.9, seg_steps=10, name=name,
+                   pipeline=rule.pipeline, snapshots=rule.snapshots)
+    assert row["rule"] == name and row["steps"] == 16 and row["gan_seconds"] > 0
     assert 0.0 <= row["val_iou_raw"] <= 1.0 and 0.0 <= row["val_iou_ema"] <= 1.0
+    assert ("val_iou_snapshots" in row) == (name == "real-p1")  # the snapshots are scored where G kept them
+    if name == "real-p1":
+        assert 0.0 <= row["val_iou_snapshots"] <= 1.0
     assert row["staleness_mean"] >= 0 and row["dropped_stale"] >= 0
     assert {"label_iou_late", "transfer_iou_late", "transfer_iou_alarms"} <= set(row)
 
@@ -73,3 +81,25 @@ def test_the_real_rule_keeps_two_requests_in_flight_and_the_last_weights_whateve
     with pytest.raises(RuntimeError, match="captured"):
         real_row(cfg, seed=0, feedbacks=4, feedback="adversarial", ema=0.0, seg_steps=2)
     assert (seen[0].pipeline, seen[0].snapshots) == (2, 0) == (RULES["real"].pipeline, 0)  # ... not the real rule's
+
+
+def test_the_real_p1_rule_runs_dgan_as_the_experiment_does_twin_of_async_p1_f16(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.real_rule as rr
+    import benchmarks.update_rule as ur
+
+    seen: list[ExperimentConfig] = []
+
+    def capture(cfg: ExperimentConfig, *args: object) -> None:
+        seen.append(cfg)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(rr, "dgan_run", capture)
+    with pytest.raises(RuntimeError, match="captured"):
+        ur.run_update_rule_benchmark(None, True, None, ["real-p1"], ["scenes"], 1, 4, "adversarial", 32, [1.0],
+                                     0.0, jobs=1)
+    experiment = ExperimentConfig(out=tmp_path)
+    assert (seen[0].pipeline, seen[0].snapshots) == (experiment.pipeline, experiment.snapshots) == (1, 4)
+    twin, real = ur.RULES["async-p1-f16"], ur.RULES["real-p1"]
+    assert (twin.pipeline, twin.snapshots, twin.grad_dtype, twin.fake_dtype) == \
+        (real.pipeline, real.snapshots, real.grad_dtype, real.fake_dtype)
