@@ -6,6 +6,36 @@ from typing import Any
 
 import numpy as np
 
+PER_SEED_TARGET = 0.9  # issue 13's no-collapse target: DGAN >= 0.9x the central GAN in every GAN seed pair
+
+
+def per_gan_seed(method: dict[str, Any]) -> dict[int, dict[str, float]]:
+    """A GAN method's figures per GAN training: the mean over the segmentation seeds that trained on its set, with
+    their range, so that a set's evaluation noise shows apart from the spread between GAN trainings."""
+    by: dict[int, list[dict[str, Any]]] = {}
+    for r in method.get("seeds", []):
+        if isinstance(r.get("gan_seed"), int):
+            by.setdefault(r["gan_seed"], []).append(r)
+    out: dict[int, dict[str, float]] = {}
+    for g, runs in sorted(by.items()):
+        val = [float(r["best_val_iou"]) for r in runs if r.get("best_val_iou") is not None]
+        test = [float(r["iou"]) for r in runs]
+        out[g] = {"n": len(runs), "test": float(np.mean(test)), "test_min": min(test), "test_max": max(test),
+                  **({"val": float(np.mean(val)), "val_min": min(val), "val_max": max(val)} if val else {})}
+    return out
+
+
+def _per_seed_claim(dgan: dict[str, Any], central: dict[str, Any]) -> dict[str, Any] | None:
+    """DGAN against the central GAN in each GAN seed pair (seed g of one against seed g of the other)."""
+    d, c = per_gan_seed(dgan), per_gan_seed(central)
+    pairs = sorted(set(d) & set(c))
+    if not pairs:
+        return None
+    test = [d[g]["test"] / c[g]["test"] if c[g]["test"] else float("nan") for g in pairs]
+    val = [d[g]["val"] / c[g]["val"] if c[g].get("val") and "val" in d[g] else float("nan") for g in pairs]
+    return {"gan_seeds": pairs, "ratios": test, "val_ratios": val, "target": PER_SEED_TARGET,
+            "met": bool(all(r >= PER_SEED_TARGET for r in test))}
+
 
 def claims(methods: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -22,6 +52,9 @@ def claims(methods: dict[str, Any]) -> dict[str, Any]:
         "dgan_vs_central": {"ratio": d / c if c else float("nan"), "target": 0.95, "met": bool(c and d / c >= 0.95)},
         "dgan_vs_partial_mean": {"dgan": d, "partial": p, "met": bool(d > p)},
         "dgan_vs_real_all": {"ratio": d / a if a else float("nan"), "target": 0.85, "met": bool(a and d / a >= 0.85)}})
+    per_seed = _per_seed_claim(methods["dgan"], methods["central_gan"])
+    if per_seed is not None:
+        out["dgan_vs_central_per_gan_seed"] = per_seed
     for name, m in methods.items():  # the first feedback mode against each other one, DGAN to DGAN
         if name.startswith("dgan_") and not name.startswith("dgan_sync") and "per_node" not in m \
                 and "alternate_of" not in m and "judged_steps" not in m:
@@ -61,6 +94,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{s:.0f}{' (loaded: a finished training with the same settings)' if r else ''}"
             for s, r in zip(m["gan_seconds"], reused, strict=True))
             + (f"; synthesised from: {'; '.join(m['synthesis_weights'])}" if m.get("synthesis_weights") else ""))
+    lines += gan_seed_table(results["methods"])
     lines += class_table(results["methods"])
     lines += department_table(results["methods"])
     cl = results["claims"]
@@ -79,9 +113,44 @@ def markdown(results: dict[str, Any]) -> str:
               f"({'met' if cl['dgan_vs_partial_mean']['met'] else 'missed'})",
               f"- IoU(dgan) / IoU(real_all) = {cl['dgan_vs_real_all']['ratio']:.3f} (target >= 0.85: "
               f"{'met' if cl['dgan_vs_real_all']['met'] else 'missed'})"]
+    if "dgan_vs_central_per_gan_seed" in cl:
+        c = cl["dgan_vs_central_per_gan_seed"]
+        lines.append(f"- IoU(dgan) / IoU(central_gan) per GAN seed pair ({', '.join(map(str, c['gan_seeds']))}): "
+                     f"test {', '.join(f'{r:.2f}x' for r in c['ratios'])}; validation "
+                     f"{', '.join(f'{r:.2f}x' for r in c['val_ratios'])} (target >= {c['target']}x in each pair, "
+                     f"test: {'met' if c['met'] else 'missed'})")
     lines += [f"- IoU(dgan) {c['dgan']:.3f} >= IoU({k[len('dgan_vs_'):]}) {c['other']:.3f}: "
               f"{'met' if c['met'] else 'missed'}" for k, c in cl.items() if "other" in c]
     return "\n".join(lines) + "\n"
+
+
+def gan_seed_table(methods: dict[str, Any]) -> list[str]:
+    """Each GAN method per GAN training: validation and test IoU, each the mean over that set's segmentation seeds
+    with their range where there are several."""
+    rows = {name: per_gan_seed(m) for name, m in methods.items() if m.get("gan_seconds") or m.get("alternate_of")}
+    rows = {name: r for name, r in rows.items() if r}
+    if not rows:
+        return []
+    seeds = sorted({g for r in rows.values() for g in r})
+    n = max(x["n"] for r in rows.values() for x in r.values())
+
+    def cell(x: dict[str, float] | None) -> str:
+        if x is None:
+            return "-"
+
+        def fig(k: str) -> str:
+            if k not in x:
+                return "-"
+            return f"{x[k]:.3f}" + (f" ({x[k + '_min']:.3f}-{x[k + '_max']:.3f})" if x["n"] > 1 else "")
+        return f"{fig('val')} / {fig('test')}"
+
+    how = "one segmentation seed per set" if n == 1 else \
+        f"each the mean over the set's segmentation seeds (up to {n}), with their range"
+    head = " | ".join(f"GAN seed {g}" for g in seeds)
+    lines = ["", f"Per GAN training (validation / test IoU; {how}):", "", f"| method | {head} |",
+             "|---|" + "---|" * len(seeds)]
+    lines += [f"| {name} | {' | '.join(cell(r.get(g)) for g in seeds)} |" for name, r in rows.items()]
+    return lines
 
 
 def class_table(methods: dict[str, Any]) -> list[str]:

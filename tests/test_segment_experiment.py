@@ -317,3 +317,51 @@ def test_settings_that_would_fail_after_hours_of_training_fail_at_once(tmp_path:
     for word in ("abc", "-3", "\u00b2", "1.5"):  # "\u00b2" passes str.isdigit but not int()
         res = CliRunner().invoke(app, ["generator", "--out", str(tmp_path / "g"), "--update-every", word])
         assert res.exit_code == 2 and "--update-every takes a count >= 0 or auto" in res.output, (word, res.output)
+
+
+def _seeds(*runs: tuple[int, float, float]) -> list[dict[str, float]]:
+    """Segmentation runs as the experiment records them: (GAN seed, test IoU, best validation IoU)."""
+    return [{"gan_seed": g, "iou": t, "best_val_iou": v} for g, t, v in runs]
+
+
+def test_per_gan_seed_averages_each_sets_segmentation_seeds_and_keeps_their_range() -> None:
+    from dgan.experiment_tables import per_gan_seed
+
+    m = {"seeds": _seeds((0, 0.4, 0.30), (1, 0.2, 0.10), (0, 0.2, 0.20), (1, 0.3, 0.20))}  # seg seeds 0..3
+    per = per_gan_seed(m)
+    assert list(per) == [0, 1] and per[0]["n"] == per[1]["n"] == 2
+    assert per[0]["test"] == pytest.approx(0.3) and (per[0]["test_min"], per[0]["test_max"]) == (0.2, 0.4)
+    assert per[1]["val"] == pytest.approx(0.15) and (per[1]["val_min"], per[1]["val_max"]) == (0.1, 0.2)
+    assert per_gan_seed({"iou": 0.5}) == {}  # a result from before GAN seeds were recorded: nothing to split
+
+
+def test_the_per_seed_claim_needs_every_gan_seed_pair_at_0_9x_the_central_gan() -> None:
+    real = {"iou": 0.6}
+    central = {"iou": 0.4, "seeds": _seeds((0, 0.4, 0.4), (1, 0.4, 0.4))}
+    good = {"iou": 0.55, "seeds": _seeds((0, 0.8, 0.8), (1, 0.3, 0.3))}  # the mean beats central, seed 1 does not
+    c = claims({"dgan": good, "central_gan": central, "real_all": real, "real_partial": real})
+    pair = c["dgan_vs_central_per_gan_seed"]
+    assert c["dgan_vs_central"]["met"] and not pair["met"]
+    assert pair["ratios"] == pytest.approx([2.0, 0.75]) and pair["val_ratios"] == pytest.approx([2.0, 0.75])
+    even = {"iou": 0.37, "seeds": _seeds((0, 0.37, 0.2), (1, 0.37, 0.2))}  # test ratios 0.925: met on test
+    assert claims({"dgan": even, "central_gan": central, "real_all": real,
+                   "real_partial": real})["dgan_vs_central_per_gan_seed"]["met"]
+    old = claims({"dgan": {"iou": 0.5}, "central_gan": {"iou": 0.5}, "real_all": real, "real_partial": real})
+    assert "dgan_vs_central_per_gan_seed" not in old
+
+
+def test_results_md_shows_each_gan_training_with_its_segmentation_spread_and_the_per_seed_claim() -> None:
+    m = {"iou": 0.3, "f1": 0.4, "precision": 0.5, "recall": 0.3, "accuracy": 0.9}
+    central = {**m, "gan_seconds": [1.0, 1.0], "seeds": _seeds((0, 0.4, 0.5), (1, 0.4, 0.4), (0, 0.2, 0.3),
+                                                                 (1, 0.4, 0.4))}
+    dgan = {**m, "gan_seconds": [1.0, 1.0], "seeds": _seeds((0, 0.3, 0.3), (1, 0.1, 0.2), (0, 0.3, 0.1),
+                                                              (1, 0.3, 0.2))}
+    methods = {"real_all": m, "real_partial": {**m, "per_node": {"node0": {"iou": 0.3, "iou_std": 0.0}}},
+               "central_gan": central, "dgan": dgan}
+    md = markdown({"dataset": "d", "partition": "group", "resolution": 64, "claims": claims(methods),
+                   "methods": methods})
+    assert "| central_gan | 0.400 (0.300-0.500) / 0.300 (0.200-0.400) | 0.400 (0.400-0.400) / 0.400 (0.400-0.400) |" \
+        in md
+    assert "| dgan | 0.200 (0.100-0.300) / 0.300 (0.300-0.300) |" in md
+    assert "per GAN seed pair (0, 1): test 1.00x, 0.50x; validation 0.50x, 0.50x (target >= 0.9x in each pair, " \
+           "test: missed)" in md
