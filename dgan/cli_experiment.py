@@ -37,7 +37,9 @@ def experiment(
     gan_steps: Annotated[int, typer.Option(help="Batches of 8 each GAN learns from: the central GAN's steps; a "
                                                 "DGAN step that averages N feedbacks counts N.")] = 800,
     seg_steps: Annotated[int, typer.Option(help="Steps for every segmentation training.")] = 700,
-    seeds: Annotated[int, typer.Option(help="Repeat each segmentation training with this many seeds.")] = 2,
+    seeds: Annotated[int, typer.Option(help="Repeat each segmentation training with this many seeds (GAN methods: "
+                                            "seed s on GAN set s mod --gan-seeds; twice --gan-seeds scores "
+                                            "every set twice).")] = 2,
     gan_seeds: Annotated[int, typer.Option(help="GAN trainings per GAN method (segmentation seed s uses GAN "
                                                 "s mod this); 1 shares one GAN across the seeds.")] = 1,
     feedback: Annotated[list[FeedbackMode] | None, typer.Option(

@@ -233,6 +233,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     log.info("splits: train %d, val %d, test %d; nodes %s", len(splits.train), len(splits.val), len(splits.test),
              [len(p) for p in splits.node_parts])
     seeds = list(range(cfg.seeds))
+    if (note := cfg.single_scored_sets()) is not None:
+        log.warning("%s", note)
     methods: dict[str, Any] = {}
     grids = cfg.out / "predictions"
     t0 = time.time()

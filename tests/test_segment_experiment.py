@@ -365,3 +365,22 @@ def test_results_md_shows_each_gan_training_with_its_segmentation_spread_and_the
     assert "| dgan | 0.200 (0.100-0.300) / 0.300 (0.300-0.300) |" in md
     assert "per GAN seed pair (0, 1): test 1.00x, 0.50x; validation 0.50x, 0.50x (target >= 0.9x in each pair, " \
            "test: missed)" in md
+
+
+@pytest.mark.parametrize(("seeds", "gan_seeds", "methods", "warned"), [
+    (2, 2, ("central_gan", "dgan"), True),  # one segmenter per GAN set
+    (4, 2, ("central_gan", "dgan"), False),
+    (3, 2, ("dgan",), True),  # set 1 gets one
+    (2, 1, ("dgan",), False),  # the default: one GAN, both seeds on it
+    (1, 1, ("dgan",), True),
+    (1, 1, (), False),  # no GAN method: nothing synthetic to score
+])
+def test_experiment_warns_when_a_gan_set_is_scored_by_a_single_segmenter(
+        tmp_path: Path, seeds: int, gan_seeds: int, methods: tuple[str, ...], warned: bool) -> None:
+    cfg = ExperimentConfig(out=tmp_path, seeds=seeds, gan_seeds=gan_seeds, gan_methods=methods)
+    note = cfg.single_scored_sets()
+    assert (note is not None) == warned
+    if warned:
+        assert f"--seeds {2 * gan_seeds}" in note
+        assert ExperimentConfig(out=tmp_path, seeds=seeds, gan_seeds=gan_seeds, gan_methods=methods,
+                                quick=True).single_scored_sets() is None  # a smoke run is not a measurement
