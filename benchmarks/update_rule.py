@@ -38,9 +38,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.real_rule import REAL_PIPELINE, judge_agreement, real_row
-from dgan.experiment import ExperimentConfig, Splits, make_splits, synthesize_set
-from dgan.segment import SegConfig, train_segmenter
+from benchmarks.real_rule import REAL_PIPELINE, judge_agreement, real_row, score_weights
+from dgan.experiment import ExperimentConfig, Splits, make_splits
 from dgan.stop_signals import die_with_parent
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.training.generator import GeneratorTrainer, Outcome, TrainConfig
@@ -198,8 +197,8 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
                  "ema_gap": None if ema_gap is None else round(ema_gap, 4)}
 
 
-def _one(args: tuple[ExperimentConfig, str, int, int, str, list[float], float, int]) -> dict[str, Any]:
-    cfg, rule_name, seed, feedbacks, feedback, speeds, ema, seg_steps = args
+def _one(args: tuple[ExperimentConfig, str, int, int, str, list[float], float, int, int]) -> dict[str, Any]:
+    cfg, rule_name, seed, feedbacks, feedback, speeds, ema, seg_steps, seg_seeds = args
     torch.set_num_threads(1)
     splits = make_splits(cfg)
     t0 = time.perf_counter()
@@ -207,11 +206,7 @@ def _one(args: tuple[ExperimentConfig, str, int, int, str, list[float], float, i
     gan_s = time.perf_counter() - t0
     row = {"rule": rule_name, "test": cfg.test, "gan_seed": seed, "feedbacks": feedbacks,
            "gan_seconds": round(gan_s, 1), **stats}
-    val = (splits.val.images, splits.val.masks)
-    for which in ("raw", "ema", "snapshots"):
-        syn = synthesize_set(gen, splits.train.masks, cfg.samples_per_mask, weights=which)
-        _, info = train_segmenter(syn.images, syn.masks, SegConfig(steps=seg_steps, seed=0), val=val)
-        row[f"val_iou_{which}"] = round(float(info["best_val_iou"]), 4)
+    row.update(score_weights(gen, splits, cfg.samples_per_mask, ("raw", "ema", "snapshots"), seg_steps, seg_seeds))
     log.info("%s", row)
     return row
 
@@ -226,7 +221,8 @@ def gan_seed_range(first_seed: int, gan_seeds: int) -> range:
 def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | None, rules: list[str],
                               tiles: list[str], gan_seeds: int, feedbacks: int, feedback: str, size: int,
                               speeds: list[float], ema: float, jobs: int, first_seed: int = 0,
-                              lambda_colour: float = 0.0, partition: str = "group") -> dict[str, Any]:
+                              lambda_colour: float = 0.0, partition: str = "group", seg_seeds: int = 1
+                              ) -> dict[str, Any]:
     console = Console()
     unknown = [r for r in rules if r not in RULES]
     if unknown:
@@ -235,8 +231,10 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     base = ExperimentConfig(out=Path("/nonexistent"), data=data, size=size, quick=quick, scenes=160 if quick else 600,
                             lambda_colour=lambda_colour, partition=partition)
     tiles = tiles if data is not None else ["scenes"]
+    if seg_seeds < 1:
+        raise ValueError(f"need --seg-seeds >= 1, got {seg_seeds}")
     every = [(replace(base, test=f"tile={t}") if data is not None else base, r, s, feedbacks, feedback, speeds, ema,
-              seg_steps) for t in tiles for s in gan_seed_range(first_seed, gan_seeds) for r in rules]
+              seg_steps, seg_seeds) for t in tiles for s in gan_seed_range(first_seed, gan_seeds) for r in rules]
     jobs_args = [a for a in every if RULES[a[1]].mode != "real"]
     real_args = [a for a in every if RULES[a[1]].mode == "real"]  # each uses every core: alone, after the simulations
     t0 = time.time()
@@ -266,7 +264,7 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     for cfg, name, seed, *_ in real_args:
         rule = RULES[name]
         done(real_row(cfg, seed, feedbacks, feedback, ema, seg_steps, name=name, pipeline=rule.pipeline,
-                      snapshots=rule.snapshots))
+                      snapshots=rule.snapshots, seg_seeds=seg_seeds))
     summary = {}
     for r in rules:
         mine = [x for x in rows if x["rule"] == r]
@@ -280,7 +278,7 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     result = {"data": str(data) if data else "scenes", "size": size, "feedback": feedback,
               "lambda_colour": lambda_colour, "partition": partition, "feedbacks": feedbacks, "snapshots": SNAPSHOTS,
               "gan_seeds": gan_seeds, "first_seed": first_seed, "tiles": tiles, "speeds": speeds, "ema": ema,
-              "seg_steps": seg_steps,
+              "seg_steps": seg_steps, "seg_seeds": seg_seeds,
               "quick": quick, "rules": {r: asdict(RULES[r]) for r in rules}, "runs": rows, "summary": summary,
               "wall_seconds": round(time.time() - t0, 1)}
     real = [x for x in rows if RULES[x["rule"]].mode == "real"]

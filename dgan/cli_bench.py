@@ -309,6 +309,8 @@ def bench_update_rule(
     lambda_colour: LambdaColour = 0.0,
     partition: Annotated[Partition, typer.Option(help="How the training pairs are dealt to the 4 nodes: group (by "
                                                       "tile, as the experiment) or iid.")] = Partition.group,
+    seg_seeds: Annotated[int, typer.Option(help="Segmenters per synthetic set (seeds 0..N-1), averaged: one "
+                                                "segmenter's seed moves a set's IoU by up to 0.1.")] = 1,
 ) -> None:
     """Generator update rules (async, buffered, sync, central) at an equal feedback budget, simulated in one
     process with the real trainers: segmentation validation IoU, staleness."""
@@ -323,12 +325,14 @@ def bench_update_rule(
         raise typer.BadParameter(str(exc), param_hint="--first-seed") from None
     if not lambda_colour >= 0:  # NaN too
         raise typer.BadParameter(f"must be >= 0, got {lambda_colour}", param_hint="--lambda-colour")
+    if seg_seeds < 1:
+        raise typer.BadParameter(f"must be >= 1, got {seg_seeds}", param_hint="--seg-seeds")
     setup_logging("WARNING", "rich", "bench")
     if quick:
         feedbacks = min(feedbacks, 120)
     run_update_rule_benchmark(data, quick, json_out, rule or ["async", "buffered", "sync", "central"], tile or ["8"],
                               gan_seeds, feedbacks, feedback, size, speed or [1.0], ema, jobs, first_seed,
-                              lambda_colour, partition.value)
+                              lambda_colour, partition.value, seg_seeds)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from benchmarks.real_rule import judge_agreement, late_verdicts, rank_correlation, real_row
 from dgan.experiment import ExperimentConfig
+from dgan.segment import SegConfig
 from nodes.run_outputs import FEEDBACK_COLUMNS
 
 
@@ -103,3 +105,39 @@ def test_the_real_p1_rule_runs_dgan_as_the_experiment_does_twin_of_async_p1_f16(
     twin, real = ur.RULES["async-p1-f16"], ur.RULES["real-p1"]
     assert (twin.pipeline, twin.snapshots, twin.grad_dtype, twin.fake_dtype) == \
         (real.pipeline, real.snapshots, real.grad_dtype, real.fake_dtype)
+
+
+def test_score_weights_averages_the_segmentation_seeds_and_keeps_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    import benchmarks.real_rule as rr
+
+    splits = SimpleNamespace(val=SimpleNamespace(images=np.zeros(1), masks=np.zeros(1)),
+                             train=SimpleNamespace(masks=np.zeros(1)))
+    made: list[str] = []
+
+    def synthesize(gen: object, masks: object, n: int, weights: str) -> SimpleNamespace:
+        made.append(weights)
+        return SimpleNamespace(images=weights, masks=None)
+
+    def segmenter(images: str, masks: object, cfg: SegConfig, val: object) -> tuple[None, dict[str, float]]:
+        return None, {"best_val_iou": {"raw": 0.2, "snapshots": 0.4}[images] + cfg.seed / 10}
+
+    monkeypatch.setattr(rr, "synthesize_set", synthesize)
+    monkeypatch.setattr(rr, "train_segmenter", segmenter)
+    one = rr.score_weights(None, splits, 2, ("raw", "snapshots"), seg_steps=5)  # type: ignore[arg-type]
+    assert one == {"val_iou_raw": 0.2, "val_iou_snapshots": 0.4}  # seed 0 alone: the rows measured before
+    three = rr.score_weights(None, splits, 2, ("raw", "snapshots"), seg_steps=5, seg_seeds=3)  # type: ignore[arg-type]
+    assert three["val_iou_raw"] == pytest.approx(0.3) and three["val_iou_snapshots_by_seg_seed"] == [0.4, 0.5, 0.6]
+    assert made == ["raw", "snapshots"] * 2  # one set per weights, however many segmenters score it
+    with pytest.raises(ValueError, match="at least one"):
+        rr.score_weights(None, splits, 2, ("raw",), seg_steps=5, seg_seeds=0)  # type: ignore[arg-type]
+
+
+def test_bench_update_rule_refuses_zero_segmentation_seeds_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "update-rule", "--seg-seeds", "0"])
+    assert res.exit_code == 2 and "must be >= 1, got 0" in res.output
