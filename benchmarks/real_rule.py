@@ -48,6 +48,7 @@ def late_verdicts(run_dir: Path) -> dict[str, float | None]:
     return out
 
 
+# the scorer of every rule, simulated or real; it lives here, not in update_rule, because update_rule imports this
 def score_weights(gen: GeneratorTrainer, splits: Splits, samples_per_mask: int, weights: tuple[str, ...],
                   seg_steps: int, seg_seeds: int = 1) -> dict[str, Any]:
     """``val_iou_W`` per weights W: the best validation IoU of a segmenter trained on the set W synthesises. With

@@ -285,9 +285,10 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     if real:
         result["judges_vs_val_iou"] = judge_agreement(real)
     colour = f" + colour {lambda_colour:g}" if lambda_colour else ""
+    scored = f", each set's the mean of {seg_seeds} segmenters" if seg_seeds > 1 else ""
     table = Table(title=f"update rules, {feedbacks} feedbacks each, {feedback}{colour} feedback, {size} px: "
                         f"segmentation val IoU on synthetic images (mean over {gan_seeds} GAN seeds x {len(tiles)} "
-                        "split(s))")
+                        f"split(s){scored})")
     for col in ("rule", "G steps", "staleness", "val IoU", "min", "val IoU (EMA)", "min (EMA)",
                 "val IoU (snapshots)", "min (snapshots)"):
         table.add_column(col, justify="left" if col == "rule" else "right")
@@ -304,13 +305,15 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
 
 
 def _judges_table(real: list[dict[str, Any]], agreement: dict[str, float | None]) -> Table:
+    pooled = " (pooled over the real rules)" if len({r["rule"] for r in real}) > 1 else ""
     table = Table(title="real runs: the nodes' judges over the second half against the synthetic set's val IoU "
-                        f"(Spearman: label_iou {agreement['label_iou']}, transfer_iou {agreement['transfer_iou']})")
-    for col in ("split", "GAN seed", "val IoU", "label_iou late", "transfer_iou late", "alarms (label, transfer)",
-                "dropped stale"):
-        table.add_column(col, justify="right")
-    for r in sorted(real, key=lambda x: (x["test"], x["gan_seed"])):
-        table.add_row(str(r["test"]), str(r["gan_seed"]), f"{r['val_iou_raw']:.3f}",
+                        f"(Spearman{pooled}: label_iou {agreement['label_iou']}, transfer_iou "
+                        f"{agreement['transfer_iou']})")
+    for col in ("rule", "split", "GAN seed", "val IoU", "label_iou late", "transfer_iou late",
+                "alarms (label, transfer)", "dropped stale"):
+        table.add_column(col, justify="left" if col == "rule" else "right")
+    for r in sorted(real, key=lambda x: (x["rule"], x["test"], x["gan_seed"])):
+        table.add_row(r["rule"], str(r["test"]), str(r["gan_seed"]), f"{r['val_iou_raw']:.3f}",
                       *("-" if r.get(k) is None else f"{r[k]:.3f}" for k in ("label_iou_late", "transfer_iou_late")),
                       f"{r.get('degraded_alarms')}, {r.get('transfer_iou_alarms')}", str(r["dropped_stale"]))
     return table

@@ -73,6 +73,8 @@ class ExperimentConfig:
         if self.snapshots < 0 or self.snapshots == 1:
             raise ExperimentSetupError(f"snapshots must be >= 0 and not 1 (one is the last weights), got "
                                        f"{self.snapshots}")
+        if self.seeds < 1 or self.gan_seeds < 1:
+            raise ExperimentSetupError(f"seeds and gan_seeds must be >= 1, got {self.seeds} and {self.gan_seeds}")
         if self.pipeline < 1:
             raise ExperimentSetupError(f"pipeline must be >= 1 (requests each node keeps in flight), got "
                                        f"{self.pipeline}")
@@ -106,11 +108,12 @@ class ExperimentConfig:
     def single_scored_sets(self) -> str | None:
         """A warning when some GAN set is scored by one segmenter only: seed s trains on set s mod gan_seeds, and
         one segmenter's seed alone moved a synthetic set's validation IoU by up to 0.10 (session 21)."""
-        if self.quick or not self.gan_methods or self.seeds >= 2 * min(self.gan_seeds, self.seeds):
+        sets = max(1, min(self.gan_seeds, self.seeds))  # GAN trainings per method, each one set
+        if self.quick or not (self.gan_methods or self.with_sync) or self.seeds >= 2 * sets:
             return None
-        return (f"{self.seeds} segmentation seed(s) for {self.gan_seeds} GAN training(s): some GAN sets are scored "
-                f"by one segmenter, whose own seed can move a synthetic set's IoU by 0.1; --seeds "
-                f"{2 * self.gan_seeds} scores every set twice")
+        return (f"{self.seeds} segmentation seed(s) for {sets} GAN training(s) per method: some GAN sets are scored "
+                f"by one segmenter, whose own seed can move a synthetic set's IoU by 0.1; --seeds {2 * sets} scores "
+                "every set twice")
 
     def model(self) -> ModelConfig:
         return ModelConfig(image_size=self.size, num_classes=self.num_classes, g_width=self.g_width,

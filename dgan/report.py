@@ -134,7 +134,9 @@ def samples_section(run_dir: Path) -> str:
 
 def _claim_figure(c: dict[str, Any]) -> str:
     if "ratios" in c:  # one ratio per GAN seed pair
-        return f"{', '.join(f'{r:.3f}' for r in c['ratios'])} (target {c['target']} each)"
+        return (f"test {', '.join(f'{r:.3f}' for r in c['ratios'])}; validation "
+                f"{', '.join(f'{r:.3f}' for r in c['val_ratios'])} (target {c['target']} each, judged on test)"
+                + (f"; unpaired GAN seeds {c['unpaired']}" if c.get("unpaired") else ""))
     if "ratio" in c:
         return f"{c['ratio']:.3f} (target {c['target']})"
     if "gains" in c:  # department models against each department's own data

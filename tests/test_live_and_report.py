@@ -155,7 +155,8 @@ def test_report_lists_the_experiment_claims_as_met_or_missed(tmp_path: Path) -> 
     methods["dgan"]["seeds"] = [{"gan_seed": g, "iou": v, "best_val_iou": v} for g, v in ((0, 0.4), (1, 0.2))]
     (tmp_path / "results.json").write_text(json.dumps({"methods": methods, "claims": claims(methods)}))
     text = write_report(tmp_path).read_text()  # one ratio per GAN seed pair
-    assert "<td>dgan_vs_central_per_gan_seed</td><td>1.000, 0.500 (target 0.9 each)</td><td>missed</td>" in text
+    assert ("<td>dgan_vs_central_per_gan_seed</td><td>test 1.000, 0.500; validation 1.000, 0.500 (target 0.9 each, "
+            "judged on test)</td><td>missed</td>") in text
 
 
 def test_live_panel_header_shows_both_judges_verdicts() -> None:

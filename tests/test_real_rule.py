@@ -102,9 +102,9 @@ def test_the_real_p1_rule_runs_dgan_as_the_experiment_does_twin_of_async_p1_f16(
                                      0.0, jobs=1)
     experiment = ExperimentConfig(out=tmp_path)
     assert (seen[0].pipeline, seen[0].snapshots) == (experiment.pipeline, experiment.snapshots) == (1, 4)
-    twin, real = ur.RULES["async-p1-f16"], ur.RULES["real-p1"]
-    assert (twin.pipeline, twin.snapshots, twin.grad_dtype, twin.fake_dtype) == \
-        (real.pipeline, real.snapshots, real.grad_dtype, real.fake_dtype)
+    twin, ran = ur.RULES["async-p1-f16"], seen[0]  # what the real run was started with, against its simulated twin
+    assert (twin.pipeline, twin.snapshots, twin.grad_dtype, twin.fake_dtype, twin.update_every, twin.weighting) == \
+        (ran.pipeline, ran.snapshots, ran.grad_dtype, ran.fake_dtype, ran.update_every, ran.weighting)
 
 
 def test_score_weights_averages_the_segmentation_seeds_and_keeps_each(monkeypatch: pytest.MonkeyPatch) -> None:

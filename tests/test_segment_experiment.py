@@ -333,6 +333,11 @@ def test_per_gan_seed_averages_each_sets_segmentation_seeds_and_keeps_their_rang
     assert per[0]["test"] == pytest.approx(0.3) and (per[0]["test_min"], per[0]["test_max"]) == (0.2, 0.4)
     assert per[1]["val"] == pytest.approx(0.15) and (per[1]["val_min"], per[1]["val_max"]) == (0.1, 0.2)
     assert per_gan_seed({"iou": 0.5}) == {}  # a result from before GAN seeds were recorded: nothing to split
+    from dgan.experiment_tables import gan_seed_table
+
+    half = {"gan_seconds": [1.0], "seeds": [{"gan_seed": 0, "iou": 0.3, "best_val_iou": 0.2},
+                                            {"gan_seed": 0, "iou": 0.5}]}  # one run without a validation figure
+    assert gan_seed_table({"dgan": half})[-1] == "| dgan | 0.200 / 0.400 (0.300-0.500) |"  # no range of one value
 
 
 def test_the_per_seed_claim_needs_every_gan_seed_pair_at_0_9x_the_central_gan() -> None:
@@ -348,6 +353,13 @@ def test_the_per_seed_claim_needs_every_gan_seed_pair_at_0_9x_the_central_gan() 
                    "real_partial": real})["dgan_vs_central_per_gan_seed"]["met"]
     old = claims({"dgan": {"iou": 0.5}, "central_gan": {"iou": 0.5}, "real_all": real, "real_partial": real})
     assert "dgan_vs_central_per_gan_seed" not in old
+    lone = {"iou": 0.4, "seeds": _seeds((0, 0.4, 0.4))}  # central's seed 1 has no DGAN pair: not met
+    pair = claims({"dgan": lone, "central_gan": central, "real_all": real,
+                   "real_partial": real})["dgan_vs_central_per_gan_seed"]
+    assert pair["unpaired"] == [1] and pair["ratios"] == pytest.approx([1.0]) and not pair["met"]
+    single = {"iou": 0.4, "seeds": _seeds((0, 0.4, 0.4), (0, 0.4, 0.4))}  # --gan-seeds 1: dgan_vs_central says it
+    assert "dgan_vs_central_per_gan_seed" not in claims({"dgan": lone, "central_gan": single, "real_all": real,
+                                                         "real_partial": real})
 
 
 def test_results_md_shows_each_gan_training_with_its_segmentation_spread_and_the_per_seed_claim() -> None:
@@ -363,8 +375,8 @@ def test_results_md_shows_each_gan_training_with_its_segmentation_spread_and_the
     assert "| central_gan | 0.400 (0.300-0.500) / 0.300 (0.200-0.400) | 0.400 (0.400-0.400) / 0.400 (0.400-0.400) |" \
         in md
     assert "| dgan | 0.200 (0.100-0.300) / 0.300 (0.300-0.300) |" in md
-    assert "per GAN seed pair (0, 1): test 1.00x, 0.50x; validation 0.50x, 0.50x (target >= 0.9x in each pair, " \
-           "test: missed)" in md
+    assert "per GAN seed pair (0, 1): test 1.000x, 0.500x; validation 0.500x, 0.500x (target >= 0.9x in each " \
+           "pair, judged on test: missed)" in md
 
 
 @pytest.mark.parametrize(("seeds", "gan_seeds", "methods", "warned"), [
@@ -374,6 +386,7 @@ def test_results_md_shows_each_gan_training_with_its_segmentation_spread_and_the
     (2, 1, ("dgan",), False),  # the default: one GAN, both seeds on it
     (1, 1, ("dgan",), True),
     (1, 1, (), False),  # no GAN method: nothing synthetic to score
+    (1, 3, ("dgan",), True),  # one GAN trained (seed 0), scored once: --seeds 2
 ])
 def test_experiment_warns_when_a_gan_set_is_scored_by_a_single_segmenter(
         tmp_path: Path, seeds: int, gan_seeds: int, methods: tuple[str, ...], warned: bool) -> None:
@@ -381,6 +394,18 @@ def test_experiment_warns_when_a_gan_set_is_scored_by_a_single_segmenter(
     note = cfg.single_scored_sets()
     assert (note is not None) == warned
     if warned:
-        assert f"--seeds {2 * gan_seeds}" in note
+        assert f"--seeds {2 * min(gan_seeds, seeds)}" in note
         assert ExperimentConfig(out=tmp_path, seeds=seeds, gan_seeds=gan_seeds, gan_methods=methods,
                                 quick=True).single_scored_sets() is None  # a smoke run is not a measurement
+
+
+def test_results_md_carries_the_experiments_notes_and_bad_seed_counts_are_refused(tmp_path: Path) -> None:
+    m = {"iou": 0.3, "f1": 0.4, "precision": 0.5, "recall": 0.3, "accuracy": 0.9}
+    md = markdown({"dataset": "d", "partition": "group", "resolution": 64, "claims": {}, "notes": ["scored once"],
+                   "methods": {"real_all": m, "real_partial": {**m, "per_node": {"n": {"iou": 0.3, "iou_std": 0}}}}})
+    assert "**Note:** scored once" in md
+    from dgan.experiment import ExperimentSetupError
+
+    for seeds, gan_seeds in ((0, 1), (2, 0)):
+        with pytest.raises(ExperimentSetupError, match="seeds and gan_seeds must be >= 1"):
+            ExperimentConfig(out=tmp_path, seeds=seeds, gan_seeds=gan_seeds)
