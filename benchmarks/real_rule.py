@@ -120,3 +120,37 @@ def judge_agreement(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         pts = [(r["val_iou_raw"], r[f"{key}_late"]) for r in rows if r.get(f"{key}_late") is not None]
         out[key] = rank_correlation([p[0] for p in pts], [p[1] for p in pts])
     return out
+
+
+def score_runs(checkpoints: list[Path], data: Path | None, test: str | None, weights: tuple[str, ...],
+               seg_steps: int, seg_seeds: int, json_out: Path | None = None) -> list[dict[str, Any]]:
+    """Finished runs' generators (``checkpoints/latest.pt``) scored as this bench scores its rules, so a run made
+    by ``dgan experiment`` or ``dgan run`` compares with the simulated rules' rows; the split is the one the run's
+    experiment kept out (its ``results.json``), so its test tiles stay out of the sets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from benchmarks.variety import experiment_settings
+    from dgan.training.checkpoints import load_checkpoint
+
+    rows = []
+    for ckpt in checkpoints:
+        gen = GeneratorTrainer.from_state(load_checkpoint(ckpt))
+        split, groups, _ = experiment_settings(ckpt, test)
+        cfg = ExperimentConfig(out=Path("/nonexistent"), data=data, size=gen.model_cfg.image_size, test=split,
+                               groups=groups, num_classes=gen.model_cfg.num_classes)
+        splits = make_splits(cfg)
+        rows.append({"checkpoint": str(ckpt), "test": split, "step": gen.step, "seg_steps": seg_steps,
+                     "weights_used": {w: gen.weights_available(w) for w in weights},
+                     **score_weights(gen, splits, cfg.samples_per_mask, weights, seg_steps, seg_seeds)})
+    table = Table(title=f"finished runs scored as `dgan bench update-rule` scores its rules: validation IoU, "
+                        f"{seg_steps}-step segmenter x {seg_seeds} seed(s)")
+    for col in ("checkpoint", "test", *weights):
+        table.add_column(col, justify="left" if col == "checkpoint" else "right")
+    for r in rows:
+        table.add_row(r["checkpoint"], r["test"], *(f"{r[f'val_iou_{w}']:.3f}" for w in weights))
+    Console().print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps({"weights": list(weights), "seg_steps": seg_steps, "seg_seeds": seg_seeds,
+                                        "data": str(data) if data else "scenes", "runs": rows}, indent=2))
+    return rows

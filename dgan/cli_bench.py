@@ -281,6 +281,36 @@ def bench_variety(
         raise typer.BadParameter(str(exc)) from None
 
 
+@bench_app.command("score-run")
+def bench_score_run(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Finished runs' generators (a run's "
+                                                      "checkpoints/latest.pt).", exists=True, dir_okay=False)],
+    data: Annotated[Path | None, typer.Option(help="The pairs folder the generators learnt from (default: built-in "
+                                                   "scenes).")] = None,
+    test: Annotated[str | None, typer.Option(help="The test split kept out (COLUMN=V1[,V2]); default: the one in the "
+                                                  "run's experiment results.json, else tile=8.")] = None,
+    weights: Annotated[list[str] | None, typer.Option(help="G's weights to synthesise from (repeat): raw, ema, "
+                                                           "snapshots.")] = None,
+    seg_steps: Annotated[int, typer.Option(help="Segmenter steps (the update-rule bench's: 300).")] = 300,
+    seg_seeds: Annotated[int, typer.Option(help="Segmenters per set (seeds 0..N-1), averaged.")] = 1,
+    json_out: JsonOut = None,
+) -> None:
+    """Finished runs scored as `dgan bench update-rule` scores its rules: a real run beside its simulated twin."""
+    from benchmarks.real_rule import score_runs
+    from dgan.training.checkpoints import CheckpointError
+
+    chosen = tuple(weights or ["raw", "snapshots"])
+    bad = [w for w in chosen if w not in ("raw", "ema", "snapshots")]
+    if bad or seg_seeds < 1 or seg_steps < 1:
+        raise typer.BadParameter(f"weights among raw, ema, snapshots (got {', '.join(bad) or 'those'}), seg-seeds "
+                                 f"and seg-steps >= 1 (got {seg_seeds}, {seg_steps})")
+    setup_logging("WARNING", "rich", "bench")
+    try:
+        score_runs(checkpoints, data, test, chosen, seg_steps, seg_seeds, json_out)
+    except (ValueError, CheckpointError) as exc:  # a bad split, or a file that is no checkpoint
+        raise typer.BadParameter(str(exc)) from None
+
+
 @bench_app.command("update-rule")
 def bench_update_rule(
     quick: Quick = False,

@@ -141,3 +141,34 @@ def test_bench_update_rule_refuses_zero_segmentation_seeds_in_one_line() -> None
 
     res = CliRunner().invoke(app, ["bench", "update-rule", "--seg-seeds", "0"])
     assert res.exit_code == 2 and "must be >= 1, got 0" in res.output
+
+
+def test_bench_score_run_scores_a_finished_generator_as_the_rules_are_scored(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from benchmarks.real_rule import score_weights
+    from dgan.cli import app
+    from dgan.experiment import make_splits
+    from dgan.networks import ModelConfig
+    from dgan.training.checkpoints import load_checkpoint
+    from dgan.training.generator import GeneratorTrainer, TrainConfig
+
+    gen = GeneratorTrainer(ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8),
+                           TrainConfig(fake_dtype="float32"))
+    ckpt = tmp_path / "run" / "checkpoints" / "latest.pt"
+    gen.save(ckpt)
+    out = tmp_path / "scored.json"
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "score-run", str(ckpt), "--weights", "raw", "--weights", "snapshots",
+                              "--seg-steps", "3", "--seg-seeds", "2", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    row = json.loads(out.read_text())["runs"][0]
+    assert row["weights_used"] == {"raw": "raw", "snapshots": "raw"}  # no snapshots kept: what stood in is said
+    assert len(row["val_iou_raw_by_seg_seed"]) == 2 and 0.0 <= row["val_iou_raw"] <= 1.0
+    cfg = ExperimentConfig(out=tmp_path, size=32)  # the same scorer as the rules': the same figures
+    same = score_weights(GeneratorTrainer.from_state(load_checkpoint(ckpt)), make_splits(cfg), cfg.samples_per_mask,
+                         ("raw",), 3, 2)
+    assert same["val_iou_raw_by_seg_seed"] == row["val_iou_raw_by_seg_seed"]
+    bad = runner.invoke(app, ["bench", "score-run", str(ckpt), "--weights", "best"], env={"COLUMNS": "400"})
+    assert bad.exit_code == 2 and "weights among raw, ema, snapshots (got best)" in bad.output
+
