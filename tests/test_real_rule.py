@@ -66,10 +66,10 @@ def test_real_rules_run_a_real_training_and_score_it_as_the_simulations(tmp_path
     assert {"label_iou_late", "transfer_iou_late", "transfer_iou_alarms"} <= set(row)
 
 
-def test_the_real_rule_keeps_two_requests_in_flight_and_the_last_weights_whatever_the_experiment_defaults(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def launches(monkeypatch: pytest.MonkeyPatch) -> list[ExperimentConfig]:
+    """The settings each real training is started with; the training itself is stopped before it starts."""
     import benchmarks.real_rule as rr
-    from benchmarks.update_rule import RULES
 
     seen: list[ExperimentConfig] = []
 
@@ -78,6 +78,14 @@ def test_the_real_rule_keeps_two_requests_in_flight_and_the_last_weights_whateve
         raise RuntimeError("captured")
 
     monkeypatch.setattr(rr, "dgan_run", capture)
+    return seen
+
+
+def test_the_real_rule_keeps_two_requests_in_flight_and_the_last_weights_whatever_the_experiment_defaults(
+        tmp_path: Path, launches: list[ExperimentConfig]) -> None:
+    from benchmarks.update_rule import RULES
+
+    seen = launches
     cfg = ExperimentConfig(out=tmp_path, size=32, scenes=24, quick=True)
     assert (cfg.pipeline, cfg.snapshots) == (1, 4)  # the experiment's defaults ...
     with pytest.raises(RuntimeError, match="captured"):
@@ -86,17 +94,10 @@ def test_the_real_rule_keeps_two_requests_in_flight_and_the_last_weights_whateve
 
 
 def test_the_real_p1_rule_runs_dgan_as_the_experiment_does_twin_of_async_p1_f16(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import benchmarks.real_rule as rr
+        tmp_path: Path, launches: list[ExperimentConfig]) -> None:
     import benchmarks.update_rule as ur
 
-    seen: list[ExperimentConfig] = []
-
-    def capture(cfg: ExperimentConfig, *args: object) -> None:
-        seen.append(cfg)
-        raise RuntimeError("captured")
-
-    monkeypatch.setattr(rr, "dgan_run", capture)
+    seen = launches
     with pytest.raises(RuntimeError, match="captured"):
         ur.run_update_rule_benchmark(None, True, None, ["real-p1"], ["scenes"], 1, 4, "adversarial", 32, [1.0],
                                      0.0, jobs=1)
