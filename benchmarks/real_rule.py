@@ -134,12 +134,16 @@ def score_runs(checkpoints: list[Path], data: Path | None, test: str | None, wei
     from dgan.training.checkpoints import load_checkpoint
 
     rows = []
+    loaded: dict[tuple[int, int, str, str], Splits] = {}  # runs of one experiment share its splits: load them once
     for ckpt in checkpoints:
         gen = GeneratorTrainer.from_state(load_checkpoint(ckpt))
         split, groups, _ = experiment_settings(ckpt, test)
         cfg = ExperimentConfig(out=Path("/nonexistent"), data=data, size=gen.model_cfg.image_size, test=split,
                                groups=groups, num_classes=gen.model_cfg.num_classes)
-        splits = make_splits(cfg)
+        key = (cfg.size, cfg.num_classes, split, groups)
+        if key not in loaded:
+            loaded[key] = make_splits(cfg)
+        splits = loaded[key]
         rows.append({"checkpoint": str(ckpt), "test": split, "step": gen.step, "seg_steps": seg_steps,
                      "weights_used": {w: gen.weights_available(w) for w in weights},
                      **score_weights(gen, splits, cfg.samples_per_mask, weights, seg_steps, seg_seeds)})

@@ -334,7 +334,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "methods": methods, "wall_seconds": time.time() - t0, "feedback": list(cfg.feedback),
         "claims": claims(methods),
-        **({"notes": [note]} if (note := cfg.single_scored_sets()) is not None else {}),
+        **({"notes": [note]} if note is not None else {}),
     }
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (cfg.out / "results.md").write_text(markdown(results))

@@ -130,6 +130,13 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _figure(x: dict[str, float], key: str, count: str) -> str:
+    """One of a training's figures (per_gan_seed), with its range where more than one segmenter gave it."""
+    if key not in x:
+        return "-"
+    return f"{x[key]:.3f}" + (f" ({x[key + '_min']:.3f}-{x[key + '_max']:.3f})" if x[count] > 1 else "")
+
+
 def gan_seed_table(methods: dict[str, Any]) -> list[str]:
     """Each GAN method per GAN training: validation and test IoU, each the mean over that set's segmentation seeds
     with their range where there are several."""
@@ -141,15 +148,7 @@ def gan_seed_table(methods: dict[str, Any]) -> list[str]:
     n = max(x["n"] for r in rows.values() for x in r.values())
 
     def cell(x: dict[str, float] | None) -> str:
-        if x is None:
-            return "-"
-
-        def fig(k: str) -> str:
-            if k not in x:
-                return "-"
-            n = x["n"] if k == "test" else x["val_n"]
-            return f"{x[k]:.3f}" + (f" ({x[k + '_min']:.3f}-{x[k + '_max']:.3f})" if n > 1 else "")
-        return f"{fig('val')} / {fig('test')}"
+        return "-" if x is None else f"{_figure(x, 'val', 'val_n')} / {_figure(x, 'test', 'n')}"
 
     how = "one segmentation seed per set" if n == 1 else \
         f"each the mean over the set's segmentation seeds (up to {n}), with their range"
