@@ -12,7 +12,8 @@ Both GANs use the same feedback mode (``dgan.feedback``), so the comparison is l
 with several modes, each extra one adds ``central_gan_MODE`` and ``dgan_MODE``.
 
 Model selection uses a validation split carved from the training tiles, never the test tiles.
-``real_all`` and ``central_gan`` do not depend on the partition and are cached by data, config and seed.
+``real_all`` and ``central_gan`` do not depend on the partition and are cached by data, config and seed;
+the central GAN's generators are kept apart from their scores (``dgan.experiment_central``).
 Both GANs synthesise from 4 snapshots of G by default (``--snapshots 0``: from the last weights, or the EMA);
 ``NAME_last`` measures the same trainings' sets from their last weights, ``NAME_ema`` (with ``--ema``) from
 their moving average, and ``NAME_judged`` (``--judged``) from where the nodes' judges peaked.
@@ -24,16 +25,18 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from dgan.choices import LocalHow
 from dgan.cpu_features import deterministic_cuda
 from dgan.data.loaders import PairSet
 from dgan.data.partition import summary
+from dgan.experiment_central import TrainedGAN, central_gan, central_gan_trained  # noqa: F401  (re-exported)
 from dgan.experiment_config import ExperimentConfig  # also re-exported: the experiment's public names
 from dgan.experiment_splits import (  # noqa: F401  (re-exported: the experiment's public names)
     DUBAI_GROUPS,
@@ -54,12 +57,12 @@ from dgan.segment import (
     pair_grid,
     predict_labels,
     prediction_grid,
+    synthetic_stage,
     train_local,
     train_segmenter,
 )
 from dgan.training.checkpoints import load_checkpoint
-from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
-from dgan.training.generator import GeneratorTrainer, TrainConfig
+from dgan.training.generator import GeneratorTrainer
 
 log = logging.getLogger("dgan.experiment")
 
@@ -67,27 +70,6 @@ METRICS = ("iou", "f1", "precision", "recall", "accuracy")
 
 
 # ------------------------------------------------------------------ GANs
-
-
-def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> GeneratorTrainer:
-    """One discriminator on the pooled pairs: the same G, D, loss, batch and images seen as DGAN."""
-    model = cfg.model()
-    lr, beta1 = cfg.generator_optim()
-    gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, lr=lr, beta1=beta1, seed=seed, fake_dtype="float32",
-                                              ema=cfg.ema, device=cfg.device, **cfg.snapshot_args(cfg.gan_steps)))
-    disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed, device=cfg.device)
-    disc.set_colour_stats(train.images, train.masks)  # the pooled pairs' figures, with --lambda-colour
-    sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed, positive_share=cfg.seg.positive_share or None)
-    for _ in range(disc.warmup_steps):  # as a node does before its first feedback
-        reals, masks = sampler.batch(cfg.batch_size)
-        disc.warm_up(masks, reals)
-    for step in range(cfg.gan_steps):
-        reals, masks = sampler.batch(cfg.batch_size)
-        fakes = gen.generate("central", step, masks, request_id=step)
-        scored = disc.score(masks, reals, fakes, "float32")
-        gen.apply_feedback("central", step, scored.grad, scored.grad_scale)
-        gen.update()
-    return gen
 
 
 ALSO_LABELS = {"raw": "last", "ema": "ema", "judged": "judged"}  # a GAN method's other weights, as the method names end
@@ -145,16 +127,6 @@ def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, fee
                                 "--diffaugment" if recipe.diffaugment else "--no-diffaugment"])
 
 
-@dataclass
-class TrainedGAN:
-    """A GAN method's trained generator, the wall seconds its training took, and whether this experiment loaded
-    it from an earlier one instead of training it."""
-
-    generator: GeneratorTrainer
-    seconds: float
-    reused: bool = False
-
-
 def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedback: str) -> TrainedGAN:
     """One DGAN training. One that already finished in its folder with the same settings is loaded, not run
     again, so an experiment can be rerun for more seeds, methods or department models; a changed setting, or a
@@ -180,10 +152,11 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
 
 def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits, seed: int,
                           grid: Path | None = None, label: str = "", own: PairSet | None = None,
-                          how: str = "pretrain") -> dict[str, Any]:
-    """Train a segmenter on ``train`` (plus a department's ``own`` real pairs, ``how``), test it once."""
-    seg = SegConfig(**{**cfg.seg.to_dict(), "seed": seed, "num_classes": len(splits.test.classes),
-                       "device": cfg.device})
+                          how: str = "pretrain", synthetic: bool = False,
+                          pretrained: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train a segmenter on ``train`` (``synthetic``: a GAN's set; plus a department's ``own`` real pairs, ``how``,
+    from its synthetic stage ``pretrained`` where given), test it once."""
+    seg = segmenter_config(cfg, splits, seed, synthetic or own is not None)
     val = (splits.val.images, splits.val.masks)
     log.info("%s seed %d: segmentation on %d pairs%s", label, seed, len(train),
              f" and {len(own)} own real pairs ({how})" if own is not None else "")
@@ -191,7 +164,8 @@ def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits,
         model, info = train_segmenter(train.images, train.masks, seg, val=val)
     else:
         model, info = train_local((train.images, train.masks), (own.images, own.masks), seg, val=val, how=how,
-                                  real_share=cfg.local_share)
+                                  real_share=cfg.local_share, real_photometric=cfg.seg.photometric,
+                                  pretrained=pretrained)
     pred = predict_labels(model, splits.test.images, seg.num_classes, device=seg.device)
     result = {**class_metrics(pred, splits.test.masks, splits.test.classes), "train_seconds": info["train_seconds"],
               "best_step": info["best_step"], "best_val_iou": info["best_val_iou"],
@@ -201,6 +175,33 @@ def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits,
     log.info("%s seed %d: test IoU %.3f, best validation IoU %.3f (%.0f s)", label, seed, result["iou"],
              result["best_val_iou"], result["train_seconds"])
     return result
+
+
+def department_models(cfg: ExperimentConfig, splits: Splits, sets: list[PairSet], seeds: list[int],
+                      how: str) -> dict[str, dict[str, Any]]:
+    """dgan_local: each department's segmenters, seed s on GAN set s mod len(sets) plus its own pairs. The synthetic
+    stage is the same for every department: it trains once per seed, on first use, and each department starts
+    from it (the same weights as training it each time: seeded, deterministic)."""
+    val = (splits.val.images, splits.val.masks)
+    shared: dict[int, tuple[torch.nn.Module, dict[str, Any]]] = {}
+
+    def stage(s: int) -> tuple[torch.nn.Module, dict[str, Any]] | None:
+        if how == LocalHow.mixed.value:
+            return None
+        if s not in shared:
+            log.info("dgan_local seed %d: the synthetic stage, shared by the departments", s)
+            train = sets[s % len(sets)]
+            shared[s] = synthetic_stage((train.images, train.masks), segmenter_config(cfg, splits, s, True), val, how)
+        return shared[s]
+
+    return {f"node{k}": _aggregate([{**evaluate_training_set(
+        cfg, sets[s % len(sets)], splits, s, None, f"dgan_local node{k}", splits.train.subset(part), how,
+        pretrained=stage(s)), "gan_seed": s % len(sets)} for s in seeds]) for k, part in enumerate(splits.node_parts)}
+
+
+def segmenter_config(cfg: ExperimentConfig, splits: Splits, seed: int, synthetic: bool) -> SegConfig:
+    """One segmentation training's settings: the experiment's, for synthetic or real images, at this seed."""
+    return replace(cfg.seg_config(synthetic), seed=seed, num_classes=len(splits.test.classes), device=cfg.device)
 
 
 def _node_mean(per_node: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -263,7 +264,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     def evaluate_sets(name: str, sets: list[PairSet]) -> dict[str, Any]:
         return _aggregate([{**evaluate_training_set(cfg, sets[s % len(sets)], splits, s,
-                                                    grids / f"{name}.png" if s == 0 else None, name),
+                                                    grids / f"{name}.png" if s == 0 else None, name, synthetic=True),
                             "gan_seed": s % len(sets)} for s in seeds])
 
     def gan_method(name: str, make: Callable[[int], GeneratorTrainer | TrainedGAN],
@@ -308,7 +309,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         central_path = cache / f"central_gan-{cache_key(cfg, splits, 'central_gan', fb)}.json"
         if "central_gan" in cfg.gan_methods:
             add(f"central_gan{suffix}", cached("central_gan", lambda fb=fb, suffix=suffix: gan_method(
-                f"central_gan{suffix}", lambda s: central_gan(cfg, splits.train, s, fb), last), fb), fb)
+                f"central_gan{suffix}", lambda s: central_gan_trained(cfg, splits, s, fb, cache), last), fb), fb)
         elif central_path.exists():  # not asked for, but already measured with these exact settings
             log.info("central_gan%s: from cache %s", suffix, central_path)
             add(f"central_gan{suffix}", from_cache(central_path), fb)
@@ -316,10 +317,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             add(f"dgan{suffix}", gan_method(f"dgan{suffix}", lambda s, fb=fb: dgan_run(cfg, splits, "async", s, fb),
                                             (*last, *(("judged",) if cfg.judged else ()))), fb)
     for j, how in enumerate(cfg.local if "dgan" in synthetic else ()):
-        sets = synthetic["dgan"]
-        per_node = {f"node{k}": _aggregate([{**evaluate_training_set(
-            cfg, sets[s % len(sets)], splits, s, None, f"dgan_local node{k}", splits.train.subset(part), how),
-            "gan_seed": s % len(sets)} for s in seeds]) for k, part in enumerate(splits.node_parts)}
+        per_node = department_models(cfg, splits, synthetic["dgan"], seeds, how)
         methods["dgan_local" if j == 0 else f"dgan_local_{how}"] = {
             **_node_mean(per_node), "per_node": per_node,
             "how": how, "feedback": cfg.feedback[0]}

@@ -124,7 +124,9 @@ def _recipe_key(cfg: ExperimentConfig, mode: str) -> dict[str, Any]:
 
 def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = "") -> str:
     """What the method's result depends on: data, splits and segmentation always; the GAN only for GAN methods."""
-    seg = {k: v for k, v in cfg.seg.to_dict().items()  # settings added later keep older keys while at their default
+    real = method in ("real_all", "real_partial")
+    # settings added later keep older keys while at their default
+    seg = {k: v for k, v in cfg.seg_config(synthetic=not real).to_dict().items()
            if (k, v) not in (("num_classes", 2), ("positive_share", 0.0))}
     key: dict[str, Any] = {"method": method, "data": str(cfg.data), "size": cfg.size, "seg": seg,
                            "seeds": cfg.seeds, "train": splits.train.names, "val": splits.val.names,
@@ -137,7 +139,7 @@ def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = ""
         key["classes"] = list(splits.train.classes)
     if method == "real_partial":
         key["nodes"] = [[splits.train.names[i] for i in p] for p in splits.node_parts]
-    if method not in ("real_all", "real_partial"):
+    if not real:
         key.update(gan_steps=cfg.gan_steps, batch=cfg.batch_size, model=cfg.model().to_dict(),
                    gan_seeds=cfg.gan_seeds, samples=cfg.samples_per_mask, feedback=_recipe_key(cfg, mode))
         if cfg.oasis_optim:
@@ -146,4 +148,16 @@ def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = ""
             key["ema"] = cfg.ema
         if cfg.snapshots:  # the count, the cadence (from the central GAN's steps), and the last weights beside
             key["snapshots"] = {**cfg.snapshot_args(cfg.gan_steps), "beside": "last,ema" if cfg.ema else "last"}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def gan_training_key(cfg: ExperimentConfig, splits: Splits, mode: str) -> str:
+    """What a central GAN training depends on: not the segmenters' settings nor their seed count, so a rerun that
+    changes only how its sets are scored loads the trained generators."""
+    key: dict[str, Any] = {"method": "central_gan", "data": str(cfg.data), "scenes": cfg.scene_variant,
+                           "size": cfg.size, "train": splits.train.names, "classes": list(splits.train.classes),
+                           "gan_steps": cfg.gan_steps, "batch": cfg.batch_size, "model": cfg.model().to_dict(),
+                           "feedback": _recipe_key(cfg, mode), "g_optim": cfg.generator_optim(), "ema": cfg.ema,
+                           "snapshots": cfg.snapshot_args(cfg.gan_steps), "positive_share": cfg.seg.positive_share,
+                           "device": "cpu" if cfg.device == "cpu" else "cuda"}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

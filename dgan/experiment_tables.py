@@ -66,9 +66,20 @@ def claims(methods: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def jitter_line(config: dict[str, Any]) -> list[str]:
+    """The segmenters' photometric jitter, where any is on: real and synthetic images may differ in it."""
+    real = float(config.get("seg", {}).get("photometric", 0.0))
+    synthetic = config.get("synthetic_photometric")
+    synthetic = real if synthetic is None else float(synthetic)
+    if not real and not synthetic:
+        return []
+    return [f"Segmenters' photometric jitter: {real:g} on real images, {synthetic:g} on synthetic ones.", ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# {results['dataset']}, partition {results['partition']}, {results['resolution']} px", "",
              f"Feedback modes: {', '.join(results.get('feedback', []))} (the first is `dgan`/`central_gan`).", "",
+             *jitter_line(results.get("config", {})),
              *(f"**Note:** {n}\n" for n in results.get("notes", [])),
              "| method | feedback | test IoU | val IoU | F1 | precision | recall | accuracy |",
              "|---|---|---|---|---|---|---|---|"]

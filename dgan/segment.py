@@ -170,11 +170,13 @@ def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
                     val: tuple[np.ndarray, np.ndarray] | None = None,
                     mix: tuple[np.ndarray, np.ndarray, float] | None = None,
-                    init: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                    init: dict[str, torch.Tensor] | None = None,
+                    mix_photometric: float | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train; keep the weights with the best validation IoU (or the last, without validation).
 
     ``mix`` = (images, masks, share): that share of every batch comes from a second set (a department's
-    own real pairs beside the synthetic ones); ``init``: start from these weights (fine-tuning)."""
+    own real pairs beside the synthetic ones), jittered at ``mix_photometric`` (None: as the rest);
+    ``init``: start from these weights (fine-tuning)."""
     if len(images) == 0:
         raise ValueError("no training pairs")
     if mix is not None and (len(mix[0]) == 0 or not 0 < mix[2] < 1):
@@ -202,7 +204,13 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
             jdx = rng.integers(0, len(mix[0]), n_mix)
             ims, ms = np.concatenate([ims, mix[0][jdx]]), np.concatenate([ms, mix[1][jdx]])
         ims, ms = _augment(rng, ims, ms)
-        x = _photometric(rng, images_to_tensor(torch.from_numpy(ims)), cfg.photometric).to(cfg.device)
+        x = images_to_tensor(torch.from_numpy(ims))
+        if mix_photometric is None or mix_photometric == cfg.photometric:
+            x = _photometric(rng, x, cfg.photometric)
+        else:  # the two sources' images sit where they were drawn: the flips and rotations move whole images
+            main = len(x) - n_mix
+            x = torch.cat([_photometric(rng, x[:main], cfg.photometric), _photometric(rng, x[main:], mix_photometric)])
+        x = x.to(cfg.device)
         loss = _loss(model, x, ms, cfg.num_classes, cfg.device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -225,23 +233,41 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
 LOCAL_HOWS = values(LocalHow)
 
 
+def synthetic_stage(synthetic: tuple[np.ndarray, np.ndarray], cfg: SegConfig,
+                    val: tuple[np.ndarray, np.ndarray] | None = None,
+                    how: str = "pretrain") -> tuple[nn.Module, dict[str, Any]]:
+    """A department model's first stage, on the shared synthetic set alone: the same for every department, so an
+    experiment trains it once per seed and hands it to each one's ``train_local``."""
+    return train_segmenter(*synthetic, _stage(cfg, how), val=val)
+
+
+def _stage(cfg: SegConfig, how: str) -> SegConfig:
+    """Each of the two stages' settings: all the steps (pretrain) or half of them (finetune)."""
+    if how not in (LocalHow.finetune.value, LocalHow.pretrain.value):
+        raise ValueError(f"how must be one of {', '.join(LOCAL_HOWS)} (mixed has no stages), got {how!r}")
+    return cfg if how == LocalHow.pretrain.value else replace(cfg, steps=max(1, cfg.steps // 2))
+
+
 def train_local(synthetic: tuple[np.ndarray, np.ndarray], real: tuple[np.ndarray, np.ndarray], cfg: SegConfig,
                 val: tuple[np.ndarray, np.ndarray] | None = None, how: str = "pretrain",
-                real_share: float = 0.5) -> tuple[nn.Module, dict[str, Any]]:
+                real_share: float = 0.5, real_photometric: float | None = None,
+                pretrained: tuple[nn.Module, dict[str, Any]] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A department's own model: the shared synthetic set plus its own real pairs, which never leave it.
 
     ``pretrain`` (default): all the steps on the synthetic set, then all of them again on the real pairs from those
     weights: twice the cost, and as many steps on the department's own pairs as a model of those alone gets.
     ``finetune``: half the steps on each; ``mixed``: every batch holds ``real_share`` real pairs. Both cost
-    ``cfg.steps`` steps."""
+    ``cfg.steps`` steps. ``cfg.photometric`` jitters the synthetic images, ``real_photometric`` (None: the same) the
+    real ones. ``pretrained``: the synthetic stage's result (``synthetic_stage``), already trained, with its info;
+    its seconds count all the same, as the department running it at home would spend them."""
     if len(real[0]) == 0:
         raise ValueError("a department model needs its own real pairs")
     if how == "mixed":
-        return train_segmenter(*synthetic, cfg, val=val, mix=(*real, real_share))
-    if how not in (LocalHow.finetune.value, LocalHow.pretrain.value):
-        raise ValueError(f"how must be one of {', '.join(LOCAL_HOWS)}, got {how!r}")
-    stage = cfg if how == LocalHow.pretrain.value else replace(cfg, steps=max(1, cfg.steps // 2))
-    pre, info1 = train_segmenter(*synthetic, stage, val=val)
+        return train_segmenter(*synthetic, cfg, val=val, mix=(*real, real_share), mix_photometric=real_photometric)
+    stage = _stage(cfg, how)
+    pre, info1 = synthetic_stage(synthetic, cfg, val, how) if pretrained is None else pretrained
+    if real_photometric is not None:
+        stage = replace(stage, photometric=real_photometric)
     model, info2 = train_segmenter(*real, stage, val=val, init=pre.state_dict())
     if val is not None and info1["best_val_iou"] > info2["best_val_iou"]:  # fine-tuning did not help on val
         model, info2 = pre, {**info2, "best_val_iou": info1["best_val_iou"], "best_step": info1["best_step"]}

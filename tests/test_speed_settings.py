@@ -250,6 +250,7 @@ def test_the_experiment_hands_its_device_to_the_gans_the_dgan_processes_and_the_
     import torch
 
     import dgan.experiment as ex
+    import dgan.experiment_central as central
     from dgan.data.loaders import PairSet
     from dgan.experiment_splits import Splits
 
@@ -270,15 +271,16 @@ def test_the_experiment_hands_its_device_to_the_gans_the_dgan_processes_and_the_
             seen["central G"] = train.device
 
     monkeypatch.setattr(ex, "run_local", lambda rc: record("dgan processes", rc.device))
-    monkeypatch.setattr(ex, "GeneratorTrainer", CentralG)
-    monkeypatch.setattr(ex, "DiscriminatorTrainer", lambda model, recipe, seed, device: record("central D", device))
+    monkeypatch.setattr(central, "GeneratorTrainer", CentralG)
+    monkeypatch.setattr(central, "DiscriminatorTrainer", lambda model, recipe, seed, device: record("central D",
+                                                                                                    device))
     monkeypatch.setattr(ex, "train_segmenter", lambda *a, **k: record("segmenter", a[2].device))
     monkeypatch.setattr(ex, "train_local", lambda syn, own, seg, **k: record("department model", seg.device))
     ims, masks = make_scenes(range(2), 32)
     pairs = PairSet(ims, masks, ["a", "b"], {}, ("background", "building"))
     splits = Splits(train=pairs, val=pairs, test=pairs, node_parts=[[0, 1]], description={})
     for call in (lambda: ex.dgan_run(cfg, splits, "async", 0, "adversarial"),
-                 lambda: ex.central_gan(cfg, pairs, 0, "adversarial"),
+                 lambda: ex.central_gan_trained(cfg, splits, 0, "adversarial", tmp_path),
                  lambda: ex.evaluate_training_set(cfg, pairs, splits, 0),
                  lambda: ex.evaluate_training_set(cfg, pairs, splits, 0, own=pairs)):
         with pytest.raises(Stop):

@@ -1,0 +1,76 @@
+"""The experiment's central GAN: one discriminator on the pooled pairs, and its trained generators kept on disk.
+
+A central GAN's training depends on the data and the GAN's settings, not on how its sets are scored, so a rerun
+that changes the segmenters or their seed count loads its generators instead of training them again."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dgan.data.loaders import PairSet
+from dgan.experiment_config import ExperimentConfig
+from dgan.experiment_splits import Splits, gan_training_key
+from dgan.training.checkpoints import CheckpointError, load_checkpoint, save_atomic
+from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
+from dgan.training.generator import GeneratorTrainer, TrainConfig
+
+log = logging.getLogger("dgan.experiment")
+
+
+@dataclass
+class TrainedGAN:
+    """A GAN method's trained generator, the wall seconds its training took, and whether this experiment loaded
+    it from an earlier one instead of training it."""
+
+    generator: GeneratorTrainer
+    seconds: float
+    reused: bool = False
+
+
+def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> GeneratorTrainer:
+    """One discriminator on the pooled pairs: the same G, D, loss, batch and images seen as DGAN."""
+    model = cfg.model()
+    lr, beta1 = cfg.generator_optim()
+    gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, lr=lr, beta1=beta1, seed=seed, fake_dtype="float32",
+                                              ema=cfg.ema, device=cfg.device, **cfg.snapshot_args(cfg.gan_steps)))
+    disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed, device=cfg.device)
+    disc.set_colour_stats(train.images, train.masks)  # the pooled pairs' figures, with --lambda-colour
+    sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed, positive_share=cfg.seg.positive_share or None)
+    for _ in range(disc.warmup_steps):  # as a node does before its first feedback
+        reals, masks = sampler.batch(cfg.batch_size)
+        disc.warm_up(masks, reals)
+    for step in range(cfg.gan_steps):
+        reals, masks = sampler.batch(cfg.batch_size)
+        fakes = gen.generate("central", step, masks, request_id=step)
+        scored = disc.score(masks, reals, fakes, "float32")
+        gen.apply_feedback("central", step, scored.grad, scored.grad_scale)
+        gen.update()
+    return gen
+
+
+def central_gan_path(cfg: ExperimentConfig, splits: Splits, seed: int, mode: str, cache: Path) -> Path:
+    return cache / f"central_gan-G-{gan_training_key(cfg, splits, mode)}-seed{seed}.pt"
+
+
+def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: str, cache: Path) -> TrainedGAN:
+    """The central GAN of this seed: loaded from ``cache`` where a training with the same settings finished, else
+    trained and saved there. An unreadable file trains afresh (and is replaced)."""
+    path = central_gan_path(cfg, splits, seed, mode, cache)
+    if path.exists():
+        try:
+            state = load_checkpoint(path)
+            gen = GeneratorTrainer.from_state(state, device=cfg.device)
+            seconds = float(state.get("train_seconds", 0.0))
+            log.info("central_gan %s seed %d: loaded the finished training %s (%.0f s when it ran)", mode, seed,
+                     path, seconds)
+            return TrainedGAN(gen, seconds, reused=True)
+        except (CheckpointError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+            log.warning("central_gan %s seed %d: %s cannot be loaded (%s); training again", mode, seed, path, exc)
+    t = time.time()
+    gen = central_gan(cfg, splits.train, seed, mode)
+    seconds = time.time() - t
+    save_atomic({**gen.state(), "train_seconds": seconds}, path)
+    return TrainedGAN(gen, seconds)

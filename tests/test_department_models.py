@@ -1,0 +1,111 @@
+"""Department models (dgan_local) share their synthetic stage, and segmenters on synthetic images may be jittered
+apart from those on real ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dgan.experiment as ex
+import dgan.segment as seg
+from dgan.data.loaders import PairSet
+from dgan.data.scenes import make_scenes
+from dgan.experiment_splits import Splits, cache_key
+from dgan.experiment_tables import jitter_line
+from dgan.segment import SegConfig, predict, synthetic_stage, train_local
+
+
+def _splits() -> Splits:
+    ims, masks = make_scenes(range(8), 32)
+    pairs = PairSet(ims, masks, [f"p{i}" for i in range(8)], {}, ("background", "building"))
+    return Splits(train=pairs, val=pairs.subset([6, 7]), test=pairs.subset([6, 7]),
+                  node_parts=[[0, 1, 2], [3, 4, 5]], description={})
+
+
+@pytest.mark.parametrize("how", ["pretrain", "finetune"])
+def test_a_shared_synthetic_stage_gives_the_same_department_model_as_training_it_again(how: str) -> None:
+    syn = make_scenes(range(100, 108), 32)
+    own = make_scenes(range(8), 32)
+    val = make_scenes(range(900, 904), 32)
+    cfg = SegConfig(width=8, depth=3, steps=12, eval_every=4)
+    alone, info = train_local(syn, own, cfg, val=val, how=how)
+    stage = synthetic_stage(syn, cfg, val, how)
+    shared, shared_info = train_local(syn, own, cfg, val=val, how=how, pretrained=stage)
+    assert np.array_equal(predict(alone, val[0]), predict(shared, val[0]))
+    assert shared_info["best_val_iou"] == info["best_val_iou"]
+    assert shared_info["train_seconds"] >= stage[1]["train_seconds"]  # what a department at home would spend
+    with pytest.raises(ValueError, match="mixed has no stages"):
+        synthetic_stage(syn, cfg, val, "mixed")
+
+
+def test_the_experiment_trains_the_synthetic_stage_once_per_seed_for_all_departments(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    splits = _splits()
+    sets = [splits.train.subset([0, 1, 2, 3]), splits.train.subset([4, 5, 6, 7])]
+    cfg = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, seg=SegConfig(width=8, depth=3, steps=4, eval_every=2))
+    calls: list[tuple[str, int]] = []
+    stage, local = seg.synthetic_stage, seg.train_local
+    monkeypatch.setattr(ex, "synthetic_stage", lambda *a, **k: calls.append(("stage", a[1].seed)) or stage(*a, **k))
+    monkeypatch.setattr(ex, "train_local", lambda *a, **k: calls.append(
+        ("local", k["pretrained"] is not None)) or local(*a, **k))
+    per_node = ex.department_models(cfg, splits, sets, [0, 1], "pretrain")
+    assert sorted(per_node) == ["node0", "node1"]
+    assert [c for c in calls if c[0] == "stage"] == [("stage", 0), ("stage", 1)]  # once per seed, not per department
+    assert [c for c in calls if c[0] == "local"] == [("local", True)] * 4
+    assert [r["gan_seed"] for r in per_node["node1"]["seeds"]] == [0, 1]
+    calls.clear()
+    ex.department_models(cfg, splits, sets, [0], "mixed")  # mixed batches: no stage to share
+    assert calls == [("local", False), ("local", False)]
+
+
+def test_synthetic_images_get_their_own_jitter_and_only_the_gan_methods_keys_change(tmp_path: Path) -> None:
+    splits = _splits()
+    base = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, seg=SegConfig(photometric=0.1))
+    on = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, seg=SegConfig(photometric=0.1), synthetic_photometric=0.3)
+    assert on.seg_config(synthetic=True).photometric == 0.3 and on.seg_config(synthetic=False).photometric == 0.1
+    assert base.seg_config(synthetic=True).photometric == 0.1  # None: as the real images
+    for method in ("real_all", "real_partial"):
+        assert cache_key(base, splits, method) == cache_key(on, splits, method)
+    assert cache_key(base, splits, "central_gan", "adversarial") != cache_key(on, splits, "central_gan", "adversarial")
+    same = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, seg=SegConfig(photometric=0.3))
+    assert cache_key(same, splits, "central_gan", "adversarial") == cache_key(on, splits, "central_gan", "adversarial")
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ex.ExperimentSetupError, match="synthetic photometric must be in"):
+            ex.ExperimentConfig(out=tmp_path, synthetic_photometric=bad)
+    assert jitter_line({"seg": {"photometric": 0.0}}) == []
+    assert "0 on real images, 0.3 on synthetic" in jitter_line({"seg": {"photometric": 0.0},
+                                                                  "synthetic_photometric": 0.3})[0]
+
+
+def test_mixed_batches_jitter_each_source_at_its_own_strength(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, float]] = []
+    jitter = seg._photometric
+
+    def spy(rng: np.random.Generator, x: torch.Tensor, strength: float) -> torch.Tensor:
+        seen.append((len(x), strength))
+        return jitter(rng, x, strength)
+
+    monkeypatch.setattr(seg, "_photometric", spy)
+    syn, own = make_scenes(range(100, 108), 32), make_scenes(range(8), 32)
+    cfg = SegConfig(width=8, depth=3, steps=2, batch_size=8, photometric=0.3)
+    train_local(syn, own, cfg, how="mixed", real_share=0.25, real_photometric=0.0)
+    assert seen == [(6, 0.3), (2, 0.0)] * 2  # 6 synthetic at 0.3, 2 real at 0: per step
+    seen.clear()
+    train_local(syn, own, cfg, how="mixed", real_share=0.25)  # None: one strength for the whole batch, as before
+    assert seen == [(8, 0.3)] * 2
+    seen.clear()
+    train_local(syn, own, cfg, how="pretrain", real_photometric=0.0)
+    assert seen == [(8, 0.3)] * 2 + [(8, 0.0)] * 2  # the synthetic stage, then the own pairs
+
+
+def test_the_command_refuses_a_synthetic_jitter_out_of_range_before_training(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+
+    res = CliRunner().invoke(app, ["experiment", "--out", str(tmp_path / "exp"), "--synthetic-photometric", "1.5"])
+    assert res.exit_code == 2 and "synthetic photometric must be in [0, 1]" in res.output
+    assert not (tmp_path / "exp" / "results.json").exists()
