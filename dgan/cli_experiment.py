@@ -134,8 +134,9 @@ def experiment(
     try:
         if quick:
             cfg = ExperimentConfig(**common, size=64, gan_steps=30, g_width=16, d_width=16, seeds=1, scenes=96,
-                                   seg=SegConfig(steps=60, eval_every=20, positive_share=positive_share),
-                                   samples_per_mask=1, quick=True)
+                                   seg=SegConfig(steps=60, eval_every=20, positive_share=positive_share,
+                                                 standardize=seg_standardize, photometric=seg_photometric),
+                                   samples_per_mask=1, quick=True, synthetic_photometric=synthetic_photometric)
         else:
             seg = SegConfig(steps=seg_steps, standardize=seg_standardize, photometric=seg_photometric,
                             positive_share=positive_share)

@@ -181,7 +181,7 @@ def department_models(cfg: ExperimentConfig, splits: Splits, sets: list[PairSet]
                       how: str) -> dict[str, dict[str, Any]]:
     """dgan_local: each department's segmenters, seed s on GAN set s mod len(sets) plus its own pairs. The synthetic
     stage is the same for every department: it trains once per seed, on first use, and each department starts
-    from it (the same weights as training it each time: seeded, deterministic)."""
+    from it (on the CPU, the same weights as training it each time: seeded; a GPU's kernels may differ a little)."""
     val = (splits.val.images, splits.val.masks)
     shared: dict[int, tuple[torch.nn.Module, dict[str, Any]]] = {}
 

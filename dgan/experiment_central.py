@@ -13,7 +13,7 @@ from pathlib import Path
 from dgan.data.loaders import PairSet
 from dgan.experiment_config import ExperimentConfig
 from dgan.experiment_splits import Splits, gan_training_key
-from dgan.training.checkpoints import CheckpointError, load_checkpoint, save_atomic
+from dgan.training.checkpoints import load_checkpoint, save_atomic
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.training.generator import GeneratorTrainer, TrainConfig
 
@@ -57,20 +57,44 @@ def central_gan_path(cfg: ExperimentConfig, splits: Splits, seed: int, mode: str
 
 def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: str, cache: Path) -> TrainedGAN:
     """The central GAN of this seed: loaded from ``cache`` where a training with the same settings finished, else
-    trained and saved there. An unreadable file trains afresh (and is replaced)."""
+    trained and saved there. A file that cannot be read, or that holds another model, seed or step count, trains
+    afresh (and is replaced); a save that fails is logged, and the trained generator is used all the same.
+
+    The key leaves out the thread count and the code's version, as the experiment's other caches do: after
+    changing the training code, delete the cache's ``central_gan-G-*`` files."""
     path = central_gan_path(cfg, splits, seed, mode, cache)
     if path.exists():
         try:
             state = load_checkpoint(path)
+            mismatch = _mismatch(state, cfg, seed)
+            if mismatch:
+                raise ValueError(mismatch)
             gen = GeneratorTrainer.from_state(state, device=cfg.device)
             seconds = float(state.get("train_seconds", 0.0))
             log.info("central_gan %s seed %d: loaded the finished training %s (%.0f s when it ran)", mode, seed,
                      path, seconds)
             return TrainedGAN(gen, seconds, reused=True)
-        except (CheckpointError, KeyError, RuntimeError, TypeError, ValueError) as exc:
-            log.warning("central_gan %s seed %d: %s cannot be loaded (%s); training again", mode, seed, path, exc)
+        except Exception as exc:  # whatever the file holds, the experiment trains instead of stopping
+            log.warning("central_gan %s seed %d: %s cannot be used (%s: %s); training again", mode, seed, path,
+                        type(exc).__name__, exc)
     t = time.time()
     gen = central_gan(cfg, splits.train, seed, mode)
     seconds = time.time() - t
-    save_atomic({**gen.state(), "train_seconds": seconds}, path)
+    try:
+        save_atomic({**gen.state(), "train_seconds": seconds}, path)
+    except OSError as exc:  # a full or read-only disk must not throw away a finished training
+        log.warning("central_gan %s seed %d: could not keep the training in %s (%s); a rerun will train it again",
+                    mode, seed, path, exc)
     return TrainedGAN(gen, seconds)
+
+
+def _mismatch(state: dict[str, object], cfg: ExperimentConfig, seed: int) -> str:
+    """Why a saved training is not the one this experiment asks for ("" when it is)."""
+    train, model = state.get("train"), state.get("model")
+    if not isinstance(train, dict) or not isinstance(model, dict):
+        return "no training or model settings"
+    if model != cfg.model().to_dict():
+        return "another model"
+    if train.get("seed") != seed or train.get("steps") != cfg.gan_steps or state.get("step") != cfg.gan_steps:
+        return f"seed {train.get('seed')}, {state.get('step')} of {train.get('steps')} steps"
+    return ""

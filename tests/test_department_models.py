@@ -36,7 +36,9 @@ def test_a_shared_synthetic_stage_gives_the_same_department_model_as_training_it
     shared, shared_info = train_local(syn, own, cfg, val=val, how=how, pretrained=stage)
     assert np.array_equal(predict(alone, val[0]), predict(shared, val[0]))
     assert shared_info["best_val_iou"] == info["best_val_iou"]
-    assert shared_info["train_seconds"] >= stage[1]["train_seconds"]  # what a department at home would spend
+    assert shared_info["train_seconds"] > stage[1]["train_seconds"]  # what a department at home would spend
+    again, _ = train_local(syn, own, cfg, val=val, how=how, pretrained=stage)  # a second department, same stage
+    assert np.array_equal(predict(again, val[0]), predict(alone, val[0]))
     with pytest.raises(ValueError, match="mixed has no stages"):
         synthetic_stage(syn, cfg, val, "mixed")
 
@@ -45,20 +47,51 @@ def test_the_experiment_trains_the_synthetic_stage_once_per_seed_for_all_departm
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     splits = _splits()
     sets = [splits.train.subset([0, 1, 2, 3]), splits.train.subset([4, 5, 6, 7])]
-    cfg = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, seg=SegConfig(width=8, depth=3, steps=4, eval_every=2))
-    calls: list[tuple[str, int]] = []
+    cfg = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, synthetic_photometric=0.3,
+                              seg=SegConfig(width=8, depth=3, steps=4, eval_every=2))
+    calls: list[tuple[object, ...]] = []
     stage, local = seg.synthetic_stage, seg.train_local
-    monkeypatch.setattr(ex, "synthetic_stage", lambda *a, **k: calls.append(("stage", a[1].seed)) or stage(*a, **k))
+    monkeypatch.setattr(ex, "synthetic_stage", lambda *a, **k: calls.append(
+        ("stage", a[1].seed, a[1].photometric)) or stage(*a, **k))
     monkeypatch.setattr(ex, "train_local", lambda *a, **k: calls.append(
-        ("local", k["pretrained"] is not None)) or local(*a, **k))
+        ("local", k["pretrained"] is not None, a[2].photometric, k["real_photometric"])) or local(*a, **k))
     per_node = ex.department_models(cfg, splits, sets, [0, 1], "pretrain")
     assert sorted(per_node) == ["node0", "node1"]
-    assert [c for c in calls if c[0] == "stage"] == [("stage", 0), ("stage", 1)]  # once per seed, not per department
-    assert [c for c in calls if c[0] == "local"] == [("local", True)] * 4
+    # once per seed, not per department; jittered as synthetic images are, the own pairs as real ones
+    assert [c for c in calls if c[0] == "stage"] == [("stage", 0, 0.3), ("stage", 1, 0.3)]
+    assert [c for c in calls if c[0] == "local"] == [("local", True, 0.3, 0.0)] * 4
     assert [r["gan_seed"] for r in per_node["node1"]["seeds"]] == [0, 1]
     calls.clear()
     ex.department_models(cfg, splits, sets, [0], "mixed")  # mixed batches: no stage to share
-    assert calls == [("local", False), ("local", False)]
+    assert calls == [("local", False, 0.3, 0.0)] * 2
+
+
+def test_sharing_the_stage_leaves_every_department_as_training_it_alone(tmp_path: Path) -> None:
+    splits = _splits()
+    sets = [splits.train.subset([0, 1, 2, 3])]
+    cfg = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, seg=SegConfig(width=8, depth=3, steps=8, eval_every=2))
+    shared = ex.department_models(cfg, splits, sets, [0], "pretrain")
+    for k, part in enumerate(splits.node_parts):  # each department on its own, its stage trained for it alone
+        alone = ex.evaluate_training_set(cfg, sets[0], splits, 0, own=splits.train.subset(part), how="pretrain")
+        got = shared[f"node{k}"]["seeds"][0]
+        assert (got["iou"], got["best_val_iou"], got["best_step"]) == (
+            alone["iou"], alone["best_val_iou"], alone["best_step"])
+
+
+def test_gan_sets_are_scored_with_the_synthetic_jitter_and_real_pairs_with_the_real_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, float]] = []
+    train = seg.train_segmenter
+    monkeypatch.setattr(ex, "train_segmenter", lambda ims, ms, c, **k: seen.append((len(ims), c.photometric))
+                        or train(ims, ms, c, **k))
+    cfg = ex.ExperimentConfig(out=tmp_path / "exp", size=32, gan_steps=2, g_width=8, d_width=8, nodes=2,
+                              seg=SegConfig(width=8, depth=3, steps=2, eval_every=2, photometric=0.1),
+                              synthetic_photometric=0.4, seeds=1, samples_per_mask=3, scenes=24, quick=True,
+                              partition="iid", threads=1, gan_methods=("central_gan",), local=())
+    results = ex.run_experiment(cfg)
+    n = results["sizes"]["train"]
+    assert sorted(seen) == sorted([(n, 0.1), *((k, 0.1) for k in (len(p) for p in ex.make_splits(cfg).node_parts)),
+                                   (3 * n, 0.4), (3 * n, 0.4)])  # central_gan and central_gan_last: synthetic
 
 
 def test_synthetic_images_get_their_own_jitter_and_only_the_gan_methods_keys_change(tmp_path: Path) -> None:

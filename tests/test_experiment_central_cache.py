@@ -68,3 +68,39 @@ def test_an_unreadable_saved_central_gan_trains_again_and_is_replaced(tmp_path: 
     got = central.central_gan_trained(cfg, splits, 0, "adversarial", tmp_path)
     assert not got.reused
     assert central.central_gan_trained(cfg, splits, 0, "adversarial", tmp_path).reused
+
+
+def test_a_saved_training_of_another_seed_or_model_or_with_bad_settings_trains_again(tmp_path: Path) -> None:
+    import torch
+
+    cfg, splits = _cfg(tmp_path), _splits()
+    central.central_gan_trained(cfg, splits, 1, "adversarial", tmp_path)
+    seed1 = central.central_gan_path(cfg, splits, 1, "adversarial", tmp_path)
+    seed0 = central.central_gan_path(cfg, splits, 0, "adversarial", tmp_path)
+    seed0.write_bytes(seed1.read_bytes())  # a file under the wrong name: another seed's training
+    assert not central.central_gan_trained(cfg, splits, 0, "adversarial", tmp_path).reused
+    assert torch.load(seed0, weights_only=True)["train"]["seed"] == 0  # replaced by the right one
+    state = torch.load(seed1, weights_only=True)
+    for bad in ({**state, "train": 5}, {**state, "model": {**state["model"], "g_width": 16}}, {"G": {}, "step": 4}):
+        torch.save(bad, seed1)
+        assert not central.central_gan_trained(cfg, splits, 1, "adversarial", tmp_path).reused
+
+
+def test_a_training_that_cannot_be_saved_is_used_all_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(central, "save_atomic", full)
+    got = central.central_gan_trained(_cfg(tmp_path), _splits(), 0, "adversarial", tmp_path)
+    assert not got.reused and got.generator.step == 4
+
+
+def test_a_loaded_central_gan_goes_on_the_experiments_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, splits = _cfg(tmp_path), _splits()
+    central.central_gan_trained(cfg, splits, 0, "adversarial", tmp_path)
+    asked: list[object] = []
+    load = central.GeneratorTrainer.from_state
+    monkeypatch.setattr(central.GeneratorTrainer, "from_state",
+                        lambda state, device=None: asked.append(device) or load(state, device=device))
+    assert central.central_gan_trained(cfg, splits, 0, "adversarial", tmp_path).reused
+    assert asked == ["cpu"]
