@@ -148,13 +148,13 @@ def _figure(x: dict[str, float], key: str, count: str) -> str:
     return f"{x[key]:.3f}" + (f" ({x[key + '_min']:.3f}-{x[key + '_max']:.3f})" if x[count] > 1 else "")
 
 
-def gan_seed_table(methods: dict[str, Any]) -> list[str]:
+def gan_seed_rows(methods: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
     """Each GAN method per GAN training: validation and test IoU, each the mean over that set's segmentation seeds
-    with their range where there are several."""
+    with their range where there are several. (caption, head, rows); no rows without a GAN method."""
     rows = {name: per_gan_seed(m) for name, m in methods.items() if m.get("gan_seconds") or m.get("alternate_of")}
     rows = {name: r for name, r in rows.items() if r}
     if not rows:
-        return []
+        return "", [], []
     seeds = sorted({g for r in rows.values() for g in r})
     n = max(x["n"] for r in rows.values() for x in r.values())
 
@@ -163,11 +163,20 @@ def gan_seed_table(methods: dict[str, Any]) -> list[str]:
 
     how = "one segmentation seed per set" if n == 1 else \
         f"each the mean over the set's segmentation seeds (up to {n}), with their range"
-    head = " | ".join(f"GAN seed {g}" for g in seeds)
-    lines = ["", f"Per GAN training (validation / test IoU; {how}):", "", f"| method | {head} |",
-             "|---|" + "---|" * len(seeds)]
-    lines += [f"| {name} | {' | '.join(cell(r.get(g)) for g in seeds)} |" for name, r in rows.items()]
-    return lines
+    return (f"Per GAN training (validation / test IoU; {how}):", ["method", *(f"GAN seed {g}" for g in seeds)],
+            [[name, *(cell(r.get(g)) for g in seeds)] for name, r in rows.items()])
+
+
+def gan_seed_table(methods: dict[str, Any]) -> list[str]:
+    caption, head, rows = gan_seed_rows(methods)
+    return _markdown_table(caption, head, rows)
+
+
+def _markdown_table(caption: str, head: list[str], rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return []
+    return ["", caption, "", f"| {' | '.join(head)} |", "|" + "---|" * len(head),
+            *(f"| {' | '.join(r)} |" for r in rows)]
 
 
 def class_table(methods: dict[str, Any]) -> list[str]:
@@ -186,18 +195,38 @@ def class_table(methods: dict[str, Any]) -> list[str]:
     return lines
 
 
-def department_table(methods: dict[str, Any]) -> list[str]:
-    """Per department: its own real pairs alone, the shared synthetic set alone, and both (``dgan_local``)."""
+def _sd(m: dict[str, Any]) -> str:
+    return f" ± {m['iou_std']:.3f}" if "iou_std" in m else ""
+
+
+def _val(m: dict[str, Any]) -> float | None:
+    """A method's mean best validation IoU over its segmentation seeds (None where none was validated)."""
+    vals = [r["best_val_iou"] for r in m.get("seeds", []) if r.get("best_val_iou") is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def department_rows(methods: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    """Per department: its own real pairs alone, the shared synthetic set alone, and both (``dgan_local``); test
+    IoU with the validation IoU beside, since a gain on test alone can be one split's luck."""
+    if "real_partial" not in methods or "per_node" not in methods["real_partial"]:
+        return "", [], []
     local = [k for k in methods if k.startswith("dgan_local")]
-    head = ["real_partial", *(["dgan (synthetic only)"] if "dgan" in methods else []), *local]
-    lines = ["", "Per department (test IoU):", "", f"| department | {' | '.join(head)} |",
-             "|---|" + "---|" * len(head)]
+    head = ["department", "real_partial", *(["dgan (synthetic only)"] if "dgan" in methods else []), *local]
+    rows = []
     for node, m in methods["real_partial"]["per_node"].items():
-        cells = [f"{m['iou']:.3f} ± {m['iou_std']:.3f}"]
+        own = _val(m)
+        cells = [node, f"{m['iou']:.3f}{_sd(m)}" + (f" (val {own:.3f})" if own is not None else "")]
         if "dgan" in methods:
-            cells.append(f"{methods['dgan']['iou']:.3f}")
+            syn = _val(methods["dgan"])
+            cells.append(f"{methods['dgan']['iou']:.3f}" + (f" (val {syn:.3f})" if syn is not None else ""))
         for k in local:
             n = methods[k]["per_node"][node]
-            cells.append(f"{n['iou']:.3f} ± {n['iou_std']:.3f} ({n['iou'] - m['iou']:+.3f})")
-        lines.append(f"| {node} | {' | '.join(cells)} |")
-    return lines
+            val = _val(n)
+            both = f"; val {val:.3f}, {val - own:+.3f}" if val is not None and own is not None else ""
+            cells.append(f"{n['iou']:.3f}{_sd(n)} ({n['iou'] - m['iou']:+.3f}{both})")
+        rows.append(cells)
+    return "Per department (test IoU ± over seeds; validation IoU and the gains on each beside):", head, rows
+
+
+def department_table(methods: dict[str, Any]) -> list[str]:
+    return _markdown_table(*department_rows(methods))

@@ -19,6 +19,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from dgan.experiment_tables import department_rows, gan_seed_rows
+
 # label_iou, transfer_iou: the nodes' judges (higher is better)
 LOSSES = ("d_real", "d_fake", "g_adv", "g_l1", "label_iou", "transfer_iou")
 
@@ -163,8 +165,10 @@ def experiment_section(run_dir: Path) -> str:
                     for f in sorted((run_dir / "predictions").glob("*.png")))
     claims = [[name, _claim_figure(c), "met" if c["met"] else "missed"]
               for name, c in results.get("claims", {}).items()]
+    extra = "".join(f"<p>{html.escape(caption)}</p>{_table(trows, head)}"
+                    for caption, head, trows in (gan_seed_rows(methods), department_rows(methods)) if trows)
     body = (_table(rows, ["method", "feedback mode", *keys])
-            + (_table(claims, ["claim", "figure", ""]) if claims else "")
+            + (_table(claims, ["claim", "figure", ""]) if claims else "") + extra
             + _fig(fig, "IoU by method")
             + (f'<div class="row">{grids}</div>' if grids else _missing("prediction grids (predictions/*.png)")))
     return _section("experiment", "Experiment", body)

@@ -159,6 +159,31 @@ def test_report_lists_the_experiment_claims_as_met_or_missed(tmp_path: Path) -> 
             "judged on test)</td><td>missed</td>") in text
 
 
+def test_report_and_results_md_show_each_department_and_gan_training_with_validation_beside(tmp_path: Path) -> None:
+    from dgan.experiment import claims
+    from dgan.experiment_tables import department_table
+
+    def seeds(*pairs: tuple[int, float, float]) -> list[dict[str, float]]:
+        return [{"gan_seed": g, "best_val_iou": v, "iou": t} for g, v, t in pairs]
+
+    methods = {"real_all": {"iou": 0.6}, "central_gan": {"iou": 0.4, "gan_seconds": [1, 1],
+                                                         "seeds": seeds((0, 0.4, 0.4), (1, 0.3, 0.4))},
+               "real_partial": {"iou": 0.5, "per_node": {"node0": {"iou": 0.5, "iou_std": 0.01,
+                                                                   "seeds": seeds((0, 0.55, 0.5), (1, 0.45, 0.5))}}},
+               "dgan": {"iou": 0.3, "gan_seconds": [1, 1], "seeds": seeds((0, 0.2, 0.3), (1, 0.3, 0.3))},
+               "dgan_local": {"iou": 0.52, "per_node": {"node0": {"iou": 0.52, "iou_std": 0.02,
+                                                                  "seeds": seeds((0, 0.4, 0.5), (1, 0.4, 0.54))}}}}
+    results = {"dataset": "d", "partition": "group", "resolution": 32, "methods": methods, "claims": claims(methods)}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    text = write_report(tmp_path).read_text()
+    # the department gains 0.02 on test but loses 0.1 on validation: both show, in the report and in results.md
+    cell = "0.520 ± 0.020 (+0.020; val 0.400, -0.100)"
+    assert f"<td>{cell}</td>" in text and "<td>0.500 ± 0.010 (val 0.500)</td>" in text
+    assert "<td>0.300 (val 0.250)</td>" in text  # the synthetic set alone
+    assert "<td>central_gan</td><td>0.400 / 0.400</td><td>0.300 / 0.400</td>" in text  # per GAN training
+    assert f"| node0 | 0.500 ± 0.010 (val 0.500) | 0.300 (val 0.250) | {cell} |" in department_table(methods)
+
+
 def test_live_panel_header_shows_both_judges_verdicts() -> None:
     from rich.console import Console
 
