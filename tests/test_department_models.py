@@ -142,3 +142,28 @@ def test_the_command_refuses_a_synthetic_jitter_out_of_range_before_training(tmp
     res = CliRunner().invoke(app, ["experiment", "--out", str(tmp_path / "exp"), "--synthetic-photometric", "1.5"])
     assert res.exit_code == 2 and "synthetic photometric must be in [0, 1]" in res.output
     assert not (tmp_path / "exp" / "results.json").exists()
+
+
+def test_a_department_at_home_jitters_its_own_and_the_synthetic_images_as_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+    from tests.test_segment_experiment import _pairs_folder
+
+    mine, syn = _pairs_folder(tmp_path / "mine", range(6)), _pairs_folder(tmp_path / "syn", range(100, 106))
+    asked: list[tuple[float, float | None]] = []
+    local, alone = seg.train_local, seg.train_segmenter
+    monkeypatch.setattr(seg, "train_local", lambda s, r, c, **k: asked.append((c.photometric, k["real_photometric"]))
+                        or local(s, r, c, **k))
+    monkeypatch.setattr(seg, "train_segmenter", lambda i, m, c, **k: asked.append((c.photometric, None))
+                        or alone(i, m, c, **k))
+    args = ["segment", "train", "--data", str(mine), "--size", "32", "--steps", "2", "--width", "8", "--threads", "1"]
+    for extra, expected in ((["--synthetic", str(syn), "--synthetic-photometric", "0.3"], (0.3, 0.0)),
+                            (["--synthetic", str(syn), "--photometric", "0.2"], (0.2, 0.2)),
+                            (["--photometric", "0.2", "--synthetic-photometric", "0.3"], (0.2, None))):
+        asked.clear()
+        res = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / "m.pt")])
+        assert res.exit_code == 0 and asked[0] == expected, (extra, res.output, asked)
+    bad = CliRunner().invoke(app, [*args, "--synthetic-photometric", "2", "--out", str(tmp_path / "x.pt")])
+    assert bad.exit_code == 2 and "must be in [0, 1]" in bad.output and not (tmp_path / "x.pt").exists()
