@@ -156,7 +156,7 @@ def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits,
                           pretrained: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train a segmenter on ``train`` (``synthetic``: a GAN's set; plus a department's ``own`` real pairs, ``how``,
     from its synthetic stage ``pretrained`` where given), test it once."""
-    seg = segmenter_config(cfg, splits, seed, synthetic or own is not None)
+    seg = segmenter_config(cfg, splits, seed, "local" if own is not None else "synthetic" if synthetic else "real")
     val = (splits.val.images, splits.val.masks)
     log.info("%s seed %d: segmentation on %d pairs%s", label, seed, len(train),
              f" and {len(own)} own real pairs ({how})" if own is not None else "")
@@ -191,7 +191,8 @@ def department_models(cfg: ExperimentConfig, splits: Splits, sets: list[PairSet]
         if s not in shared:
             log.info("dgan_local seed %d: the synthetic stage, shared by the departments", s)
             train = sets[s % len(sets)]
-            shared[s] = synthetic_stage((train.images, train.masks), segmenter_config(cfg, splits, s, True), val, how)
+            shared[s] = synthetic_stage((train.images, train.masks), segmenter_config(cfg, splits, s, "local"), val,
+                                        how)
         return shared[s]
 
     return {f"node{k}": _aggregate([{**evaluate_training_set(
@@ -199,9 +200,10 @@ def department_models(cfg: ExperimentConfig, splits: Splits, sets: list[PairSet]
         pretrained=stage(s)), "gan_seed": s % len(sets)} for s in seeds]) for k, part in enumerate(splits.node_parts)}
 
 
-def segmenter_config(cfg: ExperimentConfig, splits: Splits, seed: int, synthetic: bool) -> SegConfig:
-    """One segmentation training's settings: the experiment's, for synthetic or real images, at this seed."""
-    return replace(cfg.seg_config(synthetic), seed=seed, num_classes=len(splits.test.classes), device=cfg.device)
+def segmenter_config(cfg: ExperimentConfig, splits: Splits, seed: int, source: str) -> SegConfig:
+    """One segmentation training's settings at this seed: the experiment's, for ``source`` (ExperimentConfig's
+    ``seg_config``) images."""
+    return replace(cfg.seg_config(source), seed=seed, num_classes=len(splits.test.classes), device=cfg.device)
 
 
 def _node_mean(per_node: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -126,7 +126,7 @@ def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = ""
     """What the method's result depends on: data, splits and segmentation always; the GAN only for GAN methods."""
     real = method in ("real_all", "real_partial")
     # settings added later keep older keys while at their default
-    seg = {k: v for k, v in cfg.seg_config(synthetic=not real).to_dict().items()
+    seg = {k: v for k, v in cfg.seg_config("real" if real else "synthetic").to_dict().items()
            if (k, v) not in (("num_classes", 2), ("positive_share", 0.0))}
     key: dict[str, Any] = {"method": method, "data": str(cfg.data), "size": cfg.size, "seg": seg,
                            "seeds": cfg.seeds, "train": splits.train.names, "val": splits.val.names,

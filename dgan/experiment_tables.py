@@ -67,13 +67,15 @@ def claims(methods: dict[str, Any]) -> dict[str, Any]:
 
 
 def jitter_line(config: dict[str, Any]) -> list[str]:
-    """The segmenters' photometric jitter, where any is on: real and synthetic images may differ in it."""
+    """The segmenters' photometric jitter, where any is on: real images, GAN sets and department models' synthetic
+    stages may each differ in it."""
     real = float(config.get("seg", {}).get("photometric", 0.0))
-    synthetic = config.get("synthetic_photometric")
-    synthetic = real if synthetic is None else float(synthetic)
-    if not real and not synthetic:
+    synthetic, local = (real if config.get(k) is None else float(config[k])
+                        for k in ("synthetic_photometric", "local_photometric"))
+    if not (real or synthetic or local):
         return []
-    return [f"Segmenters' photometric jitter: {real:g} on real images, {synthetic:g} on synthetic ones.", ""]
+    return [f"Segmenters' photometric jitter: {real:g} on real images, {synthetic:g} on a GAN's synthetic set alone, "
+            f"{local:g} on the department models' synthetic stage.", ""]
 
 
 def markdown(results: dict[str, Any]) -> str:

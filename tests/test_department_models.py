@@ -47,7 +47,7 @@ def test_the_experiment_trains_the_synthetic_stage_once_per_seed_for_all_departm
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     splits = _splits()
     sets = [splits.train.subset([0, 1, 2, 3]), splits.train.subset([4, 5, 6, 7])]
-    cfg = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, synthetic_photometric=0.3,
+    cfg = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, synthetic_photometric=0.5, local_photometric=0.3,
                               seg=SegConfig(width=8, depth=3, steps=4, eval_every=2))
     calls: list[tuple[object, ...]] = []
     stage, local = seg.synthetic_stage, seg.train_local
@@ -57,13 +57,19 @@ def test_the_experiment_trains_the_synthetic_stage_once_per_seed_for_all_departm
         ("local", k["pretrained"] is not None, a[2].photometric, k["real_photometric"])) or local(*a, **k))
     per_node = ex.department_models(cfg, splits, sets, [0, 1], "pretrain")
     assert sorted(per_node) == ["node0", "node1"]
-    # once per seed, not per department; jittered as synthetic images are, the own pairs as real ones
+    # once per seed, not per department; jittered as department stages are (not as GAN sets alone), the own
+    # pairs as real ones
     assert [c for c in calls if c[0] == "stage"] == [("stage", 0, 0.3), ("stage", 1, 0.3)]
     assert [c for c in calls if c[0] == "local"] == [("local", True, 0.3, 0.0)] * 4
     assert [r["gan_seed"] for r in per_node["node1"]["seeds"]] == [0, 1]
     calls.clear()
     ex.department_models(cfg, splits, sets, [0], "mixed")  # mixed batches: no stage to share
     assert calls == [("local", False, 0.3, 0.0)] * 2
+    calls.clear()
+    default = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, synthetic_photometric=0.5,
+                                  seg=SegConfig(width=8, depth=3, steps=4, eval_every=2, photometric=0.1))
+    ex.department_models(default, splits, sets, [0], "pretrain")  # by default the stage is jittered as real pairs
+    assert calls[0] == ("stage", 0, 0.1) and calls[1] == ("local", True, 0.1, 0.1)
 
 
 def test_sharing_the_stage_leaves_every_department_as_training_it_alone(tmp_path: Path) -> None:
@@ -98,19 +104,21 @@ def test_synthetic_images_get_their_own_jitter_and_only_the_gan_methods_keys_cha
     splits = _splits()
     base = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, seg=SegConfig(photometric=0.1))
     on = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, seg=SegConfig(photometric=0.1), synthetic_photometric=0.3)
-    assert on.seg_config(synthetic=True).photometric == 0.3 and on.seg_config(synthetic=False).photometric == 0.1
-    assert base.seg_config(synthetic=True).photometric == 0.1  # None: as the real images
+    assert on.seg_config("synthetic").photometric == 0.3 and on.seg_config("real").photometric == 0.1
+    assert base.seg_config("synthetic").photometric == 0.1  # None: as the real images
+    assert on.seg_config("local").photometric == 0.1  # department stages: their own setting, by default the real one
     for method in ("real_all", "real_partial"):
         assert cache_key(base, splits, method) == cache_key(on, splits, method)
     assert cache_key(base, splits, "central_gan", "adversarial") != cache_key(on, splits, "central_gan", "adversarial")
     same = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, seg=SegConfig(photometric=0.3))
     assert cache_key(same, splits, "central_gan", "adversarial") == cache_key(on, splits, "central_gan", "adversarial")
     for bad in (-0.1, 1.5, float("nan")):
-        with pytest.raises(ex.ExperimentSetupError, match="synthetic photometric must be in"):
-            ex.ExperimentConfig(out=tmp_path, synthetic_photometric=bad)
+        for name in ("synthetic", "local"):
+            with pytest.raises(ex.ExperimentSetupError, match=f"{name} photometric must be in"):
+                ex.ExperimentConfig(out=tmp_path, **{f"{name}_photometric": bad})
     assert jitter_line({"seg": {"photometric": 0.0}}) == []
-    assert "0 on real images, 0.3 on synthetic" in jitter_line({"seg": {"photometric": 0.0},
-                                                                  "synthetic_photometric": 0.3})[0]
+    assert ("0 on real images, 0.3 on a GAN's synthetic set alone, 0 on the department models' synthetic stage"
+            in jitter_line({"seg": {"photometric": 0.0}, "synthetic_photometric": 0.3})[0])
 
 
 def test_mixed_batches_jitter_each_source_at_its_own_strength(monkeypatch: pytest.MonkeyPatch) -> None:
