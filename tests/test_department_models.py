@@ -102,7 +102,10 @@ def test_gan_sets_are_scored_with_the_synthetic_jitter_and_real_pairs_with_the_r
 
 def test_synthetic_images_get_their_own_jitter_and_only_the_gan_methods_keys_change(tmp_path: Path) -> None:
     splits = _splits()
-    base = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, seg=SegConfig(photometric=0.1))
+    base = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, seg=SegConfig(photometric=0.1),
+                               synthetic_photometric=None)
+    assert ex.ExperimentConfig(out=tmp_path).seg_config("synthetic").photometric == 0.3  # the default, on validation
+    assert ex.ExperimentConfig(out=tmp_path).seg_config("real").photometric == 0.0
     on = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2, seg=SegConfig(photometric=0.1), synthetic_photometric=0.3)
     assert on.seg_config("synthetic").photometric == 0.3 and on.seg_config("real").photometric == 0.1
     assert base.seg_config("synthetic").photometric == 0.1  # None: as the real images

@@ -47,7 +47,7 @@ def test_the_saved_central_gan_is_keyed_by_the_gan_not_by_its_scoring(tmp_path: 
     cfg, splits = _cfg(tmp_path), _splits()
     key = gan_training_key(cfg, splits, "adversarial")
     scoring = [replace(cfg, seeds=4), replace(cfg, gan_seeds=2), replace(cfg, samples_per_mask=3),
-               replace(cfg, synthetic_photometric=0.3), replace(cfg, seg=SegConfig(steps=300, photometric=0.2)),
+               replace(cfg, synthetic_photometric=0.5), replace(cfg, seg=SegConfig(steps=300, photometric=0.2)),
                replace(cfg, local=("mixed",)), replace(cfg, out=tmp_path / "other")]
     assert all(gan_training_key(c, splits, "adversarial") == key for c in scoring)
     assert all(cache_key(c, splits, "central_gan", "adversarial") != cache_key(cfg, splits, "central_gan",
