@@ -213,8 +213,8 @@ def segment_train(
                                                     "training (0 = off).")] = 0.0,
     synthetic_photometric: Annotated[float | None, typer.Option(
         help="The same for --synthetic's images (default: --photometric). On a synthetic set alone 0.3 lifted every "
-        "GAN's set; as the first stage of a department model it cut the gain (session 22, "
-        "docs/results/update-rule.md).")] = None,
+        "GAN's set; as the first stage of a department model it gained less over two splits (session 22, "
+        "docs/results/department-models.md).")] = None,
     size: int = 128,
     steps: int = 1000,
     batch_size: int = 8,
