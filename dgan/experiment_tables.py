@@ -86,10 +86,9 @@ def markdown(results: dict[str, Any]) -> str:
              "| method | feedback | test IoU | val IoU | F1 | precision | recall | accuracy |",
              "|---|---|---|---|---|---|---|---|"]
     for name, m in results["methods"].items():
-        sd = f" ± {m['iou_std']:.3f}" if "iou_std" in m else ""
-        val = [r.get("best_val_iou") for r in m.get("seeds", []) if r.get("best_val_iou") is not None]
-        lines.append(f"| {name} | {m.get('feedback', '-')} | {m['iou']:.3f}{sd} | "
-                     f"{f'{np.mean(val):.3f}' if val else '-'} | {m['f1']:.3f} | {m['precision']:.3f} "
+        val = _val(m)
+        lines.append(f"| {name} | {m.get('feedback', '-')} | {m['iou']:.3f}{_sd(m)} | "
+                     f"{'-' if val is None else f'{val:.3f}'} | {m['f1']:.3f} | {m['precision']:.3f} "
                      f"| {m['recall']:.3f} | {m['accuracy']:.3f} |")
     for name, m in results["methods"].items():
         if "judged_steps" in m:
