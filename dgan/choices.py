@@ -70,6 +70,13 @@ class LocalHow(str, enum.Enum):
     pretrain = "pretrain"
 
 
+class LocalFrom(str, enum.Enum):
+    """The GAN whose synthetic sets a department model starts from."""
+
+    dgan = "dgan"
+    central_gan = "central_gan"
+
+
 class SynthWeights(str, enum.Enum):
     """Which of the generator's weights synthesise a set."""
 

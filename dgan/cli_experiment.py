@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dgan.choices import FakeDtype, GradDtype, LocalHow, Partition, Weighting
+from dgan.choices import FakeDtype, GradDtype, LocalFrom, LocalHow, Partition, Weighting
 from dgan.cli_app import (
     Device,
     GanMethod,
@@ -96,6 +96,10 @@ def experiment(
         "in mixed batches or fine-tuned (finetune: half the steps on each; pretrain: all the steps on each; "
         "repeat to compare; the first is `dgan_local`).")] = None,
     department_models: Annotated[bool, typer.Option(help="Train dgan_local (off: the GAN methods only).")] = True,
+    local_from: Annotated[list[LocalFrom] | None, typer.Option(
+        "--local-from", help="The GAN whose sets the department models start from: dgan (`dgan_local`) or "
+        "central_gan (`central_local`, a yardstick: what a set as good as the central GAN's would give each "
+        "department). Repeat for both.")] = None,
     local_share: Annotated[float, typer.Option(help="dgan_local mixed: share of each batch from the "
                                                     "department's own pairs.")] = 0.5,
     diffaugment: Annotated[bool, typer.Option(help="DiffAugment before every PatchGAN discriminator (nodes and "
@@ -123,6 +127,12 @@ def experiment(
     if local and not department_models:
         raise typer.BadParameter("asks for department models: drop --no-department-models", param_hint="--local")
     hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.pretrain]))) if department_models else ()
+    sources = tuple(dict.fromkeys(m.value for m in (local_from or [LocalFrom.dgan])))
+    if local_from and not department_models:
+        raise typer.BadParameter("asks for department models: drop --no-department-models", param_hint="--local-from")
+    if local_from and (missing := [m for m in sources if m not in methods]):
+        raise typer.BadParameter(f"{missing[0]} is not among the GAN methods run (--gan-method)",
+                                 param_hint="--local-from")
     folder = pairs_folder(data, out.parent, size if not quick else 64, keep_classes=True)
     variant = data.partition(":")[2] if data is not None and data.startswith("scenes:") else "buildings"
     common = dict(out=out, data=folder, scene_variant=variant, partition=partition.value, nodes=nodes,
@@ -130,7 +140,7 @@ def experiment(
                   lambda_colour=lambda_colour,
                   oasis_optim=oasis_optim, gan_methods=methods, with_sync=with_sync, test=test, groups=groups,
                   update_every=update_every, async_beta1=async_beta1, pipeline=pipeline, ema=ema, snapshots=snapshots,
-                  judged=judged, local=hows,
+                  judged=judged, local=hows, local_from=sources,
                   local_share=local_share,
                   diffaugment=diffaugment,
                   grad_dtype=grad_dtype.value, fake_dtype=fake_dtype.value, weighting=weighting.value,

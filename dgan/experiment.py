@@ -37,7 +37,7 @@ from dgan.cpu_features import deterministic_cuda
 from dgan.data.loaders import PairSet
 from dgan.data.partition import summary
 from dgan.experiment_central import TrainedGAN, central_gan, central_gan_trained  # noqa: F401  (re-exported)
-from dgan.experiment_config import ExperimentConfig  # also re-exported: the experiment's public names
+from dgan.experiment_config import LOCAL_NAMES, ExperimentConfig  # also re-exported: the experiment's public names
 from dgan.experiment_splits import (  # noqa: F401  (re-exported: the experiment's public names)
     DUBAI_GROUPS,
     DUBAI_TEST,
@@ -178,10 +178,11 @@ def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits,
 
 
 def department_models(cfg: ExperimentConfig, splits: Splits, sets: list[PairSet], seeds: list[int],
-                      how: str) -> dict[str, dict[str, Any]]:
-    """dgan_local: each department's segmenters, seed s on GAN set s mod len(sets) plus its own pairs. The synthetic
-    stage is the same for every department: it trains once per seed, on first use, and each department starts
-    from it (on the CPU, the same weights as training it each time: seeded; a GPU's kernels may differ a little)."""
+                      how: str, name: str = "dgan_local") -> dict[str, dict[str, Any]]:
+    """``name`` (dgan_local): each department's segmenters, seed s on GAN set s mod len(sets) plus its own pairs.
+    The synthetic stage is the same for every department: it trains once per seed, on first use, and each
+    department starts from it (on the CPU, the same weights as training it each time: seeded; a GPU's kernels may
+    differ a little)."""
     val = (splits.val.images, splits.val.masks)
     shared: dict[int, tuple[torch.nn.Module, dict[str, Any]]] = {}
 
@@ -189,15 +190,23 @@ def department_models(cfg: ExperimentConfig, splits: Splits, sets: list[PairSet]
         if how == LocalHow.mixed.value:
             return None
         if s not in shared:
-            log.info("dgan_local seed %d: the synthetic stage, shared by the departments", s)
+            log.info("%s seed %d: the synthetic stage, shared by the departments", name, s)
             train = sets[s % len(sets)]
             shared[s] = synthetic_stage((train.images, train.masks), segmenter_config(cfg, splits, s, "local"), val,
                                         how)
         return shared[s]
 
     return {f"node{k}": _aggregate([{**evaluate_training_set(
-        cfg, sets[s % len(sets)], splits, s, None, f"dgan_local node{k}", splits.train.subset(part), how,
+        cfg, sets[s % len(sets)], splits, s, None, f"{name} node{k}", splits.train.subset(part), how,
         pretrained=stage(s)), "gan_seed": s % len(sets)} for s in seeds]) for k, part in enumerate(splits.node_parts)}
+
+
+def central_sets(cfg: ExperimentConfig, splits: Splits, cache: Path) -> list[PairSet]:
+    """The central GAN's synthetic sets (first feedback mode) when its scores came from the cache: its trainings
+    are loaded from the cache too, and synthesise the same sets as when they were scored."""
+    return [synthesize_set(central_gan_trained(cfg, splits, g, cfg.feedback[0], cache).generator, splits.train.masks,
+                           cfg.samples_per_mask, classes=splits.train.classes)
+            for g in range(max(1, min(cfg.gan_seeds, cfg.seeds)))]
 
 
 def segmenter_config(cfg: ExperimentConfig, splits: Splits, seed: int, source: str) -> SegConfig:
@@ -318,11 +327,15 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         if "dgan" in cfg.gan_methods:
             add(f"dgan{suffix}", gan_method(f"dgan{suffix}", lambda s, fb=fb: dgan_run(cfg, splits, "async", s, fb),
                                             (*last, *(("judged",) if cfg.judged else ()))), fb)
-    for j, how in enumerate(cfg.local if "dgan" in synthetic else ()):
-        per_node = department_models(cfg, splits, synthetic["dgan"], seeds, how)
-        methods["dgan_local" if j == 0 else f"dgan_local_{how}"] = {
-            **_node_mean(per_node), "per_node": per_node,
-            "how": how, "feedback": cfg.feedback[0]}
+    for source in cfg.local_from if cfg.local else ():
+        sets = synthetic.get(source) or (central_sets(cfg, splits, cache) if source in methods else None)
+        if not sets:
+            log.warning("no department models from %s: it was not among the GAN methods run", source)
+            continue
+        for j, how in enumerate(cfg.local):
+            per_node = department_models(cfg, splits, sets, seeds, how, LOCAL_NAMES[source])
+            methods[LOCAL_NAMES[source] if j == 0 else f"{LOCAL_NAMES[source]}_{how}"] = {
+                **_node_mean(per_node), "per_node": per_node, "how": how, "feedback": cfg.feedback[0], "from": source}
     if cfg.with_sync:
         add("dgan_sync", gan_method("dgan_sync", lambda s: dgan_run(cfg, splits, "sync", s, cfg.feedback[0]), last),
             cfg.feedback[0])

@@ -12,6 +12,9 @@ from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
 from dgan.networks import ModelConfig
 from dgan.segment import SegConfig
 
+# department models, by the GAN method whose synthetic sets they start from (dgan.choices.LocalFrom)
+LOCAL_NAMES = {"dgan": "dgan_local", "central_gan": "central_local"}
+
 
 @dataclass
 class ExperimentConfig:
@@ -62,6 +65,10 @@ class ExperimentConfig:
     # better than finetune's half and half, 0.377 vs 0.339 and 0.405 vs 0.392; mixed last, 0.286 and 0.323)
     local: tuple[str, ...] = ("pretrain",)
     local_share: float = 0.5  # dgan_local mixed: the share of each batch from the department's real pairs
+    # whose synthetic sets the department models start from: dgan (`dgan_local`) and/or central_gan
+    # (`central_local`: what a department would gain from a set as good as the central GAN's; a yardstick, since a
+    # central GAN needs the pooled images)
+    local_from: tuple[str, ...] = ("dgan",)
     samples_per_mask: int = 2
     scenes: int = 600
     quick: bool = False
@@ -107,6 +114,10 @@ class ExperimentConfig:
         bad = [h for h in self.local if h not in values(LocalHow)]
         if bad:
             raise ExperimentSetupError(f"local must be among {', '.join(values(LocalHow))}, got {bad[0]!r}")
+        bad = [m for m in self.local_from if m not in LOCAL_NAMES]
+        if bad or not self.local_from:
+            raise ExperimentSetupError(f"local_from must be among {', '.join(LOCAL_NAMES)}, got "
+                                       f"{bad[0] if bad else 'none'!r}")
         for mode in self.feedback:  # a negative or NaN weight, before real_all and real_partial have trained
             try:
                 self.recipe(mode)

@@ -207,19 +207,21 @@ def _val(m: dict[str, Any]) -> float | None:
 
 
 def department_rows(methods: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
-    """Per department: its own real pairs alone, the shared synthetic set alone, and both (``dgan_local``); test
-    IoU with the validation IoU beside, since a gain on test alone can be one split's luck."""
+    """Per department: its own real pairs alone, the shared synthetic set alone, and both (``dgan_local``; and
+    ``central_local`` from the central GAN's set); test IoU with the validation IoU beside, since a gain on test
+    alone can be one split's luck."""
     if "real_partial" not in methods or "per_node" not in methods["real_partial"]:
         return "", [], []
-    local = [k for k in methods if k.startswith("dgan_local")]
-    head = ["department", "real_partial", *(["dgan (synthetic only)"] if "dgan" in methods else []), *local]
+    local = [k for k in methods if k.startswith(("dgan_local", "central_local"))]
+    alone = [g for g in ("dgan", *(["central_gan"] if "central_local" in methods else [])) if g in methods]
+    head = ["department", "real_partial", *(f"{g} (synthetic only)" for g in alone), *local]
     rows = []
     for node, m in methods["real_partial"]["per_node"].items():
         own = _val(m)
         cells = [node, f"{m['iou']:.3f}{_sd(m)}" + (f" (val {own:.3f})" if own is not None else "")]
-        if "dgan" in methods:
-            syn = _val(methods["dgan"])
-            cells.append(f"{methods['dgan']['iou']:.3f}" + (f" (val {syn:.3f})" if syn is not None else ""))
+        for g in alone:
+            syn = _val(methods[g])
+            cells.append(f"{methods[g]['iou']:.3f}" + (f" (val {syn:.3f})" if syn is not None else ""))
         for k in local:
             n = methods[k]["per_node"][node]
             val = _val(n)

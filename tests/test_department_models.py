@@ -178,3 +178,41 @@ def test_a_department_at_home_jitters_its_own_and_the_synthetic_images_as_asked(
         assert res.exit_code == 0 and asked[0] == expected, (extra, res.output, asked)
     bad = CliRunner().invoke(app, [*args, "--synthetic-photometric", "2", "--out", str(tmp_path / "x.pt")])
     assert bad.exit_code == 2 and "must be in [0, 1]" in bad.output and not (tmp_path / "x.pt").exists()
+
+
+def test_department_models_from_the_central_gans_sets_match_whether_it_trained_or_came_from_the_cache(
+        tmp_path: Path) -> None:
+    from dgan.experiment_tables import department_rows
+
+    cfg = ex.ExperimentConfig(out=tmp_path / "a", size=32, gan_steps=2, g_width=8, d_width=8, nodes=2,
+                              seg=SegConfig(width=8, depth=3, steps=2, eval_every=2), seeds=1, samples_per_mask=1,
+                              scenes=24, quick=True, partition="iid", threads=1, gan_methods=("central_gan",),
+                              snapshots=0, local_from=("dgan", "central_gan"), cache=tmp_path / "cache")
+    trained = ex.run_experiment(cfg)["methods"]
+    assert "dgan_local" not in trained  # dgan did not run: nothing to start from, and the run goes on
+    again = ex.run_experiment(ex.replace(cfg, out=tmp_path / "b"))["methods"]  # central_gan's scores from the cache
+    assert trained["central_gan"]["iou"] == again["central_gan"]["iou"]
+    for node in ("node0", "node1"):  # its generators loaded from the cache synthesise the very sets it was scored on
+        first, second = (m["central_local"]["per_node"][node]["seeds"][0] for m in (trained, again))
+        assert (first["iou"], first["best_val_iou"]) == (second["iou"], second["best_val_iou"])
+    assert again["central_local"]["from"] == "central_gan"
+    _, head, rows = department_rows(again)
+    assert head == ["department", "real_partial", "central_gan (synthetic only)", "central_local"] and len(rows) == 2
+    with pytest.raises(ex.ExperimentSetupError, match="local_from must be among dgan, central_gan"):
+        ex.ExperimentConfig(out=tmp_path, local_from=("real_all",))
+
+
+def test_the_command_refuses_department_models_from_a_gan_it_does_not_run(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+
+    def refused(*args: str) -> str:  # the error's words, out of rich's box
+        res = CliRunner().invoke(app, ["experiment", "--out", str(tmp_path / "exp"), *args])
+        assert res.exit_code == 2, res.output
+        return " ".join(res.output.replace("│", " ").split())
+
+    assert "central_gan is not among the GAN methods run" in refused("--gan-method", "dgan", "--local-from",
+                                                                      "central_gan")
+    assert "drop --no-department-models" in refused("--no-department-models", "--local-from", "central_gan")
+    assert not (tmp_path / "exp" / "results.json").exists()
