@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -215,6 +217,10 @@ def segment_train(
         help="The same for --synthetic's images (default: --photometric). On a synthetic set alone 0.3 lifted every "
         "GAN's set; as the first stage of a department model it gained less over two splits (session 22, "
         "docs/results/department-models.md).")] = None,
+    compare: Annotated[bool, typer.Option(help="With --synthetic and --val: also train on --data alone (same steps, "
+                                               "seed and --photometric) and keep whichever scores better on --val, "
+                                               "so a department sees what the synthetic set gives it before it "
+                                               "relies on it.")] = False,
     size: int = 128,
     steps: int = 1000,
     batch_size: int = 8,
@@ -222,6 +228,7 @@ def segment_train(
     seed: int = 0,
     threads: Threads = 2,
     device: Device = "cpu",
+    json_out: JsonOut = None,
 ) -> None:
     """Train a segmentation U-Net: on one set, or on a shared synthetic set plus your own pairs."""
     from dgan.data.shards import DataError
@@ -231,6 +238,9 @@ def segment_train(
     set_torch_threads(threads)
     if synthetic is not None and not 0 < real_share < 1:
         console.print(f"[red]--real-share must be between 0 and 1, got {real_share}[/red]")
+        raise typer.Exit(2)
+    if compare and (synthetic is None or val is None):
+        console.print("[red]--compare needs --synthetic (the set to judge) and --val (your pairs to judge it on)[/red]")
         raise typer.Exit(2)
     syn_jitter = photometric if synthetic_photometric is None else synthetic_photometric
     if not (0 <= photometric <= 1 and 0 <= syn_jitter <= 1):  # NaN too
@@ -256,9 +266,31 @@ def segment_train(
     else:
         model, info = train_local((syn.images, syn.masks), (train.images, train.masks), cfg, val=val_pairs,
                                   how=how.value, real_share=real_share, real_photometric=photometric)
+    trained = {"with_synthetic" if syn is not None else "own": (model, info, cfg)}
+    if compare:
+        own_cfg = replace(cfg, photometric=photometric)
+        trained["own"] = (*train_segmenter(train.images, train.masks, own_cfg, val=val_pairs), own_cfg)
+        _print_comparison(trained["own"][1], info)
+    kept = next(iter(trained))  # with --compare, the synthetic set has to beat your pairs alone to be kept
+    if compare and not info["best_val_iou"] > trained["own"][1]["best_val_iou"]:
+        kept = "own"
+    model, info, cfg = trained[kept]
     save_model(model, cfg, out)
-    console.print(f"saved {out}: {info['train_seconds']:.0f} s, best step {info['best_step']}, "
-                  f"val IoU {info['best_val_iou']}")
+    console.print(f"saved {out}{f' ({kept})' if compare else ''}: {info['train_seconds']:.0f} s, best step "
+                  f"{info['best_step']}, val IoU {info['best_val_iou']}")
+    if json_out:
+        json_out.write_text(json.dumps({"kept": kept, **{k: {key: v[1][key] for key in (
+            "best_val_iou", "best_step", "train_seconds")} for k, v in trained.items()}}, indent=2))
+
+
+def _print_comparison(own: dict[str, Any], both: dict[str, Any]) -> None:
+    table = Table("model", "best val IoU", "best step", "seconds", title="your pairs alone against the synthetic "
+                  "set beside them (--val)")
+    for name, info in (("your pairs alone", own), ("with the synthetic set", both)):
+        table.add_row(name, f"{info['best_val_iou']:.4f}", str(info["best_step"]), f"{info['train_seconds']:.0f}")
+    gain = both["best_val_iou"] - own["best_val_iou"]
+    table.add_row("gain", f"{gain:+.4f}", "", "")
+    console.print(table)
 
 
 @segment_app.command("eval")
@@ -272,8 +304,6 @@ def segment_eval(
 ) -> None:
     """Building IoU, F1, precision, recall and pixel accuracy on real test data (per class and mIoU for more
     than two classes)."""
-    import json
-
     from dgan.data.shards import DataError
     from dgan.segment import class_metrics, load_model, predict_labels, prediction_grid
     from dgan.training.checkpoints import CheckpointError

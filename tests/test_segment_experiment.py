@@ -409,3 +409,55 @@ def test_results_md_carries_the_experiments_notes_and_bad_seed_counts_are_refuse
     for seeds, gan_seeds in ((0, 1), (2, 0)):
         with pytest.raises(ExperimentSetupError, match="seeds and gan_seeds must be >= 1"):
             ExperimentConfig(out=tmp_path, seeds=seeds, gan_seeds=gan_seeds)
+
+
+@pytest.mark.parametrize(("own_iou", "both_iou", "kept"), [(0.40, 0.55, "with_synthetic"), (0.50, 0.45, "own"),
+                                                            (0.50, 0.50, "own")])
+def test_segment_train_compare_keeps_the_synthetic_set_only_where_it_beats_the_departments_pairs_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_iou: float, both_iou: float, kept: str) -> None:
+    import json
+
+    import torch
+    from typer.testing import CliRunner
+
+    import dgan.segment as seg
+    from dgan.cli import app
+
+    def fake(cfg: SegConfig, iou: float, fill: float) -> tuple[torch.nn.Module, dict[str, object]]:
+        model = seg.define_segmenter(cfg)
+        torch.nn.init.constant_(next(model.parameters()), fill)  # tells the saved model apart
+        return model, {"best_val_iou": iou, "best_step": 3, "train_seconds": 0.0, "history": []}
+
+    calls: list[float] = []
+    monkeypatch.setattr(seg, "train_local", lambda *a, **k: calls.append(a[2].photometric) or fake(a[2], both_iou, 1.0))
+    monkeypatch.setattr(seg, "train_segmenter", lambda *a, **k: calls.append(a[2].photometric)
+                        or fake(a[2], own_iou, 2.0))
+    mine, syn = _pairs_folder(tmp_path / "mine", range(6)), _pairs_folder(tmp_path / "syn", range(100, 106))
+    val = _pairs_folder(tmp_path / "val", range(200, 203))
+    res = CliRunner().invoke(app, ["segment", "train", "--data", str(mine), "--synthetic", str(syn), "--val", str(val),
+                                   "--compare", "--size", "32", "--width", "8", "--threads", "1", "--photometric",
+                                   "0.1", "--synthetic-photometric", "0.3", "--out", str(tmp_path / "m.pt"),
+                                   "--json", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    assert calls == [0.3, 0.1]  # the own-pairs model is jittered as your pairs are in the department model
+    said = " ".join(res.output.split())
+    assert f"gain │ {both_iou - own_iou:+.4f}" in said and f"({kept})" in said
+    out = json.loads((tmp_path / "m.json").read_text())
+    assert out["kept"] == kept and out["own"]["best_val_iou"] == own_iou
+    assert out["with_synthetic"]["best_val_iou"] == both_iou
+    model, cfg = seg.load_model(tmp_path / "m.pt")
+    assert float(next(model.parameters()).detach().flatten()[0]) == (1.0 if kept == "with_synthetic" else 2.0)
+    assert cfg.photometric == (0.3 if kept == "with_synthetic" else 0.1)
+
+
+def test_segment_train_compare_needs_a_synthetic_set_and_validation_pairs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+
+    mine = _pairs_folder(tmp_path / "mine", range(4))
+    for extra in ([], ["--synthetic", str(mine)], ["--val", str(mine)]):
+        res = CliRunner().invoke(app, ["segment", "train", "--data", str(mine), "--compare", *extra, "--out",
+                                       str(tmp_path / "m.pt")])
+        assert res.exit_code == 2 and "--compare needs --synthetic" in res.output, res.output
+    assert not (tmp_path / "m.pt").exists()
