@@ -61,8 +61,9 @@ def experiment(
         "session 22: on tiles 8 and 5, 15 of 16 paired segmenters went up (central GAN +0.096 and +0.036, DGAN "
         "+0.037 and +0.035), while real images lost 0.02-0.04 in session 21 (docs/results/update-rule.md).")] = 0.3,
     local_photometric: Annotated[float | None, typer.Option(
-        help="The same for dgan_local's synthetic stage; default: --seg-photometric (session 22: 0.3 gave the "
-        "departments a mean validation gain of +0.035 against +0.061 on tile 8, +0.023 against +0.016 on tile 5).")
+        help="The same for the department models' synthetic stage; default: --seg-photometric (session 22: 0.3 "
+        "gave the departments a mean validation gain of +0.035 against +0.061 on tile 8, +0.023 against +0.016 "
+        "on tile 5).")
     ] = None,
     samples_per_mask: Annotated[int, typer.Option(help="Synthetic images per training mask.")] = 2,
     with_sync: Annotated[bool, typer.Option(help="Also run DGAN in sync mode.")] = False,
@@ -92,15 +93,16 @@ def experiment(
     judged: Annotated[bool, typer.Option(help="Also `dgan_judged`: the same DGAN trainings' sets from the "
                                               "weights where the nodes' transfer_iou peaked.")] = False,
     local: Annotated[list[LocalHow] | None, typer.Option(
-        "--local", help="dgan_local: each department's segmenter on the synthetic set plus its own real pairs, "
-        "in mixed batches or fine-tuned (finetune: half the steps on each; pretrain: all the steps on each; "
-        "repeat to compare; the first is `dgan_local`).")] = None,
-    department_models: Annotated[bool, typer.Option(help="Train dgan_local (off: the GAN methods only).")] = True,
+        "--local", help="Department models: each department's segmenter on the synthetic set plus its own real "
+        "pairs, in mixed batches or fine-tuned (finetune: half the steps on each; pretrain: all the steps on each; "
+        "repeat to compare; the first is `dgan_local`, the others `dgan_local_HOW`).")] = None,
+    department_models: Annotated[bool, typer.Option(help="Train the department models, dgan_local (and central_local) "
+                                                         "(off: the GAN methods only).")] = True,
     local_from: Annotated[list[LocalFrom] | None, typer.Option(
         "--local-from", help="The GAN whose sets the department models start from: dgan (`dgan_local`) or "
         "central_gan (`central_local`, a yardstick: what a set as good as the central GAN's would give each "
-        "department). Repeat for both.")] = None,
-    local_share: Annotated[float, typer.Option(help="dgan_local mixed: share of each batch from the "
+        "department; no gain claim is computed for it). Repeat for both.")] = None,
+    local_share: Annotated[float, typer.Option(help="Department models, mixed: share of each batch from the "
                                                     "department's own pairs.")] = 0.5,
     diffaugment: Annotated[bool, typer.Option(help="DiffAugment before every PatchGAN discriminator (nodes and "
                                                   "the central GAN).")] = False,

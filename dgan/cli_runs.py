@@ -218,9 +218,12 @@ def segment_train(
         "GAN's set; as the first stage of a department model it gained less over two splits (session 22, "
         "docs/results/department-models.md).")] = None,
     compare: Annotated[bool, typer.Option(help="With --synthetic and --val: also train on --data alone (same steps, "
-                                               "seed and --photometric) and keep whichever scores better on --val, "
-                                               "so a department sees what the synthetic set gives it before it "
-                                               "relies on it.")] = False,
+                                               "seed and --photometric) and keep the synthetic set's model only if "
+                                               "it beats that on --val (a tie keeps your pairs alone), so a "
+                                               "department sees what the set gives it before it relies on it. "
+                                               "--val also picked each model's best step, so the gain is "
+                                               "optimistic: confirm on held-out pairs with `dgan segment eval`."
+                                               )] = False,
     size: int = 128,
     steps: int = 1000,
     batch_size: int = 8,
@@ -238,6 +241,9 @@ def segment_train(
     set_torch_threads(threads)
     if synthetic is not None and not 0 < real_share < 1:
         console.print(f"[red]--real-share must be between 0 and 1, got {real_share}[/red]")
+        raise typer.Exit(2)
+    if json_out is not None and not json_out.parent.is_dir():
+        console.print(f"[red]--json: the folder {json_out.parent} does not exist[/red]")
         raise typer.Exit(2)
     if compare and (synthetic is None or val is None):
         console.print("[red]--compare needs --synthetic (the set to judge) and --val (your pairs to judge it on)[/red]")
@@ -279,18 +285,27 @@ def segment_train(
     console.print(f"saved {out}{f' ({kept})' if compare else ''}: {info['train_seconds']:.0f} s, best step "
                   f"{info['best_step']}, val IoU {info['best_val_iou']}")
     if json_out:
-        json_out.write_text(json.dumps({"kept": kept, **{k: {key: v[1][key] for key in (
-            "best_val_iou", "best_step", "train_seconds")} for k, v in trained.items()}}, indent=2))
+        models = {k: {key: v[1][key] for key in ("best_val_iou", "best_step", "train_seconds",
+                                                 "synthetic_stage_only") if key in v[1]} for k, v in trained.items()}
+        gain = (trained["with_synthetic"][1]["best_val_iou"] - trained["own"][1]["best_val_iou"]) if compare else None
+        json_out.write_text(json.dumps({
+            "kept": kept, **models, **({"gain": gain} if compare else {}),
+            "settings": {"how": how.value if syn is not None else None, "steps": steps, "seed": seed, "size": size,
+                         "photometric": photometric, "synthetic_photometric": syn_jitter if syn is not None else None,
+                         "data": data, "synthetic": synthetic, "val": val}}, indent=2))
 
 
 def _print_comparison(own: dict[str, Any], both: dict[str, Any]) -> None:
     table = Table("model", "best val IoU", "best step", "seconds", title="your pairs alone against the synthetic "
-                  "set beside them (--val)")
+                  "set beside them (--val; it also picked each model's best step, so the gain is optimistic)")
     for name, info in (("your pairs alone", own), ("with the synthetic set", both)):
         table.add_row(name, f"{info['best_val_iou']:.4f}", str(info["best_step"]), f"{info['train_seconds']:.0f}")
     gain = both["best_val_iou"] - own["best_val_iou"]
     table.add_row("gain", f"{gain:+.4f}", "", "")
     console.print(table)
+    if both.get("synthetic_stage_only"):
+        console.print("[yellow]the synthetic set's model is its synthetic stage alone: fine-tuning on your pairs "
+                      "scored lower on --val[/yellow]")
 
 
 @segment_app.command("eval")

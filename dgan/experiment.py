@@ -6,7 +6,9 @@ Methods, all evaluated on the same real test split, read once at the end:
 * ``real_partial``: segmentation on each single node's real pairs (per node, and the mean);
 * ``central_gan``: one pix2pix on the pooled pairs, synthesise every training mask, segment;
 * ``dgan``: the distributed run (broker + N node processes), synthesise, segment;
-* ``dgan_sync`` (``--with-sync``): the same in AsynDGAN's synchronous mode.
+* ``dgan_sync`` (``--with-sync``): the same in AsynDGAN's synchronous mode;
+* ``dgan_local``: each department's segmenter on DGAN's set plus its own pairs (``central_local``, with
+  ``--local-from central_gan``: from the central GAN's set, a yardstick).
 
 Both GANs use the same feedback mode (``dgan.feedback``), so the comparison is like for like;
 with several modes, each extra one adds ``central_gan_MODE`` and ``dgan_MODE``.
@@ -201,12 +203,20 @@ def department_models(cfg: ExperimentConfig, splits: Splits, sets: list[PairSet]
         pretrained=stage(s)), "gan_seed": s % len(sets)} for s in seeds]) for k, part in enumerate(splits.node_parts)}
 
 
-def central_sets(cfg: ExperimentConfig, splits: Splits, cache: Path) -> list[PairSet]:
-    """The central GAN's synthetic sets (first feedback mode) when its scores came from the cache: its trainings
-    are loaded from the cache too, and synthesise the same sets as when they were scored."""
-    return [synthesize_set(central_gan_trained(cfg, splits, g, cfg.feedback[0], cache).generator, splits.train.masks,
-                           cfg.samples_per_mask, classes=splits.train.classes)
-            for g in range(max(1, min(cfg.gan_seeds, cfg.seeds)))]
+def central_sets(cfg: ExperimentConfig, splits: Splits, cache: Path) -> tuple[list[PairSet], list[bool]]:
+    """The central GAN's synthetic sets (first feedback mode) when its scores came from the cache, and whether each
+    training was loaded: loaded from the cache too, they synthesise the sets those scores came from. One whose
+    file is gone trains again (logged): on the CPU the same weights, seeded; elsewhere its set may differ."""
+    sets, loaded = [], []
+    for g in range(max(1, min(cfg.gan_seeds, cfg.seeds))):
+        trained = central_gan_trained(cfg, splits, g, cfg.feedback[0], cache)
+        if not trained.reused:
+            log.warning("central_gan seed %d: its scores came from the cache but its training did not (%s); it "
+                        "trained again for the department models", g, cache)
+        sets.append(synthesize_set(trained.generator, splits.train.masks, cfg.samples_per_mask,
+                                   classes=splits.train.classes))
+        loaded.append(trained.reused)
+    return sets, loaded
 
 
 def segmenter_config(cfg: ExperimentConfig, splits: Splits, seed: int, source: str) -> SegConfig:
@@ -328,14 +338,17 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             add(f"dgan{suffix}", gan_method(f"dgan{suffix}", lambda s, fb=fb: dgan_run(cfg, splits, "async", s, fb),
                                             (*last, *(("judged",) if cfg.judged else ()))), fb)
     for source in cfg.local_from if cfg.local else ():
-        sets = synthetic.get(source) or (central_sets(cfg, splits, cache) if source in methods else None)
+        sets, loaded = synthetic.get(source), None  # this run's sets; a central GAN scored from the cache: its own
+        if not sets and source == "central_gan" and "central_gan" in cfg.gan_methods and source in methods:
+            sets, loaded = central_sets(cfg, splits, cache)
         if not sets:
             log.warning("no department models from %s: it was not among the GAN methods run", source)
             continue
         for j, how in enumerate(cfg.local):
             per_node = department_models(cfg, splits, sets, seeds, how, LOCAL_NAMES[source])
             methods[LOCAL_NAMES[source] if j == 0 else f"{LOCAL_NAMES[source]}_{how}"] = {
-                **_node_mean(per_node), "per_node": per_node, "how": how, "feedback": cfg.feedback[0], "from": source}
+                **_node_mean(per_node), "per_node": per_node, "how": how, "feedback": cfg.feedback[0], "from": source,
+                **({"gan_loaded": loaded} if loaded is not None else {})}
     if cfg.with_sync:
         add("dgan_sync", gan_method("dgan_sync", lambda s: dgan_run(cfg, splits, "sync", s, cfg.feedback[0]), last),
             cfg.feedback[0])

@@ -115,9 +115,9 @@ class ExperimentConfig:
         if bad:
             raise ExperimentSetupError(f"local must be among {', '.join(values(LocalHow))}, got {bad[0]!r}")
         bad = [m for m in self.local_from if m not in LOCAL_NAMES]
-        if bad or not self.local_from:
-            raise ExperimentSetupError(f"local_from must be among {', '.join(LOCAL_NAMES)}, got "
-                                       f"{bad[0] if bad else 'none'!r}")
+        if bad or not self.local_from or len(set(self.local_from)) < len(self.local_from):
+            raise ExperimentSetupError(f"local_from must be among {', '.join(LOCAL_NAMES)}, each once, got "
+                                       f"{self.local_from!r}")
         for mode in self.feedback:  # a negative or NaN weight, before real_all and real_partial have trained
             try:
                 self.recipe(mode)

@@ -269,9 +269,11 @@ def train_local(synthetic: tuple[np.ndarray, np.ndarray], real: tuple[np.ndarray
     if real_photometric is not None:
         stage = replace(stage, photometric=real_photometric)
     model, info2 = train_segmenter(*real, stage, val=val, init=pre.state_dict())
-    if val is not None and info1["best_val_iou"] > info2["best_val_iou"]:  # fine-tuning did not help on val
+    stage_only = val is not None and info1["best_val_iou"] > info2["best_val_iou"]  # fine-tuning did not help on val
+    if stage_only:
         model, info2 = pre, {**info2, "best_val_iou": info1["best_val_iou"], "best_step": info1["best_step"]}
-    return model, {**info2, "train_seconds": info1["train_seconds"] + info2["train_seconds"]}
+    return model, {**info2, "train_seconds": info1["train_seconds"] + info2["train_seconds"],
+                   "synthetic_stage_only": stage_only}
 
 
 def _most_buildings(masks: np.ndarray, n: int) -> np.ndarray:

@@ -181,25 +181,35 @@ def test_a_department_at_home_jitters_its_own_and_the_synthetic_images_as_asked(
 
 
 def test_department_models_from_the_central_gans_sets_match_whether_it_trained_or_came_from_the_cache(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dgan.experiment_central as central
+    from dgan.choices import LocalFrom
+    from dgan.experiment_config import LOCAL_NAMES
     from dgan.experiment_tables import department_rows
 
-    cfg = ex.ExperimentConfig(out=tmp_path / "a", size=32, gan_steps=2, g_width=8, d_width=8, nodes=2,
-                              seg=SegConfig(width=8, depth=3, steps=2, eval_every=2), seeds=1, samples_per_mask=1,
+    cfg = ex.ExperimentConfig(out=tmp_path / "a", size=32, gan_steps=4, g_width=8, d_width=8, nodes=2,
+                              seg=SegConfig(width=8, depth=3, steps=2, eval_every=2), seeds=1, samples_per_mask=2,
                               scenes=24, quick=True, partition="iid", threads=1, gan_methods=("central_gan",),
-                              snapshots=0, local_from=("dgan", "central_gan"), cache=tmp_path / "cache")
+                              snapshots=2, local_from=("dgan", "central_gan"), cache=tmp_path / "cache")
     trained = ex.run_experiment(cfg)["methods"]
     assert "dgan_local" not in trained  # dgan did not run: nothing to start from, and the run goes on
-    again = ex.run_experiment(ex.replace(cfg, out=tmp_path / "b"))["methods"]  # central_gan's scores from the cache
-    assert trained["central_gan"]["iou"] == again["central_gan"]["iou"]
-    for node in ("node0", "node1"):  # its generators loaded from the cache synthesise the very sets it was scored on
+    assert "gan_loaded" not in trained["central_local"]  # this run's own sets
+
+    def no_training(*a: object, **k: object) -> None:
+        raise AssertionError("the central GAN trained again")
+
+    monkeypatch.setattr(central, "central_gan", no_training)  # its scores and its trainings come from the cache
+    again = ex.run_experiment(ex.replace(cfg, out=tmp_path / "b"))["methods"]
+    for node in ("node0", "node1"):  # its generators, loaded, synthesise the very sets it was scored on
         first, second = (m["central_local"]["per_node"][node]["seeds"][0] for m in (trained, again))
         assert (first["iou"], first["best_val_iou"]) == (second["iou"], second["best_val_iou"])
-    assert again["central_local"]["from"] == "central_gan"
+    assert again["central_local"]["from"] == "central_gan" and again["central_local"]["gan_loaded"] == [True]
     _, head, rows = department_rows(again)
     assert head == ["department", "real_partial", "central_gan (synthetic only)", "central_local"] and len(rows) == 2
-    with pytest.raises(ex.ExperimentSetupError, match="local_from must be among dgan, central_gan"):
-        ex.ExperimentConfig(out=tmp_path, local_from=("real_all",))
+    for bad in (("real_all",), (), ("dgan", "dgan")):
+        with pytest.raises(ex.ExperimentSetupError, match="local_from must be among dgan, central_gan, each once"):
+            ex.ExperimentConfig(out=tmp_path, local_from=bad)
+    assert set(LOCAL_NAMES) == {m.value for m in LocalFrom}
 
 
 def test_the_command_refuses_department_models_from_a_gan_it_does_not_run(tmp_path: Path) -> None:
@@ -216,3 +226,21 @@ def test_the_command_refuses_department_models_from_a_gan_it_does_not_run(tmp_pa
                                                                       "central_gan")
     assert "drop --no-department-models" in refused("--no-department-models", "--local-from", "central_gan")
     assert not (tmp_path / "exp" / "results.json").exists()
+
+
+@pytest.mark.parametrize(("stage_iou", "tuned_iou", "stage_only"), [(0.5, 0.4, True), (0.4, 0.5, False),
+                                                                    (0.5, 0.5, False)])
+def test_a_department_model_says_when_fine_tuning_lost_and_its_synthetic_stage_was_kept(
+        monkeypatch: pytest.MonkeyPatch, stage_iou: float, tuned_iou: float, stage_only: bool) -> None:
+    models: list[torch.nn.Module] = []
+
+    def fake(*a: object, **k: object) -> tuple[torch.nn.Module, dict[str, object]]:
+        models.append(torch.nn.Linear(1, 1))
+        return models[-1], {"best_val_iou": (stage_iou, tuned_iou)[len(models) - 1], "best_step": len(models),
+                            "train_seconds": 1.0, "history": []}
+
+    monkeypatch.setattr(seg, "train_segmenter", fake)
+    syn, own = make_scenes(range(100, 102), 32), make_scenes(range(2), 32)
+    model, info = train_local(syn, own, SegConfig(), val=own, how="pretrain")
+    assert info["synthetic_stage_only"] is stage_only and model is models[0 if stage_only else 1]
+    assert info["best_val_iou"] == max(stage_iou, tuned_iou) and info["train_seconds"] == 2.0

@@ -423,10 +423,13 @@ def test_segment_train_compare_keeps_the_synthetic_set_only_where_it_beats_the_d
     import dgan.segment as seg
     from dgan.cli import app
 
+    stage_only = kept == "with_synthetic"  # the synthetic set's model may be its first stage alone: said so
+
     def fake(cfg: SegConfig, iou: float, fill: float) -> tuple[torch.nn.Module, dict[str, object]]:
         model = seg.define_segmenter(cfg)
         torch.nn.init.constant_(next(model.parameters()), fill)  # tells the saved model apart
-        return model, {"best_val_iou": iou, "best_step": 3, "train_seconds": 0.0, "history": []}
+        return model, {"best_val_iou": iou, "best_step": 3, "train_seconds": 0.0, "history": [],
+                       **({"synthetic_stage_only": stage_only} if fill == 1.0 else {})}
 
     calls: list[float] = []
     monkeypatch.setattr(seg, "train_local", lambda *a, **k: calls.append(a[2].photometric) or fake(a[2], both_iou, 1.0))
@@ -444,13 +447,16 @@ def test_segment_train_compare_keeps_the_synthetic_set_only_where_it_beats_the_d
     assert f"gain │ {both_iou - own_iou:+.4f}" in said and f"({kept})" in said
     out = json.loads((tmp_path / "m.json").read_text())
     assert out["kept"] == kept and out["own"]["best_val_iou"] == own_iou
-    assert out["with_synthetic"]["best_val_iou"] == both_iou
+    assert out["with_synthetic"]["best_val_iou"] == both_iou and out["gain"] == pytest.approx(both_iou - own_iou)
+    assert out["with_synthetic"]["synthetic_stage_only"] == stage_only
+    assert out["settings"]["how"] == "pretrain" and out["settings"]["synthetic_photometric"] == 0.3
+    assert ("its synthetic stage alone" in said) == stage_only
     model, cfg = seg.load_model(tmp_path / "m.pt")
     assert float(next(model.parameters()).detach().flatten()[0]) == (1.0 if kept == "with_synthetic" else 2.0)
     assert cfg.photometric == (0.3 if kept == "with_synthetic" else 0.1)
 
 
-def test_segment_train_compare_needs_a_synthetic_set_and_validation_pairs(tmp_path: Path) -> None:
+def test_segment_train_compare_needs_a_synthetic_set_and_validation_pairs_and_json_a_folder(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from dgan.cli import app
@@ -460,4 +466,7 @@ def test_segment_train_compare_needs_a_synthetic_set_and_validation_pairs(tmp_pa
         res = CliRunner().invoke(app, ["segment", "train", "--data", str(mine), "--compare", *extra, "--out",
                                        str(tmp_path / "m.pt")])
         assert res.exit_code == 2 and "--compare needs --synthetic" in res.output, res.output
+    res = CliRunner().invoke(app, ["segment", "train", "--data", str(mine), "--json", str(tmp_path / "no" / "m.json"),
+                                   "--out", str(tmp_path / "m.pt")])
+    assert res.exit_code == 2 and "does not exist" in res.output  # refused before training, not after saving
     assert not (tmp_path / "m.pt").exists()
