@@ -171,7 +171,8 @@ def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits,
     pred = predict_labels(model, splits.test.images, seg.num_classes, device=seg.device)
     result = {**class_metrics(pred, splits.test.masks, splits.test.classes), "train_seconds": info["train_seconds"],
               "best_step": info["best_step"], "best_val_iou": info["best_val_iou"],
-              "train_pairs": len(train) + (len(own) if own is not None else 0)}
+              "train_pairs": len(train) + (len(own) if own is not None else 0),
+              **({"synthetic_stage_only": info["synthetic_stage_only"]} if "synthetic_stage_only" in info else {})}
     if grid is not None:
         prediction_grid(splits.test.images, splits.test.masks, pred, grid)
     log.info("%s seed %d: test IoU %.3f, best validation IoU %.3f (%.0f s)", label, seed, result["iou"],

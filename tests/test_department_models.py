@@ -62,6 +62,7 @@ def test_the_experiment_trains_the_synthetic_stage_once_per_seed_for_all_departm
     assert [c for c in calls if c[0] == "stage"] == [("stage", 0, 0.3), ("stage", 1, 0.3)]
     assert [c for c in calls if c[0] == "local"] == [("local", True, 0.3, 0.0)] * 4
     assert [r["gan_seed"] for r in per_node["node1"]["seeds"]] == [0, 1]
+    assert all(isinstance(r["synthetic_stage_only"], bool) for r in per_node["node0"]["seeds"])  # recorded per model
     calls.clear()
     ex.department_models(cfg, splits, sets, [0], "mixed")  # mixed batches: no stage to share
     assert calls == [("local", False, 0.3, 0.0)] * 2
