@@ -126,12 +126,11 @@ def experiment(
     setup_logging("INFO", "rich", "experiment")
     modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
     methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
-    if local and not department_models:
-        raise typer.BadParameter("asks for department models: drop --no-department-models", param_hint="--local")
+    for hint, given in (("--local", local), ("--local-from", local_from)):
+        if given and not department_models:
+            raise typer.BadParameter("asks for department models: drop --no-department-models", param_hint=hint)
     hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.pretrain]))) if department_models else ()
     sources = tuple(dict.fromkeys(m.value for m in (local_from or [LocalFrom.dgan])))
-    if local_from and not department_models:
-        raise typer.BadParameter("asks for department models: drop --no-department-models", param_hint="--local-from")
     if local_from and (missing := [m for m in sources if m not in methods]):
         raise typer.BadParameter(f"{missing[0]} is not among the GAN methods run (--gan-method)",
                                  param_hint="--local-from")

@@ -273,13 +273,14 @@ def segment_train(
         model, info = train_local((syn.images, syn.masks), (train.images, train.masks), cfg, val=val_pairs,
                                   how=how.value, real_share=real_share, real_photometric=photometric)
     trained = {"with_synthetic" if syn is not None else "own": (model, info, cfg)}
+    gain = None
     if compare:
         own_cfg = replace(cfg, photometric=photometric)
         trained["own"] = (*train_segmenter(train.images, train.masks, own_cfg, val=val_pairs), own_cfg)
-        _print_comparison(trained["own"][1], info)
-    kept = next(iter(trained))  # with --compare, the synthetic set has to beat your pairs alone to be kept
-    if compare and not info["best_val_iou"] > trained["own"][1]["best_val_iou"]:
-        kept = "own"
+        gain = info["best_val_iou"] - trained["own"][1]["best_val_iou"]
+        _print_comparison(trained["own"][1], info, gain)
+    # with --compare, the synthetic set has to beat your pairs alone to be kept
+    kept = "with_synthetic" if syn is not None and (gain is None or gain > 0) else "own"
     model, info, cfg = trained[kept]
     save_model(model, cfg, out)
     console.print(f"saved {out}{f' ({kept})' if compare else ''}: {info['train_seconds']:.0f} s, best step "
@@ -287,7 +288,6 @@ def segment_train(
     if json_out:
         models = {k: {key: v[1][key] for key in ("best_val_iou", "best_step", "train_seconds",
                                                  "synthetic_stage_only") if key in v[1]} for k, v in trained.items()}
-        gain = (trained["with_synthetic"][1]["best_val_iou"] - trained["own"][1]["best_val_iou"]) if compare else None
         json_out.write_text(json.dumps({
             "kept": kept, **models, **({"gain": gain} if compare else {}),
             "settings": {"how": how.value if syn is not None else None, "steps": steps, "seed": seed, "size": size,
@@ -295,12 +295,11 @@ def segment_train(
                          "data": data, "synthetic": synthetic, "val": val}}, indent=2))
 
 
-def _print_comparison(own: dict[str, Any], both: dict[str, Any]) -> None:
+def _print_comparison(own: dict[str, Any], both: dict[str, Any], gain: float) -> None:
     table = Table("model", "best val IoU", "best step", "seconds", title="your pairs alone against the synthetic "
                   "set beside them (--val; it also picked each model's best step, so the gain is optimistic)")
     for name, info in (("your pairs alone", own), ("with the synthetic set", both)):
         table.add_row(name, f"{info['best_val_iou']:.4f}", str(info["best_step"]), f"{info['train_seconds']:.0f}")
-    gain = both["best_val_iou"] - own["best_val_iou"]
     table.add_row("gain", f"{gain:+.4f}", "", "")
     console.print(table)
     if both.get("synthetic_stage_only"):
