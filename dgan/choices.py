@@ -68,13 +68,15 @@ class LocalHow(str, enum.Enum):
     mixed = "mixed"
     finetune = "finetune"
     pretrain = "pretrain"
+    replay = "replay"
 
 
 class LocalFrom(str, enum.Enum):
-    """The GAN whose synthetic sets a department model starts from."""
+    """The set a department model starts from: a GAN's synthetic sets, or (a yardstick) the pooled real pairs."""
 
     dgan = "dgan"
     central_gan = "central_gan"
+    real_all = "real_all"
 
 
 class SynthWeights(str, enum.Enum):

@@ -95,15 +95,18 @@ def experiment(
     local: Annotated[list[LocalHow] | None, typer.Option(
         "--local", help="Department models: each department's segmenter on the synthetic set plus its own real "
         "pairs, in mixed batches or fine-tuned (finetune: half the steps on each; pretrain: all the steps on each; "
-        "repeat to compare; the first is `dgan_local`, the others `dgan_local_HOW`).")] = None,
+        "replay: as pretrain, with --local-share of the fine-tuning batches from the own pairs and the rest "
+        "synthetic; repeat to compare; the first is `dgan_local`, the others `dgan_local_HOW`).")] = None,
     department_models: Annotated[bool, typer.Option(help="Train the department models, dgan_local (and central_local) "
                                                          "(off: the GAN methods only).")] = True,
     local_from: Annotated[list[LocalFrom] | None, typer.Option(
-        "--local-from", help="The GAN whose sets the department models start from: dgan (`dgan_local`) or "
-        "central_gan (`central_local`, a yardstick: what a set as good as the central GAN's would give each "
-        "department; no gain claim is computed for it). Repeat for both.")] = None,
+        "--local-from", help="What the department models start from: dgan's sets (`dgan_local`); or, as "
+        "yardsticks with no gain claim, central_gan's (`central_local`: what a set as good as the central GAN's "
+        "would give each department) or real_all, the pooled real pairs (`real_local`: what pooling every image "
+        "would give it). Repeat for several.")] = None,
     local_share: Annotated[float, typer.Option(help="Department models, mixed: share of each batch from the "
-                                                    "department's own pairs.")] = 0.5,
+                                                    "department's own pairs; replay: the same for the fine-tuning "
+                                                    "stage.")] = 0.5,
     diffaugment: Annotated[bool, typer.Option(help="DiffAugment before every PatchGAN discriminator (nodes and "
                                                   "the central GAN).")] = False,
     positive_share: Annotated[float, typer.Option(help="Sparse targets (ships): share of each batch, for the "
@@ -131,7 +134,7 @@ def experiment(
             raise typer.BadParameter("asks for department models: drop --no-department-models", param_hint=hint)
     hows = tuple(dict.fromkeys(h.value for h in (local or [LocalHow.pretrain]))) if department_models else ()
     sources = tuple(dict.fromkeys(m.value for m in (local_from or [LocalFrom.dgan])))
-    if local_from and (missing := [m for m in sources if m not in methods]):
+    if local_from and (missing := [m for m in sources if m not in (*methods, LocalFrom.real_all.value)]):
         raise typer.BadParameter(f"{missing[0]} is not among the GAN methods run (--gan-method)",
                                  param_hint="--local-from")
     folder = pairs_folder(data, out.parent, size if not quick else 64, keep_classes=True)

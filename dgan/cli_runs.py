@@ -207,9 +207,10 @@ def segment_train(
                                                         "--data, your own pairs: your department's model.")] = None,
     how: Annotated[LocalHow, typer.Option(help="With --synthetic: mixed batches; or synthetic first, then fine-tuned "
                                                "on --data (finetune: half the steps each; pretrain: all the steps "
-                                               "each, twice the cost).")] = LocalHow.pretrain,
-    real_share: Annotated[float, typer.Option(help="With --synthetic, mixed: share of each batch from --data.")
-                          ] = 0.5,
+                                               "each, twice the cost; replay: as pretrain, the fine-tuning batches "
+                                               "keep 1 - --real-share synthetic pairs).")] = LocalHow.pretrain,
+    real_share: Annotated[float, typer.Option(help="With --synthetic, mixed: share of each batch from --data; replay: "
+                                                   "the same for the fine-tuning batches.")] = 0.5,
     val: Annotated[str | None, typer.Option(help="Validation pairs: the model kept is the best here.")] = None,
     photometric: Annotated[float, typer.Option(help="Brightness/contrast/colour/blur jitter of --data's images while "
                                                     "training (0 = off).")] = 0.0,

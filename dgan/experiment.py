@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dgan.choices import LocalHow
+from dgan.choices import LocalFrom, LocalHow
 from dgan.cpu_features import deterministic_cuda
 from dgan.data.loaders import PairSet
 from dgan.data.partition import summary
@@ -180,24 +180,30 @@ def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits,
     return result
 
 
+Stage = tuple[torch.nn.Module, dict[str, Any]]
+
+
 def department_models(cfg: ExperimentConfig, splits: Splits, sets: list[PairSet], seeds: list[int],
-                      how: str, name: str = "dgan_local") -> dict[str, dict[str, Any]]:
+                      how: str, name: str = "dgan_local",
+                      shared: dict[tuple[int, bool], Stage] | None = None) -> dict[str, dict[str, Any]]:
     """``name`` (dgan_local): each department's segmenters, seed s on GAN set s mod len(sets) plus its own pairs.
     The synthetic stage is the same for every department: it trains once per seed, on first use, and each
     department starts from it (on the CPU, the same weights as training it each time: seeded; a GPU's kernels may
-    differ a little)."""
+    differ a little). ``shared``: the stages already trained from these sets, by (seed, half the steps), which
+    another recipe on the same sets reuses (pretrain's and replay's are the same)."""
     val = (splits.val.images, splits.val.masks)
-    shared: dict[int, tuple[torch.nn.Module, dict[str, Any]]] = {}
+    shared = {} if shared is None else shared
 
-    def stage(s: int) -> tuple[torch.nn.Module, dict[str, Any]] | None:
+    def stage(s: int) -> Stage | None:
         if how == LocalHow.mixed.value:
             return None
-        if s not in shared:
+        key = (s, how == LocalHow.finetune.value)
+        if key not in shared:
             log.info("%s seed %d: the synthetic stage, shared by the departments", name, s)
             train = sets[s % len(sets)]
-            shared[s] = synthetic_stage((train.images, train.masks), segmenter_config(cfg, splits, s, "local"), val,
-                                        how)
-        return shared[s]
+            shared[key] = synthetic_stage((train.images, train.masks), segmenter_config(cfg, splits, s, "local"),
+                                          val, how)
+        return shared[key]
 
     return {f"node{k}": _aggregate([{**evaluate_training_set(
         cfg, sets[s % len(sets)], splits, s, None, f"{name} node{k}", splits.train.subset(part), how,
@@ -340,15 +346,20 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                                             (*last, *(("judged",) if cfg.judged else ()))), fb)
     for source in cfg.local_from if cfg.local else ():
         sets, loaded = synthetic.get(source), None  # this run's sets; a central GAN scored from the cache: its own
+        if source == LocalFrom.real_all.value:
+            sets = [splits.train]  # the pooled real pairs: what no department has, a yardstick
         if not sets and source == "central_gan" and "central_gan" in cfg.gan_methods and source in methods:
             sets, loaded = central_sets(cfg, splits, cache)
         if not sets:
             log.warning("no department models from %s: it was not among the GAN methods run", source)
             continue
+        stages: dict[tuple[int, bool], Stage] = {}
         for j, how in enumerate(cfg.local):
-            per_node = department_models(cfg, splits, sets, seeds, how, LOCAL_NAMES[source])
+            per_node = department_models(cfg, splits, sets, seeds, how, LOCAL_NAMES[source], stages)
             methods[LOCAL_NAMES[source] if j == 0 else f"{LOCAL_NAMES[source]}_{how}"] = {
-                **_node_mean(per_node), "per_node": per_node, "how": how, "feedback": cfg.feedback[0], "from": source,
+                **_node_mean(per_node), "per_node": per_node, "how": how, "from": source,
+                **({"feedback": cfg.feedback[0]} if source != LocalFrom.real_all.value else {}),
+                **({"local_share": cfg.local_share} if how in (LocalHow.mixed.value, LocalHow.replay.value) else {}),
                 **({"gan_loaded": loaded} if loaded is not None else {})}
     if cfg.with_sync:
         add("dgan_sync", gan_method("dgan_sync", lambda s: dgan_run(cfg, splits, "sync", s, cfg.feedback[0]), last),

@@ -13,7 +13,7 @@ from dgan.networks import ModelConfig
 from dgan.segment import SegConfig
 
 # department models, by the GAN method whose synthetic sets they start from (dgan.choices.LocalFrom)
-LOCAL_NAMES = {"dgan": "dgan_local", "central_gan": "central_local"}
+LOCAL_NAMES = {"dgan": "dgan_local", "central_gan": "central_local", "real_all": "real_local"}
 
 
 @dataclass
@@ -64,10 +64,12 @@ class ExperimentConfig:
     # dgan_local: all the steps on the synthetic set, then all on the own pairs (validation, 64 px, tiles 8 and 5:
     # better than finetune's half and half, 0.377 vs 0.339 and 0.405 vs 0.392; mixed last, 0.286 and 0.323)
     local: tuple[str, ...] = ("pretrain",)
-    local_share: float = 0.5  # dgan_local mixed: the share of each batch from the department's real pairs
-    # whose synthetic sets the department models start from: dgan (`dgan_local`) and/or central_gan
-    # (`central_local`: what a department would gain from a set as good as the central GAN's; a yardstick, since a
-    # central GAN needs the pooled images)
+    # department models, mixed: the share of each batch from the department's real pairs; replay: the same in the
+    # fine-tuning stage's batches (the rest stays synthetic)
+    local_share: float = 0.5
+    # what the department models start from: dgan's sets (`dgan_local`), and as yardsticks central_gan's
+    # (`central_local`: what a department would gain from a set as good as the central GAN's, which needs the
+    # pooled images) or the pooled real pairs themselves (`real_local`: what pooling every image would give it)
     local_from: tuple[str, ...] = ("dgan",)
     samples_per_mask: int = 2
     scenes: int = 600

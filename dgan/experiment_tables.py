@@ -208,13 +208,15 @@ def _val(m: dict[str, Any]) -> float | None:
 
 def department_rows(methods: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
     """Per department: its own real pairs alone, the shared synthetic set alone, and both (``dgan_local``; and
-    ``central_local`` from the central GAN's set); test IoU with the validation IoU beside, since a gain on test
-    alone can be one split's luck."""
+    ``central_local`` from the central GAN's set, ``real_local`` from the pooled real pairs); test IoU with the
+    validation IoU beside, since a gain on test alone can be one split's luck."""
     if "real_partial" not in methods or "per_node" not in methods["real_partial"]:
         return "", [], []
-    local = [k for k in methods if k.startswith(("dgan_local", "central_local"))]
-    alone = [g for g in ("dgan", *(["central_gan"] if "central_local" in methods else [])) if g in methods]
-    head = ["department", "real_partial", *(f"{g} (synthetic only)" for g in alone), *local]
+    local = [k for k in methods if k.startswith(("dgan_local", "central_local", "real_local"))]
+    alone = [g for g in ("dgan", *(["central_gan"] if "central_local" in methods else []),
+                         *(["real_all"] if "real_local" in methods else [])) if g in methods]
+    head = ["department", "real_partial",
+            *(f"{g} ({'pooled real' if g == 'real_all' else 'synthetic'} only)" for g in alone), *local]
     rows = []
     for node, m in methods["real_partial"]["per_node"].items():
         own = _val(m)

@@ -242,10 +242,10 @@ def synthetic_stage(synthetic: tuple[np.ndarray, np.ndarray], cfg: SegConfig,
 
 
 def _stage(cfg: SegConfig, how: str) -> SegConfig:
-    """Each of the two stages' settings: all the steps (pretrain) or half of them (finetune)."""
-    if how not in (LocalHow.finetune.value, LocalHow.pretrain.value):
+    """Each of the two stages' settings: all the steps (pretrain, replay) or half of them (finetune)."""
+    if how not in (LocalHow.finetune.value, LocalHow.pretrain.value, LocalHow.replay.value):
         raise ValueError(f"how must be one of {', '.join(LOCAL_HOWS)} (mixed has no stages), got {how!r}")
-    return cfg if how == LocalHow.pretrain.value else replace(cfg, steps=max(1, cfg.steps // 2))
+    return cfg if how != LocalHow.finetune.value else replace(cfg, steps=max(1, cfg.steps // 2))
 
 
 def train_local(synthetic: tuple[np.ndarray, np.ndarray], real: tuple[np.ndarray, np.ndarray], cfg: SegConfig,
@@ -256,6 +256,8 @@ def train_local(synthetic: tuple[np.ndarray, np.ndarray], real: tuple[np.ndarray
 
     ``pretrain`` (default): all the steps on the synthetic set, then all of them again on the real pairs from those
     weights: twice the cost, and as many steps on the department's own pairs as a model of those alone gets.
+    ``replay``: as pretrain, but the second stage's batches keep ``1 - real_share`` synthetic pairs, so the
+    department's model does not forget the other departments' scenes while it fits its own.
     ``finetune``: half the steps on each; ``mixed``: every batch holds ``real_share`` real pairs. Both cost
     ``cfg.steps`` steps. ``cfg.photometric`` jitters the synthetic images, ``real_photometric`` (None: the same) the
     real ones. ``pretrained``: the synthetic stage's result (``synthetic_stage``), already trained, with its info;
@@ -268,7 +270,9 @@ def train_local(synthetic: tuple[np.ndarray, np.ndarray], real: tuple[np.ndarray
     pre, info1 = synthetic_stage(synthetic, cfg, val, how) if pretrained is None else pretrained
     if real_photometric is not None:
         stage = replace(stage, photometric=real_photometric)
-    model, info2 = train_segmenter(*real, stage, val=val, init=pre.state_dict())
+    replay = (*synthetic, 1.0 - real_share) if how == LocalHow.replay.value else None
+    model, info2 = train_segmenter(*real, stage, val=val, init=pre.state_dict(), mix=replay,
+                                   mix_photometric=cfg.photometric if replay else None)
     stage_only = val is not None and info1["best_val_iou"] > info2["best_val_iou"]  # fine-tuning did not help on val
     if stage_only:
         model, info2 = pre, {**info2, "best_val_iou": info1["best_val_iou"], "best_step": info1["best_step"]}

@@ -25,7 +25,7 @@ def _splits() -> Splits:
                   node_parts=[[0, 1, 2], [3, 4, 5]], description={})
 
 
-@pytest.mark.parametrize("how", ["pretrain", "finetune"])
+@pytest.mark.parametrize("how", ["pretrain", "finetune", "replay"])
 def test_a_shared_synthetic_stage_gives_the_same_department_model_as_training_it_again(how: str) -> None:
     syn = make_scenes(range(100, 108), 32)
     own = make_scenes(range(8), 32)
@@ -207,8 +207,9 @@ def test_department_models_from_the_central_gans_sets_match_whether_it_trained_o
     assert again["central_local"]["from"] == "central_gan" and again["central_local"]["gan_loaded"] == [True]
     _, head, rows = department_rows(again)
     assert head == ["department", "real_partial", "central_gan (synthetic only)", "central_local"] and len(rows) == 2
-    for bad in (("real_all",), (), ("dgan", "dgan")):
-        with pytest.raises(ex.ExperimentSetupError, match="local_from must be among dgan, central_gan, each once"):
+    for bad in (("real_partial",), (), ("dgan", "dgan")):
+        with pytest.raises(ex.ExperimentSetupError, match="local_from must be among dgan, central_gan, real_all, "
+                                                          "each once"):
             ex.ExperimentConfig(out=tmp_path, local_from=bad)
     assert set(LOCAL_NAMES) == {m.value for m in LocalFrom}
 
