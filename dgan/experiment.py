@@ -199,7 +199,7 @@ def department_models(cfg: ExperimentConfig, splits: Splits, sets: list[PairSet]
             return None
         key = (s, how == LocalHow.finetune.value)
         if key not in shared:
-            log.info("%s seed %d: the synthetic stage, shared by the departments", name, s)
+            log.info("%s seed %d: the first stage, shared by the departments", name, s)
             train = sets[s % len(sets)]
             shared[key] = synthetic_stage((train.images, train.masks), segmenter_config(cfg, splits, s, "local"),
                                           val, how)
@@ -215,7 +215,7 @@ def central_sets(cfg: ExperimentConfig, splits: Splits, cache: Path) -> tuple[li
     training was loaded: loaded from the cache too, they synthesise the sets those scores came from. One whose
     file is gone trains again (logged): on the CPU the same weights, seeded; elsewhere its set may differ."""
     sets, loaded = [], []
-    for g in range(max(1, min(cfg.gan_seeds, cfg.seeds))):
+    for g in range(cfg.gan_trainings):
         trained = central_gan_trained(cfg, splits, g, cfg.feedback[0], cache)
         if not trained.reused:
             log.warning("central_gan seed %d: its scores came from the cache but its training did not (%s); it "
@@ -301,7 +301,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         sets, gan_seconds, gan_reused, weights = synthetic.setdefault(name, []), [], [], []
         other: dict[str, list[PairSet]] = {w: [] for w in also}
         judged_steps: list[int | None] = []
-        for g in range(max(1, min(cfg.gan_seeds, cfg.seeds))):
+        for g in range(cfg.gan_trainings):
             log.info("%s GAN seed %d: %d batches", name, g, cfg.gan_steps)
             t = time.time()
             made = make(g)

@@ -132,10 +132,16 @@ class ExperimentConfig:
             if self.groups:
                 parse_groups(self.groups)
 
+    @property
+    def gan_trainings(self) -> int:
+        """GAN trainings per GAN method, each one synthetic set: no more than there are segmentation seeds to
+        score them."""
+        return max(1, min(self.gan_seeds, self.seeds))
+
     def single_scored_sets(self) -> str | None:
         """A warning when some GAN set is scored by one segmenter only: seed s trains on set s mod gan_seeds, and
         one segmenter's seed alone moved a synthetic set's validation IoU by up to 0.10 (session 21)."""
-        sets = max(1, min(self.gan_seeds, self.seeds))  # GAN trainings per method, each one set
+        sets = self.gan_trainings
         if self.quick or not (self.gan_methods or self.with_sync) or self.seeds >= 2 * sets:
             return None
         return (f"{self.seeds} segmentation seed(s) for {sets} GAN training(s) per method: some GAN sets are scored "
