@@ -93,12 +93,14 @@ def experiment(
     judged: Annotated[bool, typer.Option(help="Also `dgan_judged`: the same DGAN trainings' sets from the "
                                               "weights where the nodes' transfer_iou peaked.")] = False,
     local: Annotated[list[LocalHow] | None, typer.Option(
-        "--local", help="Department models: each department's segmenter on the synthetic set plus its own real "
-        "pairs, in mixed batches or fine-tuned (finetune: half the steps on each; pretrain: all the steps on each; "
-        "replay: as pretrain, with --local-share of the fine-tuning batches from the own pairs and the rest "
-        "synthetic; repeat to compare; the first is `dgan_local`, the others `dgan_local_HOW`).")] = None,
-    department_models: Annotated[bool, typer.Option(help="Train the department models, dgan_local (and central_local) "
-                                                         "(off: the GAN methods only).")] = True,
+        "--local", help="Department models: each department's segmenter on the shared set (see --local-from) plus "
+        "its own real pairs, in mixed batches or fine-tuned (finetune: half the steps on each; pretrain: all the "
+        "steps on each; replay: as pretrain, with --local-share of the fine-tuning batches from the own pairs and "
+        "the rest from the shared set; repeat to compare; the first is `dgan_local` (`central_local`, "
+        "`real_local`), the others `dgan_local_HOW`).")] = None,
+    department_models: Annotated[bool, typer.Option(help="Train the department models, dgan_local (and the "
+                                                         "--local-from yardsticks) (off: the GAN methods only).")
+                                 ] = True,
     local_from: Annotated[list[LocalFrom] | None, typer.Option(
         "--local-from", help="What the department models start from: dgan's sets (`dgan_local`); or, as "
         "yardsticks with no gain claim, central_gan's (`central_local`: what a set as good as the central GAN's "

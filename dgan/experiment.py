@@ -7,8 +7,9 @@ Methods, all evaluated on the same real test split, read once at the end:
 * ``central_gan``: one pix2pix on the pooled pairs, synthesise every training mask, segment;
 * ``dgan``: the distributed run (broker + N node processes), synthesise, segment;
 * ``dgan_sync`` (``--with-sync``): the same in AsynDGAN's synchronous mode;
-* ``dgan_local``: each department's segmenter on DGAN's set plus its own pairs (``central_local``, with
-  ``--local-from central_gan``: from the central GAN's set, a yardstick).
+* ``dgan_local``: each department's segmenter on DGAN's set plus its own pairs (yardsticks: ``central_local``,
+  with ``--local-from central_gan``, from the central GAN's set; ``real_local``, with ``--local-from real_all``,
+  from the pooled real pairs).
 
 Both GANs use the same feedback mode (``dgan.feedback``), so the comparison is like for like;
 with several modes, each extra one adds ``central_gan_MODE`` and ``dgan_MODE``.
@@ -155,10 +156,13 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
 def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits, seed: int,
                           grid: Path | None = None, label: str = "", own: PairSet | None = None,
                           how: str = "pretrain", synthetic: bool = False,
-                          pretrained: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
+                          pretrained: tuple[torch.nn.Module, dict[str, Any]] | None = None,
+                          pooled: bool = False) -> dict[str, Any]:
     """Train a segmenter on ``train`` (``synthetic``: a GAN's set; plus a department's ``own`` real pairs, ``how``,
-    from its synthetic stage ``pretrained`` where given), test it once."""
-    seg = segmenter_config(cfg, splits, seed, "local" if own is not None else "synthetic" if synthetic else "real")
+    from its first stage ``pretrained`` where given), test it once. ``pooled``: ``train`` is the pooled real pairs
+    (the ``real_local`` yardstick), jittered as real pairs and already holding ``own``."""
+    source = "real" if pooled else "local" if own is not None else "synthetic" if synthetic else "real"
+    seg = segmenter_config(cfg, splits, seed, source)
     val = (splits.val.images, splits.val.masks)
     log.info("%s seed %d: segmentation on %d pairs%s", label, seed, len(train),
              f" and {len(own)} own real pairs ({how})" if own is not None else "")
@@ -171,7 +175,7 @@ def evaluate_training_set(cfg: ExperimentConfig, train: PairSet, splits: Splits,
     pred = predict_labels(model, splits.test.images, seg.num_classes, device=seg.device)
     result = {**class_metrics(pred, splits.test.masks, splits.test.classes), "train_seconds": info["train_seconds"],
               "best_step": info["best_step"], "best_val_iou": info["best_val_iou"],
-              "train_pairs": len(train) + (len(own) if own is not None else 0),
+              "train_pairs": len(train) + (len(own) if own is not None and not pooled else 0),
               **({"synthetic_stage_only": info["synthetic_stage_only"]} if "synthetic_stage_only" in info else {})}
     if grid is not None:
         prediction_grid(splits.test.images, splits.test.masks, pred, grid)
@@ -185,12 +189,14 @@ Stage = tuple[torch.nn.Module, dict[str, Any]]
 
 def department_models(cfg: ExperimentConfig, splits: Splits, sets: list[PairSet], seeds: list[int],
                       how: str, name: str = "dgan_local",
-                      shared: dict[tuple[int, bool], Stage] | None = None) -> dict[str, dict[str, Any]]:
+                      shared: dict[tuple[int, bool], Stage] | None = None,
+                      pooled: bool = False) -> dict[str, dict[str, Any]]:
     """``name`` (dgan_local): each department's segmenters, seed s on GAN set s mod len(sets) plus its own pairs.
-    The synthetic stage is the same for every department: it trains once per seed, on first use, and each
+    The first stage is the same for every department: it trains once per seed, on first use, and each
     department starts from it (on the CPU, the same weights as training it each time: seeded; a GPU's kernels may
-    differ a little). ``shared``: the stages already trained from these sets, by (seed, half the steps), which
-    another recipe on the same sets reuses (pretrain's and replay's are the same)."""
+    differ a little). ``shared``: the stages already trained from these very ``sets`` (a dict for one list of
+    sets only), by (seed, half the steps), which another recipe reuses (pretrain's and replay's are the same).
+    ``pooled``: ``sets`` is the pooled real pairs (``real_local``): jittered as real pairs, no GAN seed."""
     val = (splits.val.images, splits.val.masks)
     shared = {} if shared is None else shared
 
@@ -201,13 +207,14 @@ def department_models(cfg: ExperimentConfig, splits: Splits, sets: list[PairSet]
         if key not in shared:
             log.info("%s seed %d: the first stage, shared by the departments", name, s)
             train = sets[s % len(sets)]
-            shared[key] = synthetic_stage((train.images, train.masks), segmenter_config(cfg, splits, s, "local"),
-                                          val, how)
+            first = segmenter_config(cfg, splits, s, "real" if pooled else "local")
+            shared[key] = synthetic_stage((train.images, train.masks), first, val, how)
         return shared[key]
 
     return {f"node{k}": _aggregate([{**evaluate_training_set(
         cfg, sets[s % len(sets)], splits, s, None, f"{name} node{k}", splits.train.subset(part), how,
-        pretrained=stage(s)), "gan_seed": s % len(sets)} for s in seeds]) for k, part in enumerate(splits.node_parts)}
+        pretrained=stage(s), pooled=pooled), **({} if pooled else {"gan_seed": s % len(sets)})} for s in seeds])
+        for k, part in enumerate(splits.node_parts)}
 
 
 def central_sets(cfg: ExperimentConfig, splits: Splits, cache: Path) -> tuple[list[PairSet], list[bool]]:
@@ -355,7 +362,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             continue
         stages: dict[tuple[int, bool], Stage] = {}
         for j, how in enumerate(cfg.local):
-            per_node = department_models(cfg, splits, sets, seeds, how, LOCAL_NAMES[source], stages)
+            per_node = department_models(cfg, splits, sets, seeds, how, LOCAL_NAMES[source], stages,
+                                         pooled=source == LocalFrom.real_all.value)
             methods[LOCAL_NAMES[source] if j == 0 else f"{LOCAL_NAMES[source]}_{how}"] = {
                 **_node_mean(per_node), "per_node": per_node, "how": how, "from": source,
                 **({"feedback": cfg.feedback[0]} if source != LocalFrom.real_all.value else {}),

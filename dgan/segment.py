@@ -179,8 +179,8 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
     ``init``: start from these weights (fine-tuning)."""
     if len(images) == 0:
         raise ValueError("no training pairs")
-    if mix is not None and (len(mix[0]) == 0 or not 0 < mix[2] < 1):
-        raise ValueError("mix needs pairs and a share between 0 and 1")
+    if mix is not None and (len(mix[0]) == 0 or not 0 < mix[2] < 1 or cfg.batch_size < 2):
+        raise ValueError("mix needs pairs, a share between 0 and 1 and batches of 2 or more")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = define_segmenter(cfg).to(cfg.device)
@@ -257,7 +257,8 @@ def train_local(synthetic: tuple[np.ndarray, np.ndarray], real: tuple[np.ndarray
     ``pretrain`` (default): all the steps on the synthetic set, then all of them again on the real pairs from those
     weights: twice the cost, and as many steps on the department's own pairs as a model of those alone gets.
     ``replay``: as pretrain, but the second stage's batches keep ``1 - real_share`` synthetic pairs, so the
-    department's model does not forget the other departments' scenes while it fits its own.
+    department's model does not forget the other departments' scenes while it fits its own (``positive_share``
+    draws only the own pairs' share on foreground, as ``mixed`` does only the synthetic one).
     ``finetune``: half the steps on each; ``mixed``: every batch holds ``real_share`` real pairs. Both cost
     ``cfg.steps`` steps. ``cfg.photometric`` jitters the synthetic images, ``real_photometric`` (None: the same) the
     real ones. ``pretrained``: the synthetic stage's result (``synthetic_stage``), already trained, with its info;
