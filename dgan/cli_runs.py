@@ -246,6 +246,10 @@ def segment_train(
     if json_out is not None and not json_out.parent.is_dir():
         console.print(f"[red]--json: the folder {json_out.parent} does not exist[/red]")
         raise typer.Exit(2)
+    if batch_size < 1 or (synthetic is not None and how in (LocalHow.mixed, LocalHow.replay) and batch_size < 2):
+        console.print(f"[red]--batch-size must be 1 or more (2 or more for --how {how.value}, whose batches hold "
+                      f"both sets), got {batch_size}[/red]")
+        raise typer.Exit(2)
     if compare and (synthetic is None or val is None):
         console.print("[red]--compare needs --synthetic (the set to judge) and --val (your pairs to judge it on)[/red]")
         raise typer.Exit(2)
@@ -291,7 +295,9 @@ def segment_train(
                                                  "synthetic_stage_only") if key in v[1]} for k, v in trained.items()}
         json_out.write_text(json.dumps({
             "kept": kept, **models, **({"gain": gain} if compare else {}),
-            "settings": {"how": how.value if syn is not None else None, "steps": steps, "seed": seed, "size": size,
+            "settings": {"how": how.value if syn is not None else None,
+                         "real_share": real_share if syn is not None and how in (LocalHow.mixed, LocalHow.replay)
+                         else None, "steps": steps, "seed": seed, "size": size,
                          "photometric": photometric, "synthetic_photometric": syn_jitter if syn is not None else None,
                          "data": data, "synthetic": synthetic, "val": val}}, indent=2))
 

@@ -116,6 +116,10 @@ class ExperimentConfig:
         bad = [h for h in self.local if h not in values(LocalHow)]
         if bad:
             raise ExperimentSetupError(f"local must be among {', '.join(values(LocalHow))}, got {bad[0]!r}")
+        if self.seg.batch_size < 1 or (self.seg.batch_size < 2 and {LocalHow.mixed.value, LocalHow.replay.value}
+                                       & set(self.local)):
+            raise ExperimentSetupError(f"the segmenters' batch size must be >= 1 (>= 2 for local mixed or replay, "
+                                       f"whose batches hold both sets), got {self.seg.batch_size}")
         bad = [m for m in self.local_from if m not in LOCAL_NAMES]
         if bad or not self.local_from or len(set(self.local_from)) < len(self.local_from):
             raise ExperimentSetupError(f"local_from must be among {', '.join(LOCAL_NAMES)}, each once, got "

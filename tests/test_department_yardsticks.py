@@ -82,11 +82,36 @@ def test_pretrain_is_its_first_stage_then_the_own_pairs_alone_from_those_weights
     assert not np.array_equal(seg.predict(replayed, val[0]), seg.predict(model, val[0]))  # the replay is used
 
 
-def test_a_mixed_batch_needs_room_for_both_sources() -> None:
+def test_a_mixed_batch_needs_room_for_both_sources(tmp_path: Path) -> None:
     syn, own = make_scenes(range(100, 104), 32), make_scenes(range(4), 32)
     for how in ("replay", "mixed"):  # a batch of one would quietly hold the own pairs (or the synthetic) alone
         with pytest.raises(ValueError, match="batches of 2 or more"):
             train_local(syn, own, SegConfig(width=8, depth=3, steps=2, batch_size=1), how=how)
+        with pytest.raises(ex.ExperimentSetupError, match=">= 2 for local mixed or replay"):  # before any training
+            ex.ExperimentConfig(out=tmp_path, local=("pretrain", how), seg=SegConfig(batch_size=1))
+    ex.ExperimentConfig(out=tmp_path, local=("pretrain",), seg=SegConfig(batch_size=1))  # one set per batch: fine
+    with pytest.raises(ex.ExperimentSetupError, match="batch size must be >= 1"):
+        ex.ExperimentConfig(out=tmp_path, seg=SegConfig(batch_size=0))
+
+
+def test_a_department_at_home_replays_the_synthetic_set_from_the_cli(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+    from tests.test_segment_experiment import _pairs_folder
+
+    mine, syn = _pairs_folder(tmp_path / "mine", range(8)), _pairs_folder(tmp_path / "syn", range(100, 116))
+    args = ["segment", "train", "--data", str(mine), "--synthetic", str(syn), "--size", "32", "--steps", "4",
+            "--width", "8", "--threads", "1", "--how", "replay", "--real-share", "0.75"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m.pt"), "--json", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "m.json").read_text())["settings"]
+    assert settings["how"] == "replay" and settings["real_share"] == 0.75
+    bad = CliRunner().invoke(app, [*args, "--batch-size", "1", "--out", str(tmp_path / "x.pt")])
+    assert bad.exit_code == 2 and "2 or more for --how replay" in " ".join(bad.output.split())
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_real_local_starts_every_department_from_the_pooled_real_pairs(
