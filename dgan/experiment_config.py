@@ -12,7 +12,7 @@ from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
 from dgan.networks import ModelConfig
 from dgan.segment import SegConfig
 
-# department models, by the GAN method whose synthetic sets they start from (dgan.choices.LocalFrom)
+# department models, by the set they start from (dgan.choices.LocalFrom): a GAN's sets or the pooled real pairs
 LOCAL_NAMES = {"dgan": "dgan_local", "central_gan": "central_local", "real_all": "real_local"}
 
 
