@@ -125,7 +125,8 @@ def test_synthetic_images_get_their_own_jitter_and_only_the_gan_methods_keys_cha
             in jitter_line({"seg": {"photometric": 0.0}, "synthetic_photometric": 0.3})[0])
 
 
-def test_mixed_batches_jitter_each_source_at_its_own_strength(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mixed_and_replay_batches_jitter_each_source_at_its_own_strength(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[int, float]] = []
     jitter = seg._photometric
 
@@ -144,6 +145,16 @@ def test_mixed_batches_jitter_each_source_at_its_own_strength(monkeypatch: pytes
     seen.clear()
     train_local(syn, own, cfg, how="pretrain", real_photometric=0.0)
     assert seen == [(8, 0.3)] * 2 + [(8, 0.0)] * 2  # the synthetic stage, then the own pairs
+    seen.clear()
+    train_local(syn, own, cfg, how="replay", real_share=0.75, real_photometric=0.0)
+    # the synthetic stage as pretrain's; then 6 own pairs at their jitter and 2 synthetic ones at theirs, per step
+    assert seen == [(8, 0.3)] * 2 + [(6, 0.0), (2, 0.3)] * 2
+    seen.clear()
+    train_local(syn, own, cfg, how="replay", real_share=0.5, real_photometric=0.3)  # one strength: one call
+    assert seen == [(8, 0.3)] * 4
+    seen.clear()
+    train_local(syn, own, cfg, how="pretrain", real_photometric=0.3)  # pretrain: own pairs alone, unchanged
+    assert seen == [(8, 0.3)] * 4
 
 
 def test_the_command_refuses_a_synthetic_jitter_out_of_range_before_training(tmp_path: Path) -> None:

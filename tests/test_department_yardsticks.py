@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import dgan.experiment as ex
 import dgan.segment as seg
@@ -16,29 +15,6 @@ from dgan.data.scenes import make_scenes
 from dgan.experiment_splits import Splits
 from dgan.experiment_tables import department_rows, markdown
 from dgan.segment import SegConfig, train_local
-
-
-def test_replay_keeps_the_synthetic_share_in_every_fine_tuning_batch_at_its_own_jitter(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[int, float]] = []
-    jitter = seg._photometric
-
-    def spy(rng: np.random.Generator, x: torch.Tensor, strength: float) -> torch.Tensor:
-        seen.append((len(x), strength))
-        return jitter(rng, x, strength)
-
-    monkeypatch.setattr(seg, "_photometric", spy)
-    syn, own = make_scenes(range(100, 108), 32), make_scenes(range(8), 32)
-    cfg = SegConfig(width=8, depth=3, steps=2, batch_size=8, photometric=0.3)
-    train_local(syn, own, cfg, how="replay", real_share=0.75, real_photometric=0.0)
-    # the synthetic stage as pretrain's; then 6 own pairs at their jitter and 2 synthetic ones at theirs, per step
-    assert seen == [(8, 0.3)] * 2 + [(6, 0.0), (2, 0.3)] * 2
-    seen.clear()
-    train_local(syn, own, cfg, how="replay", real_share=0.5, real_photometric=0.3)  # one strength: one call
-    assert seen == [(8, 0.3)] * 4
-    seen.clear()
-    train_local(syn, own, cfg, how="pretrain", real_photometric=0.3)  # pretrain: own pairs alone, unchanged
-    assert seen == [(8, 0.3)] * 4
 
 
 def test_replay_and_pretrain_start_from_one_stage_per_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
