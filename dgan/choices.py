@@ -71,6 +71,10 @@ class LocalHow(str, enum.Enum):
     replay = "replay"
 
 
+# the recipes whose batches hold both sets, so a real share applies and a batch needs room for two pairs
+MIXING_HOWS = frozenset({LocalHow.mixed.value, LocalHow.replay.value})
+
+
 class LocalFrom(str, enum.Enum):
     """The set a department model starts from: a GAN's synthetic sets, or (a yardstick) the pooled real pairs."""
 

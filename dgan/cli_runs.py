@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dgan.choices import LocalHow, Precision, RunPartition, TrainMode
+from dgan.choices import MIXING_HOWS, LocalHow, Precision, RunPartition, TrainMode
 from dgan.cli_app import (
     Device,
     Feedback,
@@ -246,7 +246,7 @@ def segment_train(
     if json_out is not None and not json_out.parent.is_dir():
         console.print(f"[red]--json: the folder {json_out.parent} does not exist[/red]")
         raise typer.Exit(2)
-    if batch_size < 1 or (synthetic is not None and how in (LocalHow.mixed, LocalHow.replay) and batch_size < 2):
+    if batch_size < 1 or (synthetic is not None and how.value in MIXING_HOWS and batch_size < 2):
         console.print(f"[red]--batch-size must be 1 or more (2 or more for --how {how.value}, whose batches hold "
                       f"both sets), got {batch_size}[/red]")
         raise typer.Exit(2)
@@ -296,8 +296,8 @@ def segment_train(
         json_out.write_text(json.dumps({
             "kept": kept, **models, **({"gain": gain} if compare else {}),
             "settings": {"how": how.value if syn is not None else None,
-                         "real_share": real_share if syn is not None and how in (LocalHow.mixed, LocalHow.replay)
-                         else None, "steps": steps, "seed": seed, "size": size,
+                         "real_share": real_share if syn is not None and how.value in MIXING_HOWS else None,
+                         "steps": steps, "seed": seed, "size": size,
                          "photometric": photometric, "synthetic_photometric": syn_jitter if syn is not None else None,
                          "data": data, "synthetic": synthetic, "val": val}}, indent=2))
 

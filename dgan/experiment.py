@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dgan.choices import LocalFrom, LocalHow
+from dgan.choices import MIXING_HOWS, LocalFrom, LocalHow
 from dgan.cpu_features import deterministic_cuda
 from dgan.data.loaders import PairSet
 from dgan.data.partition import summary
@@ -367,7 +367,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             methods[LOCAL_NAMES[source] if j == 0 else f"{LOCAL_NAMES[source]}_{how}"] = {
                 **_node_mean(per_node), "per_node": per_node, "how": how, "from": source,
                 **({"feedback": cfg.feedback[0]} if source != LocalFrom.real_all.value else {}),
-                **({"local_share": cfg.local_share} if how in (LocalHow.mixed.value, LocalHow.replay.value) else {}),
+                **({"local_share": cfg.local_share} if how in MIXING_HOWS else {}),
                 **({"gan_loaded": loaded} if loaded is not None else {})}
     if cfg.with_sync:
         add("dgan_sync", gan_method("dgan_sync", lambda s: dgan_run(cfg, splits, "sync", s, cfg.feedback[0]), last),

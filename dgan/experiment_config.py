@@ -83,7 +83,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         """Settings that would only fail after hours of GAN training fail here."""
-        from dgan.choices import FakeDtype, GradDtype, LocalHow, Weighting, values
+        from dgan.choices import MIXING_HOWS, FakeDtype, GradDtype, LocalHow, Weighting, values
 
         if self.update_every < 0 or not 0.0 <= self.ema < 1.0 or not 0.0 < self.local_share < 1.0:
             raise ExperimentSetupError(f"update_every must be >= 0, ema in [0, 1) and local_share in (0, 1); got "
@@ -116,8 +116,7 @@ class ExperimentConfig:
         bad = [h for h in self.local if h not in values(LocalHow)]
         if bad:
             raise ExperimentSetupError(f"local must be among {', '.join(values(LocalHow))}, got {bad[0]!r}")
-        if self.seg.batch_size < 1 or (self.seg.batch_size < 2 and {LocalHow.mixed.value, LocalHow.replay.value}
-                                       & set(self.local)):
+        if self.seg.batch_size < 1 or (self.seg.batch_size < 2 and MIXING_HOWS & set(self.local)):
             raise ExperimentSetupError(f"the segmenters' batch size must be >= 1 (>= 2 for local mixed or replay, "
                                        f"whose batches hold both sets), got {self.seg.batch_size}")
         bad = [m for m in self.local_from if m not in LOCAL_NAMES]
