@@ -353,7 +353,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                                             (*last, *(("judged",) if cfg.judged else ()))), fb)
     for source in cfg.local_from if cfg.local else ():
         sets, loaded = synthetic.get(source), None  # this run's sets; a central GAN scored from the cache: its own
-        if source == LocalFrom.real_all.value:
+        pooled = source == LocalFrom.real_all.value
+        if pooled:
             sets = [splits.train]  # the pooled real pairs: what no department has, a yardstick
         if not sets and source == "central_gan" and "central_gan" in cfg.gan_methods and source in methods:
             sets, loaded = central_sets(cfg, splits, cache)
@@ -362,11 +363,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             continue
         stages: dict[tuple[int, bool], Stage] = {}
         for j, how in enumerate(cfg.local):
-            per_node = department_models(cfg, splits, sets, seeds, how, LOCAL_NAMES[source], stages,
-                                         pooled=source == LocalFrom.real_all.value)
+            per_node = department_models(cfg, splits, sets, seeds, how, LOCAL_NAMES[source], stages, pooled)
             methods[LOCAL_NAMES[source] if j == 0 else f"{LOCAL_NAMES[source]}_{how}"] = {
                 **_node_mean(per_node), "per_node": per_node, "how": how, "from": source,
-                **({"feedback": cfg.feedback[0]} if source != LocalFrom.real_all.value else {}),
+                **({} if pooled else {"feedback": cfg.feedback[0]}),
                 **({"local_share": cfg.local_share} if how in MIXING_HOWS else {}),
                 **({"gan_loaded": loaded} if loaded is not None else {})}
     if cfg.with_sync:
