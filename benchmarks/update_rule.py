@@ -65,6 +65,7 @@ class Rule:
     fake_dtype: str = "float32"  # the generator's fakes as the wire would carry them
     precision: str = "fp32"  # the generator's forward pass (TrainConfig.precision)
     node_precision: str = "fp32"  # the nodes' D and segmenter passes (DiscriminatorTrainer's precision)
+    channels_last: bool = False  # G's weights and inputs in NHWC (TrainConfig.channels_last)
     jacobian: str = "made"  # TrainConfig.jacobian: backprop through the weights that made the fakes, or the current
     weighting: str = "size"  # each feedback's weight: its node's dataset size over the mean (dgan's), or "equal"
     snapshots: int = SNAPSHOTS  # G's snapshots kept (every simulation keeps them; the `real` rule does not)
@@ -85,6 +86,10 @@ RULES = {
                            precision="bf16"),
     "async-f16-bf16-all": Rule("async-f16-bf16-all", "async", 1, 2, grad_dtype="float16", fake_dtype="float16",
                                precision="bf16", node_precision="bf16"),  # and the nodes too
+    # paired with "async-p1-f16" (`dgan experiment`'s twin): every process in bf16 and G in NHWC, the fastest
+    # generator on a CPU with AMX (`dgan bench speed`)
+    "async-p1-f16-bf16-cl": Rule("async-p1-f16-bf16-cl", "async", 1, 1, grad_dtype="float16", fake_dtype="float16",
+                                 precision="bf16", node_precision="bf16", channels_last=True),
     # issue 13's two suspects apart, paired with "async-f16" and "central": staleness without the split D, and
     # the split D without staleness
     "central-p8": Rule("central-p8", "central", 1, 8, grad_dtype="float16", fake_dtype="float16"),  # staleness 7
@@ -120,6 +125,7 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
     gen = GeneratorTrainer(cfg.model(), TrainConfig(steps=steps, lr=lr * rule.lr_scale, beta1=beta1, seed=seed,
                                                     fake_dtype=rule.fake_dtype, ema=ema, max_staleness=10**6,
                                                     precision=rule.precision, jacobian=rule.jacobian,
+                                                    channels_last=rule.channels_last,
                                                     **replace(cfg, snapshots=rule.snapshots).snapshot_args(steps)))
     parts = [list(range(len(splits.train)))] if rule.mode == "central" else splits.node_parts
     names = [f"node{i}" for i in range(len(parts))]
