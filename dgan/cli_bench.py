@@ -158,10 +158,11 @@ def bench_speed(
                                                              "128 px here).")] = False,
     force_bf16: Annotated[bool, typer.Option(help="Measure bf16 autocast even where this CPU only emulates it "
                                                   "(about 20x slower).")] = False,
-    system: Annotated[bool, typer.Option(help="Also local 4-node DGAN runs, fp32 against bf16 in every process "
-                                              "(a few minutes).")] = False,
+    system: Annotated[bool, typer.Option(help="Also local 4-node DGAN runs: fp32 against bf16 in every process, "
+                                              "with and without G in channels_last (a few minutes).")] = False,
 ) -> None:
-    """Generator samples/s: fp32 on 2 and 1 threads, channels_last, bf16 (native CPUs only), torch.compile."""
+    """Generator samples/s: fp32 on 2 and 1 threads, channels_last, bf16 with and without channels_last (native
+    CPUs only), torch.compile."""
     from benchmarks.gen_speed import run_gen_speed_benchmark
 
     setup_logging("WARNING")

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from dgan.choices import FakeDtype, GradDtype, LocalFrom, LocalHow, Partition, Weighting
+from dgan.choices import FakeDtype, GradDtype, LocalFrom, LocalHow, Partition, Precision, Weighting
 from dgan.cli_app import (
+    ChannelsLast,
     Device,
     GanMethod,
     LambdaColour,
@@ -121,6 +122,10 @@ def experiment(
     weighting: Annotated[Weighting, typer.Option(help="DGAN: each node's feedback weighed by its dataset size "
                                                       "(over the mean), or all alike (equal).")] = Weighting.size,
     device: Device = "cpu",
+    precision: Annotated[Precision, typer.Option(
+        help="Both GANs (every DGAN process, the central GAN's G and D): fp32; bf16 autocast; or auto, bf16 only "
+        "on CUDA or a CPU with native bf16 (AVX512-BF16/AMX). The segmenters stay fp32.")] = Precision.fp32,
+    channels_last: ChannelsLast = False,
     quick: Annotated[bool, typer.Option(help="A smoke run of the whole pipeline in a few minutes.")] = False,
 ) -> None:
     """Compare real_all, real_partial, central_gan and dgan segmentation on the real test split."""
@@ -150,7 +155,7 @@ def experiment(
                   local_share=local_share,
                   diffaugment=diffaugment,
                   grad_dtype=grad_dtype.value, fake_dtype=fake_dtype.value, weighting=weighting.value,
-                  device=device)
+                  device=device, precision=precision.value, channels_last=channels_last)
     try:
         if quick:
             cfg = ExperimentConfig(**common, size=64, gan_steps=30, g_width=16, d_width=16, seeds=1, scenes=96,

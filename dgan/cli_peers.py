@@ -13,6 +13,7 @@ from rich.table import Table
 from dgan.choices import FakeDtype, GanMode, GradDtype, Precision, SynthWeights, TrainMode, Weighting
 from dgan.cli_app import (
     BrokerKey,
+    ChannelsLast,
     DataOption,
     Device,
     Feedback,
@@ -165,8 +166,7 @@ def generator(
     precision: Annotated[Precision, typer.Option(
         help="G's forward pass: fp32; bf16 autocast; or auto, bf16 only on CUDA or a CPU with native bf16 "
         "(AVX512-BF16/AMX), where it pays: emulated bf16 measured 0.045x fp32.")] = Precision.fp32,
-    channels_last: Annotated[bool, typer.Option(help="G in NHWC memory layout (0.93-1.01x on a 2-core CPU; "
-                                                     "measure with dgan bench speed).")] = False,
+    channels_last: ChannelsLast = False,
     compile_g: Annotated[bool, typer.Option("--compile", help="torch.compile G's forward (about 35 s to compile; "
                                                               "0.79x on a 2-core CPU).")] = False,
     seed: int = 0,

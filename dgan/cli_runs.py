@@ -13,6 +13,7 @@ from rich.table import Table
 
 from dgan.choices import MIXING_HOWS, LocalHow, Precision, RunPartition, TrainMode
 from dgan.cli_app import (
+    ChannelsLast,
     Device,
     Feedback,
     JsonOut,
@@ -78,6 +79,7 @@ def run(
     precision: Annotated[Precision, typer.Option(
         help="Every process: fp32; bf16 autocast; or auto, bf16 only on CUDA or a CPU with native bf16 "
         "(AVX512-BF16/AMX).")] = Precision.fp32,
+    channels_last: ChannelsLast = False,
     seed: int = 0,
     quiet: Quiet = False,
     log_level: LogLevel = "INFO",
@@ -110,7 +112,8 @@ def run(
     cfg = RunConfig(nodes=nodes, steps=steps, out=out, data=folder, scene_variant=variant, num_classes=len(classes),
                     partition=partition.value, scenes=scenes, record=record, image_size=image_size, g_width=g_width,
                     d_width=d_width, batch_size=batch_size, mode=mode.value, threads=threads, device=device,
-                    precision=precision.value, seed=seed, feedback=feedback.value, lambda_l1=lambda_l1,
+                    precision=precision.value, channels_last=channels_last, seed=seed, feedback=feedback.value,
+                    lambda_l1=lambda_l1,
                     node_args=["--lambda-semantic", str(lambda_semantic), "--lambda-colour", str(lambda_colour),
                                "--positive-crops", str(positive_crops),
                                "--diffaugment" if diffaugment else "--no-diffaugment"])

@@ -113,7 +113,8 @@ def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, fee
                      d_width=cfg.d_width, batch_size=cfg.batch_size, mode=mode, seed=seed, shards=shards,
                      synthesize=False, checkpoint_every=0, sample_every=max(1, steps // 4),
                      timeout=4 * 3600, feedback=feedback, lambda_l1=cfg.lambda_l1, device=cfg.device,
-                     num_classes=cfg.num_classes, pipeline=cfg.pipeline,
+                     num_classes=cfg.num_classes, pipeline=cfg.pipeline, precision=cfg.gan_precision,
+                     channels_last=cfg.channels_last,
                      extra_generator_args=["--lr", str(lr), "--beta1", str(beta1), "--ema", str(cfg.ema),
                                            "--synthesis-weights", "judged" if cfg.judged else "auto",
                                            "--update-every", str(cfg.update_every),
@@ -378,6 +379,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         "sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         "nodes": summary(splits.node_parts, splits.train.masks),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "gan_precision": cfg.gan_precision,  # --precision auto as it resolved on this machine
         "methods": methods, "wall_seconds": time.time() - t0, "feedback": list(cfg.feedback),
         "claims": claims(methods),
         **({"notes": [note]} if note is not None else {}),

@@ -35,8 +35,9 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     model = cfg.model()
     lr, beta1 = cfg.generator_optim()
     gen = GeneratorTrainer(model, TrainConfig(steps=cfg.gan_steps, lr=lr, beta1=beta1, seed=seed, fake_dtype="float32",
-                                              ema=cfg.ema, device=cfg.device, **cfg.snapshot_args(cfg.gan_steps)))
-    disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed, device=cfg.device)
+                                              ema=cfg.ema, device=cfg.device, precision=cfg.gan_precision,
+                                              channels_last=cfg.channels_last, **cfg.snapshot_args(cfg.gan_steps)))
+    disc = DiscriminatorTrainer(model, cfg.recipe(mode), seed=seed, device=cfg.device, precision=cfg.gan_precision)
     disc.set_colour_stats(train.images, train.masks)  # the pooled pairs' figures, with --lambda-colour
     sampler = PairSampler(train.images, train.masks, cfg.size, seed=seed, positive_share=cfg.seg.positive_share or None)
     for _ in range(disc.warmup_steps):  # as a node does before its first feedback

@@ -122,6 +122,17 @@ def _recipe_key(cfg: ExperimentConfig, mode: str) -> dict[str, Any]:
     return recipe
 
 
+def _arithmetic_key(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The GANs' precision (``auto`` as resolved here) and memory layout, only where not the default: keys made
+    before these settings existed stay valid."""
+    key: dict[str, Any] = {}
+    if cfg.gan_precision != "fp32":
+        key["gan_precision"] = cfg.gan_precision
+    if cfg.channels_last:
+        key["channels_last"] = True
+    return key
+
+
 def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = "") -> str:
     """What the method's result depends on: data, splits and segmentation always; the GAN only for GAN methods."""
     real = method in ("real_all", "real_partial")
@@ -148,6 +159,7 @@ def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = ""
             key["ema"] = cfg.ema
         if cfg.snapshots:  # the count, the cadence (from the central GAN's steps), and the last weights beside
             key["snapshots"] = {**cfg.snapshot_args(cfg.gan_steps), "beside": "last,ema" if cfg.ema else "last"}
+        key.update(_arithmetic_key(cfg))
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -159,5 +171,5 @@ def gan_training_key(cfg: ExperimentConfig, splits: Splits, mode: str) -> str:
                            "gan_steps": cfg.gan_steps, "batch": cfg.batch_size, "model": cfg.model().to_dict(),
                            "feedback": _recipe_key(cfg, mode), "g_optim": cfg.generator_optim(), "ema": cfg.ema,
                            "snapshots": cfg.snapshot_args(cfg.gan_steps), "positive_share": cfg.seg.positive_share,
-                           "device": "cpu" if cfg.device == "cpu" else "cuda"}
+                           "device": "cpu" if cfg.device == "cpu" else "cuda", **_arithmetic_key(cfg)}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

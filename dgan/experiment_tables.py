@@ -78,9 +78,21 @@ def jitter_line(config: dict[str, Any]) -> list[str]:
             f"{local:g} on the department models' synthetic stage.", ""]
 
 
+def arithmetic_line(results: dict[str, Any]) -> list[str]:
+    """The GANs' precision and G's memory layout, where not the default (fp32, NCHW)."""
+    precision = results.get("gan_precision", "fp32")
+    channels_last = bool(results.get("config", {}).get("channels_last"))
+    if precision == "fp32" and not channels_last:
+        return []
+    asked = results.get("config", {}).get("precision", precision)
+    how = f"{precision} (--precision {asked})" if asked != precision else precision
+    return [f"GANs in {how}{', G in channels_last' if channels_last else ''}; the segmenters in fp32.", ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# {results['dataset']}, partition {results['partition']}, {results['resolution']} px", "",
              f"Feedback modes: {', '.join(results.get('feedback', []))} (the first is `dgan`/`central_gan`).", "",
+             *arithmetic_line(results),
              *jitter_line(results.get("config", {})),
              *(f"**Note:** {n}\n" for n in results.get("notes", [])),
              "| method | feedback | test IoU | val IoU | F1 | precision | recall | accuracy |",

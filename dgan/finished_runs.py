@@ -18,6 +18,8 @@ def launch_fingerprint(run: RunConfig) -> dict[str, Any]:
     d = asdict(run)
     for volatile in ("out", "timeout", "placement", "record"):
         d.pop(volatile)
+    if not d["channels_last"]:  # added later: runs that finished before it existed keep their fingerprints
+        d.pop("channels_last")
     return json.loads(json.dumps(d, default=str))
 
 

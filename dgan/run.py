@@ -70,6 +70,7 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"  # every process's --precision (auto: bf16 only where the CPU has it natively)
+    channels_last: bool = False  # the generator's G in NHWC (dgan generator --channels-last)
     delays: list[float] = field(default_factory=list)  # per node, seconds per batch
     checkpoint_every: int = 100
     sample_every: int = 50
@@ -173,6 +174,7 @@ def _run_local(cfg: RunConfig, watch: Callable[[str], None] | None, group: Proce
             heartbeat=hb, extra=["--mode", cfg.mode, "--seed", str(cfg.seed), "--threads", str(gen_threads),
                                  "--num-classes", str(cfg.num_classes),
                                  "--device", cfg.device, "--precision", cfg.precision,
+                                 *(["--channels-last"] if cfg.channels_last else []),
                                  *cfg.extra_generator_args]), gen_threads,
             place.prefix.get("generator"), cfg.generator_module)
         for i, shard in enumerate(shards):

@@ -40,7 +40,7 @@ class NodeConfig:
     delay: float = 0.0  # artificial seconds per batch, to emulate slow sites
     seed: int = 0
     device: str = "cpu"
-    precision: str = "fp32"  # D's (and the semantic segmenter's) passes: fp32, bf16 or auto (native bf16 only)
+    precision: str = "fp32"  # D's, the semantic segmenter's and the judges' passes: fp32, bf16 or auto (native)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)  # the operator's choice, never the generator's
     request_timeout: float = 60.0
     feedback_retry: float = 10.0  # seconds a FEEDBACK that could not leave is retried before it is given up
@@ -214,7 +214,9 @@ class DiscriminatorNode:
             if self.cfg.precision != self.trainer.precision:
                 log.info("node %s: precision %s resolves to %s here", self.cfg.name, self.cfg.precision,
                          self.trainer.precision)
-            self.judge = LabelJudge(seed=None, device=self.cfg.device) if self.cfg.judge else None
+            judge_precision = self.trainer.precision  # resolved: fp32 or bf16
+            self.judge = LabelJudge(seed=None, device=self.cfg.device, precision=judge_precision) \
+                if self.cfg.judge else None
             self.judge_sampler = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed + 7919,
                                              positive_share=self.cfg.positive_share)
             self.transfer = self.transfer_iou = None
@@ -222,7 +224,8 @@ class DiscriminatorNode:
                 held = PairSampler(self.images, self.masks, model.image_size, seed=self.cfg.seed + 104729,
                                    positive_share=self.cfg.positive_share).batch(min(64, len(self.images)))
                 self.transfer = TransferJudge(*held, every=self.cfg.transfer_every, steps=self.cfg.transfer_steps,
-                                              batch=self.cfg.batch_size, device=self.cfg.device)
+                                              batch=self.cfg.batch_size, device=self.cfg.device,
+                                              precision=judge_precision)
             self.warmup_left = self.trainer.warmup_steps
             if self.warmup_left:
                 log.info("node %s: training its segmenter on its own pairs for %d steps before the first feedback",

@@ -136,8 +136,8 @@ def serve_one_node(tmp_path: Path):
                                                                                 checkpoint_every=0))
         link = hub.node_link(name)
         link.send(P.make(P.Kind.HELLO, name, meta={"role": "node", **DiscriminatorNode.hello_meta(images)}))
-        node = DiscriminatorNode(link, images, masks, NodeConfig(name, batch_size=2, judge=False,
-                                                                 feedback=FeedbackConfig(warmup=0), **node_cfg))
+        settings = {"batch_size": 2, "judge": False, "feedback": FeedbackConfig(warmup=0), **node_cfg}
+        node = DiscriminatorNode(link, images, masks, NodeConfig(name, **settings))
         stop = threading.Event()
         thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
         thread.start()

@@ -102,3 +102,40 @@ def test_transfer_judge_refuses_bad_settings() -> None:
         TransferJudge(reals[:0], masks[:0])
     with pytest.raises(ValueError, match="matching"):
         TransferJudge(reals, masks[:1])
+
+
+def test_a_bf16_judge_runs_its_forward_passes_in_bf16_and_still_learns_the_labels() -> None:
+    torch.set_num_threads(1)
+    ims, ms = make_scenes(range(32), 32)
+    test_ims, test_ms = make_scenes(range(500, 516), 32)
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        judge = LabelJudge(seed=0, lr=3e-3, precision=precision)
+        dtypes: list[torch.dtype] = []
+        judge.model.register_forward_hook(lambda _m, _i, out, seen=dtypes: seen.append(out.dtype))
+        rng = np.random.default_rng(0)
+        for _ in range(150):
+            idx = rng.integers(0, len(ims), 8)
+            judge.train_step(ims[idx], ms[idx])
+        scores[precision] = judge.label_iou(_wire(test_ims), test_ms)
+        assert set(dtypes) == {torch.bfloat16 if precision == "bf16" else torch.float32}
+        assert all(p.dtype == torch.float32 for p in judge.model.parameters())  # autocast, not a cast model
+    assert scores["bf16"] > 0.3 and abs(scores["bf16"] - scores["fp32"]) < 0.15, scores
+
+
+def test_a_judge_refuses_a_precision_it_cannot_run() -> None:
+    reals, masks = make_scenes(range(2), 16)
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        LabelJudge(precision="auto")  # the node resolves auto before it builds its judges
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        TransferJudge(reals, masks, precision="half")
+
+
+def test_a_node_builds_its_judges_in_the_precision_its_d_resolved_to(serve_one_node) -> None:  # type: ignore[no-untyped-def]
+    from dgan.networks import ModelConfig
+
+    ims, ms = make_scenes(range(8), 32)
+    model = ModelConfig(image_size=32, g_width=8, d_width=8)
+    for precision in ("fp32", "bf16"):
+        _, node = serve_one_node(model, 2, "n", ims, ms, judge=True, precision=precision)
+        assert node.trainer.precision == node.judge.precision == node.transfer.precision == precision

@@ -134,11 +134,12 @@ def test_speed_bench_skips_bf16_on_an_emulating_cpu_and_measures_it_when_asked(
     out = bench.run_gen_speed_benchmark(quick=True, repeats=1)
     names = {r["variant"] for r in out["rows"]}
     assert names == {"fp32, 2 threads (default)", "fp32, 1 thread", "channels_last"}
-    assert {s["variant"] for s in out["skipped"]} == {"bf16 autocast", "torch.compile"}
+    assert {s["variant"] for s in out["skipped"]} == {"bf16 autocast", "bf16 + channels_last", "torch.compile"}
     assert all(r["samples_per_s"] > 0 for r in out["rows"]) and out["rows"][0]["vs_default"] == 1.0
     forced = bench.run_gen_speed_benchmark(quick=True, repeats=1, force_bf16=True)
-    bf16 = next(r for r in forced["rows"] if r["variant"] == "bf16 autocast")
-    assert bf16["precision"] == "bf16" and bf16["samples_per_s"] > 0
+    bf16 = {r["variant"]: r for r in forced["rows"] if r["precision"] == "bf16"}
+    assert {v: r["channels_last"] for v, r in bf16.items()} == {"bf16 autocast": False, "bf16 + channels_last": True}
+    assert all(r["samples_per_s"] > 0 for r in bf16.values())
 
 
 def test_a_bf16_node_sends_a_float32_gradient_that_points_where_the_fp32_one_does() -> None:
@@ -272,8 +273,8 @@ def test_the_experiment_hands_its_device_to_the_gans_the_dgan_processes_and_the_
 
     monkeypatch.setattr(ex, "run_local", lambda rc: record("dgan processes", rc.device))
     monkeypatch.setattr(central, "GeneratorTrainer", CentralG)
-    monkeypatch.setattr(central, "DiscriminatorTrainer", lambda model, recipe, seed, device: record("central D",
-                                                                                                    device))
+    monkeypatch.setattr(central, "DiscriminatorTrainer", lambda model, recipe, seed, device, **k: record("central D",
+                                                                                                         device))
     monkeypatch.setattr(ex, "train_segmenter", lambda *a, **k: record("segmenter", a[2].device))
     monkeypatch.setattr(ex, "train_local", lambda syn, own, seg, **k: record("department model", seg.device))
     ims, masks = make_scenes(range(2), 32)

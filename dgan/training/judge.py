@@ -29,11 +29,17 @@ from dgan.segment import SegConfig, define_segmenter, segmentation_loss
 
 
 class LabelJudge:
+    """``precision`` ``bf16``: its forward passes under bf16 autocast, as the node's D (the node passes its own,
+    resolved): at fp32 the two judges cost a node more than its D does (128 px, measured in session 25)."""
+
     def __init__(self, seed: int | None = 0, width: int = 8, depth: int = 3, lr: float = 1e-3,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", precision: str = "fp32") -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"a judge runs in fp32 or bf16, got {precision!r}")
         if seed is not None:
             torch.manual_seed(seed)
         self.device = torch.device(device)
+        self.precision = precision
         self.model = define_segmenter(SegConfig(width=width, depth=depth)).to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.steps = 0
@@ -47,7 +53,8 @@ class LabelJudge:
     def step_on(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One step on images in [-1, 1] (B, 3, H, W) and foreground targets (B, 1, H, W)."""
         self.model.train()
-        loss = segmentation_loss(self.model(x), y)
+        with self.autocast():  # the forward pass only: backward runs outside autocast, as PyTorch advises
+            loss = segmentation_loss(self.model(x), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -59,7 +66,11 @@ class LabelJudge:
         """IoU of the judge's foreground on the fakes (wire layout (B, 3, H, W)) against their masks."""
         x = fakes_from_wire(fakes, self.device)
         self.model.eval()
-        return _iou((self.model(x)[:, 0] > 0).cpu().numpy(), masks > 0)
+        with self.autocast():
+            return _iou((self.model(x)[:, 0] > 0).cpu().numpy(), masks > 0)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16")
 
 
 def _iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -80,12 +91,14 @@ class TransferJudge:
     """
 
     def __init__(self, reals: np.ndarray, masks: np.ndarray, every: int = 16, steps: int = 60, keep: int = 64,
-                 batch: int = 8, seed: int | None = None, device: str = "cpu") -> None:
+                 batch: int = 8, seed: int | None = None, device: str = "cpu", precision: str = "fp32") -> None:
         if every < 1 or steps < 1 or keep < 1 or batch < 1:
             raise ValueError("every, steps, keep and batch must be >= 1")
         if len(reals) != len(masks) or len(reals) == 0:
             raise ValueError(f"need matching, non-empty real images and masks, got {len(reals)} and {len(masks)}")
-        self.every, self.steps, self.batch = every, steps, batch
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"a judge runs in fp32 or bf16, got {precision!r}")
+        self.every, self.steps, self.batch, self.precision = every, steps, batch, precision
         self.device = torch.device(device)
         self.reals = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals))).to(self.device)
         self.truth = np.ascontiguousarray(masks) > 0
@@ -110,7 +123,7 @@ class TransferJudge:
         with torch.random.fork_rng(devices=rng_devices(self.device)):
             torch.manual_seed(int(self.rng.integers(2**31)))
             if self.window is None:
-                self.window = LabelJudge(seed=None, device=str(self.device))
+                self.window = LabelJudge(seed=None, device=str(self.device), precision=self.precision)
             x = torch.stack(list(self.fakes))
             y = torch.from_numpy((np.stack(list(self.masks)) > 0).astype(np.float32))[:, None].to(self.device)
             for _ in range(self.steps * (i + 1) // self.every - self.steps * i // self.every):  # `steps` in all
@@ -120,7 +133,7 @@ class TransferJudge:
                 return None
             judge, self.window = self.window, None
             judge.model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), judge.autocast():
                 pred = (judge.model(self.reals)[:, 0] > 0).cpu().numpy()
         self.verdicts += 1
         return _iou(pred, self.truth)
