@@ -19,6 +19,7 @@ from dgan.cli_app import (
     console,
 )
 from dgan.cli_runs import pairs_folder
+from dgan.cpu_features import slow_bf16_warning
 from dgan.feedback import DEFAULT_MODE, FeedbackMode
 from dgan.logs import setup_logging
 
@@ -134,6 +135,8 @@ def experiment(
     from dgan.segment import SegConfig
 
     setup_logging("INFO", "rich", "experiment")
+    if (slow := slow_bf16_warning(precision.value, device)) is not None:
+        console.print(f"[yellow]{slow}[/yellow]")
     modes = tuple(dict.fromkeys(m.value for m in (feedback or [DEFAULT_MODE])))
     methods = tuple(m.value for m in (gan_methods or list(GanMethod)))
     for hint, given in (("--local", local), ("--local-from", local_from)):

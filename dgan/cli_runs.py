@@ -29,6 +29,7 @@ from dgan.cli_app import (
     segment_app,
     set_torch_threads,
 )
+from dgan.cpu_features import slow_bf16_warning
 from dgan.feedback import DEFAULT_MODE
 from dgan.logs import setup_logging
 
@@ -117,6 +118,8 @@ def run(
                     node_args=["--lambda-semantic", str(lambda_semantic), "--lambda-colour", str(lambda_colour),
                                "--positive-crops", str(positive_crops),
                                "--diffaugment" if diffaugment else "--no-diffaugment"])
+    if (slow := slow_bf16_warning(precision.value, device)) is not None:
+        console.print(f"[yellow]{slow}[/yellow]")
     _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps, feedback {feedback.value}")
 
 

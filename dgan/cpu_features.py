@@ -72,6 +72,14 @@ def device_problem(device: str) -> str | None:
     return None
 
 
+def slow_bf16_warning(precision: str, device: str = "cpu") -> str | None:
+    """One line for a run asked for bf16 where the CPU only emulates it, or None: that run is ~20x slower."""
+    if precision != "bf16" or device != "cpu" or native_bf16():
+        return None
+    return ("bf16 on a CPU without native bf16 (avx512_bf16/amx_bf16): emulated, it measured 0.045x fp32's speed; "
+            "--precision auto picks bf16 only where it pays")
+
+
 def deterministic_cuda() -> None:
     """cuDNN and cuBLAS use reproducible kernels, so one seed trains one segmenter on a GPU. Without this, session
     13's GPU runs trained the same real_partial segmenter (same seed, split and steps) to test IoU 0.453-0.539."""

@@ -96,7 +96,7 @@ def from_cache(path: Path) -> dict[str, Any]:
 
 def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedback: str) -> RunConfig:
     """The DGAN run's processes and settings for one GAN seed (what ``dgan_run`` starts)."""
-    out = cfg.out / f"dgan_{mode}_{feedback}_seed{seed}"
+    out = cfg.out / f"dgan_{mode}_{feedback}{cfg.arithmetic_suffix}_seed{seed}"  # another arithmetic: apart
     lr, beta1 = cfg.generator_optim()
     if mode == "async" and cfg.async_beta1 is not None:
         beta1 = cfg.async_beta1

@@ -80,8 +80,9 @@ class ExperimentConfig:
     grad_dtype: str = "float16"  # DGAN nodes' gradients on the wire (int8: per-sample scale, dgan.grad_codec)
     fake_dtype: str = "float16"  # DGAN generator's fakes on the wire
     weighting: str = "size"  # DGAN generator: each feedback weighed by its node's dataset size, or all alike
-    # both GANs' passes (G's forward, every D's): fp32, bf16 autocast, or auto (bf16 only where the CPU or GPU
-    # computes it natively); the segmenters that score the sets stay fp32, so the yardstick does not move
+    # both GANs' training passes (G's forward, every D's and the nodes' judges'): fp32, bf16 autocast, or auto
+    # (bf16 only where the CPU or GPU computes it natively). Synthesis and the segmenters that score the sets stay
+    # fp32, so the yardstick does not move
     precision: str = "fp32"
     channels_last: bool = False  # both GANs' G in NHWC (with bf16 on a CPU with AMX: 2.35x fp32's samples/s)
 
@@ -149,6 +150,11 @@ class ExperimentConfig:
     def gan_precision(self) -> str:
         """What the GANs run in here: ``auto`` resolved on this machine (results and caches record this)."""
         return resolve_precision(self.precision, self.device)
+
+    @property
+    def arithmetic_suffix(self) -> str:
+        """``_bf16``, ``_cl`` or both for the GANs' arithmetic off the default (fp32, NCHW); "" at the default."""
+        return ("_bf16" if self.gan_precision == "bf16" else "") + ("_cl" if self.channels_last else "")
 
     def single_scored_sets(self) -> str | None:
         """A warning when some GAN set is scored by one segmenter only: seed s trains on set s mod gan_seeds, and

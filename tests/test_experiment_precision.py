@@ -85,8 +85,12 @@ def test_bf16_and_channels_last_get_their_own_gan_caches_and_fingerprints_but_no
             ex.dgan_launch(base, splits, "async", 0, "adversarial"))
         for real in ("real_all", "real_partial"):  # the segmenters stay fp32: the yardsticks are shared
             assert ex.cache_key(other, splits, real) == ex.cache_key(base, splits, real)
-    # runs that finished before channels_last existed keep their fingerprints while it is off
-    assert "channels_last" not in launch_fingerprint(ex.dgan_launch(base, splits, "async", 0, "adversarial"))
+    # runs that finished before channels_last existed keep their fingerprints and folders while it is off
+    plain = ex.dgan_launch(base, splits, "async", 0, "adversarial")
+    assert "channels_last" not in launch_fingerprint(plain) and plain.out.name == "dgan_async_adversarial_seed0"
+    # and trainings in other arithmetic go to their own folders: switching back finds the first one finished
+    folders = {ex.dgan_launch(o, splits, "async", 0, "adversarial").out.name for o in others}
+    assert folders == {"dgan_async_adversarial_bf16_seed0", "dgan_async_adversarial_cl_seed0"}
 
 
 def test_an_unknown_precision_is_refused_before_any_training(tmp_path: Path) -> None:
@@ -122,3 +126,12 @@ def test_the_results_say_what_the_gans_ran_in_only_where_not_the_default() -> No
     assert "GANs in" not in markdown(results(gan_precision="fp32", config={"precision": "fp32"}))
     assert "GANs in bf16 (--precision auto), G in channels_last" in markdown(
         results(gan_precision="bf16", config={"precision": "auto", "channels_last": True}))
+
+
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_is_warned_about_and_auto_is_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _native_bf16(monkeypatch, False)
+    assert "0.045x" in (cpu.slow_bf16_warning("bf16") or "")
+    assert cpu.slow_bf16_warning("auto") is None and cpu.slow_bf16_warning("bf16", "cuda") is None
+    _native_bf16(monkeypatch, True)
+    assert cpu.slow_bf16_warning("bf16") is None

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import dgan.cpu_features as cpu
 from dgan.data.scenes import make_scenes
 from dgan.training.judge import LabelJudge, TransferJudge
 
@@ -136,6 +137,9 @@ def test_a_node_builds_its_judges_in_the_precision_its_d_resolved_to(serve_one_n
 
     ims, ms = make_scenes(range(8), 32)
     model = ModelConfig(image_size=32, g_width=8, d_width=8)
-    for precision in ("fp32", "bf16"):
-        _, node = serve_one_node(model, 2, "n", ims, ms, judge=True, precision=precision)
-        assert node.trainer.precision == node.judge.precision == node.transfer.precision == precision
+    for precision, native, resolved in (("fp32", True, "fp32"), ("bf16", False, "bf16"), ("auto", True, "bf16"),
+                                        ("auto", False, "fp32")):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cpu, "native_bf16", lambda flags=None, native=native: native)
+            _, node = serve_one_node(model, 2, "n", ims, ms, judge=True, precision=precision)
+        assert node.trainer.precision == node.judge.precision == node.transfer.precision == resolved

@@ -236,3 +236,11 @@ def test_the_benchmarks_pool_workers_die_with_it() -> None:
         proc.stdout.close()
         if worker and running(worker, started):  # the test failed: do not leave it sleeping either
             os.kill(worker, signal.SIGKILL)
+
+
+def test_the_bf16_channels_last_rule_trains_the_simulated_generator_in_both() -> None:
+    gen, stats = simulate(TINY, make_splits(TINY), RULES["async-p1-f16-bf16-cl"], seed=0, feedbacks=4,
+                          feedback="adversarial", speeds=[1.0], ema=0.0)
+    assert stats["steps"] == 4 and gen.precision == "bf16" and gen.cfg.channels_last
+    conv = max((p for p in gen.G.parameters() if p.dim() == 4), key=lambda p: p.shape[1] * p.shape[2])
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()

@@ -54,7 +54,8 @@ class LabelJudge:
         """One step on images in [-1, 1] (B, 3, H, W) and foreground targets (B, 1, H, W)."""
         self.model.train()
         with self.autocast():  # the forward pass only: backward runs outside autocast, as PyTorch advises
-            loss = segmentation_loss(self.model(x), y)
+            logits = self.model(x)
+        loss = segmentation_loss(logits.float(), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
