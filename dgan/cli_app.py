@@ -102,8 +102,8 @@ def _checked_device(device: str) -> str:
 Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.", callback=_checked_device)]
 ChannelsLast = Annotated[bool, typer.Option(
     help="The generator's G in NHWC memory layout. Measured by dgan bench speed: with bf16 on an Intel CPU with "
-    "AMX, 2.35x fp32's samples/s against 1.81x for bf16 alone; alone 1.15x there and 0.93-1.01x on an AMD "
-    "VM.")]
+    "AMX, 2.36x fp32's samples/s against 1.72x for bf16 alone; alone 1.18x there and 0.93-1.01x on an AMD "
+    "VM (docs/results/speed.md).")]
 
 
 def set_torch_threads(n: int) -> None:
