@@ -72,6 +72,14 @@ def device_problem(device: str) -> str | None:
     return None
 
 
+def precision_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast where a model runs in (resolved) bf16; a no-op context otherwise. Forward passes only: PyTorch
+    advises running backward outside it."""
+    import torch
+
+    return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+
+
 def slow_bf16_warning(precision: str, device: str = "cpu") -> str | None:
     """One line for a run asked for bf16 where the CPU only emulates it, or None: that run is ~20x slower."""
     if precision != "bf16" or device != "cpu" or native_bf16():

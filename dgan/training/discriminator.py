@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dgan.choices import Precision, values
-from dgan.cpu_features import resolve_precision
+from dgan.cpu_features import precision_autocast, resolve_precision
 from dgan.feedback import FeedbackConfig, FeedbackMode
 from dgan.grad_codec import quantize_int8
 from dgan.networks import (
@@ -210,7 +210,7 @@ class DiscriminatorTrainer:
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast when this node runs in bf16; a no-op context otherwise."""
-        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16")
+        return precision_autocast(self.device, self.precision)
 
     def _generator_loss(self, fn: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
         """G's loss with D (or ``model``) frozen (pix2pix order: after the D step)."""

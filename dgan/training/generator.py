@@ -34,7 +34,7 @@ from torch.func import functional_call
 
 from dgan import grad_codec
 from dgan.choices import FakeDtype, Jacobian, Precision, SynthWeights, TrainMode, Weighting, values
-from dgan.cpu_features import device_problem, resolve_precision, rng_devices
+from dgan.cpu_features import device_problem, precision_autocast, resolve_precision, rng_devices
 from dgan.networks import ModelConfig, define_G, masks_to_input, tensor_to_images
 from dgan.training.checkpoints import load_checkpoint, numpy_rng_state, save_atomic, set_numpy_rng_state
 from dgan.training.snapshots import WeightSnapshots
@@ -174,8 +174,7 @@ class GeneratorTrainer:
     def _run(self, params: list[torch.Tensor], x: torch.Tensor, seed: int) -> torch.Tensor:
         """G on ``x`` with ``params`` (in ``self.names`` order) and the dropout draw of ``seed``; the global RNG is
         left as it was."""
-        with torch.random.fork_rng(devices=rng_devices(self.device)), torch.autocast(
-                self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+        with torch.random.fork_rng(devices=rng_devices(self.device)), precision_autocast(self.device, self.precision):
             torch.manual_seed(seed)
             return self._forward(dict(zip(self.names, params, strict=True)), x).float()
 

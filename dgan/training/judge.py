@@ -23,7 +23,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from dgan.cpu_features import rng_devices
+from dgan.cpu_features import precision_autocast, rng_devices
 from dgan.networks import fakes_from_wire, images_to_tensor
 from dgan.segment import SegConfig, define_segmenter, segmentation_loss
 
@@ -34,8 +34,7 @@ class LabelJudge:
 
     def __init__(self, seed: int | None = 0, width: int = 8, depth: int = 3, lr: float = 1e-3,
                  device: str = "cpu", precision: str = "fp32") -> None:
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"a judge runs in fp32 or bf16, got {precision!r}")
+        _check_precision(precision)
         if seed is not None:
             torch.manual_seed(seed)
         self.device = torch.device(device)
@@ -71,7 +70,13 @@ class LabelJudge:
             return _iou((self.model(x)[:, 0] > 0).cpu().numpy(), masks > 0)
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16")
+        return precision_autocast(self.device, self.precision)
+
+
+def _check_precision(precision: str) -> None:
+    """A judge takes its node's resolved precision: ``auto`` is the node's to resolve, before it builds them."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"a judge runs in fp32 or bf16, got {precision!r}")
 
 
 def _iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -97,8 +102,7 @@ class TransferJudge:
             raise ValueError("every, steps, keep and batch must be >= 1")
         if len(reals) != len(masks) or len(reals) == 0:
             raise ValueError(f"need matching, non-empty real images and masks, got {len(reals)} and {len(masks)}")
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"a judge runs in fp32 or bf16, got {precision!r}")
+        _check_precision(precision)
         self.every, self.steps, self.batch, self.precision = every, steps, batch, precision
         self.device = torch.device(device)
         self.reals = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals))).to(self.device)
