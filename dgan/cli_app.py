@@ -61,6 +61,9 @@ def _version(value: bool) -> None:
 def main(version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
     """dgan: learn one generator from images that stay at their nodes."""
+    from dgan.malloc_tuning import tune_malloc
+
+    tune_malloc()  # every command, before its tensors: see dgan.malloc_tuning
 
 
 KeyFile = Annotated[Path | None, typer.Option("--key", help="CURVE: this process's .key_secret file.")]

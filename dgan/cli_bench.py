@@ -169,6 +169,16 @@ def bench_speed(
     run_gen_speed_benchmark(quick, json_out, with_compile=compile_, force_bf16=force_bf16, system=system)
 
 
+@bench_app.command("malloc")
+def bench_malloc(quick: Quick = False, json_out: JsonOut = None) -> None:
+    """glibc malloc as it comes against dgan's tuned thresholds: generator cycles, synthesis and segmenter steps,
+    a fresh process per run."""
+    from benchmarks.malloc import run_malloc_benchmark
+
+    setup_logging("WARNING")
+    run_malloc_benchmark(quick, json_out)
+
+
 @bench_app.command("wire")
 def bench_wire(quick: Quick = False, json_out: JsonOut = None) -> None:
     """Bytes per sample and gradient fidelity of float32, float16 and int8 gradients, for each feedback mode."""
