@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from dgan import malloc_tuning
 from dgan.cpu_features import cpu_flags, native_bf16
 from dgan.data.scenes import make_scenes
 from dgan.networks import ModelConfig
@@ -157,7 +158,7 @@ def run_gen_speed_benchmark(quick: bool = False, json_out: Path | None = None, w
         console.print(sys_table)
     result = {"image_size": size, "g_width": width, "batch": batch, "repeats": repeats, "rows": rows,
               "skipped": skipped, "system": system_rows, "cpu_flags": cpu_flags(), "native_bf16": native_bf16(),
-              "torch": torch.__version__, "quick": quick}
+              "torch": torch.__version__, "quick": quick, "malloc": malloc_tuning.state}
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))
         console.print(f"wrote {json_out}")

@@ -77,7 +77,12 @@ def _echo_server(path: str, endpoint: str) -> None:
         sock.send_multipart([envelope, P.PROTOCOL_VERSION, reply_header, data], copy=False)
 
 
-def _proxy(front: str, back: str) -> None:
+def _proxy(front: str, back: str, tuned: bool = False) -> None:
+    """``tuned``: with the glibc malloc thresholds every ``dgan`` command sets (the same allocator as the broker)."""
+    if tuned:
+        from dgan.malloc_tuning import tune_malloc
+
+        tune_malloc()
     ctx = zmq.Context()
     f = ctx.socket(zmq.ROUTER)
     f.bind(front)
@@ -87,9 +92,15 @@ def _proxy(front: str, back: str) -> None:
 
 
 def _broker(node_port: int, gen_port: int, pub_port: int, record: str | None, variant: str = "broker") -> None:
-    """``variant``: ``broker``, or a baseline: ``broker-arrays`` builds every tensor, ``broker-pyzmq`` uses pyzmq's
-    Python multipart calls, ``broker-hwmN`` queues N messages per socket instead of 64 (zmq's default is 1000)."""
+    """``variant``: ``broker``, as ``dgan broker`` runs it (glibc malloc tuned, see :mod:`dgan.malloc_tuning`), or
+    a baseline: ``broker-arrays`` builds every tensor, ``broker-pyzmq`` uses pyzmq's Python multipart calls,
+    ``broker-hwmN`` queues N messages per socket instead of 64 (zmq's default is 1000), ``broker-glibc`` leaves
+    glibc's malloc as it comes."""
     from broker import Broker, BrokerConfig
+    from dgan.malloc_tuning import tune_malloc
+
+    if variant != "broker-glibc":
+        tune_malloc()
 
     hwm = int(variant.removeprefix("broker-hwm")) if variant.startswith("broker-hwm") else BrokerConfig.hwm
     cfg = BrokerConfig(node_port=node_port, generator_port=gen_port, pub_port=pub_port,
@@ -145,8 +156,8 @@ class _Path:
         back = f"tcp://127.0.0.1:{b}"
         if path == "direct":
             targets: list[tuple[Any, tuple[Any, ...]]] = [(_echo_server, (path, client_ep))]
-        elif path == "proxy":
-            targets = [(_proxy, (client_ep, back)), (_echo_server, (path, back))]
+        elif path.startswith("proxy"):
+            targets = [(_proxy, (client_ep, back, path == "proxy-tuned")), (_echo_server, ("proxy", back))]
         else:
             record = str(Path(record_dir) / "bench.dgl") if record_dir else None
             targets = [(_broker, (a, b, c, record, path)), (_echo_server, ("broker", back))]
@@ -206,14 +217,15 @@ def measure(paths: list[_Path], sizes: list[int], quick: bool, repeats: int = 3)
 def run_transport_benchmark(quick: bool = False, json_out: Path | None = None, with_record: bool = False,
                             sizes: list[int] | None = None, with_arrays: bool = False,
                             with_pyzmq: bool = False, repeats: int = 3,
-                            broker_hwm: list[int] | None = None) -> dict[str, Any]:
+                            broker_hwm: list[int] | None = None, with_malloc: bool = False) -> dict[str, Any]:
     """Baselines beside today's broker: ``with_arrays``, the broker building every tensor as an array (before
     header-only validation); ``with_pyzmq``, the broker on pyzmq's Python multipart calls (before the compiled
-    layer)."""
+    layer); ``with_malloc``, the broker with glibc's malloc as it comes, and zmq.proxy with the broker's."""
     sizes = sizes or SIZES
     console = Console(width=max(120, Console().width))
     baselines = [*(["broker-arrays"] if with_arrays else []), *(["broker-pyzmq"] if with_pyzmq else []),
-                 *(f"broker-hwm{n}" for n in broker_hwm or [])]
+                 *(f"broker-hwm{n}" for n in broker_hwm or []),
+                 *(["broker-glibc", "proxy-tuned"] if with_malloc else [])]
     with tempfile.TemporaryDirectory() as tmp, console.status("measuring…"):
         paths = [_Path(name) for name in ("direct", "proxy", "broker", *baselines)]
         if with_record:

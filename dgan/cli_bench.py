@@ -36,13 +36,16 @@ def bench_transport(
     repeats: Annotated[int, typer.Option(min=1, help="Interleaved rounds over the paths; medians are reported.")] = 3,
     broker_hwm: Annotated[list[int] | None, typer.Option(min=1, help="Also the broker with this high-water mark "
                                                                      "(repeat; its default is 64).")] = None,
+    malloc: Annotated[bool, typer.Option(help="Also the broker with glibc's malloc as it comes, and zmq.proxy "
+                                              "with the malloc thresholds the broker runs with.")] = False,
 ) -> None:
     """Throughput and round-trip latency: dgan broker vs zmq.proxy vs direct."""
     from benchmarks.transport import run_transport_benchmark
 
     setup_logging("WARNING")
     run_transport_benchmark(quick=quick, json_out=json_out, with_record=record, with_arrays=arrays,
-                            with_pyzmq=pyzmq, sizes=size or None, repeats=repeats, broker_hwm=broker_hwm)
+                            with_pyzmq=pyzmq, sizes=size or None, repeats=repeats, broker_hwm=broker_hwm,
+                            with_malloc=malloc)
 
 
 @bench_app.command("training")

@@ -305,16 +305,17 @@ def test_a_second_generator_is_refused_while_the_first_is_alive(broker_proc: Bro
 
 
 @pytest.mark.timeout(300)
-def test_transport_bench_drives_the_broker_and_its_two_baselines_side_by_side() -> None:
-    """Today's broker, the array-building one, the one on pyzmq's Python multipart calls and one with a deeper
-    queue all route."""
+def test_transport_bench_drives_the_broker_and_its_baselines_side_by_side() -> None:
+    """Today's broker, the array-building one, the one on pyzmq's Python multipart calls, one with a deeper
+    queue, one on glibc's malloc as it comes, and zmq.proxy on the broker's malloc settings all route."""
     from benchmarks.transport import _Path, measure
 
-    paths = [_Path("broker"), _Path("broker-arrays"), _Path("broker-pyzmq"), _Path("broker-hwm1000")]
+    names = ["broker", "broker-arrays", "broker-pyzmq", "broker-hwm1000", "broker-glibc", "proxy-tuned"]
+    paths = [_Path(name) for name in names]
     try:
         rows = measure(paths, [1024], quick=True, repeats=1)
     finally:
         for p in paths:
             p.close()
-    assert {r["path"] for r in rows} == {"broker", "broker-arrays", "broker-pyzmq", "broker-hwm1000"}
+    assert {r["path"] for r in rows} == set(names)
     assert all(r["msgs_per_s"] > 0 and 0 < r["rtt_p50_us"] <= r["rtt_p99_us"] for r in rows)

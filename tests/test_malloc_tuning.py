@@ -98,3 +98,13 @@ def test_malloc_benchmark_measures_each_setting_in_its_own_process(tmp_path: Pat
     assert all(r["per_s"] > 0 for r in rows.values())
     # synthesis in batches of 32 is where glibc refaults most: about 41,000 faults against 2,000 tuned at 64 px
     assert rows["tuned", "synthesis"]["page_faults"] < rows["glibc defaults", "synthesis"]["page_faults"] / 4
+
+
+def test_update_rule_pool_workers_end_with_the_bench_and_tune_malloc(monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.update_rule as bench
+
+    calls: list[object] = []
+    monkeypatch.setattr(bench, "die_with_parent", lambda parent: calls.append(parent))
+    monkeypatch.setattr(bench, "tune_malloc", lambda: calls.append("tuned"))
+    bench._worker_start(4242)
+    assert calls == [4242, "tuned"]
