@@ -10,12 +10,13 @@ all fp32 on 2 threads, with the kernel's share of the CPU time and the page faul
 from __future__ import annotations
 
 import json
+import platform
 import resource
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from rich.table import Table
 
 SETTINGS = ("glibc defaults", "tuned")
 PHASES = ("generator cycles", "synthesis", "segmenter steps")
-_TIMEOUT_S = 900  # one process's phases; a hung child fails the benchmark instead of waiting for ever
+_TIMEOUT_S = 900  # one process's phases; a child still running then is killed and the benchmark fails
 
 
 def _sizes(quick: bool) -> dict[str, int]:
@@ -82,7 +83,47 @@ def measure(tuned: bool, quick: bool) -> dict[str, Any]:
     rows = {PHASES[0]: _phase(lambda: cycles(sz["cycles"], 100)),
             PHASES[1]: _phase(lambda: len(gen.synthesize(many))),
             PHASES[2]: _phase(seg_steps)}
-    return {"state": state, "phases": rows, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"state": state, "phases": rows, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_after_mb": _rss_mb()}
+
+
+def _rss_mb() -> float:
+    """Resident memory now (what a process keeps after its phases), MB; 0 where /proc is not there."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0.0
+    return int(line.split()[1]) / 1024
+
+
+def _child(tuned: bool, quick: bool, conn: Connection) -> None:
+    conn.send(measure(tuned, quick))
+    conn.close()
+
+
+def _measured(tuned: bool, quick: bool) -> dict[str, Any]:
+    """``measure`` in a fresh spawned process, killed if it runs past the timeout."""
+    ctx = get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(tuned, quick, send), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        if not receive.poll(_TIMEOUT_S):
+            raise RuntimeError(f"a measurement ran past {_TIMEOUT_S} s; its process was killed")
+        return receive.recv()
+    except EOFError:
+        raise RuntimeError(f"a measurement process died (exit code {proc.exitcode})") from None
+    finally:
+        proc.kill()
+        proc.join(10)
+
+
+def _thp_mode() -> str:
+    try:
+        return Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 def run_malloc_benchmark(quick: bool = False, json_out: Path | None = None,
@@ -90,13 +131,11 @@ def run_malloc_benchmark(quick: bool = False, json_out: Path | None = None,
     console = Console()
     repeats = repeats or (2 if quick else 3)
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SETTINGS}
-    ctx = get_context("spawn")
     with console.status("fresh processes, the two malloc settings alternating…"):
         for r in range(repeats):
             order = SETTINGS if r % 2 == 0 else SETTINGS[::-1]
             for setting in order:
-                with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                    runs[setting].append(pool.submit(measure, setting == SETTINGS[1], quick).result(_TIMEOUT_S))
+                runs[setting].append(_measured(setting == SETTINGS[1], quick))
     base = SETTINGS[0]
     rows = []
     for setting in SETTINGS:
@@ -118,9 +157,12 @@ def run_malloc_benchmark(quick: bool = False, json_out: Path | None = None,
     console.print(table)
     result = {"sizes": sz, "repeats": repeats, "rows": rows, "quick": quick,
               "states": {s: sorted({run["state"] for run in runs[s]}) for s in SETTINGS},
-              "max_rss_mb": {s: statistics.median(run["max_rss_mb"] for run in runs[s]) for s in SETTINGS}}
-    console.print("peak memory per process (MB, median): " +
-                  ", ".join(f"{s} {v:.0f}" for s, v in result["max_rss_mb"].items()))
+              "max_rss_mb": {s: statistics.median(run["max_rss_mb"] for run in runs[s]) for s in SETTINGS},
+              "rss_after_mb": {s: statistics.median(run["rss_after_mb"] for run in runs[s]) for s in SETTINGS},
+              "glibc": platform.libc_ver()[1], "transparent_hugepages": _thp_mode()}
+    console.print("memory per process (MB, medians): peak " +
+                  ", ".join(f"{s} {v:.0f}" for s, v in result["max_rss_mb"].items()) + "; resident at the end " +
+                  ", ".join(f"{s} {v:.0f}" for s, v in result["rss_after_mb"].items()))
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))
         console.print(f"wrote {json_out}")

@@ -82,7 +82,7 @@ def _proxy(front: str, back: str, tuned: bool = False) -> None:
     if tuned:
         from dgan.malloc_tuning import tune_malloc
 
-        tune_malloc()
+        tune_malloc(environ={})
     ctx = zmq.Context()
     f = ctx.socket(zmq.ROUTER)
     f.bind(front)
@@ -99,8 +99,8 @@ def _broker(node_port: int, gen_port: int, pub_port: int, record: str | None, va
     from broker import Broker, BrokerConfig
     from dgan.malloc_tuning import tune_malloc
 
-    if variant != "broker-glibc":
-        tune_malloc()
+    if variant != "broker-glibc":  # whatever this shell's environment says: the rows must be what they are named
+        tune_malloc(environ={})
 
     hwm = int(variant.removeprefix("broker-hwm")) if variant.startswith("broker-hwm") else BrokerConfig.hwm
     cfg = BrokerConfig(node_port=node_port, generator_port=gen_port, pub_port=pub_port,

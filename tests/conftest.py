@@ -17,6 +17,14 @@ from dgan.commands import Ports, broker_args
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _untuned_malloc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dgan` commands invoked in this process (CliRunner) leave glibc's malloc as it is: mallopt cannot be undone,
+    so a tuned pytest process would make tests behave by their order. tests/test_malloc_tuning.py tunes in
+    subprocesses, or through a stand-in mallopt."""
+    monkeypatch.setenv("DGAN_MALLOC_TUNING", "0")
+
+
 def feedback_step(trainer, key: int) -> None:
     """One generator step on a made-up gradient (all ones) for two 32 px masks with a square in them."""
     import numpy as np
