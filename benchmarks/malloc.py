@@ -3,8 +3,9 @@
 The setting is process-wide and cannot be undone, so each measurement runs in a fresh spawned process, and the
 two settings alternate over the repeats so machine noise hits both alike; medians are reported. Each process
 measures what the experiment spends its time on: generator cycles (forward, a node's gradient backward, Adam),
-synthesis (batches of 32, as ``dgan experiment`` synthesises its sets) and segmenter steps (with validation),
-all fp32 on 2 threads, with the kernel's share of the CPU time and the page faults each phase took.
+the central GAN's steps (G and its D, as ``dgan experiment`` trains it), synthesis (batches of 32, as the
+experiment synthesises its sets) and segmenter steps (with validation), all fp32 on 2 threads, with the
+kernel's share of the CPU time and the page faults each phase took.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from rich.console import Console
 from rich.table import Table
 
 SETTINGS = ("glibc defaults", "tuned")
-PHASES = ("generator cycles", "synthesis", "segmenter steps")
+PHASES = ("generator cycles", "central GAN steps", "synthesis", "segmenter steps")
 _TIMEOUT_S = 900  # one process's phases; a child still running then is killed and the benchmark fails
 
 
 def _sizes(quick: bool) -> dict[str, int]:
-    return ({"size": 64, "width": 16, "cycles": 6, "synth": 128, "seg_steps": 20} if quick else
-            {"size": 128, "width": 32, "cycles": 12, "synth": 256, "seg_steps": 40})
+    return ({"size": 64, "width": 16, "cycles": 6, "gan_steps": 4, "synth": 128, "seg_steps": 20} if quick else
+            {"size": 128, "width": 32, "cycles": 12, "gan_steps": 16, "synth": 256, "seg_steps": 40})
 
 
 def _phase(fn: Callable[[], int]) -> dict[str, float]:
@@ -51,7 +52,10 @@ def measure(tuned: bool, quick: bool) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from dgan.data.loaders import PairSet
     from dgan.data.scenes import make_scenes
+    from dgan.experiment_central import central_gan
+    from dgan.experiment_config import ExperimentConfig
     from dgan.networks import ModelConfig
     from dgan.segment import SegConfig, train_segmenter
     from dgan.training.generator import GeneratorTrainer, TrainConfig
@@ -70,6 +74,7 @@ def measure(tuned: bool, quick: bool) -> dict[str, Any]:
             gen.update()
         return n * len(batch)
 
+    pairs = PairSet(images, masks, [str(i) for i in range(len(masks))])
     many = np.concatenate([masks] * (sz["synth"] // len(masks)))
     cycles(2, 0)  # warm-up: oneDNN primitives, the allocator's first blocks
     gen.synthesize(many[:32])
@@ -80,9 +85,17 @@ def measure(tuned: bool, quick: bool) -> dict[str, Any]:
         train_segmenter(images, masks, seg, val=(images, masks))
         return seg.steps
 
+    def central_steps(steps: int) -> int:  # `dgan experiment`'s central GAN: G and D, both stepping
+        cfg = ExperimentConfig(out=Path("unused"), size=sz["size"], g_width=sz["width"], gan_steps=steps,
+                               snapshots=0)
+        central_gan(cfg, pairs, 0, "adversarial")
+        return steps
+
+    central_steps(2)
     rows = {PHASES[0]: _phase(lambda: cycles(sz["cycles"], 100)),
-            PHASES[1]: _phase(lambda: len(gen.synthesize(many))),
-            PHASES[2]: _phase(seg_steps)}
+            PHASES[1]: _phase(lambda: central_steps(sz["gan_steps"])),
+            PHASES[2]: _phase(lambda: len(gen.synthesize(many))),
+            PHASES[3]: _phase(seg_steps)}
     return {"state": state, "phases": rows, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss_after_mb": _rss_mb()}
 
