@@ -5,8 +5,9 @@ PyTorch's CPU tensors come from ``malloc``. glibc serves a block above its mmap 
 large activations land on fresh pages the kernel must fault in and zero, pass after pass. At 128 px, synthesis
 with batches of 32 spent about half its CPU time in the kernel that way (2.2 million page faults for 256 images).
 Raising both thresholds to 1 GiB keeps those blocks in the heap: the same synthesis ran 1.78-1.97x as fast,
-generator cycles 1.16x and the central GAN's steps 1.06x (session 26, ``dgan bench malloc``). PyTorch's CPU tuning guide gets the same effect by
-preloading jemalloc or tcmalloc. The cost: a process keeps the memory it has freed (its peak stays resident).
+generator cycles 1.16x and the central GAN's steps 1.06x (session 26, ``dgan bench malloc``). PyTorch's CPU
+tuning guide gets the same effect by preloading jemalloc or tcmalloc. The cost: a process keeps the memory it
+has freed (its peak stays resident).
 
 Every ``dgan`` command applies it at start-up. ``DGAN_MALLOC_TUNING=0`` leaves glibc as it is, and so do the
 user's own ``MALLOC_*_`` or ``GLIBC_TUNABLES`` mmap/trim settings, or an allocator in ``LD_PRELOAD``. glibc
