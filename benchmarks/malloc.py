@@ -45,7 +45,7 @@ def _phase(fn: Callable[[], int]) -> dict[str, float]:
 
 
 def measure(tuned: bool, quick: bool) -> dict[str, Any]:
-    """In a fresh process: apply the setting first, then time the three phases once each (after a warm-up)."""
+    """In a fresh process: apply the setting first, then time each phase once (after a warm-up)."""
     from dgan import malloc_tuning
 
     state = malloc_tuning.tune_malloc(environ={}) if tuned else "glibc defaults"
