@@ -174,8 +174,8 @@ def bench_speed(
 
 @bench_app.command("malloc")
 def bench_malloc(quick: Quick = False, json_out: JsonOut = None) -> None:
-    """glibc malloc as it comes against dgan's tuned thresholds: generator cycles, synthesis and segmenter steps,
-    a fresh process per run."""
+    """glibc malloc as it comes against dgan's tuned thresholds: generator cycles, central GAN steps, synthesis
+    and segmenter steps, a fresh process per run."""
     from benchmarks.malloc import run_malloc_benchmark
 
     setup_logging("WARNING")
