@@ -11,6 +11,7 @@ kernel's share of the CPU time and the page faults each phase took.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import statistics
@@ -52,6 +53,8 @@ def measure(tuned: bool, quick: bool) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from benchmarks.fuzz_broker import rss_mb
+    from benchmarks.gen_speed import _cycles
     from dgan.data.loaders import PairSet
     from dgan.data.scenes import make_scenes
     from dgan.experiment_central import central_gan
@@ -66,12 +69,8 @@ def measure(tuned: bool, quick: bool) -> dict[str, Any]:
     gen = GeneratorTrainer(ModelConfig(image_size=sz["size"], g_width=sz["width"]), TrainConfig(seed=0))
     batch = masks[:8]
 
-    def cycles(n: int, first: int) -> int:
-        for i in range(first, first + n):
-            fakes = gen.generate("bench", i, batch, i)
-            grad = np.random.default_rng(i).standard_normal(fakes.shape).astype(np.float32) * 1e-3
-            gen.apply_feedback("bench", i, grad)
-            gen.update()
+    def cycles(n: int, first: int) -> int:  # the generator's cycle as `dgan bench speed` times it
+        _cycles(gen, batch, first, n)
         return n * len(batch)
 
     pairs = PairSet(images, masks, [str(i) for i in range(len(masks))])
@@ -97,16 +96,7 @@ def measure(tuned: bool, quick: bool) -> dict[str, Any]:
             PHASES[2]: _phase(lambda: len(gen.synthesize(many))),
             PHASES[3]: _phase(seg_steps)}
     return {"state": state, "phases": rows, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_after_mb": _rss_mb()}
-
-
-def _rss_mb() -> float:
-    """Resident memory now (what a process keeps after its phases), MB; 0 where /proc is not there."""
-    try:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return 0.0
-    return int(line.split()[1]) / 1024
+            "rss_after_mb": rss_mb(os.getpid())}  # what the process keeps after its phases
 
 
 def _child(tuned: bool, quick: bool, conn: Connection) -> None:

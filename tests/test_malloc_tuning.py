@@ -23,10 +23,9 @@ needs_glibc = pytest.mark.skipif(not GLIBC, reason="mallopt thresholds are glibc
 
 def _thp_always() -> bool:
     """Transparent huge pages on every mapping: large blocks then fault in 2 MiB at a time, 512x fewer faults."""
-    try:
-        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return False
+    from benchmarks.malloc import _thp_mode
+
+    return "[always]" in _thp_mode()
 
 
 def _run(script: str, setting: str) -> list[str]:
