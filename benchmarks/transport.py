@@ -95,7 +95,8 @@ def _broker(node_port: int, gen_port: int, pub_port: int, record: str | None, va
     """``variant``: ``broker``, as ``dgan broker`` runs it (glibc malloc tuned, see :mod:`dgan.malloc_tuning`), or
     a baseline: ``broker-arrays`` builds every tensor, ``broker-pyzmq`` uses pyzmq's Python multipart calls,
     ``broker-hwmN`` queues N messages per socket instead of 64 (zmq's default is 1000), ``broker-glibc`` leaves
-    glibc's malloc as it comes."""
+    glibc's malloc as it comes, ``broker-unbatched`` sends each message to the generator as soon as it is routed
+    (a burst of 1)."""
     from broker import Broker, BrokerConfig
     from dgan.malloc_tuning import tune_malloc
 
@@ -105,7 +106,8 @@ def _broker(node_port: int, gen_port: int, pub_port: int, record: str | None, va
     hwm = int(variant.removeprefix("broker-hwm")) if variant.startswith("broker-hwm") else BrokerConfig.hwm
     cfg = BrokerConfig(node_port=node_port, generator_port=gen_port, pub_port=pub_port,
                        heartbeat_interval=HEARTBEAT, record=Path(record) if record else None, hwm=hwm,
-                       build_arrays=variant == "broker-arrays", pyzmq_multipart=variant == "broker-pyzmq")
+                       build_arrays=variant == "broker-arrays", pyzmq_multipart=variant == "broker-pyzmq",
+                       send_burst=1 if variant == "broker-unbatched" else BrokerConfig.send_burst)
     Broker(cfg).serve()
 
 
@@ -217,15 +219,18 @@ def measure(paths: list[_Path], sizes: list[int], quick: bool, repeats: int = 3)
 def run_transport_benchmark(quick: bool = False, json_out: Path | None = None, with_record: bool = False,
                             sizes: list[int] | None = None, with_arrays: bool = False,
                             with_pyzmq: bool = False, repeats: int = 3,
-                            broker_hwm: list[int] | None = None, with_malloc: bool = False) -> dict[str, Any]:
+                            broker_hwm: list[int] | None = None, with_malloc: bool = False,
+                            with_unbatched: bool = False) -> dict[str, Any]:
     """Baselines beside today's broker: ``with_arrays``, the broker building every tensor as an array (before
     header-only validation); ``with_pyzmq``, the broker on pyzmq's Python multipart calls (before the compiled
-    layer); ``with_malloc``, the broker with glibc's malloc as it comes, and zmq.proxy with the broker's."""
+    layer); ``with_malloc``, the broker with glibc's malloc as it comes, and zmq.proxy with the broker's;
+    ``with_unbatched``, the broker sending each message to the generator as soon as it is routed."""
     sizes = sizes or SIZES
     console = Console(width=max(120, Console().width))
     baselines = [*(["broker-arrays"] if with_arrays else []), *(["broker-pyzmq"] if with_pyzmq else []),
                  *(f"broker-hwm{n}" for n in broker_hwm or []),
-                 *(["broker-glibc", "proxy-tuned"] if with_malloc else [])]
+                 *(["broker-glibc", "proxy-tuned"] if with_malloc else []),
+                 *(["broker-unbatched"] if with_unbatched else [])]
     with tempfile.TemporaryDirectory() as tmp, console.status("measuring…"):
         paths = [_Path(name) for name in ("direct", "proxy", "broker", *baselines)]
         if with_record:

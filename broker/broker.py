@@ -61,6 +61,7 @@ class Broker(PeerHandlers):
         self.counters: Counter[str] = Counter()
         self.errors_by_code: Counter[str] = Counter()
         self._pending: collections.deque[list[Any]] = collections.deque()  # to the generator, HWM full
+        self._outbox: collections.deque[list[Any]] = collections.deque()  # to the generator, this drain
         self._stop = threading.Event()
         self._expiry = config.heartbeat_interval * config.liveness
         self.recorder: MessageLogWriter | None = None
@@ -161,25 +162,34 @@ class Broker(PeerHandlers):
         return True
 
     def _send_generator(self, route: bytes, frames: list[Any]) -> bool:
-        """To the generator; False if none is registered. Queues when its pipe is full."""
+        """To the generator, in order; False if none is registered. The message leaves when the drain that
+        routed it ends (:meth:`_flush_outbox`)."""
         gen = self.generator
         if gen is None:
             return False
-        out = [gen.identity, route, *frames]
-        if self._pending:
-            self._pending.append(out)
-            return True
+        self._outbox.append([gen.identity, route, *frames])
+        gen.msgs_out += 1
+        return True
+
+    def _flush_outbox(self) -> None:
+        """Send what a drain routed to the generator, back to back. One message at a time, libzmq's I/O thread
+        woke for each and wrote each to TCP alone; a burst it writes in batches (see docs/results/wan.md).
+        What the generator's pipe cannot take waits in ``_pending``, in order, and node reads pause."""
+        out = self._outbox
         try:
-            self._send_frames(self.gen_sock, out)
+            while out and not self._pending:
+                self._send_frames(self.gen_sock, out[0])
+                out.popleft()
         except zmq.Again:
-            self._pending.append(out)
+            pass  # the pipe is full: this message and the rest wait, in order
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
+            self._pending.extend(out)  # each goes back to its sender as an ERROR
+            out.clear()
             self._drop_generator("its connection is gone")
-            return False
-        gen.msgs_out += 1
-        return True
+        self._pending.extend(out)
+        out.clear()
 
     def _flush_pending(self) -> None:
         while self._pending:
@@ -308,6 +318,8 @@ class Broker(PeerHandlers):
                         paused_at = time.monotonic()
                     self._heartbeat()
                     next_beat = time.monotonic() + cfg.heartbeat_interval
+                    if self._outbox:  # NODE_LEFT notes
+                        self._flush_outbox()
         except RecordingFailed as exc:
             log.critical("the message log failed (%s): the broker stops, since a run that asked to be recorded must "
                          "not go on unrecorded. Free the disk and start the broker again with the same --record: "
@@ -318,21 +330,28 @@ class Broker(PeerHandlers):
             self.close()
 
     def _drain(self, sock: zmq.Socket, handler: Any) -> None:
-        for _ in range(self.config.drain_batch):
-            try:
-                frames = self._recv_frames(sock, _NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                handler(frames)
-            except RecordingFailed:
-                raise
-            except Exception as exc:  # one bad message must never stop the broker, nor go unanswered
-                self.counters["internal_errors"] += 1
-                log.exception("internal error while handling a message")
-                self._reply_internal(sock, frames, exc)
-            if sock is self.node_sock and self._pending:
-                return
+        """Handle up to ``drain_batch`` waiting messages; what they route to the generator leaves at the end."""
+        try:
+            for _ in range(self.config.drain_batch):
+                try:
+                    frames = self._recv_frames(sock, _NOBLOCK)
+                except zmq.Again:
+                    return
+                try:
+                    handler(frames)
+                except RecordingFailed:
+                    raise
+                except Exception as exc:  # one bad message must never stop the broker, nor go unanswered
+                    self.counters["internal_errors"] += 1
+                    log.exception("internal error while handling a message")
+                    self._reply_internal(sock, frames, exc)
+                if len(self._outbox) >= self.config.send_burst:
+                    self._flush_outbox()
+                if sock is self.node_sock and self._pending:
+                    return
+        finally:
+            if self._outbox:
+                self._flush_outbox()
 
     def _reply_internal(self, sock: zmq.Socket, frames: list[Any], exc: Exception) -> None:
         """An ERROR for a message whose handling failed inside the broker (a bug here, not the peer's fault)."""

@@ -19,6 +19,9 @@ from dgan.msglog import Direction
 log = logging.getLogger("dgan.broker")
 
 BROKER_NAME = "broker"
+_HELLO, _HEARTBEAT, _GOODBYE = P.Kind.HELLO, P.Kind.HEARTBEAT, P.Kind.GOODBYE  # module constants: no enum lookups
+_FROM_NODES = frozenset((P.Kind.MASKS, P.Kind.FAKE_REQUEST, P.Kind.FEEDBACK))  # what the broker routes on
+_TO_NODES = frozenset((P.Kind.WELCOME, P.Kind.FAKES, P.Kind.ERROR, P.Kind.GOODBYE, P.Kind.STATUS))
 
 
 class PeerHandlers:
@@ -146,28 +149,28 @@ class PeerHandlers:
         return None
 
     def _on_node_message(self, frames: list[Any]) -> None:
-        identity = bytes(frames[0].buffer) if hasattr(frames[0], "buffer") else bytes(frames[0])
+        identity = bytes(frames[0])  # zmq.Frame, bytes and memoryview all give their bytes
         body = frames[1:]
         rec = self.nodes.get(identity)
-        peer = rec.name if rec else identity.hex()[:12]
         try:
             msg = P.decode(body, self.config.limits, arrays=self.config.build_arrays)  # routed, not read
         except P.ProtocolError as exc:
             self.counters["rejected_from_nodes"] += 1
             if rec is not None:
                 rec.errors += 1
-            self._reply_error(identity, False, exc.code, exc.reason, peer=peer)
+            self._reply_error(identity, False, exc.code, exc.reason, peer=rec.name if rec else identity.hex()[:12])
             return
-        now = time.time()
         if self.recorder is not None:
             self._record(Direction.FROM_NODE, rec.name if rec else msg.sender, body)
         kind = msg.kind
+        now = time.time()
+        peer = rec.name if rec else identity.hex()[:12]
         if self.allowlist is not None:
             problem = self._key_problem(frames[-1], "node", msg.sender)
             if problem:
                 self._reply_error(identity, False, problem[0], problem[1], msg.msg_id, peer)
                 return
-        if kind == P.Kind.HELLO:
+        if kind == _HELLO:
             if msg.meta.get("role") != "node":
                 self._reply_error(identity, False, P.ErrorCode.FORBIDDEN,
                                   "the node port takes HELLO with role 'node' only", msg.msg_id, peer)
@@ -180,22 +183,22 @@ class PeerHandlers:
             return
         rec.last_seen, rec.expires_at = now, now + self._expiry
         rec.msgs_in += 1
-        rec.bytes_in += sum(len(f) for f in body)  # as it came: packed masks count packed
+        rec.bytes_in += sum(map(len, body))  # as it came: packed masks count packed
         if msg.sender != rec.name:
             rec.errors += 1
             self._reply_error(identity, False, P.ErrorCode.SPOOFED_SENDER,
                               f"this connection is registered as {rec.name!r}, not {msg.sender!r}", msg.msg_id, peer)
             return
-        if kind == P.Kind.HEARTBEAT:
+        if kind == _HEARTBEAT:
             return
-        if kind == P.Kind.GOODBYE:
+        if kind == _GOODBYE:
             self._send_generator(rec.name.encode(), body)
             self.nodes.pop(identity, None)
             self.by_name.pop(rec.name, None)
             self.counters["node_leaves"] += 1
             log.info("node %s said goodbye", rec.name)
             return
-        if kind not in (P.Kind.MASKS, P.Kind.FAKE_REQUEST, P.Kind.FEEDBACK):
+        if kind not in _FROM_NODES:
             rec.errors += 1
             self._reply_error(identity, False, P.ErrorCode.FORBIDDEN,
                               f"nodes may not send {kind.name}", msg.msg_id, peer)
@@ -207,13 +210,13 @@ class PeerHandlers:
         self.counters["routed_to_generator"] += 1
 
     def _on_generator_message(self, frames: list[Any]) -> None:
-        identity = bytes(frames[0].buffer)
+        identity = bytes(frames[0])
         gen = self.generator
         is_current = gen is not None and gen.identity == identity
         if len(frames) < 2:
             self._reply_error(identity, True, P.ErrorCode.BAD_FRAMES, "missing routing frame")
             return
-        route = bytes(frames[1].buffer)
+        route = bytes(frames[1])
         body = frames[2:]
         try:
             msg = P.decode(body, self.config.limits, arrays=self.config.build_arrays)  # routed, not read
@@ -230,7 +233,7 @@ class PeerHandlers:
             if problem:
                 self._reply_error(identity, True, problem[0], problem[1], msg.msg_id)
                 return
-        if kind == P.Kind.HELLO:
+        if kind == _HELLO:
             if msg.meta.get("role") != "generator":
                 self._reply_error(identity, True, P.ErrorCode.FORBIDDEN,
                                   "the generator port takes HELLO with role 'generator' only", msg.msg_id)
@@ -244,7 +247,7 @@ class PeerHandlers:
             return
         gen.last_seen, gen.expires_at = now, now + self._expiry
         gen.msgs_in += 1
-        if kind == P.Kind.HEARTBEAT:
+        if kind == _HEARTBEAT:
             return
         if not route:
             if kind in (P.Kind.STATUS, P.Kind.GOODBYE):
@@ -255,7 +258,7 @@ class PeerHandlers:
                 self._reply_error(identity, True, P.ErrorCode.BAD_FRAMES,
                                   f"{kind.name} needs a node name in the routing frame", msg.msg_id)
             return
-        if kind not in (P.Kind.WELCOME, P.Kind.FAKES, P.Kind.ERROR, P.Kind.GOODBYE, P.Kind.STATUS):
+        if kind not in _TO_NODES:
             self._reply_error(identity, True, P.ErrorCode.FORBIDDEN,
                               f"the generator may not send {kind.name} to a node", msg.msg_id)
             return

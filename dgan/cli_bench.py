@@ -38,6 +38,8 @@ def bench_transport(
                                                                      "(repeat; its default is 64).")] = None,
     malloc: Annotated[bool, typer.Option(help="Also the broker with glibc's malloc as it comes, and zmq.proxy "
                                               "with the malloc thresholds the broker runs with.")] = False,
+    unbatched: Annotated[bool, typer.Option(help="Also the broker sending each message to the generator as soon as "
+                                                 "it is routed (its sending before bursts).")] = False,
 ) -> None:
     """Throughput and round-trip latency: dgan broker vs zmq.proxy vs direct."""
     from benchmarks.transport import run_transport_benchmark
@@ -45,7 +47,7 @@ def bench_transport(
     setup_logging("WARNING")
     run_transport_benchmark(quick=quick, json_out=json_out, with_record=record, with_arrays=arrays,
                             with_pyzmq=pyzmq, sizes=size or None, repeats=repeats, broker_hwm=broker_hwm,
-                            with_malloc=malloc)
+                            with_malloc=malloc, with_unbatched=unbatched)
 
 
 @bench_app.command("training")

@@ -236,9 +236,8 @@ def encode(msg: Message) -> list[Any]:
 
 
 def frame_view(frame: Any) -> memoryview:
-    """A read-only view of a frame's bytes (zmq.Frame, bytes or memoryview)."""
-    buf = getattr(frame, "buffer", frame)
-    return memoryview(buf)
+    """A view of a frame's bytes (zmq.Frame, bytes or memoryview: each exposes its bytes as a buffer)."""
+    return memoryview(frame)
 
 
 def peek_header(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
@@ -246,12 +245,12 @@ def peek_header(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> dict[
     if len(frames) < 2:
         raise ProtocolError(ErrorCode.BAD_FRAMES,
                             f"a message needs a version frame and a header frame, got {len(frames)} frame(s)")
-    version = frame_view(frames[0])
+    version = memoryview(frames[0])
     if version != PROTOCOL_VERSION:
         shown = bytes(version[:16])
         raise ProtocolError(ErrorCode.BAD_VERSION,
                             f"protocol version {shown!r} is not supported; this peer speaks {PROTOCOL_VERSION!r}")
-    raw = frame_view(frames[1])
+    raw = frames[1]  # msgpack reads any buffer: a zmq.Frame needs no view of its own
     if len(raw) > limits.max_header_bytes:
         raise ProtocolError(ErrorCode.TOO_LARGE,
                             f"header of {len(raw)} bytes exceeds the limit of {limits.max_header_bytes}")

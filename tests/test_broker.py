@@ -307,10 +307,12 @@ def test_a_second_generator_is_refused_while_the_first_is_alive(broker_proc: Bro
 @pytest.mark.timeout(300)
 def test_transport_bench_drives_the_broker_and_its_baselines_side_by_side() -> None:
     """Today's broker, the array-building one, the one on pyzmq's Python multipart calls, one with a deeper
-    queue, one on glibc's malloc as it comes, and zmq.proxy on the broker's malloc settings all route."""
+    queue, one on glibc's malloc as it comes, one sending each message as it is routed, and zmq.proxy on the
+    broker's malloc settings all route."""
     from benchmarks.transport import _Path, measure
 
-    names = ["broker", "broker-arrays", "broker-pyzmq", "broker-hwm1000", "broker-glibc", "proxy-tuned"]
+    names = ["broker", "broker-arrays", "broker-pyzmq", "broker-hwm1000", "broker-glibc", "proxy-tuned",
+             "broker-unbatched"]
     paths = [_Path(name) for name in names]
     try:
         rows = measure(paths, [1024], quick=True, repeats=1)
