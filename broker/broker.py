@@ -62,6 +62,7 @@ class Broker(PeerHandlers):
         self.errors_by_code: Counter[str] = Counter()
         self._pending: collections.deque[list[Any]] = collections.deque()  # to the generator, HWM full
         self._outbox: collections.deque[list[Any]] = collections.deque()  # to the generator, this drain
+        self._outbox_bytes = 0
         self._stop = threading.Event()
         self._expiry = config.heartbeat_interval * config.liveness
         self.recorder: MessageLogWriter | None = None
@@ -163,46 +164,44 @@ class Broker(PeerHandlers):
 
     def _send_generator(self, route: bytes, frames: list[Any]) -> bool:
         """To the generator, in order; False if none is registered. The message leaves when the drain that
-        routed it ends (:meth:`_flush_outbox`)."""
+        routed it ends, or once a burst has gathered (:meth:`_flush_outbox`)."""
         gen = self.generator
         if gen is None:
             return False
         self._outbox.append([gen.identity, route, *frames])
+        self._outbox_bytes += sum(map(len, frames))
         gen.msgs_out += 1
         return True
 
     def _flush_outbox(self) -> None:
-        """Send what a drain routed to the generator, back to back. One message at a time, libzmq's I/O thread
-        woke for each and wrote each to TCP alone; a burst it writes in batches (see docs/results/wan.md).
+        """Send what a drain routed to the generator, back to back. Sent one at a time, each message woke
+        libzmq's I/O thread and went to TCP alone; a burst it writes in batches (docs/results/wan.md, session 27).
         What the generator's pipe cannot take waits in ``_pending``, in order, and node reads pause."""
-        out = self._outbox
-        try:
-            while out and not self._pending:
-                self._send_frames(self.gen_sock, out[0])
-                out.popleft()
-        except zmq.Again:
-            pass  # the pipe is full: this message and the rest wait, in order
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self._pending.extend(out)  # each goes back to its sender as an ERROR
-            out.clear()
-            self._drop_generator("its connection is gone")
-        self._pending.extend(out)
-        out.clear()
+        self._pending.extend(self._outbox)
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        self._flush_pending()
 
     def _flush_pending(self) -> None:
-        while self._pending:
+        """Send what waits for the generator, in order, until its pipe is full."""
+        pending = self._pending
+        while pending:
             try:
-                self._send_frames(self.gen_sock, self._pending[0])
+                self._send_frames(self.gen_sock, pending[0])
             except zmq.Again:
                 return
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:
-                    raise
-                self._drop_generator("its connection is gone")
-                return
-            self._pending.popleft()
+            except Exception as exc:
+                if isinstance(exc, zmq.ZMQError) and exc.errno == zmq.EHOSTUNREACH:
+                    self._drop_generator("its connection is gone")  # every message waiting goes back as an ERROR
+                    return
+                # anything else is this message's problem (or a bug here): it alone goes back, the rest go on
+                self.counters["internal_errors"] += 1
+                log.exception("could not send a message to the generator")
+                self._return_to_sender(pending.popleft(), P.ErrorCode.INTERNAL,
+                                       f"the broker could not pass this message on ({type(exc).__name__}); "
+                                       "it was not delivered")
+                continue
+            pending.popleft()
 
     def _reply_error(self, identity: bytes, to_generator: bool, code: P.ErrorCode, reason: str,
                      reply_to: int = 0, peer: str = "?", **extra: Any) -> None:
@@ -285,6 +284,8 @@ class Broker(PeerHandlers):
                  cfg.node_endpoint, cfg.generator_endpoint, cfg.pub_endpoint)
         try:
             while not self._stop.is_set():
+                if self._pending and self.generator is None:  # never left waiting for a generator that is gone
+                    self._fail_pending("no generator is connected; retry later")
                 # Back-pressure: read from nodes only while the generator can take more.
                 want_nodes = not self._pending
                 if want_nodes != node_polled:
@@ -332,26 +333,33 @@ class Broker(PeerHandlers):
     def _drain(self, sock: zmq.Socket, handler: Any) -> None:
         """Handle up to ``drain_batch`` waiting messages; what they route to the generator leaves at the end."""
         try:
-            for _ in range(self.config.drain_batch):
-                try:
-                    frames = self._recv_frames(sock, _NOBLOCK)
-                except zmq.Again:
-                    return
-                try:
-                    handler(frames)
-                except RecordingFailed:
-                    raise
-                except Exception as exc:  # one bad message must never stop the broker, nor go unanswered
-                    self.counters["internal_errors"] += 1
-                    log.exception("internal error while handling a message")
-                    self._reply_internal(sock, frames, exc)
-                if len(self._outbox) >= self.config.send_burst:
-                    self._flush_outbox()
-                if sock is self.node_sock and self._pending:
-                    return
-        finally:
-            if self._outbox:
+            self._handle_waiting(sock, handler)
+        except BaseException:  # RecordingFailed or a stop: send what was routed, but never hide why it stopped
+            with contextlib.suppress(Exception):
                 self._flush_outbox()
+            raise
+        if self._outbox:
+            self._flush_outbox()
+
+    def _handle_waiting(self, sock: zmq.Socket, handler: Any) -> None:
+        cfg = self.config
+        for _ in range(cfg.drain_batch):
+            try:
+                frames = self._recv_frames(sock, _NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handler(frames)
+            except RecordingFailed:
+                raise
+            except Exception as exc:  # one bad message must never stop the broker, nor go unanswered
+                self.counters["internal_errors"] += 1
+                log.exception("internal error while handling a message")
+                self._reply_internal(sock, frames, exc)
+            if len(self._outbox) >= cfg.send_burst or self._outbox_bytes >= cfg.send_burst_bytes:
+                self._flush_outbox()
+            if sock is self.node_sock and self._pending:
+                return
 
     def _reply_internal(self, sock: zmq.Socket, frames: list[Any], exc: Exception) -> None:
         """An ERROR for a message whose handling failed inside the broker (a bug here, not the peer's fault)."""

@@ -35,6 +35,8 @@ class PeerHandlers:
     recorder: Any
     counters: Any
     _pending: Any
+    _outbox: Any
+    _outbox_bytes: int
     _expiry: float
     gen_sock: zmq.Socket
 
@@ -114,25 +116,34 @@ class PeerHandlers:
                 self._send_generator(rec.name.encode(), rec.hello)
 
     def _drop_generator(self, reason: str) -> None:
+        """Forget the generator; whatever waits for it goes back to its sender (also if it was dropped already)."""
         if self.generator is not None:
             log.warning("generator %s left (%s)", self.generator.name, reason)
             self.generator = None
-            self._fail_pending(f"the generator left ({reason}) before this message reached it; retry later")
             self.counters["generator_leaves"] += 1
+        self._fail_pending(f"the generator left ({reason}) before this message reached it; retry later")
 
     def _fail_pending(self, reason: str) -> None:
-        """Messages parked for a generator that is gone: each goes back to its sender as an ERROR."""
+        """Messages parked, or gathered in a burst, for a generator that is gone: each goes back to its sender as
+        an ERROR. None of them may reach the next generator: they are addressed to this one."""
+        self._pending.extend(self._outbox)
+        self._outbox.clear()
+        self._outbox_bytes = 0
         while self._pending:
-            _, route, *body = self._pending.popleft()
-            identity = self.by_name.get(bytes(route).decode(errors="replace"))
-            if identity is None:
-                continue  # a broker notice (NODE_LEFT) about a node that is itself gone
-            try:
-                msg_id = P.peek_header(body).get("id", 0)
-            except P.ProtocolError:
-                msg_id = 0
-            self._reply_error(identity, False, P.ErrorCode.NO_GENERATOR, reason,
-                              msg_id if isinstance(msg_id, int) else 0, bytes(route).decode(errors="replace"))
+            self._return_to_sender(self._pending.popleft(), P.ErrorCode.NO_GENERATOR, reason)
+
+    def _return_to_sender(self, frames: list[Any], code: P.ErrorCode, reason: str) -> None:
+        """An ERROR, by the message's id, to the node that sent ``frames`` ([generator, route, *body])."""
+        _, route, *body = frames
+        name = bytes(route).decode(errors="replace")
+        identity = self.by_name.get(name)
+        if identity is None:
+            return  # a broker notice (NODE_LEFT) about a node that is itself gone, or a node that left
+        try:
+            msg_id = P.peek_header(body).get("id", 0)
+        except P.ProtocolError:
+            msg_id = 0
+        self._reply_error(identity, False, code, reason, msg_id if isinstance(msg_id, int) else 0, name)
 
     # ------------------------------------------------------------ handlers
 

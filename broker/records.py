@@ -31,6 +31,7 @@ class BrokerConfig:
     authorized_keys: Path | None = None  # CURVE: the operator's allowlist file (role, name, key per line)
     drain_batch: int = 64
     send_burst: int = 16  # messages to the generator sent back to back, at most (see Broker._flush_outbox)
+    send_burst_bytes: int = 1024 * 1024  # ... and bytes: large messages gain nothing from bursts, so they go alone
     max_nodes: int = 1024  # registered nodes at once: bounds the broker's peer table (and names, in plain TCP)
     build_arrays: bool = False  # the broker routes tensors unread: validate descriptors only (bench: True = before)
     pyzmq_multipart: bool = False  # bench only: pyzmq's Python send/recv_multipart instead of dgan.transport.multipart

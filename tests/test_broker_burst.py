@@ -27,6 +27,7 @@ class Wire:
         self.broker, self.inbound, self.events = broker, list(inbound), []
         self.refuse_after: int | None = None  # the generator's pipe takes this many, then says Again
         self.gone = False  # the generator's connection is gone: EHOSTUNREACH
+        self.broken: set[int] = set()  # ids whose send to the generator fails for a reason of their own
         broker._recv_frames = self.recv
         broker._send_frames = self.send
 
@@ -44,6 +45,8 @@ class Wire:
         if to_generator:
             if self.gone:
                 raise zmq.ZMQError(errno.EHOSTUNREACH)
+            if header["id"] in self.broken:
+                raise zmq.ZMQError(errno.EINVAL)
             sent = sum(1 for e in self.events if e[0] == "send" and e[1] == "generator")
             if self.refuse_after is not None and sent >= self.refuse_after:
                 raise zmq.Again()
@@ -70,12 +73,13 @@ def broker() -> Iterator[Broker]:
         brk.ctx.term()
 
 
-def requests(count: int) -> tuple[list[list[Any]], list[int]]:
-    """``count`` FAKE_REQUESTs, alternating between the two nodes, as the node socket delivers them."""
+def requests(count: int, width: int = 4) -> tuple[list[list[Any]], list[int]]:
+    """``count`` FAKE_REQUESTs of ``width`` KiB-ish masks, alternating between the two nodes, as the node socket
+    delivers them."""
     inbound, ids = [], []
     for i in range(count):
         name = ("n1", "n2")[i % 2]
-        msg = P.make(P.Kind.FAKE_REQUEST, name, tensors={"masks": np.zeros((1, 4, 4), np.uint8) + 2})
+        msg = P.make(P.Kind.FAKE_REQUEST, name, tensors={"masks": np.zeros((1, 4, width), np.uint8) + 2})
         inbound.append([name.encode(), *[bytes(P.frame_view(f)) for f in P.encode(msg)]])
         ids.append(msg.msg_id)
     return inbound, ids
@@ -117,3 +121,74 @@ def test_a_generator_connection_gone_mid_burst_sends_every_unsent_message_back_a
     assert errors == [(i, P.Kind.ERROR) for i in ids]  # each sender learns, by the id of its message
     assert broker.errors_by_code["NO_GENERATOR"] == 3
     assert not broker._pending and not broker._outbox
+
+
+def test_large_messages_are_not_held_back_for_a_burst(broker: Broker) -> None:
+    inbound, ids = requests(4, width=150 * 1024)  # 600 KiB each: two pass the 1 MiB burst bound
+    wire = Wire(broker, inbound)
+    broker._drain(broker.node_sock, broker._on_node_message)
+    assert [e[0] for e in wire.events] == ["recv", "recv", "send", "send"] * 2
+    assert wire.sent_to_generator() == ids
+
+
+def test_a_message_that_fails_to_send_for_its_own_reason_goes_back_alone_and_the_rest_arrive(broker: Broker) -> None:
+    inbound, ids = requests(6)
+    wire = Wire(broker, inbound)
+    wire.broken = {ids[2]}
+    broker._drain(broker.node_sock, broker._on_node_message)  # does not raise: the broker goes on
+    assert wire.sent_to_generator() == ids[:2] + ids[3:]
+    assert [(e[2], e[3]) for e in wire.events if e[0] == "send" and e[1] == "node"] == [(ids[2], P.Kind.ERROR)]
+    assert broker.errors_by_code["INTERNAL"] == 1 and broker.generator is not None
+    assert not broker._pending and not broker._outbox
+
+
+def _expire_everyone(broker: Broker) -> None:
+    assert broker.generator is not None
+    past = time.time() - 1
+    broker.generator.expires_at = past
+    for rec in broker.nodes.values():
+        rec.expires_at = past
+
+
+@pytest.mark.parametrize("generator_state", ["gone", "hung"])
+def test_notes_for_a_generator_that_expires_in_the_same_beat_never_wait_for_the_next_one(
+        broker: Broker, generator_state: str) -> None:
+    """Nodes and generator fall silent together: the NODE_LEFT notes gathered for the old generator must not stay
+    parked (that pauses every node read) nor reach, or drop, the generator that registers next."""
+    wire = Wire(broker, [])
+    wire.gone = generator_state == "gone"
+    wire.refuse_after = 0 if generator_state == "hung" else None
+    _expire_everyone(broker)
+    broker._heartbeat()
+    if broker._outbox:
+        broker._flush_outbox()  # what serve() does after a beat
+    assert broker.generator is None
+    assert not broker._pending and not broker._outbox  # node reads go on
+    wire.gone, wire.refuse_after = False, None
+    broker._register_generator(b"new-gen", P.make(P.Kind.HELLO, "generator2", meta={"role": "generator"}))
+    broker._flush_pending()
+    assert broker.generator is not None and broker.generator.identity == b"new-gen"
+    assert wire.sent_to_generator() == []  # no NODE_LEFT for nodes the new generator never knew
+
+
+def test_hellos_replayed_to_a_generator_that_leaves_in_the_same_drain_do_not_wait_for_the_next(
+        broker: Broker) -> None:
+    broker.generator = None
+    for rec in broker.nodes.values():
+        rec.hello = [bytes(P.frame_view(f)) for f in P.encode(P.make(P.Kind.HELLO, rec.name, meta={"role": "node"}))]
+    inbound = [[GEN, b"", *[bytes(P.frame_view(f)) for f in P.encode(P.make(P.Kind.HELLO, "generator",
+                                                                             meta={"role": "generator"}))]],
+               [GEN, b"", *[bytes(P.frame_view(f)) for f in P.encode(P.make(P.Kind.GOODBYE, "generator",
+                                                                             meta={"leaving": True}))]]]
+
+    def recv(sock: zmq.Socket, flags: int = 0) -> list[Any]:
+        if sock is not broker.gen_sock or not inbound:
+            raise zmq.Again()
+        return inbound.pop(0)
+
+    wire = Wire(broker, [])
+    broker._recv_frames = recv
+    broker._drain(broker.gen_sock, broker._on_generator_message)
+    assert broker.generator is None
+    assert not broker._pending and not broker._outbox
+    assert wire.sent_to_generator() == []
