@@ -177,10 +177,14 @@ class Broker(PeerHandlers):
         """Send what a drain routed to the generator, back to back. Sent one at a time, each message woke
         libzmq's I/O thread and went to TCP alone; a burst it writes in batches (docs/results/wan.md, session 27).
         What the generator's pipe cannot take waits in ``_pending``, in order, and node reads pause."""
+        self._park_outbox()
+        self._flush_pending()
+
+    def _park_outbox(self) -> None:
+        """The burst joins ``_pending``, behind what already waits there."""
         self._pending.extend(self._outbox)
         self._outbox.clear()
         self._outbox_bytes = 0
-        self._flush_pending()
 
     def _flush_pending(self) -> None:
         """Send what waits for the generator, in order, until its pipe is full."""
@@ -284,8 +288,6 @@ class Broker(PeerHandlers):
                  cfg.node_endpoint, cfg.generator_endpoint, cfg.pub_endpoint)
         try:
             while not self._stop.is_set():
-                if self._pending and self.generator is None:  # never left waiting for a generator that is gone
-                    self._fail_pending("no generator is connected; retry later")
                 # Back-pressure: read from nodes only while the generator can take more.
                 want_nodes = not self._pending
                 if want_nodes != node_polled:

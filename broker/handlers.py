@@ -35,8 +35,6 @@ class PeerHandlers:
     recorder: Any
     counters: Any
     _pending: Any
-    _outbox: Any
-    _outbox_bytes: int
     _expiry: float
     gen_sock: zmq.Socket
 
@@ -44,6 +42,7 @@ class PeerHandlers:
     def _record(self, direction: Direction, peer: str, frames: list[Any]) -> None: ...
     def _send_node(self, identity: bytes, frames: list[Any]) -> bool: ...
     def _send_generator(self, route: bytes, frames: list[Any]) -> bool: ...
+    def _park_outbox(self) -> None: ...
     def _publish(self, frames: list[Any]) -> None: ...
     def _reply_error(self, identity: bytes, to_generator: bool, code: P.ErrorCode, reason: str,
                      reply_to: int = 0, peer: str = "?", **extra: Any) -> None: ...
@@ -126,9 +125,7 @@ class PeerHandlers:
     def _fail_pending(self, reason: str) -> None:
         """Messages parked, or gathered in a burst, for a generator that is gone: each goes back to its sender as
         an ERROR. None of them may reach the next generator: they are addressed to this one."""
-        self._pending.extend(self._outbox)
-        self._outbox.clear()
-        self._outbox_bytes = 0
+        self._park_outbox()
         while self._pending:
             self._return_to_sender(self._pending.popleft(), P.ErrorCode.NO_GENERATOR, reason)
 
