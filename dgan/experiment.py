@@ -53,6 +53,7 @@ from dgan.experiment_splits import (  # noqa: F401  (re-exported: the experiment
 )
 from dgan.experiment_tables import claims, markdown
 from dgan.finished_runs import finished_run, forget_finished, record_finished
+from dgan.progress import DGANProgress
 from dgan.run import RunConfig, run_local
 from dgan.segment import (
     SegConfig,
@@ -144,7 +145,11 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
     else:
         forget_finished(run)
         t = time.time()
-        run_local(run)
+        progress = DGANProgress(f"dgan {feedback} seed {seed}", run.steps)
+        try:
+            run_local(run, progress.watch)
+        finally:
+            progress.close()
         seconds = time.time() - t
         record_finished(run, seconds)
     gen = GeneratorTrainer.from_state(load_checkpoint(run.out / "checkpoints" / "latest.pt"))

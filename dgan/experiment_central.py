@@ -13,6 +13,7 @@ from pathlib import Path
 from dgan.data.loaders import PairSet
 from dgan.experiment_config import ExperimentConfig
 from dgan.experiment_splits import Splits, gan_training_key
+from dgan.progress import ProgressLog
 from dgan.training.checkpoints import load_checkpoint, save_atomic
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.training.generator import GeneratorTrainer, TrainConfig
@@ -43,12 +44,14 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     for _ in range(disc.warmup_steps):  # as a node does before its first feedback
         reals, masks = sampler.batch(cfg.batch_size)
         disc.warm_up(masks, reals)
+    progress = ProgressLog(f"central_gan {mode} seed {seed}", cfg.gan_steps)
     for step in range(cfg.gan_steps):
         reals, masks = sampler.batch(cfg.batch_size)
         fakes = gen.generate("central", step, masks, request_id=step)
         scored = disc.score(masks, reals, fakes, "float32")
         gen.apply_feedback("central", step, scored.grad, scored.grad_scale)
         gen.update()
+        progress.update(step + 1)
     return gen
 
 

@@ -30,7 +30,7 @@ def trainings(monkeypatch: pytest.MonkeyPatch) -> list[RunConfig]:
     """Stands in for the processes: records each launch and leaves a checkpoint, as a finished run does."""
     started: list[RunConfig] = []
 
-    def fake_run_local(run: RunConfig) -> dict[str, object]:
+    def fake_run_local(run: RunConfig, watch: object = None) -> dict[str, object]:
         started.append(run)
         gen = GeneratorTrainer(ModelConfig(image_size=32, g_width=8, d_width=8), TrainConfig(seed=run.seed))
         (run.out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def test_a_failed_retraining_leaves_no_record_of_having_finished(tmp_path: Path,
     assert record.exists()
     finish = ex.run_local
 
-    def failing(run: RunConfig) -> dict[str, object]:
+    def failing(run: RunConfig, watch: object = None) -> dict[str, object]:
         raise RuntimeError("the generator exited with 1")
 
     monkeypatch.setattr(ex, "run_local", failing)
