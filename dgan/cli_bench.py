@@ -184,6 +184,16 @@ def bench_malloc(quick: Quick = False, json_out: JsonOut = None) -> None:
     run_malloc_benchmark(quick, json_out)
 
 
+@bench_app.command("openmp")
+def bench_openmp(quick: Quick = False, json_out: JsonOut = None) -> None:
+    """OpenMP threads that spin while they wait (libgomp's default) against dgan's passive policy: a local DGAN
+    run's applied samples/s and CPU per sample, and single-process work alone, fresh processes alternating."""
+    from benchmarks.openmp import run_openmp_benchmark
+
+    setup_logging("WARNING")
+    run_openmp_benchmark(quick, json_out)
+
+
 @bench_app.command("wire")
 def bench_wire(quick: Quick = False, json_out: JsonOut = None) -> None:
     """Bytes per sample and gradient fidelity of float32, float16 and int8 gradients, for each feedback mode."""

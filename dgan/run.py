@@ -26,6 +26,7 @@ from dgan.commands import Ports, broker_args, generator_args, node_args
 from dgan.data.partition import partition
 from dgan.data.shards import IMAGE_EXTS, scenes_spec
 from dgan.feedback import DEFAULT_MODE
+from dgan.openmp_policy import children_env, usable_cpus
 from dgan.stop_signals import DIE_WITH_PARENT, stop_signals_unwind
 
 log = logging.getLogger("dgan.run")
@@ -120,12 +121,13 @@ class ProcessGroup:
     def __init__(self, log_dir: Path, hold: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self.log_dir = log_dir
         self.hold = hold
+        self.extra_env: dict[str, str] = {}  # for every child (dgan.openmp_policy)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, args: list[str], threads: int, prefix: list[str] | None = None,
               module: str = "dgan") -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads),
+        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads),
                "MKL_NUM_THREADS": str(threads)}
         if not prefix:  # the child ends with us, even if we are SIGKILLed (a prefix may fork: its parent is not us)
             env[DIE_WITH_PARENT] = str(os.getpid())
@@ -165,6 +167,8 @@ def _run_local(cfg: RunConfig, watch: Callable[[str], None] | None, group: Proce
     ports = replace(place.ports or Ports.free(), host=place.broker_host)
     hb = cfg.heartbeat
     gen_threads = cfg.generator_threads or min(2, os.cpu_count() or 1)
+    group.extra_env, why = children_env(os.environ, 1 + gen_threads + cfg.nodes * cfg.threads, usable_cpus())
+    log.info("run processes: %s", why)
     t0 = time.time()
     try:
         group.start("broker", broker_args(ports, record=cfg.record, heartbeat=hb), 1, place.prefix.get("broker"))
