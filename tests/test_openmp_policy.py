@@ -81,3 +81,13 @@ def test_the_openmp_benchmark_measures_both_policies_and_writes_its_json(
     assert [r["phase"] for r in result["alone"]] == list(bench.PHASES)
     assert all(r[p] > 0 for r in result["alone"] for p in bench.POLICIES)
     assert result["alone_policy_seen"] == {bench.POLICIES[0]: ["unset"], bench.POLICIES[1]: ["PASSIVE"]}
+
+
+def test_dgan_bench_openmp_is_a_command_with_quick_and_json() -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "openmp", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--quick" in result.output and "--json" in result.output
