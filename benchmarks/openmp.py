@@ -46,7 +46,7 @@ def policy_env(passive: bool) -> Iterator[None]:
     if passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     else:
-        os.environ["DGAN_OMP_PASSIVE"] = "0"  # the children's own dgan entry point then leaves libgomp as it is
+        os.environ["DGAN_OMP_PASSIVE"] = "0"  # run_local then gives its children no policy: libgomp as it comes
     try:
         yield
     finally:
@@ -80,7 +80,12 @@ def run_rate(passive: bool, quick: bool, out: Path) -> dict[str, float]:
 
 
 def measure_alone(passive: bool, sz: dict[str, int]) -> dict[str, Any]:
-    """In a fresh process: set the policy, then load torch and time each phase once (after a warm-up)."""
+    """In a fresh process: set the policy, then load torch and time each phase once (after a warm-up). The
+    central GAN's phase includes building its G and D (well under 1% of it at 128 px)."""
+    import sys
+
+    if "torch" in sys.modules:  # libgomp read its policy already: the measurement would be of the wrong one
+        raise RuntimeError("torch was loaded before the OpenMP policy could be set")
     for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
         os.environ.pop(k, None)
     if passive:
@@ -141,6 +146,7 @@ def _in_fresh_process(passive: bool, sz: dict[str, int]) -> dict[str, Any]:
         proc.join(10)
         if proc.is_alive():
             proc.kill()
+            proc.join(10)
     if "error" in result:
         raise RuntimeError(f"the measurement failed in its process: {result['error']}")
     return result
@@ -189,7 +195,7 @@ def run_openmp_benchmark(quick: bool = False, json_out: Path | None = None,
     console.print(table)
     from dgan.openmp_policy import children_env, usable_cpus
 
-    here = children_env({}, 1 + 2 + 4, usable_cpus())[1]  # a 4-node run's threads, the generator on 2
+    here = children_env(os.environ, 1 + 2 + 4, usable_cpus())[1]  # a 4-node run's threads, the generator on 2
     console.print(f"dgan's choice for a 4-node local run on this machine: {here}")
     result = {"quick": quick, "repeats": repeats, "sizes": sz, "cpus": usable_cpus(), "dgan_here": here,
               "run": run_rows,

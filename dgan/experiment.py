@@ -145,9 +145,10 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
     else:
         forget_finished(run)
         t = time.time()
-        progress = DGANProgress(f"dgan {feedback} seed {seed}", run.steps)
+        progress = DGANProgress(f"dgan{'' if mode == 'async' else '_' + mode} {feedback} seed {seed}", run.steps)
         try:
             run_local(run, progress.watch)
+            progress.finish()
         finally:
             progress.close()
         seconds = time.time() - t

@@ -52,6 +52,7 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
         gen.apply_feedback("central", step, scored.grad, scored.grad_scale)
         gen.update()
         progress.update(step + 1)
+    progress.finish(cfg.gan_steps)
     return gen
 
 

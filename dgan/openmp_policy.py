@@ -16,19 +16,40 @@ inherited as it is); ``DGAN_OMP_PASSIVE=0`` leaves OpenMP as it comes.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 ENV = "DGAN_OMP_PASSIVE"
 _USER_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
-def usable_cpus() -> int:
-    """The cores this process may run on (its affinity mask, which a container or ``taskset`` narrows)."""
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in cores (``docker --cpus``, a Kubernetes limit), or None: cgroup v2
+    ``cpu.max`` ("QUOTA PERIOD", "max" for none) or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (-1 for none),
+    read where a container sees its own cgroup."""
     try:
-        return len(os.sched_getaffinity(0))
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def usable_cpus(root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its affinity mask (``taskset``, a cpuset), capped by a cgroup CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(root)
+    return cpus if limit is None else max(1, min(cpus, math.ceil(limit)))
 
 
 def children_env(environ: Mapping[str, str], threads: int, cpus: int) -> tuple[dict[str, str], str]:

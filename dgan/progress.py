@@ -53,6 +53,14 @@ class ProgressLog:
         self.lines += 1
         return True
 
+    def finish(self, step: int) -> None:
+        """The closing line, whenever the last minute ended: the steps made and the whole training's rate."""
+        t0, s0 = self._first or (self.clock(), step)
+        took = self.clock() - t0
+        rate = f", {(step - s0) / took:.2f} steps/s" if took > 0 else ""
+        self.logger.info("%s: finished, step %d/%d%s", self.label, step, self.total, rate)
+        self.lines += 1
+
     def silent(self, seconds: float, why: str) -> None:
         """A line, at the same pace, for a wait with no step to report (a DGAN whose generator sends nothing)."""
         now = self.clock()
@@ -73,12 +81,16 @@ class StatusSource(Protocol):
 
 
 def dgan_detail(status: dict[str, Any]) -> str:
-    """The nodes alive, their mean staleness and, where the nodes judge the fakes, the mean label IoU."""
+    """The nodes alive, their mean staleness and, where the nodes judge the fakes, the mean label IoU. The counts
+    come from the generator's totals: its node list is capped (``STATUS_NODES``)."""
     nodes = status.get("nodes", {})
     if not isinstance(nodes, dict):
         return ""
     alive = [n for n in nodes.values() if isinstance(n, dict) and n.get("alive")]
-    parts = [f"{len(alive)}/{len(nodes)} nodes alive"]
+    n_alive, n_total = status.get("nodes_alive"), status.get("nodes_total")
+    if not (isinstance(n_alive, int) and isinstance(n_total, int)):
+        n_alive, n_total = len(alive), len(nodes)
+    parts = [f"{n_alive}/{n_total} nodes alive"]
     stale = [float(n["staleness"]) for n in alive if isinstance(n.get("staleness"), int | float)]
     if stale:
         parts.append(f"mean staleness {statistics.fmean(stale):.1f}")
@@ -92,7 +104,8 @@ def dgan_detail(status: dict[str, Any]) -> str:
 class DGANProgress:
     """``run_local``'s ``watch``: reads the generator's status broadcasts and logs a :class:`ProgressLog` line,
     or a warning while the generator has said nothing for a minute (it is busy or gone, and the run's own
-    timeout will end it)."""
+    timeout will end it). The broker's own broadcasts do not count as the generator's. Whatever goes wrong in
+    here is logged once and ends the watching, never the training."""
 
     def __init__(self, label: str, total: int, every: float = 60.0,
                  subscribe: Callable[[str], StatusSource] | None = None,
@@ -102,16 +115,32 @@ class DGANProgress:
         self._subscribe = subscribe
         self.source: StatusSource | None = None
         self._heard = clock()
+        self._last: dict[str, Any] | None = None  # the generator status last read (the subscriber replaces it)
+        self.failed = False
 
     def watch(self, endpoint: str) -> None:
+        if self.failed:
+            return
+        try:
+            self._watch(endpoint)
+        except Exception as exc:  # a progress line is never worth a GAN training
+            self.failed = True
+            self.progress.logger.warning("%s: progress lines stop (%s: %s); the training goes on",
+                                         self.progress.label, type(exc).__name__, exc)
+            self.close()
+
+    def _watch(self, endpoint: str) -> None:
         if self.source is None:
             if self._subscribe is None:
                 from dgan.live import StatusSubscriber
+
                 self._subscribe = StatusSubscriber
             self.source = self._subscribe(endpoint)
-        if self.source.poll(0.0) and self.source.generator:
+        self.source.poll(0.0)
+        status = self.source.generator
+        if status and status is not self._last:  # news from the generator itself
+            self._last = status
             self._heard = self.clock()
-            status = self.source.generator
             step = status.get("step")
             if isinstance(step, int):
                 self.progress.update(step, dgan_detail(status))
@@ -119,6 +148,11 @@ class DGANProgress:
         quiet = self.clock() - self._heard
         if quiet >= self.progress.every:
             self.progress.silent(quiet, "no status from the generator")
+
+    def finish(self) -> None:
+        """The closing line, from the generator's last status."""
+        if self._last is not None and isinstance(self._last.get("step"), int):
+            self.progress.finish(self._last["step"])
 
     def close(self) -> None:
         if self.source is not None:

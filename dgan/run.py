@@ -167,7 +167,7 @@ def _run_local(cfg: RunConfig, watch: Callable[[str], None] | None, group: Proce
     ports = replace(place.ports or Ports.free(), host=place.broker_host)
     hb = cfg.heartbeat
     gen_threads = cfg.generator_threads or min(2, os.cpu_count() or 1)
-    group.extra_env, why = children_env(os.environ, 1 + gen_threads + cfg.nodes * cfg.threads, usable_cpus())
+    group.extra_env, why = children_env(os.environ, 1 + gen_threads + len(shards) * cfg.threads, usable_cpus())
     log.info("run processes: %s", why)
     t0 = time.time()
     try:

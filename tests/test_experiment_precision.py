@@ -47,7 +47,8 @@ def test_both_gans_run_in_the_experiments_precision_and_layout(tmp_path: Path,
         def __init__(self, model: object, train: Any) -> None:
             seen["central G"] = (train.precision, train.channels_last)
 
-    monkeypatch.setattr(ex, "run_local", lambda rc: record("dgan processes", (rc.precision, rc.channels_last)))
+    monkeypatch.setattr(ex, "run_local",
+                        lambda rc, watch=None: record("dgan processes", (rc.precision, rc.channels_last)))
     monkeypatch.setattr(central, "GeneratorTrainer", CentralG)
     monkeypatch.setattr(central, "DiscriminatorTrainer",
                         lambda model, recipe, seed, device, precision: record("central D", precision))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import dgan.run as run_module
-from dgan.openmp_policy import children_env, usable_cpus
+from dgan.openmp_policy import cgroup_cpu_limit, children_env, usable_cpus
 from dgan.run import RunConfig, run_local
 
 _OURS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "DGAN_OMP_PASSIVE")
@@ -35,9 +35,29 @@ def test_the_users_own_openmp_settings_and_the_opt_out_are_kept(environ: dict[st
     assert children_env(environ, threads=7, cpus=2) == ({}, said)
 
 
-def test_usable_cpus_counts_the_affinity_mask() -> None:
-    expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert usable_cpus() == expected
+@pytest.mark.parametrize("files, limit", [
+    ({"cpu.max": "200000 100000\n"}, 2.0),                     # cgroup v2: docker --cpus=2
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu.max": "max 100000\n"}, None),                       # no quota
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3.0),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "garbage"}, None),
+    ({}, None),
+])
+def test_a_cgroup_cpu_quota_is_read_in_cores(tmp_path: Path, files: dict[str, str], limit: float | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(tmp_path) == limit
+
+
+def test_usable_cpus_is_the_affinity_mask_capped_by_the_quota_rounded_up(tmp_path: Path) -> None:
+    mask = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    assert usable_cpus(tmp_path) == mask  # no quota files: the mask
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a core still runs a process
+    assert usable_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text(f"{(mask + 8) * 100000} 100000\n")  # a quota above the mask does not add
+    assert usable_cpus(tmp_path) == mask
 
 
 def _spincounts(log_dir: Path) -> dict[str, str]:
@@ -72,7 +92,6 @@ def test_the_openmp_benchmark_measures_both_policies_and_writes_its_json(
 
     tiny = {"size": 32, "width": 8, "run_steps": 8, "cycles": 2, "gan_steps": 2, "seg_steps": 2}
     monkeypatch.setattr(bench, "_sizes", lambda quick: tiny)
-    monkeypatch.setattr(run_module, "usable_cpus", lambda: 2)  # a crowded run on any machine
     out = tmp_path / "openmp.json"
     bench.run_openmp_benchmark(quick=True, json_out=out, repeats=1)
     result = json.loads(out.read_text())

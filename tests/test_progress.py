@@ -71,6 +71,11 @@ def test_no_time_left_is_guessed_before_any_step_and_the_wait_for_the_first_step
     assert caplog.messages[-1] == "x: step 5/10 (50%), 2.00 steps/s, about 2 s left"
 
 
+def test_the_dgan_detail_counts_all_nodes_from_the_generators_totals_not_its_capped_list() -> None:
+    status = {"nodes_alive": 70, "nodes_total": 100, "nodes": {"node0": {"alive": True, "staleness": 1.0}}}
+    assert dgan_detail(status) == "70/100 nodes alive, mean staleness 1.0"
+
+
 def test_the_dgan_detail_names_the_nodes_alive_their_staleness_and_the_judges() -> None:
     status = {"step": 10, "label_iou": 0.4121, "dropped_stale": 2, "nodes": {
         "node0": {"alive": True, "staleness": 2.0}, "node1": {"alive": True, "staleness": 3.0},
@@ -84,7 +89,7 @@ def test_the_dgan_detail_names_the_nodes_alive_their_staleness_and_the_judges() 
 class FakeSource:
     """Stands in for the status subscriber: each poll delivers the next scripted status (None: nothing new)."""
 
-    def __init__(self, script: list[dict[str, Any] | None]) -> None:
+    def __init__(self, script: list[Any]) -> None:
         self.script = script
         self.generator: dict[str, Any] = {}
         self.closed = False
@@ -94,7 +99,8 @@ class FakeSource:
         item = self.script.pop(0) if self.script else None
         if item is None:
             return False
-        self.generator = item
+        if item != "broker":  # the broker's own broadcast: news, but not from the generator
+            self.generator = item
         return True
 
     def close(self) -> None:
@@ -118,6 +124,35 @@ def test_a_silent_generator_is_reported_once_a_minute_and_news_resets_it(caplog:
     assert sum(r.levelno == logging.WARNING for r in caplog.records) == 2
     watcher.close()
     assert source.closed and watcher.source is None
+
+
+def test_the_brokers_broadcasts_do_not_hide_a_silent_generator(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    source = FakeSource([{"step": 5, "nodes": {}}, "broker", "broker", "broker"])
+    watcher = DGANProgress("dgan adversarial seed 0", 800, every=60.0, subscribe=lambda _e: source, clock=clock)
+    caplog.set_level(logging.INFO, "dgan.experiment")
+    watcher.watch("e")
+    for _ in range(3):  # the broker keeps broadcasting; the generator's last status stays the same object
+        clock.now += 25
+        watcher.watch("e")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "dgan adversarial seed 0: no status from the generator for 75 s"]
+
+
+def test_an_error_while_watching_is_logged_once_and_never_reaches_the_training(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(FakeSource):
+        def poll(self, timeout: float = 0.0) -> bool:
+            raise OSError("too many open files")
+
+    source = Broken([])
+    watcher = DGANProgress("dgan adversarial seed 0", 800, subscribe=lambda _e: source)
+    caplog.set_level(logging.INFO, "dgan.experiment")
+    for _ in range(3):
+        watcher.watch("e")  # does not raise
+    assert watcher.failed and source.closed
+    assert [r.getMessage() for r in caplog.records] == [
+        "dgan adversarial seed 0: progress lines stop (OSError: too many open files); the training goes on"]
 
 
 def _splits() -> Splits:
@@ -161,6 +196,9 @@ def test_the_experiments_dgan_logs_the_generators_progress_and_closes_its_subscr
     lines = [m for m in caplog.messages if m.startswith("dgan adversarial seed 0: step")]
     assert lines[-1].startswith("dgan adversarial seed 0: step 4/4 (100%)")
     assert lines[-1].endswith("2/2 nodes alive, mean staleness 2.0")
+    finished = [m for m in caplog.messages if "finished" in m]
+    assert len(finished) == (0 if fails else 1)  # a training that failed is not reported finished
+    assert all(m.startswith("dgan adversarial seed 0: finished, step 4/4") for m in finished)
     assert len(sources) == 1 and sources[0].closed and sources[0].endpoints == ["tcp://127.0.0.1:5557"]
 
 
@@ -173,3 +211,4 @@ def test_the_central_gan_logs_its_progress(tmp_path: Path, monkeypatch: pytest.M
     central.central_gan(cfg, PairSet(ims, masks, ["a", "b", "c", "d"]), 0, "adversarial")
     lines = [m for m in caplog.messages if m.startswith("central_gan adversarial seed 0: step")]
     assert [m.split(" (")[0] for m in lines] == [f"central_gan adversarial seed 0: step {s}/3" for s in (1, 2, 3)]
+    assert caplog.messages[-1].startswith("central_gan adversarial seed 0: finished, step 3/3, ")

@@ -271,7 +271,7 @@ def test_the_experiment_hands_its_device_to_the_gans_the_dgan_processes_and_the_
         def __init__(self, model: object, train: TrainConfig) -> None:
             seen["central G"] = train.device
 
-    monkeypatch.setattr(ex, "run_local", lambda rc: record("dgan processes", rc.device))
+    monkeypatch.setattr(ex, "run_local", lambda rc, watch=None: record("dgan processes", rc.device))
     monkeypatch.setattr(central, "GeneratorTrainer", CentralG)
     monkeypatch.setattr(central, "DiscriminatorTrainer", lambda model, recipe, seed, device, **k: record("central D",
                                                                                                          device))
