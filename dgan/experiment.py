@@ -147,8 +147,7 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
         t = time.time()
         progress = DGANProgress(f"dgan{'' if mode == 'async' else '_' + mode} {feedback} seed {seed}", run.steps)
         try:
-            run_local(run, progress.watch)
-            progress.finish()
+            progress.finish(run_local(run, progress.watch).get("steps"))
         finally:
             progress.close()
         seconds = time.time() - t

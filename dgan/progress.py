@@ -149,9 +149,12 @@ class DGANProgress:
         if quiet >= self.progress.every:
             self.progress.silent(quiet, "no status from the generator")
 
-    def finish(self) -> None:
-        """The closing line, from the generator's last status."""
-        if self._last is not None and isinstance(self._last.get("step"), int):
+    def finish(self, steps: object = None) -> None:
+        """The closing line: ``steps`` made, as the run's summary counts them, else the generator's last status
+        (sent before its last step or two)."""
+        if isinstance(steps, int):
+            self.progress.finish(steps)
+        elif self._last is not None and isinstance(self._last.get("step"), int):
             self.progress.finish(self._last["step"])
 
     def close(self) -> None:
