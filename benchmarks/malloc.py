@@ -17,13 +17,13 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from multiprocessing import get_context
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from benchmarks.fresh_process import in_fresh_process
 
 SETTINGS = ("glibc defaults", "tuned")
 PHASES = ("generator cycles", "central GAN steps", "synthesis", "segmenter steps")
@@ -99,27 +99,9 @@ def measure(tuned: bool, quick: bool) -> dict[str, Any]:
             "rss_after_mb": rss_mb(os.getpid())}  # what the process keeps after its phases
 
 
-def _child(tuned: bool, quick: bool, conn: Connection) -> None:
-    conn.send(measure(tuned, quick))
-    conn.close()
-
-
 def _measured(tuned: bool, quick: bool) -> dict[str, Any]:
     """``measure`` in a fresh spawned process, killed if it runs past the timeout."""
-    ctx = get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(tuned, quick, send), daemon=True)
-    proc.start()
-    send.close()
-    try:
-        if not receive.poll(_TIMEOUT_S):
-            raise RuntimeError(f"a measurement ran past {_TIMEOUT_S} s; its process was killed")
-        return receive.recv()
-    except EOFError:
-        raise RuntimeError(f"a measurement process died (exit code {proc.exitcode})") from None
-    finally:
-        proc.kill()
-        proc.join(10)
+    return in_fresh_process(measure, tuned, quick, timeout_s=_TIMEOUT_S)
 
 
 def _thp_mode() -> str:

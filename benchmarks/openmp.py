@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from multiprocessing import get_context
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from benchmarks.fresh_process import in_fresh_process
 
 POLICIES = ("spin (libgomp's default)", "passive")
 PHASES = ("generator cycles", "central GAN steps", "segmenter steps")
@@ -123,35 +123,6 @@ def measure_alone(passive: bool, sz: dict[str, int]) -> dict[str, Any]:
     return {"rates": rates, "policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
 
 
-def _child(conn: Connection, passive: bool, sz: dict[str, int]) -> None:
-    try:
-        conn.send(measure_alone(passive, sz))
-    except BaseException as exc:  # the parent reports it instead of waiting
-        conn.send({"error": f"{type(exc).__name__}: {exc}"})
-    finally:
-        conn.close()
-
-
-def _in_fresh_process(passive: bool, sz: dict[str, int]) -> dict[str, Any]:
-    ctx = get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, passive, sz), daemon=True)
-    proc.start()
-    child.close()
-    try:
-        if not parent.poll(_TIMEOUT_S):
-            raise TimeoutError(f"a measurement took longer than {_TIMEOUT_S} s")
-        result = parent.recv()
-    finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(10)
-    if "error" in result:
-        raise RuntimeError(f"the measurement failed in its process: {result['error']}")
-    return result
-
-
 def run_openmp_benchmark(quick: bool = False, json_out: Path | None = None,
                          repeats: int | None = None) -> dict[str, Any]:
     console = Console()
@@ -166,7 +137,7 @@ def run_openmp_benchmark(quick: bool = False, json_out: Path | None = None,
             for policy in order:
                 passive = policy == POLICIES[1]
                 runs[policy].append(run_rate(passive, quick, Path(tmp) / f"{r}-{int(passive)}"))
-                measured = _in_fresh_process(passive, sz)
+                measured = in_fresh_process(measure_alone, passive, sz, timeout_s=_TIMEOUT_S)
                 seen[policy].append(measured["policy"])
                 for ph, rate in measured["rates"].items():
                     alone[policy][ph].append(rate)
