@@ -192,3 +192,32 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A folder written by `dg
         console.print(f"[red]{run_dir} is not a folder[/red]")
         raise typer.Exit(2)
     console.print(f"report: {write_report(run_dir, out)}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="`dgan experiment --out` folders (or their results.json), as "
+                                                   "PATH or LABEL=PATH; all on the same test set.")],
+    method: Annotated[list[str] | None, typer.Option(help="Only these GAN methods (repeat; default: all).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="LABEL:METHOD to compare against (default: the first run's "
+                                                      "first method).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the comparison here.")] = None,
+) -> None:
+    """Compare GAN methods across experiment runs, paired by GAN seed and segmentation seed."""
+    import json
+
+    from dgan.compare_runs import CompareError, load_run, parse_run_arg, strict_json
+    from dgan.compare_runs import compare as compare_runs
+    from dgan.compare_table import print_comparison
+
+    try:
+        loaded = [load_run(path, label) for label, path in map(parse_run_arg, runs)]
+        result = compare_runs(loaded, method, baseline)
+    except CompareError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    print_comparison(console, result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(strict_json(result), indent=1, allow_nan=False))
+        console.print(f"wrote {json_out}")
