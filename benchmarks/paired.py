@@ -8,7 +8,6 @@ chaos, which is why a mean difference needs many pairs and a confidence interval
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dgan.paired_stats import t975
+from dgan.paired_stats import mean_se_ci95
 
 
 def load_rows(paths: list[Path]) -> list[dict[str, Any]]:
@@ -42,11 +41,11 @@ def paired_difference(rows: list[dict[str, Any]], a: str, b: str, metric: str) -
     diffs = [by[(b, t, s)] - by[(a, t, s)] for t, s in keys]
     if len(diffs) < 2:
         raise ValueError(f"{a} and {b} share {len(diffs)} (split, seed) pair(s); a comparison needs at least 2")
-    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-    half = t975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    mean, _, ci95 = mean_se_ci95(diffs)
+    sd = statistics.stdev(diffs)
     return {"metric": metric, "a": a, "b": b, "pairs": len(diffs), "mean_a": statistics.mean(by[(a, *k)] for k in keys),
             "mean_b": statistics.mean(by[(b, *k)] for k in keys), "diff_mean": mean, "diff_sd": sd,
-            "ci95": [mean - half, mean + half], "diff_median": statistics.median(diffs),
+            "ci95": list(ci95), "diff_median": statistics.median(diffs),
             "b_better": sum(d > 0 for d in diffs), "b_worse": sum(d < 0 for d in diffs),
             "per_pair": [{"test": t, "gan_seed": s, "a": by[(a, t, s)], "b": by[(b, t, s)]} for t, s in keys]}
 

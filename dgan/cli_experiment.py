@@ -197,7 +197,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A folder written by `dg
 @app.command()
 def compare(
     runs: Annotated[list[str], typer.Argument(help="`dgan experiment --out` folders (or their results.json), as "
-                                                   "PATH or LABEL=PATH; all on the same test set.")],
+                                                   "PATH or LABEL=PATH; one label over several test splits "
+                                                   "pools their pairs.")],
     method: Annotated[list[str] | None, typer.Option(help="Only these GAN methods (repeat; default: all).")] = None,
     baseline: Annotated[str | None, typer.Option(help="LABEL:METHOD to compare against (default: the first run's "
                                                       "first method).")] = None,
@@ -218,6 +219,10 @@ def compare(
         raise typer.Exit(2) from None
     print_comparison(console, result)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(strict_json(result), indent=1, allow_nan=False))
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(strict_json(result), indent=1, allow_nan=False))
+        except OSError as exc:
+            console.print(f"[red]could not write {json_out}: {exc}[/red]")
+            raise typer.Exit(2) from None
         console.print(f"wrote {json_out}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,49 +24,90 @@ class CompareError(ValueError):
     """A run that cannot be read or compared; the message says which and why."""
 
 
+Seed = dict[str, Any]
+
+
+def _number(x: Any) -> float | None:
+    """A finite real number, or None (a string, a bool, NaN or infinity is not an IoU)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def _segmenter(entry: Any) -> Seed | None:
+    """One segmenter's figures from a method's ``seeds`` list, or None where they are not usable."""
+    if not isinstance(entry, dict):
+        return None
+    g, iou = entry.get("gan_seed"), _number(entry.get("iou"))
+    if isinstance(g, bool) or not isinstance(g, int) or iou is None:
+        return None
+    return {"gan_seed": g, "iou": iou, "val": _number(entry.get("best_val_iou"))}
+
+
 @dataclass
 class Run:
     label: str
     path: Path
     results: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def test_key(self) -> TestKey:
-        """What must be equal for two runs' test IoUs to compare."""
+        """What must be equal for two runs' test IoUs to compare: the dataset (by its folder's name, so that
+        ``../data/x`` and ``/home/me/data/x`` agree), the test spec and size, and the resolution."""
         r = self.results
-        return (r.get("dataset"), (r.get("splits") or {}).get("test"), (r.get("sizes") or {}).get("test"),
-                r.get("resolution"))
+        dataset = r.get("dataset")
+        name = Path(dataset).name if isinstance(dataset, str) and dataset else dataset
+        return tuple(json.dumps(x, sort_keys=True) for x in (name, r["splits"].get("test"), r["sizes"].get("test"),
+                                                             r.get("resolution")))
+
+    def feedback(self, method: str) -> Any:
+        m = self.results["methods"][method]
+        return m.get("feedback") if isinstance(m.get("feedback"), str) else None
 
     def gan_methods(self) -> list[str]:
         """Methods whose segmenters trained on a GAN's set (their seeds name the GAN seed)."""
         return [name for name, m in self.results["methods"].items()
                 if isinstance(m, dict) and isinstance(m.get("seeds"), list)
-                and any(isinstance(s, dict) and isinstance(s.get("gan_seed"), int) for s in m["seeds"])]
+                and any(_segmenter(s) is not None for s in m["seeds"])]
 
-    def seeds(self, method: str) -> list[dict[str, Any]]:
-        return [s for s in self.results["methods"][method]["seeds"] if isinstance(s, dict)]
+    def seeds(self, method: str) -> list[Seed | None]:
+        """The method's segmenters by seed (a position is a segmentation seed: kept, None where not usable)."""
+        rows = [_segmenter(s) for s in self.results["methods"][method]["seeds"]]
+        bad = [i for i, r in enumerate(rows) if r is None]
+        if bad:
+            self.warnings.append(f"{self.label}:{method}: segmenter seed(s) {bad} have no usable gan_seed and iou: "
+                                 "left out")
+        return rows
 
 
 def load_run(path: Path, label: str | None = None) -> Run:
     """A run folder (its ``results.json``) or the file itself."""
+    if label is not None and (":" in label or not label.strip()):
+        raise CompareError(f"label {label!r}: a label names a run in LABEL:METHOD, so it cannot hold ':'")
     file = path / "results.json" if path.is_dir() else path
     if not file.is_file():
         raise CompareError(f"{path}: no results.json (is it a `dgan experiment --out` folder?)")
     try:
         results = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CompareError(f"{file}: not readable as JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CompareError(f"{file}: not readable as JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(results, dict) or not isinstance(results.get("methods"), dict):
         raise CompareError(f"{file}: has no 'methods': not a `dgan experiment` results.json")
+    for key in ("splits", "sizes"):
+        if not isinstance(results.get(key, {}), dict):
+            raise CompareError(f"{file}: '{key}' is not an object: not a `dgan experiment` results.json")
+        results.setdefault(key, {})
     return Run(label or (file.parent.name if file.name == "results.json" else file.stem), file, results)
 
 
 def _split_names(runs: list[Run]) -> dict[TestKey, str]:
     """A short name per test set: its test spec (``tile=8``), or all it is made of where specs repeat."""
     keys = list(dict.fromkeys(r.test_key for r in runs))
-    short = {k: str(k[1]) for k in keys}
+    plain = [[json.loads(part) for part in k] for k in keys]
+    short = {k: str(p[1]) for k, p in zip(keys, plain, strict=True)}
     if len(set(short.values())) < len(keys):
-        short = {k: f"{k[0]} {k[1]} ({k[2]} test images, {k[3]} px)" for k in keys}
+        short = {k: f"{p[0]} {p[1]} ({p[2]} test images, {p[3]} px)" for k, p in zip(keys, plain, strict=True)}
     return short
 
 
@@ -90,36 +131,43 @@ def _check(runs: list[Run]) -> list[str]:
     return warnings
 
 
-def _figures(seeds: list[dict[str, Any]], index: list[int]) -> dict[int, dict[str, float]]:
-    """Per GAN seed: the mean test and validation IoU over the segmenters at these seed indices."""
-    by: dict[int, list[dict[str, Any]]] = {}
-    for i in index:
-        by.setdefault(int(seeds[i]["gan_seed"]), []).append(seeds[i])
+def _figures(seeds: list[Seed | None], index: list[int] | None = None) -> dict[int, dict[str, float]]:
+    """Per GAN seed: the mean test and validation IoU over the usable segmenters at these seed indices (all)."""
+    by: dict[int, list[Seed]] = {}
+    for i in range(len(seeds)) if index is None else index:
+        if (row := seeds[i]) is not None:
+            by.setdefault(row["gan_seed"], []).append(row)
     out = {}
     for g, rows in sorted(by.items()):
-        val = [float(r["best_val_iou"]) for r in rows if isinstance(r.get("best_val_iou"), (int, float))]
-        out[g] = {"n": len(rows), "test": sum(float(r["iou"]) for r in rows) / len(rows),
+        val = [r["val"] for r in rows if r["val"] is not None]
+        out[g] = {"n": len(rows), "test": sum(r["iou"] for r in rows) / len(rows),
                   "val": sum(val) / len(val) if len(val) == len(rows) else math.nan}
     return out
 
 
-def _pair_runs(base: list[dict[str, Any]], other: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+def _pair_runs(base: list[Seed | None], other: list[Seed | None]) -> tuple[list[int], list[int]]:
     """Segmenter seed indices both ran on the same GAN seed (segmentation seed s trains on GAN set s mod
     --gan-seeds, so runs with other --gan-seeds pair only where the two agree), and those left out."""
     common = [i for i in range(min(len(base), len(other)))
-              if isinstance(base[i].get("gan_seed"), int) and base[i].get("gan_seed") == other[i].get("gan_seed")]
-    return common, sorted(set(range(max(len(base), len(other)))) - set(common))
+              if (b := base[i]) is not None and (o := other[i]) is not None and b["gan_seed"] == o["gan_seed"]]
+    used = {i for i in range(max(len(base), len(other)))
+            if (i < len(base) and base[i] is not None) or (i < len(other) and other[i] is not None)}
+    return common, sorted(used - set(common))
 
 
-def paired(base: dict[TestKey, list[dict[str, Any]]], other: dict[TestKey, list[dict[str, Any]]],
+def paired(base: dict[TestKey, list[Seed | None]], other: dict[TestKey, list[Seed | None]],
            names: dict[TestKey, str]) -> dict[str, Any]:
     """``other`` against ``base``: per test split both ran and per GAN seed, the difference and ratio of the mean
-    IoUs over the segmenters both ran; then over all pairs, every split pooled."""
-    rows, seeds_used, unpaired = [], {}, {}
+    IoUs over the segmenters both ran; then over all pairs, every split pooled. "Every pair >= 0.9x" holds only
+    where every GAN training of either side found its pair: one left out might be the one that collapsed."""
+    rows, seeds_used, unpaired, unpaired_gan = [], {}, {}, {}
     for key in (k for k in base if k in other):
         common, left = _pair_runs(base[key], other[key])
         seeds_used[names[key]], unpaired[names[key]] = common, left
         b, o = _figures(base[key], common), _figures(other[key], common)
+        trained = set(_figures(base[key])) | set(_figures(other[key]))
+        if trained - set(b):
+            unpaired_gan[names[key]] = sorted(trained - set(b))
         for g in b:
             row: dict[str, Any] = {"split": names[key], "gan_seed": g, "segmenters": b[g]["n"]}
             for split in ("val", "test"):
@@ -129,16 +177,19 @@ def paired(base: dict[TestKey, list[dict[str, Any]]], other: dict[TestKey, list[
             rows.append(row)
     summary: dict[str, Any] = {"pairs": rows, "segmenter_seeds": seeds_used,
                                "unpaired_segmenters": {k: v for k, v in unpaired.items() if v},
+                               "unpaired_gan_seeds": unpaired_gan,
                                "splits_unpaired": sorted(names[k] for k in set(base) ^ set(other))}
+    complete = not unpaired_gan and not summary["splits_unpaired"]
     for split in ("val", "test"):
         diffs = [r[f"{split}_diff"] for r in rows if not math.isnan(r[f"{split}_diff"])]
         ratios = [r[f"{split}_ratio"] for r in rows if not math.isnan(r[f"{split}_ratio"])]
         mean, se, ci = mean_se_ci95(diffs)
+        every = None if not ratios else bool(complete and len(ratios) == len(rows)
+                                              and min(ratios) >= PER_SEED_TARGET)
         summary[split] = {"pairs": len(diffs), "mean_diff": mean, "se": se, "ci95": list(ci),
                           "ahead": sum(d > 0 for d in diffs), "behind": sum(d < 0 for d in diffs),
                           "min_ratio": min(ratios) if ratios else math.nan, "every_pair_at_least": PER_SEED_TARGET,
-                          "every_pair_met": bool(rows and len(ratios) == len(rows)
-                                                 and min(ratios) >= PER_SEED_TARGET)}
+                          "every_pair_met": every}
     return summary
 
 
@@ -148,11 +199,16 @@ def compare(runs: list[Run], methods: list[str] | None, baseline: str | None) ->
         raise CompareError("no runs to compare")
     warnings = _check(runs)
     names = _split_names(runs)
-    entries: dict[str, dict[TestKey, list[dict[str, Any]]]] = {}
+    entries: dict[str, dict[TestKey, list[Seed | None]]] = {}
+    feedback: dict[str, set[Any]] = {}
     for run in runs:
-        for m in run.gan_methods():
+        found = run.gan_methods()
+        if not found:
+            warnings.append(f"{run.path}: no GAN method with usable segmenter seeds (gan_seed and iou): left out")
+        for m in found:
             if not methods or m in methods:
                 entries.setdefault(f"{run.label}:{m}", {})[run.test_key] = run.seeds(m)
+                feedback.setdefault(f"{run.label}:{m}", set()).add(run.feedback(m))
     missing = [m for m in methods or [] if not any(name.endswith(f":{m}") for name in entries)]
     if missing:
         raise CompareError(f"no run has GAN method {', '.join(map(repr, missing))}")
@@ -165,10 +221,11 @@ def compare(runs: list[Run], methods: list[str] | None, baseline: str | None) ->
         if not of_label or not method:
             raise CompareError(f"--baseline {baseline!r}: give LABEL:METHOD, with LABEL one of "
                                f"{', '.join(dict.fromkeys(r.label for r in runs))}")
-        base: dict[TestKey, list[dict[str, Any]]] = {}
+        base: dict[TestKey, list[Seed | None]] = {}
         for run in of_label:
             if method in run.gan_methods():
                 base[run.test_key] = run.seeds(method)
+                feedback.setdefault(base_name, set()).add(run.feedback(method))
         if not base:
             raise CompareError(f"{label} has no GAN method {method!r} (it has: "
                                f"{', '.join(dict.fromkeys(m for r in of_label for m in r.gan_methods())) or 'none'})")
@@ -177,11 +234,19 @@ def compare(runs: list[Run], methods: list[str] | None, baseline: str | None) ->
     for name, seeds in entries.items():
         if name != base_name:
             comparisons.append({"base": base_name, "other": name, **paired(entries[base_name], seeds, names)})
+            if feedback[name] != feedback[base_name]:
+                warnings.append(f"{name} and {base_name} learnt from other feedback modes "
+                                f"({'/'.join(map(str, feedback[name]))} against "
+                                f"{'/'.join(map(str, feedback[base_name]))})")
+    if not comparisons:
+        raise CompareError(f"nothing to compare against {base_name}: give a second run or method")
+    warnings += [w for r in runs for w in dict.fromkeys(r.warnings)]
     return {"baseline": base_name, "runs": [{"label": r.label, "path": str(r.path), "split": names[r.test_key]}
                                             for r in runs],
             "warnings": warnings, "references": [{"label": r.label, "split": names[r.test_key], **references(r)}
                                                  for r in runs],
-            "methods": {name: {names[k]: {str(g): f for g, f in _figures(s, list(range(len(s)))).items()}
+            "feedback": {name: sorted(map(str, modes)) for name, modes in feedback.items()},
+            "methods": {name: {names[k]: {str(g): f for g, f in _figures(s).items()}
                                for k, s in by_split.items()} for name, by_split in entries.items()},
             "comparisons": comparisons}
 
@@ -191,8 +256,8 @@ def references(run: Run) -> dict[str, float]:
     out = {}
     for name in ("real_all", "real_partial"):
         m = run.results["methods"].get(name)
-        if isinstance(m, dict) and isinstance(m.get("iou"), (int, float)):
-            out[name] = float(m["iou"])
+        if isinstance(m, dict) and (iou := _number(m.get("iou"))) is not None:
+            out[name] = iou
     return out
 
 

@@ -69,12 +69,15 @@ def test_runs_with_other_seed_counts_pair_only_the_segmenters_both_ran_on_the_sa
     four = _write(tmp_path, "four", _results({"dgan": [(0, 0.5, 0.5), (1, 0.5, 0.5), (2, 0.5, 0.5), (3, 0.5, 0.5)]}))
     (comp,) = compare([load_run(base), load_run(four)], None, None)["comparisons"]
     assert comp["segmenter_seeds"] == {"tile=8": [0, 1]}
+    # GANs 2 and 3 of the other side found no pair: they might be the ones that collapsed, so no "every pair"
+    assert comp["unpaired_gan_seeds"] == {"tile=8": [2, 3]} and comp["test"]["min_ratio"] == pytest.approx(1.0)
+    assert comp["test"]["every_pair_met"] is False
 
 
 def test_runs_on_several_test_sets_pair_within_each_and_pool_the_pairs(tmp_path: Path) -> None:
     a8 = _write(tmp_path, "a8", _results({"central_gan": [(0, 0.5, 0.5), (1, 0.5, 0.5)]}))
     a5 = _write(tmp_path, "a5", _results({"central_gan": [(0, 0.4, 0.2), (1, 0.4, 0.2)]}, test="tile=5"))
-    b8 = _write(tmp_path, "b8", _results({"dgan": [(0, 0.6, 0.6), (1, 0.4, 0.4)]}))
+    b8 = _write(tmp_path, "b8", _results({"dgan": [(0, 0.6, 0.6), (1, 0.45, 0.45)]}))
     b5 = _write(tmp_path, "b5", _results({"dgan": [(0, 0.5, 0.3)]}, test="tile=5"))
     runs = [load_run(a8, "c"), load_run(a5, "c"), load_run(b8, "d"), load_run(b5, "d")]
     result = compare(runs, None, None)
@@ -82,11 +85,12 @@ def test_runs_on_several_test_sets_pair_within_each_and_pool_the_pairs(tmp_path:
     (comp,) = result["comparisons"]
     assert [(p["split"], p["gan_seed"]) for p in comp["pairs"]] == [("tile=8", 0), ("tile=8", 1), ("tile=5", 0)]
     assert [p["test_base"] for p in comp["pairs"]] == pytest.approx([0.5, 0.5, 0.2])  # never tile 8 against 5
-    assert comp["test"]["pairs"] == 3 and comp["test"]["mean_diff"] == pytest.approx((0.1 - 0.1 + 0.1) / 3)
+    assert comp["test"]["pairs"] == 3 and comp["test"]["mean_diff"] == pytest.approx((0.1 - 0.05 + 0.1) / 3)
     assert comp["unpaired_segmenters"] == {"tile=5": [1]}
     # one side on a split the other lacks: said, not paired
     (comp,) = compare(runs[:3], None, None)["comparisons"]
     assert comp["splits_unpaired"] == ["tile=5"] and len(comp["pairs"]) == 2
+    assert comp["val"]["min_ratio"] >= 0.9 and comp["val"]["every_pair_met"] is False  # tile 5 was not compared
 
 
 def test_one_label_twice_on_one_test_set_is_refused_and_other_validation_sets_warned(tmp_path: Path) -> None:
@@ -168,3 +172,72 @@ def test_a_zero_base_gives_a_null_ratio_in_strict_json(tmp_path: Path) -> None:
     assert math.isnan(result["comparisons"][0]["pairs"][0]["test_ratio"])
     text = json.dumps(strict_json(result), allow_nan=False)
     assert json.loads(text)["comparisons"][0]["pairs"][0]["test_ratio"] is None
+
+
+def test_hostile_segmenter_entries_are_left_out_in_place_with_a_warning(tmp_path: Path) -> None:
+    base = _write(tmp_path, "base", _results({"dgan": [(0, 0.5, 0.5), (1, 0.5, 0.5), (0, 0.5, 0.5)]}))
+    hostile = _results({"dgan": [(0, 0.6, 0.6), (1, 0.6, 0.6), (0, 0.6, 0.6)]})
+    # seed 0 junk, seed 1 a string IoU, seed 2 fine: seed 2 must still pair with the base's seed 2
+    hostile["methods"]["dgan"]["seeds"][0] = "x"
+    hostile["methods"]["dgan"]["seeds"][1]["iou"] = "0.9"
+    other = _write(tmp_path, "other", hostile)
+    result = compare([load_run(base), load_run(other)], None, None)
+    (comp,) = result["comparisons"]
+    assert comp["segmenter_seeds"] == {"tile=8": [2]} and comp["unpaired_segmenters"] == {"tile=8": [0, 1]}
+    assert comp["pairs"][0]["test_other"] == pytest.approx(0.6)
+    assert any("segmenter seed(s) [0, 1]" in w for w in result["warnings"])
+    for bad in ({"gan_seed": 0}, {"gan_seed": True, "iou": 0.5}, {"gan_seed": 0, "iou": float("inf")},
+                {"gan_seed": "0", "iou": 0.5}, {"iou": 0.3}):
+        doc = _results({"dgan": [(0, 0.5, 0.5)]})
+        doc["methods"]["dgan"]["seeds"].append(bad)
+        path = tmp_path / f"h{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps(doc))  # inf is written as Infinity, which Python reads back
+        (comp,) = compare([load_run(base), load_run(path)], None, None)["comparisons"]
+        assert comp["segmenter_seeds"] == {"tile=8": [0]}, bad
+
+
+def test_hostile_top_level_fields_are_refused_clearly(tmp_path: Path) -> None:
+    for doc, why in (({**_results({}), "sizes": "x"}, "'sizes' is not an object"),
+                     ({**_results({}), "splits": [1]}, "'splits' is not an object")):
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps(doc))
+        with pytest.raises(CompareError, match=why):
+            load_run(path)
+    unhashable = _write(tmp_path, "u", {**_results({"dgan": [(0, 0.5, 0.5)]}), "splits": {"test": ["tile=8"]}})
+    ok = _write(tmp_path, "ok", _results({"dgan": [(0, 0.5, 0.5)]}))
+    assert compare([load_run(ok), load_run(unhashable)], None, None)["comparisons"][0]["pairs"] == []
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CompareError, match="not readable as JSON"):
+        load_run(deep)
+    with pytest.raises(CompareError, match="cannot hold ':'"):
+        load_run(ok, "a:b")
+
+
+def test_runs_without_gan_methods_are_named_and_nothing_to_compare_is_an_error(tmp_path: Path) -> None:
+    base = _write(tmp_path, "base", _results({"dgan": [(0, 0.5, 0.5)], "central_gan": [(0, 0.4, 0.4)]}))
+    old = _write(tmp_path, "old", {**_results({}), "methods": {"dgan": {"iou": 0.4, "seeds": [{"iou": 0.4}]}}})
+    result = compare([load_run(base), load_run(old)], None, None)
+    assert any("old" in w and "no GAN method" in w for w in result["warnings"])
+    with pytest.raises(CompareError, match="nothing to compare"):
+        compare([load_run(base), load_run(old)], ["dgan"], None)
+
+
+def test_the_dataset_counts_by_its_folder_name_and_other_feedback_modes_are_warned(tmp_path: Path) -> None:
+    a = _results({"central_gan": [(0, 0.5, 0.5)]})
+    b = _results({"dgan": [(0, 0.5, 0.5)]})
+    a["dataset"], b["dataset"] = "../shared/data/dubai", "/work/shared/data/dubai"
+    a["methods"]["central_gan"]["feedback"], b["methods"]["dgan"]["feedback"] = "adversarial", "l1"
+    result = compare([load_run(_write(tmp_path, "a", a)), load_run(_write(tmp_path, "b", b))], None, None)
+    assert len(result["comparisons"][0]["pairs"]) == 1
+    assert any("other feedback modes (l1 against adversarial)" in w for w in result["warnings"])
+
+
+def test_cli_errors_inside_the_comparison_and_an_unwritable_json_exit_2(tmp_path: Path) -> None:
+    a = _write(tmp_path, "a", _results({"central_gan": [(0, 0.5, 0.5)]}))
+    b = _write(tmp_path, "b", _results({"dgan": [(0, 0.5, 0.45)]}))
+    runner = CliRunner()
+    res = runner.invoke(app, ["compare", str(a), str(b), "--baseline", "nope"])
+    assert res.exit_code == 2 and "LABEL:METHOD" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["compare", str(a), str(b), "--json", str(tmp_path)])  # a folder
+    assert res.exit_code == 2 and "could not write" in res.output

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.paired import load_rows, paired_difference, t975
+from benchmarks.paired import load_rows, paired_difference
 from dgan.cli import app
+from dgan.paired_stats import t975
 
 
 def _said(output: str) -> str:
