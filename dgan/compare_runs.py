@@ -16,6 +16,7 @@ from typing import Any
 
 from dgan.experiment_tables import PER_SEED_TARGET
 from dgan.paired_stats import mean_se_ci95
+from dgan.provenance import describe
 
 TestKey = tuple[Any, ...]
 
@@ -241,6 +242,9 @@ def compare(runs: list[Run], methods: list[str] | None, baseline: str | None) ->
     if not comparisons:
         raise CompareError(f"nothing to compare against {base_name}: give a second run or method")
     warnings += [w for r in runs for w in dict.fromkeys(r.warnings)]
+    made_by = {r.label + " " + str(r.path): r.results.get("code") for r in runs}
+    if any(isinstance(c, dict) for c in made_by.values()) and len({describe(c) for c in made_by.values()}) > 1:
+        warnings.append("made by other code: " + "; ".join(f"{k}: {describe(c)}" for k, c in made_by.items()))
     return {"baseline": base_name, "runs": [{"label": r.label, "path": str(r.path), "split": names[r.test_key]}
                                             for r in runs],
             "warnings": warnings, "references": [{"label": r.label, "split": names[r.test_key], **references(r)}

@@ -54,6 +54,7 @@ from dgan.experiment_splits import (  # noqa: F401  (re-exported: the experiment
 from dgan.experiment_tables import claims, markdown
 from dgan.finished_runs import finished_run, forget_finished, record_finished
 from dgan.progress import DGANProgress
+from dgan.provenance import code_version, loaded_note
 from dgan.run import RunConfig, run_local
 from dgan.segment import (
     SegConfig,
@@ -90,6 +91,7 @@ def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: i
 def from_cache(path: Path) -> dict[str, Any]:
     """A cached method's result; a GAN method's trainings did not run this time, so all count as loaded."""
     result = json.loads(path.read_text())
+    result.setdefault("made_by", None)  # cached before the code was recorded (dgan.provenance)
     if "gan_seconds" in result:
         result["gan_reused"] = [True] * len(result["gan_seconds"])
     return result
@@ -139,8 +141,8 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
     run = dgan_launch(cfg, splits, mode, seed, feedback)
     done = finished_run(run)
     if done is not None:
-        log.info("dgan %s seed %d: reusing the finished training in %s (%.0f s when it ran)", feedback, seed,
-                 run.out, done["train_seconds"])
+        log.info("dgan %s seed %d: reusing the finished training in %s (%.0f s when it ran), %s", feedback, seed,
+                 run.out, done["train_seconds"], loaded_note(done.get("made_by")))
         seconds = float(done["train_seconds"])
     else:
         forget_finished(run)
@@ -284,9 +286,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     def cached(method: str, compute: Any, mode: str = "") -> dict[str, Any]:
         path = cache / f"{method}-{cache_key(cfg, splits, method, mode)}.json"
         if path.exists():
-            log.info("%s: from cache %s", method, path)
-            return from_cache(path)
-        result = compute()
+            result = from_cache(path)
+            log.info("%s: from cache %s, %s", method, path, loaded_note(result.get("made_by")))
+            return result
+        result = {**compute(), "made_by": code_version()}
         path.write_text(json.dumps(result))
         return result
 
@@ -352,8 +355,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             add(f"central_gan{suffix}", cached("central_gan", lambda fb=fb, suffix=suffix: gan_method(
                 f"central_gan{suffix}", lambda s: central_gan_trained(cfg, splits, s, fb, cache), last), fb), fb)
         elif central_path.exists():  # not asked for, but already measured with these exact settings
-            log.info("central_gan%s: from cache %s", suffix, central_path)
-            add(f"central_gan{suffix}", from_cache(central_path), fb)
+            shown = from_cache(central_path)
+            log.info("central_gan%s: from cache %s, %s", suffix, central_path, loaded_note(shown.get("made_by")))
+            add(f"central_gan{suffix}", shown, fb)
         if "dgan" in cfg.gan_methods:
             add(f"dgan{suffix}", gan_method(f"dgan{suffix}", lambda s, fb=fb: dgan_run(cfg, splits, "async", s, fb),
                                             (*last, *(("judged",) if cfg.judged else ()))), fb)
@@ -385,6 +389,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         "nodes": summary(splits.node_parts, splits.train.masks),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "gan_precision": cfg.gan_precision,  # --precision auto as it resolved on this machine
+        "code": code_version(),
         "methods": methods, "wall_seconds": time.time() - t0, "feedback": list(cfg.feedback),
         "claims": claims(methods),
         **({"notes": [note]} if note is not None else {}),

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from dgan.provenance import describe, same_code
+
 PER_SEED_TARGET = 0.9  # issue 13's no-collapse target: DGAN >= 0.9x the central GAN in every GAN seed pair
 
 
@@ -89,10 +91,22 @@ def arithmetic_line(results: dict[str, Any]) -> list[str]:
     return [f"GANs in {how}{', G in channels_last' if channels_last else ''}; the segmenters in fp32.", ""]
 
 
+def provenance_lines(results: dict[str, Any]) -> list[str]:
+    """The code that made this run, and the cached results in it that other code made (or that predate the record)."""
+    if "code" not in results:
+        return []
+    now = results["code"]
+    other = [f"{name} ({describe(m['made_by'])})" for name, m in results["methods"].items()
+             if "made_by" in m and not same_code(m["made_by"], now)]
+    return [f"Code: {describe(now)}.", "",
+            *([f"From the cache, made by other code: {'; '.join(other)}.", ""] if other else [])]
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# {results['dataset']}, partition {results['partition']}, {results['resolution']} px", "",
              f"Feedback modes: {', '.join(results.get('feedback', []))} (the first is `dgan`/`central_gan`).", "",
              *arithmetic_line(results),
+             *provenance_lines(results),
              *jitter_line(results.get("config", {})),
              *(f"**Note:** {n}\n" for n in results.get("notes", [])),
              "| method | feedback | test IoU | val IoU | F1 | precision | recall | accuracy |",

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from dgan.provenance import code_version
 from dgan.run import RunConfig
 
 FINISHED = "finished.json"  # in a DGAN run's folder, written once its training has ended well
@@ -38,7 +39,8 @@ def finished_run(run: RunConfig) -> dict[str, Any] | None:
 
 def record_finished(run: RunConfig, seconds: float) -> None:
     """Written last, after the run ended well: a crash or Ctrl-C before it leaves the folder unfinished."""
-    (run.out / FINISHED).write_text(json.dumps({"launch": launch_fingerprint(run), "train_seconds": seconds}))
+    (run.out / FINISHED).write_text(json.dumps({"launch": launch_fingerprint(run), "train_seconds": seconds,
+                                                "made_by": code_version()}))
 
 
 def forget_finished(run: RunConfig) -> None:

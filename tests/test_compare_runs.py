@@ -241,3 +241,15 @@ def test_cli_errors_inside_the_comparison_and_an_unwritable_json_exit_2(tmp_path
     assert res.exit_code == 2 and "LABEL:METHOD" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["compare", str(a), str(b), "--json", str(tmp_path)])  # a folder
     assert res.exit_code == 2 and "could not write" in res.output
+
+
+def test_runs_made_by_other_code_are_warned(tmp_path: Path) -> None:
+    a = _results({"central_gan": [(0, 0.5, 0.5)]})
+    b = _results({"dgan": [(0, 0.5, 0.5)]})
+    code = {"dgan": "0.1.0", "commit": "a" * 12, "modified": False, "torch": "2.13.0"}
+    a["code"], b["code"] = code, {**code, "commit": "b" * 12}
+    runs = [load_run(_write(tmp_path, "a", a)), load_run(_write(tmp_path, "b", b))]
+    assert any(w.startswith("made by other code") and "commit aaaa" in w for w in compare(runs, None, None)["warnings"])
+    b["code"] = code
+    runs[1] = load_run(_write(tmp_path, "c", b))
+    assert not any("other code" in w for w in compare(runs, None, None)["warnings"])

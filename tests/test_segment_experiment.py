@@ -11,6 +11,7 @@ import pytest
 from dgan.data.scenes import make_scenes
 from dgan.experiment import ExperimentConfig, claims, from_cache, run_experiment
 from dgan.experiment_tables import markdown
+from dgan.provenance import code_version
 from dgan.segment import SegConfig, metrics, predict, train_local, train_segmenter
 
 
@@ -163,6 +164,8 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
     assert "| dgan |" in md and "| node1 |" in md and "dgan_local - real_partial per department" in md
     cache = list((tmp_path / "experiment-cache").glob("*.json"))
     assert sorted(p.name.split("-")[0] for p in cache) == ["central_gan", "central_gan", "real_all", "real_partial"]
+    assert results["code"] == code_version() and "Code: dgan " in md  # which code made this run ...
+    assert results["methods"]["real_all"]["made_by"] == code_version()  # ... and each result it cached
     again = run_experiment(cfg)  # cached methods come back identical
     assert again["methods"]["real_all"] == results["methods"]["real_all"]
     assert again["methods"]["real_partial"] == results["methods"]["real_partial"]
