@@ -54,7 +54,7 @@ from dgan.experiment_splits import (  # noqa: F401  (re-exported: the experiment
 from dgan.experiment_tables import claims, markdown
 from dgan.finished_runs import finished_run, forget_finished, record_finished
 from dgan.progress import DGANProgress
-from dgan.provenance import code_version, loaded_note
+from dgan.provenance import code_version, describe, loaded_note
 from dgan.run import RunConfig, run_local
 from dgan.segment import (
     SegConfig,
@@ -145,6 +145,7 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
                  run.out, done["train_seconds"], loaded_note(done.get("made_by")))
         seconds = float(done["train_seconds"])
     else:
+        code_version()  # read before the training, not after it
         forget_finished(run)
         t = time.time()
         progress = DGANProgress(f"dgan{'' if mode == 'async' else '_' + mode} {feedback} seed {seed}", run.steps)
@@ -155,7 +156,7 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
         seconds = time.time() - t
         record_finished(run, seconds)
     gen = GeneratorTrainer.from_state(load_checkpoint(run.out / "checkpoints" / "latest.pt"))
-    return TrainedGAN(gen, seconds, reused=done is not None)
+    return TrainedGAN(gen, seconds, reused=done is not None, made_by=done.get("made_by") if done else None)
 
 
 # ------------------------------------------------------------------ segmentation
@@ -272,6 +273,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     cache = cfg.cache or cfg.out.parent / "experiment-cache"
     cache.mkdir(parents=True, exist_ok=True)
+    log.info("code: %s", describe(code_version()))  # read now: a checkout changed during the run is not its code
     splits = make_splits(cfg)
     cfg = replace(cfg, num_classes=len(splits.train.classes))
     log.info("splits: train %d, val %d, test %d; nodes %s", len(splits.train), len(splits.val), len(splits.test),
@@ -289,7 +291,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             result = from_cache(path)
             log.info("%s: from cache %s, %s", method, path, loaded_note(result.get("made_by")))
             return result
-        result = {**compute(), "made_by": code_version()}
+        made_by = code_version()  # before compute(): the code that starts it, not what is checked out hours later
+        result = {**compute(), "made_by": made_by}
         path.write_text(json.dumps(result))
         return result
 
@@ -314,7 +317,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     def gan_method(name: str, make: Callable[[int], GeneratorTrainer | TrainedGAN],
                    also: tuple[str, ...] = ()) -> dict[str, Any]:
         """``also``: the same trainings' sets from other weights, each measured as ``NAME_LABEL`` (ALSO_LABELS)."""
-        sets, gan_seconds, gan_reused, weights = synthetic.setdefault(name, []), [], [], []
+        sets, gan_seconds, gan_reused, weights, gan_made_by = synthetic.setdefault(name, []), [], [], [], []
         other: dict[str, list[PairSet]] = {w: [] for w in also}
         judged_steps: list[int | None] = []
         for g in range(cfg.gan_trainings):
@@ -325,6 +328,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             gen = trained.generator
             gan_seconds.append(trained.seconds)
             gan_reused.append(trained.reused)
+            gan_made_by.append(trained.made_by if trained.reused else code_version())
             weights.append(gen.weights_available("auto"))  # and with snapshots, their steps
             if weights[-1] == "snapshots":
                 weights[-1] += " " + ",".join(str(s) for s, _ in gen.snaps.members(gen.step, gen.G))
@@ -337,14 +341,14 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                                        **({"judged_steps": judged_steps} if w == "judged" else {})}
                       for w, ws in other.items()}
         return {**evaluate_sets(name, sets), "gan_seconds": gan_seconds, "gan_reused": gan_reused,
-                "synthesis_weights": weights, "alternates": alternates}
+                "gan_made_by": gan_made_by, "synthesis_weights": weights, "alternates": alternates}
 
     def add(name: str, result: dict[str, Any], fb: str) -> None:
         """A GAN method and the same trainings' sets from other weights, each a method of its own."""
         alternates = result.pop("alternates", {})
         methods[name] = {**result, "feedback": fb}
-        for label, m in alternates.items():
-            methods[f"{name}_{label}"] = {**m, "feedback": fb}
+        for label, m in alternates.items():  # the same trainings: the same record of their code
+            methods[f"{name}_{label}"] = {**m, "feedback": fb, **{k: result[k] for k in ("made_by",) if k in result}}
 
     # beside the snapshots: what the last weights alone give, and with --ema what their moving average gives
     last = ("raw", *(("ema",) if cfg.ema else ())) if cfg.snapshots else ()

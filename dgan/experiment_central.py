@@ -9,11 +9,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dgan.data.loaders import PairSet
 from dgan.experiment_config import ExperimentConfig
 from dgan.experiment_splits import Splits, gan_training_key
 from dgan.progress import ProgressLog
+from dgan.provenance import code_version, loaded_note
 from dgan.training.checkpoints import load_checkpoint, save_atomic
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.training.generator import GeneratorTrainer, TrainConfig
@@ -29,6 +31,7 @@ class TrainedGAN:
     generator: GeneratorTrainer
     seconds: float
     reused: bool = False
+    made_by: Any = None  # a reused training: the code that made it (dgan.provenance), None where not recorded
 
 
 def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> GeneratorTrainer:
@@ -66,7 +69,8 @@ def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: 
     afresh (and is replaced); a save that fails is logged, and the trained generator is used all the same.
 
     The key leaves out the thread count and the code's version, as the experiment's other caches do: after
-    changing the training code, delete the cache's ``central_gan-G-*`` files."""
+    changing the training code, delete the cache's ``central_gan-G-*`` files. Each file records the code that
+    trained it (``made_by``), and loading one logs it."""
     path = central_gan_path(cfg, splits, seed, mode, cache)
     if path.exists():
         try:
@@ -76,17 +80,18 @@ def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: 
                 raise ValueError(mismatch)
             gen = GeneratorTrainer.from_state(state, device=cfg.device)
             seconds = float(state.get("train_seconds", 0.0))
-            log.info("central_gan %s seed %d: loaded the finished training %s (%.0f s when it ran)", mode, seed,
-                     path, seconds)
-            return TrainedGAN(gen, seconds, reused=True)
+            log.info("central_gan %s seed %d: loaded the finished training %s (%.0f s when it ran), %s", mode, seed,
+                     path, seconds, loaded_note(state.get("made_by")))
+            return TrainedGAN(gen, seconds, reused=True, made_by=state.get("made_by"))
         except Exception as exc:  # whatever the file holds, the experiment trains instead of stopping
             log.warning("central_gan %s seed %d: %s cannot be used (%s: %s); training again", mode, seed, path,
                         type(exc).__name__, exc)
+    made_by = code_version()  # before the hours of training: the code that starts them
     t = time.time()
     gen = central_gan(cfg, splits.train, seed, mode)
     seconds = time.time() - t
     try:
-        save_atomic({**gen.state(), "train_seconds": seconds}, path)
+        save_atomic({**gen.state(), "train_seconds": seconds, "made_by": made_by}, path)
     except OSError as exc:  # a full or read-only disk must not throw away a finished training
         log.warning("central_gan %s seed %d: could not keep the training in %s (%s); a rerun will train it again",
                     mode, seed, path, exc)

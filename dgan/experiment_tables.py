@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from dgan.provenance import describe, same_code
+from dgan.provenance import describe
 
 PER_SEED_TARGET = 0.9  # issue 13's no-collapse target: DGAN >= 0.9x the central GAN in every GAN seed pair
 
@@ -92,14 +92,17 @@ def arithmetic_line(results: dict[str, Any]) -> list[str]:
 
 
 def provenance_lines(results: dict[str, Any]) -> list[str]:
-    """The code that made this run, and the cached results in it that other code made (or that predate the record)."""
+    """The code that made this run, and the results in it that other code made (or that predate the record): cached
+    methods, and GAN trainings loaded from an earlier run."""
     if "code" not in results:
         return []
     now = results["code"]
     other = [f"{name} ({describe(m['made_by'])})" for name, m in results["methods"].items()
-             if "made_by" in m and not same_code(m["made_by"], now)]
+             if "made_by" in m and m["made_by"] != now]  # this run's own record is its code, even modified
+    other += [f"{name} GAN seed {g} ({describe(made)})" for name, m in results["methods"].items()
+              for g, made in enumerate(m.get("gan_made_by") or []) if made != now and "made_by" not in m]
     return [f"Code: {describe(now)}.", "",
-            *([f"From the cache, made by other code: {'; '.join(other)}.", ""] if other else [])]
+            *([f"Read back, made by other code: {'; '.join(other)}.", ""] if other else [])]
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ silently mixed in."""
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,12 @@ PACKAGE_ROOT = Path(dgan.__file__).resolve().parent.parent
 
 
 def _git(root: Path, *args: str) -> str | None:
+    """Read-only: no optional locks (``git status`` would otherwise refresh the index, and a user's commit at that
+    moment could find it locked); the repository is ``root``'s, not one named by inherited GIT_* variables."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
     try:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
-                              check=False)
+        done = subprocess.run(["git", "--no-optional-locks", "-C", str(root), *args], capture_output=True,
+                              text=True, timeout=10, check=False, env=env)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
@@ -37,7 +41,7 @@ def code_version_at(root: Path) -> dict[str, Any]:
     commit = _git(root, "rev-parse", "--short=12", "HEAD") if mine else None
     status = _git(root, "status", "--porcelain", "--untracked-files=no") if commit else None
     return {"dgan": dgan.__version__, "commit": commit, "modified": None if status is None else bool(status),
-            "torch": torch.__version__}
+            "torch": str(torch.__version__)}  # a plain str: a TorchVersion cannot be loaded with weights_only
 
 
 @functools.cache
@@ -49,7 +53,7 @@ def code_version() -> dict[str, Any]:
 def describe(made_by: Any) -> str:
     """One phrase for a record's code: 'dgan 0.1.0, commit 0123abcd4567 (modified), torch 2.13.0'."""
     if not isinstance(made_by, dict):
-        return "code not recorded (made before session 29)"
+        return "code not recorded (an older result)"
     commit = made_by.get("commit")
     where = f", commit {commit}{' (modified)' if made_by.get('modified') else ''}" if commit else ""
     return f"dgan {made_by.get('dgan', '?')}{where}, torch {made_by.get('torch', '?')}"

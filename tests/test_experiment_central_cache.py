@@ -14,6 +14,7 @@ from dgan.data.loaders import PairSet
 from dgan.data.scenes import make_scenes
 from dgan.experiment import ExperimentConfig, synthesize_set
 from dgan.experiment_splits import Splits, cache_key, gan_training_key
+from dgan.provenance import code_version
 from dgan.segment import SegConfig
 
 
@@ -37,6 +38,7 @@ def test_a_saved_central_gan_is_loaded_and_synthesises_the_very_same_set(
     assert trained == [0] and not first.reused and first.seconds > 0
     again = central.central_gan_trained(cfg, splits, 0, "adversarial", tmp_path)
     assert trained == [0] and again.reused and again.seconds == pytest.approx(first.seconds)
+    assert again.made_by == code_version() and first.made_by is None  # the saved file records its code
     a, b = (synthesize_set(g.generator, splits.train.masks, 2) for g in (first, again))
     assert np.array_equal(a.images, b.images)  # snapshots and all: the set does not know it was loaded
     central.central_gan_trained(cfg, splits, 1, "adversarial", tmp_path)  # another seed is another training

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -77,6 +78,13 @@ def test_a_cached_result_records_its_code_and_reading_it_back_says_which(tmp_pat
     assert lines[0] == f"Code: {describe(now)}."
     listed = lines[2]
     assert "real_all (code not recorded" in listed and "real_partial (dgan" in listed and "dgan (" not in listed
+    # a modified checkout: what this run cached itself is this run's code, not "other code"
+    dirty = {**now, "commit": "1" * 12, "modified": True}
+    own = {"code": dirty, "methods": {"real_all": {"iou": 0.5, "made_by": dict(dirty)},
+                                      "dgan": {"iou": 0.3, "gan_made_by": [dict(dirty), None]}}}
+    lines = provenance_lines(own)
+    assert len(lines) == 4 and "real_all" not in lines[2] and "dgan GAN seed 1 (code not recorded" in lines[2]
+    assert "dgan GAN seed 0" not in lines[2]
 
 
 def test_a_finished_dgan_training_records_its_code_and_its_reuse_logs_it(
@@ -87,6 +95,19 @@ def test_a_finished_dgan_training_records_its_code_and_its_reuse_logs_it(
     record = json.loads((next((tmp_path / "exp").glob("dgan_*_seed0")) / FINISHED).read_text())
     assert record["made_by"] == code_version()
     with caplog.at_level(logging.INFO, logger="dgan.experiment"):
-        ex.dgan_run(cfg, splits, "async", 0, "adversarial")
+        again = ex.dgan_run(cfg, splits, "async", 0, "adversarial")
+    assert again.reused and again.made_by == code_version()  # carried to the method's gan_made_by
     assert any("reusing the finished training" in r.getMessage() and "made by" in r.getMessage()
                for r in caplog.records)
+
+
+def test_git_is_asked_without_optional_locks_so_a_users_commit_never_finds_the_index_locked(tmp_path: Path) -> None:
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    _git(tmp_path, "add", "a.py")
+    _git(tmp_path, "commit", "-qm", "one")
+    index = tmp_path / ".git" / "index"
+    before = index.stat().st_mtime_ns
+    os.utime(tmp_path / "a.py", ns=(before + 10**9, before + 10**9))  # stat data stale: plain `git status` refreshes
+    code_version_at(tmp_path)
+    assert index.stat().st_mtime_ns == before
