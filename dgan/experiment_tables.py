@@ -100,7 +100,8 @@ def provenance_lines(results: dict[str, Any]) -> list[str]:
     other = [f"{name} ({describe(m['made_by'])})" for name, m in results["methods"].items()
              if "made_by" in m and m["made_by"] != now]  # this run's own record is its code, even modified
     other += [f"{name} GAN seed {g} ({describe(made)})" for name, m in results["methods"].items()
-              for g, made in enumerate(m.get("gan_made_by") or []) if made != now and "made_by" not in m]
+              for g, made in enumerate(m.get("gan_made_by") or [])
+              if made != now and m.get("made_by", now) == now]  # a method listed whole is not listed per seed
     return [f"Code: {describe(now)}.", "",
             *([f"Read back, made by other code: {'; '.join(other)}.", ""] if other else [])]
 

@@ -85,6 +85,13 @@ def test_a_cached_result_records_its_code_and_reading_it_back_says_which(tmp_pat
     lines = provenance_lines(own)
     assert len(lines) == 4 and "real_all" not in lines[2] and "dgan GAN seed 1 (code not recorded" in lines[2]
     assert "dgan GAN seed 0" not in lines[2]
+    # a method scored this run from generators an older run trained: its GAN seeds are listed, not hidden
+    rescored = {"code": now, "methods": {"central_gan": {"iou": 0.5, "made_by": dict(now),
+                                                         "gan_made_by": [None, dict(now)]}}}
+    listed = provenance_lines(rescored)[2]
+    assert "central_gan GAN seed 0 (code not recorded" in listed and "seed 1" not in listed
+    assert provenance_lines({"code": now, "methods": {"central_gan": {"iou": 0.5, "made_by": None,
+                                                                      "gan_made_by": [None]}}})[2].count("central") == 1
 
 
 def test_a_finished_dgan_training_records_its_code_and_its_reuse_logs_it(
