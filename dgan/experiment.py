@@ -145,7 +145,6 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
                  run.out, done["train_seconds"], loaded_note(done.get("made_by")))
         seconds = float(done["train_seconds"])
     else:
-        code_version()  # read before the training, not after it
         forget_finished(run)
         t = time.time()
         progress = DGANProgress(f"dgan{'' if mode == 'async' else '_' + mode} {feedback} seed {seed}", run.steps)
@@ -273,7 +272,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     cache = cfg.cache or cfg.out.parent / "experiment-cache"
     cache.mkdir(parents=True, exist_ok=True)
-    log.info("code: %s", describe(code_version()))  # read now: a checkout changed during the run is not its code
+    # read now, once per process (every later record reuses it): a checkout changed during the run is not its code
+    log.info("code: %s", describe(code_version()))
     splits = make_splits(cfg)
     cfg = replace(cfg, num_classes=len(splits.train.classes))
     log.info("splits: train %d, val %d, test %d; nodes %s", len(splits.train), len(splits.val), len(splits.test),
@@ -291,8 +291,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             result = from_cache(path)
             log.info("%s: from cache %s, %s", method, path, loaded_note(result.get("made_by")))
             return result
-        made_by = code_version()  # before compute(): the code that starts it, not what is checked out hours later
-        result = {**compute(), "made_by": made_by}
+        result = {**compute(), "made_by": code_version()}  # read once, when the experiment started
         path.write_text(json.dumps(result))
         return result
 
@@ -348,7 +347,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         alternates = result.pop("alternates", {})
         methods[name] = {**result, "feedback": fb}
         for label, m in alternates.items():  # the same trainings: the same record of their code
-            methods[f"{name}_{label}"] = {**m, "feedback": fb, **{k: result[k] for k in ("made_by",) if k in result}}
+            methods[f"{name}_{label}"] = {**m, "feedback": fb,
+                                          **({"made_by": result["made_by"]} if "made_by" in result else {})}
 
     # beside the snapshots: what the last weights alone give, and with --ema what their moving average gives
     last = ("raw", *(("ema",) if cfg.ema else ())) if cfg.snapshots else ()

@@ -86,12 +86,11 @@ def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: 
         except Exception as exc:  # whatever the file holds, the experiment trains instead of stopping
             log.warning("central_gan %s seed %d: %s cannot be used (%s: %s); training again", mode, seed, path,
                         type(exc).__name__, exc)
-    made_by = code_version()  # before the hours of training: the code that starts them
     t = time.time()
     gen = central_gan(cfg, splits.train, seed, mode)
     seconds = time.time() - t
     try:
-        save_atomic({**gen.state(), "train_seconds": seconds, "made_by": made_by}, path)
+        save_atomic({**gen.state(), "train_seconds": seconds, "made_by": code_version()}, path)
     except OSError as exc:  # a full or read-only disk must not throw away a finished training
         log.warning("central_gan %s seed %d: could not keep the training in %s (%s); a rerun will train it again",
                     mode, seed, path, exc)
