@@ -70,6 +70,7 @@ class Rule:
     jacobian: str = "made"  # TrainConfig.jacobian: backprop through the weights that made the fakes, or the current
     weighting: str = "size"  # each feedback's weight: its node's dataset size over the mean (dgan's), or "equal"
     snapshots: int = SNAPSHOTS  # G's snapshots kept (every simulation keeps them; the `real` rule does not)
+    d_steps: int = 1  # each node's D steps per feedback (FeedbackConfig.d_steps): fresh real batches, same fakes
 
 
 RULES = {
@@ -108,6 +109,11 @@ RULES = {
     # paired with "async-p1-f16": every node's feedback weighs the same (dgan generator --weighting equal); on tile 8
     # the one building-rich node holds 98 of 886 pairs, so size weights shrink the steps that teach buildings
     "async-p1-eq": Rule("async-p1-eq", "async", 1, 1, grad_dtype="float16", fake_dtype="float16", weighting="equal"),
+    # paired with "async-p1-f16": each node's D steps as often as G does (4 nodes in turn: 4 per feedback), as the
+    # central GAN's D; on `iid` every G step moves the fakes all four Ds judge, while each D stepped once per four
+    "async-p1-d4": Rule("async-p1-d4", "async", 1, 1, grad_dtype="float16", fake_dtype="float16", d_steps=4),
+    "async-p1-d2": Rule("async-p1-d2", "async", 1, 1, grad_dtype="float16", fake_dtype="float16", d_steps=2),
+    "central-d4": Rule("central-d4", "central", 1, 1, d_steps=4),  # paired with "central": does the pooled D gain too?
     # not simulated: a real run (broker, node processes, this machine's timing), dgan's default wire
     "real": Rule("real", "real", 1, REAL_PIPELINE, grad_dtype="float16", fake_dtype="float16", snapshots=0),
     # the same as `dgan experiment` runs it since session 20: one request in flight, 4 snapshots (twin: async-p1-f16)
@@ -133,8 +139,8 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
     nodes = []
     for i, part in enumerate(parts):
         sub = splits.train.subset(part)
-        disc = DiscriminatorTrainer(cfg.model(), cfg.recipe(feedback), seed=seed * 100 + i,
-                                    precision=rule.node_precision)
+        recipe = replace(cfg.recipe(feedback), d_steps=rule.d_steps)
+        disc = DiscriminatorTrainer(cfg.model(), recipe, seed=seed * 100 + i, precision=rule.node_precision)
         disc.set_colour_stats(sub.images, sub.masks)  # each node's own, as a node process (central: the pooled)
         sampler = PairSampler(sub.images, sub.masks, cfg.size, seed=seed * 100 + i)
         for _ in range(disc.warmup_steps):
@@ -160,7 +166,8 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
         heapq.heappush(heap, (busy[i], key, i, masks, reals, fakes))
 
     def answer(k: int, i: int, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray) -> None:
-        scored = nodes[i][0].score(masks, reals, fakes, rule.grad_dtype)
+        more = [nodes[i][1].batch(cfg.batch_size)[::-1] for _ in range(rule.d_steps - 1)]  # (masks, reals) each
+        scored = nodes[i][0].score(masks, reals, fakes, rule.grad_dtype, more)
         served[names[i]] += 1
         outcome, s, _ = gen.apply_feedback(names[i], k, scored.grad, scored.grad_scale, weights[i],
                                            scored.grad_scales)

@@ -122,6 +122,10 @@ def experiment(
                           ] = FakeDtype.float16,
     weighting: Annotated[Weighting, typer.Option(help="DGAN: each node's feedback weighed by its dataset size "
                                                       "(over the mean), or all alike (equal).")] = Weighting.size,
+    d_steps: Annotated[int, typer.Option(help="DGAN: each node's discriminator steps per feedback (PatchGAN "
+                                              "modes), each on a fresh real batch; the central GAN keeps one per "
+                                              "generator step. With N nodes in turn, N gives every node's D the "
+                                              "central D's pace.")] = 1,
     device: Device = "cpu",
     precision: Annotated[Precision, typer.Option(
         help="Both GANs (every DGAN process, the central GAN's G and D): fp32; bf16 autocast; or auto, bf16 only "
@@ -158,7 +162,7 @@ def experiment(
                   local_share=local_share,
                   diffaugment=diffaugment,
                   grad_dtype=grad_dtype.value, fake_dtype=fake_dtype.value, weighting=weighting.value,
-                  device=device, precision=precision.value, channels_last=channels_last)
+                  device=device, precision=precision.value, channels_last=channels_last, d_steps=d_steps)
     try:
         if quick:
             cfg = ExperimentConfig(**common, size=64, gan_steps=30, g_width=16, d_width=16, seeds=1, scenes=96,

@@ -306,6 +306,9 @@ def node(
     d_beta1: Annotated[float, typer.Option(help="Discriminator Adam beta1 (OASIS: 0).")] = 0.5,
     d_warmup: Annotated[int, typer.Option(help="--feedback segmentation/semantic: steps that train the segmenter "
                                                "on this node's own pairs before its first feedback.")] = 100,
+    d_steps: Annotated[int, typer.Option(help="PatchGAN modes: discriminator steps per feedback, each on a fresh "
+                                              "real batch against the same fakes. With N nodes in turn, N lets "
+                                              "each D step as often as the generator does.")] = 1,
     seed: int = 0,
     stats: Annotated[Path | None, typer.Option(help="Write this node's timing and byte counts here (JSON).")] = None,
     save_samples: Annotated[Path | None, typer.Option(help="Save mask | real | synthetic grids here (stays "
@@ -355,7 +358,7 @@ def node(
     try:
         recipe = FeedbackConfig(feedback, lambda_l1=lambda_l1, label_mix=label_mix, lambda_semantic=lambda_semantic,
                                 lr=d_lr, beta1=d_beta1, warmup=d_warmup, diffaugment=diffaugment,
-                                lambda_colour=lambda_colour)
+                                lambda_colour=lambda_colour, d_steps=d_steps)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:

@@ -73,6 +73,9 @@ def run(
     lambda_semantic: LambdaSemantic = 20.0,
     lambda_colour: LambdaColour = 0.0,
     diffaugment: Annotated[bool, typer.Option(help="Every node's PatchGAN sees DiffAugment'ed pairs.")] = False,
+    d_steps: Annotated[int, typer.Option(help="Every node: discriminator steps per feedback (PatchGAN modes), each "
+                                              "on a fresh real batch; N nodes in turn: N keeps each D at the "
+                                              "generator's pace.")] = 1,
     positive_crops: Annotated[float, typer.Option(help="Every node: share of crops on a foreground pixel (sparse "
                                                        "targets; 0 = uniform).")] = 0.0,
     threads: Threads = 1,
@@ -96,7 +99,7 @@ def run(
     setup_logging(log_level, log_format, "run")
     try:  # the nodes would each refuse it: say it once, here
         FeedbackConfig(feedback, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, diffaugment=diffaugment,
-                       lambda_colour=lambda_colour)
+                       lambda_colour=lambda_colour, d_steps=d_steps)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -117,7 +120,7 @@ def run(
                     lambda_l1=lambda_l1,
                     node_args=["--lambda-semantic", str(lambda_semantic), "--lambda-colour", str(lambda_colour),
                                "--positive-crops", str(positive_crops),
-                               "--diffaugment" if diffaugment else "--no-diffaugment"])
+                               "--diffaugment" if diffaugment else "--no-diffaugment", "--d-steps", str(d_steps)])
     if (slow := slow_bf16_warning(precision.value, device)) is not None:
         console.print(f"[yellow]{slow}[/yellow]")
     _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps, feedback {feedback.value}")

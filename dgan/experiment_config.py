@@ -85,6 +85,9 @@ class ExperimentConfig:
     # fp32, so the yardstick does not move
     precision: str = "fp32"
     channels_last: bool = False  # both GANs' G in NHWC (with bf16 on a CPU with AMX: 2.36x fp32's samples/s)
+    # DGAN nodes' D steps per feedback (PatchGAN modes). The central GAN's D steps once per G step already; with N
+    # nodes in turn each node's D steps once per N, so N gives every D the central D's pace
+    d_steps: int = 1
 
     def __post_init__(self) -> None:
         """Settings that would only fail after hours of GAN training fail here."""
@@ -130,7 +133,7 @@ class ExperimentConfig:
                                        f"{self.local_from!r}")
         for mode in self.feedback:  # a negative or NaN weight, before real_all and real_partial have trained
             try:
-                self.recipe(mode)
+                self.node_recipe(mode)
             except ValueError as exc:
                 raise ExperimentSetupError(f"feedback {mode}: {exc}") from None
         if (problem := device_problem(self.device)) is not None:
@@ -181,6 +184,10 @@ class ExperimentConfig:
         return FeedbackConfig(FeedbackMode(mode), lambda_l1=self.lambda_l1, label_mix=self.label_mix,
                               lambda_semantic=self.lambda_semantic, lr=d_lr, beta1=beta1,
                               diffaugment=self.diffaugment, lambda_colour=self.lambda_colour)
+
+    def node_recipe(self, mode: str) -> FeedbackConfig:
+        """A DGAN node's recipe: the central GAN's (``recipe``) and the nodes' own D steps per feedback."""
+        return replace(self.recipe(mode), d_steps=self.d_steps)
 
     def generator_steps(self, batches: int, mode: str, update_every: int = 1) -> int:
         """DGAN's generator steps for ``batches`` feedbacks: async steps once per ``update_every`` of them (0: one

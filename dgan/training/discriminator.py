@@ -8,6 +8,7 @@ is the node's own :class:`~dgan.feedback.FeedbackConfig`, never the generator's.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,13 +183,23 @@ class DiscriminatorTrainer:
         return float(loss.detach())
 
     def score(self, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray,
-              grad_dtype: str = "float32") -> Scored:
-        """One D step on reals vs these fakes, then G's loss on the same fakes and d(loss)/d(fakes)."""
+              grad_dtype: str = "float32", more_reals: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> Scored:
+        """One D step on reals vs these fakes, then G's loss on the same fakes and d(loss)/d(fakes).
+
+        ``more_reals``: (masks, reals) batches for further D steps against the same fakes, before the one on
+        ``reals`` (``FeedbackConfig.d_steps``). With several nodes in turn each D steps once per N generator
+        steps, all of which move the fakes it judges; more steps per feedback let it keep up."""
         dev = self.device
+        if more_reals and self.segmenting:
+            raise ValueError("more D steps per feedback work on the PatchGAN modes only")
         mask_t = torch.from_numpy(np.ascontiguousarray(masks)).to(dev)
         real = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals)).to(dev))
         fake = fakes_from_wire(fakes, dev)
         self.D.train()
+        for more_masks, more in more_reals:  # fresh real pairs against the same fakes (and their own masks)
+            m_more = masks_to_input(torch.from_numpy(np.ascontiguousarray(more_masks)).to(dev), self.cfg.num_classes)
+            real_more = images_to_tensor(torch.from_numpy(np.ascontiguousarray(more)).to(dev))
+            self._patch_d_step(m_more, real_more, masks_to_input(mask_t, self.cfg.num_classes), fake)
         if self.segmenting:
             losses, g_total = self._segmentation_losses(mask_t, real, fake)
         else:
@@ -241,15 +252,21 @@ class DiscriminatorTrainer:
             m, image = diff_augment(m, image, generator=self.aug_rng)
         return self.D(m, image)
 
+    def _patch_d_step(self, m_real: torch.Tensor, real: torch.Tensor, m_fake: torch.Tensor,
+                      fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One PatchGAN D step: (m_real, real) pairs as real, (m_fake, fake) as fake."""
+        self.opt.zero_grad(set_to_none=True)
+        with self._autocast():  # forward passes only: backward runs outside autocast, as PyTorch advises
+            d_real = self.gan_loss(self._judge(m_real, real), True)
+            d_fake = self.gan_loss(self._judge(m_fake, fake), False)
+        ((d_real + d_fake) * 0.5).backward()
+        self.opt.step()
+        return d_real, d_fake
+
     def _patch_losses(self, mask_t: torch.Tensor, real: torch.Tensor,
                       fake: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
         m = masks_to_input(mask_t, self.cfg.num_classes)
-        self.opt.zero_grad(set_to_none=True)
-        with self._autocast():  # forward passes only: backward runs outside autocast, as PyTorch advises
-            d_real = self.gan_loss(self._judge(m, real), True)
-            d_fake = self.gan_loss(self._judge(m, fake), False)
-        ((d_real + d_fake) * 0.5).backward()
-        self.opt.step()
+        d_real, d_fake = self._patch_d_step(m, real, m, fake)
         fake.requires_grad_(True)
         with self._autocast():
             g_adv = self._generator_loss(lambda: self.gan_loss(self._judge(m, fake), True))

@@ -1,0 +1,122 @@
+"""D steps per feedback (`dgan node --d-steps`, `dgan experiment --d-steps`): a node's D keeps the central D's pace."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import dgan.experiment as ex
+from dgan import protocol as P
+from dgan.cli import app
+from dgan.data.loaders import PairSet
+from dgan.data.scenes import make_scenes
+from dgan.experiment_splits import Splits, gan_training_key
+from dgan.feedback import FeedbackConfig, FeedbackMode
+from dgan.finished_runs import launch_fingerprint
+from dgan.networks import ModelConfig
+from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
+from dgan.transport.inproc import InProcessHub
+from nodes.discriminator_node import DiscriminatorNode, NodeConfig, Outstanding
+
+MODEL = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
+
+
+def _adam_steps(trainer: DiscriminatorTrainer) -> int:
+    """How many optimiser steps D has taken (Adam keeps the count per parameter)."""
+    return int(next(iter(trainer.opt.state.values()))["step"])
+
+
+def _batch(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    images, masks = make_scenes(range(seed, seed + 2), 32)
+    return masks, images
+
+
+@pytest.mark.parametrize("bad", [0, 17, -1, True, 1.5])
+def test_a_d_step_count_outside_one_to_sixteen_or_not_a_whole_number_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="invalid feedback settings"):
+        FeedbackConfig(d_steps=bad)  # type: ignore[arg-type]
+
+
+def test_more_d_steps_are_refused_in_segmentation_mode_whose_labelmix_pairs_each_real_batch_with_its_fakes() -> None:
+    with pytest.raises(ValueError, match="segmentation"):
+        FeedbackConfig(FeedbackMode.SEGMENTATION, d_steps=2)
+    d = DiscriminatorTrainer(MODEL, FeedbackConfig(FeedbackMode.SEGMENTATION, warmup=0), seed=0)
+    masks, images = _batch(0)
+    with pytest.raises(ValueError, match="PatchGAN"):
+        d.score(masks, images, np.zeros((2, 3, 32, 32), np.float32), more_reals=[_batch(2)])
+
+
+def test_each_further_real_batch_is_one_more_d_step_before_the_gradient_and_changes_it() -> None:
+    masks, images = _batch(0)
+    fakes = np.random.default_rng(0).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
+    one = DiscriminatorTrainer(MODEL, FeedbackConfig(warmup=0), seed=3)
+    three = DiscriminatorTrainer(MODEL, FeedbackConfig(warmup=0, d_steps=3), seed=3)
+    g1 = one.score(masks, images, fakes)
+    g3 = three.score(masks, images, fakes, more_reals=[_batch(2), _batch(4)])
+    assert (_adam_steps(one), _adam_steps(three)) == (1, 3)
+    assert g3.grad.shape == g1.grad.shape and not np.allclose(g3.grad, g1.grad)  # a D that stepped more judges
+    # the reported losses are the last step's, on the request's own real batch (as with one step)
+    assert set(g3.losses) == set(g1.losses)
+
+
+def test_a_node_takes_its_d_steps_per_feedback_from_its_own_sampler(tmp_path: Path) -> None:
+    images, masks = make_scenes(range(6), 32)
+    node = DiscriminatorNode(InProcessHub().node_link("n0"), images, masks,
+                             NodeConfig("n0", batch_size=2, judge=False, feedback=FeedbackConfig(warmup=0, d_steps=4)))
+    node.trainer, node.run_id = DiscriminatorTrainer(MODEL, node.cfg.feedback, seed=1), "r1"
+    node.sampler = PairSampler(images, masks, 32)
+    fakes = np.zeros((2, 3, 32, 32), np.float32)
+    for key in (7, 8):
+        node.outstanding[key] = Outstanding(masks[:2], images[:2], 0.0)
+        node._on_fakes(P.make(P.Kind.FAKES, "generator", reply_to=key, tensors={"fakes": fakes}))
+    assert _adam_steps(node.trainer) == 8  # 2 feedbacks x 4 steps
+    assert node.stats.batches == 2
+
+
+def test_experiment_d_steps_reach_the_nodes_only_and_a_run_at_one_keeps_its_fingerprint_and_folder(
+        tmp_path: Path) -> None:
+    ims, ms = make_scenes(range(2), 32)
+    pairs = PairSet(ims, ms, ["a", "b"], {}, ("background", "building"))
+    splits = Splits(train=pairs, val=pairs, test=pairs, node_parts=[[0], [1]], description={})
+    base = ex.ExperimentConfig(out=tmp_path, size=32, nodes=2)
+    four = replace(base, d_steps=4)
+    plain, more = (ex.dgan_launch(c, splits, "async", 0, "adversarial") for c in (base, four))
+    assert "--d-steps" not in plain.node_args and plain.out.name == "dgan_async_adversarial_seed0"
+    assert more.node_args[more.node_args.index("--d-steps") + 1] == "4"
+    assert more.out.name == "dgan_async_adversarial_d4_seed0"  # its own folder: switching back finds the first
+    assert launch_fingerprint(more) != launch_fingerprint(plain)
+    # the central GAN's D already steps once per G step: its trainings and cached results are shared
+    assert gan_training_key(four, splits, "adversarial") == gan_training_key(base, splits, "adversarial")
+    assert ex.cache_key(four, splits, "central_gan", "adversarial") == ex.cache_key(
+        base, splits, "central_gan", "adversarial")
+    with pytest.raises(ex.ExperimentSetupError, match="d_steps"):
+        replace(base, d_steps=0)
+    with pytest.raises(ex.ExperimentSetupError, match="segmentation"):
+        replace(base, feedback=("segmentation",), d_steps=2)
+
+
+def test_the_node_command_refuses_a_bad_d_step_count_before_it_connects() -> None:
+    res = CliRunner().invoke(app, ["node", "--name", "dept", "--d-steps", "0", "--broker", "tcp://127.0.0.1:1"])
+    assert res.exit_code == 2 and "d_steps" in res.output
+    res = CliRunner().invoke(app, ["node", "--name", "dept", "--feedback", "segmentation", "--d-steps", "2",
+                                   "--broker", "tcp://127.0.0.1:1"])
+    assert res.exit_code == 2 and "segmentation" in res.output
+
+
+def test_dgan_run_hands_the_d_steps_to_every_node_and_refuses_a_bad_count(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import dgan.cli_runs as cli_runs
+    from dgan.run import RunConfig
+
+    started: list[RunConfig] = []
+    monkeypatch.setattr(cli_runs, "_run_with_view", lambda cfg, *a, **k: started.append(cfg))
+    res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "x"), "--d-steps", "4"])
+    assert res.exit_code == 0, res.output
+    args = started[0].node_args  # every node process gets these
+    assert args[args.index("--d-steps") + 1] == "4"
+    res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "y"), "--d-steps", "17"])
+    assert res.exit_code == 2 and "d_steps=17" in res.output and len(started) == 1
