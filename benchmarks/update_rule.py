@@ -253,6 +253,10 @@ def run_update_rule_benchmark(data: Path | None, quick: bool, json_out: Path | N
     tiles = tiles if data is not None else ["scenes"]
     if seg_seeds < 1:
         raise ValueError(f"need --seg-seeds >= 1, got {seg_seeds}")
+    for r in rules:  # before any training: a recipe the nodes would refuse (d_steps in segmentation mode), or a
+        replace(base.recipe(feedback), d_steps=RULES[r].d_steps)  # real run, which keeps the command line's D pace
+        if RULES[r].mode == "real" and RULES[r].d_steps != 1:
+            raise ValueError(f"rule {r}: the real runs take one D step per feedback")
     every = [(replace(base, test=f"tile={t}") if data is not None else base, r, s, feedbacks, feedback, speeds, ema,
               seg_steps, seg_seeds) for t in tiles for s in gan_seed_range(first_seed, gan_seeds) for r in rules]
     jobs_args = [a for a in every if RULES[a[1]].mode != "real"]

@@ -122,10 +122,10 @@ def experiment(
                           ] = FakeDtype.float16,
     weighting: Annotated[Weighting, typer.Option(help="DGAN: each node's feedback weighed by its dataset size "
                                                       "(over the mean), or all alike (equal).")] = Weighting.size,
-    d_steps: Annotated[int, typer.Option(help="DGAN: each node's discriminator steps per feedback (PatchGAN "
-                                              "modes), each on a fresh real batch; the central GAN keeps one per "
-                                              "generator step. With N nodes in turn, N gives every node's D the "
-                                              "central D's pace.")] = 1,
+    d_steps: Annotated[int, typer.Option(min=1, max=16, help=(
+        "DGAN: each node's discriminator steps per feedback (PatchGAN modes), each on a real batch; the central "
+        "GAN's D keeps one per generator step. Async, one feedback per step, N nodes: N gives every node's D "
+        "the central D's pace (--with-sync rounds already have it)."))] = 1,
     device: Device = "cpu",
     precision: Annotated[Precision, typer.Option(
         help="Both GANs (every DGAN process, the central GAN's G and D): fp32; bf16 autocast; or auto, bf16 only "

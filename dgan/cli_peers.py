@@ -306,9 +306,10 @@ def node(
     d_beta1: Annotated[float, typer.Option(help="Discriminator Adam beta1 (OASIS: 0).")] = 0.5,
     d_warmup: Annotated[int, typer.Option(help="--feedback segmentation/semantic: steps that train the segmenter "
                                                "on this node's own pairs before its first feedback.")] = 100,
-    d_steps: Annotated[int, typer.Option(help="PatchGAN modes: discriminator steps per feedback, each on a fresh "
-                                              "real batch against the same fakes. With N nodes in turn, N lets "
-                                              "each D step as often as the generator does.")] = 1,
+    d_steps: Annotated[int, typer.Option(min=1, max=16, help=(
+        "PatchGAN modes: discriminator steps per feedback, each on a real batch against the same fakes. An "
+        "async generator that steps on every feedback from N nodes in turn moves every D's fakes N times "
+        "between its steps: N keeps each D at the generator's pace (sync rounds already do)."))] = 1,
     seed: int = 0,
     stats: Annotated[Path | None, typer.Option(help="Write this node's timing and byte counts here (JSON).")] = None,
     save_samples: Annotated[Path | None, typer.Option(help="Save mask | real | synthetic grids here (stays "

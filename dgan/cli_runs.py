@@ -73,9 +73,9 @@ def run(
     lambda_semantic: LambdaSemantic = 20.0,
     lambda_colour: LambdaColour = 0.0,
     diffaugment: Annotated[bool, typer.Option(help="Every node's PatchGAN sees DiffAugment'ed pairs.")] = False,
-    d_steps: Annotated[int, typer.Option(help="Every node: discriminator steps per feedback (PatchGAN modes), each "
-                                              "on a fresh real batch; N nodes in turn: N keeps each D at the "
-                                              "generator's pace.")] = 1,
+    d_steps: Annotated[int, typer.Option(min=1, max=16, help=(
+        "Every node: discriminator steps per feedback (PatchGAN modes), each on a real batch. In async mode, "
+        "N nodes in turn: N keeps each D at the generator's pace (sync rounds already do)."))] = 1,
     positive_crops: Annotated[float, typer.Option(help="Every node: share of crops on a foreground pixel (sparse "
                                                        "targets; 0 = uniform).")] = 0.0,
     threads: Threads = 1,

@@ -119,6 +119,8 @@ def _recipe_key(cfg: ExperimentConfig, mode: str) -> dict[str, Any]:
         recipe.pop("diffaugment")
     if not recipe["lambda_colour"]:
         recipe.pop("lambda_colour")
+    if recipe["d_steps"] == 1:  # the nodes' own setting (ExperimentConfig.node_recipe): never the central GAN's
+        recipe.pop("d_steps")
     return recipe
 
 

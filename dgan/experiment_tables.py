@@ -81,14 +81,17 @@ def jitter_line(config: dict[str, Any]) -> list[str]:
 
 
 def arithmetic_line(results: dict[str, Any]) -> list[str]:
-    """The GANs' precision and G's memory layout, where not the default (fp32, NCHW)."""
+    """The GANs' precision, G's memory layout and the nodes' D steps per feedback, where not the default."""
     precision = results.get("gan_precision", "fp32")
     channels_last = bool(results.get("config", {}).get("channels_last"))
+    d_steps = results.get("config", {}).get("d_steps", 1)
+    lines = [f"DGAN nodes: {d_steps} discriminator steps per feedback (the central GAN's D: one per generator "
+             "step).", ""] if d_steps != 1 else []
     if precision == "fp32" and not channels_last:
-        return []
+        return lines
     asked = results.get("config", {}).get("precision", precision)
     how = f"{precision} (--precision {asked})" if asked != precision else precision
-    return [f"GANs in {how}{', G in channels_last' if channels_last else ''}; the segmenters in fp32.", ""]
+    return [f"GANs in {how}{', G in channels_last' if channels_last else ''}; the segmenters in fp32.", "", *lines]
 
 
 def provenance_lines(results: dict[str, Any]) -> list[str]:

@@ -44,6 +44,7 @@ class FeedbackMode(str, enum.Enum):
 # mode; buildings drawn as magenta blobs) and its sets train segmenters that find almost nothing in real images.
 DEFAULT_MODE = FeedbackMode.ADVERSARIAL
 LEAKING_MODES = frozenset({FeedbackMode.L1})
+MAX_D_STEPS = 16  # a node's D steps per feedback: enough for 16 nodes in turn
 
 L1_WARNING = ("feedback mode 'l1' (the paper's recipe): each gradient carries sign(fake - real) for every pixel "
               "of this node's private images. A curious generator reconstructs them from what it receives "
@@ -64,16 +65,17 @@ class FeedbackConfig:
     diffaugment: bool = False  # PatchGAN modes: D sees DiffAugment'ed (color, translation, cutout) pairs
     warmup: int = 100  # segmentation/semantic: segmenter steps on the node's own real pairs before its first feedback
     lambda_colour: float = 0.0  # any mode: the fakes' per-class colour mean and spread against the dataset's
-    d_steps: int = 1  # PatchGAN modes: D steps per feedback (the request's real batch, then fresh ones), see score
+    d_steps: int = 1  # PatchGAN modes: D steps per feedback (fresh real batches, then the request's), see score
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", FeedbackMode(self.mode))
         values = (self.lambda_l1, self.label_mix, self.lambda_semantic, self.lr, self.beta1, self.lambda_colour)
         weights = (self.lambda_l1, self.label_mix, self.lambda_semantic, self.lambda_colour)
         if not all(math.isfinite(v) for v in values) or min(weights) < 0 or self.lr <= 0 \
-                or not 0 <= self.beta1 < 1 or self.warmup < 0 \
-                or isinstance(self.d_steps, bool) or not isinstance(self.d_steps, int) or not 1 <= self.d_steps <= 16:
+                or not 0 <= self.beta1 < 1 or self.warmup < 0:
             raise ValueError(f"invalid feedback settings {self}")
+        if isinstance(self.d_steps, bool) or not isinstance(self.d_steps, int) or not 1 <= self.d_steps <= MAX_D_STEPS:
+            raise ValueError(f"d_steps must be a whole number from 1 to {MAX_D_STEPS}, got {self.d_steps!r}")
         if self.diffaugment and self.mode == FeedbackMode.SEGMENTATION:
             raise ValueError("diffaugment works on the PatchGAN modes (l1, adversarial, semantic), not on "
                              "segmentation, whose per-pixel labels would have to move with the image")

@@ -14,7 +14,7 @@ from dgan import protocol as P
 from dgan.cli import app
 from dgan.data.loaders import PairSet
 from dgan.data.scenes import make_scenes
-from dgan.experiment_splits import Splits, gan_training_key
+from dgan.experiment_splits import Splits, _recipe_key, gan_training_key
 from dgan.feedback import FeedbackConfig, FeedbackMode
 from dgan.finished_runs import launch_fingerprint
 from dgan.networks import ModelConfig
@@ -37,17 +37,25 @@ def _batch(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("bad", [0, 17, -1, True, 1.5])
 def test_a_d_step_count_outside_one_to_sixteen_or_not_a_whole_number_is_refused(bad: object) -> None:
-    with pytest.raises(ValueError, match="invalid feedback settings"):
+    with pytest.raises(ValueError, match="d_steps must be a whole number from 1 to 16"):
         FeedbackConfig(d_steps=bad)  # type: ignore[arg-type]
 
 
 def test_more_d_steps_are_refused_in_segmentation_mode_whose_labelmix_pairs_each_real_batch_with_its_fakes() -> None:
     with pytest.raises(ValueError, match="segmentation"):
         FeedbackConfig(FeedbackMode.SEGMENTATION, d_steps=2)
-    d = DiscriminatorTrainer(MODEL, FeedbackConfig(FeedbackMode.SEGMENTATION, warmup=0), seed=0)
+
+
+def test_score_takes_exactly_the_further_real_batches_its_recipe_asks_for() -> None:
     masks, images = _batch(0)
-    with pytest.raises(ValueError, match="PatchGAN"):
-        d.score(masks, images, np.zeros((2, 3, 32, 32), np.float32), more_reals=[_batch(2)])
+    fakes = np.zeros((2, 3, 32, 32), np.float32)
+    three = DiscriminatorTrainer(MODEL, FeedbackConfig(warmup=0, d_steps=3), seed=0)
+    for given in ([], [_batch(2)], [_batch(2)] * 3):  # a caller that forgets them would silently step once
+        with pytest.raises(ValueError, match="needs 2 further real batch"):
+            three.score(masks, images, fakes, more_reals=given)
+    with pytest.raises(ValueError, match="needs 0 further"):
+        DiscriminatorTrainer(MODEL, FeedbackConfig(warmup=0), seed=0).score(masks, images, fakes,
+                                                                            more_reals=[_batch(2)])
 
 
 def test_each_further_real_batch_is_one_more_d_step_before_the_gradient_and_changes_it() -> None:
@@ -59,11 +67,11 @@ def test_each_further_real_batch_is_one_more_d_step_before_the_gradient_and_chan
     g3 = three.score(masks, images, fakes, more_reals=[_batch(2), _batch(4)])
     assert (_adam_steps(one), _adam_steps(three)) == (1, 3)
     assert g3.grad.shape == g1.grad.shape and not np.allclose(g3.grad, g1.grad)  # a D that stepped more judges
-    # the reported losses are the last step's, on the request's own real batch (as with one step)
-    assert set(g3.losses) == set(g1.losses)
+    # the reported losses are the last step's, on the request's own real batch: D has learnt to call it real
+    assert set(g3.losses) == set(g1.losses) and g3.losses["d_real"] < g1.losses["d_real"]
 
 
-def test_a_node_takes_its_d_steps_per_feedback_from_its_own_sampler(tmp_path: Path) -> None:
+def test_a_node_takes_its_d_steps_per_feedback_from_its_own_sampler() -> None:
     images, masks = make_scenes(range(6), 32)
     node = DiscriminatorNode(InProcessHub().node_link("n0"), images, masks,
                              NodeConfig("n0", batch_size=2, judge=False, feedback=FeedbackConfig(warmup=0, d_steps=4)))
@@ -89,7 +97,9 @@ def test_experiment_d_steps_reach_the_nodes_only_and_a_run_at_one_keeps_its_fing
     assert more.node_args[more.node_args.index("--d-steps") + 1] == "4"
     assert more.out.name == "dgan_async_adversarial_d4_seed0"  # its own folder: switching back finds the first
     assert launch_fingerprint(more) != launch_fingerprint(plain)
-    # the central GAN's D already steps once per G step: its trainings and cached results are shared
+    # the central GAN's D already steps once per G step: its trainings and cached results are shared, and the keys
+    # made before d_steps existed stay valid (the recipe in them has no such field at the default)
+    assert "d_steps" not in _recipe_key(base, "adversarial") and "d_steps" not in _recipe_key(four, "adversarial")
     assert gan_training_key(four, splits, "adversarial") == gan_training_key(base, splits, "adversarial")
     assert ex.cache_key(four, splits, "central_gan", "adversarial") == ex.cache_key(
         base, splits, "central_gan", "adversarial")
@@ -101,7 +111,7 @@ def test_experiment_d_steps_reach_the_nodes_only_and_a_run_at_one_keeps_its_fing
 
 def test_the_node_command_refuses_a_bad_d_step_count_before_it_connects() -> None:
     res = CliRunner().invoke(app, ["node", "--name", "dept", "--d-steps", "0", "--broker", "tcp://127.0.0.1:1"])
-    assert res.exit_code == 2 and "d_steps" in res.output
+    assert res.exit_code == 2 and "--d-steps" in res.output
     res = CliRunner().invoke(app, ["node", "--name", "dept", "--feedback", "segmentation", "--d-steps", "2",
                                    "--broker", "tcp://127.0.0.1:1"])
     assert res.exit_code == 2 and "segmentation" in res.output
@@ -119,4 +129,4 @@ def test_dgan_run_hands_the_d_steps_to_every_node_and_refuses_a_bad_count(tmp_pa
     args = started[0].node_args  # every node process gets these
     assert args[args.index("--d-steps") + 1] == "4"
     res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "y"), "--d-steps", "17"])
-    assert res.exit_code == 2 and "d_steps=17" in res.output and len(started) == 1
+    assert res.exit_code == 2 and "--d-steps" in res.output and len(started) == 1

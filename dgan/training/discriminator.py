@@ -190,8 +190,9 @@ class DiscriminatorTrainer:
         ``reals`` (``FeedbackConfig.d_steps``). With several nodes in turn each D steps once per N generator
         steps, all of which move the fakes it judges; more steps per feedback let it keep up."""
         dev = self.device
-        if more_reals and self.segmenting:
-            raise ValueError("more D steps per feedback work on the PatchGAN modes only")
+        if len(more_reals) != self.feedback.d_steps - 1:  # the recipe says how many: no caller may skip them
+            raise ValueError(f"this node's D steps {self.feedback.d_steps} times per feedback: it needs "
+                             f"{self.feedback.d_steps - 1} further real batch(es), got {len(more_reals)}")
         mask_t = torch.from_numpy(np.ascontiguousarray(masks)).to(dev)
         real = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals)).to(dev))
         fake = fakes_from_wire(fakes, dev)
