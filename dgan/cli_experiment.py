@@ -125,7 +125,8 @@ def experiment(
     d_steps: Annotated[int, typer.Option(min=1, max=16, help=(
         "DGAN: each node's discriminator steps per feedback (PatchGAN modes), each on a real batch; the central "
         "GAN's D keeps one per generator step. Async, one feedback per step, N nodes: N gives every node's D "
-        "the central D's pace (--with-sync rounds already have it)."))] = 1,
+        "as many D steps per generator step as the central D. --with-sync's run gets them too, though its "
+        "rounds already step every D once per generator step."))] = 1,
     device: Device = "cpu",
     precision: Annotated[Precision, typer.Option(
         help="Both GANs (every DGAN process, the central GAN's G and D): fp32; bf16 autocast; or auto, bf16 only "
