@@ -17,6 +17,7 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,9 @@ class FixedGradientTrainer:
     def warm_up(self, masks: np.ndarray, reals: np.ndarray) -> None:
         """No segmenter to warm up."""
 
-    def score(self, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray, grad_dtype: str = "float16") -> Scored:
+    def score(self, masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray, grad_dtype: str = "float16",
+              more_reals: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> Scored:
+        """The same answer whatever the batches; ``more_reals`` (a node's further D steps) only for the interface."""
         shape = tuple(fakes.shape)
         if shape not in self._grads:  # small and random, like a real gradient on the wire
             rng = np.random.default_rng(0)

@@ -293,7 +293,7 @@ class DiscriminatorNode:
         self.stats.wire_recent.append(wire)
         self.stats.wire_recent_at.append(time.monotonic())
         busy0 = t0 = time.monotonic()
-        more = [self.sampler.batch(self.cfg.batch_size)[::-1] for _ in range(self.trainer.feedback.d_steps - 1)] \
+        more = [self.sampler.batch(self.cfg.batch_size)[::-1] for _ in range(self.cfg.feedback.d_steps - 1)] \
             if self.sampler is not None else []  # (masks, reals): D's further steps against these fakes
         scored = self.trainer.score(req.masks, req.reals, fakes, self.cfg.grad_dtype, more)
         if self.cfg.delay > 0:
