@@ -197,10 +197,13 @@ class DiscriminatorTrainer:
         real = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals)).to(dev))
         fake = fakes_from_wire(fakes, dev)
         self.D.train()
-        for more_masks, more in more_reals:  # fresh real pairs against the same fakes (and their own masks)
-            m_more = masks_to_input(torch.from_numpy(np.ascontiguousarray(more_masks)).to(dev), self.cfg.num_classes)
-            real_more = images_to_tensor(torch.from_numpy(np.ascontiguousarray(more)).to(dev))
-            self._patch_d_step(m_more, real_more, masks_to_input(mask_t, self.cfg.num_classes), fake)
+        if more_reals:  # fresh real pairs (with their own masks) against the same fakes
+            m_fake = masks_to_input(mask_t, self.cfg.num_classes)
+            for more_masks, more in more_reals:
+                m_more = masks_to_input(torch.from_numpy(np.ascontiguousarray(more_masks)).to(dev),
+                                        self.cfg.num_classes)
+                real_more = images_to_tensor(torch.from_numpy(np.ascontiguousarray(more)).to(dev))
+                self._patch_d_step(m_more, real_more, m_fake, fake)
         if self.segmenting:
             losses, g_total = self._segmentation_losses(mask_t, real, fake)
         else:
