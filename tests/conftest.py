@@ -155,3 +155,13 @@ def serve_one_node(tmp_path: Path):
         return service, node
 
     return serve
+
+
+@pytest.fixture
+def started_runs(monkeypatch: pytest.MonkeyPatch) -> list:
+    """What `dgan run` would start: each RunConfig, kept here instead of starting broker, generator and nodes."""
+    import dgan.cli_runs as cli_runs
+
+    started: list = []
+    monkeypatch.setattr(cli_runs, "_run_with_view", lambda cfg, *a, **k: started.append(cfg))
+    return started

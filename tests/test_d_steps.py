@@ -117,16 +117,10 @@ def test_the_node_command_refuses_a_bad_d_step_count_before_it_connects() -> Non
     assert res.exit_code == 2 and "segmentation" in res.output
 
 
-def test_dgan_run_hands_the_d_steps_to_every_node_and_refuses_a_bad_count(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import dgan.cli_runs as cli_runs
-    from dgan.run import RunConfig
-
-    started: list[RunConfig] = []
-    monkeypatch.setattr(cli_runs, "_run_with_view", lambda cfg, *a, **k: started.append(cfg))
+def test_dgan_run_hands_the_d_steps_to_every_node_and_refuses_a_bad_count(tmp_path: Path, started_runs: list) -> None:
     res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "x"), "--d-steps", "4"])
     assert res.exit_code == 0, res.output
-    args = started[0].node_args  # every node process gets these
+    args = started_runs[0].node_args  # every node process gets these
     assert args[args.index("--d-steps") + 1] == "4"
     res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "y"), "--d-steps", "17"])
-    assert res.exit_code == 2 and "--d-steps" in res.output and len(started) == 1
+    assert res.exit_code == 2 and "--d-steps" in res.output and len(started_runs) == 1

@@ -140,18 +140,14 @@ def test_dgan_run_refuses_settings_its_nodes_would_refuse(tmp_path: Path) -> Non
         assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
 
 
-def test_dgan_run_hands_the_colour_weight_to_every_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dgan_run_hands_the_colour_weight_to_every_node(tmp_path: Path, started_runs: list) -> None:
     from typer.testing import CliRunner
 
-    import dgan.cli_runs as cli_runs
     from dgan.cli import app
-    from dgan.run import RunConfig
 
-    started: list[RunConfig] = []
-    monkeypatch.setattr(cli_runs, "_run_with_view", lambda cfg, *a, **k: started.append(cfg))
     res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "x"), "--lambda-colour", "7.5"])
     assert res.exit_code == 0, res.output
-    args = started[0].node_args  # every node process gets these
+    args = started_runs[0].node_args  # every node process gets these
     assert args[args.index("--lambda-colour") + 1] == "7.5"
 
 
