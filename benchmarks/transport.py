@@ -8,7 +8,12 @@ the echo server and the broker/proxy each in its own process:
 * ``broker``: client DEALER (a node) -> dgan broker -> server DEALER (a generator).
 
 Throughput streams N one-way messages and times until the server acknowledges
-the last; round-trip latency sends one message and waits for its echo.
+the last; round-trip latency sends one message and waits for its echo. Round
+trips are timed twice: right after the path's own stream ("after stream"), and
+in a phase of their own once every stream has ended and the machine has idled
+for ``settle_s`` (as netperf runs TCP_RR apart from TCP_STREAM). A process that
+has just run hot is woken more slowly for a few hundred ms (docs/results/wan.md,
+session 31), so the first figure also charges a path for its stream's CPU.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dgan.commands import free_ports
 
 SIZES = [1024, 64 * 1024, 1024 * 1024, 4 * 1024 * 1024]
 HEARTBEAT = 2.5
+SETTLE_S = 1.0  # idle before the round-trip phase: the after-stream slowdown measured here lasts about 0.3 s
 
 
 def _request(payload: int, reply: bool) -> list[Any]:
@@ -196,23 +202,33 @@ class _Path:
             p.join(5)
 
 
-def measure(paths: list[_Path], sizes: list[int], quick: bool, repeats: int = 3) -> list[dict[str, Any]]:
-    """Round-robin over the paths for every repeat, so noise hits them alike."""
+def measure(paths: list[_Path], sizes: list[int], quick: bool, repeats: int = 3,
+            settle_s: float = SETTLE_S) -> list[dict[str, Any]]:
+    """Round-robin over the paths for every repeat, so noise hits them alike; round trips right after each stream,
+    then again in their own phase after ``settle_s`` of idle (module docstring)."""
     rows = []
     for payload in sizes:
         n_stream, n_rtt = _counts(payload, quick)
+        per_repeat = max(10, n_rtt // repeats)
         rates: dict[str, list[float]] = {p.label: [] for p in paths}
-        rtts: dict[str, list[float]] = {p.label: [] for p in paths}
+        settled: dict[str, list[float]] = {p.label: [] for p in paths}
+        after_stream: dict[str, list[float]] = {p.label: [] for p in paths}
         for _ in range(repeats):
             for p in paths:
                 p.hello()
                 rates[p.label].append(_stream_rate(p.sock, payload, n_stream))
-                rtts[p.label] += _rtts(p.sock, payload, max(10, n_rtt // repeats))
+                after_stream[p.label] += _rtts(p.sock, payload, per_repeat)
+            time.sleep(settle_s)
+            for p in paths:
+                p.hello()  # the streams may have taken longer than a node's lease
+                settled[p.label] += _rtts(p.sock, payload, per_repeat)
         for p in paths:
             rate = statistics.median(rates[p.label])
-            q = np.percentile(rtts[p.label], [50, 99])
+            q = np.percentile(settled[p.label], [50, 99])
+            qa = np.percentile(after_stream[p.label], [50, 99])
             rows.append({"path": p.label, "payload": payload, "msgs_per_s": rate, "gb_per_s": rate * payload / 1e9,
-                         "rtt_p50_us": float(q[0]), "rtt_p99_us": float(q[1])})
+                         "rtt_p50_us": float(q[0]), "rtt_p99_us": float(q[1]),
+                         "rtt_after_stream_p50_us": float(qa[0]), "rtt_after_stream_p99_us": float(qa[1])})
     return rows
 
 
@@ -220,11 +236,12 @@ def run_transport_benchmark(quick: bool = False, json_out: Path | None = None, w
                             sizes: list[int] | None = None, with_arrays: bool = False,
                             with_pyzmq: bool = False, repeats: int = 3,
                             broker_hwm: list[int] | None = None, with_malloc: bool = False,
-                            with_unbatched: bool = False) -> dict[str, Any]:
+                            with_unbatched: bool = False, settle_s: float = SETTLE_S) -> dict[str, Any]:
     """Baselines beside today's broker: ``with_arrays``, the broker building every tensor as an array (before
     header-only validation); ``with_pyzmq``, the broker on pyzmq's Python multipart calls (before the compiled
     layer); ``with_malloc``, the broker with glibc's malloc as it comes, and zmq.proxy with the broker's;
-    ``with_unbatched``, the broker sending each message to the generator as soon as it is routed."""
+    ``with_unbatched``, the broker sending each message to the generator as soon as it is routed. ``settle_s``:
+    idle before the round-trip phase (:func:`measure`)."""
     sizes = sizes or SIZES
     console = Console(width=max(120, Console().width))
     baselines = [*(["broker-arrays"] if with_arrays else []), *(["broker-pyzmq"] if with_pyzmq else []),
@@ -236,21 +253,24 @@ def run_transport_benchmark(quick: bool = False, json_out: Path | None = None, w
         if with_record:
             paths.append(_Path("broker", record_dir=tmp))
         try:
-            rows = measure(paths, sizes, quick, repeats)
+            rows = measure(paths, sizes, quick, repeats, settle_s)
         finally:
             for p in paths:
                 p.close()
-    table = Table(title=f"dgan transport benchmark (tcp loopback, medians of {repeats})")
-    for col in ("path", "payload", "msgs/s", "GB/s", "RTT p50 µs", "RTT p99 µs", "vs proxy (thr / p50)"):
+    table = Table(title=f"dgan transport benchmark (tcp loopback, medians of {repeats}; round trips after "
+                        f"{settle_s:g} s idle, and right after each stream)")
+    for col in ("path", "payload", "msgs/s", "GB/s", "RTT p50 µs", "RTT p99 µs", "RTT p50 after stream",
+                "vs proxy (thr / p50 / p50 after stream)"):
         table.add_column(col, justify="right")
     proxy = {r["payload"]: r for r in rows if r["path"] == "proxy"}
     for r in rows:
         ref = proxy[r["payload"]]
         table.add_row(r["path"], _size(r["payload"]), f"{r['msgs_per_s']:,.0f}", f"{r['gb_per_s']:.3f}",
-                      f"{r['rtt_p50_us']:.0f}", f"{r['rtt_p99_us']:.0f}",
-                      f"{r['msgs_per_s'] / ref['msgs_per_s']:.2f}x / {r['rtt_p50_us'] / ref['rtt_p50_us']:.2f}x")
+                      f"{r['rtt_p50_us']:.0f}", f"{r['rtt_p99_us']:.0f}", f"{r['rtt_after_stream_p50_us']:.0f}",
+                      f"{r['msgs_per_s'] / ref['msgs_per_s']:.2f}x / {r['rtt_p50_us'] / ref['rtt_p50_us']:.2f}x / "
+                      f"{r['rtt_after_stream_p50_us'] / ref['rtt_after_stream_p50_us']:.2f}x")
     console.print(table)
-    out = {"rows": rows, "quick": quick, "repeats": repeats}
+    out = {"rows": rows, "quick": quick, "repeats": repeats, "settle_s": settle_s}
     if json_out is not None:
         json_out.write_text(json.dumps(out, indent=2))
         console.print(f"wrote {json_out}")

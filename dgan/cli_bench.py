@@ -40,6 +40,9 @@ def bench_transport(
                                               "with the malloc thresholds the broker runs with.")] = False,
     unbatched: Annotated[bool, typer.Option(help="Also the broker sending each message to the generator as soon as "
                                                  "it is routed (its sending before bursts).")] = False,
+    settle: Annotated[float, typer.Option(min=0.0, max=60.0, help="Seconds of idle before the round-trip phase "
+                                                                  "(round trips are also timed right after each "
+                                                                  "stream).")] = 1.0,
 ) -> None:
     """Throughput and round-trip latency: dgan broker vs zmq.proxy vs direct."""
     from benchmarks.transport import run_transport_benchmark
@@ -47,7 +50,7 @@ def bench_transport(
     setup_logging("WARNING")
     run_transport_benchmark(quick=quick, json_out=json_out, with_record=record, with_arrays=arrays,
                             with_pyzmq=pyzmq, sizes=size or None, repeats=repeats, broker_hwm=broker_hwm,
-                            with_malloc=malloc, with_unbatched=unbatched)
+                            with_malloc=malloc, with_unbatched=unbatched, settle_s=settle)
 
 
 @bench_app.command("training")
