@@ -50,6 +50,7 @@ from dgan.experiment_splits import (  # noqa: F401  (re-exported: the experiment
     make_splits,
     parse_groups,
     parse_test,
+    stale_data,
 )
 from dgan.experiment_tables import claims, markdown
 from dgan.finished_runs import finished_run, forget_finished, record_finished
@@ -142,7 +143,7 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
     again, so an experiment can be rerun for more seeds, methods or department models; a changed setting, or a
     training that never finished, trains afresh."""
     run = dgan_launch(cfg, splits, mode, seed, feedback)
-    done = finished_run(run)
+    done = finished_run(run, splits.digest)
     if done is not None:
         log.info("dgan %s seed %d: reusing the finished training in %s (%.0f s when it ran), %s", feedback, seed,
                  run.out, done["train_seconds"], loaded_note(done.get("made_by")))
@@ -156,7 +157,7 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
         finally:
             progress.close()
         seconds = time.time() - t
-        record_finished(run, seconds)
+        record_finished(run, seconds, splits.digest)
     gen = GeneratorTrainer.from_state(load_checkpoint(run.out / "checkpoints" / "latest.pt"))
     return TrainedGAN(gen, seconds, reused=done is not None, made_by=done.get("made_by") if done else None)
 
@@ -292,9 +293,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         path = cache / f"{method}-{cache_key(cfg, splits, method, mode)}.json"
         if path.exists():
             result = from_cache(path)
-            log.info("%s: from cache %s, %s", method, path, loaded_note(result.get("made_by")))
-            return result
-        result = {**compute(), "made_by": code_version()}  # read once, when the experiment started
+            stale = stale_data(result.get("data_digest"), splits)
+            if not stale:
+                log.info("%s: from cache %s, %s", method, path, loaded_note(result.get("made_by")))
+                return result
+            log.warning("%s: %s is not reused: %s; computing it again", method, path, stale)
+        result = {**compute(), "made_by": code_version(), "data_digest": splits.digest}  # code: read at the start
         path.write_text(json.dumps(result))
         return result
 
@@ -363,8 +367,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                 f"central_gan{suffix}", lambda s: central_gan_trained(cfg, splits, s, fb, cache), last), fb), fb)
         elif central_path.exists():  # not asked for, but already measured with these exact settings
             shown = from_cache(central_path)
-            log.info("central_gan%s: from cache %s, %s", suffix, central_path, loaded_note(shown.get("made_by")))
-            add(f"central_gan{suffix}", shown, fb)
+            stale = stale_data(shown.get("data_digest"), splits)
+            if stale:
+                log.warning("central_gan%s: %s is not shown: %s", suffix, central_path, stale)
+            else:
+                log.info("central_gan%s: from cache %s, %s", suffix, central_path, loaded_note(shown.get("made_by")))
+                add(f"central_gan{suffix}", shown, fb)
         if "dgan" in cfg.gan_methods:
             add(f"dgan{suffix}", gan_method(f"dgan{suffix}", lambda s, fb=fb: dgan_run(cfg, splits, "async", s, fb),
                                             (*last, *(("judged",) if cfg.judged else ()))), fb)

@@ -13,7 +13,7 @@ from typing import Any
 
 from dgan.data.loaders import PairSet
 from dgan.experiment_config import ExperimentConfig
-from dgan.experiment_splits import Splits, gan_training_key
+from dgan.experiment_splits import Splits, gan_training_key, stale_data
 from dgan.progress import ProgressLog
 from dgan.provenance import code_version, loaded_note
 from dgan.training.checkpoints import load_checkpoint, save_atomic
@@ -65,8 +65,9 @@ def central_gan_path(cfg: ExperimentConfig, splits: Splits, seed: int, mode: str
 
 def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: str, cache: Path) -> TrainedGAN:
     """The central GAN of this seed: loaded from ``cache`` where a training with the same settings finished, else
-    trained and saved there. A file that cannot be read, or that holds another model, seed or step count, trains
-    afresh (and is replaced); a save that fails is logged, and the trained generator is used all the same.
+    trained and saved there. A file that cannot be read, or that holds another model, seed or step count, or was
+    trained on other pixels (its data digest), trains afresh (and is replaced); a save that fails is logged, and the
+    trained generator is used all the same.
 
     The key leaves out the thread count and the code's version, as the experiment's other caches do: after
     changing the training code, delete the cache's ``central_gan-G-*`` files. Each file records the code that
@@ -75,7 +76,7 @@ def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: 
     if path.exists():
         try:
             state = load_checkpoint(path)
-            mismatch = _mismatch(state, cfg, seed)
+            mismatch = _mismatch(state, cfg, seed) or stale_data(state.get("data_digest"), splits)
             if mismatch:
                 raise ValueError(mismatch)
             gen = GeneratorTrainer.from_state(state, device=cfg.device)
@@ -90,7 +91,8 @@ def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: 
     gen = central_gan(cfg, splits.train, seed, mode)
     seconds = time.time() - t
     try:
-        save_atomic({**gen.state(), "train_seconds": seconds, "made_by": code_version()}, path)
+        save_atomic({**gen.state(), "train_seconds": seconds, "made_by": code_version(),
+                     "data_digest": splits.digest}, path)
     except OSError as exc:  # a full or read-only disk must not throw away a finished training
         log.warning("central_gan %s seed %d: could not keep the training in %s (%s); a rerun will train it again",
                     mode, seed, path, exc)

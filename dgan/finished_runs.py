@@ -4,11 +4,14 @@ methods, department models) loads them instead of spending the GAN hours again."
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from typing import Any
 
 from dgan.provenance import code_version
 from dgan.run import RunConfig
+
+log = logging.getLogger("dgan.experiment")
 
 FINISHED = "finished.json"  # in a DGAN run's folder, written once its training has ended well
 
@@ -24,8 +27,10 @@ def launch_fingerprint(run: RunConfig) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
 
 
-def finished_run(run: RunConfig) -> dict[str, Any] | None:
-    """The record of a training already finished in ``run.out`` with exactly these settings, or None."""
+def finished_run(run: RunConfig, data_digest: str | None = None) -> dict[str, Any] | None:
+    """The record of a training already finished in ``run.out`` with exactly these settings, or None. With
+    ``data_digest`` (the experiment's :attr:`~dgan.experiment_splits.Splits.digest`), one made from other pixels
+    under the same names is None too; a record from before digests were kept is taken as it is."""
     path = run.out / FINISHED
     try:
         record = json.loads(path.read_text())
@@ -34,13 +39,18 @@ def finished_run(run: RunConfig) -> dict[str, Any] | None:
     if (not isinstance(record, dict) or record.get("launch") != launch_fingerprint(run)
             or not isinstance(record.get("train_seconds"), int | float)):
         return None
+    if data_digest is not None and record.get("data_digest", data_digest) != data_digest:
+        log.warning("the training in %s is not reused: the data changed since it ran (digest %s, now %s)",
+                    run.out, str(record.get("data_digest"))[:24], data_digest)
+        return None
     return record if (run.out / "checkpoints" / "latest.pt").exists() else None
 
 
-def record_finished(run: RunConfig, seconds: float) -> None:
+def record_finished(run: RunConfig, seconds: float, data_digest: str | None = None) -> None:
     """Written last, after the run ended well: a crash or Ctrl-C before it leaves the folder unfinished."""
-    (run.out / FINISHED).write_text(json.dumps({"launch": launch_fingerprint(run), "train_seconds": seconds,
-                                                "made_by": code_version()}))
+    record = {"launch": launch_fingerprint(run), "train_seconds": seconds, "made_by": code_version(),
+              **({"data_digest": data_digest} if data_digest is not None else {})}
+    (run.out / FINISHED).write_text(json.dumps(record))
 
 
 def forget_finished(run: RunConfig) -> None:
