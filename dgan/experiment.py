@@ -47,15 +47,16 @@ from dgan.experiment_splits import (  # noqa: F401  (re-exported: the experiment
     ExperimentSetupError,
     Splits,
     cache_key,
+    cached_result,
+    from_cache,
     make_splits,
     parse_groups,
     parse_test,
-    stale_data,
 )
 from dgan.experiment_tables import claims, markdown
 from dgan.finished_runs import finished_run, forget_finished, record_finished
 from dgan.progress import DGANProgress
-from dgan.provenance import code_version, describe, loaded_note
+from dgan.provenance import code_version, data_note, describe, loaded_note
 from dgan.run import RunConfig, run_local
 from dgan.segment import (
     SegConfig,
@@ -87,15 +88,6 @@ def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: i
     ims = [gen.synthesize(masks, seed=1000 + k, weights=weights, draw=k) for k in range(samples_per_mask)]
     all_masks = np.concatenate([masks] * samples_per_mask)
     return PairSet(np.concatenate(ims), all_masks, [f"syn{i}" for i in range(len(all_masks))], {}, classes)
-
-
-def from_cache(path: Path) -> dict[str, Any]:
-    """A cached method's result; a GAN method's trainings did not run this time, so all count as loaded."""
-    result = json.loads(path.read_text())
-    result.setdefault("made_by", None)  # cached before the code was recorded (dgan.provenance)
-    if "gan_seconds" in result:
-        result["gan_reused"] = [True] * len(result["gan_seconds"])
-    return result
 
 
 def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedback: str) -> RunConfig:
@@ -143,10 +135,10 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
     again, so an experiment can be rerun for more seeds, methods or department models; a changed setting, or a
     training that never finished, trains afresh."""
     run = dgan_launch(cfg, splits, mode, seed, feedback)
-    done = finished_run(run, splits.digest)
+    done = finished_run(run, splits.train_digest)
     if done is not None:
-        log.info("dgan %s seed %d: reusing the finished training in %s (%.0f s when it ran), %s", feedback, seed,
-                 run.out, done["train_seconds"], loaded_note(done.get("made_by")))
+        log.info("dgan %s seed %d: reusing the finished training in %s (%.0f s when it ran), %s; %s", feedback, seed,
+                 run.out, done["train_seconds"], loaded_note(done.get("made_by")), data_note(done.get("data_digest")))
         seconds = float(done["train_seconds"])
     else:
         forget_finished(run)
@@ -157,7 +149,7 @@ def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedba
         finally:
             progress.close()
         seconds = time.time() - t
-        record_finished(run, seconds, splits.digest)
+        record_finished(run, seconds, splits.train_digest)
     gen = GeneratorTrainer.from_state(load_checkpoint(run.out / "checkpoints" / "latest.pt"))
     return TrainedGAN(gen, seconds, reused=done is not None, made_by=done.get("made_by") if done else None)
 
@@ -291,13 +283,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     def cached(method: str, compute: Any, mode: str = "") -> dict[str, Any]:
         path = cache / f"{method}-{cache_key(cfg, splits, method, mode)}.json"
-        if path.exists():
-            result = from_cache(path)
-            stale = stale_data(result.get("data_digest"), splits)
-            if not stale:
-                log.info("%s: from cache %s, %s", method, path, loaded_note(result.get("made_by")))
-                return result
-            log.warning("%s: %s is not reused: %s; computing it again", method, path, stale)
+        result = cached_result(path, splits, method)
+        if result is not None:
+            return result
         result = {**compute(), "made_by": code_version(), "data_digest": splits.digest}  # code: read at the start
         path.write_text(json.dumps(result))
         return result
@@ -365,14 +353,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         if "central_gan" in cfg.gan_methods:
             add(f"central_gan{suffix}", cached("central_gan", lambda fb=fb, suffix=suffix: gan_method(
                 f"central_gan{suffix}", lambda s: central_gan_trained(cfg, splits, s, fb, cache), last), fb), fb)
-        elif central_path.exists():  # not asked for, but already measured with these exact settings
-            shown = from_cache(central_path)
-            stale = stale_data(shown.get("data_digest"), splits)
-            if stale:
-                log.warning("central_gan%s: %s is not shown: %s", suffix, central_path, stale)
-            else:
-                log.info("central_gan%s: from cache %s, %s", suffix, central_path, loaded_note(shown.get("made_by")))
-                add(f"central_gan{suffix}", shown, fb)
+        elif (shown := cached_result(central_path, splits, f"central_gan{suffix}")) is not None:
+            add(f"central_gan{suffix}", shown, fb)  # not asked for, but already measured with these exact settings
         if "dgan" in cfg.gan_methods:
             add(f"dgan{suffix}", gan_method(f"dgan{suffix}", lambda s, fb=fb: dgan_run(cfg, splits, "async", s, fb),
                                             (*last, *(("judged",) if cfg.judged else ()))), fb)

@@ -13,9 +13,9 @@ from typing import Any
 
 from dgan.data.loaders import PairSet
 from dgan.experiment_config import ExperimentConfig
-from dgan.experiment_splits import Splits, gan_training_key, stale_data
+from dgan.experiment_splits import Splits, gan_training_key
 from dgan.progress import ProgressLog
-from dgan.provenance import code_version, loaded_note
+from dgan.provenance import code_version, data_note, loaded_note, stale_data
 from dgan.training.checkpoints import load_checkpoint, save_atomic
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.training.generator import GeneratorTrainer, TrainConfig
@@ -76,13 +76,13 @@ def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: 
     if path.exists():
         try:
             state = load_checkpoint(path)
-            mismatch = _mismatch(state, cfg, seed) or stale_data(state.get("data_digest"), splits)
+            mismatch = _mismatch(state, cfg, seed) or stale_data(state.get("data_digest"), splits.train_digest)
             if mismatch:
                 raise ValueError(mismatch)
             gen = GeneratorTrainer.from_state(state, device=cfg.device)
             seconds = float(state.get("train_seconds", 0.0))
             log.info("central_gan %s seed %d: loaded the finished training %s (%.0f s when it ran), %s", mode, seed,
-                     path, seconds, loaded_note(state.get("made_by")))
+                     path, seconds, f"{loaded_note(state.get('made_by'))}; {data_note(state.get('data_digest'))}")
             return TrainedGAN(gen, seconds, reused=True, made_by=state.get("made_by"))
         except Exception as exc:  # whatever the file holds, the experiment trains instead of stopping
             log.warning("central_gan %s seed %d: %s cannot be used (%s: %s); training again", mode, seed, path,
@@ -92,7 +92,7 @@ def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: 
     seconds = time.time() - t
     try:
         save_atomic({**gen.state(), "train_seconds": seconds, "made_by": code_version(),
-                     "data_digest": splits.digest}, path)
+                     "data_digest": splits.train_digest}, path)
     except OSError as exc:  # a full or read-only disk must not throw away a finished training
         log.warning("central_gan %s seed %d: could not keep the training in %s (%s); a rerun will train it again",
                     mode, seed, path, exc)

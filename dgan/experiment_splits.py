@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,10 +19,13 @@ from dgan.data.loaders import PairSet, load_pairs_folder
 from dgan.data.partition import partition
 from dgan.data.scenes import CLASSES as SCENE_CLASSES
 from dgan.data.scenes import make_scenes
+from dgan.provenance import data_note, loaded_note, stale_data
 from dgan.run import HELDOUT_SEED_BASE
 
 if TYPE_CHECKING:
     from dgan.experiment_config import ExperimentConfig
+
+log = logging.getLogger("dgan.experiment")
 
 # The Dubai protocol: tile 8 is the test set; nodes hold whole tiles (any manifest column works the same way).
 DUBAI_TEST = "tile=8"
@@ -48,7 +53,7 @@ def parse_groups(spec: str) -> list[list[str]]:
     return nodes
 
 
-@dataclass
+@dataclass(frozen=True)  # frozen: the digests are computed once, so the pairs must not change under them
 class Splits:
     train: PairSet
     val: PairSet
@@ -58,25 +63,49 @@ class Splits:
 
     @functools.cached_property
     def digest(self) -> str:
-        """The pairs' content: pixels, masks and names of train, validation and test (0.15 s for Dubai at 128 px).
-        Cache keys name the data by path and pair names; a result whose pixels changed under them is made again
-        (:func:`stale_data`), never silently reused."""
-        h = hashlib.blake2b(digest_size=12)
-        for part in (self.train, self.val, self.test):
-            h.update(json.dumps(part.names).encode())
-            for arr in (part.images, part.masks):
-                arr = np.ascontiguousarray(arr)
-                h.update(f"{arr.dtype.str}{arr.shape}".encode())
-                h.update(arr.data)
-        return h.hexdigest()
+        """What a segmentation result was made from: pixels, masks and names of train, validation and test (0.15 s
+        for Dubai at 128 px). Cache keys name the data by path and pair names; a result whose pixels changed under
+        them is made again (:func:`dgan.provenance.stale_data`), never silently reused."""
+        return _digest((self.train, self.val, self.test))
+
+    @functools.cached_property
+    def train_digest(self) -> str:
+        """What a GAN training was made from: the training pairs alone (a changed test mask retrains no GAN)."""
+        return _digest((self.train,))
 
 
-def stale_data(recorded: object, splits: Splits) -> str:
-    """Why a result made from data with digest ``recorded`` must not stand for ``splits`` ("" when it may: the
-    same digest, or none recorded, as in results from before digests were kept)."""
-    if recorded is None or recorded == splits.digest:
-        return ""
-    return f"the data changed since it was made (digest {str(recorded)[:24]}, now {splits.digest})"
+def _digest(parts: tuple[PairSet, ...]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for part in parts:
+        h.update(json.dumps(part.names).encode())
+        for arr in (part.images, part.masks):
+            arr = np.ascontiguousarray(arr)
+            h.update(f"{arr.dtype.str}{arr.shape}".encode())
+            h.update(arr.data)
+    return h.hexdigest()
+
+
+def from_cache(path: Path) -> dict[str, Any]:
+    """A cached method's result; a GAN method's trainings did not run this time, so all count as loaded."""
+    result = json.loads(path.read_text())
+    result.setdefault("made_by", None)  # cached before the code was recorded (dgan.provenance)
+    if "gan_seconds" in result:
+        result["gan_reused"] = [True] * len(result["gan_seconds"])
+    return result
+
+
+def cached_result(path: Path, splits: Splits, label: str) -> dict[str, Any] | None:
+    """:func:`from_cache`, or None where there is no such file or it was made from other pixels (logged)."""
+    if not path.exists():
+        return None
+    result = from_cache(path)
+    stale = stale_data(result.get("data_digest"), splits.digest)
+    if stale:
+        log.warning("%s: %s is not reused: %s", label, path, stale)
+        return None
+    log.info("%s: from cache %s, %s; %s", label, path, loaded_note(result["made_by"]),
+             data_note(result.get("data_digest")))
+    return result
 
 
 def make_splits(cfg: ExperimentConfig) -> Splits:

@@ -8,7 +8,7 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from dgan.provenance import code_version
+from dgan.provenance import code_version, stale_data
 from dgan.run import RunConfig
 
 log = logging.getLogger("dgan.experiment")
@@ -29,7 +29,7 @@ def launch_fingerprint(run: RunConfig) -> dict[str, Any]:
 
 def finished_run(run: RunConfig, data_digest: str | None = None) -> dict[str, Any] | None:
     """The record of a training already finished in ``run.out`` with exactly these settings, or None. With
-    ``data_digest`` (the experiment's :attr:`~dgan.experiment_splits.Splits.digest`), one made from other pixels
+    ``data_digest`` (the experiment's :attr:`~dgan.experiment_splits.Splits.train_digest`), one made from other pixels
     under the same names is None too; a record from before digests were kept is taken as it is."""
     path = run.out / FINISHED
     try:
@@ -39,9 +39,9 @@ def finished_run(run: RunConfig, data_digest: str | None = None) -> dict[str, An
     if (not isinstance(record, dict) or record.get("launch") != launch_fingerprint(run)
             or not isinstance(record.get("train_seconds"), int | float)):
         return None
-    if data_digest is not None and record.get("data_digest", data_digest) != data_digest:
-        log.warning("the training in %s is not reused: the data changed since it ran (digest %s, now %s)",
-                    run.out, str(record.get("data_digest"))[:24], data_digest)
+    stale = stale_data(record.get("data_digest"), data_digest) if data_digest is not None else ""
+    if stale:
+        log.warning("the training in %s is not reused: %s", run.out, stale)
         return None
     return record if (run.out / "checkpoints" / "latest.pt").exists() else None
 

@@ -71,3 +71,16 @@ def loaded_note(made_by: Any) -> str:
     if same_code(made_by, now):
         return f"made by this code ({describe(now)})"
     return f"made by {describe(made_by)}; this is {describe(now)}"
+
+
+def stale_data(recorded: Any, digest: str) -> str:
+    """Why a record made from data with digest ``recorded`` must not stand for data with ``digest`` now ("" when
+    it may: the same digest, or none recorded, as in records from before digests were kept)."""
+    if recorded is None or recorded == digest:
+        return ""
+    return f"the data changed since it was made (digest {str(recorded)[:24]}, now {digest})"
+
+
+def data_note(recorded: Any) -> str:
+    """For a log line about a record read back: whether its pixels were checked."""
+    return "data digest checked" if recorded is not None else "made before data digests were kept: pixels not checked"
