@@ -9,11 +9,14 @@ the echo server and the broker/proxy each in its own process:
 
 Throughput streams N one-way messages and times until the server acknowledges
 the last; round-trip latency sends one message and waits for its echo. Round
-trips are timed twice: right after the path's own stream ("after stream"), and
-in a phase of their own once every stream has ended and the machine has idled
-for ``settle_s`` (as netperf runs TCP_RR apart from TCP_STREAM). A process that
-has just run hot is woken more slowly for a few hundred ms (docs/results/wan.md,
-session 31), so the first figure also charges a path for its stream's CPU.
+trips are timed twice: right after the path's own stream (``rtt_p50_us``, as
+before session 31), and in a phase of their own once every stream has ended and
+the machine has idled for ``settle_s`` (``rtt_settled_p50_us``, as netperf runs
+TCP_RR apart from TCP_STREAM). A process that has just run hot is woken more
+slowly for about 0.2 s (docs/results/wan.md, session 31), so the first figure
+also charges a path for its stream's CPU; the idle pause is not neutral either
+(a path's first round trips wake idle CPUs). The paths take turns being first.
+A broker path re-registers (one HELLO through the broker) before each phase.
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ from dgan.commands import free_ports
 
 SIZES = [1024, 64 * 1024, 1024 * 1024, 4 * 1024 * 1024]
 HEARTBEAT = 2.5
-SETTLE_S = 1.0  # idle before the round-trip phase: the after-stream slowdown measured here lasts about 0.3 s
+SETTLE_S = 1.0  # idle before the round-trip phase: the after-stream slowdown measured here lasts about 0.2 s
+REPLY_TIMEOUT_S = 30.0  # a wait for one echo (a 4 MiB stream's last reply takes well under a second here)
+CHUNK = 50  # round trips per point of the profiles (about 15 ms at 1 KiB here)
+_idle = time.sleep  # the pause before the round-trip phase (a test replaces it, not time.sleep for everyone)
 
 
 def _request(payload: int, reply: bool) -> list[Any]:
@@ -139,11 +145,22 @@ def _rtts(sock: zmq.Socket, payload: int, n_rtt: int) -> list[float]:
     return out
 
 
-def _wait_reply(sock: zmq.Socket) -> None:
+def _wait_reply(sock: zmq.Socket, timeout_s: float = REPLY_TIMEOUT_S) -> None:
+    """Until the echo's FAKES; an ERROR (a broker that forgot this node, say) or silence fails the bench, never
+    hangs it."""
+    deadline = time.monotonic() + timeout_s
     while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not sock.poll(left * 1000):
+            raise RuntimeError(f"no echo within {timeout_s:g} s")
         frames = sock.recv_multipart(copy=False)
-        if len(frames) >= 3 and msgpack.unpackb(frames[1].buffer)["kind"] == P.Kind.FAKES:
+        if len(frames) < 2:
+            continue
+        header = msgpack.unpackb(frames[1].buffer)
+        if header.get("kind") == P.Kind.FAKES:
             return
+        if header.get("kind") == P.Kind.ERROR:
+            raise RuntimeError(f"the path answered ERROR: {header.get('meta', {}).get('reason')}")
 
 
 def _counts(payload: int, quick: bool) -> tuple[int, int]:
@@ -204,32 +221,43 @@ class _Path:
 
 def measure(paths: list[_Path], sizes: list[int], quick: bool, repeats: int = 3,
             settle_s: float = SETTLE_S) -> list[dict[str, Any]]:
-    """Round-robin over the paths for every repeat, so noise hits them alike; round trips right after each stream,
-    then again in their own phase after ``settle_s`` of idle (module docstring)."""
+    """Round-robin over the paths for every repeat, each repeat starting one path later, so noise and being first
+    hit them alike; round trips right after each stream, then again in their own phase after ``settle_s`` of idle
+    (module docstring). The profiles: the median of each run of :data:`CHUNK` round trips, in order, medians over
+    the repeats."""
     rows = []
     for payload in sizes:
         n_stream, n_rtt = _counts(payload, quick)
         per_repeat = max(10, n_rtt // repeats)
         rates: dict[str, list[float]] = {p.label: [] for p in paths}
-        settled: dict[str, list[float]] = {p.label: [] for p in paths}
-        after_stream: dict[str, list[float]] = {p.label: [] for p in paths}
-        for _ in range(repeats):
-            for p in paths:
+        settled: dict[str, list[list[float]]] = {p.label: [] for p in paths}
+        after_stream: dict[str, list[list[float]]] = {p.label: [] for p in paths}
+        for r in range(repeats):
+            turn = paths[r % len(paths):] + paths[:r % len(paths)]
+            for p in turn:
                 p.hello()
                 rates[p.label].append(_stream_rate(p.sock, payload, n_stream))
-                after_stream[p.label] += _rtts(p.sock, payload, per_repeat)
-            time.sleep(settle_s)
-            for p in paths:
-                p.hello()  # the streams may have taken longer than a node's lease
-                settled[p.label] += _rtts(p.sock, payload, per_repeat)
+                after_stream[p.label].append(_rtts(p.sock, payload, per_repeat))
+            _idle(settle_s)
+            for p in turn:
+                p.hello()  # the streams and the paths before may have outlasted a node's lease
+                settled[p.label].append(_rtts(p.sock, payload, per_repeat))
         for p in paths:
             rate = statistics.median(rates[p.label])
-            q = np.percentile(settled[p.label], [50, 99])
-            qa = np.percentile(after_stream[p.label], [50, 99])
-            rows.append({"path": p.label, "payload": payload, "msgs_per_s": rate, "gb_per_s": rate * payload / 1e9,
-                         "rtt_p50_us": float(q[0]), "rtt_p99_us": float(q[1]),
-                         "rtt_after_stream_p50_us": float(qa[0]), "rtt_after_stream_p99_us": float(qa[1])})
+            row = {"path": p.label, "payload": payload, "msgs_per_s": rate, "gb_per_s": rate * payload / 1e9}
+            for name, runs in (("rtt", after_stream[p.label]), ("rtt_settled", settled[p.label])):
+                q = np.percentile([x for run in runs for x in run], [50, 99])
+                row |= {f"{name}_p50_us": float(q[0]), f"{name}_p99_us": float(q[1]),
+                        f"{name}_chunks_us": _profile(runs)}
+            rows.append(row)
     return rows
+
+
+def _profile(runs: list[list[float]]) -> list[float]:
+    """Per :data:`CHUNK` round trips in order: the chunk's median, then the median over the repeats."""
+    chunks = len(min(runs, key=len)) // CHUNK
+    return [float(statistics.median(statistics.median(run[c * CHUNK:(c + 1) * CHUNK]) for run in runs))
+            for c in range(chunks)]
 
 
 def run_transport_benchmark(quick: bool = False, json_out: Path | None = None, with_record: bool = False,
@@ -257,20 +285,22 @@ def run_transport_benchmark(quick: bool = False, json_out: Path | None = None, w
         finally:
             for p in paths:
                 p.close()
-    table = Table(title=f"dgan transport benchmark (tcp loopback, medians of {repeats}; round trips after "
-                        f"{settle_s:g} s idle, and right after each stream)")
-    for col in ("path", "payload", "msgs/s", "GB/s", "RTT p50 µs", "RTT p99 µs", "RTT p50 after stream",
-                "vs proxy (thr / p50 / p50 after stream)"):
+    table = Table(title=f"dgan transport benchmark (tcp loopback, medians of {repeats}; round trips right after "
+                        f"each stream, and after {settle_s:g} s idle)")
+    for col in ("path", "payload", "msgs/s", "GB/s", "RTT p50 µs", "RTT p99 µs", "RTT p50 µs, idle before",
+                "vs proxy (thr / p50 / p50 idle before)"):
         table.add_column(col, justify="right")
     proxy = {r["payload"]: r for r in rows if r["path"] == "proxy"}
     for r in rows:
         ref = proxy[r["payload"]]
         table.add_row(r["path"], _size(r["payload"]), f"{r['msgs_per_s']:,.0f}", f"{r['gb_per_s']:.3f}",
-                      f"{r['rtt_p50_us']:.0f}", f"{r['rtt_p99_us']:.0f}", f"{r['rtt_after_stream_p50_us']:.0f}",
+                      f"{r['rtt_p50_us']:.0f}", f"{r['rtt_p99_us']:.0f}", f"{r['rtt_settled_p50_us']:.0f}",
                       f"{r['msgs_per_s'] / ref['msgs_per_s']:.2f}x / {r['rtt_p50_us'] / ref['rtt_p50_us']:.2f}x / "
-                      f"{r['rtt_after_stream_p50_us'] / ref['rtt_after_stream_p50_us']:.2f}x")
+                      f"{r['rtt_settled_p50_us'] / ref['rtt_settled_p50_us']:.2f}x")
     console.print(table)
-    out = {"rows": rows, "quick": quick, "repeats": repeats, "settle_s": settle_s}
+    out = {"rows": rows, "quick": quick, "repeats": repeats, "settle_s": settle_s, "chunk": CHUNK,
+           "rtt": {"rtt_p50_us": "right after the path's own stream (the measure before session 31)",
+                   "rtt_settled_p50_us": f"in a phase of its own, after every stream and {settle_s:g} s idle"}}
     if json_out is not None:
         json_out.write_text(json.dumps(out, indent=2))
         console.print(f"wrote {json_out}")

@@ -114,7 +114,7 @@ RULES = {
     "async-p1-d4": Rule("async-p1-d4", "async", 1, 1, grad_dtype="float16", fake_dtype="float16", d_steps=4),
     "async-p1-d2": Rule("async-p1-d2", "async", 1, 1, grad_dtype="float16", fake_dtype="float16", d_steps=2),
     "central-d4": Rule("central-d4", "central", 1, 1, d_steps=4),  # paired with "central": does the pooled D gain too?
-    # paired with "serial" and "async-p1-d4": staleness 0 and each D as many steps as G; what d4 leaves is staleness?
+    # paired with "serial" and "async-p1-d4": staleness 0, and each D (of 4 nodes in turn) as many steps as G
     "serial-d4": Rule("serial-d4", "serial", 1, 1, grad_dtype="float16", fake_dtype="float16", d_steps=4),
     # not simulated: a real run (broker, node processes, this machine's timing), dgan's default wire
     "real": Rule("real", "real", 1, REAL_PIPELINE, grad_dtype="float16", fake_dtype="float16", snapshots=0),

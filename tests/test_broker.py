@@ -321,13 +321,14 @@ def test_transport_bench_drives_the_broker_and_its_baselines_side_by_side() -> N
             p.close()
     assert {r["path"] for r in rows} == set(names)
     assert all(r["msgs_per_s"] > 0 and 0 < r["rtt_p50_us"] <= r["rtt_p99_us"] for r in rows)
-    assert all(0 < r["rtt_after_stream_p50_us"] <= r["rtt_after_stream_p99_us"] for r in rows)
+    assert all(0 < r["rtt_settled_p50_us"] <= r["rtt_settled_p99_us"] for r in rows)
 
 
 def test_transport_bench_times_round_trips_apart_from_the_streams_after_an_idle_pause(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Every path streams (and is timed right after), then the machine idles, then every path's round trips are
-    timed again; ``rtt_p50_us`` comes from that phase, ``rtt_after_stream_p50_us`` from the first."""
+    timed again; ``rtt_settled_p50_us`` comes from that phase, ``rtt_p50_us`` (its old meaning) from the first;
+    each repeat starts one path later; the profiles follow the round trips in order."""
     import benchmarks.transport as T
 
     events: list[tuple[str, ...]] = []
@@ -347,17 +348,46 @@ def test_transport_bench_times_round_trips_apart_from_the_streams_after_an_idle_
 
     def rtts(sock: str, payload: int, n: int) -> list[float]:
         events.append(("rtt", sock))
-        return [900.0 if in_stream_phase["on"] else 300.0] * n
+        base = 900.0 if in_stream_phase["on"] else 300.0
+        return [base - (i // T.CHUNK) for i in range(n)]  # one step down per chunk
 
-    def sleep(seconds: float) -> None:
-        events.append(("sleep", str(seconds)))
+    def idle(seconds: float) -> None:
+        events.append(("idle", str(seconds)))
         in_stream_phase["on"] = False
 
     monkeypatch.setattr(T, "_stream_rate", stream)
     monkeypatch.setattr(T, "_rtts", rtts)
-    monkeypatch.setattr(T.time, "sleep", sleep)
-    rows = T.measure([FakePath("a"), FakePath("b")], [1024], quick=True, repeats=2, settle_s=0.7)  # type: ignore[list-item]
-    one_repeat = [("stream", "a"), ("rtt", "a"), ("stream", "b"), ("rtt", "b"), ("sleep", "0.7"), ("rtt", "a"),
-                  ("rtt", "b")]
-    assert events == one_repeat * 2
-    assert [(r["rtt_p50_us"], r["rtt_after_stream_p50_us"]) for r in rows] == [(300.0, 900.0)] * 2
+    monkeypatch.setattr(T, "_idle", idle)
+    monkeypatch.setattr(T, "_counts", lambda payload, quick: (10, 2 * 2 * T.CHUNK))  # 2 chunks per repeat
+    paths = [FakePath("a"), FakePath("b")]
+    rows = T.measure(paths, [1024], quick=True, repeats=2, settle_s=0.7)  # type: ignore[arg-type]
+    assert events == [("stream", "a"), ("rtt", "a"), ("stream", "b"), ("rtt", "b"), ("idle", "0.7"), ("rtt", "a"),
+                      ("rtt", "b"),
+                      ("stream", "b"), ("rtt", "b"), ("stream", "a"), ("rtt", "a"), ("idle", "0.7"), ("rtt", "b"),
+                      ("rtt", "a")]
+    for r in rows:
+        assert r["rtt_settled_chunks_us"] == [300.0, 299.0] and r["rtt_chunks_us"] == [900.0, 899.0]
+        assert 299.0 <= r["rtt_settled_p50_us"] <= 300.0 and 899.0 <= r["rtt_p50_us"] <= 900.0
+
+
+def test_transport_bench_fails_on_an_error_or_silence_instead_of_waiting_for_ever() -> None:
+    import zmq
+
+    import benchmarks.transport as T
+
+    ctx = zmq.Context()
+    server, client = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        client.connect(f"tcp://127.0.0.1:{port}")
+        with pytest.raises(RuntimeError, match=r"no echo within 0\.2 s"):
+            T._wait_reply(client, timeout_s=0.2)
+        client.send(b"hi")
+        who = server.recv_multipart()[0]
+        server.send_multipart([who, *P.encode(P.error("broker", P.ErrorCode.NOT_REGISTERED, "send HELLO first"))])
+        with pytest.raises(RuntimeError, match="ERROR: send HELLO first"):
+            T._wait_reply(client, timeout_s=5)
+    finally:
+        server.close(0)
+        client.close(0)
+        ctx.term()
