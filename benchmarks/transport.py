@@ -192,6 +192,7 @@ class _Path:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDTIMEO, int(REPLY_TIMEOUT_S * 1000))  # a dead path fails the bench, never hangs it
         self.sock.connect(client_ep)
         self.is_broker = path.startswith("broker")
         self.hello()
@@ -223,8 +224,9 @@ def measure(paths: list[_Path], sizes: list[int], quick: bool, repeats: int = 3,
             settle_s: float = SETTLE_S) -> list[dict[str, Any]]:
     """Round-robin over the paths for every repeat, each repeat starting one path later, so noise and being first
     hit them alike; round trips right after each stream, then again in their own phase after ``settle_s`` of idle
-    (module docstring). The profiles: the median of each run of :data:`CHUNK` round trips, in order, medians over
-    the repeats."""
+    (module docstring); with ``repeats`` a multiple of the path count every path goes first equally often. The
+    profiles: the median of each run of :data:`CHUNK` round trips, in order, medians over the repeats (empty where
+    a repeat has fewer: large payloads)."""
     rows = []
     for payload in sizes:
         n_stream, n_rtt = _counts(payload, quick)
