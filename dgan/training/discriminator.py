@@ -164,14 +164,18 @@ class DiscriminatorTrainer:
         """Steps :meth:`warm_up` wants before the first feedback (segmentation and semantic modes)."""
         return self.feedback.warmup if self.segmenting or self.task is not None else 0
 
+    def _on_device(self, arr: np.ndarray) -> torch.Tensor:
+        """A batch from a node's sampler or the wire, as a tensor on D's device (no copy where it is contiguous)."""
+        return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+
     def warm_up(self, masks: np.ndarray, reals: np.ndarray) -> float:
         """One step of the segmenting D (or the semantic mode's segmenter) on real pairs alone: nothing is sent.
 
         A segmenter that already tells building from ground gives the generator a label-alignment signal from
         its first feedback; one that starts from scratch spends the first hundreds of steps at chance.
         """
-        labels = class_labels(torch.from_numpy(np.ascontiguousarray(masks)).to(self.device), self.cfg.num_classes)
-        real = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals)).to(self.device))
+        labels = class_labels(self._on_device(masks), self.cfg.num_classes)
+        real = images_to_tensor(self._on_device(reals))
         if self.task is not None:
             return float(self._task_step(real, labels))
         self.D.train()
@@ -193,17 +197,15 @@ class DiscriminatorTrainer:
         if len(more_reals) != self.feedback.d_steps - 1:  # the recipe says how many: no caller may skip them
             raise ValueError(f"this node's D steps {self.feedback.d_steps} times per feedback: it needs "
                              f"{self.feedback.d_steps - 1} further real batch(es), got {len(more_reals)}")
-        mask_t = torch.from_numpy(np.ascontiguousarray(masks)).to(dev)
-        real = images_to_tensor(torch.from_numpy(np.ascontiguousarray(reals)).to(dev))
+        mask_t = self._on_device(masks)
+        real = images_to_tensor(self._on_device(reals))
         fake = fakes_from_wire(fakes, dev)
         self.D.train()
         if more_reals:  # fresh real pairs (with their own masks) against the same fakes
             m_fake = masks_to_input(mask_t, self.cfg.num_classes)
             for more_masks, more in more_reals:
-                m_more = masks_to_input(torch.from_numpy(np.ascontiguousarray(more_masks)).to(dev),
-                                        self.cfg.num_classes)
-                real_more = images_to_tensor(torch.from_numpy(np.ascontiguousarray(more)).to(dev))
-                self._patch_d_step(m_more, real_more, m_fake, fake)
+                self._patch_d_step(masks_to_input(self._on_device(more_masks), self.cfg.num_classes),
+                                   images_to_tensor(self._on_device(more)), m_fake, fake)
         if self.segmenting:
             losses, g_total = self._segmentation_losses(mask_t, real, fake)
         else:
