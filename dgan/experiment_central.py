@@ -81,8 +81,8 @@ def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: 
                 raise ValueError(mismatch)
             gen = GeneratorTrainer.from_state(state, device=cfg.device)
             seconds = float(state.get("train_seconds", 0.0))
-            log.info("central_gan %s seed %d: loaded the finished training %s (%.0f s when it ran), %s", mode, seed,
-                     path, seconds, f"{loaded_note(state.get('made_by'))}; {data_note(state.get('data_digest'))}")
+            log.info("central_gan %s seed %d: loaded the finished training %s (%.0f s when it ran), %s; %s", mode,
+                     seed, path, seconds, loaded_note(state.get("made_by")), data_note(state.get("data_digest")))
             return TrainedGAN(gen, seconds, reused=True, made_by=state.get("made_by"))
         except Exception as exc:  # whatever the file holds, the experiment trains instead of stopping
             log.warning("central_gan %s seed %d: %s cannot be used (%s: %s); training again", mode, seed, path,
