@@ -47,6 +47,7 @@ from dgan.experiment_splits import (  # noqa: F401  (re-exported: the experiment
     ExperimentSetupError,
     Splits,
     cache_key,
+    cache_keys,
     cached_result,
     from_cache,
     make_splits,
@@ -282,12 +283,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     t0 = time.time()
 
     def cached(method: str, compute: Any, mode: str = "") -> dict[str, Any]:
-        path = cache / f"{method}-{cache_key(cfg, splits, method, mode)}.json"
-        result = cached_result(path, splits, method)
+        paths = [cache / f"{method}-{k}.json" for k in cache_keys(cfg, splits, method, mode)]
+        result = cached_result(paths, splits, method)
         if result is not None:
             return result
         result = {**compute(), "made_by": code_version(), "data_digest": splits.digest}  # code: read at the start
-        path.write_text(json.dumps(result))
+        paths[0].write_text(json.dumps(result))
         return result
 
     methods["real_all"] = cached("real_all", lambda: _aggregate([
@@ -349,11 +350,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     last = ("raw", *(("ema",) if cfg.ema else ())) if cfg.snapshots else ()
     for i, fb in enumerate(cfg.feedback):
         suffix = "" if i == 0 else f"_{fb}"
-        central_path = cache / f"central_gan-{cache_key(cfg, splits, 'central_gan', fb)}.json"
+        central_paths = [cache / f"central_gan-{k}.json" for k in cache_keys(cfg, splits, "central_gan", fb)]
         if "central_gan" in cfg.gan_methods:
             add(f"central_gan{suffix}", cached("central_gan", lambda fb=fb, suffix=suffix: gan_method(
                 f"central_gan{suffix}", lambda s: central_gan_trained(cfg, splits, s, fb, cache), last), fb), fb)
-        elif (shown := cached_result(central_path, splits, f"central_gan{suffix}")) is not None:
+        elif (shown := cached_result(central_paths, splits, f"central_gan{suffix}")) is not None:
             add(f"central_gan{suffix}", shown, fb)  # not asked for, but already measured with these exact settings
         if "dgan" in cfg.gan_methods:
             add(f"dgan{suffix}", gan_method(f"dgan{suffix}", lambda s, fb=fb: dgan_run(cfg, splits, "async", s, fb),

@@ -13,7 +13,7 @@ from typing import Any
 
 from dgan.data.loaders import PairSet
 from dgan.experiment_config import ExperimentConfig
-from dgan.experiment_splits import Splits, gan_training_key
+from dgan.experiment_splits import Splits, gan_training_keys
 from dgan.progress import ProgressLog
 from dgan.provenance import code_version, data_note, loaded_note, stale_data
 from dgan.training.checkpoints import load_checkpoint, save_atomic
@@ -59,21 +59,26 @@ def central_gan(cfg: ExperimentConfig, train: PairSet, seed: int, mode: str) -> 
     return gen
 
 
+def central_gan_paths(cfg: ExperimentConfig, splits: Splits, seed: int, mode: str, cache: Path) -> list[Path]:
+    """Where this training is saved (the first) and where older keys may hold it (:func:`gan_training_keys`)."""
+    return [cache / f"central_gan-G-{k}-seed{seed}.pt" for k in gan_training_keys(cfg, splits, mode)]
+
+
 def central_gan_path(cfg: ExperimentConfig, splits: Splits, seed: int, mode: str, cache: Path) -> Path:
-    return cache / f"central_gan-G-{gan_training_key(cfg, splits, mode)}-seed{seed}.pt"
+    return central_gan_paths(cfg, splits, seed, mode, cache)[0]
 
 
 def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: str, cache: Path) -> TrainedGAN:
     """The central GAN of this seed: loaded from ``cache`` where a training with the same settings finished, else
-    trained and saved there. A file that cannot be read, or that holds another model, seed or step count, or was
-    trained on other pixels (its data digest), trains afresh (and is replaced); a save that fails is logged, and the
-    trained generator is used all the same.
+    trained and saved there (under the newest key). A file that cannot be read, or that holds another model, seed
+    or step count, or was trained on other pixels (its data digest), is passed over; a save that fails is logged,
+    and the trained generator is used all the same.
 
     The key leaves out the thread count and the code's version, as the experiment's other caches do: after
     changing the training code, delete the cache's ``central_gan-G-*`` files. Each file records the code that
     trained it (``made_by``), and loading one logs it."""
-    path = central_gan_path(cfg, splits, seed, mode, cache)
-    if path.exists():
+    paths = central_gan_paths(cfg, splits, seed, mode, cache)
+    for path in (p for p in paths if p.exists()):
         try:
             state = load_checkpoint(path)
             mismatch = _mismatch(state, cfg, seed) or stale_data(state.get("data_digest"), splits.train_digest)
@@ -85,8 +90,9 @@ def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: 
                      seed, path, seconds, loaded_note(state.get("made_by")), data_note(state.get("data_digest")))
             return TrainedGAN(gen, seconds, reused=True, made_by=state.get("made_by"))
         except Exception as exc:  # whatever the file holds, the experiment trains instead of stopping
-            log.warning("central_gan %s seed %d: %s cannot be used (%s: %s); training again", mode, seed, path,
+            log.warning("central_gan %s seed %d: %s cannot be used (%s: %s)", mode, seed, path,
                         type(exc).__name__, exc)
+    path = paths[0]
     t = time.time()
     gen = central_gan(cfg, splits.train, seed, mode)
     seconds = time.time() - t

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,8 +65,9 @@ class Splits:
     @functools.cached_property
     def digest(self) -> str:
         """What a segmentation result was made from: pixels, masks and names of train, validation and test (0.15 s
-        for Dubai at 128 px). Cache keys name the data by path and pair names; a result whose pixels changed under
-        them is made again (:func:`dgan.provenance.stale_data`), never silently reused."""
+        for Dubai at 128 px). Cache keys name the data by this digest (:func:`cache_keys`); a result found under an
+        older key, which named the data by its path, is made again where its pixels changed
+        (:func:`dgan.provenance.stale_data`), never silently reused."""
         return _digest((self.train, self.val, self.test))
 
     @functools.cached_property
@@ -94,18 +96,21 @@ def from_cache(path: Path) -> dict[str, Any]:
     return result
 
 
-def cached_result(path: Path, splits: Splits, label: str) -> dict[str, Any] | None:
-    """:func:`from_cache`, or None where there is no such file or it was made from other pixels (logged)."""
-    if not path.exists():
-        return None
-    result = from_cache(path)
-    stale = stale_data(result.get("data_digest"), splits.digest)
-    if stale:
-        log.warning("%s: %s is not reused: %s", label, path, stale)
-        return None
-    log.info("%s: from cache %s, %s; %s", label, path, loaded_note(result["made_by"]),
-             data_note(result.get("data_digest")))
-    return result
+def cached_result(paths: list[Path], splits: Splits, label: str) -> dict[str, Any] | None:
+    """:func:`from_cache` of the first of ``paths`` (:func:`cache_keys`' files) that exists and was made from these
+    pixels, or None where there is none (one made from other pixels is logged)."""
+    for path in paths:
+        if not path.exists():
+            continue
+        result = from_cache(path)
+        stale = stale_data(result.get("data_digest"), splits.digest)
+        if stale:
+            log.warning("%s: %s is not reused: %s", label, path, stale)
+            continue
+        log.info("%s: from cache %s, %s; %s", label, path, loaded_note(result["made_by"]),
+                 data_note(result.get("data_digest")))
+        return result
+    return None
 
 
 def make_splits(cfg: ExperimentConfig) -> Splits:
@@ -187,13 +192,37 @@ def _arithmetic_key(cfg: ExperimentConfig) -> dict[str, Any]:
     return key
 
 
+def _data_names(cfg: ExperimentConfig, digest: str) -> list[str]:
+    """The data's name in a cache key, newest first: the digest of its pixels, so that a result is found whatever
+    path the data is reached by (and wherever it was moved); then the names older keys held, the path as typed
+    and its other spellings (absolute, relative), whose results are still checked against the digest on load."""
+    if cfg.data is None:
+        return [f"digest:{digest}", "None"]
+    where = Path(cfg.data).resolve()
+    try:
+        relative = os.path.relpath(where)
+    except ValueError:  # another drive (Windows): there is no relative spelling
+        relative = str(cfg.data)
+    return [f"digest:{digest}", *dict.fromkeys((str(cfg.data), str(where), relative))]
+
+
+def _hashes(key: dict[str, Any], names: list[str]) -> list[str]:
+    return [hashlib.sha1(json.dumps({**key, "data": n}, sort_keys=True).encode()).hexdigest()[:16] for n in names]
+
+
 def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = "") -> str:
-    """What the method's result depends on: data, splits and segmentation always; the GAN only for GAN methods."""
+    """The key a method's result is stored under (:func:`cache_keys`' first)."""
+    return cache_keys(cfg, splits, method, mode)[0]
+
+
+def cache_keys(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = "") -> list[str]:
+    """What the method's result depends on: data, splits and segmentation always; the GAN only for GAN methods.
+    The keys to look under, newest first: one per name of the data (:func:`_data_names`)."""
     real = method in ("real_all", "real_partial")
     # settings added later keep older keys while at their default
     seg = {k: v for k, v in cfg.seg_config("real" if real else "synthetic").to_dict().items()
            if (k, v) not in (("num_classes", 2), ("positive_share", 0.0))}
-    key: dict[str, Any] = {"method": method, "data": str(cfg.data), "size": cfg.size, "seg": seg,
+    key: dict[str, Any] = {"method": method, "size": cfg.size, "seg": seg,
                            "seeds": cfg.seeds, "train": splits.train.names, "val": splits.val.names,
                            "test": splits.test.names}
     if cfg.data is None and cfg.scene_variant != "buildings":  # keys from before variants existed stay valid
@@ -214,16 +243,22 @@ def cache_key(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = ""
         if cfg.snapshots:  # the count, the cadence (from the central GAN's steps), and the last weights beside
             key["snapshots"] = {**cfg.snapshot_args(cfg.gan_steps), "beside": "last,ema" if cfg.ema else "last"}
         key.update(_arithmetic_key(cfg))
-    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return _hashes(key, _data_names(cfg, splits.digest))
 
 
 def gan_training_key(cfg: ExperimentConfig, splits: Splits, mode: str) -> str:
+    """The key a central GAN training is saved under (:func:`gan_training_keys`' first)."""
+    return gan_training_keys(cfg, splits, mode)[0]
+
+
+def gan_training_keys(cfg: ExperimentConfig, splits: Splits, mode: str) -> list[str]:
     """What a central GAN training depends on: not the segmenters' settings nor their seed count, so a rerun that
-    changes only how its sets are scored loads the trained generators."""
-    key: dict[str, Any] = {"method": "central_gan", "data": str(cfg.data), "scenes": cfg.scene_variant,
+    changes only how its sets are scored loads the trained generators. Newest first, as :func:`cache_keys`, with
+    the digest of the training pairs alone."""
+    key: dict[str, Any] = {"method": "central_gan", "scenes": cfg.scene_variant,
                            "size": cfg.size, "train": splits.train.names, "classes": list(splits.train.classes),
                            "gan_steps": cfg.gan_steps, "batch": cfg.batch_size, "model": cfg.model().to_dict(),
                            "feedback": _recipe_key(cfg, mode), "g_optim": cfg.generator_optim(), "ema": cfg.ema,
                            "snapshots": cfg.snapshot_args(cfg.gan_steps), "positive_share": cfg.seg.positive_share,
                            "device": "cpu" if cfg.device == "cpu" else "cuda", **_arithmetic_key(cfg)}
-    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return _hashes(key, _data_names(cfg, splits.train_digest))

@@ -1,4 +1,4 @@
-"""A cached result, a saved central GAN and a finished DGAN training are found by path, pair names and settings;
+"""A cached result, a saved central GAN and a finished DGAN training are found by data, pair names and settings;
 each also records a digest of the pixels it was made from (a GAN training: of its training pairs alone), so data
 changed under the same names is never silently reused, while results from before digests were kept still load."""
 
@@ -62,17 +62,21 @@ def test_a_cached_result_from_other_pixels_is_made_again_and_one_from_before_dig
                               partition="iid", threads=1, gan_methods=(), local=(),
                               seg=SegConfig(width=8, depth=3, steps=2, eval_every=2), cache=tmp_path / "cache")
     ex.run_experiment(cfg)
-    cached = next((tmp_path / "cache").glob("real_all-*.json"))
-    first = json.loads(cached.read_text())["data_digest"]
+    newest, older = (tmp_path / "cache" / f"real_all-{k}.json"
+                     for k in ex.cache_keys(cfg, ex.make_splits(cfg), "real_all")[:2])
+    first = json.loads(newest.read_text())["data_digest"]
+    newest.rename(older)  # as stored when keys named the data by its path (the digest recorded inside)
     made = ex.make_splits
     monkeypatch.setattr(ex, "make_splits", lambda c: _repainted(made(c), "test"))  # same names, other pixels
     with caplog.at_level(logging.INFO, logger="dgan.experiment"):
         ex.run_experiment(cfg)
     assert any("is not reused: the data changed" in r.getMessage() for r in caplog.records)
-    second = json.loads(cached.read_text())
+    remade = tmp_path / "cache" / f"real_all-{ex.cache_key(cfg, ex.make_splits(cfg), 'real_all')}.json"
+    second = json.loads(remade.read_text())
     assert second["data_digest"] != first  # made again, and recorded with the new digest
     del second["data_digest"]  # as cached before digests were kept
-    cached.write_text(json.dumps(second))
+    older.write_text(json.dumps(second))
+    remade.unlink()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="dgan.experiment"):
         ex.run_experiment(cfg)
@@ -104,11 +108,12 @@ def test_a_saved_central_gan_trained_on_other_training_pixels_trains_again(tmp_p
     splits = _splits()
     central.central_gan_trained(cfg, splits, 0, "adversarial", tmp_path)
     assert central.central_gan_trained(cfg, _repainted(splits, "test"), 0, "adversarial", tmp_path).reused
+    saved = central.central_gan_paths(cfg, splits, 0, "adversarial", tmp_path)
+    saved[0].rename(saved[1])  # as saved when keys named the data by its path (the digest recorded inside)
     repainted = _repainted(splits)
-    assert central.central_gan_path(cfg, repainted, 0, "adversarial", tmp_path) == \
-        central.central_gan_path(cfg, splits, 0, "adversarial", tmp_path)  # the key cannot tell them apart
-    assert not central.central_gan_trained(cfg, repainted, 0, "adversarial", tmp_path).reused
-    assert central.central_gan_trained(cfg, repainted, 0, "adversarial", tmp_path).reused  # replaced
+    assert central.central_gan_paths(cfg, repainted, 0, "adversarial", tmp_path)[1] == saved[1]  # that key
+    assert not central.central_gan_trained(cfg, repainted, 0, "adversarial", tmp_path).reused  # cannot tell
+    assert central.central_gan_trained(cfg, repainted, 0, "adversarial", tmp_path).reused  # saved under its digest
 
 
 def test_a_finished_dgan_training_on_other_training_pixels_runs_again_and_one_from_before_digests_is_reused(
