@@ -13,9 +13,9 @@ from typing import Any
 
 from dgan.data.loaders import PairSet
 from dgan.experiment_config import ExperimentConfig
-from dgan.experiment_splits import Splits, gan_training_keys
+from dgan.experiment_splits import Splits, gan_training_keys, stale_under_key
 from dgan.progress import ProgressLog
-from dgan.provenance import code_version, data_note, loaded_note, stale_data
+from dgan.provenance import code_version, data_note, loaded_note
 from dgan.training.checkpoints import load_checkpoint, save_atomic
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.training.generator import GeneratorTrainer, TrainConfig
@@ -78,19 +78,24 @@ def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: 
     changing the training code, delete the cache's ``central_gan-G-*`` files. Each file records the code that
     trained it (``made_by``), and loading one logs it."""
     paths = central_gan_paths(cfg, splits, seed, mode, cache)
-    for path in (p for p in paths if p.exists()):
+    for index, path in enumerate(paths):
+        if not path.exists():
+            continue
         try:
             state = load_checkpoint(path)
-            mismatch = _mismatch(state, cfg, seed) or stale_data(state.get("data_digest"), splits.train_digest)
+            recorded = state.get("data_digest")
+            mismatch = _mismatch(state, cfg, seed) or stale_under_key(index, recorded, splits.train_digest)
             if mismatch:
                 raise ValueError(mismatch)
             gen = GeneratorTrainer.from_state(state, device=cfg.device)
             seconds = float(state.get("train_seconds", 0.0))
             log.info("central_gan %s seed %d: loaded the finished training %s (%.0f s when it ran), %s; %s", mode,
-                     seed, path, seconds, loaded_note(state.get("made_by")), data_note(state.get("data_digest")))
+                     seed, path, seconds, loaded_note(state.get("made_by")), data_note(recorded))
+            if index > 0 and recorded is not None:  # checked: under the digest's key too (a link, not a copy)
+                _link(path, paths[0])
             return TrainedGAN(gen, seconds, reused=True, made_by=state.get("made_by"))
         except Exception as exc:  # whatever the file holds, the experiment trains instead of stopping
-            log.warning("central_gan %s seed %d: %s cannot be used (%s: %s)", mode, seed, path,
+            log.warning("central_gan %s seed %d: %s cannot be used (%s: %s); passed over", mode, seed, path,
                         type(exc).__name__, exc)
     path = paths[0]
     t = time.time()
@@ -103,6 +108,18 @@ def central_gan_trained(cfg: ExperimentConfig, splits: Splits, seed: int, mode: 
         log.warning("central_gan %s seed %d: could not keep the training in %s (%s); a rerun will train it again",
                     mode, seed, path, exc)
     return TrainedGAN(gen, seconds)
+
+
+def _link(found: Path, newest: Path) -> None:
+    """``newest`` names the file ``found`` too (replacing one that could not be used); where the file system cannot
+    link, the older key alone keeps it."""
+    linked = newest.with_name(newest.name + ".link")
+    try:
+        linked.unlink(missing_ok=True)
+        linked.hardlink_to(found)
+        linked.replace(newest)
+    except OSError as exc:
+        log.info("%s: not also stored as %s (%s)", found, newest, exc)
 
 
 def _mismatch(state: dict[str, object], cfg: ExperimentConfig, seed: int) -> str:

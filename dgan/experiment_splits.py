@@ -5,6 +5,7 @@ what a cached result depends on.  Kept apart from the training so that a split c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -97,20 +98,44 @@ def from_cache(path: Path) -> dict[str, Any]:
 
 
 def cached_result(paths: list[Path], splits: Splits, label: str) -> dict[str, Any] | None:
-    """:func:`from_cache` of the first of ``paths`` (:func:`cache_keys`' files) that exists and was made from these
-    pixels, or None where there is none (one made from other pixels is logged)."""
-    for path in paths:
+    """:func:`from_cache` of the first of ``paths`` (:func:`cache_keys`' files) that can be read and was made from
+    these pixels (:func:`stale_under_key`), or None where there is none; a file passed over is logged. One found
+    under an older key whose digest was checked is stored under the digest's key too, so it no longer depends on
+    the path."""
+    for index, path in enumerate(paths):
         if not path.exists():
             continue
-        result = from_cache(path)
-        stale = stale_data(result.get("data_digest"), splits.digest)
+        try:
+            result = from_cache(path)
+        except (OSError, ValueError, AttributeError) as exc:  # a broken file is made again, not a stopped run
+            log.warning("%s: %s cannot be read (%s: %s); passed over", label, path, type(exc).__name__, exc)
+            continue
+        stale = stale_under_key(index, result.get("data_digest"), splits.digest)
         if stale:
             log.warning("%s: %s is not reused: %s", label, path, stale)
             continue
         log.info("%s: from cache %s, %s; %s", label, path, loaded_note(result["made_by"]),
                  data_note(result.get("data_digest")))
+        if index > 0 and result.get("data_digest") is not None:
+            try:
+                paths[0].write_bytes(path.read_bytes())
+            except OSError as exc:
+                log.warning("%s: could not store it under its digest's key too (%s)", label, exc)
         return result
     return None
+
+
+# A record from before data digests were kept is reused only under the first two keys of :func:`cache_keys`: the
+# digest's (never without one) and the path exactly as typed, as the command that stored it spelled it. Under another
+# spelling of that path, relative to another working directory it may have named other data: the digest must agree.
+UNCHECKED_KEYS = 2
+
+
+def stale_under_key(index: int, recorded: Any, digest: str) -> str:
+    """Why a record found under the ``index``-th key must not stand for data with ``digest`` ("" when it may)."""
+    if recorded is None and index >= UNCHECKED_KEYS:
+        return "made before data digests were kept, and stored under another spelling of the data's path"
+    return stale_data(recorded, digest)
 
 
 def make_splits(cfg: ExperimentConfig) -> Splits:
@@ -194,16 +219,16 @@ def _arithmetic_key(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def _data_names(cfg: ExperimentConfig, digest: str) -> list[str]:
     """The data's name in a cache key, newest first: the digest of its pixels, so that a result is found whatever
-    path the data is reached by (and wherever it was moved); then the names older keys held, the path as typed
-    and its other spellings (absolute, relative), whose results are still checked against the digest on load."""
+    path the data is reached by (and wherever it was moved); then the names older keys held: the path as typed,
+    and its other spellings (absolute, resolved, relative; see :data:`UNCHECKED_KEYS`)."""
     if cfg.data is None:
         return [f"digest:{digest}", "None"]
-    where = Path(cfg.data).resolve()
-    try:
-        relative = os.path.relpath(where)
-    except ValueError:  # another drive (Windows): there is no relative spelling
-        relative = str(cfg.data)
-    return [f"digest:{digest}", *dict.fromkeys((str(cfg.data), str(where), relative))]
+    absolute = [os.path.abspath(cfg.data), str(Path(cfg.data).resolve())]  # the second: symlinks followed
+    spellings = [str(cfg.data), *absolute]
+    for where in absolute:
+        with contextlib.suppress(ValueError):  # another drive (Windows): there is no relative spelling
+            spellings.append(os.path.relpath(where))
+    return [f"digest:{digest}", *dict.fromkeys(spellings)]
 
 
 def _hashes(key: dict[str, Any], names: list[str]) -> list[str]:

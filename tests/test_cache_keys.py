@@ -13,6 +13,7 @@ import pytest
 import dgan.experiment as ex
 import dgan.experiment_central as central
 from dgan.experiment_splits import Splits, cache_key, cache_keys, cached_result, gan_training_key, gan_training_keys
+from dgan.training.checkpoints import load_checkpoint, save_atomic
 from tests.test_data_digest import _repainted, _splits
 
 
@@ -49,19 +50,47 @@ def test_the_older_keys_are_the_ones_results_were_stored_under_before_digests_na
         assert gan_training_keys(cfg, splits, "adversarial")[1] == training
 
 
-def test_a_result_stored_under_the_path_as_typed_is_found_by_another_spelling_of_that_path(
+def _result_paths(cfg: ex.ExperimentConfig, splits: Splits, root: Path) -> list[Path]:
+    return [root / f"real_all-{k}.json" for k in cache_keys(cfg, splits, "real_all")]
+
+
+def test_a_result_stored_under_another_spelling_of_the_path_is_found_where_its_digest_agrees_and_moves_to_the_digest(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     splits = _splits()
     relative, absolute = _cfg(Path("dubai"), tmp_path), _cfg(tmp_path / "dubai", tmp_path)
-    old = tmp_path / f"real_all-{cache_keys(relative, splits, 'real_all')[1]}.json"  # the key before digests
-    assert old.name != f"real_all-{cache_key(relative, splits, 'real_all')}.json"
-    old.write_text(json.dumps({"iou": 0.4}))
-    paths = [tmp_path / f"real_all-{k}.json" for k in cache_keys(absolute, splits, "real_all")]
-    assert old in paths and cached_result(paths, splits, "real_all")["iou"] == 0.4  # type: ignore[index]
-    # ... and still checked against the pixels where it recorded them
-    old.write_text(json.dumps({"iou": 0.4, "data_digest": _repainted(splits).digest}))
-    assert cached_result(paths, splits, "real_all") is None
+    for stored_by, found_by in ((relative, absolute), (absolute, relative)):
+        old = _result_paths(stored_by, splits, tmp_path)[1]  # where the code before digests stored it
+        paths = _result_paths(found_by, splits, tmp_path)
+        assert old in paths[2:]  # another spelling: found, but only with the digest to check
+        old.write_text(json.dumps({"iou": 0.4}))
+        assert cached_result(paths, splits, "real_all") is None  # no digest: it may have been other data
+        old.write_text(json.dumps({"iou": 0.4, "data_digest": _repainted(splits).digest}))
+        assert cached_result(paths, splits, "real_all") is None  # other pixels
+        old.write_text(json.dumps({"iou": 0.4, "data_digest": splits.digest}))
+        assert cached_result(paths, splits, "real_all")["iou"] == 0.4  # type: ignore[index]
+        assert json.loads(paths[0].read_text())["iou"] == 0.4  # stored under the digest's key from now on
+        old.unlink()
+        paths[0].unlink()
+
+
+def test_a_result_from_before_digests_is_still_reused_under_the_path_exactly_as_typed(tmp_path: Path) -> None:
+    splits, cfg = _splits(), _cfg(Path("data/dubai"), tmp_path)
+    paths = _result_paths(cfg, splits, tmp_path)
+    paths[1].write_text(json.dumps({"iou": 0.3}))
+    assert cached_result(paths, splits, "real_all")["iou"] == 0.3  # type: ignore[index]
+    assert not paths[0].exists()  # unchecked: it stays under the path's key
+
+
+def test_the_digest_key_comes_first_and_a_broken_file_there_is_passed_over(tmp_path: Path) -> None:
+    splits, cfg = _splits(), _cfg(Path("data/dubai"), tmp_path)
+    paths = _result_paths(cfg, splits, tmp_path)
+    paths[0].write_text(json.dumps({"iou": 0.5, "data_digest": splits.digest}))
+    paths[1].write_text(json.dumps({"iou": 0.3, "data_digest": splits.digest}))
+    assert cached_result(paths, splits, "real_all")["iou"] == 0.5  # type: ignore[index]
+    paths[0].write_text("{not json")
+    assert cached_result(paths, splits, "real_all")["iou"] == 0.3  # type: ignore[index]
+    assert json.loads(paths[0].read_text())["iou"] == 0.3  # the broken file replaced by the checked one
 
 
 def test_a_central_gan_saved_under_the_older_key_loads_and_one_trained_now_is_saved_under_the_digest(
@@ -73,6 +102,15 @@ def test_a_central_gan_saved_under_the_older_key_loads_and_one_trained_now_is_sa
     newest, older = central.central_gan_paths(cfg, splits, 0, "adversarial", tmp_path)[:2]
     assert not central.central_gan_trained(cfg, splits, 0, "adversarial", tmp_path).reused
     assert newest.exists() and not older.exists()
-    newest.rename(older)  # as a training saved before digests named the data
-    elsewhere = replace(cfg, data=tmp_path / "dubai")
+    newest.rename(older)  # as a training saved before digests named the data (its digest recorded inside)
+    elsewhere = replace(cfg, data=tmp_path / "dubai")  # another spelling: the recorded digest is checked
+    assert older in central.central_gan_paths(elsewhere, splits, 0, "adversarial", tmp_path)[2:]
     assert central.central_gan_trained(elsewhere, splits, 0, "adversarial", tmp_path).reused
+    assert newest.exists() and newest.stat().st_ino == older.stat().st_ino  # the digest's key links to it
+    newest.unlink()
+    state = load_checkpoint(older)
+    del state["data_digest"]  # saved before digests were kept
+    save_atomic(state, older)
+    assert not central.central_gan_trained(elsewhere, splits, 0, "adversarial", tmp_path).reused
+    newest.unlink()
+    assert central.central_gan_trained(cfg, splits, 0, "adversarial", tmp_path).reused  # as typed: reused
