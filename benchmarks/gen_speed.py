@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import ONE_D_STEP
 from dgan import malloc_tuning
 from dgan.cpu_features import cpu_flags, native_bf16
 from dgan.data.scenes import make_scenes
@@ -81,7 +82,7 @@ def system_rates(quick: bool, settings: list[SystemSetting], repeats: int) -> di
                 run_local(RunConfig(nodes=4, steps=sz["steps"], out=out, scenes=160, image_size=sz["image_size"],
                                     g_width=sz["g_width"], d_width=sz["d_width"], batch_size=8, synthesize=False,
                                     checkpoint_every=0, sample_every=0, timeout=1800, precision=precision,
-                                    channels_last=channels_last))
+                                    channels_last=channels_last, node_args=ONE_D_STEP))
                 rates[system_label((precision, channels_last))].append(applied_rate(out))
     return rates
 

@@ -67,7 +67,8 @@ def run_rate(passive: bool, quick: bool, out: Path) -> dict[str, float]:
     from dgan.run import run_local
 
     sz = _sizes(quick)
-    cfg = ExperimentConfig(out=out, size=sz["size"], g_width=sz["width"], d_width=sz["width"], scenes=160)
+    cfg = ExperimentConfig(out=out, size=sz["size"], g_width=sz["width"], d_width=sz["width"], scenes=160,
+                           d_steps=1)  # as benchmarks.ONE_D_STEP
     launch = dgan_launch(cfg, make_splits(cfg), "async", 0, cfg.feedback[0])
     launch = replace(launch, steps=sz["run_steps"], out=out, sample_every=0, timeout=1800)
     with policy_env(passive):

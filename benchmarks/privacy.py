@@ -33,7 +33,7 @@ from rich.table import Table
 from dgan import grad_codec
 from dgan import protocol as P
 from dgan.attacks import DescentEstimate, IntervalEstimate, canonical, flip, index_real, psnr, score, to_uint8, to_unit
-from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
+from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode, default_d_steps
 from dgan.leakage import class_colours
 from dgan.networks import ModelConfig
 from dgan.training.generator import GeneratorTrainer, TrainConfig
@@ -96,7 +96,7 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
     """Play the generator against a real node until every image has had ``queries`` feedbacks."""
     hub = InProcessHub()
     gen_link, node_link = hub.generator_link(), hub.node_link("victim")
-    recipe = FeedbackConfig(mode, lambda_colour=lambda_colour)
+    recipe = FeedbackConfig(mode, lambda_colour=lambda_colour, d_steps=default_d_steps(mode))  # a default node
     node_link.send(P.make(P.Kind.HELLO, "victim", meta={"role": "node", **DiscriminatorNode.hello_meta(images,
                                                                                                      recipe)}))
     node = DiscriminatorNode(node_link, images, masks, NodeConfig("victim", batch_size=8, pipeline=2, seed=seed,

@@ -75,8 +75,9 @@ def real_row(cfg: ExperimentConfig, seed: int, feedbacks: int, feedback: str, em
     and EMA weights, and G's snapshots when it keeps them."""
     splits = make_splits(cfg)
     with tempfile.TemporaryDirectory(prefix="dgan-real-rule-") as tmp:
+        # one D step per feedback, as the simulated rule "async" it is set beside (not the nodes' default of 2)
         run_cfg = replace(cfg, out=Path(tmp), gan_steps=feedbacks, ema=ema, num_classes=len(splits.train.classes),
-                          pipeline=pipeline, snapshots=snapshots)
+                          pipeline=pipeline, snapshots=snapshots, d_steps=1)
         trained = dgan_run(run_cfg, splits, "async", seed, feedback)
         gen, gan_s = trained.generator, trained.seconds
         run_dir = Path(tmp) / f"dgan_async_{feedback}_seed{seed}"

@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import ONE_D_STEP
 from dgan.data.scenes import make_scenes
 from dgan.networks import GANLoss, ModelConfig, define_D, define_G, images_to_tensor, masks_to_input
 from dgan.run import RunConfig, run_local
@@ -92,7 +93,7 @@ def run_training_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, b
         # one G update per `nodes` feedbacks: the same total batch per G step as the centralized baseline
         run_local(RunConfig(nodes=nodes, steps=sz["steps"], out=out, scenes=nodes * 40, image_size=model.image_size,
                             g_width=model.g_width, d_width=model.d_width, batch_size=batch, synthesize=False,
-                            checkpoint_every=0, sample_every=0, timeout=1800, feedback="l1",
+                            checkpoint_every=0, sample_every=0, timeout=1800, feedback="l1", node_args=ONE_D_STEP,
                             extra_generator_args=["--update-every", str(nodes)]))
         dgan_rate = applied_rate(out)
         tot = _node_totals(out)
@@ -145,7 +146,8 @@ def run_straggler_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, 
             run_local(RunConfig(nodes=nodes, steps=max(8, sz["steps"] // 2), out=calib, scenes=nodes * 40,
                                 image_size=model.image_size, g_width=model.g_width, d_width=model.d_width,
                                 batch_size=batch, synthesize=False, checkpoint_every=0, sample_every=0,
-                                timeout=1800, extra_generator_args=["--update-every", str(nodes)]))
+                                timeout=1800, node_args=ONE_D_STEP,
+                                extra_generator_args=["--update-every", str(nodes)]))
             period = node_period(calib)
         delay = 3 * period  # the slow node then takes ~4x as long per batch as the others
         for mode in ("async", "sync"):
@@ -155,7 +157,7 @@ def run_straggler_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, 
                                     image_size=model.image_size, g_width=model.g_width, d_width=model.d_width,
                                     batch_size=batch, mode=mode, delays=[delay] + [0.0] * (nodes - 1),
                                     synthesize=False, checkpoint_every=0, sample_every=0, timeout=1800,
-                                    extra_generator_args=["--update-every", str(nodes)]))
+                                    node_args=ONE_D_STEP, extra_generator_args=["--update-every", str(nodes)]))
                 rates[mode] = applied_rate(out)
     result = {"async_samples_per_s": rates["async"], "sync_samples_per_s": rates["sync"],
               "ratio": rates["async"] / rates["sync"], "node_batch_period_s": period, "slow_node_delay_s": delay,

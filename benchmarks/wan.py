@@ -29,6 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import ONE_D_STEP
 from benchmarks.netlab import NetLab
 from benchmarks.training import applied_rate
 from dgan.commands import Ports
@@ -232,7 +233,8 @@ def _train(lab: NetLab, prof: Profile, nodes: int, out: Path, v: Variant, sz: di
                     g_width=sz["g_width"], d_width=sz["d_width"], batch_size=batch, mode=v.mode, feedback=feedback,
                     synthesize=False, checkpoint_every=0, sample_every=0, timeout=900, placement=place,
                     pipeline=v.pipeline, node_module="dgan" if light is None else "benchmarks.light_node",
-                    node_args=["--grad-dtype", v.grad_dtype, *([] if light is None else ["--work-ms", str(light[0])])],
+                    node_args=["--grad-dtype", v.grad_dtype,
+                               *(ONE_D_STEP if light is None else ["--work-ms", str(light[0])])],
                     generator_module="dgan" if light is None else "benchmarks.light_generator",
                     extra_generator_args=["--update-every", v.update_every, "--fake-dtype", v.fake_dtype,
                                           *([] if light is None else ["--work-ms", str(light[1])])])

@@ -122,11 +122,12 @@ def experiment(
                           ] = FakeDtype.float16,
     weighting: Annotated[Weighting, typer.Option(help="DGAN: each node's feedback weighed by its dataset size "
                                                       "(over the mean), or all alike (equal).")] = Weighting.size,
-    d_steps: Annotated[int, typer.Option(min=1, max=16, help=(
+    d_steps: Annotated[int | None, typer.Option(
+        min=1, max=16, show_default="2; 1 in segmentation mode and in sync rounds", help=(
         "DGAN: each node's discriminator steps per feedback (PatchGAN modes), each on a real batch; the central "
         "GAN's D keeps one per generator step. Async, one feedback per step, N nodes: N gives every node's D "
         "as many D steps per generator step as the central D. --with-sync's run gets them too, though its "
-        "rounds already step every D once per generator step."))] = 1,
+        "rounds already step every D once per generator step."))] = None,
     device: Device = "cpu",
     precision: Annotated[Precision, typer.Option(
         help="Both GANs (every DGAN process, the central GAN's G and D): fp32; bf16 autocast; or auto, bf16 only "

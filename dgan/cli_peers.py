@@ -32,7 +32,7 @@ from dgan.cli_app import (
     keys_app,
     set_torch_threads,
 )
-from dgan.feedback import DEFAULT_MODE
+from dgan.feedback import DEFAULT_MODE, default_d_steps
 from dgan.logs import setup_logging
 
 log = logging.getLogger("dgan")
@@ -306,10 +306,11 @@ def node(
     d_beta1: Annotated[float, typer.Option(help="Discriminator Adam beta1 (OASIS: 0).")] = 0.5,
     d_warmup: Annotated[int, typer.Option(help="--feedback segmentation/semantic: steps that train the segmenter "
                                                "on this node's own pairs before its first feedback.")] = 100,
-    d_steps: Annotated[int, typer.Option(min=1, max=16, help=(
+    d_steps: Annotated[int | None, typer.Option(min=1, max=16, show_default="2; 1 in segmentation mode", help=(
         "PatchGAN modes: discriminator steps per feedback, each on a real batch against the same fakes. An "
         "async generator that steps on every feedback from N nodes in turn moves every D's fakes N times "
-        "between its steps: N keeps each D at the generator's pace (sync rounds already do)."))] = 1,
+        "between its steps: N keeps each D at the generator's pace (sync rounds already do: give a node of a "
+        "sync run 1)."))] = None,
     seed: int = 0,
     stats: Annotated[Path | None, typer.Option(help="Write this node's timing and byte counts here (JSON).")] = None,
     save_samples: Annotated[Path | None, typer.Option(help="Save mask | real | synthetic grids here (stays "
@@ -359,7 +360,8 @@ def node(
     try:
         recipe = FeedbackConfig(feedback, lambda_l1=lambda_l1, label_mix=label_mix, lambda_semantic=lambda_semantic,
                                 lr=d_lr, beta1=d_beta1, warmup=d_warmup, diffaugment=diffaugment,
-                                lambda_colour=lambda_colour, d_steps=d_steps)
+                                lambda_colour=lambda_colour,
+                                d_steps=default_d_steps(feedback) if d_steps is None else d_steps)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:

@@ -73,9 +73,10 @@ def run(
     lambda_semantic: LambdaSemantic = 20.0,
     lambda_colour: LambdaColour = 0.0,
     diffaugment: Annotated[bool, typer.Option(help="Every node's PatchGAN sees DiffAugment'ed pairs.")] = False,
-    d_steps: Annotated[int, typer.Option(min=1, max=16, help=(
+    d_steps: Annotated[int | None, typer.Option(
+        min=1, max=16, show_default="2; 1 in segmentation mode and in sync rounds", help=(
         "Every node: discriminator steps per feedback (PatchGAN modes), each on a real batch. In async mode, "
-        "N nodes in turn: N keeps each D at the generator's pace (sync rounds already do)."))] = 1,
+        "N nodes in turn: N keeps each D at the generator's pace (sync rounds already do)."))] = None,
     positive_crops: Annotated[float, typer.Option(help="Every node: share of crops on a foreground pixel (sparse "
                                                        "targets; 0 = uniform).")] = 0.0,
     threads: Threads = 1,
@@ -93,10 +94,11 @@ def run(
     from dgan.data.loaders import read_classes
     from dgan.data.scenes import CLASSES
     from dgan.data.shards import DataError
-    from dgan.feedback import FeedbackConfig
+    from dgan.feedback import FeedbackConfig, default_d_steps
     from dgan.run import RunConfig
 
     setup_logging(log_level, log_format, "run")
+    d_steps = default_d_steps(feedback, sync=mode == TrainMode.sync) if d_steps is None else d_steps
     try:  # the nodes would each refuse it: say it once, here
         FeedbackConfig(feedback, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, diffaugment=diffaugment,
                        lambda_colour=lambda_colour, d_steps=d_steps)

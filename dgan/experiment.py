@@ -93,12 +93,12 @@ def synthesize_set(gen: GeneratorTrainer, masks: np.ndarray, samples_per_mask: i
 
 def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedback: str) -> RunConfig:
     """The DGAN run's processes and settings for one GAN seed (what ``dgan_run`` starts)."""
-    d_steps = f"_d{cfg.d_steps}" if cfg.d_steps > 1 else ""
+    recipe = cfg.node_recipe(feedback, sync=mode == "sync")
+    d_steps = f"_d{recipe.d_steps}" if recipe.d_steps > 1 else ""
     out = cfg.out / f"dgan_{mode}_{feedback}{cfg.arithmetic_suffix}{d_steps}_seed{seed}"  # other settings: apart
     lr, beta1 = cfg.generator_optim()
     if mode == "async" and cfg.async_beta1 is not None:
         beta1 = cfg.async_beta1
-    recipe = cfg.node_recipe(feedback)
     if cfg.data is None:
         shards = [{"kind": "scenes", "seeds": [int(i) for i in p], "size": cfg.size, "variant": cfg.scene_variant}
                   for p in splits.node_parts]
@@ -127,8 +127,7 @@ def dgan_launch(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, fee
                                 "--d-beta1", str(recipe.beta1), "--d-warmup", str(recipe.warmup),
                                 "--positive-crops", str(cfg.seg.positive_share), "--grad-dtype", cfg.grad_dtype,
                                 "--diffaugment" if recipe.diffaugment else "--no-diffaugment",
-                                # only when not the default: finished runs keep their fingerprints
-                                *(("--d-steps", str(recipe.d_steps)) if recipe.d_steps > 1 else ())])
+                                "--d-steps", str(recipe.d_steps)])  # always: the nodes' default is not 1
 
 
 def dgan_run(cfg: ExperimentConfig, splits: Splits, mode: str, seed: int, feedback: str) -> TrainedGAN:

@@ -8,7 +8,7 @@ from pathlib import Path
 from dgan.cpu_features import device_problem, resolve_precision
 from dgan.data.scenes import CLASSES as SCENE_CLASSES
 from dgan.experiment_splits import DUBAI_TEST, ExperimentSetupError, parse_groups, parse_test
-from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
+from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode, default_d_steps
 from dgan.networks import ModelConfig
 from dgan.segment import SegConfig
 
@@ -86,8 +86,9 @@ class ExperimentConfig:
     precision: str = "fp32"
     channels_last: bool = False  # both GANs' G in NHWC (with bf16 on a CPU with AMX: 2.36x fp32's samples/s)
     # DGAN nodes' D steps per feedback (PatchGAN modes). The central GAN's D steps once per G step already; with N
-    # nodes in turn each node's D steps once per N, so N gives every D the central D's pace
-    d_steps: int = 1
+    # nodes in turn each node's D steps once per N, so N gives every D the central D's pace. None: the nodes'
+    # default per feedback mode (dgan.feedback.default_d_steps), as `dgan node` takes it
+    d_steps: int | None = None
 
     def __post_init__(self) -> None:
         """Settings that would only fail after hours of GAN training fail here."""
@@ -185,9 +186,11 @@ class ExperimentConfig:
                               lambda_semantic=self.lambda_semantic, lr=d_lr, beta1=beta1,
                               diffaugment=self.diffaugment, lambda_colour=self.lambda_colour)
 
-    def node_recipe(self, mode: str) -> FeedbackConfig:
-        """A DGAN node's recipe: the central GAN's (``recipe``) and the nodes' own D steps per feedback."""
-        return replace(self.recipe(mode), d_steps=self.d_steps)
+    def node_recipe(self, mode: str, sync: bool = False) -> FeedbackConfig:
+        """A DGAN node's recipe: the central GAN's (``recipe``) and the nodes' own D steps per feedback (``sync``:
+        in a run of sync rounds)."""
+        steps = default_d_steps(mode, sync) if self.d_steps is None else self.d_steps
+        return replace(self.recipe(mode), d_steps=steps)
 
     def generator_steps(self, batches: int, mode: str, update_every: int = 1) -> int:
         """DGAN's generator steps for ``batches`` feedbacks: async steps once per ``update_every`` of them (0: one

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from dgan.feedback import DEFAULT_MODE, default_d_steps
 from dgan.provenance import describe
 
 PER_SEED_TARGET = 0.9  # issue 13's no-collapse target: DGAN >= 0.9x the central GAN in every GAN seed pair
@@ -81,12 +82,21 @@ def jitter_line(config: dict[str, Any]) -> list[str]:
 
 
 def arithmetic_line(results: dict[str, Any]) -> list[str]:
-    """The GANs' precision, G's memory layout and the nodes' D steps per feedback, where not the default."""
+    """The GANs' precision and G's memory layout where not the default, and the nodes' D steps per feedback where
+    not 1 (the central GAN's pace), saying whether they were the nodes' default."""
     precision = results.get("gan_precision", "fp32")
     channels_last = bool(results.get("config", {}).get("channels_last"))
-    d_steps = results.get("config", {}).get("d_steps", 1)
-    lines = [f"DGAN nodes: {d_steps} discriminator steps per feedback (the central GAN's D: one per generator "
-             "step).", ""] if d_steps != 1 else []
+    config = results.get("config", {})
+    asked_steps = config.get("d_steps", 1)  # runs from before the setting existed: one
+    steps = {fb: default_d_steps(fb) if asked_steps is None else asked_steps
+             for fb in config.get("feedback") or [DEFAULT_MODE.value]}
+    if len(set(steps.values())) > 1:
+        how = "discriminator steps per feedback " + ", ".join(f"{s} in {fb}" for fb, s in steps.items())
+    else:
+        how = f"{next(iter(steps.values()), asked_steps)} discriminator steps per feedback"
+    default = "the nodes' default; " if asked_steps is None else ""
+    lines = [f"DGAN nodes: {how} ({default}the central GAN's D: one per generator step).", ""] \
+        if set(steps.values()) - {1} else []
     if precision == "fp32" and not channels_last:
         return lines
     asked = results.get("config", {}).get("precision", precision)

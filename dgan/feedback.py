@@ -45,6 +45,19 @@ class FeedbackMode(str, enum.Enum):
 DEFAULT_MODE = FeedbackMode.ADVERSARIAL
 LEAKING_MODES = frozenset({FeedbackMode.L1})
 MAX_D_STEPS = 16  # a node's D steps per feedback: enough for 16 nodes in turn
+# A node's D steps per feedback where its operator does not choose (the PatchGAN modes; segmentation takes one).
+# Measured on Dubai with 4 nodes, 2 GAN seeds per split (docs/results/update-rule.md, sessions 30-32): with 2,
+# DGAN on `iid` tile 8 went from 0.47x and 0.57x the central GAN's test IoU to 0.87x and 0.99x, and `group`
+# stayed at the central GAN's level on tiles 8 and 5; with 4, one seed of each partition sank.
+DEFAULT_D_STEPS = 2
+
+
+def default_d_steps(mode: FeedbackMode | str, sync: bool = False) -> int:
+    """:data:`DEFAULT_D_STEPS`; 1 in segmentation mode (its LabelMix pairs each real batch with its fakes), and 1
+    in sync rounds, which step every node's D once per generator step already (a node started alone with `dgan
+    node` does not know the generator's pace: give it `--d-steps 1` for a sync run)."""
+    return 1 if sync or FeedbackMode(mode) == FeedbackMode.SEGMENTATION else DEFAULT_D_STEPS
+
 
 L1_WARNING = ("feedback mode 'l1' (the paper's recipe): each gradient carries sign(fake - real) for every pixel "
               "of this node's private images. A curious generator reconstructs them from what it receives "

@@ -24,7 +24,20 @@ def launch_fingerprint(run: RunConfig) -> dict[str, Any]:
         d.pop(volatile)
     if not d["channels_last"]:  # added later: runs that finished before it existed keep their fingerprints
         d.pop("channels_last")
+    d["node_args"] = _without(d["node_args"], ["--d-steps", "1"])  # passed only when > 1 before session 32
     return json.loads(json.dumps(d, default=str))
+
+
+def _without(args: list[str], pair: list[str]) -> list[str]:
+    """``args`` less each occurrence of the option and value ``pair``."""
+    out, i = [], 0
+    while i < len(args):
+        if args[i:i + 2] == pair:
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
 
 
 def finished_run(run: RunConfig, data_digest: str | None = None) -> dict[str, Any] | None:

@@ -81,7 +81,7 @@ def test_the_experiment_gives_both_gans_the_colour_term_and_can_skip_the_departm
     results = run_experiment(cfg)
     assert set(results["methods"]) == {"real_all", "real_partial", "central_gan", "central_gan_last", "dgan",
                                        "dgan_last"}  # no dgan_local
-    nodes = json.loads((tmp_path / "exp" / "dgan_async_adversarial_seed0" / "run.json").read_text())["nodes"]
+    nodes = json.loads((tmp_path / "exp" / "dgan_async_adversarial_d2_seed0" / "run.json").read_text())["nodes"]
     applied = [n["losses"] for n in nodes.values() if n["losses"]]  # a node may get no feedback in 4 steps
     assert applied and all("g_colour" in losses for losses in applied)  # the node processes sent the term
     splits = make_splits(cfg)

@@ -75,7 +75,7 @@ def test_auto_is_fp32_on_a_cpu_that_emulates_bf16_and_then_shares_fp32s_caches(
 
 def test_bf16_and_channels_last_get_their_own_gan_caches_and_fingerprints_but_not_the_real_methods(
         tmp_path: Path) -> None:
-    base = ex.ExperimentConfig(out=tmp_path, nodes=1, size=32)
+    base = ex.ExperimentConfig(out=tmp_path, nodes=1, size=32, d_steps=1)  # one D step: the folders runs had then
     splits = _splits()
     others = [replace(base, precision="bf16"), replace(base, channels_last=True)]
     for other in others:

@@ -62,7 +62,7 @@ def test_a_three_class_quick_experiment_runs_dgan_and_reports_each_class(tmp_pat
     for name in ("real_all", "dgan", "dgan_local"):
         m = results["methods"][name]
         assert {"iou_building", "iou_road", "iou_background", "miou"} <= set(m), name
-    run = json.loads((tmp_path / "exp" / "dgan_async_adversarial_seed0" / "run.json").read_text())
+    run = json.loads((tmp_path / "exp" / "dgan_async_adversarial_d2_seed0" / "run.json").read_text())
     assert run["model"]["num_classes"] == 3  # the generator drew from one-hot masks with roads
     md = (tmp_path / "exp" / "results.md").read_text()
     assert "| method | background | building | road | mIoU |" in md

@@ -153,7 +153,7 @@ def test_quick_experiment_runs_every_method_and_writes_results(tmp_path: Path) -
         "central_gan": "segmentation", "dgan": "segmentation", "central_gan_l1": "l1", "dgan_l1": "l1",
         "central_gan_last": "segmentation", "dgan_last": "segmentation", "central_gan_l1_last": "l1",
         "dgan_l1_last": "l1", "dgan_local": "segmentation"}  # department models: the first mode's synthetic sets
-    nodes = json.loads((tmp_path / "exp" / "dgan_async_l1_seed0" / "run.json").read_text())["nodes"]
+    nodes = json.loads((tmp_path / "exp" / "dgan_async_l1_d2_seed0" / "run.json").read_text())["nodes"]
     assert {n["feedback"] for n in nodes.values()} == {"l1"}
     assert set(results["methods"]["real_partial"]["per_node"]) == {"node0", "node1"}
     on_disk = json.loads((tmp_path / "exp" / "results.json").read_text())

@@ -51,7 +51,7 @@ def test_bench_variety_writes_one_row_per_set_and_seed_and_refuses_bad_settings(
 
 
 def test_the_split_and_segmenter_come_from_the_experiment_that_trained_the_generator(tmp_path: Path) -> None:
-    ckpt = tmp_path / "exp" / "dgan_async_adversarial_seed0" / "checkpoints" / "latest.pt"
+    ckpt = tmp_path / "exp" / "dgan_async_adversarial_d2_seed0" / "checkpoints" / "latest.pt"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"")
     assert experiment_settings(ckpt, None) == ("tile=8", "", {})  # no results.json: Dubai's default split
