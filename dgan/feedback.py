@@ -47,8 +47,8 @@ LEAKING_MODES = frozenset({FeedbackMode.L1})
 MAX_D_STEPS = 16  # a node's D steps per feedback: enough for 16 nodes in turn
 # A node's D steps per feedback where its operator does not choose (the PatchGAN modes; segmentation takes one).
 # Measured on Dubai with 4 nodes, 2 GAN seeds per split (docs/results/update-rule.md, sessions 30-32): with 2,
-# DGAN on `iid` tile 8 went from 0.47x and 0.57x the central GAN's test IoU to 0.87x and 0.99x, and `group`
-# stayed at the central GAN's level on tiles 8 and 5; with 4, one seed of each partition sank.
+# DGAN on `iid` tile 8 went from 0.47x and 0.57x the central GAN's test IoU to 0.87x and 0.99x, and on `group`
+# (tiles 8 and 5) it was level with one step (validation IoU -0.016 on average); with 4, one seed of each sank.
 DEFAULT_D_STEPS = 2
 
 
