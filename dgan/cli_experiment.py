@@ -126,7 +126,7 @@ def experiment(
         min=1, max=16, show_default="2; 1 in segmentation mode and in sync rounds", help=(
         "DGAN: each node's discriminator steps per feedback (PatchGAN modes), each on a real batch; the central "
         "GAN's D keeps one per generator step. Async, one feedback per step, N nodes: N gives every node's D "
-        "as many D steps per generator step as the central D. --with-sync's run gets them too, though its "
+        "as many D steps per generator step as the central D. --with-sync's run gets them only when given: its "
         "rounds already step every D once per generator step."))] = None,
     device: Device = "cpu",
     precision: Annotated[Precision, typer.Option(
