@@ -165,3 +165,19 @@ def started_runs(monkeypatch: pytest.MonkeyPatch) -> list:
     started: list = []
     monkeypatch.setattr(cli_runs, "_run_with_view", lambda cfg, *a, **k: started.append(cfg))
     return started
+
+
+@pytest.fixture
+def captured_experiments(monkeypatch: pytest.MonkeyPatch) -> list:
+    """What `dgan experiment` would run: each ExperimentConfig, kept here; the command then stops with exit code 2
+    and "captured" in its output, before any training."""
+    import dgan.experiment as ex
+
+    got: list = []
+
+    def capture(cfg: object) -> dict[str, object]:
+        got.append(cfg)
+        raise ex.ExperimentSetupError("captured")
+
+    monkeypatch.setattr(ex, "run_experiment", capture)
+    return got

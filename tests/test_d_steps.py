@@ -195,7 +195,7 @@ def test_the_results_say_how_many_d_steps_the_nodes_took_per_mode_and_whether_by
 
 
 def test_sync_rounds_default_to_one_d_step_which_is_already_the_generators_pace(
-        tmp_path: Path, started_runs: list, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, started_runs: list) -> None:
     ims, ms = make_scenes(range(2), 32)
     pairs = PairSet(ims, ms, ["a", "b"], {}, ("background", "building"))
     splits = Splits(train=pairs, val=pairs, test=pairs, node_parts=[[0], [1]], description={})
@@ -212,14 +212,8 @@ def test_sync_rounds_default_to_one_d_step_which_is_already_the_generators_pace(
 
 
 def test_the_experiment_command_leaves_the_d_steps_to_each_mode_unless_asked(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    got: list[ex.ExperimentConfig] = []
-
-    def capture(cfg: ex.ExperimentConfig) -> dict[str, object]:
-        got.append(cfg)
-        raise ex.ExperimentSetupError("captured")
-
-    monkeypatch.setattr(ex, "run_experiment", capture)
+        tmp_path: Path, captured_experiments: list) -> None:
+    got = captured_experiments
     for extra, steps in (([], None), (["--d-steps", "3"], 3)):
         res = CliRunner().invoke(app, ["experiment", "--out", str(tmp_path / "exp"), *extra])
         assert res.exit_code == 2 and "captured" in res.output, res.output

@@ -128,20 +128,12 @@ def test_the_department_claim_reads_dgan_local_alone_beside_the_yardsticks() -> 
     assert set(with_yardsticks) == {"dgan_local_vs_real_partial"}
 
 
-def test_the_command_runs_the_pooled_real_yardstick_beside_any_gan(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_command_runs_the_pooled_real_yardstick_beside_any_gan(tmp_path: Path, captured_experiments: list) -> None:
     from typer.testing import CliRunner
 
-    import dgan.experiment
     from dgan.cli import app
 
-    got: list[ex.ExperimentConfig] = []
-
-    def capture(cfg: ex.ExperimentConfig) -> dict[str, object]:
-        got.append(cfg)
-        raise ex.ExperimentSetupError("captured")
-
-    monkeypatch.setattr(dgan.experiment, "run_experiment", capture)
+    got = captured_experiments
     res = CliRunner().invoke(app, ["experiment", "--out", str(tmp_path / "exp"), "--gan-method", "dgan",
                                    "--local-from", "real_all", "--local", "replay", "--local-share", "0.75"])
     assert res.exit_code == 2 and "captured" in res.output, res.output
