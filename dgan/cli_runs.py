@@ -203,8 +203,14 @@ def demo(
                         " synthetic images only…"):
         seg = segment_synthetic(out)
     console.print(f"building IoU on 64 held-out scenes no node saw: [bold]{seg['iou']:.3f}[/bold] "
-                  f"(F1 {seg['f1']:.3f}, precision {seg['precision']:.3f}, recall {seg['recall']:.3f}); "
+                  f"(F1 {seg['f1']:.3f}, precision {seg['precision']:.3f}, recall {seg['recall']:.3f}; predicting "
+                  f"building everywhere: {seg['all_building_iou']:.3f}); "
                   f"predictions: {out / 'predictions' / 'dgan.png'}")
+    if seg["iou"] <= seg["all_building_iou"]:
+        console.print(f"[yellow]below predicting building everywhere: after {steps} updates this generator draws "
+                      "buildings that a segmenter trained on its images does not find in real scenes, as some "
+                      "demos do (docs/results/demo.md). Run it again, or look at "
+                      f"{out / 'samples'}.[/yellow]")
     console.print(f"report: {write_report(out)}")
 
 

@@ -131,6 +131,7 @@ def test_demo_segmentation_stage_tests_on_held_out_scenes_and_the_report_shows_i
     assert 0.0 <= result["iou"] <= 1.0 and result["train_pairs"] == 12 and result["test_scenes"] == 8
     saved = json.loads((small_run / "results.json").read_text())
     assert saved["methods"]["dgan"]["iou"] == result["iou"] and "all_building_baseline" in saved["methods"]
+    assert result["all_building_iou"] == saved["methods"]["all_building_baseline"]["iou"] > 0
     text = write_report(small_run).read_text()
     assert 'id="experiment"' in text and "missing: results.json" not in text
     assert (small_run / "predictions" / "dgan.png").exists()

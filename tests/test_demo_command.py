@@ -1,0 +1,25 @@
+"""`dgan demo`'s closing lines: the segmenter's IoU beside what predicting "building" everywhere scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dgan.cli import app
+
+
+@pytest.mark.parametrize(("iou", "warned"), [(0.021, True), (0.089, True), (0.213, False)])
+def test_the_demo_says_when_its_segmenter_does_no_better_than_predicting_building_everywhere(
+        tmp_path: Path, started_runs: list, monkeypatch: pytest.MonkeyPatch, iou: float, warned: bool) -> None:
+    import dgan.demo
+    import dgan.report
+
+    scored = {"iou": iou, "f1": 0.3, "precision": 0.4, "recall": 0.5, "all_building_iou": 0.089}
+    monkeypatch.setattr(dgan.demo, "segment_synthetic", lambda out: scored)
+    monkeypatch.setattr(dgan.report, "write_report", lambda out: out / "report.html")
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo")], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert len(started_runs) == 1 and "predicting building everywhere: 0.089" in res.output
+    assert ("below predicting building everywhere" in res.output) == warned
