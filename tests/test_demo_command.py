@@ -23,3 +23,21 @@ def test_the_demo_says_when_its_segmenter_does_no_better_than_predicting_buildin
     assert res.exit_code == 0, res.output
     assert len(started_runs) == 1 and "predicting building everywhere: 0.089" in res.output
     assert ("below predicting building everywhere" in res.output) == warned
+
+
+def test_the_demo_runs_its_nodes_at_its_own_one_d_step_unless_asked_and_refuses_what_a_node_would(
+        tmp_path: Path, started_runs: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dgan.demo
+    import dgan.report
+
+    scored = {"iou": 0.2, "f1": 0.3, "precision": 0.4, "recall": 0.5, "all_building_iou": 0.089}
+    monkeypatch.setattr(dgan.demo, "segment_synthetic", lambda out: scored)
+    monkeypatch.setattr(dgan.report, "write_report", lambda out: out / "report.html")
+    for extra, steps in (([], "1"), (["--d-steps", "2"], "2"), (["--feedback", "segmentation"], "1")):
+        res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / f"d{len(started_runs)}"), *extra])
+        assert res.exit_code == 0, res.output
+        args = started_runs[-1].node_args
+        assert args[args.index("--d-steps") + 1] == steps and started_runs[-1].data is None
+    for bad in (["--d-steps", "0"], ["--feedback", "segmentation", "--d-steps", "2"]):
+        res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "bad"), *bad], env={"COLUMNS": "400"})
+        assert res.exit_code == 2 and len(started_runs) == 3, res.output
