@@ -38,6 +38,7 @@ def test_the_demo_runs_its_nodes_at_its_own_one_d_step_unless_asked_and_refuses_
         assert res.exit_code == 0, res.output
         args = started_runs[-1].node_args
         assert args[args.index("--d-steps") + 1] == steps and started_runs[-1].data is None
-    for bad in (["--d-steps", "0"], ["--feedback", "segmentation", "--d-steps", "2"]):
+    for bad, said in ((["--d-steps", "0"], "--d-steps"), (["--feedback", "segmentation", "--d-steps", "2"],
+                                                          "segmentation")):
         res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "bad"), *bad], env={"COLUMNS": "400"})
-        assert res.exit_code == 2 and len(started_runs) == 3, res.output
+        assert res.exit_code == 2 and len(started_runs) == 3 and said in res.output, res.output
