@@ -20,7 +20,7 @@ from dgan.cli_app import (
 )
 from dgan.cli_runs import pairs_folder
 from dgan.cpu_features import slow_bf16_warning
-from dgan.feedback import DEFAULT_MODE, FeedbackMode
+from dgan.feedback import DEFAULT_MODE, MAX_D_STEPS, FeedbackMode
 from dgan.logs import setup_logging
 
 
@@ -123,7 +123,7 @@ def experiment(
     weighting: Annotated[Weighting, typer.Option(help="DGAN: each node's feedback weighed by its dataset size "
                                                       "(over the mean), or all alike (equal).")] = Weighting.size,
     d_steps: Annotated[int | None, typer.Option(
-        min=1, max=16, show_default="2; 1 in segmentation mode and in sync rounds", help=(
+        min=1, max=MAX_D_STEPS, show_default="2; 1 in segmentation mode and in sync rounds", help=(
         "DGAN: each node's discriminator steps per feedback (PatchGAN modes), each on a real batch; the central "
         "GAN's D keeps one per generator step. Async, one feedback per step, N nodes: N gives every node's D "
         "as many D steps per generator step as the central D. --with-sync's run gets them only when given: its "

@@ -32,7 +32,7 @@ from dgan.cli_app import (
     keys_app,
     set_torch_threads,
 )
-from dgan.feedback import DEFAULT_MODE, default_d_steps
+from dgan.feedback import DEFAULT_MODE, MAX_D_STEPS, default_d_steps
 from dgan.logs import setup_logging
 
 log = logging.getLogger("dgan")
@@ -306,7 +306,7 @@ def node(
     d_beta1: Annotated[float, typer.Option(help="Discriminator Adam beta1 (OASIS: 0).")] = 0.5,
     d_warmup: Annotated[int, typer.Option(help="--feedback segmentation/semantic: steps that train the segmenter "
                                                "on this node's own pairs before its first feedback.")] = 100,
-    d_steps: Annotated[int | None, typer.Option(min=1, max=16, show_default="2; 1 in segmentation mode", help=(
+    d_steps: Annotated[int | None, typer.Option(min=1, max=MAX_D_STEPS, show_default="2; 1 in segmentation mode", help=(
         "PatchGAN modes: discriminator steps per feedback, each on a real batch against the same fakes. An "
         "async generator that steps on every feedback from N nodes in turn moves every D's fakes N times "
         "between its steps: N keeps each D at the generator's pace (sync rounds already do: give a node of a "

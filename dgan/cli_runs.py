@@ -30,7 +30,7 @@ from dgan.cli_app import (
     set_torch_threads,
 )
 from dgan.cpu_features import slow_bf16_warning
-from dgan.feedback import DEFAULT_MODE
+from dgan.feedback import DEFAULT_MODE, MAX_D_STEPS
 from dgan.logs import setup_logging
 
 log = logging.getLogger("dgan")
@@ -74,7 +74,7 @@ def run(
     lambda_colour: LambdaColour = 0.0,
     diffaugment: Annotated[bool, typer.Option(help="Every node's PatchGAN sees DiffAugment'ed pairs.")] = False,
     d_steps: Annotated[int | None, typer.Option(
-        min=1, max=16, show_default="2; 1 in segmentation mode and in sync rounds", help=(
+        min=1, max=MAX_D_STEPS, show_default="2; 1 in segmentation mode and in sync rounds", help=(
         "Every node: discriminator steps per feedback (PatchGAN modes), each on a real batch. In async mode, "
         "N nodes in turn: N keeps each D at the generator's pace (sync rounds already do)."))] = None,
     positive_crops: Annotated[float, typer.Option(help="Every node: share of crops on a foreground pixel (sparse "
@@ -94,17 +94,13 @@ def run(
     from dgan.data.loaders import read_classes
     from dgan.data.scenes import CLASSES
     from dgan.data.shards import DataError
-    from dgan.feedback import FeedbackConfig, default_d_steps
+    from dgan.feedback import default_d_steps
     from dgan.run import RunConfig
 
     setup_logging(log_level, log_format, "run")
     d_steps = default_d_steps(feedback, sync=mode == TrainMode.sync) if d_steps is None else d_steps
-    try:  # the nodes would each refuse it: say it once, here
-        FeedbackConfig(feedback, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, diffaugment=diffaugment,
+    _check_node_recipe(feedback, lambda_l1=lambda_l1, lambda_semantic=lambda_semantic, diffaugment=diffaugment,
                        lambda_colour=lambda_colour, d_steps=d_steps)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
     if not 0.0 <= positive_crops <= 1.0:
         console.print(f"[red]--positive-crops must be in [0, 1], got {positive_crops}[/red]")
         raise typer.Exit(2)
@@ -126,6 +122,17 @@ def run(
     if (slow := slow_bf16_warning(precision.value, device)) is not None:
         console.print(f"[yellow]{slow}[/yellow]")
     _run_with_view(cfg, quiet, log_format, f"dgan run: {nodes} nodes, {steps} steps, feedback {feedback.value}")
+
+
+def _check_node_recipe(feedback: Any, **options: Any) -> None:
+    """Refuse, once and before any process starts, a recipe every node would refuse (exit code 2)."""
+    from dgan.feedback import FeedbackConfig
+
+    try:
+        FeedbackConfig(feedback, **options)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
 
 def pairs_folder(data: str | None, out: Path, size: int, keep_classes: bool = False) -> Path | None:
@@ -189,23 +196,18 @@ def demo(
     steps: Annotated[int, typer.Option(help="Generator updates.")] = 200,
     nodes: Annotated[int, typer.Option(help="Discriminator nodes.")] = 4,
     feedback: Feedback = DEFAULT_MODE,
-    d_steps: Annotated[int, typer.Option(min=1, max=16, help=(
+    d_steps: Annotated[int, typer.Option(min=1, max=MAX_D_STEPS, help=(
         "Every node's discriminator steps per feedback. The demo's own recipe is 1, as before session 32: at its "
         "200 updates 4 of 8 demos at the nodes' default, 2, ended below predicting building everywhere, 1 of 8 "
         "at 1 (docs/results/demo.md)."))] = 1,
 ) -> None:
     """`dgan run` on the built-in scenes with 4 nodes: train, synthesise, summarise."""
     from dgan.demo import segment_synthetic
-    from dgan.feedback import FeedbackConfig
     from dgan.report import write_report
     from dgan.run import RunConfig
 
     setup_logging("INFO", "rich", "demo")
-    try:  # the nodes would each refuse it: say it once, here
-        FeedbackConfig(feedback, d_steps=d_steps)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    _check_node_recipe(feedback, d_steps=d_steps)
     cfg = RunConfig(nodes=nodes, steps=steps, out=out, scenes=800, sample_every=50, feedback=feedback.value,
                     node_args=["--d-steps", str(d_steps)])
     _run_with_view(cfg, False, "rich", f"dgan demo: {nodes} nodes, {steps} steps on built-in scenes", report=False)
