@@ -88,6 +88,7 @@ class AttackResult:
     agree: list[float]  # per update: share of pixels with sign(grad) == sign(fake - real)
     batches: int
     wire_dtypes: set[str]  # the dtypes of the gradients the node actually sent
+    d_steps: int  # the victim's D steps per feedback (its trainer refuses any other count)
 
 
 def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
@@ -170,7 +171,7 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
     finally:
         stop.set()
         thread.join(30)
-    return AttackResult(estimates, descents, agree, batches, wire_dtypes)
+    return AttackResult(estimates, descents, agree, batches, wire_dtypes, node.cfg.feedback.d_steps)
 
 
 def attack_row(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
@@ -191,7 +192,7 @@ def attack_row(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model:
     active = strategy != "passive"
     baseline = s.mean_colour_psnr_db if active else s.fakes_psnr_db
     return {"mode": mode.value, "attack": strategy, "queries": queries, "grad_dtype": grad_dtype,
-            "lambda_colour": lambda_colour,
+            "lambda_colour": lambda_colour, "d_steps": res.d_steps,
             "wire_grad_dtypes": sorted(res.wire_dtypes),
             "psnr_db": s.psnr_db, "ssim": s.ssim, "baseline_psnr_db": baseline,
             "baseline": "mean colour" if active else "the fakes", "mean_colour_psnr_db": s.mean_colour_psnr_db,
@@ -238,14 +239,15 @@ def run_privacy_benchmark(quick: bool, json_out: Path | None, data: Path | None 
     colour = f", --lambda-colour {lambda_colour:g}" if lambda_colour else ""
     table = Table(title=f"Reconstruction by a curious generator: {len(images)} private images at {size} px "
                         f"({source}; {grad_dtype} gradients on the wire{colour})")
-    for col in ("mode", "attack", "queries/image", "PSNR dB", "SSIM", "baseline", "baseline dB", "class colours dB",
-                "sign agreement", "s"):
+    for col in ("mode", "D steps", "attack", "queries/image", "PSNR dB", "SSIM", "baseline", "baseline dB",
+                "class colours dB", "sign agreement", "s"):
         table.add_column(col, justify="left" if col in ("mode", "attack", "baseline") else "right")
     for r in rows:
         style = "red" if r["psnr_db"] > r["baseline_psnr_db"] + 1 else ""
-        table.add_row(r["mode"], r["attack"], str(r["queries"]), f"[{style}]{r['psnr_db']:.1f}[/{style}]" if style
-                      else f"{r['psnr_db']:.1f}", f"{r['ssim']:.3f}", r["baseline"], f"{r['baseline_psnr_db']:.1f}",
-                      f"{r['class_colour_psnr_db']:.1f}", f"{r['sign_agreement']:.3f}", f"{r['seconds']:.0f}")
+        psnr_text = f"[{style}]{r['psnr_db']:.1f}[/{style}]" if style else f"{r['psnr_db']:.1f}"
+        table.add_row(r["mode"], str(r["d_steps"]), r["attack"], str(r["queries"]), psnr_text, f"{r['ssim']:.3f}",
+                      r["baseline"], f"{r['baseline_psnr_db']:.1f}", f"{r['class_colour_psnr_db']:.1f}",
+                      f"{r['sign_agreement']:.3f}", f"{r['seconds']:.0f}")
     console.print(table)
     for name, t in result["targets"].items():
         console.print(f"default mode {DEFAULT_MODE.value}, {name}: {t['psnr_db']:.1f} dB vs limit {t['limit_db']:.1f}"

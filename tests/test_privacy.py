@@ -16,7 +16,7 @@ from dgan import protocol as P
 from dgan import replay as R
 from dgan.attacks import DescentEstimate, IntervalEstimate, canonical, flip, index_real, mean_colour, psnr, to_uint8
 from dgan.cli import app
-from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode
+from dgan.feedback import DEFAULT_MODE, FeedbackConfig, FeedbackMode, default_d_steps
 from dgan.networks import ModelConfig
 from dgan.run import RunConfig, run_local
 from dgan.training.discriminator import F16_SAFE, DiscriminatorTrainer
@@ -215,6 +215,7 @@ def test_active_and_passive_attacks_succeed_on_l1_and_fail_on_private_modes(mode
     active = attack_row(mode, images, masks, TINY, queries=8, strategy="active", seed=0)
     passive = attack_row(mode, images, masks, TINY, queries=8, strategy="passive", seed=0)
     assert active["images"] == passive["images"] == 6 and active["wire_grad_dtypes"] == ["float16"]
+    assert active["d_steps"] == passive["d_steps"] == default_d_steps(mode)  # the row names the victim's recipe
     if mode == FeedbackMode.L1:
         assert active["psnr_db"] > active["mean_colour_psnr_db"] + 8
         assert active["sign_agreement"] > 0.9
@@ -339,3 +340,21 @@ def test_a_segmentation_node_trains_its_segmenter_locally_before_its_first_reque
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_the_privacy_bench_writes_the_issues_rows_with_the_victims_d_steps_and_judges_the_default_mode(
+        tmp_path: Path) -> None:
+    from benchmarks.privacy import run_privacy_benchmark
+
+    out = tmp_path / "privacy.json"
+    result = run_privacy_benchmark(quick=True, json_out=out, modes=[DEFAULT_MODE, FeedbackMode.L1])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert [(r["mode"], r["attack"]) for r in result["rows"]] == [
+        (m, a) for m in (DEFAULT_MODE.value, "l1") for a in ("active", "passive")]
+    for r in result["rows"]:
+        assert {"mode", "attack", "queries", "psnr_db", "ssim", "baseline_psnr_db"} <= set(r)
+        assert r["d_steps"] == default_d_steps(r["mode"]) and r["queries"] == 8
+    # only the default mode is held to the targets; the leaking mode is shown, not judged
+    assert set(result["targets"]) == {"active_q8", "passive_q8"}
+    l1_active = result["rows"][2]
+    assert l1_active["psnr_db"] > l1_active["baseline_psnr_db"] + 1  # the leak the targets would catch
