@@ -114,9 +114,9 @@ class ProcessGroup:
     ``hold``: entered around each start and around ``stop_all``, so that a stop signal cannot land between a
     child's fork and its record, or halfway through stopping them (``StopSignals.held``).
 
-    A child started without a prefix also ends when this process does, SIGKILL included (``die_with_parent``):
-    the kernel ties that to the thread that started it, so start and stop children on one thread that
-    outlives them, as ``run_local`` does."""
+    Every child also ends when this process does, SIGKILL included (``die_with_parent``): the kernel ties that
+    to the thread that started it, so start and stop children on one thread that outlives them, as
+    ``run_local`` does (a child behind a prefix that forks watches for it once a second)."""
 
     def __init__(self, log_dir: Path, hold: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self.log_dir = log_dir
@@ -129,8 +129,7 @@ class ProcessGroup:
               module: str = "dgan") -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads),
                "MKL_NUM_THREADS": str(threads)}
-        if not prefix:  # the child ends with us, even if we are SIGKILLed (a prefix may fork: its parent is not us)
-            env[DIE_WITH_PARENT] = str(os.getpid())
+        env[DIE_WITH_PARENT] = str(os.getpid())  # the child ends with us, even if we are SIGKILLed
         with self.hold(), open(self.log_dir / f"{name}.log", "wb") as fh:
             proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", module, *args], stdout=fh,
                                     stderr=subprocess.STDOUT, env=env)

@@ -14,8 +14,10 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -77,21 +79,45 @@ def stop_signals_unwind() -> Iterator[StopSignals]:
             signal.signal(sig, handler)
 
 
+def _ancestors() -> list[int]:
+    """This process's parent, that one's parent and so on up to init (Linux's /proc); elsewhere the parent alone."""
+    chain, pid = [], os.getpid()
+    while pid > 1 and len(chain) < 64:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # after "(comm)": state, then the parent's pid
+        chain.append(pid)
+    return chain or [os.getppid()]
+
+
 def die_with_parent(parent: int) -> None:
     """On Linux, this process gets SIGTERM when ``parent`` ends, however it ends (a SIGKILL too): a child of
     ``dgan run`` or a benchmark's pool worker stops instead of training on, orphaned, for hours.
 
     PR_SET_PDEATHSIG follows the *thread* that started this process: start it from a thread that outlives it
-    (``run_local`` starts and stops its children on one thread; a ``spawn`` pool made on the main thread). Under
-    ``forkserver`` the parent would be the server, and the check below would end every worker.
+    (``run_local`` starts and stops its children on one thread; a ``spawn`` pool made on the main thread).
+
+    A process between ``parent`` and this one (a prefix that forks, such as ``sh -c``; a ``forkserver``) would
+    take the kernel's signal, and it outlives a SIGKILLed ``parent``: then a watcher thread reads the ancestry
+    once a second and sends the same SIGTERM. ``ip netns exec`` and ``taskset`` exec in place: the kernel does it.
     """
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(1, ctypes.c_ulong(signal.SIGTERM), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
             log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this process may outlive its parent",
                         ctypes.get_errno())
-    if os.getppid() != parent:  # the parent died before the line above ran
+    if parent not in _ancestors():  # the parent died before the line above ran
         os._exit(1)
+    if os.getppid() != parent:
+        threading.Thread(target=_term_when_gone, args=(parent,), name="die-with-parent", daemon=True).start()
+
+
+def _term_when_gone(parent: int, every: float = 1.0) -> None:
+    while parent in _ancestors():
+        time.sleep(every)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def die_with_parent_from_env() -> None:
@@ -104,9 +130,8 @@ def die_with_parent_from_env() -> None:
         _watched_parent = int(value)
 
 
-
 def parent_gone() -> bool:
     """True when this process was started to end with its parent (``die_with_parent_from_env``) and that parent
     has died: its SIGTERM is the kernel's, and nobody waits for what it would still write. A process started
     by hand (nohup, then the shell closed) is never orphaned in this sense."""
-    return _watched_parent is not None and os.getppid() != _watched_parent
+    return _watched_parent is not None and _watched_parent not in _ancestors()

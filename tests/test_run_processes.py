@@ -208,6 +208,41 @@ def test_a_child_told_its_parent_dies_with_it_and_one_whose_parent_is_gone_ends_
     assert (done.returncode, done.stdout) == ((0, "alive False False\n") if lives else (1, "")), done.stderr
 
 
+
+SLEEPER = """import os, time
+from dgan.stop_signals import die_with_parent_from_env, parent_gone
+die_with_parent_from_env()
+print("alive", os.getpid(), parent_gone(), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG are Linux's")
+def test_a_child_behind_a_prefix_that_forks_runs_and_still_ends_when_its_starter_is_killed(tmp_path: Path) -> None:
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    root = Path(__file__).resolve().parents[1]
+    # sh forks the command and waits for it: the kernel's signal would follow sh, which a SIGKILL leaves behind
+    starter = ("import sys, time; from pathlib import Path; from dgan.run import ProcessGroup\n"
+               f"group = ProcessGroup(Path({str(tmp_path / 'logs')!r}))\n"
+               f"group.extra_env['PYTHONPATH'] = {f'{tmp_path}{os.pathsep}{root}'!r}\n"
+               "group.start('sleeper', [], 1, prefix=['sh', '-c', '\"$@\"; exit $?', 'sh'], module='sleeper')\n"
+               "time.sleep(600)")
+    runner = subprocess.Popen([sys.executable, "-c", starter], start_new_session=True, cwd=root)
+    log = tmp_path / "logs" / "sleeper.log"
+    try:
+        wait_until(lambda: log.exists() and "alive" in log.read_text(), 60, "the child behind the prefix to start")
+        _, pid, gone = log.read_text().split()
+        started = children_of(next(iter(children_of(runner.pid))))  # runner -> sh -> sleeper
+        assert int(pid) in started and gone == "False"  # not its parent's child, yet alive and not orphaned
+        runner.kill()
+        assert runner.wait(60) == -signal.SIGKILL
+        wait_until(lambda: not running(int(pid), started[int(pid)]), 15, "the child to end with its starter")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
+
+
 STOP_SIGNALS_PRELUDE = """
 import os, signal, time
 from dgan.stop_signals import stop_signals_unwind
