@@ -88,7 +88,7 @@ class AttackResult:
     agree: list[float]  # per update: share of pixels with sign(grad) == sign(fake - real)
     batches: int
     wire_dtypes: set[str]  # the dtypes of the gradients the node actually sent
-    d_steps: int  # the victim's D steps per feedback (its trainer refuses any other count)
+    d_steps: float  # measured: the victim D's optimiser steps (warm-up aside) per feedback it sent
 
 
 def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,
@@ -171,7 +171,18 @@ def attack(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: Mod
     finally:
         stop.set()
         thread.join(30)
-    return AttackResult(estimates, descents, agree, batches, wire_dtypes, node.cfg.feedback.d_steps)
+    return AttackResult(estimates, descents, agree, batches, wire_dtypes, _d_steps_per_feedback(node))
+
+
+def _d_steps_per_feedback(node: DiscriminatorNode) -> float:
+    """What the victim did, not what it was told: its D optimiser's step count (Adam keeps one per parameter),
+    less a segmenting D's warm-up steps on its own pairs, over the feedbacks it sent."""
+    trainer = node.trainer
+    if trainer is None or not node.stats.batches:
+        return float("nan")
+    steps = max((float(st["step"]) for st in trainer.opt.state.values() if "step" in st), default=0.0)
+    warm = trainer.warmup_steps if trainer.segmenting else 0  # the semantic mode warms its own segmenter
+    return (steps - warm) / node.stats.batches
 
 
 def attack_row(mode: FeedbackMode, images: np.ndarray, masks: np.ndarray, model: ModelConfig, queries: int,

@@ -264,7 +264,7 @@ def generator(
     from dgan.stop_signals import parent_gone
 
     def stop(signum: int, _frame: Any) -> None:
-        orphaned = parent_gone()  # the SIGTERM of a dead `dgan run` (PR_SET_PDEATHSIG)
+        orphaned = parent_gone()  # the SIGTERM of a dead `dgan run` (PR_SET_PDEATHSIG, or the watcher thread)
         log.warning("%s: finishing the run at step %d%s", signal.Signals(signum).name, trainer.step,
                     " (the parent is gone: no synthetic set)" if orphaned else "")
         service.request_stop(synthesize=not orphaned)

@@ -27,7 +27,7 @@ from dgan.data.partition import partition
 from dgan.data.shards import IMAGE_EXTS, scenes_spec
 from dgan.feedback import DEFAULT_MODE
 from dgan.openmp_policy import children_env, usable_cpus
-from dgan.stop_signals import DIE_WITH_PARENT, stop_signals_unwind
+from dgan.stop_signals import DIE_WITH_PARENT, starter_token, stop_signals_unwind
 
 log = logging.getLogger("dgan.run")
 
@@ -114,9 +114,10 @@ class ProcessGroup:
     ``hold``: entered around each start and around ``stop_all``, so that a stop signal cannot land between a
     child's fork and its record, or halfway through stopping them (``StopSignals.held``).
 
-    Every child also ends when this process does, SIGKILL included (``die_with_parent``): the kernel ties that
-    to the thread that started it, so start and stop children on one thread that outlives them, as
-    ``run_local`` does (a child behind a prefix that forks watches for it once a second)."""
+    A child that calls ``die_with_parent_from_env`` (``python -m dgan`` does) also ends when this process does,
+    SIGKILL included: the kernel ties that to the thread that started it, so start and stop children on one
+    thread that outlives them, as ``run_local`` does (behind a prefix that forks, the child checks once a
+    second). A prefix that clears the environment (``sudo``'s ``env_reset``) drops that request."""
 
     def __init__(self, log_dir: Path, hold: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self.log_dir = log_dir
@@ -129,7 +130,7 @@ class ProcessGroup:
               module: str = "dgan") -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads),
                "MKL_NUM_THREADS": str(threads)}
-        env[DIE_WITH_PARENT] = str(os.getpid())  # the child ends with us, even if we are SIGKILLed
+        env[DIE_WITH_PARENT] = starter_token()  # the child ends with us, even if we are SIGKILLed
         with self.hold(), open(self.log_dir / f"{name}.log", "wb") as fh:
             proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", module, *args], stdout=fh,
                                     stderr=subprocess.STDOUT, env=env)

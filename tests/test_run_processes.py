@@ -194,12 +194,15 @@ def test_kill_9_of_a_local_run_still_ends_its_broker_generator_and_nodes(tmp_pat
     assert not (tmp_path / "run" / "synthetic").exists()  # an orphan does not synthesise for minutes
 
 
-@pytest.mark.parametrize(("value", "lives"), [("parent", True), ("0", False), ("junk", True)])
+@pytest.mark.parametrize(("value", "lives"), [("parent", True), ("token", True), ("reused", False), ("0", False),
+                                               ("junk", True)])
 def test_a_child_told_its_parent_dies_with_it_and_one_whose_parent_is_gone_ends_at_once(value: str,
                                                                                        lives: bool) -> None:
-    from dgan.stop_signals import DIE_WITH_PARENT
+    from dgan.stop_signals import DIE_WITH_PARENT, starter_token
 
-    env = {**os.environ, DIE_WITH_PARENT: str(os.getpid()) if value == "parent" else value}
+    pid, started, ns = starter_token().split(":", 2)  # "reused": this pid, but not the process that started then
+    env = {**os.environ, DIE_WITH_PARENT: {"parent": pid, "token": starter_token(),
+                                           "reused": f"{pid}:{int(started) + 1}:{ns}"}.get(value, value)}
     script = ("import os\nfrom dgan.stop_signals import die_with_parent_from_env, parent_gone\n"
               f"die_with_parent_from_env()\nprint('alive', {DIE_WITH_PARENT!r} in os.environ, parent_gone())")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
@@ -209,39 +212,56 @@ def test_a_child_told_its_parent_dies_with_it_and_one_whose_parent_is_gone_ends_
 
 
 
-SLEEPER = """import os, time
+SLEEPER = """import os, signal, sys, time
 from dgan.stop_signals import die_with_parent_from_env, parent_gone
+def on_term(*_):
+    print("term", parent_gone(), flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
 die_with_parent_from_env()
-print("alive", os.getpid(), parent_gone(), flush=True)
+print("alive", os.getpid(), os.getppid(), parent_gone(), flush=True)
 time.sleep(600)
 """
+PREFIXES = {"exec": ["env"],  # execs in place, as `ip netns exec` does: the kernel's signal
+            "fork": ["sh", "-c", '"$@"; exit $?', "sh"],  # sh stays between and outlives a SIGKILLed starter
+            "detach": ["setsid", "-f"]}  # the child is nobody's: only the starter's start time identifies it
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG are Linux's")
-def test_a_child_behind_a_prefix_that_forks_runs_and_still_ends_when_its_starter_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prefix", list(PREFIXES))
+def test_a_child_behind_a_prefix_runs_and_still_ends_when_its_starter_is_killed(tmp_path: Path, prefix: str) -> None:
+    import re
+
+    from tests.conftest import proc_stat
+
     (tmp_path / "sleeper.py").write_text(SLEEPER)
     root = Path(__file__).resolve().parents[1]
-    # sh forks the command and waits for it: the kernel's signal would follow sh, which a SIGKILL leaves behind
-    starter = ("import sys, time; from pathlib import Path; from dgan.run import ProcessGroup\n"
+    starter = ("import time; from pathlib import Path; from dgan.run import ProcessGroup\n"
                f"group = ProcessGroup(Path({str(tmp_path / 'logs')!r}))\n"
                f"group.extra_env['PYTHONPATH'] = {f'{tmp_path}{os.pathsep}{root}'!r}\n"
-               "group.start('sleeper', [], 1, prefix=['sh', '-c', '\"$@\"; exit $?', 'sh'], module='sleeper')\n"
+               f"group.start('sleeper', [], 1, prefix={PREFIXES[prefix]!r}, module='sleeper')\n"
                "time.sleep(600)")
     runner = subprocess.Popen([sys.executable, "-c", starter], start_new_session=True, cwd=root)
     log = tmp_path / "logs" / "sleeper.log"
+    pid = 0
     try:
         wait_until(lambda: log.exists() and "alive" in log.read_text(), 60, "the child behind the prefix to start")
-        _, pid, gone = log.read_text().split()
-        started = children_of(next(iter(children_of(runner.pid))))  # runner -> sh -> sleeper
-        assert int(pid) in started and gone == "False"  # not its parent's child, yet alive and not orphaned
+        found = re.search(r"^alive (\d+) (\d+) (\w+)$", log.read_text(), re.M)
+        assert found, log.read_text()
+        pid, ppid, gone = int(found[1]), int(found[2]), found[3]
+        assert gone == "False" and (ppid == runner.pid) == (prefix == "exec"), (ppid, runner.pid)
+        started = proc_stat(pid)[2]  # type: ignore[index]
         runner.kill()
         assert runner.wait(60) == -signal.SIGKILL
-        wait_until(lambda: not running(int(pid), started[int(pid)]), 15, "the child to end with its starter")
+        wait_until(lambda: not running(pid, started), 15, "the child to end with its starter")
+        assert "term True" in log.read_text()  # and it knew why: no synthetic set for a dead run
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(runner.pid, signal.SIGKILL)
+        if pid and prefix == "detach":  # in a session of its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         runner.wait()
-
 
 STOP_SIGNALS_PRELUDE = """
 import os, signal, time

@@ -228,7 +228,7 @@ def test_the_scale_and_heartbeat_benches_start_processes_that_end_with_them(
     import subprocess
 
     from benchmarks import heartbeats, scale
-    from dgan.stop_signals import DIE_WITH_PARENT
+    from dgan.stop_signals import DIE_WITH_PARENT, starter_token
 
     envs: list[dict[str, str] | None] = []
 
@@ -239,4 +239,5 @@ def test_the_scale_and_heartbeat_benches_start_processes_that_end_with_them(
     monkeypatch.setattr(subprocess, "Popen", spy)
     with pytest.raises(RuntimeError, match="captured"):
         scale.run_one(4, 1.0, tmp_path) if bench == "scale" else heartbeats.run_one(4, 1.0, 1.0, tmp_path)
-    assert envs[0] is not None and envs[0][DIE_WITH_PARENT] == str(os.getpid())  # even if the bench is SIGKILLed
+    assert envs[0] is not None and envs[0][DIE_WITH_PARENT] == starter_token()  # even if the bench is SIGKILLed
+    assert starter_token().startswith(f"{os.getpid()}:")
