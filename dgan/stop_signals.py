@@ -165,6 +165,7 @@ def die_with_parent(parent: int, started: str | None = None, ns: str | None = No
         return False
     if not alive:  # it died before the prctl above, or was gone before this process started
         sys.stderr.write(f"dgan: the process that started this one (pid {parent}) has ended: exiting\n")
+        sys.stderr.flush()  # os._exit flushes nothing
         os._exit(1)
     if os.getppid() != parent:
         threading.Thread(target=_term_when_gone, args=(parent, started), name="die-with-parent", daemon=True).start()
