@@ -209,6 +209,7 @@ def test_a_child_told_its_parent_dies_with_it_and_one_whose_parent_is_gone_ends_
     # pid 0 is never a child's parent: as if the parent had died before the child asked for its signal; a child
     # not told to watch its parent ("junk") is never orphaned in parent_gone's sense, whoever its parent becomes
     assert (done.returncode, done.stdout) == ((0, "alive False False\n") if lives else (1, "")), done.stderr
+    assert ("has ended: exiting" in done.stderr) != lives  # an early exit says why
 
 
 
