@@ -198,7 +198,7 @@ def demo(
     feedback: Feedback = DEFAULT_MODE,
     d_steps: Annotated[int, typer.Option(min=1, max=MAX_D_STEPS, help=(
         "Every node's discriminator steps per feedback. The demo's own recipe is 1, as before session 32: at its "
-        "200 updates 4 of 8 demos at the nodes' default, 2, ended below predicting building everywhere, 1 of 8 "
+        "200 updates 4 of 8 demos at the nodes' default, 2, ended below predicting building everywhere, 4 of 23 "
         "at 1 (docs/results/demo.md)."))] = 1,
 ) -> None:
     """`dgan run` on the built-in scenes with 4 nodes: train, synthesise, summarise."""
