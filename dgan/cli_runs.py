@@ -200,21 +200,27 @@ def demo(
         "Every node's discriminator steps per feedback. The demo's own recipe is 1, as before session 32: at its "
         "200 updates 4 of 8 demos at the nodes' default, 2, ended below predicting building everywhere, 4 of 23 "
         "at 1 (docs/results/demo.md)."))] = 1,
+    seg_recolour: Annotated[list[float] | None, typer.Option(help=(
+        "Share of the segmenter's training images recoloured (channels shuffled, inverted or greyed); one segmenter "
+        "per value, the best on 32 validation scenes kept. Default: 0 and 0.5 (docs/results/demo.md)."))] = None,
 ) -> None:
     """`dgan run` on the built-in scenes with 4 nodes: train, synthesise, summarise."""
-    from dgan.demo import segment_synthetic
+    from dgan.demo import DEMO_RECOLOUR, segment_synthetic
     from dgan.report import write_report
     from dgan.run import RunConfig
 
     setup_logging("INFO", "rich", "demo")
     _check_node_recipe(feedback, d_steps=d_steps)
+    recolour = seg_recolour or list(DEMO_RECOLOUR)
+    if any(not 0 <= r <= 1 for r in recolour):  # NaN too: refused before minutes of training
+        raise typer.BadParameter(f"each value must be in [0, 1], got {recolour}", param_hint="--seg-recolour")
     cfg = RunConfig(nodes=nodes, steps=steps, out=out, scenes=800, sample_every=50, feedback=feedback.value,
                     node_args=["--d-steps", str(d_steps)])
     _run_with_view(cfg, False, "rich", f"dgan demo: {nodes} nodes, {steps} steps on built-in scenes", report=False)
     console.print(f"sample grids (mask | synthetic): {out / 'samples'}; synthetic set: {out / 'synthetic'}")
     with console.status(f"segmentation: a U-Net trained on the {len(list((out / 'synthetic' / 'images').glob('*')))}"
                         " synthetic images only…"):
-        seg = segment_synthetic(out)
+        seg = segment_synthetic(out, recolour=recolour)
     console.print(f"building IoU on 64 held-out scenes no node saw: [bold]{seg['iou']:.3f}[/bold] "
                   f"(F1 {seg['f1']:.3f}, precision {seg['precision']:.3f}, recall {seg['recall']:.3f}; predicting "
                   f"building everywhere: {seg['all_building_iou']:.3f}); "

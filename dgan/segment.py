@@ -34,6 +34,7 @@ class SegConfig:
     device: str = "cpu"
     standardize: bool = False  # per-image, per-channel standardisation inside the model
     photometric: float = 0.0  # strength of brightness/contrast/colour/blur jitter at training (0 = off)
+    recolour: float = 0.0  # share of training images whose channels are shuffled, inverted or greyed (_recolour)
     num_classes: int = 2  # 2: one building logit (binary); C > 2: C logits, masks of class ids
     positive_share: float = 0.0  # sparse targets: share of each batch drawn from pairs that hold foreground
 
@@ -85,6 +86,22 @@ def _photometric(rng: np.random.Generator, x: torch.Tensor, strength: float) -> 
     if blur.any():
         x = torch.where(blur[:, None, None, None], nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False), x)
     return x.clamp(-1.5, 1.5)
+
+
+def _recolour(rng: np.random.Generator, x: torch.Tensor, share: float) -> torch.Tensor:
+    """Shuffle the channels of about ``share`` of the images, then invert half of those and grey a quarter, so
+    that a GAN's early images (buildings where the masks say, in colours of its own) teach shapes, not colours."""
+    if share <= 0:
+        return x
+    out = x.clone()
+    for i in np.flatnonzero(rng.random(len(x)) < share):
+        y = x[i, torch.from_numpy(rng.permutation(3))]
+        if rng.random() < 0.5:
+            y = -y
+        if rng.random() < 0.25:
+            y = y.mean(0, keepdim=True).expand_as(y)
+        out[i] = y
+    return out
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -204,7 +221,7 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
             jdx = rng.integers(0, len(mix[0]), n_mix)
             ims, ms = np.concatenate([ims, mix[0][jdx]]), np.concatenate([ms, mix[1][jdx]])
         ims, ms = _augment(rng, ims, ms)
-        x = images_to_tensor(torch.from_numpy(ims))
+        x = _recolour(rng, images_to_tensor(torch.from_numpy(ims)), cfg.recolour)
         if mix_photometric is None or mix_photometric == cfg.photometric:
             x = _photometric(rng, x, cfg.photometric)
         else:  # the two sources' images sit where they were drawn: the flips and rotations move whole images

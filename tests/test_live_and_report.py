@@ -129,6 +129,12 @@ def test_demo_segmentation_stage_tests_on_held_out_scenes_and_the_report_shows_i
 
     result = segment_synthetic(small_run, size=32, steps=20, test_scenes=8, threads=1)
     assert 0.0 <= result["iou"] <= 1.0 and result["train_pairs"] == 12 and result["test_scenes"] == 8
+    tried = result["tried"]  # a plain and a recoloured segmenter; the one kept is the best on validation
+    assert [t["recolour"] for t in tried] == [0.0, 0.5]
+    assert result["val_iou"] == max(t["best_val_iou"] for t in tried)
+    assert result["recolour"] == next(t["recolour"] for t in tried if t["best_val_iou"] == result["val_iou"])
+    with pytest.raises(ValueError, match="recolour"):
+        segment_synthetic(small_run, size=32, steps=20, test_scenes=8, threads=1, recolour=())
     saved = json.loads((small_run / "results.json").read_text())
     assert saved["methods"]["dgan"]["iou"] == result["iou"] and "all_building_baseline" in saved["methods"]
     assert result["all_building_iou"] == saved["methods"]["all_building_baseline"]["iou"] > 0

@@ -74,6 +74,29 @@ def test_photometric_jitter_is_off_at_zero_and_changes_appearance_not_shape() ->
     assert float(means.std()) > 0  # each image gets its own jitter
 
 
+def test_recolour_is_off_at_zero_and_only_shuffles_inverts_or_greys_whole_images() -> None:
+    import itertools
+
+    import torch
+
+    from dgan.segment import _recolour
+
+    x = torch.rand(64, 3, 8, 8) * 2 - 1
+    rng = np.random.default_rng(0)
+    assert _recolour(rng, x, 0.0) is x
+    assert rng.random() == np.random.default_rng(0).random()  # off draws nothing: earlier runs stay as they were
+    y = _recolour(np.random.default_rng(1), x, 0.5)
+    kinds = []
+    for a, b in zip(x, y, strict=True):
+        looks = [sign * a[list(p)] for p in itertools.permutations(range(3)) for sign in (1, -1)]
+        looks += [v.mean(0, keepdim=True).expand_as(v) for v in looks]
+        match = [i for i, v in enumerate(looks) if torch.allclose(b, v)]
+        assert match, "every image is one of its own recolourings"
+        kinds.append(match[0])
+    unchanged = sum(k == 0 for k in kinds)
+    assert 16 <= unchanged <= 48 and any(k >= 12 for k in kinds) and any(k % 2 == 1 for k in kinds)
+
+
 def test_pair_grid_shows_the_masks_with_the_most_buildings_first(tmp_path: Path) -> None:
     from PIL import Image
 
