@@ -199,10 +199,12 @@ def demo(
     d_steps: Annotated[int, typer.Option(min=1, max=MAX_D_STEPS, help=(
         "Every node's discriminator steps per feedback. The demo's own recipe is 1, as before session 32: at its "
         "200 updates 4 of 8 demos at the nodes' default, 2, ended below predicting building everywhere, 4 of 23 "
-        "at 1 (docs/results/demo.md)."))] = 1,
+        "at 1, with the plain segmenter alone (docs/results/demo.md)."))] = 1,
     seg_recolour: Annotated[list[float] | None, typer.Option(help=(
-        "Share of the segmenter's training images recoloured (channels shuffled, inverted or greyed); one segmenter "
-        "per value, the best on 32 validation scenes kept. Default: 0 and 0.5 (docs/results/demo.md)."))] = None,
+        "Share of the segmenter's training images recoloured (channels shuffled, inverted or greyed); repeat it for "
+        "one segmenter per value, the best on 32 validation scenes kept. Default: --seg-recolour 0 --seg-recolour "
+        "0.5, which left 2 of 23 saved one-step demo sets below predicting building everywhere, against 4 with the "
+        "plain segmenter alone (docs/results/demo.md)."))] = None,
 ) -> None:
     """`dgan run` on the built-in scenes with 4 nodes: train, synthesise, summarise."""
     from dgan.demo import DEMO_RECOLOUR, segment_synthetic
@@ -218,9 +220,13 @@ def demo(
                     node_args=["--d-steps", str(d_steps)])
     _run_with_view(cfg, False, "rich", f"dgan demo: {nodes} nodes, {steps} steps on built-in scenes", report=False)
     console.print(f"sample grids (mask | synthetic): {out / 'samples'}; synthetic set: {out / 'synthetic'}")
-    with console.status(f"segmentation: a U-Net trained on the {len(list((out / 'synthetic' / 'images').glob('*')))}"
-                        " synthetic images only…"):
+    with console.status(f"segmentation: {len(set(recolour))} U-Net(s) trained on the "
+                        f"{len(list((out / 'synthetic' / 'images').glob('*')))} synthetic images only…"):
         seg = segment_synthetic(out, recolour=recolour)
+    if len(seg.get("tried", [])) > 1:
+        console.print("segmenters, validation IoU: " + ", ".join(
+            f"recolour {t['recolour']:g}: {t['best_val_iou']:.3f}" for t in seg["tried"])
+            + f"; kept recolour {seg['recolour']:g}")
     console.print(f"building IoU on 64 held-out scenes no node saw: [bold]{seg['iou']:.3f}[/bold] "
                   f"(F1 {seg['f1']:.3f}, precision {seg['precision']:.3f}, recall {seg['recall']:.3f}; predicting "
                   f"building everywhere: {seg['all_building_iou']:.3f}); "

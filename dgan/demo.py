@@ -24,10 +24,12 @@ DEMO_RECOLOUR = (0.0, 0.5)
 def segment_synthetic(run_dir: Path, size: int = 128, steps: int = 300, test_scenes: int = 64,
                       threads: int = 2, recolour: Sequence[float] = DEMO_RECOLOUR) -> dict[str, Any]:
     """Train on run_dir/synthetic, one segmenter per ``recolour`` share (SegConfig.recolour); keep the model with
-    the best validation IoU over them and their steps; test on held-out scenes once. Returns the test metrics and
-    ``all_building_iou``, what predicting "building" everywhere scores there."""
+    the best validation IoU over them and their steps (a tie keeps the share given first); test on held-out scenes
+    once. Returns the test metrics, the share kept, every segmenter's validation IoU (``tried``; ``train_seconds``
+    is their sum) and ``all_building_iou``, what predicting "building" everywhere scores there."""
     if not recolour or any(not 0 <= r <= 1 for r in recolour):  # NaN too
         raise ValueError(f"recolour shares must be in [0, 1], at least one, got {list(recolour)}")
+    recolour = list(dict.fromkeys(recolour))  # a share given twice would train the same model twice
     torch.set_num_threads(threads)
     synthetic = load_pairs_folder(run_dir / "synthetic", size)
     val = make_scenes(range(VAL_SEED_BASE, VAL_SEED_BASE + 32), size)
@@ -39,7 +41,7 @@ def segment_synthetic(run_dir: Path, size: int = 128, steps: int = 300, test_sce
         tried.append({"recolour": share, "best_val_iou": info["best_val_iou"], "best_step": info["best_step"],
                       "train_seconds": info["train_seconds"]})
         models.append(model)
-    pick = max(range(len(tried)), key=lambda i: tried[i]["best_val_iou"])  # a tie keeps the earlier, plainer one
+    pick = max(range(len(tried)), key=lambda i: tried[i]["best_val_iou"])  # a tie keeps the earlier
     kept = tried[pick]
     probs = predict(models[pick], test_images)
     result = {**metrics(probs > 0.5, test_masks), "train_seconds": sum(t["train_seconds"] for t in tried),

@@ -246,7 +246,7 @@ def cache_keys(cfg: ExperimentConfig, splits: Splits, method: str, mode: str = "
     real = method in ("real_all", "real_partial")
     # settings added later keep older keys while at their default
     seg = {k: v for k, v in cfg.seg_config("real" if real else "synthetic").to_dict().items()
-           if (k, v) not in (("num_classes", 2), ("positive_share", 0.0))}
+           if (k, v) not in (("num_classes", 2), ("positive_share", 0.0), ("recolour", 0.0))}
     key: dict[str, Any] = {"method": method, "size": cfg.size, "seg": seg,
                            "seeds": cfg.seeds, "train": splits.train.names, "val": splits.val.names,
                            "test": splits.test.names}

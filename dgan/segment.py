@@ -34,7 +34,8 @@ class SegConfig:
     device: str = "cpu"
     standardize: bool = False  # per-image, per-channel standardisation inside the model
     photometric: float = 0.0  # strength of brightness/contrast/colour/blur jitter at training (0 = off)
-    recolour: float = 0.0  # share of training images whose channels are shuffled, inverted or greyed (_recolour)
+    recolour: float = 0.0  # share of training images whose channels are shuffled, inverted or greyed (_recolour);
+    # with ``mix``, of the main set's images only (a department's own real pairs keep their colours)
     num_classes: int = 2  # 2: one building logit (binary); C > 2: C logits, masks of class ids
     positive_share: float = 0.0  # sparse targets: share of each batch drawn from pairs that hold foreground
 
@@ -221,7 +222,10 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
             jdx = rng.integers(0, len(mix[0]), n_mix)
             ims, ms = np.concatenate([ims, mix[0][jdx]]), np.concatenate([ms, mix[1][jdx]])
         ims, ms = _augment(rng, ims, ms)
-        x = _recolour(rng, images_to_tensor(torch.from_numpy(ims)), cfg.recolour)
+        x = images_to_tensor(torch.from_numpy(ims))
+        if cfg.recolour > 0:
+            main = len(x) - n_mix
+            x = torch.cat([_recolour(rng, x[:main], cfg.recolour), x[main:]])
         if mix_photometric is None or mix_photometric == cfg.photometric:
             x = _photometric(rng, x, cfg.photometric)
         else:  # the two sources' images sit where they were drawn: the flips and rotations move whole images

@@ -57,7 +57,36 @@ def test_the_demo_tries_a_plain_and_a_recoloured_segmenter_unless_asked_and_refu
         res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / f"d{len(started_runs)}"), *extra])
         assert res.exit_code == 0, res.output
     assert asked == [[0.0, 0.5], [0.0], [0.0, 1.0]]
+    scored |= {"recolour": 0.5, "tried": [{"recolour": 0.0, "best_val_iou": 0.02},
+                                          {"recolour": 0.5, "best_val_iou": 0.21}]}
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "kept")], env={"COLUMNS": "400"})
+    assert "recolour 0: 0.020, recolour 0.5: 0.210; kept recolour 0.5" in res.output, res.output
     for bad in ("1.5", "-0.1", "nan"):
         res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "bad"), "--seg-recolour", bad],
                                  env={"COLUMNS": "400"})
-        assert res.exit_code == 2 and "--seg-recolour" in res.output and len(started_runs) == 3, res.output
+        assert res.exit_code == 2 and "--seg-recolour" in res.output and len(started_runs) == 4, res.output
+
+
+def test_the_demo_tests_the_segmenter_with_the_best_validation_iou_and_records_every_one_it_tried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import numpy as np
+
+    import dgan.demo
+    from dgan.data.scenes import make_scenes
+
+    images, masks = make_scenes(range(4), 16)
+    monkeypatch.setattr(dgan.demo, "load_pairs_folder", lambda path, size: type(
+        "Pairs", (), {"images": images, "masks": masks, "__len__": lambda self: 4})())
+    monkeypatch.setattr(dgan.demo, "make_scenes", lambda seeds, size: (images, masks))
+    val_iou = {0.0: 0.1, 0.5: 0.3, 1.0: 0.3}  # 1.0 ties 0.5: the share given first is kept
+    monkeypatch.setattr(dgan.demo, "train_segmenter", lambda ims, ms, cfg, val: (
+        f"model {cfg.recolour}", {"best_val_iou": val_iou[cfg.recolour], "best_step": 50, "train_seconds": 2.0}))
+    tested: list[str] = []
+    monkeypatch.setattr(dgan.demo, "predict", lambda model, ims: tested.append(model) or np.zeros(masks.shape))
+    out = dgan.demo.segment_synthetic(tmp_path, size=16, test_scenes=4, threads=1, recolour=(0.0, 0.5, 0.5, 1.0))
+    assert tested == ["model 0.5"] and out["recolour"] == 0.5 and out["val_iou"] == 0.3
+    assert [t["recolour"] for t in out["tried"]] == [0.0, 0.5, 1.0] and out["train_seconds"] == 6.0
+    saved = json.loads((tmp_path / "results.json").read_text())["methods"]["dgan"]
+    assert saved["recolour"] == 0.5 and [t["best_val_iou"] for t in saved["tried"]] == [0.1, 0.3, 0.3]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,25 @@ def test_recolour_is_off_at_zero_and_only_shuffles_inverts_or_greys_whole_images
         kinds.append(match[0])
     unchanged = sum(k == 0 for k in kinds)
     assert 16 <= unchanged <= 48 and any(k >= 12 for k in kinds) and any(k % 2 == 1 for k in kinds)
+
+
+def test_train_segmenter_recolours_only_the_main_sets_images_and_only_when_asked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import dgan.segment
+
+    seen: list[tuple[int, float]] = []
+    real = dgan.segment._recolour
+    monkeypatch.setattr(dgan.segment, "_recolour",
+                        lambda rng, x, share: seen.append((len(x), share)) or real(rng, x, share))
+    images, masks = make_scenes(range(8), 32)
+    cfg = SegConfig(width=4, depth=2, steps=3, batch_size=8, eval_every=3)
+    plain = train_segmenter(images, masks, cfg, val=(images, masks))[1]["history"]
+    assert seen == []  # off: not even called, so earlier runs draw the same batches
+    recoloured = train_segmenter(images, masks, replace(cfg, recolour=1.0), val=(images, masks))[1]["history"]
+    assert seen == [(8, 1.0)] * 3 and recoloured != plain
+    seen.clear()
+    train_segmenter(images, masks, replace(cfg, recolour=1.0), mix=(images, masks, 0.5))
+    assert seen == [(4, 1.0)] * 3  # a department's own real half of each batch keeps its colours
 
 
 def test_pair_grid_shows_the_masks_with_the_most_buildings_first(tmp_path: Path) -> None:
