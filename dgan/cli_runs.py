@@ -207,20 +207,21 @@ def demo(
         "plain segmenter alone (docs/results/demo.md)."))] = None,
 ) -> None:
     """`dgan run` on the built-in scenes with 4 nodes: train, synthesise, summarise."""
-    from dgan.demo import DEMO_RECOLOUR, segment_synthetic
+    from dgan.demo import DEMO_RECOLOUR, recolour_shares, segment_synthetic
     from dgan.report import write_report
     from dgan.run import RunConfig
 
     setup_logging("INFO", "rich", "demo")
     _check_node_recipe(feedback, d_steps=d_steps)
-    recolour = seg_recolour or list(DEMO_RECOLOUR)
-    if any(not 0 <= r <= 1 for r in recolour):  # NaN too: refused before minutes of training
-        raise typer.BadParameter(f"each value must be in [0, 1], got {recolour}", param_hint="--seg-recolour")
+    try:  # refused before minutes of training
+        recolour = recolour_shares(seg_recolour or DEMO_RECOLOUR)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--seg-recolour") from e
     cfg = RunConfig(nodes=nodes, steps=steps, out=out, scenes=800, sample_every=50, feedback=feedback.value,
                     node_args=["--d-steps", str(d_steps)])
     _run_with_view(cfg, False, "rich", f"dgan demo: {nodes} nodes, {steps} steps on built-in scenes", report=False)
     console.print(f"sample grids (mask | synthetic): {out / 'samples'}; synthetic set: {out / 'synthetic'}")
-    with console.status(f"segmentation: {len(set(recolour))} U-Net(s) trained on the "
+    with console.status(f"segmentation: {len(recolour)} U-Net(s) trained on the "
                         f"{len(list((out / 'synthetic' / 'images').glob('*')))} synthetic images only…"):
         seg = segment_synthetic(out, recolour=recolour)
     if len(seg.get("tried", [])) > 1:

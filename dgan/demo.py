@@ -21,15 +21,21 @@ VAL_SEED_BASE = 40_000_000  # validation scenes: neither a node's nor the test's
 DEMO_RECOLOUR = (0.0, 0.5)
 
 
+def recolour_shares(shares: Sequence[float]) -> list[float]:
+    """The shares to train one segmenter each, checked (at least one, each in [0, 1], NaN refused) and without
+    repeats (a share given twice would train the same model twice)."""
+    if not shares or any(not 0 <= r <= 1 for r in shares):
+        raise ValueError(f"recolour shares must be in [0, 1], at least one, got {list(shares)}")
+    return list(dict.fromkeys(shares))
+
+
 def segment_synthetic(run_dir: Path, size: int = 128, steps: int = 300, test_scenes: int = 64,
                       threads: int = 2, recolour: Sequence[float] = DEMO_RECOLOUR) -> dict[str, Any]:
     """Train on run_dir/synthetic, one segmenter per ``recolour`` share (SegConfig.recolour); keep the model with
     the best validation IoU over them and their steps (a tie keeps the share given first); test on held-out scenes
     once. Returns the test metrics, the share kept, every segmenter's validation IoU (``tried``; ``train_seconds``
     is their sum) and ``all_building_iou``, what predicting "building" everywhere scores there."""
-    if not recolour or any(not 0 <= r <= 1 for r in recolour):  # NaN too
-        raise ValueError(f"recolour shares must be in [0, 1], at least one, got {list(recolour)}")
-    recolour = list(dict.fromkeys(recolour))  # a share given twice would train the same model twice
+    recolour = recolour_shares(recolour)
     torch.set_num_threads(threads)
     synthetic = load_pairs_folder(run_dir / "synthetic", size)
     val = make_scenes(range(VAL_SEED_BASE, VAL_SEED_BASE + 32), size)

@@ -205,6 +205,7 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
     if init is not None:
         model.load_state_dict(init)
     n_mix = 0 if mix is None else min(cfg.batch_size - 1, max(1, round(cfg.batch_size * mix[2])))
+    main = cfg.batch_size - n_mix  # each batch: the main set's images, then the mixed-in ones
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.steps))
     best: tuple[float, dict[str, torch.Tensor], int] | None = None
@@ -224,12 +225,10 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg: SegConfig,
         ims, ms = _augment(rng, ims, ms)
         x = images_to_tensor(torch.from_numpy(ims))
         if cfg.recolour > 0:
-            main = len(x) - n_mix
             x = torch.cat([_recolour(rng, x[:main], cfg.recolour), x[main:]])
         if mix_photometric is None or mix_photometric == cfg.photometric:
             x = _photometric(rng, x, cfg.photometric)
         else:  # the two sources' images sit where they were drawn: the flips and rotations move whole images
-            main = len(x) - n_mix
             x = torch.cat([_photometric(rng, x[:main], cfg.photometric), _photometric(rng, x[main:], mix_photometric)])
         x = x.to(cfg.device)
         loss = _loss(model, x, ms, cfg.num_classes, cfg.device)
