@@ -82,9 +82,10 @@ def stop_signals_unwind() -> Iterator[StopSignals]:
 
 def _stat(pid: int) -> list[str] | None:
     """The fields of ``/proc/PID/stat`` after ``(comm)``: state, parent pid, ... (start time is [19]); None when
-    no such process exists. A PermissionError (``hidepid``) is left to the caller: it means "cannot tell"."""
+    no such process exists. A PermissionError (``hidepid``) is left to the caller: it means "cannot tell".
+    Read as bytes: a command name (an ancestor's, say) need not be UTF-8; the fields after it are ASCII."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].decode("ascii").split()
     except (FileNotFoundError, ProcessLookupError):
         return None
 

@@ -213,6 +213,21 @@ def test_a_child_told_its_parent_dies_with_it_and_one_whose_parent_is_gone_ends_
 
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl are Linux's")
+def test_a_starter_and_its_children_read_proc_when_a_command_name_is_not_utf8() -> None:
+    # the renamed process makes a starter token from its own /proc entry, and its child walks up past it
+    script = ("import ctypes, subprocess, sys\n"
+              "ctypes.CDLL(None).prctl(15, b'dgan\\xe9\\xff)', 0, 0, 0)  # PR_SET_NAME; a ')' in it as well\n"
+              "from dgan.stop_signals import starter_token\n"
+              "name = open('/proc/self/stat', 'rb').read().split(b' (', 1)[1][:7]\n"
+              "print(name, starter_token().split(':')[1].isdigit())\n"
+              "child = 'from dgan.stop_signals import _ancestors; import os; c, full = _ancestors(); '\\\n"
+              "        'print(os.getppid() in c and full)'\n"
+              "sys.stdout.flush(); subprocess.run([sys.executable, '-c', child], check=True)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "b'dgan\\xe9\\xff)' True\nTrue\n"), done.stderr
+
+
 SLEEPER = """import os, signal, sys, time
 from dgan.stop_signals import die_with_parent_from_env, parent_gone
 def on_term(*_):

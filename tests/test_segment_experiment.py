@@ -117,6 +117,31 @@ def test_train_segmenter_recolours_only_the_main_sets_images_and_only_when_asked
     assert seen == [(4, 1.0)] * 3  # a department's own real half of each batch keeps its colours
 
 
+def test_train_segmenter_hands_the_unet_nhwc_batches_whatever_the_augmentation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import dgan.segment
+
+    formats: list[bool] = []
+    real = dgan.segment.define_segmenter
+
+    def watched(cfg: SegConfig) -> torch.nn.Module:
+        model = real(cfg)
+        model.register_forward_pre_hook(lambda _m, args: formats.append(
+            args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()))
+        return model
+
+    monkeypatch.setattr(dgan.segment, "define_segmenter", watched)
+    images, masks = make_scenes(range(8), 32)
+    cfg = SegConfig(width=4, depth=2, steps=2, batch_size=8, eval_every=100)
+    for c, mix in ((cfg, None), (replace(cfg, recolour=1.0), None), (replace(cfg, recolour=1.0), (images, masks, 0.5)),
+                   (replace(cfg, photometric=0.3), None)):
+        formats.clear()
+        train_segmenter(images, masks, c, mix=mix)
+        assert formats == [True, True], (c, mix is not None)  # recoloured without a mix fed NCHW: 2x slower
+
+
 def test_pair_grid_shows_the_masks_with_the_most_buildings_first(tmp_path: Path) -> None:
     from PIL import Image
 
