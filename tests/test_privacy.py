@@ -251,7 +251,7 @@ def test_the_attacks_through_an_int8_wire_find_the_l1_leak_and_nothing_in_the_de
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("privacy")
     runs = {}
-    for mode in ("l1", "segmentation", "l1-int8"):  # l1-int8: the same leak through 8-bit gradients
+    for mode in ("l1", "segmentation", DEFAULT_MODE.value, "l1-int8"):  # l1-int8: the same leak, 8-bit gradients
         out = root / mode
         run_local(RunConfig(nodes=2, steps=16, out=out, scenes=12, image_size=32, g_width=8, d_width=8, batch_size=4,
                             record=out / "broker.dgl", checkpoint_every=0, sample_every=0, synthesize=False,
@@ -261,7 +261,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return runs
 
 
-def test_audit_fails_on_an_l1_log_and_passes_a_segmentation_log(recorded: dict[str, Path]) -> None:
+def test_audit_fails_on_an_l1_log_and_passes_the_logs_of_the_private_modes(recorded: dict[str, Path]) -> None:
     from dgan.data.shards import resolve_real_data
 
     l1, seg = recorded["l1"], recorded["segmentation"]
@@ -272,10 +272,11 @@ def test_audit_fails_on_an_l1_log_and_passes_a_segmentation_log(recorded: dict[s
     rep = R.audit(l1 / "broker.dgl", images, real_masks=masks)
     assert any("sign(grad) agrees" in v for v in rep.violations)
     assert all(s["sign_agreement"] > 0.9 and s["matched"] > 0 for s in rep.leakage.values())
-    images, masks = resolve_real_data(str(seg / "shards"), 32)
-    rep = R.audit(seg / "broker.dgl", images, real_masks=masks)
-    assert rep.ok, rep.violations
-    assert rep.leakage and all(abs(s["sign_agreement"] - 0.5) < 0.05 for s in rep.leakage.values())
+    for private in (recorded[DEFAULT_MODE.value], seg):  # the default mode's log too: what users record
+        images, masks = resolve_real_data(str(private / "shards"), 32)
+        rep = R.audit(private / "broker.dgl", images, real_masks=masks)
+        assert rep.ok, rep.violations
+        assert rep.leakage and all(abs(s["sign_agreement"] - 0.5) < 0.05 for s in rep.leakage.values())
     # every node is checked, however many samples the first one sent
     from dgan.leakage import gradient_leakage
 
@@ -313,7 +314,8 @@ def test_attack_reconstruct_cli_beats_the_fakes_on_l1_only(recorded: dict[str, P
         assert scores[mode]["images"] > 0
     assert scores["l1"]["psnr_db"] > scores["l1"]["fakes_psnr_db"] + 0.5
     assert scores["l1-int8"]["psnr_db"] > scores["l1-int8"]["fakes_psnr_db"] + 0.5
-    assert scores["segmentation"]["psnr_db"] <= scores["segmentation"]["fakes_psnr_db"] + 0.25
+    for private in ("segmentation", DEFAULT_MODE.value):
+        assert scores[private]["psnr_db"] <= scores[private]["fakes_psnr_db"] + 0.25
     bad = CliRunner().invoke(app, ["attack", "reconstruct", str(tmp_path / "missing.dgl"), "--real-data", "x"])
     assert bad.exit_code == 2 and "no such log" in bad.output
 
