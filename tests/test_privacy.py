@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from benchmarks.privacy import attack_row, victim_data
+from benchmarks.privacy import attack_row, attack_rows, victim_data
 from dgan import protocol as P
 from dgan import replay as R
 from dgan.attacks import DescentEstimate, IntervalEstimate, canonical, flip, index_real, mean_colour, psnr, to_uint8
@@ -63,6 +63,42 @@ def test_passive_projection_only_moves_fakes_towards_the_truth_of_a_truthful_ora
     assert est.consistency() == 1.0
     assert np.all(np.abs(est.passive() - real) <= np.abs(est.mean_fake() - real) + 1e-6)
     assert np.abs(est.passive() - real).mean() < 0.7 * np.abs(est.mean_fake() - real).mean()
+
+
+def test_robust_intervals_keep_a_leak_whose_sign_is_wrong_on_3_percent_of_pixels() -> None:
+    rng = np.random.default_rng(4)
+    real = rng.uniform(-0.8, 0.8, (3, 32, 32)).astype(np.float32)
+    bias = rng.normal(0, 0.3, real.shape).astype(np.float32)  # the generator's own error, the same every time
+    est, blind = IntervalEstimate(real.shape), IntervalEstimate(real.shape)
+    for _ in range(40):  # an l1 node's sign: right but for its adversarial term's few pixels
+        fake = np.clip(real + bias + rng.normal(0, 0.3, real.shape), -1, 1).astype(np.float32)
+        truthful = np.sign(fake - real)
+        est.update(fake, np.where(rng.random(real.shape) < 0.97, truthful, -truthful))
+        blind.update(fake, rng.choice([-1.0, 1.0], real.shape))
+    real_u8 = to_uint8(real)
+    fakes = psnr(to_uint8(est.mean_fake()), real_u8)
+    assert est.consistency() < 0.5 and psnr(to_uint8(est.passive()), real_u8) < fakes + 3  # one wrong sign: gone
+    assert est.robust_consistency() > 0.95 and psnr(to_uint8(est.robust()), real_u8) > fakes + 8
+    # a sign that knows nothing: almost no interval holds even with 3 signs dropped, and nothing is gained
+    assert blind.robust_consistency() < 0.05
+    assert psnr(to_uint8(blind.robust()), real_u8) <= psnr(to_uint8(blind.mean_fake()), real_u8) + 0.05
+
+
+def test_robust_intervals_drop_exactly_the_wrong_bounds_they_are_allowed_to() -> None:
+    est = IntervalEstimate((1,), tolerate=2)
+    for fake in (-0.6, -0.4, -0.2):  # below the real value 0, read right: lower bounds
+        est.update(np.array([fake], np.float32), np.array([-1.0]))
+    for fake in (0.3, 0.5):  # above it, read right: upper bounds
+        est.update(np.array([fake], np.float32), np.array([1.0]))
+    assert est.lo[0] == np.float32(-0.2) and est.hi[0] == np.float32(0.3) and est.consistency() == 1.0
+    for fake in (-0.5, -0.3):  # two wrong signs: "real is below" fakes that are below it
+        est.update(np.array([fake], np.float32), np.array([1.0]))
+    assert est.consistency() == 0.0  # [-0.2, -0.5]: the exact interval is gone
+    assert np.allclose(est.highs[:, 0], [-0.5, -0.3, 0.3]) and np.allclose(est.lows[:, 0], [-0.2, -0.4, -0.6])
+    assert est.robust_consistency() == 1.0  # drop two: [-0.6, 0.3] holds, and it holds the truth
+    # the tightest interval that holds: one dropped gives [-0.4, -0.3], which holds, so it wins (and is wrong:
+    # a robust attacker pays for tolerance with wrong guesses where the errors outnumber what it dropped)
+    assert np.isclose(est.robust()[0], np.clip(est.mean_fake()[0], -0.4, -0.3))
 
 
 def test_following_a_truthful_sign_converges_on_the_image() -> None:
@@ -213,17 +249,20 @@ def test_active_and_passive_attacks_succeed_on_l1_and_fail_on_private_modes(mode
     torch.set_num_threads(1)
     images, masks, _ = victim_data(32, count=6, scenes=True)
     active = attack_row(mode, images, masks, TINY, queries=8, strategy="active", seed=0)
-    passive = attack_row(mode, images, masks, TINY, queries=8, strategy="passive", seed=0)
+    passive, robust = attack_rows(mode, images, masks, TINY, queries=8, strategy="passive", seed=0)
+    assert robust["attack"] == "passive-robust" and robust["fakes_psnr_db"] == passive["fakes_psnr_db"]
     assert active["images"] == passive["images"] == 6 and active["wire_grad_dtypes"] == ["float16"]
     assert active["d_steps"] == passive["d_steps"] == default_d_steps(mode)  # measured at the victim's D
     if mode == FeedbackMode.L1:
         assert active["psnr_db"] > active["mean_colour_psnr_db"] + 8
         assert active["sign_agreement"] > 0.9
         assert passive["psnr_db"] > passive["fakes_psnr_db"] + 0.5
+        assert robust["psnr_db"] > robust["fakes_psnr_db"] + 0.5
     else:
         assert active["psnr_db"] <= active["mean_colour_psnr_db"] + 1.0
         assert abs(active["sign_agreement"] - 0.5) < 0.05
         assert passive["psnr_db"] <= passive["fakes_psnr_db"] + 0.25
+        assert robust["psnr_db"] <= robust["fakes_psnr_db"] + 0.25
 
 
 @pytest.mark.parametrize("mode", [FeedbackMode.L1, DEFAULT_MODE])
@@ -316,6 +355,8 @@ def test_attack_reconstruct_cli_beats_the_fakes_on_l1_only(recorded: dict[str, P
     assert scores["l1-int8"]["psnr_db"] > scores["l1-int8"]["fakes_psnr_db"] + 0.5
     for private in ("segmentation", DEFAULT_MODE.value):
         assert scores[private]["psnr_db"] <= scores[private]["fakes_psnr_db"] + 0.25
+        assert scores[private]["best_gain_db"] <= 0.25  # the robust attack finds nothing either
+    assert scores["l1"]["best_gain_db"] >= scores["l1"]["psnr_db"] - scores["l1"]["fakes_psnr_db"]
     bad = CliRunner().invoke(app, ["attack", "reconstruct", str(tmp_path / "missing.dgl"), "--real-data", "x"])
     assert bad.exit_code == 2 and "no such log" in bad.output
 
@@ -354,11 +395,12 @@ def test_the_privacy_bench_writes_the_issues_rows_with_the_victims_d_steps_and_j
     assert json.loads(out.read_text())["rows"][0]["psnr_db"] == result["rows"][0]["psnr_db"]
     assert result["data"] == "built-in scenes"
     assert [(r["mode"], r["attack"]) for r in result["rows"]] == [
-        (m, a) for m in (DEFAULT_MODE.value, "l1") for a in ("active", "passive")]
+        (m, a) for m in (DEFAULT_MODE.value, "l1") for a in ("active", "passive", "passive-robust")]
     for r in result["rows"]:
         assert {"mode", "attack", "queries", "psnr_db", "ssim", "baseline_psnr_db"} <= set(r)
         assert r["d_steps"] == default_d_steps(r["mode"]) and r["queries"] == 8
     # only the default mode is held to the targets; the leaking mode is shown, not judged
-    assert set(result["targets"]) == {"active_q8", "passive_q8"}
-    l1_active = result["rows"][2]
+    assert set(result["targets"]) == {"active_q8", "passive_q8", "passive-robust_q8"}
+    assert result["targets"]["passive-robust_q8"]["limit_db"] == result["rows"][2]["fakes_psnr_db"]
+    l1_active = result["rows"][3]
     assert l1_active["psnr_db"] > l1_active["baseline_psnr_db"] + 1  # the leak the targets would catch
