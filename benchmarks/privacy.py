@@ -270,7 +270,8 @@ def run_privacy_benchmark(quick: bool, json_out: Path | None, data: Path | None 
                         f"({source}; {grad_dtype} gradients on the wire{colour})")
     for col in ("mode", "D steps", "attack", "queries/image", "PSNR dB", "SSIM", "baseline", "baseline dB",
                 "class colours dB", "sign agreement", "s"):
-        table.add_column(col, justify="left" if col in ("mode", "attack", "baseline") else "right")
+        text = col in ("mode", "attack", "baseline")
+        table.add_column(col, justify="left" if text else "right", no_wrap=text)  # names whole, figures may wrap
     for r in rows:
         style = "red" if r["psnr_db"] > r["baseline_psnr_db"] + 1 else ""
         psnr_text = f"[{style}]{r['psnr_db']:.1f}[/{style}]" if style else f"{r['psnr_db']:.1f}"
