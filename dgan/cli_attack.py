@@ -33,6 +33,7 @@ def reconstruct(
     tolerate: Annotated[int, typer.Option(min=0, max=8, help="Robust attack: wrong signs per pixel and side it may "
                                                               "drop (memory: 2 x (N + 1) + 1 image planes per "
                                                               "image; 0 = the exact intervals alone).")] = 3,
+    # 3 is dgan.attacks.TOLERATE, written out so that `dgan --help` does not import the attacks (a test pins it)
 ) -> None:
     """The passive curious generator: rebuild each node image from the feedback in a log, matched by mask."""
     from dgan import replay as R
