@@ -75,7 +75,7 @@ def bench_wan(
                                               "--quick.")] = 0,
     plot: Annotated[Path | None, typer.Option(help="Write samples/s against RTT, per variant, as a PNG.")] = None,
     variant: Annotated[list[str] | None, typer.Option(help="Only these variants (async, async-auto, async-auto-u1, "
-                                                           "async-auto-8bit, sync); default all.")] = None,
+                                                           "async-auto-8bit, sync, sync-8bit); default all.")] = None,
 ) -> None:
     """Broker, generator and nodes on separate network-namespace hosts, links shaped to LAN, regional and far
     profiles: samples/s async vs sync and with --pipeline auto, staleness, bytes per sample, communication share.

@@ -169,6 +169,16 @@ def test_wan_targets_compare_rows_of_one_run_and_say_when_missed() -> None:
     assert targets([]) == {}
 
 
+def test_wan_targets_set_an_8bit_async_run_against_8bit_rounds_too() -> None:
+    rows = [{"profile": p, "name": n, "samples_per_s": r} for p, n, r in (
+        ("far", "async-auto-8bit", 300.0), ("far", "sync", 50.0), ("far", "sync-8bit", 200.0))]
+    t = targets(rows)
+    assert t["far_async-auto-8bit_vs_sync"]["met"]  # against the default wire's rounds: 6x
+    assert t["far_async-auto-8bit_vs_sync-8bit"]["ratio"] == pytest.approx(1.5)
+    assert not t["far_async-auto-8bit_vs_sync-8bit"]["met"]  # like for like: the wire, not asynchrony, gave it
+    assert not any(k.startswith("far_sync") for k in t)  # rounds are the yardstick, not a candidate
+
+
 @pytest.mark.timeout(600)
 def test_wan_bench_trains_across_shaped_hosts_and_reports_every_figure(tmp_path) -> None:
     try:
@@ -178,20 +188,21 @@ def test_wan_bench_trains_across_shaped_hosts_and_reports_every_figure(tmp_path)
     from benchmarks.wan import run_wan_benchmark
 
     res = run_wan_benchmark(True, tmp_path / "wan.json", nodes=2, profiles=["lan", "far"],
-                            variants=["async", "async-auto-8bit", "sync"], plot=tmp_path / "wan.png")
+                            variants=["async", "async-auto-8bit", "sync", "sync-8bit"], plot=tmp_path / "wan.png")
     assert json.loads((tmp_path / "wan.json").read_text())["rows"] == res["rows"]
     assert (tmp_path / "wan.png").stat().st_size > 0
     far = next(p for p in res["paths"] if p["profile"] == "far")
     assert far["measured_rtt_ms"] >= 150 and far["measured_mbit"] < 60  # the shaping took hold
     rows = {(r["profile"], r["name"]): r for r in res["rows"]}
-    assert set(rows) == {(p, v) for p in ("lan", "far") for v in ("async", "async-auto-8bit", "sync")}
+    assert set(rows) == {(p, v) for p in ("lan", "far") for v in ("async", "async-auto-8bit", "sync", "sync-8bit")}
     for r in rows.values():
         assert r["samples_per_s"] > 0 and r["bytes_per_sample"] > 2 * 3 * 128 * 128  # 128 px fakes and gradients
     for p in ("lan", "far"):  # 8-bit fakes and gradients: about half of float16 (masks are packed in both)
         assert rows[(p, "async-auto-8bit")]["bytes_per_sample"] < 0.52 * rows[(p, "async")]["bytes_per_sample"]
+        assert rows[(p, "sync-8bit")]["bytes_per_sample"] < 0.52 * rows[(p, "sync")]["bytes_per_sample"]
     # the far link's 150 ms shows in the nodes' own timestamps, and not on the LAN
     assert rows[("far", "async")]["comm_share"] > rows[("lan", "async")]["comm_share"]
-    assert "far_async_vs_sync" in res["targets"]
+    assert "far_async_vs_sync" in res["targets"] and "far_async-auto-8bit_vs_sync-8bit" in res["targets"]
 
 
 @pytest.mark.timeout(300)
