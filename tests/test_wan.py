@@ -179,6 +179,13 @@ def test_wan_targets_set_an_8bit_async_run_against_8bit_rounds_too() -> None:
     assert not any(k.startswith("far_sync") for k in t)  # rounds are the yardstick, not a candidate
 
 
+def test_wan_targets_never_set_a_float16_run_against_8bit_rounds() -> None:
+    rows = [{"profile": "far", "name": n, "samples_per_s": r} for n, r in (
+        ("async", 140.0), ("async-auto", 200.0), ("sync", 66.0), ("sync-8bit", 90.0))]
+    t = targets(rows)
+    assert set(t) == {"far_async_vs_sync", "far_async-auto_vs_sync"}
+
+
 @pytest.mark.timeout(600)
 def test_wan_bench_trains_across_shaped_hosts_and_reports_every_figure(tmp_path) -> None:
     try:
@@ -203,6 +210,7 @@ def test_wan_bench_trains_across_shaped_hosts_and_reports_every_figure(tmp_path)
     # the far link's 150 ms shows in the nodes' own timestamps, and not on the LAN
     assert rows[("far", "async")]["comm_share"] > rows[("lan", "async")]["comm_share"]
     assert "far_async_vs_sync" in res["targets"] and "far_async-auto-8bit_vs_sync-8bit" in res["targets"]
+    assert "far_async_vs_sync-8bit" not in res["targets"]
 
 
 @pytest.mark.timeout(300)
