@@ -25,6 +25,7 @@ from dgan import grad_codec
 from dgan.logs import setup_logging
 from dgan.networks import ModelConfig
 from dgan.training.generator import GeneratorTrainer, InFlight, Outcome, TrainConfig
+from dgan.training.staleness import drop_reason, stale_weight
 from dgan.transport.zmq_link import ZmqGeneratorLink
 from nodes.generator_service import GeneratorService, ServiceConfig
 
@@ -60,11 +61,13 @@ class FixedFakesTrainer(GeneratorTrainer):
         except ValueError as exc:
             return Outcome.REJECTED, -1, str(exc)
         staleness = self.step - inf.step_made
-        if staleness > self.cfg.max_staleness:
-            return Outcome.DROPPED_STALE, staleness, f"staleness {staleness} > {self.cfg.max_staleness}"
+        factor = stale_weight(staleness, self.cfg.max_staleness, self.cfg.stale_policy)
+        if factor is None:
+            return Outcome.DROPPED_STALE, staleness, drop_reason(staleness, self.cfg.max_staleness,
+                                                                 self.cfg.stale_policy)
         self.pending += 1
         self.samples_applied += int(grad.shape[0])
-        return Outcome.APPLIED, staleness, ""
+        return (Outcome.APPLIED if factor == 1.0 else Outcome.DISCOUNTED), staleness, ""
 
     def update(self) -> bool:
         if self.pending == 0:
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mode", default="async")
     ap.add_argument("--update-every", default="1")
     ap.add_argument("--max-staleness", type=int, default=8)
+    ap.add_argument("--stale-policy", default="drop")
     ap.add_argument("--fake-dtype", default="float16")  # as `dgan generator`
     ap.add_argument("--heartbeat", type=float, default=2.5)
     ap.add_argument("--work-ms", type=float, default=2.0, help="per sample")
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     model = ModelConfig(image_size=args.image_size, g_width=4, g_depth=3, d_width=8)
     every = -1 if args.update_every == "auto" else int(args.update_every)
     train = TrainConfig(steps=args.steps, mode=args.mode, update_every=every,
-                        max_staleness=args.max_staleness, fake_dtype=args.fake_dtype)
+                        max_staleness=args.max_staleness, stale_policy=args.stale_policy,
+                        fake_dtype=args.fake_dtype)
     trainer = FixedFakesTrainer(model, train, args.work_ms / 1e3)
     link = ZmqGeneratorLink(args.broker, heartbeat_interval=args.heartbeat)
     service = GeneratorService(link, trainer, ServiceConfig(out=args.out, run_id=uuid.uuid4().hex[:12],

@@ -72,6 +72,7 @@ class Variant:
     update_every: str  # the generator's --update-every
     grad_dtype: str = "float16"  # each node's --grad-dtype
     fake_dtype: str = "float16"  # the generator's --fake-dtype
+    stale_policy: str = "drop"  # the generator's --stale-policy
 
 
 VARIANTS = [
@@ -79,11 +80,13 @@ VARIANTS = [
     Variant("async-auto", "async", "auto", "auto"),  # latency hiding, and a buffer that keeps staleness bounded
     Variant("async-auto-u1", "async", "auto", "1"),  # latency hiding alone: deeper pipelines go stale
     Variant("async-auto-8bit", "async", "auto", "auto", "int8", "uint8"),  # and 8-bit fakes and gradients
+    # and feedbacks past the staleness bound applied discounted, not dropped: a slow link's node keeps counting
+    Variant("async-auto-8bit-discount", "async", "auto", "auto", "int8", "uint8", "discount"),
     Variant("sync", "sync", "2", "1"),
     Variant("sync-8bit", "sync", "2", "1", "int8", "uint8"),  # rounds on the 8-bit wire: async-auto-8bit's like
 ]
 SYNC_NAMES = frozenset(v.name for v in VARIANTS if v.mode == "sync")
-QUICK_SKIPS = frozenset({"async-auto-u1", "sync-8bit"})  # --quick: about 3 minutes
+QUICK_SKIPS = frozenset({"async-auto-u1", "sync-8bit", "async-auto-8bit-discount"})  # --quick: about 3 minutes
 _WIRE = {v.name: (v.grad_dtype, v.fake_dtype) for v in VARIANTS}
 
 
@@ -123,12 +126,27 @@ def _run_stats(out: Path) -> dict[str, Any]:
         "samples_per_s": feedback_rate(out),
         "staleness_mean": sum(s * w for s, w in stale) / fb if fb else float("nan"),
         "dropped_stale": int(run["counters"].get("dropped_stale", 0)),
+        "discounted_stale": int(run["counters"].get("discounted_stale", 0)),
         "bytes_per_sample": sum(n["wire_bytes"] for n in nodes) / samples if samples else float("nan"),
         "comm_share": statistics.mean(shares) if shares else float("nan"),
         "comm_share_max": max(shares) if shares else float("nan"),
         "pipeline_mean": statistics.mean(n.get("pipeline_mean", n.get("pipeline", 0)) for n in nodes) if nodes
         else float("nan"),
+        "per_node": _per_node(run),
     }
+
+
+def _per_node(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each node's applied and stale-dropped feedbacks: a slow link's node can be all but shut out by the staleness
+    bound while the totals look healthy."""
+    out = {}
+    for name, i in sorted(run["nodes"].items()):
+        applied, dropped = int(i.get("feedbacks", 0)), int(i.get("counts", {}).get("dropped_stale", 0))
+        out[name] = {"applied": applied, "dropped_stale": dropped,
+                     "discounted_stale": int(i.get("counts", {}).get("discounted_stale", 0)),
+                     "applied_share": applied / (applied + dropped) if applied + dropped else float("nan"),
+                     "staleness_mean": i.get("staleness_mean")}
+    return out
 
 
 def run_wan_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, batch: int = 8,
@@ -140,7 +158,7 @@ def run_wan_benchmark(quick: bool, json_out: Path | None, nodes: int = 4, batch:
     ``gen_ms_per_sample`` (``benchmarks.light_generator``): GPU-like costs, so the wire sets the pace.
     Otherwise real G and D (CPU here: compute sets the pace) with node ``feedback``.  Each variant runs
     ``repeats`` times (interleaved); rows hold the median run by samples/s, and every run's rate."""
-    console = Console(width=max(110, Console().width))
+    console = Console(width=max(150, Console().width))
     names = profiles or (["lan", "far"] if quick else list(PROFILES))
     sz = _sizes(quick, light)
     chosen = [v for v in VARIANTS if v.name in variants] if variants else \
@@ -241,6 +259,7 @@ def _train(lab: NetLab, prof: Profile, nodes: int, out: Path, v: Variant, sz: di
                                *(ONE_D_STEP if light is None else ["--work-ms", str(light[0])])],
                     generator_module="dgan" if light is None else "benchmarks.light_generator",
                     extra_generator_args=["--update-every", v.update_every, "--fake-dtype", v.fake_dtype,
+                                          "--stale-policy", v.stale_policy,
                                           *([] if light is None else ["--work-ms", str(light[1])])])
     relays = _relays(lab, prof, nodes, place.ports.node, broker.addr)
     try:
@@ -300,6 +319,15 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def least_served(per_node: dict[str, dict[str, Any]]) -> str:
+    """The node whose feedbacks the generator applied least often: ``name applied/sent``."""
+    sent = {n: i for n, i in per_node.items() if i["applied"] + i["dropped_stale"]}
+    if not sent:
+        return "-"
+    name, i = min(sent.items(), key=lambda kv: (kv[1]["applied_share"], kv[0]))
+    return f"{name} {i['applied']}/{i['applied'] + i['dropped_stale']}"
+
+
 def _print(console: Console, result: dict[str, Any]) -> None:
     paths = Table(title="what each shaped path gives (1 KiB ping-pong RTT; bulk echo through the relay)")
     for col in ("profile", "node", "nominal Mbit/s", "measured Mbit/s", "nominal RTT ms", "measured RTT ms"):
@@ -311,14 +339,17 @@ def _print(console: Console, result: dict[str, Any]) -> None:
     table = Table(title=f"training across hosts ({result['nodes']} nodes; {result['peers']}; "
                         f"{result['image_size']} px, batch {result['batch_per_node']})")
     for col in ("profile", "variant", "samples/s median (range)", "staleness", "dropped stale", "bytes/sample",
-                "comm share", "max node comm share", "mean pipeline"):
+                "comm share", "max node comm share", "mean pipeline", "least-served node: applied / sent"):
         table.add_column(col)
     for r in result["rows"]:
         spread = r.get("runs_samples_per_s") or [r["samples_per_s"]]
         table.add_row(r["profile"], r["name"], f"{r['samples_per_s']:.1f}" + (
                       f" ({min(spread):.0f}-{max(spread):.0f})" if len(spread) > 1 else ""),
-                      f"{r['staleness_mean']:.2f}", str(r["dropped_stale"]), f"{r['bytes_per_sample']:,.0f}",
-                      f"{r['comm_share']:.3f}", f"{r['comm_share_max']:.3f}", f"{r['pipeline_mean']:.2f}")
+                      f"{r['staleness_mean']:.2f}", str(r["dropped_stale"]) + (
+                          f" ({r['discounted_stale']} discounted)" if r.get("discounted_stale") else ""),
+                      f"{r['bytes_per_sample']:,.0f}",
+                      f"{r['comm_share']:.3f}", f"{r['comm_share_max']:.3f}", f"{r['pipeline_mean']:.2f}",
+                      least_served(r.get("per_node") or {}))
     console.print(table)
     for k, t in result["targets"].items():
         console.print(f"{k}: {t['ratio']:.2f}x (target >= {t['target']}x): {'met' if t['met'] else 'MISSED'}")

@@ -30,6 +30,13 @@ class Jacobian(str, enum.Enum):
     current = "current"
 
 
+class StalePolicy(str, enum.Enum):
+    """What the generator does with a feedback staler than --max-staleness: drop it, or apply it discounted."""
+
+    drop = "drop"
+    discount = "discount"
+
+
 class FakeDtype(str, enum.Enum):
     float16 = "float16"
     float32 = "float32"

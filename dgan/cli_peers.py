@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dgan.choices import FakeDtype, GanMode, GradDtype, Precision, SynthWeights, TrainMode, Weighting
+from dgan.choices import FakeDtype, GanMode, GradDtype, Precision, StalePolicy, SynthWeights, TrainMode, Weighting
 from dgan.cli_app import (
     BrokerKey,
     ChannelsLast,
@@ -161,7 +161,11 @@ def generator(
     snapshot_every: Annotated[int, typer.Option(help="Steps between snapshots.")] = 100,
     weighting: Annotated[Weighting, typer.Option(help="Feedback weight: by node dataset size, or equal.")] = (
         Weighting.size),
-    max_staleness: Annotated[int, typer.Option(help="Drop feedback staler than this.")] = 8,
+    max_staleness: Annotated[int, typer.Option(help="Feedback staler than this is dropped (--stale-policy drop) "
+                                                    "or discounted.")] = 8,
+    stale_policy: Annotated[StalePolicy, typer.Option(
+        help="Past --max-staleness: drop, or discount (apply at weight bound/staleness, up to 4x the bound) so a "
+        "node on a slow link still counts.")] = StalePolicy.drop,
     fake_dtype: Annotated[FakeDtype, typer.Option(help="Fakes on the wire.")] = FakeDtype.float16,
     precision: Annotated[Precision, typer.Option(
         help="G's forward pass: fp32; bf16 autocast; or auto, bf16 only on CUDA or a CPU with native bf16 "
@@ -215,7 +219,8 @@ def generator(
         every = -1 if word == "auto" else int(word) if re.fullmatch(r"[0-9]{1,9}", word) else -2  # -2: refused
         train = TrainConfig(steps=steps, lr=lr, beta1=beta1, mode=mode.value, update_every=every, ema=ema,
                             snapshots=snapshots, snapshot_every=snapshot_every, weighting=weighting.value,
-                            max_staleness=max_staleness, fake_dtype=fake_dtype.value,
+                            max_staleness=max_staleness, stale_policy=stale_policy.value,
+                            fake_dtype=fake_dtype.value,
                             seed=seed, device=device, precision=precision.value, channels_last=channels_last,
                             compile=compile_g)
     except ValueError as exc:

@@ -84,11 +84,12 @@ def render(generator: dict[str, Any], broker: dict[str, Any], title: str = "dgan
         ("  samples applied ", "bold"), str(generator.get("samples_applied", 0)),
         ("  mode ", "bold"), str(generator.get("mode", "?")),
         ("  dropped stale ", "bold"), str(generator.get("dropped_stale", 0)),
+        (f" ({generator['discounted_stale']} discounted)" if generator.get("discounted_stale") else ""),
         ("  judges: label IoU ", "bold"), _fmt(generator.get("label_iou")),
         (", trained-on-fakes IoU on real ", "bold"), _fmt(generator.get("transfer_iou")))
     table = Table(expand=True)
     for col in ("node", "feedback", "alive", "batches", "D loss", "G adv", "L1", "label IoU", "staleness",
-                "last seen"):
+                "dropped stale", "last seen"):
         table.add_column(col, justify="right" if col != "node" else "left")
     for name, n in sorted(generator.get("nodes", {}).items()):
         losses = n.get("losses", {})
@@ -97,7 +98,7 @@ def render(generator: dict[str, Any], broker: dict[str, Any], title: str = "dgan
         table.add_row(name, f"[red]{mode} (leaks)[/red]" if mode == "l1" else mode,
                       "[green]yes[/green]" if n.get("alive") else "[red]no[/red]", str(n.get("batches", 0)),
                       _fmt(d_loss), _fmt(losses.get("g_adv")), _fmt(losses.get("g_l1")),
-                      _fmt(losses.get("label_iou")), _fmt(n.get("staleness")),
+                      _fmt(losses.get("label_iou")), _fmt(n.get("staleness")), _dropped(n),
                       f"{_fmt(n.get('last_seen'), '.1f')} s ago")
     parts: list[Any] = [head, table]
     if generator.get("phase") == "synthesis":
@@ -109,6 +110,14 @@ def render(generator: dict[str, Any], broker: dict[str, Any], title: str = "dgan
                                    f"{_fmt(broker.get('mb_per_s'), '.2f')} MB/s, errors {broker.get('errors', 0)}, "
                                    f"nodes {broker.get('nodes', 0)}"))
     return Panel(Group(*parts), title=title)
+
+
+def _dropped(node: dict[str, Any]) -> str:
+    """A node's stale-dropped batches, red where they outnumber its applied ones: its data has stopped counting."""
+    dropped, batches = node.get("dropped_stale", 0), node.get("batches", 0)
+    if not isinstance(dropped, int) or not isinstance(batches, int):
+        return "?"
+    return f"[red]{dropped}[/red]" if dropped > batches else str(dropped)
 
 
 def monitor(endpoint: str, duration: float | None = None, once: bool = False,

@@ -76,6 +76,7 @@ class GeneratorService(RunOutputs):
         resumed = trainer.step > 0
         self.history = RowStream(self.out / "history.jsonl", append=resumed)  # one row per status interval
         self.feedback_log = RowStream(self.out / "feedback.jsonl", append=resumed)  # one row per applied feedback
+        self._warned_stale: set[str] = set()  # nodes already warned of as shut out by the staleness bound
         self.policy = RoundPolicy(trainer.cfg.mode, trainer.cfg.update_every,  # who is served when; when G steps
                                   max_staleness=trainer.cfg.max_staleness)
         self.label_watch = LabelWatch()  # the nodes' judges: is G drawing what the masks say, better or worse?
@@ -155,6 +156,17 @@ class GeneratorService(RunOutputs):
                 log.info("generator: step %d/%d, %.2f updates/s, %d samples applied, %d node(s) alive, "
                          "%d dropped stale", self.trainer.step, self.trainer.cfg.steps, rate,
                          self.trainer.samples_applied, alive, self.counters["dropped_stale"])
+                self._warn_shut_out()
+
+    def _warn_shut_out(self) -> None:
+        """Once per node: most of its feedbacks arrive too stale to apply, so its department stops counting."""
+        for name, i in self.nodes.items():
+            dropped = i.counts["dropped_stale"]
+            if dropped >= 10 and dropped > i.feedbacks and name not in self._warned_stale:
+                self._warned_stale.add(name)
+                log.warning("generator: node %s: %d of its %d feedbacks were too stale to apply (a slow link?), so "
+                            "its data has all but stopped counting; --stale-policy discount applies them at a cut "
+                            "weight", name, dropped, dropped + i.feedbacks)
 
     # ------------------------------------------------------------ messages
 
@@ -338,6 +350,9 @@ class GeneratorService(RunOutputs):
             self.counters["dropped_stale"] += 1
             self.record_verdicts(node.name, losses)  # stale for G, not for the judges
         else:
+            if outcome == Outcome.DISCOUNTED:  # applied, at a cut weight: a slow link's node, kept in
+                node.counts["discounted_stale"] += 1
+                self.counters["discounted_stale"] += 1
             node.feedbacks += 1
             node.samples += int(grad.shape[0])
             node.staleness[staleness] += 1

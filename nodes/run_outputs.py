@@ -61,11 +61,12 @@ class RunOutputs:
             "step": self.trainer.step, "steps": self.trainer.cfg.steps, "updates_per_s": round(updates_per_s, 3),
             "samples_applied": self.trainer.samples_applied, "inflight": len(self.trainer.inflight),
             "mode": self.trainer.cfg.mode, "dropped_stale": self.counters["dropped_stale"],
+            "discounted_stale": self.counters["discounted_stale"],
             "label_iou": self.label_watch.mean,
             "transfer_iou": self.transfer_watch.mean,
             "phase": phase, "phase_done": done, "phase_total": total,
             "nodes": {n: {"alive": i.alive, "feedback": i.feedback, "batches": i.feedbacks, "losses": i.losses,
-                          "staleness": i.staleness_last,
+                          "staleness": i.staleness_last, "dropped_stale": i.counts["dropped_stale"],
                           "last_seen": round(time.time() - i.last_seen, 1)} for n, i in self._status_nodes()},
             "nodes_total": len(self.nodes), "nodes_alive": sum(1 for i in self.nodes.values() if i.alive),
         }

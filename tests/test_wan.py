@@ -15,7 +15,7 @@ import pytest
 from benchmarks.delay_relay import probe
 from benchmarks.light_node import FixedGradientTrainer, LightNode
 from benchmarks.netlab import NetLab, NetLabUnavailable
-from benchmarks.wan import targets
+from benchmarks.wan import _per_node, least_served, targets
 from dgan import protocol as P
 from dgan.commands import free_ports
 from dgan.data.scenes import make_scenes
@@ -186,6 +186,17 @@ def test_wan_targets_never_set_a_float16_run_against_8bit_rounds() -> None:
     assert set(t) == {"far_async_vs_sync", "far_async-auto_vs_sync"}
 
 
+def test_wan_rows_name_the_node_whose_feedbacks_the_generator_applied_least() -> None:
+    run = {"nodes": {"node0": {"feedbacks": 90, "counts": {}, "staleness_mean": 3.1},
+                     "node3": {"feedbacks": 2, "counts": {"dropped_stale": 22}, "staleness_mean": 7.5},
+                     "node9": {"feedbacks": 0, "counts": {}}}}  # never fed back: no share to rank
+    per = _per_node(run)
+    assert per["node3"] == {"applied": 2, "dropped_stale": 22, "discounted_stale": 0, "applied_share": 2 / 24,
+                            "staleness_mean": 7.5}
+    assert least_served(per) == "node3 2/24"
+    assert least_served({}) == "-"
+
+
 @pytest.mark.timeout(600)
 def test_wan_bench_trains_across_shaped_hosts_and_reports_every_figure(tmp_path) -> None:
     try:
@@ -204,6 +215,7 @@ def test_wan_bench_trains_across_shaped_hosts_and_reports_every_figure(tmp_path)
     assert set(rows) == {(p, v) for p in ("lan", "far") for v in ("async", "async-auto-8bit", "sync", "sync-8bit")}
     for r in rows.values():
         assert r["samples_per_s"] > 0 and r["bytes_per_sample"] > 2 * 3 * 128 * 128  # 128 px fakes and gradients
+        assert len(r["per_node"]) == 2 and all(i["applied"] > 0 for i in r["per_node"].values())
     for p in ("lan", "far"):  # 8-bit fakes and gradients: about half of float16 (masks are packed in both)
         assert rows[(p, "async-auto-8bit")]["bytes_per_sample"] < 0.52 * rows[(p, "async")]["bytes_per_sample"]
         assert rows[(p, "sync-8bit")]["bytes_per_sample"] < 0.52 * rows[(p, "sync")]["bytes_per_sample"]

@@ -33,11 +33,12 @@ import torch
 from torch.func import functional_call
 
 from dgan import grad_codec
-from dgan.choices import FakeDtype, Jacobian, Precision, SynthWeights, TrainMode, Weighting, values
+from dgan.choices import FakeDtype, Jacobian, Precision, StalePolicy, SynthWeights, TrainMode, Weighting, values
 from dgan.cpu_features import device_problem, precision_autocast, resolve_precision, rng_devices
 from dgan.networks import ModelConfig, define_G, masks_to_input, tensor_to_images
 from dgan.training.checkpoints import load_checkpoint, numpy_rng_state, save_atomic, set_numpy_rng_state
 from dgan.training.snapshots import WeightSnapshots
+from dgan.training.staleness import drop_reason, stale_weight
 
 log = logging.getLogger("dgan.generator")
 
@@ -48,6 +49,7 @@ FAKE_DTYPES = values(FakeDtype)
 SYNTH_WEIGHTS = values(SynthWeights)
 PRECISIONS = values(Precision)
 JACOBIANS = values(Jacobian)
+STALE_POLICIES = values(StalePolicy)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class TrainConfig:
     update_every: int = 1  # async: feedbacks per optimizer step (0: one per node; -1: by staleness, RoundPolicy)
     weighting: str = "size"  # "size" (by node dataset size) or "equal"
     max_staleness: int = 8
+    stale_policy: str = "drop"  # past max_staleness: drop, or apply discounted (dgan.training.staleness)
     max_inflight_per_node: int = 4
     max_batch: int = 64
     fake_dtype: str = "float16"
@@ -74,7 +77,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (("mode", TRAIN_MODES), ("weighting", WEIGHTINGS), ("fake_dtype", FAKE_DTYPES),
-                              ("precision", PRECISIONS), ("jacobian", JACOBIANS)):
+                              ("precision", PRECISIONS), ("jacobian", JACOBIANS),
+                              ("stale_policy", STALE_POLICIES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.ema < 1.0:
@@ -96,6 +100,7 @@ class TrainConfig:
 
 class Outcome(enum.Enum):
     APPLIED = "applied"
+    DISCOUNTED = "discounted"  # applied, at a weight cut for staleness past the bound (stale_policy discount)
     DROPPED_STALE = "dropped_stale"
     UNKNOWN = "unknown"  # no such request in flight (released, duplicate, or never made)
     REJECTED = "rejected"  # wrong shape, dtype or non-finite values
@@ -242,8 +247,11 @@ class GeneratorTrainer:
             return Outcome.REJECTED, -1, "gradient holds NaN or Inf"
         del self.inflight[key]
         staleness = self.step - inf.step_made
-        if staleness > self.cfg.max_staleness:
-            return Outcome.DROPPED_STALE, staleness, f"staleness {staleness} > {self.cfg.max_staleness}"
+        factor = stale_weight(staleness, self.cfg.max_staleness, self.cfg.stale_policy)
+        if factor is None:
+            return Outcome.DROPPED_STALE, staleness, drop_reason(staleness, self.cfg.max_staleness,
+                                                                 self.cfg.stale_policy)
+        weight *= factor
         if inf.inputs is not None:  # jacobian "current": the same masks and dropout draw through G as it is now
             params = list(self.G.parameters())
             fakes = self._run(params, inf.inputs, inf.seed)
@@ -257,7 +265,8 @@ class GeneratorTrainer:
                 a.add_(b)
         self.pending += 1
         self.samples_applied += int(inf.fakes.shape[0])
-        return Outcome.APPLIED, staleness, ""
+        return (Outcome.APPLIED, staleness, "") if factor == 1.0 else \
+            (Outcome.DISCOUNTED, staleness, f"weight x{factor:.3f} for staleness {staleness}")
 
     def update(self) -> bool:
         """One optimizer step with the mean of the accumulated gradients."""
