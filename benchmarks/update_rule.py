@@ -45,6 +45,7 @@ from dgan.stop_signals import die_with_parent
 from dgan.training.discriminator import DiscriminatorTrainer, PairSampler
 from dgan.training.generator import GeneratorTrainer, Outcome, TrainConfig
 from dgan.training.snapshots import relative_distance
+from dgan.training.staleness import stale_weight
 from nodes.round_policy import RoundPolicy
 
 log = logging.getLogger("dgan.bench")
@@ -71,6 +72,8 @@ class Rule:
     weighting: str = "size"  # each feedback's weight: its node's dataset size over the mean (dgan's), or "equal"
     snapshots: int = SNAPSHOTS  # G's snapshots kept (every simulation keeps them; the `real` rule does not)
     d_steps: int = 1  # each node's D steps per feedback (FeedbackConfig.d_steps): fresh real batches, same fakes
+    max_staleness: int = 10**6  # TrainConfig.max_staleness: no bound, unless a rule measures the bound itself
+    stale_policy: str = "drop"  # TrainConfig.stale_policy: past the bound, drop or discount
 
 
 RULES = {
@@ -116,6 +119,12 @@ RULES = {
     "central-d4": Rule("central-d4", "central", 1, 1, d_steps=4),  # paired with "central": does the pooled D gain too?
     # paired with "serial" and "async-p1-d4": staleness 0, and each D (of 4 nodes in turn) as many steps as G
     "serial-d4": Rule("serial-d4", "serial", 1, 1, grad_dtype="float16", fake_dtype="float16", d_steps=4),
+    # the generator's staleness bound itself, paired with "async-f16" (no bound): with a slow node (--speed 1
+    # --speed 1 --speed 1 --speed 2.5) the bound drops nearly all that node's feedbacks, or discounts them
+    "async-f16-bound8": Rule("async-f16-bound8", "async", 1, 2, grad_dtype="float16", fake_dtype="float16",
+                             max_staleness=8),
+    "async-f16-discount8": Rule("async-f16-discount8", "async", 1, 2, grad_dtype="float16", fake_dtype="float16",
+                                max_staleness=8, stale_policy="discount"),
     # not simulated: a real run (broker, node processes, this machine's timing), dgan's default wire
     "real": Rule("real", "real", 1, REAL_PIPELINE, grad_dtype="float16", fake_dtype="float16", snapshots=0),
     # the same as `dgan experiment` runs it since session 20: one request in flight, 4 snapshots (twin: async-p1-f16)
@@ -132,7 +141,8 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
     steps = feedbacks if rule.mode in ("serial", "central") else cfg.generator_steps(feedbacks, rule.mode,
                                                                                         rule.update_every)
     gen = GeneratorTrainer(cfg.model(), TrainConfig(steps=steps, lr=lr * rule.lr_scale, beta1=beta1, seed=seed,
-                                                    fake_dtype=rule.fake_dtype, ema=ema, max_staleness=10**6,
+                                                    fake_dtype=rule.fake_dtype, ema=ema,
+                                                    max_staleness=rule.max_staleness, stale_policy=rule.stale_policy,
                                                     precision=rule.precision, jacobian=rule.jacobian,
                                                     channels_last=rule.channels_last,
                                                     **replace(cfg, snapshots=rule.snapshots).snapshot_args(steps)))
@@ -155,6 +165,7 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
         policy.request(name, None)  # every node is a member from the start
     staleness: list[int] = []
     served = dict.fromkeys(names, 0)  # feedbacks each node answered
+    applied = dict.fromkeys(names, 0.0)  # their weight as applied: 1 each, less when discounted, 0 when dropped
     heap: list[tuple[float, int, int, np.ndarray, np.ndarray, np.ndarray]] = []
     busy = [0.0] * len(nodes)
     key = 0
@@ -173,8 +184,9 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
         served[names[i]] += 1
         outcome, s, _ = gen.apply_feedback(names[i], k, scored.grad, scored.grad_scale, weights[i],
                                            scored.grad_scales)
-        if outcome == Outcome.APPLIED:
+        if outcome in (Outcome.APPLIED, Outcome.DISCOUNTED):
             staleness.append(s)
+            applied[names[i]] += stale_weight(s, rule.max_staleness, rule.stale_policy) or 0.0
 
     done = 0
     if rule.mode == "sync":
@@ -209,6 +221,7 @@ def simulate(cfg: ExperimentConfig, splits: Splits, rule: Rule, seed: int, feedb
     ema_gap = relative_distance(gen.G_ema.state_dict(), gen.G.state_dict()) if gen.G_ema is not None else None
     return gen, {"steps": gen.step, "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
                  "staleness_max": max(staleness, default=0), "served": served,
+                 "applied_weight": {n: round(w, 2) for n, w in applied.items()},
                  "snapshot_drift": None if drift is None else round(drift, 4),
                  "ema_gap": None if ema_gap is None else round(ema_gap, 4)}
 

@@ -320,12 +320,18 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
 
 
 def least_served(per_node: dict[str, dict[str, Any]]) -> str:
-    """The node whose feedbacks the generator applied least often: ``name applied/sent``."""
+    """The node whose feedbacks the generator applied at full weight least often: ``name applied/sent``, and how
+    many of the applied ones were discounted."""
     sent = {n: i for n, i in per_node.items() if i["applied"] + i["dropped_stale"]}
     if not sent:
         return "-"
-    name, i = min(sent.items(), key=lambda kv: (kv[1]["applied_share"], kv[0]))
-    return f"{name} {i['applied']}/{i['applied'] + i['dropped_stale']}"
+
+    def full_share(i: dict[str, Any]) -> float:
+        return (i["applied"] - i.get("discounted_stale", 0)) / (i["applied"] + i["dropped_stale"])
+
+    name, i = min(sent.items(), key=lambda kv: (full_share(kv[1]), kv[0]))
+    cut = i.get("discounted_stale", 0)
+    return f"{name} {i['applied']}/{i['applied'] + i['dropped_stale']}" + (f" ({cut} discounted)" if cut else "")
 
 
 def _print(console: Console, result: dict[str, Any]) -> None:

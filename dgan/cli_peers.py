@@ -34,6 +34,7 @@ from dgan.cli_app import (
 )
 from dgan.feedback import DEFAULT_MODE, MAX_D_STEPS, default_d_steps
 from dgan.logs import setup_logging
+from dgan.training.staleness import DISCOUNT_CAP
 
 log = logging.getLogger("dgan")
 
@@ -164,8 +165,8 @@ def generator(
     max_staleness: Annotated[int, typer.Option(help="Feedback staler than this is dropped (--stale-policy drop) "
                                                     "or discounted.")] = 8,
     stale_policy: Annotated[StalePolicy, typer.Option(
-        help="Past --max-staleness: drop, or discount (apply at weight bound/staleness, up to 4x the bound) so a "
-        "node on a slow link still counts.")] = StalePolicy.drop,
+        help=f"Past --max-staleness: drop, or discount (apply at weight bound/staleness, up to {DISCOUNT_CAP}x the "
+        "bound) so a node on a slow link still counts.")] = StalePolicy.drop,
     fake_dtype: Annotated[FakeDtype, typer.Option(help="Fakes on the wire.")] = FakeDtype.float16,
     precision: Annotated[Precision, typer.Option(
         help="G's forward pass: fp32; bf16 autocast; or auto, bf16 only on CUDA or a CPU with native bf16 "

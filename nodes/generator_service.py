@@ -19,6 +19,7 @@ from dgan import protocol as P
 from dgan.feedback import FeedbackMode
 from dgan.rowstream import RowStream
 from dgan.training.generator import GeneratorTrainer, Outcome
+from dgan.training.staleness import DISCOUNT_CAP
 from dgan.transport.base import GeneratorLink, LinkClosed
 from nodes.label_watch import LabelWatch
 from nodes.mask_upload import MaskUpload
@@ -164,9 +165,10 @@ class GeneratorService(RunOutputs):
             dropped = i.counts["dropped_stale"]
             if dropped >= 10 and dropped > i.feedbacks and name not in self._warned_stale:
                 self._warned_stale.add(name)
+                hint = "--stale-policy discount applies them at a cut weight" if self.trainer.cfg.stale_policy \
+                    == "drop" else f"even discounting stops at {DISCOUNT_CAP}x --max-staleness"
                 log.warning("generator: node %s: %d of its %d feedbacks were too stale to apply (a slow link?), so "
-                            "its data has all but stopped counting; --stale-policy discount applies them at a cut "
-                            "weight", name, dropped, dropped + i.feedbacks)
+                            "its data has all but stopped counting; %s", name, dropped, dropped + i.feedbacks, hint)
 
     # ------------------------------------------------------------ messages
 

@@ -32,11 +32,22 @@ def test_discount_weighs_a_feedback_past_the_bound_by_bound_over_staleness_up_to
     assert stale_weight(1, 0, "discount") is None  # a bound of 0 leaves no room to discount in
 
 
-def test_an_unknown_stale_policy_is_refused_by_the_rule_and_the_config() -> None:
+def test_an_unknown_stale_policy_or_a_negative_bound_is_refused_by_the_rule_and_the_config() -> None:
     with pytest.raises(ValueError, match="stale policy"):
         stale_weight(9, 8, "keep")
     with pytest.raises(ValueError, match="stale_policy"):
         TrainConfig(stale_policy="keep")
+    with pytest.raises(ValueError, match="max_staleness"):
+        TrainConfig(max_staleness=-1)
+
+
+def test_dgan_generator_refuses_an_unknown_stale_policy_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from dgan.cli import app
+
+    res = CliRunner().invoke(app, ["generator", "--broker", "tcp://127.0.0.1:1", "--stale-policy", "keep"])
+    assert res.exit_code == 2 and "stale-policy" in res.output and "Traceback" not in res.output
 
 
 def test_the_drop_reason_names_the_limit_that_applied() -> None:
@@ -44,7 +55,7 @@ def test_the_drop_reason_names_the_limit_that_applied() -> None:
     assert drop_reason(33, 8, "discount").startswith(f"staleness 33 > {DISCOUNT_CAP * 8} ")
 
 
-def _two_steps_stale(policy: str, bound: int) -> tuple[GeneratorTrainer, Outcome, int]:
+def _two_steps_stale(policy: str, bound: int, weight: float = 1.0) -> tuple[GeneratorTrainer, Outcome, int]:
     """A feedback on fakes made before two generator steps, with fixed gradients throughout."""
     _, masks = make_scenes(range(2), 32)
     gen = GeneratorTrainer(CFG, TrainConfig(seed=3, max_staleness=bound, stale_policy=policy, fake_dtype="float32"))
@@ -56,7 +67,7 @@ def _two_steps_stale(policy: str, bound: int) -> tuple[GeneratorTrainer, Outcome
             Outcome.APPLIED
         assert gen.update()
     grad = np.random.default_rng(1).standard_normal(old.shape).astype(np.float32)
-    outcome, staleness, _ = gen.apply_feedback("n0", 100, grad)
+    outcome, staleness, _ = gen.apply_feedback("n0", 100, grad, weight=weight)
     return gen, outcome, staleness
 
 
@@ -71,6 +82,10 @@ def test_the_trainer_applies_a_feedback_past_the_bound_at_the_discounted_weight(
     assert any(a.abs().sum() > 0 for a in cut._acc)  # the comparison is not of two zero gradients
     dropped, outcome, _ = _two_steps_stale("drop", 1)
     assert outcome == Outcome.DROPPED_STALE and dropped.pending == 0
+    sized, outcome, _ = _two_steps_stale("discount", 1, weight=2.0)  # a node twice the mean size: both factors
+    assert outcome == Outcome.DISCOUNTED and sized._acc is not None
+    for a, b in zip(sized._acc, full._acc, strict=True):
+        torch.testing.assert_close(a, b)  # 2 x 1/2
 
 
 @pytest.mark.parametrize("policy", ["drop", "discount"])
@@ -100,9 +115,11 @@ def test_the_service_counts_a_discounted_feedback_as_applied_and_says_so(tmp_pat
         assert node.counts["dropped_stale"] == 1 and node.counts["discounted_stale"] == 0
 
 
+@pytest.mark.parametrize("policy", ["drop", "discount"])
 def test_the_generator_warns_once_of_a_node_whose_feedbacks_mostly_arrive_too_stale(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4), TrainConfig(steps=10))
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, policy: str) -> None:
+    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
+                               TrainConfig(steps=10, stale_policy=policy))
     service = GeneratorService(InProcessHub().generator_link(), trainer, ServiceConfig(
         out=tmp_path, sample_every=0, checkpoint_every=0, synthesize=False))
     for name, applied, dropped in (("slow", 3, 12), ("busy", 40, 12), ("new", 0, 4)):
@@ -113,6 +130,8 @@ def test_the_generator_warns_once_of_a_node_whose_feedbacks_mostly_arrive_too_st
         service._warn_shut_out()
     warned = [r.getMessage() for r in caplog.records if "too stale" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("generator: node slow: 12 of its 15 feedbacks")
+    assert warned[0].endswith("--stale-policy discount applies them at a cut weight" if policy == "drop" else
+                              f"even discounting stops at {DISCOUNT_CAP}x --max-staleness")  # the way out, or none
     status = service.status()
     assert status["nodes"]["slow"]["dropped_stale"] == 12 and status["discounted_stale"] == 0
 

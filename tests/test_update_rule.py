@@ -244,3 +244,18 @@ def test_the_bf16_channels_last_rule_trains_the_simulated_generator_in_both() ->
     assert stats["steps"] == 4 and gen.precision == "bf16" and gen.cfg.channels_last
     conv = max((p for p in gen.G.parameters() if p.dim() == 4), key=lambda p: p.shape[1] * p.shape[2])
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+
+def test_a_slow_nodes_feedbacks_are_dropped_by_the_bound_and_kept_discounted_in_the_simulation() -> None:
+    """Paired with no bound (async-f16): node3 answers 2.5x slower, so most of its answers come back past 8 steps."""
+    splits = make_splits(TINY)
+    got = {rule: simulate(TINY, splits, RULES[rule], seed=0, feedbacks=60, feedback="adversarial",
+                          speeds=[1.0, 1.0, 1.0, 2.5], ema=0.0)[1]
+           for rule in ("async-f16", "async-f16-bound8", "async-f16-discount8")}
+    assert all(s["served"] == got["async-f16"]["served"] for s in got.values())  # one schedule for all three
+    slow = {rule: s["applied_weight"]["node3"] for rule, s in got.items()}
+    served = got["async-f16"]["served"]["node3"]
+    assert served >= 5 and slow["async-f16"] == served  # no bound: every answer at full weight
+    assert slow["async-f16-bound8"] < 0.5 * served  # the bound shuts most of the slow node out
+    assert slow["async-f16-bound8"] < slow["async-f16-discount8"] < served  # discounted: in, at a cut weight
+    assert got["async-f16-discount8"]["staleness_max"] > 8

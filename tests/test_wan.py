@@ -194,6 +194,9 @@ def test_wan_rows_name_the_node_whose_feedbacks_the_generator_applied_least() ->
     assert per["node3"] == {"applied": 2, "dropped_stale": 22, "discounted_stale": 0, "applied_share": 2 / 24,
                             "staleness_mean": 7.5}
     assert least_served(per) == "node3 2/24"
+    kept = {**per, "node3": {**per["node3"], "applied": 24, "dropped_stale": 0, "discounted_stale": 22,
+                             "applied_share": 1.0}}
+    assert least_served(kept) == "node3 24/24 (22 discounted)"  # applied, but 22 of them at a cut weight
     assert least_served({}) == "-"
 
 

@@ -90,6 +90,8 @@ class TrainConfig:
             raise ValueError("TrainConfig.jacobian 'current' runs G again at feedback time with the fakes' dropout "
                              "draw; a compiled forward does not promise the same draw with and without gradients, "
                              "so it is refused with compile")
+        if self.max_staleness < 0:
+            raise ValueError(f"TrainConfig.max_staleness must be >= 0, got {self.max_staleness}")
         if self.update_every < -1:
             raise ValueError(f"TrainConfig.update_every must be >= 0 (0: one per node) or -1 (by staleness), got "
                              f"{self.update_every}")

@@ -3,10 +3,11 @@
 ``drop`` (the default) applies every feedback up to ``bound`` steps stale at full weight and drops the rest.
 On a mixed network that can shut a department out: a node behind a slow link answers after the others have
 moved the generator past the bound, so nearly all its feedbacks are dropped (``dgan bench wan``, far+slow) and
-its data stops counting while the totals look healthy. ``discount`` keeps it in, as asynchronous federated
-learning does (FedAsync's staleness-weighted mixing, Xie et al. 2019; FedBuff's discounted buffer, Nguyen et
-al. 2022): past the bound a feedback is applied with weight ``bound / staleness``, and only past
-``DISCOUNT_CAP x bound`` is it dropped, so a gradient from a generator long gone never steers the current one.
+its data stops counting while the totals look healthy. ``discount`` keeps it in, in the spirit of FedAsync's
+hinge staleness function (Xie et al. 2019: full weight up to a bound, a falling one past it): past the bound a
+feedback is applied with weight ``bound / staleness``, and only past ``DISCOUNT_CAP x bound`` is it dropped, so a
+gradient from a generator long gone never steers the current one. The weight is relative: the generator's step
+is the sum of its feedbacks' weighted gradients over their count, so a discounted one also makes the step smaller.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def stale_weight(staleness: int, bound: int, policy: str = StalePolicy.drop.valu
         return 1.0
     if policy == StalePolicy.drop.value or staleness > DISCOUNT_CAP * bound:
         return None
-    return max(1, bound) / staleness
+    return bound / staleness
 
 
 def drop_reason(staleness: int, bound: int, policy: str) -> str:
