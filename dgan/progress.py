@@ -98,6 +98,8 @@ def dgan_detail(status: dict[str, Any]) -> str:
         parts.append(f"judges' label IoU {status['label_iou']:.3f}")
     if status.get("dropped_stale"):
         parts.append(f"{status['dropped_stale']} dropped stale")
+    if status.get("discounted_stale"):
+        parts.append(f"{status['discounted_stale']} applied discounted")
     return ", ".join(parts)
 
 

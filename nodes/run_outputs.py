@@ -67,6 +67,7 @@ class RunOutputs:
             "phase": phase, "phase_done": done, "phase_total": total,
             "nodes": {n: {"alive": i.alive, "feedback": i.feedback, "batches": i.feedbacks, "losses": i.losses,
                           "staleness": i.staleness_last, "dropped_stale": i.counts["dropped_stale"],
+                          "discounted_stale": i.counts["discounted_stale"],
                           "last_seen": round(time.time() - i.last_seen, 1)} for n, i in self._status_nodes()},
             "nodes_total": len(self.nodes), "nodes_alive": sum(1 for i in self.nodes.values() if i.alive),
         }

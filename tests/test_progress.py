@@ -82,6 +82,7 @@ def test_the_dgan_detail_names_the_nodes_alive_their_staleness_and_the_judges() 
         "node2": {"alive": False, "staleness": 9.0}}}
     assert dgan_detail(status) == ("2/3 nodes alive, mean staleness 2.5, judges' label IoU 0.412, "
                                    "2 dropped stale")
+    assert dgan_detail({**status, "discounted_stale": 5}).endswith("2 dropped stale, 5 applied discounted")
     assert dgan_detail({"nodes": {}}) == "0/0 nodes alive"
     assert dgan_detail({"nodes": "not a dict"}) == ""  # a status it cannot read gives no detail, not an error
 

@@ -106,9 +106,11 @@ def test_the_service_counts_a_discounted_feedback_as_applied_and_says_so(tmp_pat
         service.handle("a", P.make(P.Kind.FEEDBACK, "a", run_id=f.run_id, reply_to=f.msg_id, meta={"losses": {}},
                                    tensors={"grad": np.full(f.tensors["fakes"].shape, 1e-3, np.float32)}))
     node = service.nodes["a"]
+    status = service.status()["nodes"]["a"]
     if policy == "discount":
         assert trainer.step == 3 and node.feedbacks == 3
         assert node.counts["discounted_stale"] == 1 == service.counters["discounted_stale"]
+        assert (status["discounted_stale"], status["dropped_stale"]) == (1, 0)
         assert node.counts["dropped_stale"] == 0
     else:
         assert trainer.step == 2 and node.feedbacks == 2
