@@ -25,7 +25,6 @@ from dgan import grad_codec
 from dgan.logs import setup_logging
 from dgan.networks import ModelConfig
 from dgan.training.generator import GeneratorTrainer, InFlight, Outcome, TrainConfig
-from dgan.training.staleness import drop_reason, stale_weight
 from dgan.transport.zmq_link import ZmqGeneratorLink
 from nodes.generator_service import GeneratorService, ServiceConfig
 
@@ -60,11 +59,9 @@ class FixedFakesTrainer(GeneratorTrainer):
             grad_codec.decode(grad, grad_scales)  # the real generator's decoding work (int8: scales applied)
         except ValueError as exc:
             return Outcome.REJECTED, -1, str(exc)
-        staleness = self.step - inf.step_made
-        factor = stale_weight(staleness, self.cfg.max_staleness, self.cfg.stale_policy)
+        staleness, factor, reason = self.stale_factor(inf.step_made)
         if factor is None:
-            return Outcome.DROPPED_STALE, staleness, drop_reason(staleness, self.cfg.max_staleness,
-                                                                 self.cfg.stale_policy)
+            return Outcome.DROPPED_STALE, staleness, reason
         self.pending += 1
         self.samples_applied += int(grad.shape[0])
         return (Outcome.APPLIED if factor == 1.0 else Outcome.DISCOUNTED), staleness, ""

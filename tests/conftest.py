@@ -36,6 +36,44 @@ def feedback_step(trainer, key: int) -> None:
     trainer.update()
 
 
+def one_node_service(tmp_path: Path, requests: int, **train):
+    """A generator service (a tiny G, in process) with node ``a`` welcomed and ``requests`` fakes served to it.
+    Returns (service, trainer, those FAKES messages in order)."""
+    import numpy as np
+
+    from dgan import protocol as P
+    from dgan.networks import ModelConfig
+    from dgan.training.generator import GeneratorTrainer, TrainConfig
+    from dgan.transport.inproc import InProcessHub
+    from nodes.generator_service import GeneratorService, ServiceConfig
+
+    hub = InProcessHub()
+    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
+                               TrainConfig(steps=100, fake_dtype="float32", **train))
+    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(
+        out=tmp_path, sample_every=0, checkpoint_every=0, synthesize=False))
+    link = hub.node_link("a")
+    service.handle("a", P.make(P.Kind.HELLO, "a", meta={"role": "node", "dataset_size": 1}))
+    assert link.recv(1).kind == P.Kind.WELCOME
+    fakes = []
+    for _ in range(requests):
+        service.handle("a", P.make(P.Kind.FAKE_REQUEST, "a", tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
+        fakes.append(link.recv(1))
+    return service, trainer, fakes
+
+
+def feedback_for(fakes, good: bool = True):
+    """A node's FEEDBACK on ``fakes`` (a FAKES message): a small constant gradient, or (``good=False``) one of the
+    wrong shape."""
+    import numpy as np
+
+    from dgan import protocol as P
+
+    shape = fakes.tensors["fakes"].shape if good else (1, 3, 2, 2)
+    return P.make(P.Kind.FEEDBACK, "x", run_id=fakes.run_id, reply_to=fakes.msg_id, meta={"losses": {}},
+                  tensors={"grad": np.full(shape, 1e-3, np.float32)})
+
+
 def answer_late(gen, node, masks, reals, staleness: int, key: int = 100):
     """Fakes for request ``key``; G then steps ``staleness`` times on other feedback; the node scores the old
     fakes last. Returns (those fakes, the node's late score). ``key`` must exceed ``staleness`` (the other

@@ -15,6 +15,7 @@ from dgan.training.generator import GeneratorTrainer, TrainConfig
 from dgan.transport.inproc import InProcessHub
 from nodes.generator_service import GeneratorService, ServiceConfig
 from nodes.round_policy import Action, RoundPolicy
+from tests.conftest import feedback_for, one_node_service
 
 
 def test_async_serves_every_request_and_steps_every_update_every_feedbacks() -> None:
@@ -138,30 +139,24 @@ def _sync_service(tmp_path: Path, names: tuple[str, ...] = ("a", "b"), max_bad: 
     return service, fakes
 
 
-def _feedback(fakes: P.Message, good: bool = True) -> P.Message:
-    shape = fakes.tensors["fakes"].shape if good else (1, 3, 2, 2)
-    return P.make(P.Kind.FEEDBACK, "x", run_id=fakes.run_id, reply_to=fakes.msg_id, meta={"losses": {}},
-                  tensors={"grad": np.full(shape, 1e-3, np.float32)})
-
-
 def test_service_sync_round_closes_when_a_members_feedback_is_refused(tmp_path: Path) -> None:
     service, fakes = _sync_service(tmp_path)
-    service.handle("a", _feedback(fakes["a"]))
+    service.handle("a", feedback_for(fakes["a"]))
     assert service.trainer.step == 0
-    service.handle("b", _feedback(fakes["b"], good=False))  # wrong shape: REJECTED, b leaves the round
+    service.handle("b", feedback_for(fakes["b"], good=False))  # wrong shape: REJECTED, b leaves the round
     assert service.trainer.step == 1
 
 
 def test_service_sync_round_closes_when_a_members_fakes_were_undeliverable(tmp_path: Path) -> None:
     service, fakes = _sync_service(tmp_path)
-    service.handle("a", _feedback(fakes["a"]))
+    service.handle("a", feedback_for(fakes["a"]))
     service.handle("", P.error("broker", P.ErrorCode.UNREACHABLE, "gone", reply_to=fakes["b"].msg_id, node="b"))
     assert service.trainer.step == 1 and service.counters["released_undeliverable"] == 1
 
 
 def test_service_sync_round_closes_when_a_member_is_ignored_for_bad_messages(tmp_path: Path) -> None:
     service, fakes = _sync_service(tmp_path, max_bad=2)
-    service.handle("a", _feedback(fakes["a"]))
+    service.handle("a", feedback_for(fakes["a"]))
     for _ in range(2):  # masks of the wrong size: hostile
         service.handle("b", P.make(P.Kind.FAKE_REQUEST, "b", tensors={"masks": np.zeros((1, 8, 8), np.uint8)}))
     assert service.trainer.step == 1
@@ -169,7 +164,7 @@ def test_service_sync_round_closes_when_a_member_is_ignored_for_bad_messages(tmp
 
 def test_service_sync_round_closes_when_a_member_departs(tmp_path: Path) -> None:
     service, fakes = _sync_service(tmp_path)
-    service.handle("a", _feedback(fakes["a"]))
+    service.handle("a", feedback_for(fakes["a"]))
     service.handle("b", P.make(P.Kind.NODE_LEFT, "broker", meta={"node": "b", "reason": "expired"}))
     assert service.trainer.step == 1
 
@@ -177,17 +172,17 @@ def test_service_sync_round_closes_when_a_member_departs(tmp_path: Path) -> None
 def test_feedback_for_another_run_or_process_start_is_refused_but_the_round_waits_for_the_real_answer(
         tmp_path: Path) -> None:
     service, fakes = _sync_service(tmp_path)
-    other_run = _feedback(fakes["a"])
+    other_run = feedback_for(fakes["a"])
     other_run.run_id = "an-older-run"
     service.handle("a", other_run)
-    other_epoch = _feedback(fakes["b"])
+    other_epoch = feedback_for(fakes["b"])
     other_epoch.reply_to = ((P.EPOCH % (2**30 - 1)) + 1 << 32) + (fakes["b"].msg_id & 0xFFFFFFFF)
     service.handle("b", other_epoch)
     assert service.nodes["a"].counts["other_run"] == 1 and service.nodes["b"].counts["other_run"] == 1
     assert service.trainer.samples_applied == 0 and len(service.trainer.inflight) == 2
     assert service.policy.members == {"a", "b"}  # their real answers are still due: they stay in the round
-    service.handle("a", _feedback(fakes["a"]))
-    service.handle("b", _feedback(fakes["b"]))
+    service.handle("a", feedback_for(fakes["a"]))
+    service.handle("b", feedback_for(fakes["b"]))
     assert service.trainer.step == 1
 
 
@@ -196,7 +191,7 @@ def test_service_sync_round_closes_when_a_member_never_answers_within_the_round_
 
     service, fakes = _sync_service(tmp_path)
     service.cfg.round_timeout = 60.0
-    service.handle("a", _feedback(fakes["a"]))  # b dropped its request (say, after its own timeout): silence
+    service.handle("a", feedback_for(fakes["a"]))  # b dropped its request (say, after its own timeout): silence
     service.policy.served_at["b"] = time.monotonic() - 59.0
     service._periodic()
     assert service.trainer.step == 0
@@ -212,7 +207,7 @@ def test_service_sync_round_closes_when_fakes_could_not_leave_the_process(tmp_pa
     service.handle("b", P.make(P.Kind.HELLO, "b", meta={"role": "node", "dataset_size": 1}))
     service.handle("b", P.make(P.Kind.FAKE_REQUEST, "b", tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
     assert service.counters["fakes_unsent"] == 1 and "b" not in service.policy.members
-    service.handle("a", _feedback(fakes["a"]))
+    service.handle("a", feedback_for(fakes["a"]))
     assert service.trainer.step == 1
 
 
@@ -237,11 +232,11 @@ def test_service_buffered_async_steps_once_both_nodes_fed_back_in_any_order(tmp_
         service.handle(n, P.make(P.Kind.FAKE_REQUEST, n, tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
         fakes.append((n, links[n].recv(1)))
     assert all(f.kind == P.Kind.FAKES for _, f in fakes)
-    service.handle("a", _feedback(fakes[0][1]))
+    service.handle("a", feedback_for(fakes[0][1]))
     assert trainer.step == 0  # one feedback of a buffer of two
-    service.handle("a", _feedback(fakes[1][1]))
+    service.handle("a", feedback_for(fakes[1][1]))
     assert trainer.step == 1  # any two feedbacks fill it, from whichever nodes
-    service.handle("b", _feedback(fakes[2][1]))
+    service.handle("b", feedback_for(fakes[2][1]))
     assert trainer.step == 1
     service.handle("a", P.make(P.Kind.GOODBYE, "a"))
     assert trainer.step == 2  # a left: b's pending feedback fills the buffer of one
@@ -262,14 +257,14 @@ def test_service_warns_when_the_nodes_label_iou_falls_and_records_it(tmp_path: P
     assert link.recv(1).kind == P.Kind.WELCOME
     for value in (0.5, 0.6, 0.5, 0.1, 0.0):
         service.handle("a", P.make(P.Kind.FAKE_REQUEST, "a", tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
-        fb = _feedback(link.recv(1))
+        fb = feedback_for(link.recv(1))
         fb.meta["losses"] = {"label_iou": value}
         with caplog.at_level("WARNING", logger="dgan.generator"):
             service.handle("a", fb)
     assert "label IoU on the fakes fell to 0.300" in caplog.text  # window means 0.55, 0.55, 0.3 (< 0.6 x 0.55)
     for bad in (float("nan"), 7.0):  # out of range: kept out of the watch and the log
         service.handle("a", P.make(P.Kind.FAKE_REQUEST, "a", tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
-        fb = _feedback(link.recv(1))
+        fb = feedback_for(link.recv(1))
         fb.meta["losses"] = {"label_iou": bad}
         service.handle("a", fb)
     assert service.trainer.judged is None  # `--synthesis-weights judged` follows transfer_iou, not this judge
@@ -301,7 +296,7 @@ def test_service_warns_when_the_fakes_stop_teaching_a_segmenter_about_real_image
             {"label_iou": 0.5, "transfer_iou": 0.0}, {"transfer_iou": 0.0}]
     for losses in sent:
         service.handle("a", P.make(P.Kind.FAKE_REQUEST, "a", tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
-        fb = _feedback(link.recv(1))
+        fb = feedback_for(link.recv(1))
         fb.meta["losses"] = losses
         with caplog.at_level("WARNING", logger="dgan.generator"):
             service.handle("a", fb)
@@ -342,7 +337,7 @@ def test_service_staleness_buffer_flushes_when_the_node_holding_requests_leaves(
     for n in "abbb":  # four requests in flight: the buffer is ceil(2 * 4 / 2) = 4 feedbacks
         service.handle(n, P.make(P.Kind.FAKE_REQUEST, n, tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
         fakes.append(links[n].recv(1))
-    service.handle("a", _feedback(fakes[0]))
+    service.handle("a", feedback_for(fakes[0]))
     assert trainer.step == 0 and trainer.pending == 1 and service.policy.buffer > 1
     service.handle("b", P.make(P.Kind.NODE_LEFT, "broker", meta={"node": "b", "reason": "expired"}))
     assert service.policy.inflight == 0 and trainer.step == 1 and trainer.pending == 0  # not held forever
@@ -350,20 +345,9 @@ def test_service_staleness_buffer_flushes_when_the_node_holding_requests_leaves(
 
 def test_a_verdict_on_a_feedback_dropped_as_stale_still_reaches_the_watch(tmp_path: Path) -> None:
     """The transfer verdict delays the feedback that carries it: under load that one may arrive too stale for G."""
-    hub = InProcessHub()
-    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
-                               TrainConfig(steps=100, fake_dtype="float32", max_staleness=0))
-    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(
-        out=tmp_path, sample_every=0, checkpoint_every=0, synthesize=False))
-    link = hub.node_link("a")
-    service.handle("a", P.make(P.Kind.HELLO, "a", meta={"role": "node", "dataset_size": 1}))
-    assert link.recv(1).kind == P.Kind.WELCOME
-    fakes = []
-    for _ in range(2):
-        service.handle("a", P.make(P.Kind.FAKE_REQUEST, "a", tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
-        fakes.append(link.recv(1))
+    service, trainer, fakes = one_node_service(tmp_path, 2, max_staleness=0)
     for f, value in zip(fakes, (0.2, 0.4), strict=True):
-        fb = _feedback(f)
+        fb = feedback_for(f)
         fb.meta["losses"] = {"transfer_iou": value}
         service.handle("a", fb)
     assert service.counters["dropped_stale"] == 1 and trainer.step == 1  # the second one was one step stale

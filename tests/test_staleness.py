@@ -15,6 +15,7 @@ from dgan.training.generator import GeneratorTrainer, Outcome, TrainConfig
 from dgan.training.staleness import DISCOUNT_CAP, drop_reason, stale_weight
 from dgan.transport.inproc import InProcessHub
 from nodes.generator_service import GeneratorService, ServiceConfig
+from tests.conftest import feedback_for, one_node_service
 
 CFG = ModelConfig(image_size=32, g_width=8, g_depth=3, d_width=8, d_layers=2)
 
@@ -90,21 +91,9 @@ def test_the_trainer_applies_a_feedback_past_the_bound_at_the_discounted_weight(
 
 @pytest.mark.parametrize("policy", ["drop", "discount"])
 def test_the_service_counts_a_discounted_feedback_as_applied_and_says_so(tmp_path: Path, policy: str) -> None:
-    hub = InProcessHub()
-    trainer = GeneratorTrainer(ModelConfig(image_size=16, g_width=4, g_depth=2, d_width=4),
-                               TrainConfig(steps=100, fake_dtype="float32", max_staleness=1, stale_policy=policy))
-    service = GeneratorService(hub.generator_link(), trainer, ServiceConfig(
-        out=tmp_path, sample_every=0, checkpoint_every=0, synthesize=False))
-    link = hub.node_link("a")
-    service.handle("a", P.make(P.Kind.HELLO, "a", meta={"role": "node", "dataset_size": 1}))
-    assert link.recv(1).kind == P.Kind.WELCOME
-    fakes = []
-    for _ in range(3):
-        service.handle("a", P.make(P.Kind.FAKE_REQUEST, "a", tensors={"masks": np.zeros((1, 16, 16), np.uint8)}))
-        fakes.append(link.recv(1))
+    service, trainer, fakes = one_node_service(tmp_path, 3, max_staleness=1, stale_policy=policy)
     for f in (fakes[1], fakes[2], fakes[0]):  # staleness 0, 1, then 2: past the bound of 1
-        service.handle("a", P.make(P.Kind.FEEDBACK, "a", run_id=f.run_id, reply_to=f.msg_id, meta={"losses": {}},
-                                   tensors={"grad": np.full(f.tensors["fakes"].shape, 1e-3, np.float32)}))
+        service.handle("a", feedback_for(f))
     node = service.nodes["a"]
     status = service.status()["nodes"]["a"]
     if policy == "discount":

@@ -223,6 +223,14 @@ class GeneratorTrainer:
 
     # ------------------------------------------------------------ feedback
 
+    def stale_factor(self, step_made: int) -> tuple[int, float | None, str]:
+        """A feedback on fakes made at ``step_made``: its staleness, the factor it counts for (None: drop it, for
+        the reason given), by :mod:`dgan.training.staleness`."""
+        staleness = self.step - step_made
+        factor = stale_weight(staleness, self.cfg.max_staleness, self.cfg.stale_policy)
+        return staleness, factor, "" if factor is not None else drop_reason(staleness, self.cfg.max_staleness,
+                                                                            self.cfg.stale_policy)
+
     def apply_feedback(self, node: str, key: int, grad: np.ndarray, grad_scale: float = 1.0,
                        weight: float = 1.0, grad_scales: np.ndarray | None = None) -> tuple[Outcome, int, str]:
         """Backpropagate a node's d(loss)/d(fakes); returns (outcome, staleness, reason).
@@ -248,11 +256,9 @@ class GeneratorTrainer:
             del self.inflight[key]
             return Outcome.REJECTED, -1, "gradient holds NaN or Inf"
         del self.inflight[key]
-        staleness = self.step - inf.step_made
-        factor = stale_weight(staleness, self.cfg.max_staleness, self.cfg.stale_policy)
+        staleness, factor, reason = self.stale_factor(inf.step_made)
         if factor is None:
-            return Outcome.DROPPED_STALE, staleness, drop_reason(staleness, self.cfg.max_staleness,
-                                                                 self.cfg.stale_policy)
+            return Outcome.DROPPED_STALE, staleness, reason
         weight *= factor
         if inf.inputs is not None:  # jacobian "current": the same masks and dropout draw through G as it is now
             params = list(self.G.parameters())
